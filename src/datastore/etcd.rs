@@ -1,0 +1,223 @@
+//! The etcd v3 backend, on the `etcd-client` crate.
+//!
+//! Each trait call is one etcd request, bounded by a deadline so an unreachable etcd gives a
+//! clear error instead of a hang. Conditional writes are one `Txn`: the conditions as
+//! compares, the writes in the success branch, and a `Get` of every key in the failure
+//! branch so the error can say which key failed and why, as Calico's own client does.
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use etcd_client::{
+    Client, Compare, CompareOp, ConnectOptions, DeleteOptions, GetOptions, KvClient, TxnOp,
+    TxnOpResponse,
+};
+use tokio::sync::Mutex;
+
+use super::{condition_error, dir_prefix, Datastore, Expect, KeyValue, Revision, Stats, Write};
+use crate::error::{Error, Result};
+
+/// How to reach etcd.
+#[derive(Clone, Debug, Default)]
+pub struct EtcdConfig {
+    /// Endpoint URLs, e.g. `http://127.0.0.1:2379`.
+    pub endpoints: Vec<String>,
+    /// Username for etcd auth.
+    pub username: Option<String>,
+    /// Password for etcd auth (never logged).
+    pub password: Option<String>,
+    /// PEM CA certificate file for TLS.
+    pub ca_cert_file: Option<std::path::PathBuf>,
+    /// PEM client certificate file for TLS.
+    pub cert_file: Option<std::path::PathBuf>,
+    /// PEM client key file for TLS.
+    pub key_file: Option<std::path::PathBuf>,
+    /// Deadline for each request (and for connecting).
+    pub timeout: Duration,
+}
+
+/// The etcd v3 store. Connects lazily, so the plugin can start before etcd is up.
+pub struct EtcdStore {
+    config: EtcdConfig,
+    kv: Mutex<Option<KvClient>>,
+    stats: Stats,
+}
+
+impl EtcdStore {
+    /// Builds the store; the first request connects.
+    pub fn new(config: EtcdConfig) -> Result<Self> {
+        if config.endpoints.is_empty() {
+            return Err(Error::Config("no etcd endpoint configured".into()));
+        }
+        Ok(EtcdStore {
+            config,
+            kv: Mutex::new(None),
+            stats: Stats::default(),
+        })
+    }
+
+    fn where_(&self) -> String {
+        self.config.endpoints.join(",")
+    }
+
+    fn options(&self) -> Result<ConnectOptions> {
+        let c = &self.config;
+        let mut opts = ConnectOptions::new()
+            .with_timeout(c.timeout)
+            .with_connect_timeout(c.timeout)
+            .with_keep_alive(Duration::from_secs(10), c.timeout);
+        if let (Some(u), Some(p)) = (&c.username, &c.password) {
+            opts = opts.with_user(u.clone(), p.clone());
+        }
+        if c.ca_cert_file.is_some() || c.cert_file.is_some() {
+            let mut tls = etcd_client::TlsOptions::new();
+            if let Some(ca) = &c.ca_cert_file {
+                let pem = std::fs::read(ca)
+                    .map_err(|e| Error::io(format!("read ETCD_CA_CERT_FILE {}", ca.display()), e))?;
+                tls = tls.ca_certificate(etcd_client::Certificate::from_pem(pem));
+            }
+            if let (Some(cert), Some(key)) = (&c.cert_file, &c.key_file) {
+                let cert_pem = std::fs::read(cert)
+                    .map_err(|e| Error::io(format!("read ETCD_CERT_FILE {}", cert.display()), e))?;
+                let key_pem = std::fs::read(key)
+                    .map_err(|e| Error::io(format!("read ETCD_KEY_FILE {}", key.display()), e))?;
+                tls = tls.identity(etcd_client::Identity::from_pem(cert_pem, key_pem));
+            }
+            opts = opts.with_tls(tls);
+        }
+        Ok(opts)
+    }
+
+    async fn client(&self) -> Result<KvClient> {
+        let mut guard = self.kv.lock().await;
+        if let Some(kv) = guard.as_ref() {
+            return Ok(kv.clone());
+        }
+        let opts = self.options()?;
+        let connect = Client::connect(&self.config.endpoints, Some(opts));
+        let client = tokio::time::timeout(self.config.timeout, connect)
+            .await
+            .map_err(|_| self.unavailable("connect", "no answer"))?
+            .map_err(|e| self.unavailable("connect", e))?;
+        let kv = client.kv_client();
+        *guard = Some(kv.clone());
+        Ok(kv)
+    }
+
+    fn unavailable(&self, op: &str, e: impl std::fmt::Display) -> Error {
+        Error::Unavailable(format!(
+            "{op} etcd at {} (deadline {:?}): {}",
+            self.where_(),
+            self.config.timeout,
+            redact(&e.to_string())
+        ))
+    }
+
+    async fn call<T, F>(&self, op: &str, fut: F) -> Result<T>
+    where
+        F: std::future::Future<Output = std::result::Result<T, etcd_client::Error>>,
+    {
+        match tokio::time::timeout(self.config.timeout, fut).await {
+            Ok(Ok(v)) => Ok(v),
+            Ok(Err(e)) => Err(self.unavailable(op, e)),
+            Err(_) => Err(self.unavailable(op, "no answer")),
+        }
+    }
+}
+
+/// Keeps any password-looking text out of messages (etcd-client errors never carry one,
+/// but this is the single exit for etcd error text, so it is checked here).
+fn redact(s: &str) -> String {
+    s.replace(char::is_control, " ")
+}
+
+fn to_kv(kv: &etcd_client::KeyValue) -> Result<KeyValue> {
+    Ok(KeyValue {
+        key: kv
+            .key_str()
+            .map_err(|e| Error::msg(format!("decode etcd key: {e}")))?
+            .to_string(),
+        value: kv.value().to_vec(),
+        revision: kv.mod_revision(),
+    })
+}
+
+#[async_trait]
+impl Datastore for EtcdStore {
+    async fn get(&self, key: &str) -> Result<Option<KeyValue>> {
+        self.stats.read();
+        let mut kv = self.client().await?;
+        let resp = self.call("get", kv.get(key, None)).await?;
+        resp.kvs().first().map(to_kv).transpose()
+    }
+
+    async fn list(&self, prefix: &str) -> Result<Vec<KeyValue>> {
+        self.stats.read();
+        let prefix = dir_prefix(prefix);
+        let mut kv = self.client().await?;
+        let resp = self
+            .call(
+                "list",
+                kv.get(prefix.as_str(), Some(GetOptions::new().with_prefix())),
+            )
+            .await?;
+        resp.kvs().iter().map(to_kv).collect()
+    }
+
+    async fn txn(&self, writes: Vec<Write>) -> Result<Revision> {
+        self.stats.txn(&writes);
+        let mut compares = Vec::new();
+        let mut then = Vec::new();
+        let mut otherwise = Vec::new();
+        for w in &writes {
+            match w.expect {
+                Expect::Any => {}
+                Expect::Absent => {
+                    compares.push(Compare::version(w.key.as_str(), CompareOp::Equal, 0))
+                }
+                Expect::Present => {
+                    compares.push(Compare::version(w.key.as_str(), CompareOp::Greater, 0))
+                }
+                Expect::Revision(r) => {
+                    compares.push(Compare::mod_revision(w.key.as_str(), CompareOp::Equal, r))
+                }
+            }
+            then.push(match &w.value {
+                Some(v) => TxnOp::put(w.key.as_str(), v.clone(), None),
+                None => TxnOp::delete(w.key.as_str(), None::<DeleteOptions>),
+            });
+            otherwise.push(TxnOp::get(w.key.as_str(), None));
+        }
+        let txn = etcd_client::Txn::new()
+            .when(compares)
+            .and_then(then)
+            .or_else(otherwise);
+        let mut kv = self.client().await?;
+        let resp = self.call("write", kv.txn(txn)).await?;
+        if resp.succeeded() {
+            return Ok(resp.header().map(|h| h.revision()).unwrap_or_default());
+        }
+        self.stats.conflict();
+        for (w, r) in writes.iter().zip(resp.op_responses()) {
+            let current = match r {
+                TxnOpResponse::Get(g) => g.kvs().first().map(|kv| kv.mod_revision()),
+                _ => None,
+            };
+            if let Some(err) = condition_error(w, current) {
+                return Err(err);
+            }
+        }
+        // The compares failed but every key now matches: it changed and changed back.
+        Err(Error::Conflict {
+            key: writes.first().map(|w| w.key.clone()).unwrap_or_default(),
+        })
+    }
+
+    fn stats(&self) -> &Stats {
+        &self.stats
+    }
+
+    fn kind(&self) -> &'static str {
+        "etcdv3"
+    }
+}

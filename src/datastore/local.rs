@@ -1,0 +1,198 @@
+//! The embedded single-host store: a redb file with etcd's revision semantics.
+//!
+//! One table maps each key to `revision (8 bytes, little endian) ++ value`; a second holds
+//! the store-wide revision counter, bumped once per committed transaction, exactly like
+//! etcd's. redb serialises write transactions, so each conditional transaction checks its
+//! conditions and writes under one lock, and commits durably before answering.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
+
+use super::{condition_error, dir_prefix, Datastore, KeyValue, Revision, Stats, Write};
+use crate::error::{Error, Result};
+
+const KV: TableDefinition<&str, &[u8]> = TableDefinition::new("kv");
+const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
+const REVISION: &str = "revision";
+
+/// The embedded store. Cheap to clone.
+#[derive(Clone)]
+pub struct LocalStore {
+    db: Arc<Database>,
+    path: PathBuf,
+    stats: Arc<Stats>,
+}
+
+fn storage_err(op: &str, path: &Path, e: impl std::fmt::Display) -> Error {
+    Error::Unavailable(format!("{op} local store {}: {e}", path.display()))
+}
+
+fn split(stored: &[u8]) -> (Revision, &[u8]) {
+    let mut rev = [0u8; 8];
+    rev.copy_from_slice(&stored[..8]);
+    (i64::from_le_bytes(rev), &stored[8..])
+}
+
+impl LocalStore {
+    /// Opens (or creates) the store file at `path`, creating its directory if needed.
+    /// Fails if another process holds the file open.
+    pub fn open(path: impl AsRef<Path>) -> Result<Self> {
+        let path = path.as_ref().to_path_buf();
+        if let Some(dir) = path.parent() {
+            if !dir.as_os_str().is_empty() {
+                std::fs::create_dir_all(dir)
+                    .map_err(|e| Error::io(format!("create directory {}", dir.display()), e))?;
+            }
+        }
+        let db = Database::create(&path).map_err(|e| storage_err("open", &path, e))?;
+        // Create both tables up front so read transactions never meet a missing table.
+        let txn = db.begin_write().map_err(|e| storage_err("open", &path, e))?;
+        {
+            txn.open_table(KV).map_err(|e| storage_err("open", &path, e))?;
+            txn.open_table(META)
+                .map_err(|e| storage_err("open", &path, e))?;
+        }
+        txn.commit().map_err(|e| storage_err("open", &path, e))?;
+        Ok(LocalStore {
+            db: Arc::new(db),
+            path,
+            stats: Arc::new(Stats::default()),
+        })
+    }
+
+    /// The file this store lives in.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    async fn blocking<T, F>(&self, f: F) -> Result<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Database, &Path) -> Result<T> + Send + 'static,
+    {
+        let db = self.db.clone();
+        let path = self.path.clone();
+        // redb is synchronous and fsyncs on commit: keep it off the async workers.
+        tokio::task::spawn_blocking(move || f(&db, &path))
+            .await
+            .map_err(|e| Error::msg(format!("local store task failed: {e}")))?
+    }
+}
+
+#[async_trait]
+impl Datastore for LocalStore {
+    async fn get(&self, key: &str) -> Result<Option<KeyValue>> {
+        self.stats.read();
+        let key = key.to_string();
+        self.blocking(move |db, path| {
+            let txn = db.begin_read().map_err(|e| storage_err("read", path, e))?;
+            let table = txn.open_table(KV).map_err(|e| storage_err("read", path, e))?;
+            let found = table
+                .get(key.as_str())
+                .map_err(|e| storage_err("read", path, e))?;
+            Ok(found.map(|v| {
+                let (revision, value) = split(v.value());
+                KeyValue {
+                    key,
+                    value: value.to_vec(),
+                    revision,
+                }
+            }))
+        })
+        .await
+    }
+
+    async fn list(&self, prefix: &str) -> Result<Vec<KeyValue>> {
+        self.stats.read();
+        let prefix = dir_prefix(prefix);
+        self.blocking(move |db, path| {
+            let txn = db.begin_read().map_err(|e| storage_err("list", path, e))?;
+            let table = txn.open_table(KV).map_err(|e| storage_err("list", path, e))?;
+            let mut out = Vec::new();
+            for item in table
+                .range(prefix.as_str()..)
+                .map_err(|e| storage_err("list", path, e))?
+            {
+                let (k, v) = item.map_err(|e| storage_err("list", path, e))?;
+                if !k.value().starts_with(&prefix) {
+                    break;
+                }
+                let (revision, value) = split(v.value());
+                out.push(KeyValue {
+                    key: k.value().to_string(),
+                    value: value.to_vec(),
+                    revision,
+                });
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    async fn txn(&self, writes: Vec<Write>) -> Result<Revision> {
+        self.stats.txn(&writes);
+        let stats = self.stats.clone();
+        self.blocking(move |db, path| {
+            let txn = db.begin_write().map_err(|e| storage_err("write", path, e))?;
+            let rev;
+            {
+                let mut table = txn
+                    .open_table(KV)
+                    .map_err(|e| storage_err("write", path, e))?;
+                for w in &writes {
+                    let current = table
+                        .get(w.key.as_str())
+                        .map_err(|e| storage_err("write", path, e))?
+                        .map(|v| split(v.value()).0);
+                    if let Some(err) = condition_error(w, current) {
+                        stats.conflict();
+                        // Dropping the transaction without commit discards nothing written.
+                        return Err(err);
+                    }
+                }
+                let mut meta = txn
+                    .open_table(META)
+                    .map_err(|e| storage_err("write", path, e))?;
+                let last = meta
+                    .get(REVISION)
+                    .map_err(|e| storage_err("write", path, e))?
+                    .map(|v| v.value())
+                    .unwrap_or(0);
+                rev = last as i64 + 1;
+                meta.insert(REVISION, rev as u64)
+                    .map_err(|e| storage_err("write", path, e))?;
+                for w in &writes {
+                    match &w.value {
+                        Some(v) => {
+                            let mut stored = Vec::with_capacity(8 + v.len());
+                            stored.extend_from_slice(&rev.to_le_bytes());
+                            stored.extend_from_slice(v);
+                            table
+                                .insert(w.key.as_str(), stored.as_slice())
+                                .map_err(|e| storage_err("write", path, e))?;
+                        }
+                        None => {
+                            table
+                                .remove(w.key.as_str())
+                                .map_err(|e| storage_err("write", path, e))?;
+                        }
+                    }
+                }
+            }
+            txn.commit().map_err(|e| storage_err("commit", path, e))?;
+            Ok(rev)
+        })
+        .await
+    }
+
+    fn stats(&self) -> &Stats {
+        &self.stats
+    }
+
+    fn kind(&self) -> &'static str {
+        "local"
+    }
+}

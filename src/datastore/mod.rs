@@ -1,0 +1,245 @@
+//! The key-value datastore under everything: a trait with two backends.
+//!
+//! - [`etcd::EtcdStore`]: etcd v3, the store Calico itself uses, shared between hosts.
+//! - [`local::LocalStore`]: an embedded single-host store (redb) with the same revision
+//!   semantics, for hosts with no etcd.
+//!
+//! Every value carries the revision at which it was last modified (etcd's `mod_revision`).
+//! Writes are conditional: create-if-absent, update-if-revision, delete(-if-revision), and a
+//! transaction of several conditional writes that all apply or none do. Both backends pass
+//! one conformance suite (`tests/datastore_conformance.rs`).
+
+pub mod etcd;
+pub mod local;
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use async_trait::async_trait;
+
+use crate::error::{Error, Result};
+
+
+/// A store revision. etcd's revisions are positive; 0 never names a stored value.
+pub type Revision = i64;
+
+/// One stored key with its value and the revision that last modified it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct KeyValue {
+    /// The full key.
+    pub key: String,
+    /// The raw value (JSON for everything Calico stores).
+    pub value: Vec<u8>,
+    /// The revision of the last write to this key.
+    pub revision: Revision,
+}
+
+/// What must hold of a key for a [`Write`] in a transaction to go ahead.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Expect {
+    /// Nothing is checked (an unconditional put or delete).
+    Any,
+    /// The key must not exist.
+    Absent,
+    /// The key must exist, at any revision.
+    Present,
+    /// The key must exist with exactly this revision.
+    Revision(Revision),
+}
+
+/// One write inside a transaction.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Write {
+    /// The key written.
+    pub key: String,
+    /// The new value, or `None` to delete the key.
+    pub value: Option<Vec<u8>>,
+    /// The condition the key must meet.
+    pub expect: Expect,
+}
+
+impl Write {
+    /// Create `key` with `value`; fails as [`Error::Exists`] if it is present.
+    pub fn create(key: impl Into<String>, value: Vec<u8>) -> Self {
+        Write {
+            key: key.into(),
+            value: Some(value),
+            expect: Expect::Absent,
+        }
+    }
+    /// Replace `key` if its revision is still `rev`.
+    pub fn update(key: impl Into<String>, value: Vec<u8>, rev: Revision) -> Self {
+        Write {
+            key: key.into(),
+            value: Some(value),
+            expect: Expect::Revision(rev),
+        }
+    }
+    /// Delete `key` if its revision is still `rev`.
+    pub fn delete(key: impl Into<String>, rev: Revision) -> Self {
+        Write {
+            key: key.into(),
+            value: None,
+            expect: Expect::Revision(rev),
+        }
+    }
+    /// Write `key` whatever it holds.
+    pub fn put(key: impl Into<String>, value: Vec<u8>) -> Self {
+        Write {
+            key: key.into(),
+            value: Some(value),
+            expect: Expect::Any,
+        }
+    }
+    /// Create when `rev` is `None`, else update at `rev`.
+    pub fn create_or_update(key: impl Into<String>, value: Vec<u8>, rev: Option<Revision>) -> Self {
+        match rev {
+            None => Write::create(key, value),
+            Some(r) => Write::update(key, value, r),
+        }
+    }
+}
+
+/// Counters kept by every backend: one round trip per call to the store.
+#[derive(Debug, Default)]
+pub struct Stats {
+    round_trips: AtomicU64,
+    reads: AtomicU64,
+    writes: AtomicU64,
+    deletes: AtomicU64,
+    conflicts: AtomicU64,
+}
+
+/// A point-in-time copy of [`Stats`].
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct StatsSnapshot {
+    /// Calls that went to the store (a transaction counts once).
+    pub round_trips: u64,
+    /// Gets and lists.
+    pub reads: u64,
+    /// Keys created or replaced.
+    pub writes: u64,
+    /// Keys deleted.
+    pub deletes: u64,
+    /// Conditional writes refused because the key had changed or existed.
+    pub conflicts: u64,
+}
+
+impl StatsSnapshot {
+    /// The difference `self - earlier`, for counting what one operation cost.
+    pub fn since(&self, earlier: &StatsSnapshot) -> StatsSnapshot {
+        StatsSnapshot {
+            round_trips: self.round_trips - earlier.round_trips,
+            reads: self.reads - earlier.reads,
+            writes: self.writes - earlier.writes,
+            deletes: self.deletes - earlier.deletes,
+            conflicts: self.conflicts - earlier.conflicts,
+        }
+    }
+}
+
+impl Stats {
+    /// Counts one read round trip.
+    pub fn read(&self) {
+        self.round_trips.fetch_add(1, Ordering::Relaxed);
+        self.reads.fetch_add(1, Ordering::Relaxed);
+    }
+    /// Counts one transaction round trip with its writes and deletes.
+    pub fn txn(&self, writes: &[Write]) {
+        self.round_trips.fetch_add(1, Ordering::Relaxed);
+        let deletes = writes.iter().filter(|w| w.value.is_none()).count() as u64;
+        self.deletes.fetch_add(deletes, Ordering::Relaxed);
+        self.writes
+            .fetch_add(writes.len() as u64 - deletes, Ordering::Relaxed);
+    }
+    /// Counts a refused conditional write.
+    pub fn conflict(&self) {
+        self.conflicts.fetch_add(1, Ordering::Relaxed);
+    }
+    /// Reads all counters.
+    pub fn snapshot(&self) -> StatsSnapshot {
+        StatsSnapshot {
+            round_trips: self.round_trips.load(Ordering::Relaxed),
+            reads: self.reads.load(Ordering::Relaxed),
+            writes: self.writes.load(Ordering::Relaxed),
+            deletes: self.deletes.load(Ordering::Relaxed),
+            conflicts: self.conflicts.load(Ordering::Relaxed),
+        }
+    }
+}
+
+/// The key-value store. Implementations are cheap to share (`Arc<dyn Datastore>`).
+#[async_trait]
+pub trait Datastore: Send + Sync + 'static {
+    /// Reads one key.
+    async fn get(&self, key: &str) -> Result<Option<KeyValue>>;
+
+    /// Lists every key under `prefix`, in key order. A `/` is appended to a prefix that
+    /// lacks one, so `/a` lists `/a/x` but never `/ab`.
+    async fn list(&self, prefix: &str) -> Result<Vec<KeyValue>>;
+
+    /// Applies all `writes` atomically if every condition holds, returning the revision
+    /// they were written at. Otherwise nothing is written and the error names the first
+    /// key whose condition failed: [`Error::Exists`] (expected absent),
+    /// [`Error::NotFound`] (expected a revision, key absent) or [`Error::Conflict`].
+    async fn txn(&self, writes: Vec<Write>) -> Result<Revision>;
+
+    /// Round-trip and conflict counters.
+    fn stats(&self) -> &Stats;
+
+    /// A short name for logs and errors: `etcdv3` or `local`.
+    fn kind(&self) -> &'static str;
+
+    /// Creates `key`; [`Error::Exists`] if present.
+    async fn create(&self, key: &str, value: Vec<u8>) -> Result<Revision> {
+        self.txn(vec![Write::create(key, value)]).await
+    }
+
+    /// Replaces `key` if its revision is `rev`; [`Error::Conflict`] or [`Error::NotFound`].
+    async fn update(&self, key: &str, value: Vec<u8>, rev: Revision) -> Result<Revision> {
+        self.txn(vec![Write::update(key, value, rev)]).await
+    }
+
+    /// Writes `key` unconditionally.
+    async fn put(&self, key: &str, value: Vec<u8>) -> Result<Revision> {
+        self.txn(vec![Write::put(key, value)]).await
+    }
+
+    /// Deletes `key`, if its revision is `rev` when given. [`Error::NotFound`] if absent.
+    async fn delete(&self, key: &str, rev: Option<Revision>) -> Result<()> {
+        let expect = match rev {
+            Some(r) => Expect::Revision(r),
+            // An unconditional delete still reports a missing key, like Calico's Delete.
+            None => Expect::Present,
+        };
+        let w = Write {
+            key: key.to_string(),
+            value: None,
+            expect,
+        };
+        self.txn(vec![w]).await.map(|_| ())
+    }
+}
+
+/// Normalises a list prefix so that it ends in `/`.
+pub(crate) fn dir_prefix(prefix: &str) -> String {
+    if prefix.ends_with('/') {
+        prefix.to_string()
+    } else {
+        format!("{prefix}/")
+    }
+}
+
+/// Decides which error a failed condition gives, from the key's current state.
+pub(crate) fn condition_error(w: &Write, current: Option<Revision>) -> Option<Error> {
+    let key = w.key.clone();
+    match (w.expect, current) {
+        (Expect::Any, _) => None,
+        (Expect::Absent, None) => None,
+        (Expect::Absent, Some(_)) => Some(Error::Exists { key }),
+        (Expect::Present, Some(_)) => None,
+        (Expect::Present, None) => Some(Error::NotFound { key }),
+        (Expect::Revision(_), None) => Some(Error::NotFound { key }),
+        (Expect::Revision(r), Some(c)) if r == c => None,
+        (Expect::Revision(_), Some(_)) => Some(Error::Conflict { key }),
+    }
+}

@@ -1,0 +1,26 @@
+//! calico-libnetwork: Calico's network and IPAM driver for Docker.
+//!
+//! # Layout
+//! Dependencies point one way:
+//! `cli → plugin (HTTP + wire types) → driver (network, ipam) → {ipam allocator, dataplane}
+//! → {datastore, model} → error`.
+//!
+//! - [`error`]: the one error type and its message conventions.
+//! - [`config`]: settings from flags and environment.
+//! - [`datastore`]: the key-value trait with etcd v3 and embedded (redb) backends.
+//! - [`model`]: Calico's resources, IPAM objects and key paths, in Calico's exact JSON.
+//! - [`ipam`]: Calico's block allocator over the datastore.
+//! - [`dataplane`]: veths, routes and sysctls over netlink.
+//! - [`driver`]: Docker's network and IPAM driver calls.
+//! - [`plugin`]: the HTTP server on Docker's plugin socket and the wire types.
+//! - [`cli`]: the command line.
+
+pub mod error;
+
+pub use error::{Error, Result};
+pub mod datastore;
+pub mod dataplane;
+pub mod driver;
+pub mod ipam;
+pub mod model;
+pub mod plugin;

@@ -1,0 +1,134 @@
+//! A real etcd (Debian's `etcd-server`) on free loopback ports with its own data directory.
+
+use std::os::unix::process::CommandExt;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use calico_libnetwork::datastore::etcd::{EtcdConfig, EtcdStore};
+use calico_libnetwork::datastore::Datastore;
+
+/// A running etcd; killed (by its PID) and its data removed on drop.
+pub struct Etcd {
+    child: Option<Child>,
+    pub port: u16,
+    pub dir: tempfile::TempDir,
+}
+
+impl Etcd {
+    /// Starts etcd and waits until it answers (at most 20 s).
+    pub fn start() -> Etcd {
+        let dir = tempfile::tempdir().expect("etcd temp dir");
+        let port = super::free_port();
+        let peer = super::free_port();
+        let client_url = format!("http://127.0.0.1:{port}");
+        let peer_url = format!("http://127.0.0.1:{peer}");
+        let log = std::fs::File::create(dir.path().join("etcd.log")).unwrap();
+        let mut cmd = Command::new("etcd");
+        cmd.arg("--name")
+            .arg("test")
+            .arg("--data-dir")
+            .arg(dir.path().join("data"))
+            .arg("--listen-client-urls")
+            .arg(&client_url)
+            .arg("--advertise-client-urls")
+            .arg(&client_url)
+            .arg("--listen-peer-urls")
+            .arg(&peer_url)
+            .arg("--initial-advertise-peer-urls")
+            .arg(&peer_url)
+            .arg("--initial-cluster")
+            .arg(format!("test={peer_url}"))
+            .arg("--logger")
+            .arg("zap")
+            .arg("--log-level")
+            .arg("warn")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log);
+        // Dies with the test thread if the test process is killed before Drop runs.
+        unsafe {
+            cmd.pre_exec(|| {
+                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+                Ok(())
+            });
+        }
+        let child = cmd
+            .spawn()
+            .expect("start etcd (install Debian's etcd-server package)");
+        let etcd = Etcd {
+            child: Some(child),
+            port,
+            dir,
+        };
+        etcd.wait_ready();
+        etcd
+    }
+
+    pub fn endpoint(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(|c| c.id())
+    }
+
+    fn wait_ready(&self) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if std::net::TcpStream::connect(("127.0.0.1", self.port)).is_ok() {
+                // Port open: check that it serves requests (on a thread of its own, so this
+                // works from inside an async test too).
+                let store = self.store_with_timeout(Duration::from_secs(1));
+                let ok = std::thread::spawn(move || {
+                    let rt = tokio::runtime::Builder::new_current_thread()
+                        .enable_all()
+                        .build()
+                        .unwrap();
+                    rt.block_on(store.get("/ready-check")).is_ok()
+                })
+                .join()
+                .unwrap();
+                if ok {
+                    return;
+                }
+            }
+            if Instant::now() > deadline {
+                let log = std::fs::read_to_string(self.dir.path().join("etcd.log")).unwrap_or_default();
+                panic!("etcd did not become ready on port {}: {log}", self.port);
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    pub fn config(&self, timeout: Duration) -> EtcdConfig {
+        EtcdConfig {
+            endpoints: vec![self.endpoint()],
+            timeout,
+            ..Default::default()
+        }
+    }
+
+    pub fn store_with_timeout(&self, timeout: Duration) -> EtcdStore {
+        EtcdStore::new(self.config(timeout)).unwrap()
+    }
+
+    pub fn store(&self) -> EtcdStore {
+        self.store_with_timeout(Duration::from_secs(5))
+    }
+
+    /// Stops etcd now (SIGKILL by PID) and waits for it.
+    pub fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            unsafe {
+                libc::kill(c.id() as i32, libc::SIGKILL);
+            }
+            let _ = c.wait();
+        }
+    }
+}
+
+impl Drop for Etcd {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}

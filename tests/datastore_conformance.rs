@@ -1,0 +1,245 @@
+//! One conformance suite, run against both backends: a real etcd and the embedded store.
+
+mod common;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use calico_libnetwork::datastore::local::LocalStore;
+use calico_libnetwork::datastore::{Datastore, Write};
+use calico_libnetwork::Error;
+
+type Store = Arc<dyn Datastore>;
+
+async fn get_create_update_delete(s: Store) {
+    assert!(s.get("/t/k").await.unwrap().is_none());
+    let r1 = s.create("/t/k", b"one".to_vec()).await.unwrap();
+    assert!(r1 > 0);
+    let kv = s.get("/t/k").await.unwrap().unwrap();
+    assert_eq!((kv.key.as_str(), kv.value.as_slice(), kv.revision), ("/t/k", &b"one"[..], r1));
+
+    let e = s.create("/t/k", b"again".to_vec()).await.unwrap_err();
+    assert!(matches!(e, Error::Exists { .. }), "create of existing key: {e}");
+    assert_eq!(s.get("/t/k").await.unwrap().unwrap().value, b"one");
+
+    let r2 = s.update("/t/k", b"two".to_vec(), r1).await.unwrap();
+    assert!(r2 > r1);
+    let e = s.update("/t/k", b"stale".to_vec(), r1).await.unwrap_err();
+    assert!(e.is_conflict(), "stale update: {e}");
+    assert_eq!(s.get("/t/k").await.unwrap().unwrap().value, b"two");
+
+    let e = s.update("/t/missing", b"x".to_vec(), r1).await.unwrap_err();
+    assert!(e.is_not_found(), "update of missing key: {e}");
+
+    let e = s.delete("/t/k", Some(r1)).await.unwrap_err();
+    assert!(e.is_conflict(), "stale delete: {e}");
+    s.delete("/t/k", Some(r2)).await.unwrap();
+    assert!(s.get("/t/k").await.unwrap().is_none());
+    let e = s.delete("/t/k", None).await.unwrap_err();
+    assert!(e.is_not_found(), "delete of missing key: {e}");
+
+    let r3 = s.put("/t/p", b"a".to_vec()).await.unwrap();
+    let r4 = s.put("/t/p", b"b".to_vec()).await.unwrap();
+    assert!(r4 > r3);
+    s.delete("/t/p", None).await.unwrap();
+}
+
+async fn prefix_listing_is_by_directory(s: Store) {
+    for k in ["/a/2", "/a/1", "/ab/1", "/a", "/a/sub/3", "/b/1"] {
+        s.put(k, k.as_bytes().to_vec()).await.unwrap();
+    }
+    for prefix in ["/a", "/a/"] {
+        let keys: Vec<String> = s
+            .list(prefix)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|kv| kv.key)
+            .collect();
+        assert_eq!(keys, vec!["/a/1", "/a/2", "/a/sub/3"], "list {prefix}");
+    }
+    assert!(s.list("/nothing").await.unwrap().is_empty());
+    let listed = s.list("/b").await.unwrap();
+    assert_eq!(listed[0].value, b"/b/1");
+    assert_eq!(listed[0].revision, s.get("/b/1").await.unwrap().unwrap().revision);
+}
+
+async fn transactions_are_all_or_nothing(s: Store) {
+    let ry = s.create("/tx/y", b"y0".to_vec()).await.unwrap();
+    // A failing condition on the second write: nothing is written.
+    let e = s
+        .txn(vec![
+            Write::create("/tx/x", b"x".to_vec()),
+            Write::update("/tx/y", b"y1".to_vec(), ry + 100),
+        ])
+        .await
+        .unwrap_err();
+    assert!(e.is_conflict(), "{e}");
+    assert!(e.to_string().contains("/tx/y"), "error names the key: {e}");
+    assert!(s.get("/tx/x").await.unwrap().is_none());
+    assert_eq!(s.get("/tx/y").await.unwrap().unwrap().value, b"y0");
+
+    // An existing key under create: Exists names it.
+    let e = s
+        .txn(vec![Write::create("/tx/y", b"dup".to_vec())])
+        .await
+        .unwrap_err();
+    assert!(matches!(e, Error::Exists { ref key } if key == "/tx/y"), "{e}");
+
+    // All conditions hold: every write lands at one revision.
+    let rz = s.create("/tx/z", b"z".to_vec()).await.unwrap();
+    let rev = s
+        .txn(vec![
+            Write::create("/tx/x", b"x".to_vec()),
+            Write::update("/tx/y", b"y1".to_vec(), ry),
+            Write::delete("/tx/z", rz),
+        ])
+        .await
+        .unwrap();
+    assert_eq!(s.get("/tx/x").await.unwrap().unwrap().revision, rev);
+    assert_eq!(s.get("/tx/y").await.unwrap().unwrap().revision, rev);
+    assert!(s.get("/tx/z").await.unwrap().is_none());
+}
+
+async fn concurrent_cas_loses_no_update(s: Store) {
+    const N: usize = 40;
+    s.create("/cas/counter", b"0".to_vec()).await.unwrap();
+    let mut tasks = Vec::new();
+    for _ in 0..N {
+        let s = s.clone();
+        tasks.push(tokio::spawn(async move {
+            loop {
+                let kv = s.get("/cas/counter").await.unwrap().unwrap();
+                let n: u64 = std::str::from_utf8(&kv.value).unwrap().parse().unwrap();
+                match s
+                    .update("/cas/counter", (n + 1).to_string().into_bytes(), kv.revision)
+                    .await
+                {
+                    Ok(_) => return,
+                    Err(e) if e.is_conflict() => continue,
+                    Err(e) => panic!("unexpected error: {e}"),
+                }
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let kv = s.get("/cas/counter").await.unwrap().unwrap();
+    assert_eq!(kv.value, N.to_string().into_bytes());
+    assert!(s.stats().snapshot().conflicts > 0 || N == 1);
+}
+
+async fn stats_count_round_trips(s: Store) {
+    let before = s.stats().snapshot();
+    s.get("/st/a").await.unwrap();
+    s.list("/st").await.unwrap();
+    s.txn(vec![
+        Write::put("/st/a", b"1".to_vec()),
+        Write::put("/st/b", b"2".to_vec()),
+    ])
+    .await
+    .unwrap();
+    s.delete("/st/a", None).await.unwrap();
+    let _ = s.create("/st/b", b"x".to_vec()).await;
+    let d = s.stats().snapshot().since(&before);
+    assert_eq!(d.round_trips, 5);
+    assert_eq!(d.reads, 2);
+    assert_eq!(d.writes, 3);
+    assert_eq!(d.deletes, 1);
+    assert_eq!(d.conflicts, 1);
+}
+
+macro_rules! conformance {
+    ($backend:ident, $make:expr) => {
+        mod $backend {
+            use super::*;
+            conformance!(@test $make, get_create_update_delete);
+            conformance!(@test $make, prefix_listing_is_by_directory);
+            conformance!(@test $make, transactions_are_all_or_nothing);
+            conformance!(@test $make, concurrent_cas_loses_no_update);
+            conformance!(@test $make, stats_count_round_trips);
+        }
+    };
+    (@test $make:expr, $name:ident) => {
+        #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+        async fn $name() {
+            let (store, _guard) = $make;
+            super::$name(store).await;
+        }
+    };
+}
+
+fn etcd_backend() -> (Store, common::etcd::Etcd) {
+    let etcd = common::etcd::Etcd::start();
+    (Arc::new(etcd.store()), etcd)
+}
+
+fn local_backend() -> (Store, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    let store = LocalStore::open(dir.path().join("store.redb")).unwrap();
+    (Arc::new(store), dir)
+}
+
+conformance!(etcd, etcd_backend());
+conformance!(local, local_backend());
+
+#[tokio::test]
+async fn local_store_reopen_keeps_data_and_revisions() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("nested/store.redb");
+    let rev = {
+        let s = LocalStore::open(&path).unwrap();
+        s.create("/k", b"v".to_vec()).await.unwrap()
+    };
+    let s = LocalStore::open(&path).unwrap();
+    let kv = s.get("/k").await.unwrap().unwrap();
+    assert_eq!((kv.value.as_slice(), kv.revision), (&b"v"[..], rev));
+    let next = s.put("/k2", b"w".to_vec()).await.unwrap();
+    assert!(next > rev, "revisions keep increasing after reopen");
+}
+
+#[tokio::test]
+async fn local_store_refuses_a_second_opener() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("store.redb");
+    let _first = LocalStore::open(&path).unwrap();
+    let err = LocalStore::open(&path).err().expect("second open must fail");
+    assert!(err.to_string().contains("store.redb"), "{err}");
+}
+
+#[tokio::test]
+async fn etcd_down_fails_within_deadline() {
+    let mut etcd = common::etcd::Etcd::start();
+    let store = etcd.store_with_timeout(Duration::from_millis(800));
+    store.put("/x", b"1".to_vec()).await.unwrap();
+    etcd.stop();
+    for op in 0..3 {
+        let t = Instant::now();
+        let err = match op {
+            0 => store.get("/x").await.map(|_| ()).unwrap_err(),
+            1 => store.list("/").await.map(|_| ()).unwrap_err(),
+            _ => store.put("/x", b"2".to_vec()).await.map(|_| ()).unwrap_err(),
+        };
+        assert!(err.is_unavailable(), "{err}");
+        assert!(err.to_string().contains("127.0.0.1"), "names the endpoint: {err}");
+        assert!(t.elapsed() < Duration::from_secs(3), "took {:?}", t.elapsed());
+    }
+}
+
+#[tokio::test]
+async fn etcd_never_started_fails_within_deadline() {
+    let port = common::free_port();
+    let store = calico_libnetwork::datastore::etcd::EtcdStore::new(
+        calico_libnetwork::datastore::etcd::EtcdConfig {
+            endpoints: vec![format!("http://127.0.0.1:{port}")],
+            timeout: Duration::from_millis(500),
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let t = Instant::now();
+    let err = store.get("/x").await.unwrap_err();
+    assert!(err.is_unavailable(), "{err}");
+    assert!(t.elapsed() < Duration::from_secs(3));
+}
