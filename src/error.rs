@@ -172,7 +172,10 @@ mod tests {
     #[test]
     fn context_chains_read_verb_object_cause() {
         let e = Error::Conflict { key: "/k".into() }.context("assign address");
-        assert_eq!(e.to_string(), "assign address: update /k: revision conflict");
+        assert_eq!(
+            e.to_string(),
+            "assign address: update /k: revision conflict"
+        );
         assert!(e.is_conflict());
         assert!(!e.is_exists());
     }

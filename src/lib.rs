@@ -15,11 +15,13 @@
 //! - [`plugin`]: the HTTP server on Docker's plugin socket and the wire types.
 //! - [`cli`]: the command line.
 
+pub mod cli;
+pub mod config;
 pub mod error;
 
 pub use error::{Error, Result};
-pub mod datastore;
 pub mod dataplane;
+pub mod datastore;
 pub mod driver;
 pub mod ipam;
 pub mod model;

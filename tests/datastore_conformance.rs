@@ -16,10 +16,16 @@ async fn get_create_update_delete(s: Store) {
     let r1 = s.create("/t/k", b"one".to_vec()).await.unwrap();
     assert!(r1 > 0);
     let kv = s.get("/t/k").await.unwrap().unwrap();
-    assert_eq!((kv.key.as_str(), kv.value.as_slice(), kv.revision), ("/t/k", &b"one"[..], r1));
+    assert_eq!(
+        (kv.key.as_str(), kv.value.as_slice(), kv.revision),
+        ("/t/k", &b"one"[..], r1)
+    );
 
     let e = s.create("/t/k", b"again".to_vec()).await.unwrap_err();
-    assert!(matches!(e, Error::Exists { .. }), "create of existing key: {e}");
+    assert!(
+        matches!(e, Error::Exists { .. }),
+        "create of existing key: {e}"
+    );
     assert_eq!(s.get("/t/k").await.unwrap().unwrap().value, b"one");
 
     let r2 = s.update("/t/k", b"two".to_vec(), r1).await.unwrap();
@@ -61,7 +67,10 @@ async fn prefix_listing_is_by_directory(s: Store) {
     assert!(s.list("/nothing").await.unwrap().is_empty());
     let listed = s.list("/b").await.unwrap();
     assert_eq!(listed[0].value, b"/b/1");
-    assert_eq!(listed[0].revision, s.get("/b/1").await.unwrap().unwrap().revision);
+    assert_eq!(
+        listed[0].revision,
+        s.get("/b/1").await.unwrap().unwrap().revision
+    );
 }
 
 async fn transactions_are_all_or_nothing(s: Store) {
@@ -84,7 +93,10 @@ async fn transactions_are_all_or_nothing(s: Store) {
         .txn(vec![Write::create("/tx/y", b"dup".to_vec())])
         .await
         .unwrap_err();
-    assert!(matches!(e, Error::Exists { ref key } if key == "/tx/y"), "{e}");
+    assert!(
+        matches!(e, Error::Exists { ref key } if key == "/tx/y"),
+        "{e}"
+    );
 
     // All conditions hold: every write lands at one revision.
     let rz = s.create("/tx/z", b"z".to_vec()).await.unwrap();
@@ -112,7 +124,11 @@ async fn concurrent_cas_loses_no_update(s: Store) {
                 let kv = s.get("/cas/counter").await.unwrap().unwrap();
                 let n: u64 = std::str::from_utf8(&kv.value).unwrap().parse().unwrap();
                 match s
-                    .update("/cas/counter", (n + 1).to_string().into_bytes(), kv.revision)
+                    .update(
+                        "/cas/counter",
+                        (n + 1).to_string().into_bytes(),
+                        kv.revision,
+                    )
                     .await
                 {
                     Ok(_) => return,
@@ -204,7 +220,9 @@ async fn local_store_refuses_a_second_opener() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("store.redb");
     let _first = LocalStore::open(&path).unwrap();
-    let err = LocalStore::open(&path).err().expect("second open must fail");
+    let err = LocalStore::open(&path)
+        .err()
+        .expect("second open must fail");
     assert!(err.to_string().contains("store.redb"), "{err}");
 }
 
@@ -219,11 +237,22 @@ async fn etcd_down_fails_within_deadline() {
         let err = match op {
             0 => store.get("/x").await.map(|_| ()).unwrap_err(),
             1 => store.list("/").await.map(|_| ()).unwrap_err(),
-            _ => store.put("/x", b"2".to_vec()).await.map(|_| ()).unwrap_err(),
+            _ => store
+                .put("/x", b"2".to_vec())
+                .await
+                .map(|_| ())
+                .unwrap_err(),
         };
         assert!(err.is_unavailable(), "{err}");
-        assert!(err.to_string().contains("127.0.0.1"), "names the endpoint: {err}");
-        assert!(t.elapsed() < Duration::from_secs(3), "took {:?}", t.elapsed());
+        assert!(
+            err.to_string().contains("127.0.0.1"),
+            "names the endpoint: {err}"
+        );
+        assert!(
+            t.elapsed() < Duration::from_secs(3),
+            "took {:?}",
+            t.elapsed()
+        );
     }
 }
 

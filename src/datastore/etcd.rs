@@ -72,8 +72,9 @@ impl EtcdStore {
         if c.ca_cert_file.is_some() || c.cert_file.is_some() {
             let mut tls = etcd_client::TlsOptions::new();
             if let Some(ca) = &c.ca_cert_file {
-                let pem = std::fs::read(ca)
-                    .map_err(|e| Error::io(format!("read ETCD_CA_CERT_FILE {}", ca.display()), e))?;
+                let pem = std::fs::read(ca).map_err(|e| {
+                    Error::io(format!("read ETCD_CA_CERT_FILE {}", ca.display()), e)
+                })?;
                 tls = tls.ca_certificate(etcd_client::Certificate::from_pem(pem));
             }
             if let (Some(cert), Some(key)) = (&c.cert_file, &c.key_file) {

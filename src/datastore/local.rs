@@ -49,9 +49,12 @@ impl LocalStore {
         }
         let db = Database::create(&path).map_err(|e| storage_err("open", &path, e))?;
         // Create both tables up front so read transactions never meet a missing table.
-        let txn = db.begin_write().map_err(|e| storage_err("open", &path, e))?;
+        let txn = db
+            .begin_write()
+            .map_err(|e| storage_err("open", &path, e))?;
         {
-            txn.open_table(KV).map_err(|e| storage_err("open", &path, e))?;
+            txn.open_table(KV)
+                .map_err(|e| storage_err("open", &path, e))?;
             txn.open_table(META)
                 .map_err(|e| storage_err("open", &path, e))?;
         }
@@ -89,7 +92,9 @@ impl Datastore for LocalStore {
         let key = key.to_string();
         self.blocking(move |db, path| {
             let txn = db.begin_read().map_err(|e| storage_err("read", path, e))?;
-            let table = txn.open_table(KV).map_err(|e| storage_err("read", path, e))?;
+            let table = txn
+                .open_table(KV)
+                .map_err(|e| storage_err("read", path, e))?;
             let found = table
                 .get(key.as_str())
                 .map_err(|e| storage_err("read", path, e))?;
@@ -110,7 +115,9 @@ impl Datastore for LocalStore {
         let prefix = dir_prefix(prefix);
         self.blocking(move |db, path| {
             let txn = db.begin_read().map_err(|e| storage_err("list", path, e))?;
-            let table = txn.open_table(KV).map_err(|e| storage_err("list", path, e))?;
+            let table = txn
+                .open_table(KV)
+                .map_err(|e| storage_err("list", path, e))?;
             let mut out = Vec::new();
             for item in table
                 .range(prefix.as_str()..)
@@ -136,7 +143,9 @@ impl Datastore for LocalStore {
         self.stats.txn(&writes);
         let stats = self.stats.clone();
         self.blocking(move |db, path| {
-            let txn = db.begin_write().map_err(|e| storage_err("write", path, e))?;
+            let txn = db
+                .begin_write()
+                .map_err(|e| storage_err("write", path, e))?;
             let rev;
             {
                 let mut table = txn

@@ -18,7 +18,6 @@ use async_trait::async_trait;
 
 use crate::error::{Error, Result};
 
-
 /// A store revision. etcd's revisions are positive; 0 never names a stored value.
 pub type Revision = i64;
 

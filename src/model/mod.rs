@@ -1,1 +1,106 @@
-//! model (in progress)
+//! Calico's data model, in Calico's exact JSON.
+//!
+//! Everything here is pure data: no I/O, no datastore calls. The types serialize to the
+//! bytes Calico's Go code (`libcalico-go`) writes and read everything it may have written,
+//! including legacy shapes, so that Felix, calicoctl and calico-node interoperate with us.
+//!
+//! - [`keys`]: etcd key paths (v3 resources, IPAM blocks/affinities/handles/config, and our
+//!   own plugin-private records) with parsers for the ones we list.
+//! - [`resources`]: the v3 envelope ([`Resource`], [`ObjectMeta`]) and the specs for
+//!   WorkloadEndpoint, Profile, Node and ClusterInformation; [`rule`] holds policy rules.
+//! - [`ippool`]: IPPool with clientv3's defaulting and validation.
+//! - [`block`]: [`AllocationBlock`], the per-CIDR allocation table, with assign/release.
+//! - [`ipam`]: [`BlockAffinity`], [`IpamHandle`] and [`IpamConfig`].
+//! - [`names`]: WorkloadEndpoint names and DNS-1123 resource names.
+//! - [`selector`]: the label selector language used by pool `nodeSelector`s.
+//!
+//! # JSON fidelity
+//! - Unknown fields are kept (`#[serde(flatten)] extra`) at the envelope, metadata, spec and
+//!   IPAM levels, so a read-modify-write never drops what a newer Calico added.
+//! - `omitempty` fields are skipped when empty; fields Go always writes are always written.
+//! - `u64` sequence numbers never pass through `f64`.
+//! - `metadata.resourceVersion` is never written; callers fill it from the revision on read.
+
+pub mod block;
+pub mod ipam;
+pub mod ippool;
+pub mod keys;
+pub mod names;
+pub mod resources;
+pub mod rule;
+pub mod selector;
+mod serde_util;
+
+use std::fmt;
+use std::net::IpAddr;
+
+use ipnet::IpNet;
+
+pub use block::{AllocationAttribute, AllocationBlock, BlockError, ReleaseOptions, Released};
+pub use ipam::{AffinityState, BlockAffinity, IpamConfig, IpamHandle};
+pub use ippool::{IpPool, IpPoolSpec};
+pub use names::{resource_name_from, validate_resource_name, workload_endpoint_name};
+pub use resources::{
+    ClusterInformation, ClusterInformationSpec, Node, NodeSpec, ObjectMeta, Profile, ProfileSpec,
+    Resource, Spec, WorkloadEndpoint, WorkloadEndpointSpec, API_VERSION,
+};
+pub use rule::{EntityRule, NumOrString, Rule};
+pub use selector::Selector;
+pub use serde_util::{format_time, go_time_string, parse_time};
+
+/// An IP address family, as used in key paths (`ipv4`/`ipv6`) and pool defaults.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum IpFamily {
+    /// IPv4.
+    V4,
+    /// IPv6.
+    V6,
+}
+
+impl IpFamily {
+    /// The family of a network.
+    pub fn of_net(net: &IpNet) -> Self {
+        match net {
+            IpNet::V4(_) => IpFamily::V4,
+            IpNet::V6(_) => IpFamily::V6,
+        }
+    }
+
+    /// The family of an address.
+    pub fn of_addr(addr: &IpAddr) -> Self {
+        match addr {
+            IpAddr::V4(_) => IpFamily::V4,
+            IpAddr::V6(_) => IpFamily::V6,
+        }
+    }
+
+    /// 4 or 6, as in Calico's `ipv%d` path segment.
+    pub fn number(self) -> u8 {
+        match self {
+            IpFamily::V4 => 4,
+            IpFamily::V6 => 6,
+        }
+    }
+
+    /// The address width in bits (32 or 128).
+    pub fn max_prefix_len(self) -> u8 {
+        match self {
+            IpFamily::V4 => 32,
+            IpFamily::V6 => 128,
+        }
+    }
+
+    /// Calico's default IPAM block size for the family (26 or 122).
+    pub fn default_block_size(self) -> u8 {
+        match self {
+            IpFamily::V4 => 26,
+            IpFamily::V6 => 122,
+        }
+    }
+}
+
+impl fmt::Display for IpFamily {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "ipv{}", self.number())
+    }
+}

@@ -1,1 +1,7 @@
-//! plugin (in progress)
+//! Docker's legacy plugin protocol: the HTTP server, its routes and the wire types.
+
+pub mod handlers;
+pub mod server;
+pub mod wire;
+
+pub use server::{bind, router, serve, AppState};

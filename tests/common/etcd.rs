@@ -93,7 +93,8 @@ impl Etcd {
                 }
             }
             if Instant::now() > deadline {
-                let log = std::fs::read_to_string(self.dir.path().join("etcd.log")).unwrap_or_default();
+                let log =
+                    std::fs::read_to_string(self.dir.path().join("etcd.log")).unwrap_or_default();
                 panic!("etcd did not become ready on port {}: {log}", self.port);
             }
             std::thread::sleep(Duration::from_millis(50));

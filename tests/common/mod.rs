@@ -1,6 +1,7 @@
 //! Test harness: real components started per test and stopped by PID.
 #![allow(dead_code)]
 
+pub mod client;
 pub mod etcd;
 
 /// Fails loudly when not root, unless CALICO_TEST_ALLOW_SKIP=1 (then says it skipped).

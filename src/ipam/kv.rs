@@ -1,0 +1,60 @@
+//! Typed reads and writes of Calico v3 resources over the datastore.
+
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+use crate::datastore::{Datastore, KeyValue, Revision};
+use crate::error::Result;
+use crate::model::resources::{Resource, Spec};
+
+/// Reads the resource at `key` (with `resourceVersion` set), if present.
+pub async fn get<S>(store: &dyn Datastore, key: &str) -> Result<Option<Resource<S>>>
+where
+    S: Spec + Serialize + DeserializeOwned,
+{
+    match store.get(key).await? {
+        Some(kv) => Ok(Some(decode(&kv)?)),
+        None => Ok(None),
+    }
+}
+
+/// Decodes one stored resource.
+pub fn decode<S>(kv: &KeyValue) -> Result<Resource<S>>
+where
+    S: Spec + Serialize + DeserializeOwned,
+{
+    Resource::<S>::from_stored(&kv.key, &kv.value, kv.revision)
+}
+
+/// Lists every resource of the kind (in `namespace` if given), in name order.
+pub async fn list<S>(store: &dyn Datastore, namespace: Option<&str>) -> Result<Vec<Resource<S>>>
+where
+    S: Spec + Serialize + DeserializeOwned,
+{
+    let kvs = store.list(&Resource::<S>::list_prefix(namespace)).await?;
+    kvs.iter().map(decode).collect()
+}
+
+/// Creates the resource, stamping `uid` and `creationTimestamp`; `Exists` if present.
+pub async fn create<S>(store: &dyn Datastore, r: &mut Resource<S>) -> Result<Revision>
+where
+    S: Spec + Serialize + DeserializeOwned,
+{
+    r.metadata.stamp_create();
+    let key = r.key()?;
+    let rev = store.create(&key, r.to_json()?).await?;
+    r.metadata.resource_version = rev.to_string();
+    Ok(rev)
+}
+
+/// Replaces the resource if unchanged since it was read (its `resourceVersion`).
+pub async fn update<S>(store: &dyn Datastore, r: &mut Resource<S>) -> Result<Revision>
+where
+    S: Spec + Serialize + DeserializeOwned,
+{
+    let key = r.key()?;
+    let rev = r.metadata.revision().unwrap_or(0);
+    let new = store.update(&key, r.to_json()?, rev).await?;
+    r.metadata.resource_version = new.to_string();
+    Ok(new)
+}

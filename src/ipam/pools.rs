@@ -1,0 +1,226 @@
+//! IP pools, the Node resource and the start-up defaults.
+
+use ipnet::IpNet;
+
+use super::{kv, Ipam};
+use crate::error::{Error, Result};
+use crate::model::keys;
+use crate::model::resources::{ClusterInformationSpec, NodeSpec, OrchRef};
+use crate::model::{ClusterInformation, IpPool, IpPoolSpec, Node};
+
+/// One pool with its block usage, for `ipam show`.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct PoolSummary {
+    /// Pool name.
+    pub name: String,
+    /// Pool CIDR.
+    pub cidr: String,
+    /// Addresses in the pool.
+    pub size: u128,
+    /// Addresses allocated.
+    pub used: u64,
+    /// Whether the pool takes new allocations.
+    pub disabled: bool,
+    /// Each block inside the pool.
+    pub blocks: Vec<BlockSummary>,
+}
+
+/// One block, for `ipam show`.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct BlockSummary {
+    /// Block CIDR.
+    pub cidr: String,
+    /// Addresses in the block.
+    pub size: u64,
+    /// Allocated.
+    pub used: u64,
+    /// Free.
+    pub free: u64,
+    /// `host:<node>` or none.
+    pub affinity: Option<String>,
+}
+
+fn net_size(n: &IpNet) -> u128 {
+    let bits = match n {
+        IpNet::V4(_) => 32,
+        IpNet::V6(_) => 128,
+    };
+    let host_bits = bits - n.prefix_len() as u32;
+    if host_bits >= 128 {
+        u128::MAX
+    } else {
+        1u128 << host_bits
+    }
+}
+
+impl Ipam {
+    /// Every IP pool, in name order (defaults applied as clientv3 applies them on read).
+    pub async fn list_pools(&self) -> Result<Vec<IpPool>> {
+        let mut pools: Vec<IpPool> = kv::list(self.store.as_ref(), None).await?;
+        for p in &mut pools {
+            p.spec.set_defaults();
+        }
+        Ok(pools)
+    }
+
+    /// The pool named `name`.
+    pub async fn get_pool(&self, name: &str) -> Result<Option<IpPool>> {
+        let mut p: Option<IpPool> = kv::get(self.store.as_ref(), &keys::ip_pool_key(name)).await?;
+        if let Some(p) = &mut p {
+            p.spec.set_defaults();
+        }
+        Ok(p)
+    }
+
+    /// Creates a pool after Calico's checks; a pool overlapping another is refused with a
+    /// message naming it.
+    pub async fn create_pool(&self, mut pool: IpPool) -> Result<IpPool> {
+        crate::model::validate_resource_name(pool.name())
+            .map_err(|e| Error::invalid(format!("create IP pool {}: {e}", pool.name())))?;
+        pool.spec
+            .prepare()
+            .map_err(|e| e.context(format!("create IP pool {}", pool.name())))?;
+        let cidr = pool.spec.cidr_net()?;
+        for other in self.list_pools().await? {
+            if let Ok(o) = other.spec.cidr_net() {
+                if o.contains(&cidr.network()) || cidr.contains(&o.network()) {
+                    return Err(Error::invalid(format!(
+                        "create IP pool {} ({cidr}): overlaps IP pool {} ({o})",
+                        pool.name(),
+                        other.name()
+                    )));
+                }
+            }
+        }
+        kv::create(self.store.as_ref(), &mut pool)
+            .await
+            .map_err(|e| e.context(format!("create IP pool {}", pool.name())))?;
+        Ok(pool)
+    }
+
+    /// Deletes a pool as Calico does: disable it, release every host's affinity for its
+    /// blocks (empty blocks go), then delete it. Allocated addresses stay allocated.
+    pub async fn delete_pool(&self, name: &str) -> Result<()> {
+        let Some(mut pool) = self.get_pool(name).await? else {
+            return Err(Error::NotFound {
+                key: format!("IP pool {name}"),
+            });
+        };
+        if !pool.spec.disabled {
+            pool.spec.disabled = true;
+            kv::update(self.store.as_ref(), &mut pool).await?;
+        }
+        let cidr = pool.spec.cidr_net()?;
+        self.release_pool_affinities(&cidr).await?;
+        let rev = pool.metadata.revision();
+        self.store.delete(&keys::ip_pool_key(name), rev).await
+    }
+
+    /// Creates this host's Node resource if it is missing (never overwrites one).
+    /// Returns whether it was created.
+    pub async fn ensure_node(&self, host: &str) -> Result<bool> {
+        let key = keys::node_key(host);
+        if self.store.get(&key).await?.is_some() {
+            return Ok(false);
+        }
+        let mut node = Node::new(
+            host,
+            NodeSpec {
+                orch_refs: vec![OrchRef {
+                    node_name: host.to_string(),
+                    orchestrator: "libnetwork".to_string(),
+                }],
+                ..Default::default()
+            },
+        );
+        match kv::create(self.store.as_ref(), &mut node).await {
+            Ok(_) => Ok(true),
+            Err(e) if e.is_exists() => Ok(false),
+            Err(e) => Err(e.context(format!("create Node {host}"))),
+        }
+    }
+
+    /// Creates ClusterInformation `default` (which Felix waits for) if it is missing.
+    pub async fn ensure_cluster_information(&self) -> Result<bool> {
+        let key = keys::cluster_information_key("default");
+        if self.store.get(&key).await?.is_some() {
+            return Ok(false);
+        }
+        let mut ci = ClusterInformation::new(
+            "default",
+            ClusterInformationSpec {
+                cluster_guid: uuid::Uuid::new_v4().simple().to_string(),
+                cluster_type: "libnetwork".to_string(),
+                calico_version: format!("calico-libnetwork-{}", env!("CARGO_PKG_VERSION")),
+                datastore_ready: Some(true),
+                ..Default::default()
+            },
+        );
+        match kv::create(self.store.as_ref(), &mut ci).await {
+            Ok(_) => Ok(true),
+            Err(e) if e.is_exists() => Ok(false),
+            Err(e) => Err(e.context("create ClusterInformation default")),
+        }
+    }
+
+    /// If no IP pool exists at all, creates the default pools (Calico's names and
+    /// settings: NAT outgoing on, block size 26/122). Returns the names created.
+    pub async fn ensure_default_pools(&self, cidrs: &[IpNet]) -> Result<Vec<String>> {
+        if !self.list_pools().await?.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut created = Vec::new();
+        for cidr in cidrs {
+            let name = match cidr {
+                IpNet::V4(_) => "default-ipv4-ippool",
+                IpNet::V6(_) => "default-ipv6-ippool",
+            };
+            let mut spec = IpPoolSpec::with_cidr(cidr);
+            spec.nat_outgoing = true;
+            match self.create_pool(IpPool::new(name, spec)).await {
+                Ok(_) => created.push(name.to_string()),
+                Err(e) if e.is_exists() => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(created)
+    }
+
+    /// Pools with their blocks' usage.
+    pub async fn summary(&self) -> Result<Vec<PoolSummary>> {
+        let pools = self.list_pools().await?;
+        let blocks = self.list_blocks(None).await?;
+        let mut out = Vec::new();
+        for p in pools {
+            let Ok(cidr) = p.spec.cidr_net() else {
+                continue;
+            };
+            let mut s = PoolSummary {
+                name: p.name().to_string(),
+                cidr: cidr.to_string(),
+                size: net_size(&cidr),
+                used: 0,
+                disabled: p.spec.disabled,
+                blocks: Vec::new(),
+            };
+            for (b, _) in &blocks {
+                let bc = b.cidr;
+                if !cidr.contains(&bc) {
+                    continue;
+                }
+                let size = net_size(&bc) as u64;
+                let free = b.free_count() as u64;
+                s.used += size - free;
+                s.blocks.push(BlockSummary {
+                    cidr: bc.to_string(),
+                    size,
+                    used: size - free,
+                    free,
+                    affinity: b.affinity.clone(),
+                });
+            }
+            out.push(s);
+        }
+        Ok(out)
+    }
+}

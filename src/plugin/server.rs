@@ -1,0 +1,194 @@
+//! The HTTP/1.1 server on Docker's plugin socket.
+//!
+//! Docker POSTs `/<Kind>.<Method>` with no `Content-Type` and sometimes an empty body, so
+//! bodies are read as bytes and decoded here (empty means `{}`). Success is 200 with a JSON
+//! body (never empty: Docker reads an empty 200 as an error); failure is 500 `{"Err": ...}`;
+//! an undecodable body is 400 `{"Err": ...}` naming the field; an unknown method is 404,
+//! which Docker reads as "not implemented".
+
+use std::future::Future;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::{StatusCode, Uri};
+use axum::response::{IntoResponse, Response};
+use axum::routing::post;
+use axum::{Json, Router};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use serde_json::json;
+use tokio::net::UnixListener;
+
+use super::handlers;
+use crate::driver::Driver;
+use crate::error::{Error, Result};
+
+/// Shared state of the server.
+pub struct AppState {
+    /// The network and IPAM driver.
+    pub driver: Arc<Driver>,
+    /// Deadline for each request.
+    pub timeout: Duration,
+}
+
+/// Largest request body accepted (Docker's are a few KiB).
+pub const MAX_BODY: usize = 1 << 20;
+
+fn err_response(status: StatusCode, msg: String) -> Response {
+    (status, Json(json!({ "Err": msg }))).into_response()
+}
+
+/// Decodes, runs with the deadline, logs once, answers in Docker's format.
+async fn call<Req, Resp, F, Fut>(
+    state: Arc<AppState>,
+    method: &'static str,
+    body: Bytes,
+    f: F,
+) -> Response
+where
+    Req: DeserializeOwned,
+    Resp: Serialize,
+    F: FnOnce(Arc<Driver>, Req) -> Fut,
+    Fut: Future<Output = Result<Resp>>,
+{
+    let start = Instant::now();
+    tracing::debug!(method, body = %String::from_utf8_lossy(&body), "request");
+    // Docker sends no body at all for calls without arguments.
+    let text: &[u8] = if body.iter().all(u8::is_ascii_whitespace) {
+        b"{}"
+    } else {
+        &body
+    };
+    let req: Req = match serde_json::from_slice(text) {
+        Ok(r) => r,
+        Err(e) => {
+            let msg = format!("decode {method} request: {e}");
+            tracing::warn!(method, outcome = "bad-request", error = %msg, "request refused");
+            return err_response(StatusCode::BAD_REQUEST, msg);
+        }
+    };
+    let result = match tokio::time::timeout(state.timeout, f(state.driver.clone(), req)).await {
+        Ok(r) => r,
+        Err(_) => Err(Error::Timeout {
+            what: method.to_string(),
+            after: state.timeout,
+        }),
+    };
+    let ms = start.elapsed().as_secs_f64() * 1000.0;
+    match result {
+        Ok(resp) => {
+            tracing::info!(
+                method,
+                duration_ms = format!("{ms:.2}"),
+                outcome = "ok",
+                "request"
+            );
+            (StatusCode::OK, Json(resp)).into_response()
+        }
+        Err(e) => {
+            tracing::warn!(method, duration_ms = format!("{ms:.2}"), outcome = "error", error = %e, "request");
+            // Docker treats every non-200 alike; 400 marks input that can never succeed.
+            let status = if e.is_invalid() {
+                StatusCode::BAD_REQUEST
+            } else {
+                StatusCode::INTERNAL_SERVER_ERROR
+            };
+            err_response(status, e.to_string())
+        }
+    }
+}
+
+macro_rules! routes {
+    ($router:expr, $( $path:literal => $handler:path ),* $(,)?) => {
+        $router
+        $(
+            .route(
+                concat!("/", $path),
+                post(|State(s): State<Arc<AppState>>, body: Bytes| call(s, $path, body, $handler)),
+            )
+        )*
+    };
+}
+
+/// Every route of both drivers.
+pub fn router(state: Arc<AppState>) -> Router {
+    let r = routes!(Router::new(),
+        "Plugin.Activate" => handlers::activate,
+        "NetworkDriver.GetCapabilities" => handlers::network_capabilities,
+        "NetworkDriver.CreateNetwork" => handlers::create_network,
+        "NetworkDriver.DeleteNetwork" => handlers::delete_network,
+        "NetworkDriver.AllocateNetwork" => handlers::allocate_network,
+        "NetworkDriver.FreeNetwork" => handlers::free_network,
+        "NetworkDriver.CreateEndpoint" => handlers::create_endpoint,
+        "NetworkDriver.DeleteEndpoint" => handlers::delete_endpoint,
+        "NetworkDriver.EndpointOperInfo" => handlers::endpoint_oper_info,
+        "NetworkDriver.Join" => handlers::join,
+        "NetworkDriver.Leave" => handlers::leave,
+        "NetworkDriver.DiscoverNew" => handlers::discover,
+        "NetworkDriver.DiscoverDelete" => handlers::discover,
+        "NetworkDriver.ProgramExternalConnectivity" => handlers::program_external_connectivity,
+        "NetworkDriver.RevokeExternalConnectivity" => handlers::revoke_external_connectivity,
+        "IpamDriver.GetCapabilities" => handlers::ipam_capabilities,
+        "IpamDriver.GetDefaultAddressSpaces" => handlers::default_address_spaces,
+        "IpamDriver.RequestPool" => handlers::request_pool,
+        "IpamDriver.ReleasePool" => handlers::release_pool,
+        "IpamDriver.RequestAddress" => handlers::request_address,
+        "IpamDriver.ReleaseAddress" => handlers::release_address,
+    );
+    r.fallback(unknown)
+        .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY))
+        .with_state(state)
+}
+
+async fn unknown(uri: Uri) -> Response {
+    tracing::info!(path = %uri.path(), outcome = "not-implemented", "request");
+    // Docker reads 404 as "this plugin does not implement that method".
+    err_response(
+        StatusCode::NOT_FOUND,
+        format!("unknown plugin method {}", uri.path()),
+    )
+}
+
+/// Binds the plugin socket: replaces a stale socket file from a crashed run, refuses to
+/// steal a socket another live instance is serving, and sets mode 0660.
+pub fn bind(path: &Path) -> Result<UnixListener> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)
+            .map_err(|e| Error::io(format!("create directory {}", dir.display()), e))?;
+    }
+    if path.exists() || std::fs::symlink_metadata(path).is_ok() {
+        if std::os::unix::net::UnixStream::connect(path).is_ok() {
+            return Err(Error::msg(format!(
+                "bind plugin socket {}: another process is serving on it",
+                path.display()
+            )));
+        }
+        std::fs::remove_file(path)
+            .map_err(|e| Error::io(format!("remove stale socket {}", path.display()), e))?;
+    }
+    let listener = UnixListener::bind(path)
+        .map_err(|e| Error::io(format!("bind plugin socket {}", path.display()), e))?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o660))
+        .map_err(|e| Error::io(format!("set mode of {}", path.display()), e))?;
+    Ok(listener)
+}
+
+/// Serves until `shutdown` completes, then removes the socket file.
+pub async fn serve(
+    listener: UnixListener,
+    socket_path: PathBuf,
+    state: Arc<AppState>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<()> {
+    let app = router(state);
+    let result = axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown)
+        .await
+        .map_err(|e| Error::io("serve plugin socket", e));
+    let _ = std::fs::remove_file(&socket_path);
+    result
+}

@@ -1,0 +1,203 @@
+//! The binary as users start it: flags, environment, refusal of bad configuration,
+//! the socket it serves and its graceful stop.
+
+mod common;
+
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::client::PluginClient;
+
+const BIN: &str = env!("CARGO_BIN_EXE_calico-libnetwork");
+
+fn bin() -> Command {
+    let mut c = Command::new(BIN);
+    // Start from a clean slate: none of the host's datastore settings leak in.
+    for v in [
+        "DATASTORE_TYPE",
+        "ETCD_ENDPOINTS",
+        "ETCD_AUTHORITY",
+        "ETCD_SCHEME",
+        "ETCD_CA_CERT_FILE",
+        "ETCD_CERT_FILE",
+        "ETCD_KEY_FILE",
+        "ETCD_USERNAME",
+        "ETCD_PASSWORD",
+        "CALICO_ETCD_ENDPOINTS",
+        "CALICO_DATASTORE_TYPE",
+        "LOG_LEVEL",
+        "CALICO_DEBUG",
+        "NODENAME",
+    ] {
+        c.env_remove(v);
+    }
+    c
+}
+
+/// Runs the binary with env settings and expects it to refuse to start, naming `var`.
+fn refuses(envs: &[(&str, &str)], var: &str) {
+    let dir = tempfile::tempdir().unwrap();
+    let out = bin()
+        .envs(envs.iter().copied())
+        .env("CALICO_LIBNETWORK_SOCKET", dir.path().join("c.sock"))
+        .env("CALICO_LIBNETWORK_STORE", dir.path().join("s.redb"))
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2), "{envs:?}: {out:?}");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(err.lines().count(), 1, "one line: {err}");
+    assert!(err.contains(var), "{envs:?} -> {err}");
+    assert!(!dir.path().join("c.sock").exists());
+}
+
+#[test]
+fn help_and_version() {
+    let out = bin().arg("--help").output().unwrap();
+    assert!(out.status.success());
+    let help = String::from_utf8_lossy(&out.stdout);
+    for var in [
+        "ETCD_ENDPOINTS",
+        "DATASTORE_TYPE",
+        "LOG_LEVEL",
+        "NODENAME",
+        "CALICO_LIBNETWORK_SOCKET",
+    ] {
+        assert!(help.contains(var), "--help mentions {var}");
+    }
+    let out = bin().arg("--version").output().unwrap();
+    assert!(out.status.success());
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        format!("calico-libnetwork {}", env!("CARGO_PKG_VERSION"))
+    );
+}
+
+#[test]
+fn invalid_configuration_stops_at_start_naming_the_variable() {
+    refuses(&[("ETCD_ENDPOINTS", "not a url")], "ETCD_ENDPOINTS");
+    refuses(
+        &[("ETCD_ENDPOINTS", "ftp://127.0.0.1:2379")],
+        "ETCD_ENDPOINTS",
+    );
+    refuses(&[("CALICO_ETCD_ENDPOINTS", "::bad")], "ETCD_ENDPOINTS");
+    refuses(&[("DATASTORE_TYPE", "zookeeper")], "DATASTORE_TYPE");
+    refuses(&[("DATASTORE_TYPE", "etcdv3")], "ETCD_ENDPOINTS");
+    refuses(
+        &[
+            ("ETCD_ENDPOINTS", "https://127.0.0.1:2379"),
+            ("ETCD_CA_CERT_FILE", "/nonexistent/ca.pem"),
+        ],
+        "ETCD_CA_CERT_FILE",
+    );
+    refuses(
+        &[
+            ("ETCD_AUTHORITY", "127.0.0.1:2379"),
+            ("ETCD_SCHEME", "gopher"),
+        ],
+        "ETCD_SCHEME",
+    );
+    refuses(&[("LOG_LEVEL", "loud")], "LOG_LEVEL");
+    refuses(
+        &[("CALICO_LIBNETWORK_REQUEST_TIMEOUT", "soon")],
+        "CALICO_LIBNETWORK_REQUEST_TIMEOUT",
+    );
+    refuses(
+        &[("CALICO_IPV4POOL_CIDR", "10.0.0.0/33")],
+        "CALICO_IPV4POOL_CIDR",
+    );
+}
+
+struct Running {
+    child: std::process::Child,
+    sock: std::path::PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn start(envs: &[(&str, &str)]) -> Running {
+    let dir = tempfile::tempdir().unwrap();
+    let sock = dir.path().join("plugins/calico.sock");
+    let child = bin()
+        .envs(envs.iter().copied())
+        .env("CALICO_LIBNETWORK_SOCKET", &sock)
+        .env("CALICO_LIBNETWORK_STORE", dir.path().join("store.redb"))
+        .env("NODENAME", "cli-test-host")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while std::os::unix::net::UnixStream::connect(&sock).is_err() {
+        assert!(Instant::now() < deadline, "plugin socket never came up");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    Running {
+        child,
+        sock,
+        _dir: dir,
+    }
+}
+
+fn sigterm_and_wait(r: &mut Running) -> std::process::Output {
+    unsafe {
+        libc::kill(r.child.id() as i32, libc::SIGTERM);
+    }
+    let child = std::mem::replace(&mut r.child, Command::new("true").spawn().unwrap());
+    child.wait_with_output().unwrap()
+}
+
+#[tokio::test]
+async fn serves_on_embedded_store_and_stops_cleanly_on_sigterm() {
+    let mut r = start(&[("LOG_FORMAT", "json")]);
+    let c = PluginClient::new(&r.sock);
+    let (status, v) = c.raw("Plugin.Activate", "").await;
+    assert_eq!(status, 200);
+    assert_eq!(v["Implements"][1], "IpamDriver");
+    let out = sigterm_and_wait(&mut r);
+    assert!(out.status.success(), "{out:?}");
+    assert!(!r.sock.exists(), "socket removed on SIGTERM");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let first = stdout.lines().next().expect("a log line");
+    let line: serde_json::Value = serde_json::from_str(first).expect("JSON log lines");
+    assert_eq!(line["datastore"], "local");
+}
+
+#[tokio::test]
+async fn log_level_is_set_by_environment_without_rebuild() {
+    let mut r = start(&[("LOG_LEVEL", "debug")]);
+    let c = PluginClient::new(&r.sock);
+    c.raw("Plugin.Activate", "").await;
+    let out = sigterm_and_wait(&mut r);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("DEBUG"), "debug lines present: {stdout}");
+
+    let mut r = start(&[("LOG_LEVEL", "warn")]);
+    let c = PluginClient::new(&r.sock);
+    c.raw("Plugin.Activate", "").await;
+    let out = sigterm_and_wait(&mut r);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        !stdout.contains("INFO") && !stdout.contains("DEBUG"),
+        "{stdout}"
+    );
+}
+
+#[tokio::test]
+async fn calico_prefixed_etcd_variables_select_etcd() {
+    let etcd = common::etcd::Etcd::start();
+    let mut r = start(&[
+        ("CALICO_ETCD_ENDPOINTS", &etcd.endpoint()),
+        ("LOG_FORMAT", "json"),
+    ]);
+    let c = PluginClient::new(&r.sock);
+    assert_eq!(c.raw("Plugin.Activate", "").await.0, 200);
+    let out = sigterm_and_wait(&mut r);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("\"datastore\":\"etcdv3\""), "{stdout}");
+}

@@ -1,0 +1,187 @@
+//! The plugin server over a real unix socket, spoken to as Docker speaks.
+
+mod common;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use calico_libnetwork::datastore::local::LocalStore;
+use calico_libnetwork::driver::{Driver, DriverSettings};
+use calico_libnetwork::plugin::{self, AppState};
+use common::client::PluginClient;
+use serde_json::json;
+
+struct Server {
+    client: PluginClient,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    task: Option<tokio::task::JoinHandle<()>>,
+    _dir: tempfile::TempDir,
+}
+
+impl Server {
+    async fn start() -> Server {
+        let dir = tempfile::tempdir().unwrap();
+        let sock = dir.path().join("plugins/calico.sock");
+        let store = Arc::new(LocalStore::open(dir.path().join("store.redb")).unwrap());
+        let driver = Arc::new(Driver::new(
+            store,
+            DriverSettings {
+                nodename: "test-host".into(),
+                scope: "local".into(),
+            },
+        ));
+        let listener = plugin::bind(&sock).unwrap();
+        let state = Arc::new(AppState {
+            driver,
+            timeout: Duration::from_secs(5),
+        });
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let path = sock.clone();
+        let task = tokio::spawn(async move {
+            plugin::serve(listener, path, state, async {
+                let _ = rx.await;
+            })
+            .await
+            .unwrap();
+        });
+        Server {
+            client: PluginClient::new(&sock),
+            stop: Some(tx),
+            task: Some(task),
+            _dir: dir,
+        }
+    }
+
+    async fn stop(mut self) -> std::path::PathBuf {
+        self.stop.take().unwrap().send(()).unwrap();
+        self.task.take().unwrap().await.unwrap();
+        self.client.path.clone()
+    }
+}
+
+#[tokio::test]
+async fn activate_answers_both_driver_kinds() {
+    let s = Server::start().await;
+    // Docker sends Activate with an empty body and no Content-Type.
+    let (status, v) = s.client.raw("Plugin.Activate", "").await;
+    assert_eq!(status, 200);
+    assert_eq!(v, json!({"Implements": ["NetworkDriver", "IpamDriver"]}));
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn capabilities_and_address_spaces() {
+    let s = Server::start().await;
+    let (_, v) = s.client.raw("NetworkDriver.GetCapabilities", "").await;
+    assert_eq!(v, json!({"Scope": "local", "ConnectivityScope": "local"}));
+    let (_, v) = s.client.raw("IpamDriver.GetCapabilities", "").await;
+    assert_eq!(
+        v,
+        json!({"RequiresMACAddress": false, "RequiresRequestReplay": false})
+    );
+    let (_, v) = s.client.raw("IpamDriver.GetDefaultAddressSpaces", "").await;
+    assert_eq!(
+        v,
+        json!({"LocalDefaultAddressSpace": "CalicoLocalAddressSpace",
+               "GlobalDefaultAddressSpace": "CalicoGlobalAddressSpace"})
+    );
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn unknown_method_is_404_with_err() {
+    let s = Server::start().await;
+    let (status, v) = s.client.raw("NetworkDriver.Frobnicate", "{}").await;
+    assert_eq!(status, 404);
+    assert!(v["Err"]
+        .as_str()
+        .unwrap()
+        .contains("NetworkDriver.Frobnicate"));
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn malformed_body_is_400_naming_the_problem() {
+    let s = Server::start().await;
+    let (status, v) = s.client.raw("NetworkDriver.Join", "{not json").await;
+    assert_eq!(status, 400);
+    assert!(v["Err"]
+        .as_str()
+        .unwrap()
+        .starts_with("decode NetworkDriver.Join request"));
+
+    let (status, v) = s
+        .client
+        .call("NetworkDriver.Join", json!({"EndpointID": "ab"}))
+        .await;
+    assert_eq!(status, 400);
+    assert!(v["Err"].as_str().unwrap().contains("NetworkID"), "{v}");
+
+    let (status, v) = s
+        .client
+        .call("IpamDriver.ReleaseAddress", json!({"PoolID": "x"}))
+        .await;
+    assert_eq!(status, 400);
+    assert!(v["Err"].as_str().unwrap().contains("Address"), "{v}");
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn hostile_ids_are_refused_before_use() {
+    let s = Server::start().await;
+    for id in ["../../etc/passwd", "", "zz", &"a".repeat(65), "abc\u{0}def"] {
+        let (status, msg) = s
+            .client
+            .err(
+                "NetworkDriver.DeleteEndpoint",
+                json!({"NetworkID": "a".repeat(64), "EndpointID": id}),
+            )
+            .await;
+        assert_eq!(status, 400, "{id:?}");
+        assert!(msg.contains("invalid EndpointID"), "{msg}");
+    }
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn keep_alive_serves_many_requests_on_one_connection_and_concurrently() {
+    let s = Server::start().await;
+    let path = s.client.path.clone();
+    let mut tasks = Vec::new();
+    for _ in 0..16 {
+        let c = PluginClient::new(&path);
+        tasks.push(tokio::spawn(async move {
+            for _ in 0..10 {
+                let (status, _) = c.raw("Plugin.Activate", "").await;
+                assert_eq!(status, 200);
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn stale_socket_is_replaced_and_live_one_is_not_stolen() {
+    let dir = tempfile::tempdir().unwrap();
+    let sock = dir.path().join("calico.sock");
+    // A stale socket file: bound once, its listener gone.
+    drop(std::os::unix::net::UnixListener::bind(&sock).unwrap());
+    assert!(sock.exists());
+    let live = plugin::bind(&sock).expect("stale socket replaced");
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(&sock).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o660, "socket mode");
+    let err = plugin::bind(&sock).unwrap_err();
+    assert!(err.to_string().contains("another process"), "{err}");
+    drop(live);
+}
+
+#[tokio::test]
+async fn shutdown_removes_the_socket() {
+    let s = Server::start().await;
+    let path = s.stop().await;
+    assert!(!path.exists(), "socket removed at shutdown");
+}
