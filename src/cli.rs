@@ -64,7 +64,10 @@ pub fn open_datastore(config: &Config) -> Result<Arc<dyn Datastore>> {
 pub async fn build_driver(config: &Config, store: Arc<dyn Datastore>) -> Result<Arc<Driver>> {
     let settings = DriverSettings {
         nodename: config.nodename.clone(),
-        scope: "local".to_string(),
+        scope: config.scope.clone(),
+        create_profiles: config.create_profiles,
+        ifprefix: config.ifprefix.clone(),
+        veth_mtu: config.veth_mtu,
     };
     Ok(Arc::new(Driver::new(store, settings)))
 }
@@ -83,6 +86,25 @@ async fn shutdown_signal() {
 pub async fn run_server(config: Config) -> Result<()> {
     let store = open_datastore(&config)?;
     let driver = build_driver(&config, store.clone()).await?;
+    // Prepare the datastore (Node, default pools) without holding up the socket: Docker
+    // gives up on a plugin that is not there within about 15 s.
+    let init = {
+        let driver = driver.clone();
+        let pools = config.default_pools.clone();
+        tokio::spawn(async move {
+            let mut delay = std::time::Duration::from_millis(500);
+            loop {
+                match driver.init(&pools).await {
+                    Ok(()) => break,
+                    Err(e) => {
+                        tracing::warn!(error = %e, retry_in = ?delay, "prepare datastore");
+                        tokio::time::sleep(delay).await;
+                        delay = (delay * 2).min(std::time::Duration::from_secs(10));
+                    }
+                }
+            }
+        })
+    };
     let listener = plugin::bind(&config.socket)?;
     tracing::info!(
         socket = %config.socket.display(),
@@ -96,6 +118,7 @@ pub async fn run_server(config: Config) -> Result<()> {
         timeout: config.request_timeout,
     });
     plugin::serve(listener, config.socket.clone(), state, shutdown_signal()).await?;
+    init.abort();
     tracing::info!("stopped; socket removed");
     Ok(())
 }

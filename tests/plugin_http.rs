@@ -25,10 +25,7 @@ impl Server {
         let store = Arc::new(LocalStore::open(dir.path().join("store.redb")).unwrap());
         let driver = Arc::new(Driver::new(
             store,
-            DriverSettings {
-                nodename: "test-host".into(),
-                scope: "local".into(),
-            },
+            DriverSettings::new("test-host"),
         ));
         let listener = plugin::bind(&sock).unwrap();
         let state = Arc::new(AppState {

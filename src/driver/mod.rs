@@ -1,7 +1,7 @@
 //! Docker's network and IPAM driver calls, on top of the allocator and the dataplane.
 
 use std::collections::BTreeMap;
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::net::{Ipv4Addr, Ipv6Addr};
 use std::sync::Arc;
 
 use ipnet::IpNet;
@@ -9,6 +9,10 @@ use serde_json::Value;
 
 use crate::datastore::Datastore;
 use crate::error::{Error, Result};
+use crate::ipam::Ipam;
+
+pub mod ipam;
+pub mod network;
 
 /// Address space names the IPAM driver reports (the original plugin's names).
 pub const LOCAL_ADDRESS_SPACE: &str = "CalicoLocalAddressSpace";
@@ -22,6 +26,25 @@ pub struct DriverSettings {
     pub nodename: String,
     /// `local` or `global` capability scope.
     pub scope: String,
+    /// Create a Calico profile per network (`CALICO_LIBNETWORK_CREATE_PROFILES`).
+    pub create_profiles: bool,
+    /// Container interface name prefix (`CALICO_LIBNETWORK_IFPREFIX`).
+    pub ifprefix: String,
+    /// veth MTU (`CALICO_LIBNETWORK_VETH_MTU`); kernel default when `None`.
+    pub veth_mtu: Option<u32>,
+}
+
+impl DriverSettings {
+    /// Defaults for `nodename`.
+    pub fn new(nodename: &str) -> Self {
+        DriverSettings {
+            nodename: nodename.to_string(),
+            scope: "local".to_string(),
+            create_profiles: true,
+            ifprefix: "eth".to_string(),
+            veth_mtu: None,
+        }
+    }
 }
 
 /// A `RequestPool` call, decoded.
@@ -119,19 +142,52 @@ pub fn format_mac(mac: &[u8; 6]) -> String {
 /// The network and IPAM driver.
 pub struct Driver {
     store: Arc<dyn Datastore>,
+    ipam: Ipam,
     settings: DriverSettings,
-}
-
-fn not_yet(call: &str) -> Error {
-    Error::msg(format!(
-        "{call}: not implemented yet in this build of calico-libnetwork"
-    ))
+    netlink: std::sync::OnceLock<crate::dataplane::Netlink>,
+    endpoints: std::sync::Mutex<std::collections::HashMap<String, network::EndpointCache>>,
 }
 
 impl Driver {
     /// Builds the driver over a datastore.
     pub fn new(store: Arc<dyn Datastore>, settings: DriverSettings) -> Self {
-        Driver { store, settings }
+        Driver {
+            ipam: Ipam::new(store.clone()),
+            store,
+            settings,
+            netlink: std::sync::OnceLock::new(),
+            endpoints: Default::default(),
+        }
+    }
+
+    /// The netlink handle, opened on first use (IPAM-only use never needs one).
+    fn netlink(&self) -> Result<&crate::dataplane::Netlink> {
+        if let Some(nl) = self.netlink.get() {
+            return Ok(nl);
+        }
+        let nl = crate::dataplane::Netlink::new()?;
+        Ok(self.netlink.get_or_init(|| nl))
+    }
+
+    /// The allocator.
+    pub fn ipam(&self) -> &Ipam {
+        &self.ipam
+    }
+
+    /// Prepares the datastore for this host: its Node resource, ClusterInformation, and
+    /// the default pools when no pool exists at all. Idempotent; never overwrites.
+    pub async fn init(&self, default_pools: &[IpNet]) -> Result<()> {
+        let host = &self.settings.nodename;
+        if self.ipam.ensure_node(host).await? {
+            tracing::info!(node = %host, "created Calico Node resource");
+        }
+        if self.ipam.ensure_cluster_information().await? {
+            tracing::info!("created ClusterInformation default");
+        }
+        for name in self.ipam.ensure_default_pools(default_pools).await? {
+            tracing::info!(pool = %name, "created default IP pool (no pool existed)");
+        }
+        Ok(())
     }
 
     /// The datastore.
@@ -144,43 +200,6 @@ impl Driver {
         &self.settings.scope
     }
 
-    /// `IpamDriver.RequestPool`.
-    pub async fn request_pool(&self, _req: PoolRequest) -> Result<PoolGrant> {
-        Err(not_yet("request pool"))
-    }
-    /// `IpamDriver.ReleasePool`.
-    pub async fn release_pool(&self, _pool_id: &str) -> Result<()> {
-        Err(not_yet("release pool"))
-    }
-    /// `IpamDriver.RequestAddress`.
-    pub async fn request_address(
-        &self,
-        _pool_id: &str,
-        _address: Option<IpAddr>,
-        _options: &BTreeMap<String, String>,
-    ) -> Result<IpNet> {
-        Err(not_yet("request address"))
-    }
-    /// `IpamDriver.ReleaseAddress`.
-    pub async fn release_address(&self, _pool_id: &str, _address: IpAddr) -> Result<()> {
-        Err(not_yet("release address"))
-    }
-    /// `NetworkDriver.CreateNetwork`.
-    pub async fn create_network(&self, _spec: NetworkSpec) -> Result<()> {
-        Err(not_yet("create network"))
-    }
-    /// `NetworkDriver.DeleteNetwork`.
-    pub async fn delete_network(&self, _network_id: &str) -> Result<()> {
-        Err(not_yet("delete network"))
-    }
-    /// `NetworkDriver.CreateEndpoint`; returns a MAC to fill in when Docker left it empty.
-    pub async fn create_endpoint(&self, _spec: EndpointSpec) -> Result<Option<String>> {
-        Err(not_yet("create endpoint"))
-    }
-    /// `NetworkDriver.DeleteEndpoint`.
-    pub async fn delete_endpoint(&self, _network_id: &str, _endpoint_id: &str) -> Result<()> {
-        Err(not_yet("delete endpoint"))
-    }
     /// `NetworkDriver.EndpointOperInfo`.
     pub async fn endpoint_oper_info(
         &self,
@@ -188,14 +207,6 @@ impl Driver {
         _endpoint_id: &str,
     ) -> Result<BTreeMap<String, Value>> {
         Ok(BTreeMap::new())
-    }
-    /// `NetworkDriver.Join`.
-    pub async fn join(&self, _network_id: &str, _endpoint_id: &str) -> Result<JoinInfo> {
-        Err(not_yet("join"))
-    }
-    /// `NetworkDriver.Leave`.
-    pub async fn leave(&self, _network_id: &str, _endpoint_id: &str) -> Result<()> {
-        Err(not_yet("leave"))
     }
     /// `NetworkDriver.ProgramExternalConnectivity`.
     pub async fn program_external_connectivity(

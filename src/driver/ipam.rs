@@ -1,0 +1,409 @@
+//! Docker's IPAM driver calls over Calico IPAM.
+//!
+//! Pool IDs given to Docker:
+//! - `CalicoPoolIPv4` / `CalicoPoolIPv6`: every enabled pool that selects this node;
+//! - otherwise a comma-separated list of Calico pool names: the pool matching `--subnet`
+//!   (found or created), or the pools chosen with `--ipam-opt ipv4-pools=a,b`.
+
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+
+use ipnet::IpNet;
+use serde::{Deserialize, Serialize};
+
+use super::{Driver, PoolGrant, PoolRequest};
+use crate::datastore::Write;
+use crate::error::{Error, Result, ResultExt};
+use crate::ipam::{default_attrs, AssignIp, AutoAssign};
+use crate::model::ippool::{MODE_ALWAYS, MODE_CROSS_SUBNET, MODE_NEVER};
+use crate::model::{keys, IpFamily, IpPool, IpPoolSpec};
+
+/// Pool ID for "all of Calico's IPv4 pools".
+pub const POOL_ID_V4: &str = "CalicoPoolIPv4";
+/// Pool ID for "all of Calico's IPv6 pools".
+pub const POOL_ID_V6: &str = "CalicoPoolIPv6";
+/// The pool-data key Docker reads the gateway from.
+pub const GATEWAY_DATA_KEY: &str = "com.docker.network.gateway";
+/// `RequestAddressType` value Docker uses when it asks for a gateway address.
+const GATEWAY_REQUEST: &str = "com.docker.network.gateway";
+
+/// `--ipam-opt` keys understood, and what they do.
+pub const IPAM_OPTIONS: &[(&str, &str)] = &[
+    ("ipv4-pools", "comma-separated Calico pool names to allocate IPv4 addresses from"),
+    ("ipv6-pools", "comma-separated Calico pool names to allocate IPv6 addresses from"),
+    ("ipip-mode", "Never|Always|CrossSubnet, for a pool created from --subnet"),
+    ("vxlan-mode", "Never|Always|CrossSubnet, for a pool created from --subnet"),
+    ("nat-outgoing", "true|false, for a pool created from --subnet (default true)"),
+    ("block-size", "block prefix length, for a pool created from --subnet"),
+    ("node-selector", "Calico selector of nodes, for a pool created from --subnet"),
+];
+const CREATE_OPTIONS: &[&str] = &["ipip-mode", "vxlan-mode", "nat-outgoing", "block-size", "node-selector"];
+
+/// What we remember about a pool requested with `--subnet`.
+#[derive(Serialize, Deserialize, Debug, Default)]
+struct PoolRecord {
+    cidr: String,
+    #[serde(rename = "createdByPlugin")]
+    created_by_plugin: bool,
+    references: u64,
+}
+
+fn dummy_gateway(v6: bool) -> &'static str {
+    // A gateway in the pool data stops Docker asking us for a gateway address; containers
+    // on Calico route through 169.254.1.1 instead.
+    if v6 {
+        "::/0"
+    } else {
+        "0.0.0.0/0"
+    }
+}
+
+fn supported_options() -> String {
+    IPAM_OPTIONS
+        .iter()
+        .map(|(k, _)| *k)
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+fn mode(key: &str, v: &str) -> Result<String> {
+    for m in [MODE_NEVER, MODE_ALWAYS, MODE_CROSS_SUBNET] {
+        if v.eq_ignore_ascii_case(m) {
+            return Ok(m.to_string());
+        }
+    }
+    Err(Error::invalid(format!(
+        "--ipam-opt {key}={v}: expected Never, Always or CrossSubnet"
+    )))
+}
+
+/// The Calico pool name for a pool we create from `--subnet`.
+pub fn pool_name_for(cidr: &IpNet) -> String {
+    let raw = format!("libnetwork-{}", cidr.to_string().replace(['/', ':', '.'], "-"));
+    crate::model::resource_name_from(&raw)
+}
+
+impl Driver {
+    /// `IpamDriver.RequestPool`.
+    pub async fn request_pool(&self, req: PoolRequest) -> Result<PoolGrant> {
+        if let Some(sub) = req.sub_pool {
+            return Err(Error::invalid(format!(
+                "Calico IPAM does not support --ip-range ({sub}): create a Calico IP pool with that CIDR and pass it as --subnet"
+            )));
+        }
+        for k in req.options.keys() {
+            if !IPAM_OPTIONS.iter().any(|(o, _)| o == k) {
+                return Err(Error::invalid(format!(
+                    "Calico IPAM does not support --ipam-opt {k}; supported: {}",
+                    supported_options()
+                )));
+            }
+        }
+        let family = if req.v6 { IpFamily::V6 } else { IpFamily::V4 };
+        let mut data = BTreeMap::new();
+        data.insert(GATEWAY_DATA_KEY.to_string(), dummy_gateway(req.v6).to_string());
+        let any: IpNet = dummy_gateway(req.v6).parse().unwrap();
+
+        if let Some(subnet) = req.pool {
+            if IpFamily::of_net(&subnet) != family {
+                return Err(Error::invalid(format!(
+                    "--subnet {subnet} is not an IPv{} subnet",
+                    family.number()
+                )));
+            }
+            let name = self.pool_for_subnet(&subnet.trunc(), &req.options).await?;
+            return Ok(PoolGrant {
+                pool_id: name,
+                pool: subnet.trunc(),
+                data,
+            });
+        }
+
+        let sel_key = if req.v6 { "ipv6-pools" } else { "ipv4-pools" };
+        if let Some(created) = CREATE_OPTIONS.iter().find(|k| req.options.contains_key(**k)) {
+            return Err(Error::invalid(format!(
+                "--ipam-opt {created} applies only with --subnet (to the pool created for it)"
+            )));
+        }
+        if let Some(list) = req.options.get(sel_key) {
+            let names: Vec<&str> = list.split(',').map(str::trim).filter(|s| !s.is_empty()).collect();
+            if names.is_empty() {
+                return Err(Error::invalid(format!("--ipam-opt {sel_key}: no pool named")));
+            }
+            for n in &names {
+                let pool = self
+                    .ipam
+                    .get_pool(n)
+                    .await?
+                    .ok_or_else(|| Error::invalid(format!("--ipam-opt {sel_key}: no Calico IP pool named {n}")))?;
+                if pool.spec.family() != Some(family) {
+                    return Err(Error::invalid(format!(
+                        "--ipam-opt {sel_key}: pool {n} ({}) is not an IPv{} pool",
+                        pool.spec.cidr,
+                        family.number()
+                    )));
+                }
+                if pool.spec.disabled {
+                    return Err(Error::invalid(format!("--ipam-opt {sel_key}: pool {n} is disabled")));
+                }
+            }
+            return Ok(PoolGrant {
+                pool_id: names.join(","),
+                pool: any,
+                data,
+            });
+        }
+        Ok(PoolGrant {
+            pool_id: if req.v6 { POOL_ID_V6 } else { POOL_ID_V4 }.to_string(),
+            pool: any,
+            data,
+        })
+    }
+
+    /// Finds the pool whose CIDR is exactly `subnet`, or creates one; counts the reference.
+    async fn pool_for_subnet(&self, subnet: &IpNet, options: &BTreeMap<String, String>) -> Result<String> {
+        let pools = self.ipam.list_pools().await?;
+        let mut found: Option<&IpPool> = None;
+        for p in &pools {
+            let Ok(c) = p.spec.cidr_net() else { continue };
+            if c == *subnet {
+                found = Some(p);
+            } else if c.contains(&subnet.network()) || subnet.contains(&c.network()) {
+                return Err(Error::invalid(format!(
+                    "--subnet {subnet} overlaps Calico IP pool {} ({c}); use exactly that pool's CIDR or a subnet that overlaps no pool",
+                    p.name()
+                )));
+            }
+        }
+        let (name, created) = match found {
+            Some(p) => {
+                if let Some(k) = CREATE_OPTIONS.iter().find(|k| options.contains_key(**k)) {
+                    return Err(Error::invalid(format!(
+                        "--ipam-opt {k} applies only to a pool calico-libnetwork creates; pool {} already has CIDR {subnet}",
+                        p.name()
+                    )));
+                }
+                if p.spec.disabled {
+                    return Err(Error::invalid(format!(
+                        "Calico IP pool {} ({subnet}) is disabled",
+                        p.name()
+                    )));
+                }
+                (p.name().to_string(), false)
+            }
+            None => {
+                let mut spec = IpPoolSpec::with_cidr(subnet);
+                spec.nat_outgoing = true;
+                for (k, v) in options {
+                    match k.as_str() {
+                        "ipip-mode" => spec.ipip_mode = mode(k, v)?,
+                        "vxlan-mode" => spec.vxlan_mode = mode(k, v)?,
+                        "nat-outgoing" => {
+                            spec.nat_outgoing = match v.to_ascii_lowercase().as_str() {
+                                "true" | "1" | "yes" => true,
+                                "false" | "0" | "no" => false,
+                                _ => return Err(Error::invalid(format!("--ipam-opt nat-outgoing={v}: expected true or false"))),
+                            }
+                        }
+                        "block-size" => {
+                            spec.block_size = v.parse().map_err(|_| {
+                                Error::invalid(format!("--ipam-opt block-size={v}: expected a prefix length"))
+                            })?
+                        }
+                        "node-selector" => spec.node_selector = v.clone(),
+                        _ => {}
+                    }
+                }
+                let name = pool_name_for(subnet);
+                match self.ipam.create_pool(IpPool::new(&name, spec)).await {
+                    Ok(_) => (name, true),
+                    // Created concurrently by another request for the same subnet.
+                    Err(e) if e.is_exists() => (name, false),
+                    Err(e) => return Err(e.context(format!("create Calico IP pool for --subnet {subnet}"))),
+                }
+            }
+        };
+        self.add_pool_reference(&name, subnet, created).await?;
+        Ok(name)
+    }
+
+    async fn add_pool_reference(&self, name: &str, cidr: &IpNet, created: bool) -> Result<()> {
+        let key = keys::pool_key(name);
+        for _ in 0..crate::ipam::RETRIES {
+            let cur = self.store.get(&key).await?;
+            let mut rec = match &cur {
+                Some(kv) => serde_json::from_slice(&kv.value).map_err(|e| Error::json(&key, e))?,
+                None => PoolRecord {
+                    cidr: cidr.to_string(),
+                    ..Default::default()
+                },
+            };
+            rec.references += 1;
+            rec.created_by_plugin |= created;
+            let value = serde_json::to_vec(&rec).map_err(|e| Error::msg(format!("encode {key}: {e}")))?;
+            let w = Write::create_or_update(&key, value, cur.map(|kv| kv.revision));
+            match self.store.txn(vec![w]).await {
+                Ok(_) => return Ok(()),
+                Err(e) if e.is_conflict() || e.is_exists() || e.is_not_found() => continue,
+                Err(e) => return Err(e),
+            }
+        }
+        Err(Error::msg(format!("record pool {name}: too many concurrent updates")))
+    }
+
+    /// `IpamDriver.ReleasePool`: drops this request's reference; a pool the plugin created
+    /// for `--subnet` is deleted with its last reference once nothing is allocated in it.
+    pub async fn release_pool(&self, pool_id: &str) -> Result<()> {
+        if pool_id == POOL_ID_V4 || pool_id == POOL_ID_V6 || pool_id.contains(',') || pool_id.is_empty() {
+            return Ok(());
+        }
+        if crate::model::validate_resource_name(pool_id).is_err() {
+            return Err(Error::invalid(format!("release pool: invalid pool ID {:?}", pool_id)));
+        }
+        let key = keys::pool_key(pool_id);
+        for _ in 0..crate::ipam::RETRIES {
+            let Some(kv) = self.store.get(&key).await? else {
+                return Ok(()); // Not a --subnet request of ours, or already released.
+            };
+            let mut rec: PoolRecord = serde_json::from_slice(&kv.value).map_err(|e| Error::json(&key, e))?;
+            rec.references = rec.references.saturating_sub(1);
+            let res = if rec.references == 0 {
+                self.store.delete(&key, Some(kv.revision)).await.map(|_| 0)
+            } else {
+                let value = serde_json::to_vec(&rec).map_err(|e| Error::msg(format!("encode {key}: {e}")))?;
+                self.store.update(&key, value, kv.revision).await
+            };
+            match res {
+                Ok(_) => {
+                    if rec.references == 0 && rec.created_by_plugin {
+                        self.delete_pool_if_unused(pool_id).await?;
+                    }
+                    return Ok(());
+                }
+                Err(e) if e.is_conflict() || e.is_not_found() => continue,
+                Err(e) => return Err(e),
+            }
+        }
+        Err(Error::msg(format!("release pool {pool_id}: too many concurrent updates")))
+    }
+
+    async fn delete_pool_if_unused(&self, name: &str) -> Result<()> {
+        let Some(summary) = self.ipam.summary().await?.into_iter().find(|s| s.name == name) else {
+            return Ok(());
+        };
+        if summary.used > 0 {
+            tracing::info!(pool = name, used = summary.used, "keeping Calico IP pool: addresses still allocated");
+            return Ok(());
+        }
+        match self.ipam.delete_pool(name).await {
+            Ok(()) => {
+                tracing::info!(pool = name, "deleted Calico IP pool created for --subnet");
+                Ok(())
+            }
+            Err(e) if e.is_not_found() => Ok(()),
+            Err(e) => Err(e.context(format!("delete Calico IP pool {name}"))),
+        }
+    }
+
+    /// The family and pool CIDRs a pool ID stands for.
+    async fn resolve_pool_id(&self, pool_id: &str) -> Result<(IpFamily, Vec<IpNet>, Vec<String>)> {
+        match pool_id {
+            POOL_ID_V4 => return Ok((IpFamily::V4, Vec::new(), Vec::new())),
+            POOL_ID_V6 => return Ok((IpFamily::V6, Vec::new(), Vec::new())),
+            _ => {}
+        }
+        let mut family = None;
+        let mut cidrs = Vec::new();
+        let mut names = Vec::new();
+        for name in pool_id.split(',') {
+            if crate::model::validate_resource_name(name).is_err() {
+                return Err(Error::invalid(format!("invalid PoolID {:?}", pool_id)));
+            }
+            let pool = self.ipam.get_pool(name).await?.ok_or_else(|| {
+                Error::msg(format!(
+                    "The network references Calico IP pool {name}, which has been deleted; re-create it (calico-libnetwork pool add) before using the network"
+                ))
+            })?;
+            let cidr = pool.spec.cidr_net()?;
+            family.get_or_insert(IpFamily::of_net(&cidr));
+            cidrs.push(cidr);
+            names.push(name.to_string());
+        }
+        Ok((family.unwrap_or(IpFamily::V4), cidrs, names))
+    }
+
+    /// `IpamDriver.RequestAddress`.
+    pub async fn request_address(
+        &self,
+        pool_id: &str,
+        address: Option<IpAddr>,
+        options: &BTreeMap<String, String>,
+    ) -> Result<IpNet> {
+        if options.get("RequestAddressType").map(String::as_str) == Some(GATEWAY_REQUEST) {
+            return Err(Error::invalid(
+                "Calico IPAM does not support specifying a gateway (--gateway): containers on Calico networks route through 169.254.1.1",
+            ));
+        }
+        let (family, pools, names) = self.resolve_pool_id(pool_id).await?;
+        let host = self.settings.nodename.clone();
+        let handle = format!("libnetwork.{}", uuid::Uuid::new_v4().simple());
+        let prefix = match family {
+            IpFamily::V4 => 32,
+            IpFamily::V6 => 128,
+        };
+        if let Some(ip) = address {
+            if IpFamily::of_addr(&ip) != family {
+                return Err(Error::invalid(format!(
+                    "assign address {ip}: not an IPv{} address",
+                    family.number()
+                )));
+            }
+            if !pools.is_empty() && !pools.iter().any(|p| p.contains(&ip)) {
+                return Err(Error::invalid(format!(
+                    "assign address {ip}: not in the network's Calico pool {} ({})",
+                    names.join(","),
+                    pools.iter().map(|p| p.to_string()).collect::<Vec<_>>().join(",")
+                )));
+            }
+            let args = AssignIp {
+                ip,
+                handle,
+                attrs: default_attrs(&host),
+                host,
+                intended_use: crate::ipam::USE_WORKLOAD.to_string(),
+            };
+            return match self.ipam.assign_ip(&args).await {
+                Ok(()) => Ok(IpNet::new(ip, prefix).unwrap()),
+                Err(e) if e.is_exists() => Err(Error::invalid(format!("assign address {ip}: address already in use"))),
+                Err(e) => Err(e.context(format!("assign address {ip}"))),
+            };
+        }
+        let mut args = AutoAssign::new(1, family, &host, &handle);
+        args.pools = pools;
+        let got = self
+            .ipam
+            .auto_assign(&args)
+            .await
+            .ctx(format!("assign IPv{} address", family.number()))?;
+        match got.ips.first() {
+            Some(ip) => Ok(IpNet::new(ip.addr(), prefix).unwrap()),
+            None => Err(Error::msg(format!(
+                "assign IPv{} address: no address available in Calico IP pools: {}",
+                family.number(),
+                got.shortfall(1, family)
+            ))),
+        }
+    }
+
+    /// `IpamDriver.ReleaseAddress` (idempotent).
+    pub async fn release_address(&self, _pool_id: &str, address: IpAddr) -> Result<()> {
+        if address.is_unspecified() {
+            return Ok(()); // The dummy gateway from the pool data: nothing was allocated.
+        }
+        self.ipam
+            .release_ips(&[address])
+            .await
+            .ctx(format!("release address {address}"))?;
+        Ok(())
+    }
+}

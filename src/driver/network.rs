@@ -1,0 +1,339 @@
+//! Docker's network driver calls: networks, endpoints, and the veth dataplane.
+
+use std::collections::BTreeMap;
+use std::net::{IpAddr, Ipv4Addr};
+
+use ipnet::IpNet;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use super::{Driver, EndpointSpec, JoinInfo, NetworkSpec};
+use crate::dataplane::{self, EndpointVeth};
+use crate::error::{Error, Result, ResultExt};
+use crate::ipam::kv;
+use crate::model::resources::{WorkloadEndpointSpec, ORCHESTRATOR_LIBNETWORK};
+use crate::model::{keys, Profile, ProfileSpec, WorkloadEndpoint};
+
+/// Calico's fixed IPv4 next hop for workloads; the host veth answers ARP for it.
+pub const GATEWAY_V4: Ipv4Addr = Ipv4Addr::new(169, 254, 1, 1);
+/// Namespace of our WorkloadEndpoints.
+pub const WEP_NAMESPACE: &str = "libnetwork";
+
+/// What we store about a Docker network at `/calico/libnetwork/v1/networks/<id>`.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct NetworkRecord {
+    /// Docker's network ID.
+    pub network_id: String,
+    /// The Calico profile its endpoints carry (empty when profiles are off).
+    pub profile: String,
+    /// IPv4 pools from IPAM (`0.0.0.0/0` for all of Calico's pools).
+    pub ipv4_pools: Vec<String>,
+    /// IPv6 pools from IPAM.
+    pub ipv6_pools: Vec<String>,
+}
+
+/// What Join needs of an endpoint, kept from CreateEndpoint.
+#[derive(Clone, Debug)]
+pub(crate) struct EndpointCache {
+    ipv4: Vec<std::net::Ipv4Addr>,
+    ipv6: Vec<std::net::Ipv6Addr>,
+    mac: [u8; 6],
+}
+
+/// Host-side veth name: `cali` + the first 11 characters of the endpoint ID.
+pub fn host_veth_name(endpoint_id: &str) -> String {
+    format!("cali{}", &endpoint_id[..11])
+}
+
+/// The temporary peer Docker moves into the container.
+pub fn temp_veth_name(endpoint_id: &str) -> String {
+    format!("temp{}", &endpoint_id[..11])
+}
+
+fn random_mac() -> [u8; 6] {
+    let mut mac: [u8; 6] = rand::random();
+    // Locally administered, unicast.
+    mac[0] = (mac[0] | 0x02) & 0xfe;
+    mac
+}
+
+fn option_flag(options: &BTreeMap<String, Value>, key: &str) -> bool {
+    match options.get(key) {
+        Some(Value::Bool(b)) => *b,
+        Some(Value::String(s)) => s == "true",
+        _ => false,
+    }
+}
+
+impl Driver {
+    fn wep_name(&self, endpoint_id: &str) -> Result<String> {
+        crate::model::workload_endpoint_name(
+            &self.settings.nodename,
+            ORCHESTRATOR_LIBNETWORK,
+            ORCHESTRATOR_LIBNETWORK,
+            endpoint_id,
+        )
+    }
+
+    async fn network_record(&self, network_id: &str) -> Result<Option<NetworkRecord>> {
+        let key = keys::network_key(network_id);
+        match self.store.get(&key).await? {
+            Some(kv) => Ok(Some(
+                serde_json::from_slice(&kv.value).map_err(|e| Error::json(&key, e))?,
+            )),
+            None => Ok(None),
+        }
+    }
+
+    /// `NetworkDriver.CreateNetwork`.
+    pub async fn create_network(&self, spec: NetworkSpec) -> Result<()> {
+        if option_flag(&spec.options, "com.docker.network.internal") {
+            return Err(Error::invalid("Calico driver does not support the flag --internal."));
+        }
+        if let Some(Value::Object(generic)) = spec.options.get("com.docker.network.generic") {
+            if !generic.is_empty() {
+                let mut flags: Vec<String> = generic.keys().cloned().collect();
+                flags.sort();
+                return Err(Error::invalid(format!(
+                    "Calico driver does not support the flag{} {} (-o/--opt).",
+                    if flags.len() > 1 { "s" } else { "" },
+                    flags.join(", ")
+                )));
+            }
+        }
+        for (pool, gw) in spec.ipv4_data.iter().chain(spec.ipv6_data.iter()) {
+            // Calico IPAM marks its pools with a 0/0 dummy gateway; anything else means
+            // Docker's own IPAM, whose subnets Calico does not know.
+            if gw != "0.0.0.0/0" && gw != "::/0" {
+                return Err(Error::invalid(format!(
+                    "calico networks need Calico IPAM: add --ipam-driver calico (pool {pool}, gateway {gw} came from another IPAM driver)"
+                )));
+            }
+        }
+        let profile = if self.settings.create_profiles {
+            // Docker sends no network name; the network ID names the profile.
+            let name = crate::model::resource_name_from(&spec.network_id);
+            let mut p = Profile::new(&name, ProfileSpec::for_network(&name));
+            match kv::create(self.store.as_ref(), &mut p).await {
+                Ok(_) => {}
+                Err(e) if e.is_exists() => {}
+                Err(e) => return Err(e.context(format!("create profile {name}"))),
+            }
+            name
+        } else {
+            String::new()
+        };
+        let rec = NetworkRecord {
+            network_id: spec.network_id.clone(),
+            profile,
+            ipv4_pools: spec.ipv4_data.iter().map(|(p, _)| p.clone()).collect(),
+            ipv6_pools: spec.ipv6_data.iter().map(|(p, _)| p.clone()).collect(),
+        };
+        let value = serde_json::to_vec(&rec).map_err(|e| Error::msg(format!("encode network record: {e}")))?;
+        self.store
+            .put(&keys::network_key(&spec.network_id), value)
+            .await
+            .ctx(format!("record network {}", spec.network_id))?;
+        Ok(())
+    }
+
+    /// `NetworkDriver.DeleteNetwork` (idempotent).
+    pub async fn delete_network(&self, network_id: &str) -> Result<()> {
+        let Some(rec) = self.network_record(network_id).await? else {
+            return Ok(());
+        };
+        match self.store.delete(&keys::network_key(network_id), None).await {
+            Ok(()) => {}
+            Err(e) if e.is_not_found() => {}
+            Err(e) => return Err(e.context(format!("delete network {network_id}"))),
+        }
+        if !rec.profile.is_empty() {
+            // The profile goes with the last network that uses it.
+            let others = self.store.list(&keys::networks_prefix()).await?;
+            let in_use = others.iter().any(|kv| {
+                serde_json::from_slice::<NetworkRecord>(&kv.value)
+                    .map(|r| r.profile == rec.profile)
+                    .unwrap_or(false)
+            });
+            if !in_use {
+                match self.store.delete(&keys::profile_key(&rec.profile), None).await {
+                    Ok(()) => {}
+                    Err(e) if e.is_not_found() => {}
+                    Err(e) => return Err(e.context(format!("delete profile {}", rec.profile))),
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// `NetworkDriver.CreateEndpoint`: writes the WorkloadEndpoint. Returns the MAC we
+    /// chose when Docker left it empty (Docker applies it to the container interface).
+    pub async fn create_endpoint(&self, spec: EndpointSpec) -> Result<Option<String>> {
+        let rec = self.network_record(&spec.network_id).await?.ok_or_else(|| {
+            Error::msg(format!(
+                "create endpoint: network {} is not known to calico-libnetwork (was it created with -d calico?)",
+                spec.network_id
+            ))
+        })?;
+        let ipv4: Vec<std::net::Ipv4Addr> = spec
+            .ipv4
+            .iter()
+            .filter_map(|n| match n.addr() {
+                IpAddr::V4(a) => Some(a),
+                _ => None,
+            })
+            .collect();
+        let ipv6: Vec<std::net::Ipv6Addr> = spec
+            .ipv6
+            .iter()
+            .filter_map(|n| match n.addr() {
+                IpAddr::V6(a) => Some(a),
+                _ => None,
+            })
+            .collect();
+        if ipv4.is_empty() && ipv6.is_empty() {
+            return Err(Error::invalid("create endpoint: no address assigned for endpoint"));
+        }
+        let (mac, filled) = match spec.mac {
+            Some(m) => (m, None),
+            None => {
+                let m = random_mac();
+                (m, Some(super::format_mac(&m)))
+            }
+        };
+        let mut ip_networks: Vec<String> = ipv4.iter().map(|a| format!("{a}/32")).collect();
+        ip_networks.extend(ipv6.iter().map(|a| format!("{a}/128")));
+        let name = self.wep_name(&spec.endpoint_id)?;
+        let mut wep = WorkloadEndpoint::namespaced(
+            WEP_NAMESPACE,
+            &name,
+            WorkloadEndpointSpec {
+                orchestrator: ORCHESTRATOR_LIBNETWORK.to_string(),
+                workload: ORCHESTRATOR_LIBNETWORK.to_string(),
+                node: self.settings.nodename.clone(),
+                endpoint: spec.endpoint_id.clone(),
+                ip_networks,
+                profiles: if rec.profile.is_empty() {
+                    Vec::new()
+                } else {
+                    vec![rec.profile.clone()]
+                },
+                interface_name: host_veth_name(&spec.endpoint_id),
+                mac: super::format_mac(&mac),
+                ..Default::default()
+            },
+        );
+        wep.apply_calico_labels();
+        match kv::create(self.store.as_ref(), &mut wep).await {
+            Ok(_) => {}
+            Err(e) if e.is_exists() => {
+                // Docker retrying the same endpoint: replace what an earlier attempt wrote.
+                let key = wep.key()?;
+                wep.metadata.stamp_create();
+                self.store
+                    .put(&key, wep.to_json()?)
+                    .await
+                    .ctx(format!("write WorkloadEndpoint {name}"))?;
+            }
+            Err(e) => return Err(e.context(format!("create WorkloadEndpoint {name}"))),
+        }
+        self.endpoints
+            .lock()
+            .unwrap()
+            .insert(spec.endpoint_id.clone(), EndpointCache { ipv4, ipv6, mac });
+        Ok(filled)
+    }
+
+    async fn endpoint_cache(&self, endpoint_id: &str) -> Result<EndpointCache> {
+        if let Some(c) = self.endpoints.lock().unwrap().get(endpoint_id) {
+            return Ok(c.clone());
+        }
+        // After a restart: the WorkloadEndpoint has all we need.
+        let name = self.wep_name(endpoint_id)?;
+        let key = keys::workload_endpoint_key(WEP_NAMESPACE, &name);
+        let wep: WorkloadEndpoint = kv::get(self.store.as_ref(), &key)
+            .await?
+            .ok_or_else(|| Error::msg(format!("join: endpoint {endpoint_id} was never created")))?;
+        let mut c = EndpointCache {
+            ipv4: Vec::new(),
+            ipv6: Vec::new(),
+            mac: super::parse_mac(&wep.spec.mac)?,
+        };
+        for n in wep.spec.ip_nets()? {
+            match n.addr() {
+                IpAddr::V4(a) => c.ipv4.push(a),
+                IpAddr::V6(a) => c.ipv6.push(a),
+            }
+        }
+        self.endpoints
+            .lock()
+            .unwrap()
+            .insert(endpoint_id.to_string(), c.clone());
+        Ok(c)
+    }
+
+    /// `NetworkDriver.Join`: creates the veth pair and answers the gateway.
+    pub async fn join(&self, _network_id: &str, endpoint_id: &str) -> Result<JoinInfo> {
+        let ep = self.endpoint_cache(endpoint_id).await?;
+        let nl = self.netlink()?;
+        let info = dataplane::setup_endpoint_veth(
+            nl,
+            EndpointVeth {
+                host_name: host_veth_name(endpoint_id),
+                temp_name: temp_veth_name(endpoint_id),
+                mtu: self.settings.veth_mtu,
+                ipv4: ep.ipv4.clone(),
+                ipv6: ep.ipv6.clone(),
+                container_mac: Some(ep.mac),
+            },
+        )
+        .await
+        .ctx(format!("join endpoint {}", &endpoint_id[..12]))?;
+        Ok(JoinInfo {
+            src_name: temp_veth_name(endpoint_id),
+            dst_prefix: self.settings.ifprefix.clone(),
+            gateway: (!ep.ipv4.is_empty()).then_some(GATEWAY_V4),
+            gateway_ipv6: info.host_ipv6_link_local,
+        })
+    }
+
+    /// `NetworkDriver.Leave` (idempotent): removes the veth pair and its routes.
+    pub async fn leave(&self, _network_id: &str, endpoint_id: &str) -> Result<()> {
+        // Leave comes before Docker moves the interface back, so delete via the host end.
+        dataplane::teardown_endpoint_veth(self.netlink()?, &host_veth_name(endpoint_id))
+            .await
+            .ctx(format!("leave endpoint {}", &endpoint_id[..12]))
+    }
+
+    /// `NetworkDriver.DeleteEndpoint` (idempotent).
+    pub async fn delete_endpoint(&self, _network_id: &str, endpoint_id: &str) -> Result<()> {
+        let name = self.wep_name(endpoint_id)?;
+        match self
+            .store
+            .delete(&keys::workload_endpoint_key(WEP_NAMESPACE, &name), None)
+            .await
+        {
+            Ok(()) => {}
+            Err(e) if e.is_not_found() => {}
+            Err(e) => return Err(e.context(format!("delete WorkloadEndpoint {name}"))),
+        }
+        self.endpoints.lock().unwrap().remove(endpoint_id);
+        // In case Leave never came (a crashed container start): the veth goes too.
+        if let Ok(nl) = self.netlink() {
+            let _ = dataplane::teardown_endpoint_veth(nl, &host_veth_name(endpoint_id)).await;
+        }
+        Ok(())
+    }
+
+    /// Pools of a network as recorded, for tools.
+    pub async fn network_pools(&self, network_id: &str) -> Result<Vec<IpNet>> {
+        let rec = self.network_record(network_id).await?.unwrap_or_default();
+        Ok(rec
+            .ipv4_pools
+            .iter()
+            .chain(rec.ipv6_pools.iter())
+            .filter_map(|p| p.parse().ok())
+            .collect())
+    }
+}
