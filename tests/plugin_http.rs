@@ -3,62 +3,22 @@
 mod common;
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use calico_libnetwork::datastore::local::LocalStore;
-use calico_libnetwork::driver::{Driver, DriverSettings};
-use calico_libnetwork::plugin::{self, AppState};
+use calico_libnetwork::plugin;
 use common::client::PluginClient;
+use common::server::Server;
 use serde_json::json;
 
-struct Server {
-    client: PluginClient,
-    stop: Option<tokio::sync::oneshot::Sender<()>>,
-    task: Option<tokio::task::JoinHandle<()>>,
-    _dir: tempfile::TempDir,
-}
-
-impl Server {
-    async fn start() -> Server {
-        let dir = tempfile::tempdir().unwrap();
-        let sock = dir.path().join("plugins/calico.sock");
-        let store = Arc::new(LocalStore::open(dir.path().join("store.redb")).unwrap());
-        let driver = Arc::new(Driver::new(
-            store,
-            DriverSettings::new("test-host"),
-        ));
-        let listener = plugin::bind(&sock).unwrap();
-        let state = Arc::new(AppState {
-            driver,
-            timeout: Duration::from_secs(5),
-        });
-        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-        let path = sock.clone();
-        let task = tokio::spawn(async move {
-            plugin::serve(listener, path, state, async {
-                let _ = rx.await;
-            })
-            .await
-            .unwrap();
-        });
-        Server {
-            client: PluginClient::new(&sock),
-            stop: Some(tx),
-            task: Some(task),
-            _dir: dir,
-        }
-    }
-
-    async fn stop(mut self) -> std::path::PathBuf {
-        self.stop.take().unwrap().send(()).unwrap();
-        self.task.take().unwrap().await.unwrap();
-        self.client.path.clone()
-    }
+async fn start() -> (Server, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(LocalStore::open(dir.path().join("store.redb")).unwrap());
+    (Server::start(store, "test-host", &[]).await, dir)
 }
 
 #[tokio::test]
 async fn activate_answers_both_driver_kinds() {
-    let s = Server::start().await;
+    let (s, _dir) = start().await;
     // Docker sends Activate with an empty body and no Content-Type.
     let (status, v) = s.client.raw("Plugin.Activate", "").await;
     assert_eq!(status, 200);
@@ -68,7 +28,7 @@ async fn activate_answers_both_driver_kinds() {
 
 #[tokio::test]
 async fn capabilities_and_address_spaces() {
-    let s = Server::start().await;
+    let (s, _dir) = start().await;
     let (_, v) = s.client.raw("NetworkDriver.GetCapabilities", "").await;
     assert_eq!(v, json!({"Scope": "local", "ConnectivityScope": "local"}));
     let (_, v) = s.client.raw("IpamDriver.GetCapabilities", "").await;
@@ -87,7 +47,7 @@ async fn capabilities_and_address_spaces() {
 
 #[tokio::test]
 async fn unknown_method_is_404_with_err() {
-    let s = Server::start().await;
+    let (s, _dir) = start().await;
     let (status, v) = s.client.raw("NetworkDriver.Frobnicate", "{}").await;
     assert_eq!(status, 404);
     assert!(v["Err"]
@@ -99,7 +59,7 @@ async fn unknown_method_is_404_with_err() {
 
 #[tokio::test]
 async fn malformed_body_is_400_naming_the_problem() {
-    let s = Server::start().await;
+    let (s, _dir) = start().await;
     let (status, v) = s.client.raw("NetworkDriver.Join", "{not json").await;
     assert_eq!(status, 400);
     assert!(v["Err"]
@@ -125,7 +85,7 @@ async fn malformed_body_is_400_naming_the_problem() {
 
 #[tokio::test]
 async fn hostile_ids_are_refused_before_use() {
-    let s = Server::start().await;
+    let (s, _dir) = start().await;
     for id in ["../../etc/passwd", "", "zz", &"a".repeat(65), "abc\u{0}def"] {
         let (status, msg) = s
             .client
@@ -142,7 +102,7 @@ async fn hostile_ids_are_refused_before_use() {
 
 #[tokio::test]
 async fn keep_alive_serves_many_requests_on_one_connection_and_concurrently() {
-    let s = Server::start().await;
+    let (s, _dir) = start().await;
     let path = s.client.path.clone();
     let mut tasks = Vec::new();
     for _ in 0..16 {
@@ -178,7 +138,7 @@ async fn stale_socket_is_replaced_and_live_one_is_not_stolen() {
 
 #[tokio::test]
 async fn shutdown_removes_the_socket() {
-    let s = Server::start().await;
+    let (s, _dir) = start().await;
     let path = s.stop().await;
     assert!(!path.exists(), "socket removed at shutdown");
 }

@@ -339,6 +339,10 @@ impl Ipam {
         cidr: &IpNet,
         n: i64,
     ) -> Result<Option<Write>> {
+        if handle.is_empty() {
+            // No handle (AssignIP without a HandleID): nothing to count, as in Calico.
+            return Ok(None);
+        }
         let key = keys::handle_key(handle);
         let mut h = match state {
             HandleState::At(h, _) => h.clone(),
@@ -405,7 +409,7 @@ impl Ipam {
                     return Ok(Vec::new());
                 }
             }
-            let ips = block.assign(n, Some(handle), attrs);
+            let ips = block.assign(n, (!handle.is_empty()).then_some(handle), attrs);
             if ips.is_empty() {
                 return Ok(Vec::new());
             }
@@ -721,7 +725,11 @@ impl Ipam {
                 )));
             }
             block
-                .assign_specific(&args.ip, Some(&handle), &args.attrs)
+                .assign_specific(
+                    &args.ip,
+                    (!handle.is_empty()).then_some(handle.as_str()),
+                    &args.attrs,
+                )
                 .map_err(|e| match e.to_string() {
                     m if m.contains("already assigned") => Error::Exists {
                         key: format!("address {} (already assigned)", args.ip),

@@ -177,6 +177,9 @@ impl Ipam {
             };
             let mut spec = IpPoolSpec::with_cidr(cidr);
             spec.nat_outgoing = true;
+            // A pool smaller than the default block gets blocks of its own size.
+            let default_bs = crate::model::IpFamily::of_net(cidr).default_block_size();
+            spec.block_size = default_bs.max(cidr.prefix_len());
             match self.create_pool(IpPool::new(name, spec)).await {
                 Ok(_) => created.push(name.to_string()),
                 Err(e) if e.is_exists() => {}

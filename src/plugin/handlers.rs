@@ -60,9 +60,8 @@ pub async fn activate(_: Arc<Driver>, _: Empty0) -> Result<ActivateResponse> {
     })
 }
 
-/// Accepts any body (calls without arguments).
-#[derive(serde::Deserialize, Debug, Default)]
-pub struct Empty0 {}
+/// Calls without arguments accept any body (Docker sends none; `null` and `{}` are fine).
+pub type Empty0 = serde::de::IgnoredAny;
 
 pub async fn network_capabilities(d: Arc<Driver>, _: Empty0) -> Result<NetworkCapabilities> {
     let scope = d.scope().to_string();

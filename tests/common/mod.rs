@@ -3,6 +3,7 @@
 
 pub mod client;
 pub mod etcd;
+pub mod server;
 
 /// Fails loudly when not root, unless CALICO_TEST_ALLOW_SKIP=1 (then says it skipped).
 /// Returns false when the caller should skip.
