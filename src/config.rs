@@ -91,16 +91,31 @@ pub struct ConfigArgs {
     #[arg(long, env = "CALICO_IPV6POOL_CIDR", global = true)]
     pub ipv6_pool_cidr: Option<String>,
     /// Create a Calico profile per network (true/false).
-    #[arg(long, env = "CALICO_LIBNETWORK_CREATE_PROFILES", global = true, default_value = "true")]
+    #[arg(
+        long,
+        env = "CALICO_LIBNETWORK_CREATE_PROFILES",
+        global = true,
+        default_value = "true"
+    )]
     pub create_profiles: String,
     /// Container interface name prefix (Docker appends a number).
-    #[arg(long, env = "CALICO_LIBNETWORK_IFPREFIX", global = true, default_value = "eth")]
+    #[arg(
+        long,
+        env = "CALICO_LIBNETWORK_IFPREFIX",
+        global = true,
+        default_value = "eth"
+    )]
     pub ifprefix: String,
     /// MTU of the veth pairs (kernel default when unset).
     #[arg(long, env = "CALICO_LIBNETWORK_VETH_MTU", global = true)]
     pub veth_mtu: Option<String>,
     /// Capability scope reported to Docker: local or global.
-    #[arg(long, env = "CALICO_LIBNETWORK_SCOPE", global = true, default_value = "local")]
+    #[arg(
+        long,
+        env = "CALICO_LIBNETWORK_SCOPE",
+        global = true,
+        default_value = "local"
+    )]
     pub scope: String,
     /// Set to true to create no default pool at start.
     #[arg(long, env = "NO_DEFAULT_POOLS", global = true, default_value = "false")]
@@ -415,28 +430,46 @@ impl ConfigArgs {
             }
         }
 
-        let create_profiles = parse_bool("CALICO_LIBNETWORK_CREATE_PROFILES", &self.create_profiles)?;
+        let create_profiles =
+            parse_bool("CALICO_LIBNETWORK_CREATE_PROFILES", &self.create_profiles)?;
         let ifprefix = self.ifprefix.trim().to_string();
         if ifprefix.is_empty()
             || ifprefix.len() > 12
-            || !ifprefix.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+            || !ifprefix
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
         {
             return Err(bad(
                 "CALICO_LIBNETWORK_IFPREFIX",
                 format!("'{ifprefix}' must be 1 to 12 characters of letters, digits, '_' or '-'"),
             ));
         }
-        let veth_mtu = match self.veth_mtu.as_deref().map(str::trim).filter(|s| !s.is_empty()) {
+        let veth_mtu = match self
+            .veth_mtu
+            .as_deref()
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+        {
             None | Some("0") => None,
             Some(v) => match v.parse::<u32>() {
                 Ok(m) if (68..=65535).contains(&m) => Some(m),
-                _ => return Err(bad("CALICO_LIBNETWORK_VETH_MTU", format!("'{v}' is not an MTU between 68 and 65535"))),
+                _ => {
+                    return Err(bad(
+                        "CALICO_LIBNETWORK_VETH_MTU",
+                        format!("'{v}' is not an MTU between 68 and 65535"),
+                    ))
+                }
             },
         };
         let scope = match self.scope.trim() {
             "local" => "local".to_string(),
             "global" => "global".to_string(),
-            other => return Err(bad("CALICO_LIBNETWORK_SCOPE", format!("expected local or global, got '{other}'"))),
+            other => {
+                return Err(bad(
+                    "CALICO_LIBNETWORK_SCOPE",
+                    format!("expected local or global, got '{other}'"),
+                ))
+            }
         };
 
         Ok(Config {

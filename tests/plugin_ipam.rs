@@ -42,7 +42,8 @@ async fn allocated(store: &Store) -> usize {
 async fn default_pool_sequence(store: Store) {
     let s = Server::start(store.clone(), "host-a", &[DEFAULT_V4]).await;
     let c = &s.client;
-    c.ok("IpamDriver.GetDefaultAddressSpaces", json!(null)).await;
+    c.ok("IpamDriver.GetDefaultAddressSpaces", json!(null))
+        .await;
     let pool = c
         .ok(
             "IpamDriver.RequestPool",
@@ -56,12 +57,18 @@ async fn default_pool_sequence(store: Store) {
     let mut addrs = Vec::new();
     for _ in 0..3 {
         let a = c
-            .ok("IpamDriver.RequestAddress", json!({"PoolID": "CalicoPoolIPv4", "Address": "", "Options": null}))
+            .ok(
+                "IpamDriver.RequestAddress",
+                json!({"PoolID": "CalicoPoolIPv4", "Address": "", "Options": null}),
+            )
             .await;
         let a = a["Address"].as_str().unwrap().to_string();
         assert!(a.ends_with("/32"), "{a}");
         let ip: std::net::IpAddr = a.trim_end_matches("/32").parse().unwrap();
-        assert!(DEFAULT_V4.parse::<ipnet::IpNet>().unwrap().contains(&ip), "{a} in the default pool");
+        assert!(
+            DEFAULT_V4.parse::<ipnet::IpNet>().unwrap().contains(&ip),
+            "{a} in the default pool"
+        );
         addrs.push(a);
     }
     addrs.sort();
@@ -74,18 +81,36 @@ async fn default_pool_sequence(store: Store) {
 
     for a in &addrs {
         let ip = a.trim_end_matches("/32");
-        c.ok("IpamDriver.ReleaseAddress", json!({"PoolID": "CalicoPoolIPv4", "Address": ip}))
-            .await;
+        c.ok(
+            "IpamDriver.ReleaseAddress",
+            json!({"PoolID": "CalicoPoolIPv4", "Address": ip}),
+        )
+        .await;
         // Idempotent: Docker may release twice after errors.
-        c.ok("IpamDriver.ReleaseAddress", json!({"PoolID": "CalicoPoolIPv4", "Address": ip}))
-            .await;
+        c.ok(
+            "IpamDriver.ReleaseAddress",
+            json!({"PoolID": "CalicoPoolIPv4", "Address": ip}),
+        )
+        .await;
     }
     // Docker releases the pool data gateway too.
-    c.ok("IpamDriver.ReleaseAddress", json!({"PoolID": "CalicoPoolIPv4", "Address": "0.0.0.0"}))
-        .await;
-    c.ok("IpamDriver.ReleasePool", json!({"PoolID": "CalicoPoolIPv4"})).await;
+    c.ok(
+        "IpamDriver.ReleaseAddress",
+        json!({"PoolID": "CalicoPoolIPv4", "Address": "0.0.0.0"}),
+    )
+    .await;
+    c.ok(
+        "IpamDriver.ReleasePool",
+        json!({"PoolID": "CalicoPoolIPv4"}),
+    )
+    .await;
     assert_eq!(allocated(&store).await, 0);
-    assert!(keys_under(&store, "/calico/ipam/v2/handle/").await.is_empty(), "no handle left");
+    assert!(
+        keys_under(&store, "/calico/ipam/v2/handle/")
+            .await
+            .is_empty(),
+        "no handle left"
+    );
     s.stop().await;
 }
 
@@ -96,22 +121,42 @@ async fn subnet_sequences(store: Store) {
     let c = &s.client;
     // Exactly the default pool's CIDR.
     let p = c
-        .ok("IpamDriver.RequestPool", json!({"AddressSpace": "CalicoLocalAddressSpace", "Pool": DEFAULT_V4, "V6": false}))
+        .ok(
+            "IpamDriver.RequestPool",
+            json!({"AddressSpace": "CalicoLocalAddressSpace", "Pool": DEFAULT_V4, "V6": false}),
+        )
         .await;
     assert_eq!(p["PoolID"], "default-ipv4-ippool");
     assert_eq!(p["Pool"], DEFAULT_V4);
     let a = c
-        .ok("IpamDriver.RequestAddress", json!({"PoolID": "default-ipv4-ippool", "Address": ""}))
+        .ok(
+            "IpamDriver.RequestAddress",
+            json!({"PoolID": "default-ipv4-ippool", "Address": ""}),
+        )
         .await;
-    let ip = a["Address"].as_str().unwrap().trim_end_matches("/32").to_string();
-    c.ok("IpamDriver.ReleaseAddress", json!({"PoolID": "default-ipv4-ippool", "Address": ip}))
-        .await;
-    c.ok("IpamDriver.ReleasePool", json!({"PoolID": "default-ipv4-ippool"})).await;
-    assert!(store
-        .get("/calico/resources/v3/projectcalico.org/ippools/default-ipv4-ippool")
-        .await
+    let ip = a["Address"]
+        .as_str()
         .unwrap()
-        .is_some(), "a pool the plugin did not create is never deleted");
+        .trim_end_matches("/32")
+        .to_string();
+    c.ok(
+        "IpamDriver.ReleaseAddress",
+        json!({"PoolID": "default-ipv4-ippool", "Address": ip}),
+    )
+    .await;
+    c.ok(
+        "IpamDriver.ReleasePool",
+        json!({"PoolID": "default-ipv4-ippool"}),
+    )
+    .await;
+    assert!(
+        store
+            .get("/calico/resources/v3/projectcalico.org/ippools/default-ipv4-ippool")
+            .await
+            .unwrap()
+            .is_some(),
+        "a pool the plugin did not create is never deleted"
+    );
 
     // A new subnet: the plugin creates the pool, with options.
     let p = c
@@ -122,48 +167,87 @@ async fn subnet_sequences(store: Store) {
         .await;
     let id = p["PoolID"].as_str().unwrap().to_string();
     let kv = store
-        .get(&format!("/calico/resources/v3/projectcalico.org/ippools/{id}"))
+        .get(&format!(
+            "/calico/resources/v3/projectcalico.org/ippools/{id}"
+        ))
         .await
         .unwrap()
         .expect("pool created");
     let pool: Value = serde_json::from_slice(&kv.value).unwrap();
     assert_eq!(pool["spec"]["cidr"], "10.91.0.0/24");
     assert_eq!(pool["spec"]["blockSize"], 28);
-    assert!(pool["spec"].get("natOutgoing").is_none(), "natOutgoing false is omitted: {pool}");
+    assert!(
+        pool["spec"].get("natOutgoing").is_none(),
+        "natOutgoing false is omitted: {pool}"
+    );
     // --ip inside it, then the same --ip again: in use.
     let a = c
-        .ok("IpamDriver.RequestAddress", json!({"PoolID": id, "Address": "10.91.0.7"}))
+        .ok(
+            "IpamDriver.RequestAddress",
+            json!({"PoolID": id, "Address": "10.91.0.7"}),
+        )
         .await;
     assert_eq!(a["Address"], "10.91.0.7/32");
     let (_, msg) = c
-        .err("IpamDriver.RequestAddress", json!({"PoolID": id, "Address": "10.91.0.7"}))
+        .err(
+            "IpamDriver.RequestAddress",
+            json!({"PoolID": id, "Address": "10.91.0.7"}),
+        )
         .await;
     assert!(msg.contains("already in use"), "{msg}");
     let (_, msg) = c
-        .err("IpamDriver.RequestAddress", json!({"PoolID": id, "Address": "10.92.0.7"}))
+        .err(
+            "IpamDriver.RequestAddress",
+            json!({"PoolID": id, "Address": "10.92.0.7"}),
+        )
         .await;
     assert!(msg.contains("not in the network's Calico pool"), "{msg}");
     // A second network on the same subnet shares the pool.
-    let p2 = c.ok("IpamDriver.RequestPool", json!({"Pool": "10.91.0.0/24"})).await;
-    assert_eq!(p2["PoolID"], id.as_str());
-    c.ok("IpamDriver.ReleaseAddress", json!({"PoolID": id, "Address": "10.91.0.7"}))
+    let p2 = c
+        .ok("IpamDriver.RequestPool", json!({"Pool": "10.91.0.0/24"}))
         .await;
+    assert_eq!(p2["PoolID"], id.as_str());
+    c.ok(
+        "IpamDriver.ReleaseAddress",
+        json!({"PoolID": id, "Address": "10.91.0.7"}),
+    )
+    .await;
     c.ok("IpamDriver.ReleasePool", json!({"PoolID": id})).await;
-    assert!(store
-        .get(&format!("/calico/resources/v3/projectcalico.org/ippools/{id}"))
-        .await
-        .unwrap()
-        .is_some(), "still referenced by the second network");
+    assert!(
+        store
+            .get(&format!(
+                "/calico/resources/v3/projectcalico.org/ippools/{id}"
+            ))
+            .await
+            .unwrap()
+            .is_some(),
+        "still referenced by the second network"
+    );
     c.ok("IpamDriver.ReleasePool", json!({"PoolID": id})).await;
-    assert!(store
-        .get(&format!("/calico/resources/v3/projectcalico.org/ippools/{id}"))
+    assert!(
+        store
+            .get(&format!(
+                "/calico/resources/v3/projectcalico.org/ippools/{id}"
+            ))
+            .await
+            .unwrap()
+            .is_none(),
+        "created pool removed with its last reference"
+    );
+    assert!(keys_under(&store, "/calico/libnetwork/v1/pools/")
         .await
-        .unwrap()
-        .is_none(), "created pool removed with its last reference");
-    assert!(keys_under(&store, "/calico/libnetwork/v1/pools/").await.is_empty());
+        .is_empty());
     let blocks = keys_under(&store, "/calico/ipam/v2/assignment/ipv4/block/").await;
-    assert!(!blocks.iter().any(|k| k.contains("10.91.0.")), "no block of the removed pool left: {blocks:?}");
-    assert!(!keys_under(&store, "/calico/ipam/v2/host/host-a/ipv4/block/").await.iter().any(|k| k.contains("10.91.0.")));
+    assert!(
+        !blocks.iter().any(|k| k.contains("10.91.0.")),
+        "no block of the removed pool left: {blocks:?}"
+    );
+    assert!(
+        !keys_under(&store, "/calico/ipam/v2/host/host-a/ipv4/block/")
+            .await
+            .iter()
+            .any(|k| k.contains("10.91.0."))
+    );
     // ReleasePool again: idempotent.
     c.ok("IpamDriver.ReleasePool", json!({"PoolID": id})).await;
 
@@ -172,8 +256,14 @@ async fn subnet_sequences(store: Store) {
     let (_, msg) = c
         .err("IpamDriver.RequestPool", json!({"Pool": "10.90.5.0/24"}))
         .await;
-    assert!(msg.contains("overlaps") && msg.contains("default-ipv4-ippool"), "{msg}");
-    assert_eq!(before, keys_under(&store, "/calico/resources/v3/projectcalico.org/ippools/").await);
+    assert!(
+        msg.contains("overlaps") && msg.contains("default-ipv4-ippool"),
+        "{msg}"
+    );
+    assert_eq!(
+        before,
+        keys_under(&store, "/calico/resources/v3/projectcalico.org/ippools/").await
+    );
     s.stop().await;
 }
 
@@ -181,29 +271,54 @@ async fn subnet_sequences(store: Store) {
 async fn options_ipv6_and_errors(store: Store) {
     let s = Server::start(store.clone(), "host-a", &[DEFAULT_V4, DEFAULT_V6]).await;
     let c = &s.client;
-    let (_, msg) = c.err("IpamDriver.RequestPool", json!({"SubPool": "10.90.1.0/24", "Pool": DEFAULT_V4})).await;
+    let (_, msg) = c
+        .err(
+            "IpamDriver.RequestPool",
+            json!({"SubPool": "10.90.1.0/24", "Pool": DEFAULT_V4}),
+        )
+        .await;
     assert!(msg.contains("--ip-range"), "{msg}");
-    let (_, msg) = c.err("IpamDriver.RequestPool", json!({"Options": {"foo": "bar"}})).await;
+    let (_, msg) = c
+        .err("IpamDriver.RequestPool", json!({"Options": {"foo": "bar"}}))
+        .await;
     assert!(msg.contains("foo") && msg.contains("ipv4-pools"), "{msg}");
-    let (_, msg) = c.err("IpamDriver.RequestPool", json!({"Pool": "10.1.2.3/33"})).await;
+    let (_, msg) = c
+        .err("IpamDriver.RequestPool", json!({"Pool": "10.1.2.3/33"}))
+        .await;
     assert!(msg.contains("CIDR"), "{msg}");
     let (_, msg) = c
         .err("IpamDriver.RequestAddress", json!({"PoolID": "CalicoPoolIPv4", "Address": "10.90.0.1", "Options": {"RequestAddressType": "com.docker.network.gateway"}}))
         .await;
     assert!(msg.contains("gateway"), "{msg}");
-    let (_, msg) = c.err("IpamDriver.RequestAddress", json!({"PoolID": "no-such-pool", "Address": ""})).await;
+    let (_, msg) = c
+        .err(
+            "IpamDriver.RequestAddress",
+            json!({"PoolID": "no-such-pool", "Address": ""}),
+        )
+        .await;
     assert!(msg.contains("deleted"), "{msg}");
-    let (_, msg) = c.err("IpamDriver.RequestAddress", json!({"PoolID": "CalicoPoolIPv4", "Address": "1.1.1.1"})).await;
+    let (_, msg) = c
+        .err(
+            "IpamDriver.RequestAddress",
+            json!({"PoolID": "CalicoPoolIPv4", "Address": "1.1.1.1"}),
+        )
+        .await;
     assert!(msg.contains("not in any enabled Calico IP pool"), "{msg}");
 
     // Pool by name.
     let p = c
-        .ok("IpamDriver.RequestPool", json!({"Options": {"ipv4-pools": "default-ipv4-ippool"}}))
+        .ok(
+            "IpamDriver.RequestPool",
+            json!({"Options": {"ipv4-pools": "default-ipv4-ippool"}}),
+        )
         .await;
     assert_eq!(p["PoolID"], "default-ipv4-ippool");
     assert_eq!(p["Pool"], "0.0.0.0/0");
     let (_, msg) = c
-        .err("IpamDriver.RequestPool", json!({"Options": {"ipv4-pools": "default-ipv6-ippool"}}))
+        .err(
+            "IpamDriver.RequestPool",
+            json!({"Options": {"ipv4-pools": "default-ipv6-ippool"}}),
+        )
         .await;
     assert!(msg.contains("not an IPv4 pool"), "{msg}");
 
@@ -212,14 +327,32 @@ async fn options_ipv6_and_errors(store: Store) {
     assert_eq!(p["PoolID"], "CalicoPoolIPv6");
     assert_eq!(p["Pool"], "::/0");
     assert_eq!(p["Data"]["com.docker.network.gateway"], "::/0");
-    let a = c.ok("IpamDriver.RequestAddress", json!({"PoolID": "CalicoPoolIPv6", "Address": ""})).await;
+    let a = c
+        .ok(
+            "IpamDriver.RequestAddress",
+            json!({"PoolID": "CalicoPoolIPv6", "Address": ""}),
+        )
+        .await;
     let a = a["Address"].as_str().unwrap();
     assert!(a.starts_with("fd90::") && a.ends_with("/128"), "{a}");
     let ip = a.trim_end_matches("/128");
-    c.ok("IpamDriver.ReleaseAddress", json!({"PoolID": "CalicoPoolIPv6", "Address": ip})).await;
-    let a = c.ok("IpamDriver.RequestAddress", json!({"PoolID": "CalicoPoolIPv6", "Address": "fd90::abcd"})).await;
+    c.ok(
+        "IpamDriver.ReleaseAddress",
+        json!({"PoolID": "CalicoPoolIPv6", "Address": ip}),
+    )
+    .await;
+    let a = c
+        .ok(
+            "IpamDriver.RequestAddress",
+            json!({"PoolID": "CalicoPoolIPv6", "Address": "fd90::abcd"}),
+        )
+        .await;
     assert_eq!(a["Address"], "fd90::abcd/128");
-    c.ok("IpamDriver.ReleaseAddress", json!({"PoolID": "CalicoPoolIPv6", "Address": "fd90::abcd"})).await;
+    c.ok(
+        "IpamDriver.ReleaseAddress",
+        json!({"PoolID": "CalicoPoolIPv6", "Address": "fd90::abcd"}),
+    )
+    .await;
     assert_eq!(allocated(&store).await, 0);
     s.stop().await;
 }
@@ -229,13 +362,29 @@ async fn exhausted_pool(store: Store) {
     let s = Server::start(store.clone(), "host-a", &["10.93.0.0/30"]).await;
     let c = &s.client;
     for _ in 0..4 {
-        c.ok("IpamDriver.RequestAddress", json!({"PoolID": "CalicoPoolIPv4", "Address": ""})).await;
+        c.ok(
+            "IpamDriver.RequestAddress",
+            json!({"PoolID": "CalicoPoolIPv4", "Address": ""}),
+        )
+        .await;
     }
     let before = keys_under(&store, "/calico/ipam/v2/").await;
-    let (status, msg) = c.err("IpamDriver.RequestAddress", json!({"PoolID": "CalicoPoolIPv4", "Address": ""})).await;
+    let (status, msg) = c
+        .err(
+            "IpamDriver.RequestAddress",
+            json!({"PoolID": "CalicoPoolIPv4", "Address": ""}),
+        )
+        .await;
     assert_eq!(status, 500);
-    assert!(msg.contains("no address available") && msg.contains("10.93.0.0/30"), "{msg}");
-    assert_eq!(before, keys_under(&store, "/calico/ipam/v2/").await, "nothing half-written");
+    assert!(
+        msg.contains("no address available") && msg.contains("10.93.0.0/30"),
+        "{msg}"
+    );
+    assert_eq!(
+        before,
+        keys_under(&store, "/calico/ipam/v2/").await,
+        "nothing half-written"
+    );
     assert_eq!(allocated(&store).await, 4);
     s.stop().await;
 }
@@ -265,4 +414,9 @@ macro_rules! both {
     };
 }
 
-both!(default_pool_sequence, subnet_sequences, options_ipv6_and_errors, exhausted_pool);
+both!(
+    default_pool_sequence,
+    subnet_sequences,
+    options_ipv6_and_errors,
+    exhausted_pool
+);

@@ -29,15 +29,42 @@ const GATEWAY_REQUEST: &str = "com.docker.network.gateway";
 
 /// `--ipam-opt` keys understood, and what they do.
 pub const IPAM_OPTIONS: &[(&str, &str)] = &[
-    ("ipv4-pools", "comma-separated Calico pool names to allocate IPv4 addresses from"),
-    ("ipv6-pools", "comma-separated Calico pool names to allocate IPv6 addresses from"),
-    ("ipip-mode", "Never|Always|CrossSubnet, for a pool created from --subnet"),
-    ("vxlan-mode", "Never|Always|CrossSubnet, for a pool created from --subnet"),
-    ("nat-outgoing", "true|false, for a pool created from --subnet (default true)"),
-    ("block-size", "block prefix length, for a pool created from --subnet"),
-    ("node-selector", "Calico selector of nodes, for a pool created from --subnet"),
+    (
+        "ipv4-pools",
+        "comma-separated Calico pool names to allocate IPv4 addresses from",
+    ),
+    (
+        "ipv6-pools",
+        "comma-separated Calico pool names to allocate IPv6 addresses from",
+    ),
+    (
+        "ipip-mode",
+        "Never|Always|CrossSubnet, for a pool created from --subnet",
+    ),
+    (
+        "vxlan-mode",
+        "Never|Always|CrossSubnet, for a pool created from --subnet",
+    ),
+    (
+        "nat-outgoing",
+        "true|false, for a pool created from --subnet (default true)",
+    ),
+    (
+        "block-size",
+        "block prefix length, for a pool created from --subnet",
+    ),
+    (
+        "node-selector",
+        "Calico selector of nodes, for a pool created from --subnet",
+    ),
 ];
-const CREATE_OPTIONS: &[&str] = &["ipip-mode", "vxlan-mode", "nat-outgoing", "block-size", "node-selector"];
+const CREATE_OPTIONS: &[&str] = &[
+    "ipip-mode",
+    "vxlan-mode",
+    "nat-outgoing",
+    "block-size",
+    "node-selector",
+];
 
 /// What we remember about a pool requested with `--subnet`.
 #[derive(Serialize, Deserialize, Debug, Default)]
@@ -79,7 +106,10 @@ fn mode(key: &str, v: &str) -> Result<String> {
 
 /// The Calico pool name for a pool we create from `--subnet`.
 pub fn pool_name_for(cidr: &IpNet) -> String {
-    let raw = format!("libnetwork-{}", cidr.to_string().replace(['/', ':', '.'], "-"));
+    let raw = format!(
+        "libnetwork-{}",
+        cidr.to_string().replace(['/', ':', '.'], "-")
+    );
     crate::model::resource_name_from(&raw)
 }
 
@@ -101,7 +131,10 @@ impl Driver {
         }
         let family = if req.v6 { IpFamily::V6 } else { IpFamily::V4 };
         let mut data = BTreeMap::new();
-        data.insert(GATEWAY_DATA_KEY.to_string(), dummy_gateway(req.v6).to_string());
+        data.insert(
+            GATEWAY_DATA_KEY.to_string(),
+            dummy_gateway(req.v6).to_string(),
+        );
         let any: IpNet = dummy_gateway(req.v6).parse().unwrap();
 
         if let Some(subnet) = req.pool {
@@ -120,22 +153,29 @@ impl Driver {
         }
 
         let sel_key = if req.v6 { "ipv6-pools" } else { "ipv4-pools" };
-        if let Some(created) = CREATE_OPTIONS.iter().find(|k| req.options.contains_key(**k)) {
+        if let Some(created) = CREATE_OPTIONS
+            .iter()
+            .find(|k| req.options.contains_key(**k))
+        {
             return Err(Error::invalid(format!(
                 "--ipam-opt {created} applies only with --subnet (to the pool created for it)"
             )));
         }
         if let Some(list) = req.options.get(sel_key) {
-            let names: Vec<&str> = list.split(',').map(str::trim).filter(|s| !s.is_empty()).collect();
+            let names: Vec<&str> = list
+                .split(',')
+                .map(str::trim)
+                .filter(|s| !s.is_empty())
+                .collect();
             if names.is_empty() {
-                return Err(Error::invalid(format!("--ipam-opt {sel_key}: no pool named")));
+                return Err(Error::invalid(format!(
+                    "--ipam-opt {sel_key}: no pool named"
+                )));
             }
             for n in &names {
-                let pool = self
-                    .ipam
-                    .get_pool(n)
-                    .await?
-                    .ok_or_else(|| Error::invalid(format!("--ipam-opt {sel_key}: no Calico IP pool named {n}")))?;
+                let pool = self.ipam.get_pool(n).await?.ok_or_else(|| {
+                    Error::invalid(format!("--ipam-opt {sel_key}: no Calico IP pool named {n}"))
+                })?;
                 if pool.spec.family() != Some(family) {
                     return Err(Error::invalid(format!(
                         "--ipam-opt {sel_key}: pool {n} ({}) is not an IPv{} pool",
@@ -144,7 +184,9 @@ impl Driver {
                     )));
                 }
                 if pool.spec.disabled {
-                    return Err(Error::invalid(format!("--ipam-opt {sel_key}: pool {n} is disabled")));
+                    return Err(Error::invalid(format!(
+                        "--ipam-opt {sel_key}: pool {n} is disabled"
+                    )));
                 }
             }
             return Ok(PoolGrant {
@@ -161,7 +203,11 @@ impl Driver {
     }
 
     /// Finds the pool whose CIDR is exactly `subnet`, or creates one; counts the reference.
-    async fn pool_for_subnet(&self, subnet: &IpNet, options: &BTreeMap<String, String>) -> Result<String> {
+    async fn pool_for_subnet(
+        &self,
+        subnet: &IpNet,
+        options: &BTreeMap<String, String>,
+    ) -> Result<String> {
         let pools = self.ipam.list_pools().await?;
         let mut found: Option<&IpPool> = None;
         for p in &pools {
@@ -202,12 +248,18 @@ impl Driver {
                             spec.nat_outgoing = match v.to_ascii_lowercase().as_str() {
                                 "true" | "1" | "yes" => true,
                                 "false" | "0" | "no" => false,
-                                _ => return Err(Error::invalid(format!("--ipam-opt nat-outgoing={v}: expected true or false"))),
+                                _ => {
+                                    return Err(Error::invalid(format!(
+                                        "--ipam-opt nat-outgoing={v}: expected true or false"
+                                    )))
+                                }
                             }
                         }
                         "block-size" => {
                             spec.block_size = v.parse().map_err(|_| {
-                                Error::invalid(format!("--ipam-opt block-size={v}: expected a prefix length"))
+                                Error::invalid(format!(
+                                    "--ipam-opt block-size={v}: expected a prefix length"
+                                ))
                             })?
                         }
                         "node-selector" => spec.node_selector = v.clone(),
@@ -219,7 +271,11 @@ impl Driver {
                     Ok(_) => (name, true),
                     // Created concurrently by another request for the same subnet.
                     Err(e) if e.is_exists() => (name, false),
-                    Err(e) => return Err(e.context(format!("create Calico IP pool for --subnet {subnet}"))),
+                    Err(e) => {
+                        return Err(
+                            e.context(format!("create Calico IP pool for --subnet {subnet}"))
+                        )
+                    }
                 }
             }
         };
@@ -240,7 +296,8 @@ impl Driver {
             };
             rec.references += 1;
             rec.created_by_plugin |= created;
-            let value = serde_json::to_vec(&rec).map_err(|e| Error::msg(format!("encode {key}: {e}")))?;
+            let value =
+                serde_json::to_vec(&rec).map_err(|e| Error::msg(format!("encode {key}: {e}")))?;
             let w = Write::create_or_update(&key, value, cur.map(|kv| kv.revision));
             match self.store.txn(vec![w]).await {
                 Ok(_) => return Ok(()),
@@ -248,29 +305,40 @@ impl Driver {
                 Err(e) => return Err(e),
             }
         }
-        Err(Error::msg(format!("record pool {name}: too many concurrent updates")))
+        Err(Error::msg(format!(
+            "record pool {name}: too many concurrent updates"
+        )))
     }
 
     /// `IpamDriver.ReleasePool`: drops this request's reference; a pool the plugin created
     /// for `--subnet` is deleted with its last reference once nothing is allocated in it.
     pub async fn release_pool(&self, pool_id: &str) -> Result<()> {
-        if pool_id == POOL_ID_V4 || pool_id == POOL_ID_V6 || pool_id.contains(',') || pool_id.is_empty() {
+        if pool_id == POOL_ID_V4
+            || pool_id == POOL_ID_V6
+            || pool_id.contains(',')
+            || pool_id.is_empty()
+        {
             return Ok(());
         }
         if crate::model::validate_resource_name(pool_id).is_err() {
-            return Err(Error::invalid(format!("release pool: invalid pool ID {:?}", pool_id)));
+            return Err(Error::invalid(format!(
+                "release pool: invalid pool ID {:?}",
+                pool_id
+            )));
         }
         let key = keys::pool_key(pool_id);
         for _ in 0..crate::ipam::RETRIES {
             let Some(kv) = self.store.get(&key).await? else {
                 return Ok(()); // Not a --subnet request of ours, or already released.
             };
-            let mut rec: PoolRecord = serde_json::from_slice(&kv.value).map_err(|e| Error::json(&key, e))?;
+            let mut rec: PoolRecord =
+                serde_json::from_slice(&kv.value).map_err(|e| Error::json(&key, e))?;
             rec.references = rec.references.saturating_sub(1);
             let res = if rec.references == 0 {
                 self.store.delete(&key, Some(kv.revision)).await.map(|_| 0)
             } else {
-                let value = serde_json::to_vec(&rec).map_err(|e| Error::msg(format!("encode {key}: {e}")))?;
+                let value = serde_json::to_vec(&rec)
+                    .map_err(|e| Error::msg(format!("encode {key}: {e}")))?;
                 self.store.update(&key, value, kv.revision).await
             };
             match res {
@@ -284,15 +352,27 @@ impl Driver {
                 Err(e) => return Err(e),
             }
         }
-        Err(Error::msg(format!("release pool {pool_id}: too many concurrent updates")))
+        Err(Error::msg(format!(
+            "release pool {pool_id}: too many concurrent updates"
+        )))
     }
 
     async fn delete_pool_if_unused(&self, name: &str) -> Result<()> {
-        let Some(summary) = self.ipam.summary().await?.into_iter().find(|s| s.name == name) else {
+        let Some(summary) = self
+            .ipam
+            .summary()
+            .await?
+            .into_iter()
+            .find(|s| s.name == name)
+        else {
             return Ok(());
         };
         if summary.used > 0 {
-            tracing::info!(pool = name, used = summary.used, "keeping Calico IP pool: addresses still allocated");
+            tracing::info!(
+                pool = name,
+                used = summary.used,
+                "keeping Calico IP pool: addresses still allocated"
+            );
             return Ok(());
         }
         match self.ipam.delete_pool(name).await {
@@ -362,7 +442,11 @@ impl Driver {
                 return Err(Error::invalid(format!(
                     "assign address {ip}: not in the network's Calico pool {} ({})",
                     names.join(","),
-                    pools.iter().map(|p| p.to_string()).collect::<Vec<_>>().join(",")
+                    pools
+                        .iter()
+                        .map(|p| p.to_string())
+                        .collect::<Vec<_>>()
+                        .join(",")
                 )));
             }
             let args = AssignIp {
@@ -374,7 +458,9 @@ impl Driver {
             };
             return match self.ipam.assign_ip(&args).await {
                 Ok(()) => Ok(IpNet::new(ip, prefix).unwrap()),
-                Err(e) if e.is_exists() => Err(Error::invalid(format!("assign address {ip}: address already in use"))),
+                Err(e) if e.is_exists() => Err(Error::invalid(format!(
+                    "assign address {ip}: address already in use"
+                ))),
                 Err(e) => Err(e.context(format!("assign address {ip}"))),
             };
         }

@@ -89,7 +89,9 @@ impl Driver {
     /// `NetworkDriver.CreateNetwork`.
     pub async fn create_network(&self, spec: NetworkSpec) -> Result<()> {
         if option_flag(&spec.options, "com.docker.network.internal") {
-            return Err(Error::invalid("Calico driver does not support the flag --internal."));
+            return Err(Error::invalid(
+                "Calico driver does not support the flag --internal.",
+            ));
         }
         if let Some(Value::Object(generic)) = spec.options.get("com.docker.network.generic") {
             if !generic.is_empty() {
@@ -130,7 +132,8 @@ impl Driver {
             ipv4_pools: spec.ipv4_data.iter().map(|(p, _)| p.clone()).collect(),
             ipv6_pools: spec.ipv6_data.iter().map(|(p, _)| p.clone()).collect(),
         };
-        let value = serde_json::to_vec(&rec).map_err(|e| Error::msg(format!("encode network record: {e}")))?;
+        let value = serde_json::to_vec(&rec)
+            .map_err(|e| Error::msg(format!("encode network record: {e}")))?;
         self.store
             .put(&keys::network_key(&spec.network_id), value)
             .await
@@ -143,7 +146,11 @@ impl Driver {
         let Some(rec) = self.network_record(network_id).await? else {
             return Ok(());
         };
-        match self.store.delete(&keys::network_key(network_id), None).await {
+        match self
+            .store
+            .delete(&keys::network_key(network_id), None)
+            .await
+        {
             Ok(()) => {}
             Err(e) if e.is_not_found() => {}
             Err(e) => return Err(e.context(format!("delete network {network_id}"))),
@@ -157,7 +164,11 @@ impl Driver {
                     .unwrap_or(false)
             });
             if !in_use {
-                match self.store.delete(&keys::profile_key(&rec.profile), None).await {
+                match self
+                    .store
+                    .delete(&keys::profile_key(&rec.profile), None)
+                    .await
+                {
                     Ok(()) => {}
                     Err(e) if e.is_not_found() => {}
                     Err(e) => return Err(e.context(format!("delete profile {}", rec.profile))),
@@ -193,7 +204,9 @@ impl Driver {
             })
             .collect();
         if ipv4.is_empty() && ipv6.is_empty() {
-            return Err(Error::invalid("create endpoint: no address assigned for endpoint"));
+            return Err(Error::invalid(
+                "create endpoint: no address assigned for endpoint",
+            ));
         }
         let (mac, filled) = match spec.mac {
             Some(m) => (m, None),
