@@ -86,24 +86,29 @@ async fn shutdown_signal() {
 pub async fn run_server(config: Config) -> Result<()> {
     let store = open_datastore(&config)?;
     let driver = build_driver(&config, store.clone()).await?;
-    // Prepare the datastore (Node, default pools) without holding up the socket: Docker
-    // gives up on a plugin that is not there within about 15 s.
-    let init = {
-        let driver = driver.clone();
-        let pools = config.default_pools.clone();
-        tokio::spawn(async move {
-            let mut delay = std::time::Duration::from_millis(500);
-            loop {
-                match driver.init(&pools).await {
-                    Ok(()) => break,
-                    Err(e) => {
-                        tracing::warn!(error = %e, retry_in = ?delay, "prepare datastore");
-                        tokio::time::sleep(delay).await;
-                        delay = (delay * 2).min(std::time::Duration::from_secs(10));
+    // Prepare the datastore (Node, default pools) before answering, so a first request
+    // never races the default pool; if the datastore is down, serve anyway and retry in
+    // the background: Docker gives up on a plugin that is absent for about 15 s.
+    let pools = config.default_pools.clone();
+    let init = match driver.init(&pools).await {
+        Ok(()) => None,
+        Err(e) => {
+            tracing::warn!(error = %e, "prepare datastore; retrying in the background");
+            let driver = driver.clone();
+            Some(tokio::spawn(async move {
+                let mut delay = std::time::Duration::from_millis(500);
+                loop {
+                    tokio::time::sleep(delay).await;
+                    match driver.init(&pools).await {
+                        Ok(()) => break,
+                        Err(e) => {
+                            tracing::warn!(error = %e, retry_in = ?delay, "prepare datastore");
+                            delay = (delay * 2).min(std::time::Duration::from_secs(10));
+                        }
                     }
                 }
-            }
-        })
+            }))
+        }
     };
     let listener = plugin::bind(&config.socket)?;
     tracing::info!(
@@ -118,7 +123,9 @@ pub async fn run_server(config: Config) -> Result<()> {
         timeout: config.request_timeout,
     });
     plugin::serve(listener, config.socket.clone(), state, shutdown_signal()).await?;
-    init.abort();
+    if let Some(task) = init {
+        task.abort();
+    }
     tracing::info!("stopped; socket removed");
     Ok(())
 }

@@ -2,7 +2,9 @@
 #![allow(dead_code)]
 
 pub mod client;
+pub mod docker;
 pub mod etcd;
+pub mod plugin;
 pub mod server;
 
 /// Fails loudly when not root, unless CALICO_TEST_ALLOW_SKIP=1 (then says it skipped).

@@ -1,0 +1,908 @@
+//! A real Docker engine of our own: Debian's `docker.io` 20.10 (`/usr/sbin/dockerd`) with its
+//! own containerd, data root, exec root, API socket, cgroup parent and bridge.
+//!
+//! It never touches `/var/run/docker.sock`, `/var/lib/docker`, `/run/containerd/containerd.sock`
+//! or any process it did not start. It keeps Docker's default firewall settings as on users'
+//! hosts (`--iptables`, `--ip-forward`, `--ip-masq` on): the default `bridge` network uses a
+//! bridge we create (`calitestbr0`, 172.31.250.1/24) instead of `docker0`, so it cannot clash
+//! with another dockerd.
+//!
+//! containerd: dockerd 20.10 connects to `/run/containerd/containerd.sock` whenever that
+//! socket exists (and only starts a managed containerd when it does not), so to be sure ours
+//! never talks to a containerd of the host we start a containerd of our own (root, state,
+//! socket and `opt` directory in our temp dir) and pass it with `--containerd`.
+//!
+//! Host state Docker changes and we put back on drop (checked by `harness_leaves_nothing_behind` in
+//! tests/docker_ipam.rs): iptables rules and `DOCKER*` chains it added, the FORWARD policy
+//! (DROP when Docker itself turned on forwarding), the `ip_forward` / `bridge-nf-call-*`
+//! sysctls, `/etc/docker/key.json` (20.10 always creates it) and containerd's shim socket
+//! directory `/run/containerd/s`. With a foreign dockerd running, only rules naming our bridge
+//! or subnet are removed and shared state (chains, policy, sysctls) is left as it is.
+//!
+//! Everything here changes host-wide state, so a test must hold [`lock`] while it uses a
+//! [`Dockerd`] (the plugin harness, `super::plugin`, needs the same lock).
+//!
+//! Like the etcd harness, the processes get PR_SET_PDEATHSIG, which fires when the *thread*
+//! that started them ends: create a [`Dockerd`] on the test's own thread (a `#[tokio::test]`
+//! body is fine), not on a short-lived helper thread.
+
+use std::collections::HashSet;
+use std::fs::{File, OpenOptions};
+use std::io::{Read, Write as _};
+use std::os::unix::io::AsRawFd;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Output, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+/// Debian's dockerd.
+pub const DOCKERD: &str = "/usr/sbin/dockerd";
+/// Debian's docker client (another, newer client may come first on PATH).
+pub const DOCKER: &str = "/usr/bin/docker";
+/// Debian's containerd.
+pub const CONTAINERD: &str = "/usr/bin/containerd";
+/// The bridge of our dockerd's default `bridge` network (created and deleted by us).
+pub const BRIDGE: &str = "calitestbr0";
+/// The address of [`BRIDGE`].
+pub const BRIDGE_ADDR: &str = "172.31.250.1/24";
+/// The subnet of [`BRIDGE`].
+pub const BRIDGE_SUBNET: &str = "172.31.250.0/24";
+/// The image [`Dockerd::import_busybox`] creates.
+pub const BUSYBOX_IMAGE: &str = "busybox:calico-test";
+/// Parent cgroup of our containers (in each cgroup hierarchy; removed on drop).
+pub const CGROUP_PARENT: &str = "calico-libnetwork-test";
+/// Lock file serialising every test that uses Docker or the plugin socket, across processes.
+pub const LOCK_FILE: &str = "/run/docker/plugins/.calico-test.lock";
+/// Deadline of one `docker` command.
+pub const COMMAND_TIMEOUT: Duration = Duration::from_secs(90);
+
+/// PATH for the programs we start: Debian's binaries first.
+const PATH: &str = "/usr/sbin:/usr/bin:/sbin:/bin";
+
+static LOCK: Mutex<()> = Mutex::new(());
+static HELD: AtomicBool = AtomicBool::new(false);
+
+/// Exclusive use of the host's Docker-related state: held for a whole Docker test.
+pub struct HostLock {
+    // Field order matters: the file lock is released before the in-process mutex.
+    file: File,
+    _guard: MutexGuard<'static, ()>,
+}
+
+/// Takes the process-wide lock, then the file lock on [`LOCK_FILE`] (which also keeps two
+/// test binaries apart). Blocks until both are free.
+pub fn lock() -> HostLock {
+    let guard = LOCK.lock().unwrap_or_else(|e| e.into_inner());
+    std::fs::create_dir_all(Path::new(LOCK_FILE).parent().unwrap())
+        .expect("create /run/docker/plugins");
+    let file = OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(LOCK_FILE)
+        .unwrap_or_else(|e| panic!("open {LOCK_FILE}: {e}"));
+    let fd = file.as_raw_fd();
+    if unsafe { libc::flock(fd, libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+        eprintln!("waiting for {LOCK_FILE}: another test process is using Docker");
+        if unsafe { libc::flock(fd, libc::LOCK_EX) } != 0 {
+            panic!("flock {LOCK_FILE}: {}", std::io::Error::last_os_error());
+        }
+    }
+    HELD.store(true, Ordering::SeqCst);
+    HostLock {
+        file,
+        _guard: guard,
+    }
+}
+
+impl Drop for HostLock {
+    fn drop(&mut self) {
+        HELD.store(false, Ordering::SeqCst);
+        unsafe {
+            libc::flock(self.file.as_raw_fd(), libc::LOCK_UN);
+        }
+    }
+}
+
+/// Panics unless some thread of this process holds [`lock`].
+pub fn assert_locked(what: &str) {
+    assert!(
+        HELD.load(Ordering::SeqCst),
+        "{what} changes host-wide state: hold common::docker::lock() for the whole test"
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// Processes and commands.
+
+/// Runs `cmd` with `stdin` fed to it, killing it after `timeout`.
+pub fn run_with_timeout(
+    mut cmd: Command,
+    stdin: Option<Vec<u8>>,
+    timeout: Duration,
+) -> Result<Output, String> {
+    let desc = format!("{cmd:?}");
+    cmd.stdin(if stdin.is_some() {
+        Stdio::piped()
+    } else {
+        Stdio::null()
+    })
+    .stdout(Stdio::piped())
+    .stderr(Stdio::piped());
+    let mut child = cmd.spawn().map_err(|e| format!("spawn {desc}: {e}"))?;
+    let writer = child.stdin.take().map(|mut w| {
+        let data = stdin.unwrap_or_default();
+        std::thread::spawn(move || {
+            let _ = w.write_all(&data);
+        })
+    });
+    let read = |r: Option<Box<dyn Read + Send>>| {
+        std::thread::spawn(move || {
+            let mut buf = Vec::new();
+            if let Some(mut r) = r {
+                let _ = r.read_to_end(&mut buf);
+            }
+            buf
+        })
+    };
+    let out = read(
+        child
+            .stdout
+            .take()
+            .map(|r| Box::new(r) as Box<dyn Read + Send>),
+    );
+    let err = read(
+        child
+            .stderr
+            .take()
+            .map(|r| Box::new(r) as Box<dyn Read + Send>),
+    );
+    let deadline = Instant::now() + timeout;
+    let status = loop {
+        match child.try_wait() {
+            Ok(Some(s)) => break s,
+            Ok(None) if Instant::now() > deadline => {
+                let _ = child.kill();
+                let _ = child.wait();
+                let stderr = String::from_utf8_lossy(&err.join().unwrap_or_default()).into_owned();
+                return Err(format!(
+                    "{desc} did not finish within {timeout:?} (killed); stderr: {stderr}"
+                ));
+            }
+            Ok(None) => std::thread::sleep(Duration::from_millis(10)),
+            Err(e) => return Err(format!("wait for {desc}: {e}")),
+        }
+    };
+    if let Some(w) = writer {
+        let _ = w.join();
+    }
+    Ok(Output {
+        status,
+        stdout: out.join().unwrap_or_default(),
+        stderr: err.join().unwrap_or_default(),
+    })
+}
+
+/// Runs a host tool (`ip`, `iptables`, `tar`, ...), returning its output.
+fn host_cmd(prog: &str, args: &[&str]) -> Result<Output, String> {
+    let mut cmd = Command::new(prog);
+    cmd.args(args).env("PATH", PATH);
+    run_with_timeout(cmd, None, Duration::from_secs(30))
+}
+
+/// Runs a host tool and panics when it fails.
+fn host_ok(prog: &str, args: &[&str]) -> String {
+    let out = host_cmd(prog, args).unwrap_or_else(|e| panic!("{e}"));
+    if !out.status.success() {
+        panic!(
+            "{prog} {args:?} failed ({}): {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Sends `sig` to `pid` if it is still our child, then waits up to `grace`, then SIGKILLs.
+pub fn stop_child(child: &mut Child, sig: i32, grace: Duration) -> Option<ExitStatus> {
+    if let Ok(Some(s)) = child.try_wait() {
+        return Some(s);
+    }
+    unsafe {
+        libc::kill(child.id() as i32, sig);
+    }
+    let deadline = Instant::now() + grace;
+    while Instant::now() < deadline {
+        if let Ok(Some(s)) = child.try_wait() {
+            return Some(s);
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    eprintln!(
+        "pid {} did not exit {grace:?} after signal {sig}: SIGKILL",
+        child.id()
+    );
+    let _ = child.kill();
+    child.wait().ok()
+}
+
+/// Processes (other than us) whose command line contains `needle`.
+fn pids_with_cmdline(needle: &str) -> Vec<i32> {
+    let me = std::process::id() as i32;
+    let mut pids = Vec::new();
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return pids;
+    };
+    for e in dir.flatten() {
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        if pid == me {
+            continue;
+        }
+        let Ok(cmdline) = std::fs::read(e.path().join("cmdline")) else {
+            continue;
+        };
+        let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+        if cmdline.contains(needle) {
+            pids.push(pid);
+        }
+    }
+    pids
+}
+
+/// PIDs of dockerd processes other than `except`.
+pub fn other_dockerds(except: Option<u32>) -> Vec<i32> {
+    let mut pids = Vec::new();
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return pids;
+    };
+    for e in dir.flatten() {
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        if Some(pid as u32) == except {
+            continue;
+        }
+        let Ok(comm) = std::fs::read_to_string(e.path().join("comm")) else {
+            continue;
+        };
+        if comm.trim() == "dockerd" {
+            pids.push(pid);
+        }
+    }
+    pids
+}
+
+fn tail(text: &str, lines: usize) -> String {
+    let all: Vec<&str> = text.lines().collect();
+    all[all.len().saturating_sub(lines)..].join("\n")
+}
+
+/// The last `lines` lines of a log file.
+pub fn log_tail(path: &Path, lines: usize) -> String {
+    tail(&std::fs::read_to_string(path).unwrap_or_default(), lines)
+}
+
+fn link_exists(name: &str) -> bool {
+    Path::new("/sys/class/net").join(name).exists()
+}
+
+// ---------------------------------------------------------------------------------------------
+// Host state Docker changes.
+
+/// Sysctls dockerd may switch on.
+const SYSCTLS: &[&str] = &[
+    "/proc/sys/net/ipv4/ip_forward",
+    "/proc/sys/net/bridge/bridge-nf-call-iptables",
+    "/proc/sys/net/bridge/bridge-nf-call-ip6tables",
+];
+/// Files and directories dockerd/containerd may create outside our temp dir, deepest first.
+const CREATED_PATHS: &[&str] = &[
+    "/etc/docker/key.json",
+    "/etc/docker",
+    "/run/containerd/s",
+    "/run/containerd",
+];
+
+/// The host state before our dockerd started, to undo what it changed.
+struct HostSnapshot {
+    /// `iptables -t <table> -S` lines per table.
+    iptables: Vec<(&'static str, Vec<String>)>,
+    /// Sysctl values.
+    sysctls: Vec<(&'static str, String)>,
+    /// Paths of [`CREATED_PATHS`] that did not exist.
+    absent: Vec<&'static str>,
+}
+
+fn iptables_rules(table: &str) -> Vec<String> {
+    match host_cmd("iptables", &["-w", "-t", table, "-S"]) {
+        Ok(o) if o.status.success() => String::from_utf8_lossy(&o.stdout)
+            .lines()
+            .map(str::to_string)
+            .collect(),
+        _ => Vec::new(),
+    }
+}
+
+impl HostSnapshot {
+    fn take() -> Self {
+        HostSnapshot {
+            iptables: ["filter", "nat"]
+                .into_iter()
+                .map(|t| (t, iptables_rules(t)))
+                .collect(),
+            sysctls: SYSCTLS
+                .iter()
+                .filter_map(|p| {
+                    std::fs::read_to_string(p)
+                        .ok()
+                        .map(|v| (*p, v.trim().to_string()))
+                })
+                .collect(),
+            absent: CREATED_PATHS
+                .iter()
+                .copied()
+                .filter(|p| std::fs::symlink_metadata(p).is_err())
+                .collect(),
+        }
+    }
+
+    /// Undoes what our dockerd changed. `exclusive`: no other dockerd runs, so Docker's shared
+    /// chains, the FORWARD policy and the sysctls are ours to put back.
+    fn restore(&self, exclusive: bool) {
+        let ours = |line: &str| line.contains(BRIDGE) || line.contains(BRIDGE_SUBNET);
+        for (table, before) in &self.iptables {
+            let before: HashSet<&String> = before.iter().collect();
+            let now = iptables_rules(table);
+            // Rules first (newest first), then the chains they used.
+            for line in now.iter().rev() {
+                let Some(spec) = line.strip_prefix("-A ") else {
+                    continue;
+                };
+                let added = !before.contains(line);
+                if ours(line) || (exclusive && added && line.contains("DOCKER")) {
+                    let rule = split_rule(spec);
+                    let mut args = vec!["-w", "-t", table, "-D"];
+                    args.extend(rule.iter().map(String::as_str));
+                    if let Ok(o) = host_cmd("iptables", &args) {
+                        if !o.status.success() {
+                            eprintln!(
+                                "iptables {args:?}: {}",
+                                String::from_utf8_lossy(&o.stderr).trim()
+                            );
+                        }
+                    }
+                }
+            }
+            if exclusive {
+                for line in &now {
+                    let Some(chain) = line.strip_prefix("-N ") else {
+                        continue;
+                    };
+                    if !before.contains(line) && chain.starts_with("DOCKER") {
+                        let _ = host_cmd("iptables", &["-w", "-t", table, "-F", chain]);
+                        let _ = host_cmd("iptables", &["-w", "-t", table, "-X", chain]);
+                    }
+                }
+                // Built-in chain policies (`-P CHAIN POLICY`).
+                for line in before.iter().filter(|l| l.starts_with("-P ")) {
+                    if !now.contains(*line) {
+                        let p: Vec<&str> = line.split_whitespace().collect();
+                        if p.len() == 3 {
+                            let _ = host_cmd("iptables", &["-w", "-t", table, "-P", p[1], p[2]]);
+                        }
+                    }
+                }
+            }
+        }
+        if exclusive {
+            for (path, value) in &self.sysctls {
+                let now = std::fs::read_to_string(path).unwrap_or_default();
+                if now.trim() != value {
+                    if let Err(e) = std::fs::write(path, format!("{value}\n")) {
+                        eprintln!("restore {path}={value}: {e}");
+                    }
+                }
+            }
+        }
+        for p in &self.absent {
+            let path = Path::new(p);
+            if path.is_dir() {
+                let _ = std::fs::remove_dir(path); // only when empty
+            } else if *p == "/etc/docker/key.json" && exclusive {
+                let _ = std::fs::remove_file(path);
+            }
+        }
+    }
+}
+
+/// Splits an `iptables -S` rule into arguments (quoted comments stay one argument).
+fn split_rule(spec: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut cur = String::new();
+    let mut quoted = false;
+    let mut any = false;
+    for c in spec.chars() {
+        match c {
+            '"' => {
+                quoted = !quoted;
+                any = true;
+            }
+            c if c.is_whitespace() && !quoted => {
+                if any {
+                    out.push(std::mem::take(&mut cur));
+                    any = false;
+                }
+            }
+            c => {
+                cur.push(c);
+                any = true;
+            }
+        }
+    }
+    if any {
+        out.push(cur);
+    }
+    out
+}
+
+// ---------------------------------------------------------------------------------------------
+// The daemon.
+
+/// A running dockerd (with its containerd). Stopped by PID and everything removed on drop.
+pub struct Dockerd {
+    dockerd: Option<Child>,
+    containerd: Option<Child>,
+    /// Our directory: data root, exec root, sockets, logs.
+    pub dir: tempfile::TempDir,
+    host: HostSnapshot,
+    /// Whether the busybox image has been imported.
+    busybox: bool,
+}
+
+impl Dockerd {
+    /// Starts containerd and dockerd and waits until the API answers (at most 60 s).
+    /// The caller must hold [`lock`].
+    pub fn start() -> Dockerd {
+        assert_locked("Dockerd::start");
+        for prog in [DOCKERD, DOCKER, CONTAINERD] {
+            assert!(
+                Path::new(prog).exists(),
+                "{prog} missing: install Debian's docker.io and containerd"
+            );
+        }
+        // Short: unix socket paths are limited to 108 bytes.
+        let dir = tempfile::Builder::new()
+            .prefix("cdt-")
+            .tempdir_in("/tmp")
+            .expect("docker temp dir");
+        let host = HostSnapshot::take();
+        let mut d = Dockerd {
+            dockerd: None,
+            containerd: None,
+            dir,
+            host,
+            busybox: false,
+        };
+        for sub in ["data", "x", "ctd", "ctds", "opt", "cli"] {
+            std::fs::create_dir_all(d.path(sub)).unwrap();
+        }
+
+        // Our bridge. A leftover one is from a run that was killed (we hold the lock).
+        if link_exists(BRIDGE) {
+            eprintln!("deleting leftover bridge {BRIDGE}");
+            let _ = host_cmd("ip", &["link", "del", BRIDGE]);
+        }
+        host_ok("ip", &["link", "add", BRIDGE, "type", "bridge"]);
+        host_ok("ip", &["addr", "add", BRIDGE_ADDR, "dev", BRIDGE]);
+        host_ok("ip", &["link", "set", BRIDGE, "up"]);
+
+        d.start_containerd();
+        d.start_dockerd();
+        d
+    }
+
+    /// A path in our directory.
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    /// The API socket path.
+    pub fn socket(&self) -> PathBuf {
+        self.path("docker.sock")
+    }
+
+    /// `-H` value for the docker client.
+    pub fn host(&self) -> String {
+        format!("unix://{}", self.socket().display())
+    }
+
+    /// dockerd's exec root (its `netns/` holds the sandboxes).
+    pub fn exec_root(&self) -> PathBuf {
+        self.path("x")
+    }
+
+    /// The dockerd log file.
+    pub fn log_path(&self) -> PathBuf {
+        self.path("dockerd.log")
+    }
+
+    /// The dockerd log so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.log_path()).unwrap_or_default()
+    }
+
+    /// dockerd's PID.
+    pub fn pid(&self) -> Option<u32> {
+        self.dockerd.as_ref().map(|c| c.id())
+    }
+
+    fn spawn(&self, prog: &str, args: &[String], log: &str) -> Child {
+        let log = File::create(self.path(log)).unwrap();
+        let mut cmd = Command::new(prog);
+        cmd.args(args)
+            .env_clear()
+            .env("PATH", PATH)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log);
+        // Stopped gracefully if the test process dies before Drop runs.
+        unsafe {
+            cmd.pre_exec(|| {
+                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM);
+                Ok(())
+            });
+        }
+        cmd.spawn().unwrap_or_else(|e| panic!("start {prog}: {e}"))
+    }
+
+    fn containerd_socket(&self) -> PathBuf {
+        self.path("containerd.sock")
+    }
+
+    fn start_containerd(&mut self) {
+        let config = format!(
+            r#"version = 2
+root = "{root}"
+state = "{state}"
+disabled_plugins = ["io.containerd.grpc.v1.cri"]
+
+[grpc]
+  address = "{sock}"
+
+[plugins."io.containerd.internal.v1.opt"]
+  path = "{opt}"
+"#,
+            root = self.path("ctd").display(),
+            state = self.path("ctds").display(),
+            sock = self.containerd_socket().display(),
+            opt = self.path("opt").display(),
+        );
+        std::fs::write(self.path("containerd.toml"), config).unwrap();
+        let args = vec![
+            "--config".to_string(),
+            self.path("containerd.toml").display().to_string(),
+        ];
+        self.containerd = Some(self.spawn(CONTAINERD, &args, "containerd.log"));
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if std::os::unix::net::UnixStream::connect(self.containerd_socket()).is_ok() {
+                return;
+            }
+            if let Some(Ok(Some(s))) = self.containerd.as_mut().map(|c| c.try_wait()) {
+                panic!(
+                    "containerd exited ({s}): {}",
+                    log_tail(&self.path("containerd.log"), 40)
+                );
+            }
+            if Instant::now() > deadline {
+                panic!(
+                    "containerd did not listen on {} within 20 s: {}",
+                    self.containerd_socket().display(),
+                    log_tail(&self.path("containerd.log"), 40)
+                );
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    fn start_dockerd(&mut self) {
+        std::fs::write(self.path("daemon.json"), "{}\n").unwrap();
+        let p = |n: &str| self.path(n).display().to_string();
+        let args: Vec<String> = vec![
+            "--debug".into(),
+            // Not /etc/docker/daemon.json: the host's settings are not ours.
+            "--config-file".into(),
+            p("daemon.json"),
+            "--data-root".into(),
+            p("data"),
+            "--exec-root".into(),
+            p("x"),
+            "--pidfile".into(),
+            p("docker.pid"),
+            "-H".into(),
+            self.host(),
+            "--containerd".into(),
+            p("containerd.sock"),
+            "--storage-driver".into(),
+            "vfs".into(),
+            "--bridge".into(),
+            BRIDGE.into(),
+            "--cgroup-parent".into(),
+            format!("/{CGROUP_PARENT}"),
+        ];
+        self.dockerd = Some(self.spawn(DOCKERD, &args, "dockerd.log"));
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            if let Some(Ok(Some(s))) = self.dockerd.as_mut().map(|c| c.try_wait()) {
+                panic!("dockerd exited ({s}): {}", log_tail(&self.log_path(), 40));
+            }
+            if self.socket().exists() {
+                if let Ok(o) = self.docker_timeout(&["version"], Duration::from_secs(10)) {
+                    if o.status.success() {
+                        return;
+                    }
+                }
+            }
+            if Instant::now() > deadline {
+                panic!(
+                    "dockerd did not answer `docker version` within 60 s: {}",
+                    log_tail(&self.log_path(), 40)
+                );
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    fn docker_command(&self, args: &[&str]) -> Command {
+        let mut cmd = Command::new(DOCKER);
+        cmd.arg("-H")
+            .arg(self.host())
+            .args(args)
+            .env_clear()
+            .env("PATH", PATH)
+            .env("DOCKER_CONFIG", self.path("cli"));
+        cmd
+    }
+
+    /// Runs `/usr/bin/docker -H <ours> args...` with a deadline.
+    pub fn docker_timeout(&self, args: &[&str], timeout: Duration) -> Result<Output, String> {
+        run_with_timeout(self.docker_command(args), None, timeout)
+    }
+
+    /// Runs `/usr/bin/docker -H <ours> args...` (panics only if it hangs past
+    /// [`COMMAND_TIMEOUT`]).
+    pub fn docker(&self, args: &[&str]) -> Output {
+        self.docker_timeout(args, COMMAND_TIMEOUT)
+            .unwrap_or_else(|e| panic!("{e}\ndockerd log:\n{}", log_tail(&self.log_path(), 40)))
+    }
+
+    /// Runs docker, feeding `stdin`.
+    pub fn docker_stdin(&self, args: &[&str], stdin: Vec<u8>) -> Output {
+        run_with_timeout(self.docker_command(args), Some(stdin), COMMAND_TIMEOUT)
+            .unwrap_or_else(|e| panic!("{e}\ndockerd log:\n{}", log_tail(&self.log_path(), 40)))
+    }
+
+    /// Runs docker, expecting success; returns stdout, trimmed.
+    pub fn docker_ok(&self, args: &[&str]) -> String {
+        let out = self.docker(args);
+        if !out.status.success() {
+            panic!(
+                "docker {} failed ({}):\n{}",
+                args.join(" "),
+                out.status,
+                String::from_utf8_lossy(&out.stderr).trim()
+            );
+        }
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    }
+
+    /// Runs docker, expecting failure; returns stderr, trimmed.
+    pub fn docker_err(&self, args: &[&str]) -> String {
+        let out = self.docker(args);
+        if out.status.success() {
+            panic!(
+                "docker {} unexpectedly succeeded: {}",
+                args.join(" "),
+                String::from_utf8_lossy(&out.stdout).trim()
+            );
+        }
+        String::from_utf8_lossy(&out.stderr).trim().to_string()
+    }
+
+    /// Names of the networks Docker has.
+    pub fn networks(&self) -> Vec<String> {
+        self.docker_ok(&["network", "ls", "--format", "{{.Name}}"])
+            .lines()
+            .map(str::to_string)
+            .collect()
+    }
+
+    /// Creates [`BUSYBOX_IMAGE`]: a root filesystem of the static busybox with a symlink per
+    /// applet (sh, ping, ip, ifconfig, wget, nc, httpd, sleep, ...), built in our temp dir and
+    /// loaded with `docker import`. Returns the image name.
+    pub fn import_busybox(&mut self) -> &'static str {
+        if self.busybox {
+            return BUSYBOX_IMAGE;
+        }
+        let root = self.path("rootfs");
+        let bin = root.join("bin");
+        for d in ["bin", "etc", "tmp", "root"] {
+            std::fs::create_dir_all(root.join(d)).unwrap();
+        }
+        std::fs::copy("/bin/busybox", bin.join("busybox"))
+            .expect("copy /bin/busybox (install busybox-static)");
+        let applets = host_ok("/bin/busybox", &["--list"]);
+        for a in applets.lines().map(str::trim) {
+            if a.is_empty() || a == "busybox" || a.contains('/') {
+                continue;
+            }
+            let _ = std::os::unix::fs::symlink("busybox", bin.join(a));
+        }
+        std::fs::write(root.join("etc/passwd"), "root:x:0:0:root:/root:/bin/sh\n").unwrap();
+        std::fs::write(root.join("etc/group"), "root:x:0:\n").unwrap();
+        let tar = host_cmd("tar", &["-C", &root.display().to_string(), "-cf", "-", "."])
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert!(
+            tar.status.success(),
+            "tar rootfs: {}",
+            String::from_utf8_lossy(&tar.stderr)
+        );
+        let out = self.docker_stdin(
+            &[
+                "import",
+                "--change",
+                r#"CMD ["/bin/sh"]"#,
+                "-",
+                BUSYBOX_IMAGE,
+            ],
+            tar.stdout,
+        );
+        assert!(
+            out.status.success(),
+            "docker import: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let _ = std::fs::remove_dir_all(&root);
+        self.busybox = true;
+        BUSYBOX_IMAGE
+    }
+
+    /// Stops everything and puts the host back as it was. Idempotent; never panics.
+    pub fn shutdown(&mut self) {
+        let Some(mut dockerd) = self.dockerd.take() else {
+            return;
+        };
+        let pid = dockerd.id();
+        // Containers first, while dockerd (and any network plugin) can tear them down.
+        if matches!(dockerd.try_wait(), Ok(None)) {
+            if let Ok(o) = self.docker_timeout(&["ps", "-aq"], Duration::from_secs(30)) {
+                let ids: Vec<String> = String::from_utf8_lossy(&o.stdout)
+                    .split_whitespace()
+                    .map(str::to_string)
+                    .collect();
+                if !ids.is_empty() {
+                    let mut args = vec!["rm", "-f"];
+                    args.extend(ids.iter().map(String::as_str));
+                    match self.docker_timeout(&args, Duration::from_secs(60)) {
+                        Ok(o) if !o.status.success() => eprintln!(
+                            "docker rm -f: {}",
+                            String::from_utf8_lossy(&o.stderr).trim()
+                        ),
+                        Err(e) => eprintln!("{e}"),
+                        _ => {}
+                    }
+                }
+            }
+        }
+        stop_child(&mut dockerd, libc::SIGTERM, Duration::from_secs(20));
+        if let Some(mut c) = self.containerd.take() {
+            stop_child(&mut c, libc::SIGTERM, Duration::from_secs(10));
+        }
+        // Whatever they left running (shims of containers dockerd failed to remove).
+        let needle = self.dir.path().display().to_string();
+        for p in pids_with_cmdline(&needle) {
+            eprintln!("killing leftover process {p} of our dockerd");
+            unsafe {
+                libc::kill(p, libc::SIGKILL);
+            }
+        }
+        self.unmount_all();
+        let exclusive = other_dockerds(Some(pid)).is_empty();
+        self.host.restore(exclusive);
+        if link_exists(BRIDGE) {
+            if let Ok(o) = host_cmd("ip", &["link", "del", BRIDGE]) {
+                if !o.status.success() {
+                    eprintln!(
+                        "ip link del {BRIDGE}: {}",
+                        String::from_utf8_lossy(&o.stderr).trim()
+                    );
+                }
+            }
+        }
+        remove_cgroups();
+    }
+
+    /// Lazily unmounts everything mounted at or under our directory, deepest first.
+    fn unmount_all(&self) {
+        let root = self.dir.path().display().to_string();
+        for _ in 0..5 {
+            let mut points: Vec<String> = std::fs::read_to_string("/proc/self/mountinfo")
+                .unwrap_or_default()
+                .lines()
+                .filter_map(|l| l.split(' ').nth(4).map(unescape_mount))
+                .filter(|p| p == &root || p.starts_with(&format!("{root}/")))
+                .collect();
+            if points.is_empty() {
+                return;
+            }
+            points.sort_by_key(|p| std::cmp::Reverse(p.len()));
+            for p in points {
+                let c = std::ffi::CString::new(p.clone()).unwrap();
+                if unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) } != 0 {
+                    eprintln!("umount {p}: {}", std::io::Error::last_os_error());
+                }
+            }
+        }
+    }
+}
+
+/// Decodes the octal escapes of /proc/self/mountinfo paths.
+fn unescape_mount(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'\\' && i + 3 < b.len() {
+            if let Ok(v) = u8::from_str_radix(&s[i + 1..i + 4], 8) {
+                out.push(v);
+                i += 4;
+                continue;
+            }
+        }
+        out.push(b[i]);
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// Removes our cgroup parent from every hierarchy (children first).
+fn remove_cgroups() {
+    fn rmdir_tree(p: &Path) {
+        if let Ok(rd) = std::fs::read_dir(p) {
+            for e in rd.flatten() {
+                if e.file_type().map(|t| t.is_dir()).unwrap_or(false) {
+                    rmdir_tree(&e.path());
+                }
+            }
+        }
+        let _ = std::fs::remove_dir(p);
+    }
+    let Ok(rd) = std::fs::read_dir("/sys/fs/cgroup") else {
+        return;
+    };
+    let mut paths = vec![Path::new("/sys/fs/cgroup").join(CGROUP_PARENT)];
+    paths.extend(rd.flatten().map(|e| e.path().join(CGROUP_PARENT)));
+    for p in paths {
+        if p.is_dir() {
+            rmdir_tree(&p);
+        }
+    }
+}
+
+impl Drop for Dockerd {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!(
+                "----- dockerd log (last 60 lines of {}) -----\n{}\n-----",
+                self.log_path().display(),
+                log_tail(&self.log_path(), 60)
+            );
+        }
+        self.shutdown();
+        // The temp dir itself is removed when `dir` drops, after this.
+    }
+}

@@ -1,0 +1,458 @@
+//! Docker's IPAM and network-create flows end to end: our own real dockerd (Debian's 20.10),
+//! a real etcd and the real `calico-libnetwork` binary on `/run/docker/plugins/calico.sock`.
+//!
+//! Needs root. Every test holds the host lock (through `DockerEnv` or `lock()`), so they run
+//! one at a time whatever `--test-threads` says.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use calico_libnetwork::datastore::Datastore;
+use common::docker::{self, Dockerd};
+use common::etcd::Etcd;
+use common::plugin::DockerEnv;
+
+const POOLS_PREFIX: &str = "/calico/resources/v3/projectcalico.org/ippools/";
+const DEFAULT_POOL: &str = "192.168.0.0/16";
+
+fn block_on<F: std::future::Future>(f: F) -> F::Output {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+        .block_on(f)
+}
+
+/// Calico IP pools in etcd: name -> spec.cidr.
+fn pools(etcd: &Etcd) -> BTreeMap<String, String> {
+    let kvs = block_on(etcd.store().list(POOLS_PREFIX)).expect("list IP pools in etcd");
+    kvs.into_iter()
+        .map(|kv| {
+            let name = kv.key.strip_prefix(POOLS_PREFIX).unwrap().to_string();
+            let v: serde_json::Value = serde_json::from_slice(&kv.value)
+                .unwrap_or_else(|e| panic!("{}: not JSON: {e}", kv.key));
+            let cidr = v["spec"]["cidr"]
+                .as_str()
+                .unwrap_or_else(|| panic!("{}: no spec.cidr in {v}", kv.key))
+                .to_string();
+            (name, cidr)
+        })
+        .collect()
+}
+
+fn pool_with_cidr(etcd: &Etcd, cidr: &str) -> Option<String> {
+    pools(etcd)
+        .into_iter()
+        .find(|(_, c)| c == cidr)
+        .map(|(n, _)| n)
+}
+
+/// The plugin creates the default pool in the background after it starts serving: wait for it.
+fn wait_default_pool(etcd: &Etcd) -> String {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        if let Some(name) = pool_with_cidr(etcd, DEFAULT_POOL) {
+            return name;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the plugin created no default pool {DEFAULT_POOL} within 15 s; pools: {:?}",
+            pools(etcd)
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn setup(test: &str) -> Option<(DockerEnv, Instant)> {
+    if !common::require_root(test) {
+        return None;
+    }
+    let t0 = Instant::now();
+    let env = DockerEnv::with_etcd();
+    eprintln!("{test}: etcd + plugin + dockerd up in {:?}", t0.elapsed());
+    Some((env, t0))
+}
+
+fn inspect(d: &Dockerd, net: &str, format: &str) -> String {
+    d.docker_ok(&["network", "inspect", "-f", format, net])
+}
+
+fn assert_no_network(d: &Dockerd, net: &str) {
+    let nets = d.networks();
+    assert!(
+        !nets.iter().any(|n| n == net),
+        "network {net} left behind: {nets:?}"
+    );
+}
+
+/// (a) A Calico network with Calico IPAM and no subnet.
+#[test]
+fn network_create_with_calico_driver_and_ipam() {
+    let Some((env, t0)) = setup("network_create_with_calico_driver_and_ipam") else {
+        return;
+    };
+    let d = &env.docker;
+    let id = d.docker_ok(&[
+        "network",
+        "create",
+        "-d",
+        "calico",
+        "--ipam-driver",
+        "calico",
+        "net1",
+    ]);
+    assert_eq!(id.len(), 64, "network ID: {id}");
+    assert_eq!(
+        inspect(d, "net1", "{{.Driver}} {{.IPAM.Driver}}"),
+        "calico calico"
+    );
+    // RequestPool answered 0.0.0.0/0 (no --subnet), with the dummy gateway in the pool data.
+    assert_eq!(
+        inspect(d, "net1", "{{range .IPAM.Config}}{{.Subnet}}{{end}}"),
+        "0.0.0.0/0"
+    );
+    d.docker_ok(&["network", "rm", "net1"]);
+    assert_no_network(d, "net1");
+    eprintln!(
+        "network_create_with_calico_driver_and_ipam: {:?}",
+        t0.elapsed()
+    );
+}
+
+/// (b) `--subnet` of no existing pool: the plugin creates a Calico pool for it, and
+/// `docker network rm` deletes that pool again.
+#[test]
+fn subnet_creates_pool_and_network_rm_deletes_it() {
+    let Some((env, t0)) = setup("subnet_creates_pool_and_network_rm_deletes_it") else {
+        return;
+    };
+    let (d, etcd) = (&env.docker, env.etcd());
+    wait_default_pool(etcd);
+    assert_eq!(pool_with_cidr(etcd, "10.77.0.0/24"), None);
+    d.docker_ok(&[
+        "network",
+        "create",
+        "-d",
+        "calico",
+        "--ipam-driver",
+        "calico",
+        "--subnet",
+        "10.77.0.0/24",
+        "net77",
+    ]);
+    let name = pool_with_cidr(etcd, "10.77.0.0/24").unwrap_or_else(|| {
+        panic!(
+            "no Calico pool 10.77.0.0/24 after network create: {:?}",
+            pools(etcd)
+        )
+    });
+    let key = format!("{POOLS_PREFIX}{name}");
+    assert!(block_on(etcd.store().get(&key)).unwrap().is_some());
+    assert_eq!(
+        inspect(d, "net77", "{{.Driver}} {{.IPAM.Driver}}"),
+        "calico calico"
+    );
+    assert_eq!(
+        inspect(d, "net77", "{{range .IPAM.Config}}{{.Subnet}}{{end}}"),
+        "10.77.0.0/24"
+    );
+
+    d.docker_ok(&["network", "rm", "net77"]);
+    assert_no_network(d, "net77");
+    assert!(
+        block_on(etcd.store().get(&key)).unwrap().is_none(),
+        "pool {name} still in etcd after network rm: {:?}",
+        pools(etcd)
+    );
+    assert_eq!(
+        pools(etcd).values().cloned().collect::<Vec<_>>(),
+        vec![DEFAULT_POOL.to_string()]
+    );
+    eprintln!(
+        "subnet_creates_pool_and_network_rm_deletes_it: {:?}",
+        t0.elapsed()
+    );
+}
+
+/// (c) `--subnet` equal to an existing pool's CIDR uses that pool and leaves it in place.
+#[test]
+fn subnet_of_existing_pool_uses_and_keeps_it() {
+    let Some((env, t0)) = setup("subnet_of_existing_pool_uses_and_keeps_it") else {
+        return;
+    };
+    let (d, etcd) = (&env.docker, env.etcd());
+    let default = wait_default_pool(etcd);
+    let before = pools(etcd);
+    d.docker_ok(&[
+        "network",
+        "create",
+        "-d",
+        "calico",
+        "--ipam-driver",
+        "calico",
+        "--subnet",
+        DEFAULT_POOL,
+        "netdef",
+    ]);
+    assert_eq!(pools(etcd), before, "no pool created for an existing CIDR");
+    assert_eq!(
+        inspect(d, "netdef", "{{range .IPAM.Config}}{{.Subnet}}{{end}}"),
+        DEFAULT_POOL
+    );
+    d.docker_ok(&["network", "rm", "netdef"]);
+    assert_no_network(d, "netdef");
+    assert_eq!(
+        pools(etcd),
+        before,
+        "network rm must keep pool {default}, which the plugin did not create for it"
+    );
+    eprintln!(
+        "subnet_of_existing_pool_uses_and_keeps_it: {:?}",
+        t0.elapsed()
+    );
+}
+
+/// (d) Options Calico refuses: Docker's error carries the plugin's message, and nothing is
+/// left behind (no network, no pool).
+#[test]
+fn refused_options_show_plugin_message_and_leave_nothing() {
+    let Some((env, t0)) = setup("refused_options_show_plugin_message_and_leave_nothing") else {
+        return;
+    };
+    let (d, etcd) = (&env.docker, env.etcd());
+    wait_default_pool(etcd);
+    let before = pools(etcd);
+    let nets_before = d.networks();
+    let cases: &[(&[&str], &str)] = &[
+        (
+            &["--subnet", "10.79.0.0/24", "--ip-range", "10.79.0.0/25"],
+            "--ip-range",
+        ),
+        (
+            &["--gateway", "10.78.0.5", "--subnet", "10.78.0.0/24"],
+            "gateway",
+        ),
+        (&["--ipam-opt", "foo=bar"], "foo"),
+        (&["--subnet", "192.168.5.0/24"], "overlaps"),
+    ];
+    for (opts, want) in cases {
+        let mut args = vec![
+            "network",
+            "create",
+            "-d",
+            "calico",
+            "--ipam-driver",
+            "calico",
+        ];
+        args.extend_from_slice(opts);
+        args.push("refused");
+        let err = d.docker_err(&args);
+        eprintln!("docker {}:\n  {err}", args.join(" "));
+        assert!(
+            err.contains(want),
+            "docker {}: error should mention {want:?}: {err}",
+            args.join(" ")
+        );
+        assert!(
+            err.contains("IpamDriver."),
+            "the refusal should come from the plugin's IPAM driver: {err}"
+        );
+        assert_no_network(d, "refused");
+        assert_eq!(d.networks(), nets_before);
+        assert_eq!(
+            pools(etcd),
+            before,
+            "after refusing {opts:?} the pools must be as before"
+        );
+    }
+    eprintln!(
+        "refused_options_show_plugin_message_and_leave_nothing: {:?}",
+        t0.elapsed()
+    );
+}
+
+/// The plugin restarted between `network create` and `network rm`: Docker re-dials the
+/// socket and the plugin finds the pool it created in etcd.
+#[test]
+fn plugin_restart_between_create_and_rm() {
+    let Some((mut env, t0)) = setup("plugin_restart_between_create_and_rm") else {
+        return;
+    };
+    wait_default_pool(env.etcd());
+    env.docker.docker_ok(&[
+        "network",
+        "create",
+        "-d",
+        "calico",
+        "--ipam-driver",
+        "calico",
+        "--subnet",
+        "10.77.1.0/24",
+        "netr",
+    ]);
+    assert!(pool_with_cidr(env.etcd(), "10.77.1.0/24").is_some());
+    let old = env.plugin.pid();
+    env.plugin.restart();
+    assert_ne!(env.plugin.pid(), old);
+    env.docker.docker_ok(&["network", "rm", "netr"]);
+    assert_no_network(&env.docker, "netr");
+    assert_eq!(
+        pool_with_cidr(env.etcd(), "10.77.1.0/24"),
+        None,
+        "pool kept after network rm: {:?}",
+        pools(env.etcd())
+    );
+    eprintln!("plugin_restart_between_create_and_rm: {:?}", t0.elapsed());
+}
+
+/// The same flow on the embedded (local) datastore.
+#[test]
+fn network_create_and_rm_on_local_datastore() {
+    if !common::require_root("network_create_and_rm_on_local_datastore") {
+        return;
+    }
+    let t0 = Instant::now();
+    let env = DockerEnv::with_local_store();
+    let d = &env.docker;
+    d.docker_ok(&[
+        "network",
+        "create",
+        "-d",
+        "calico",
+        "--ipam-driver",
+        "calico",
+        "--subnet",
+        "10.77.2.0/24",
+        "netl",
+    ]);
+    assert_eq!(
+        inspect(
+            d,
+            "netl",
+            "{{.Driver}} {{.IPAM.Driver}} {{range .IPAM.Config}}{{.Subnet}}{{end}}"
+        ),
+        "calico calico 10.77.2.0/24"
+    );
+    let err = d.docker_err(&[
+        "network",
+        "create",
+        "-d",
+        "calico",
+        "--ipam-driver",
+        "calico",
+        "--subnet",
+        "10.77.2.0/25",
+        "netl2",
+    ]);
+    assert!(err.contains("overlaps"), "{err}");
+    d.docker_ok(&["network", "rm", "netl"]);
+    assert_no_network(d, "netl");
+    assert!(env.plugin.store_path().exists());
+    eprintln!(
+        "network_create_and_rm_on_local_datastore: {:?}",
+        t0.elapsed()
+    );
+}
+
+/// Harness check: the busybox image runs on the default bridge of our dockerd.
+#[test]
+fn harness_busybox_runs_on_default_bridge() {
+    if !common::require_root("harness_busybox_runs_on_default_bridge") {
+        return;
+    }
+    let t0 = Instant::now();
+    let _lock = docker::lock();
+    let mut d = Dockerd::start();
+    let image = d.import_busybox();
+    let out = d.docker_ok(&[
+        "run",
+        "--rm",
+        image,
+        "sh",
+        "-c",
+        "ip -4 -o addr show eth0; hostname; ping -c1 -W2 172.31.250.1 >/dev/null && echo pong",
+    ]);
+    assert!(out.contains("172.31.250."), "{out}");
+    assert!(out.contains("pong"), "{out}");
+    eprintln!("harness_busybox_runs_on_default_bridge: {:?}", t0.elapsed());
+}
+
+/// What the host looks like to the harness's clean-up.
+#[derive(Debug, PartialEq)]
+struct HostState {
+    links: Vec<String>,
+    leftover_procs: Vec<String>,
+    leftover_mounts: Vec<String>,
+    leftover_dirs: Vec<String>,
+    paths: Vec<(String, bool)>,
+    cgroups: Vec<String>,
+    /// Only compared when no other dockerd runs.
+    iptables: Option<Vec<String>>,
+    sysctls: Option<Vec<String>>,
+}
+
+fn host_state() -> HostState {
+    let sh = |c: &str| -> String {
+        let o = std::process::Command::new("sh")
+            .arg("-c")
+            .arg(c)
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&o.stdout).into_owned()
+    };
+    let lines = |s: String| s.lines().map(str::to_string).collect::<Vec<_>>();
+    let exclusive = docker::other_dockerds(None).is_empty();
+    HostState {
+        links: lines(sh("ls /sys/class/net | sort")),
+        leftover_procs: lines(sh(
+            "for p in /proc/[0-9]*; do tr '\\0' ' ' < $p/cmdline 2>/dev/null | grep -E '/tmp/cdt-' | grep -v grep; done",
+        )),
+        leftover_mounts: lines(sh("grep -E ' /tmp/cdt-' /proc/self/mountinfo")),
+        leftover_dirs: lines(sh("ls -d /tmp/cdt-* 2>/dev/null")),
+        paths: [
+            "/etc/docker",
+            "/run/containerd",
+            "/opt/containerd",
+            "/var/lib/docker",
+            "/var/lib/containerd",
+        ]
+        .iter()
+        .map(|p| (p.to_string(), std::path::Path::new(p).exists()))
+        .collect(),
+        cgroups: lines(sh(&format!(
+            "ls -d /sys/fs/cgroup/*/{} 2>/dev/null",
+            docker::CGROUP_PARENT
+        ))),
+        iptables: exclusive.then(|| lines(sh("iptables -w -S; iptables -w -t nat -S"))),
+        sysctls: exclusive.then(|| {
+            lines(sh(
+                "cat /proc/sys/net/ipv4/ip_forward /proc/sys/net/bridge/bridge-nf-call-iptables 2>/dev/null",
+            ))
+        }),
+    }
+}
+
+/// Harness check: a dockerd with a running container, dropped, leaves the host as it found it;
+/// twice in a row.
+#[test]
+fn harness_leaves_nothing_behind() {
+    if !common::require_root("harness_leaves_nothing_behind") {
+        return;
+    }
+    let t0 = Instant::now();
+    let _lock = docker::lock();
+    let before = host_state();
+    for round in 1..=2 {
+        {
+            let mut d = Dockerd::start();
+            let image = d.import_busybox();
+            d.docker_ok(&["run", "-d", "--name", "sleeper", image, "sleep", "600"]);
+            assert_eq!(d.docker_ok(&["ps", "-q"]).lines().count(), 1);
+        }
+        let after = host_state();
+        assert_eq!(after, before, "round {round}: the host changed");
+    }
+    eprintln!("harness_leaves_nothing_behind: {:?}", t0.elapsed());
+}
