@@ -11,7 +11,7 @@
 pub mod kv;
 mod pools;
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::IpAddr;
 use std::sync::Arc;
 
@@ -597,6 +597,11 @@ impl Ipam {
             (None, Some(r)) => r,
             (None, None) => DEFAULT_MAX_BLOCKS,
         };
+        // Blocks already counted in `owned` (so a block found again is not counted twice).
+        let mut counted: HashSet<IpNet> = affs
+            .iter()
+            .filter_map(|kv| keys::parse_block_affinity_key(&kv.key).map(|(_, c)| c))
+            .collect();
         let mut exhausted = false;
         while need > 0 {
             if owned >= max_blocks {
@@ -608,20 +613,28 @@ impl Ipam {
             if !cfg.auto_allocate_blocks {
                 break;
             }
-            let existing: HashSet<IpNet> = self
+            let existing: HashMap<IpNet, AllocationBlock> = self
                 .list_blocks(Some(args.family))
                 .await?
                 .into_iter()
-                .map(|(b, _)| b.cidr)
+                .map(|(b, _)| (b.cidr, b))
                 .collect();
             let mut claimed = None;
             'pools: for (pool, bs) in &pool_nets {
                 for cidr in block_order(pool, *bs, host) {
-                    if existing.contains(&cidr) {
-                        continue;
+                    match existing.get(&cidr) {
+                        // Ours with room: claimed by a concurrent request of this host
+                        // since we listed our affinities. Use it, as Calico's
+                        // findUsableBlock does, rather than claim yet another block.
+                        Some(b) if b.host_affinity() == Some(host) && b.free_count() > 0 => {
+                            claimed = Some((cidr, None));
+                            break 'pools;
+                        }
+                        Some(_) => continue,
+                        None => {}
                     }
                     if let Some(b) = self.claim_block(&cidr, host).await? {
-                        claimed = Some((cidr, b));
+                        claimed = Some((cidr, Some(b)));
                         break 'pools;
                     }
                 }
@@ -630,9 +643,11 @@ impl Ipam {
                 exhausted = true;
                 break;
             };
-            owned += 1;
+            if counted.insert(cidr) {
+                owned += 1;
+            }
             let got = self
-                .assign_from_block(&cidr, Some(block), need, &handle, &args.attrs, Some(host))
+                .assign_from_block(&cidr, block, need, &handle, &args.attrs, Some(host))
                 .await?;
             need -= got.len();
             out.ips.extend(got);
