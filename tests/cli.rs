@@ -163,9 +163,21 @@ async fn serves_on_embedded_store_and_stops_cleanly_on_sigterm() {
     assert!(out.status.success(), "{out:?}");
     assert!(!r.sock.exists(), "socket removed on SIGTERM");
     let stdout = String::from_utf8_lossy(&out.stdout);
-    let first = stdout.lines().next().expect("a log line");
-    let line: serde_json::Value = serde_json::from_str(first).expect("JSON log lines");
-    assert_eq!(line["datastore"], "local");
+    let lines: Vec<serde_json::Value> = stdout
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("every log line is JSON"))
+        .collect();
+    let serving = lines
+        .iter()
+        .find(|l| l["message"] == "calico-libnetwork serving")
+        .expect("a 'serving' line");
+    assert_eq!(serving["datastore"], "local");
+    assert!(
+        lines
+            .iter()
+            .any(|l| l["message"] == "created Calico Node resource"),
+        "the Node resource is created at start: {stdout}"
+    );
 }
 
 #[tokio::test]

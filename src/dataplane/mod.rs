@@ -1,5 +1,6 @@
 //! The Linux dataplane: host veths, host routes and per-interface sysctls.
 //!
+//! - [`firewall`]: the `cali+` accept in iptables FORWARD and `ip_forward`.
 //! - [`netlink`]: a [`Netlink`] handle with one async function per kernel operation.
 //! - [`sysctl`]: idempotent `/proc/sys` writes and Calico's host-veth knobs.
 //! - [`setup_endpoint_veth`] / [`teardown_endpoint_veth`]: a Calico endpoint's veth, composed
@@ -11,6 +12,7 @@
 //! The container side is left to Docker: the Join response names the peer (`SrcName`),
 //! Docker moves it into the sandbox, renames it and configures addresses and routes.
 
+pub mod firewall;
 pub mod netlink;
 pub mod sysctl;
 

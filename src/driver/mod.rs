@@ -146,6 +146,8 @@ pub struct Driver {
     settings: DriverSettings,
     netlink: std::sync::OnceLock<crate::dataplane::Netlink>,
     endpoints: std::sync::Mutex<std::collections::HashMap<String, network::EndpointCache>>,
+    /// Set once the `cali+` forward accept and ip_forward are in place (see `Driver::join`).
+    forwarding_ready: std::sync::atomic::AtomicBool,
 }
 
 impl Driver {
@@ -157,6 +159,7 @@ impl Driver {
             settings,
             netlink: std::sync::OnceLock::new(),
             endpoints: Default::default(),
+            forwarding_ready: Default::default(),
         }
     }
 

@@ -303,12 +303,29 @@ impl Driver {
         )
         .await
         .ctx(format!("join endpoint {}", &endpoint_id[..12]))?;
+        self.ensure_forwarding().await;
         Ok(JoinInfo {
             src_name: temp_veth_name(endpoint_id),
             dst_prefix: self.settings.ifprefix.clone(),
             gateway: (!ep.ipv4.is_empty()).then_some(GATEWAY_V4),
             gateway_ipv6: info.host_ipv6_link_local,
         })
+    }
+
+    /// The `cali+` forward accept and ip_forward, once per process once it has worked.
+    /// Failure (e.g. no iptables binary) only warns: the endpoint itself is fine.
+    async fn ensure_forwarding(&self) {
+        use std::sync::atomic::Ordering;
+        if self.forwarding_ready.load(Ordering::Acquire) {
+            return;
+        }
+        match dataplane::firewall::ensure_forwarding().await {
+            Ok(()) => self.forwarding_ready.store(true, Ordering::Release),
+            Err(e) => tracing::warn!(
+                error = %e,
+                "could not allow forwarding for cali+ interfaces; routed traffic may be dropped"
+            ),
+        }
     }
 
     /// `NetworkDriver.Leave` (idempotent): removes the veth pair and its routes.
