@@ -29,6 +29,211 @@ pub struct Cli {
 pub enum Command {
     /// Serve Docker's plugin socket (the default).
     Run,
+    /// Calico IP pools: list, add, delete.
+    Pool {
+        #[command(subcommand)]
+        cmd: PoolCommand,
+    },
+    /// Calico IPAM state.
+    Ipam {
+        #[command(subcommand)]
+        cmd: IpamCommand,
+    },
+}
+
+/// Output format of the operator commands.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Output {
+    /// Aligned tables for people.
+    #[default]
+    Table,
+    /// JSON for scripts.
+    Json,
+}
+
+/// `pool` subcommands.
+#[derive(Subcommand, Debug)]
+pub enum PoolCommand {
+    /// List IP pools.
+    List {
+        /// Output format.
+        #[arg(short = 'o', long, value_enum, default_value_t = Output::Table)]
+        output: Output,
+    },
+    /// Add an IP pool (refused if invalid or overlapping another pool).
+    Add {
+        /// Pool name (a DNS-1123 subdomain).
+        name: String,
+        /// Pool CIDR, e.g. 10.20.0.0/16.
+        cidr: String,
+        /// Block prefix length (default 26 for IPv4, 122 for IPv6).
+        #[arg(long)]
+        block_size: Option<u8>,
+        /// IP-in-IP mode: Never, Always or CrossSubnet.
+        #[arg(long, default_value = "Never")]
+        ipip_mode: String,
+        /// VXLAN mode: Never, Always or CrossSubnet.
+        #[arg(long, default_value = "Never")]
+        vxlan_mode: String,
+        /// Masquerade traffic leaving the pool.
+        #[arg(long)]
+        nat_outgoing: bool,
+        /// Create the pool disabled (no new allocations).
+        #[arg(long)]
+        disabled: bool,
+        /// Calico selector of the nodes that use this pool.
+        #[arg(long, default_value = "all()")]
+        node_selector: String,
+    },
+    /// Delete an IP pool (Calico's way: disable, release block affinities, delete).
+    Delete {
+        /// Pool name.
+        name: String,
+    },
+}
+
+/// `ipam` subcommands.
+#[derive(Subcommand, Debug)]
+pub enum IpamCommand {
+    /// Per pool and per block: size, used, free, affinity.
+    Show {
+        /// Output format.
+        #[arg(short = 'o', long, value_enum, default_value_t = Output::Table)]
+        output: Output,
+    },
+}
+
+fn table(rows: Vec<Vec<String>>) -> String {
+    let cols = rows.iter().map(Vec::len).max().unwrap_or(0);
+    let widths: Vec<usize> = (0..cols)
+        .map(|c| {
+            rows.iter()
+                .map(|r| r.get(c).map_or(0, String::len))
+                .max()
+                .unwrap_or(0)
+        })
+        .collect();
+    let mut out = String::new();
+    for r in rows {
+        let line: Vec<String> = r
+            .iter()
+            .enumerate()
+            .map(|(i, cell)| format!("{cell:<w$}", w = widths[i]))
+            .collect();
+        out.push_str(line.join("  ").trim_end());
+        out.push('\n');
+    }
+    out
+}
+
+async fn run_pool(config: &Config, cmd: PoolCommand) -> Result<()> {
+    use crate::model::{IpPool, IpPoolSpec};
+    let ipam = crate::ipam::Ipam::new(open_datastore(config)?);
+    match cmd {
+        PoolCommand::List { output } => {
+            let pools = ipam.list_pools().await?;
+            if output == Output::Json {
+                let v: Vec<serde_json::Value> = pools
+                    .iter()
+                    .map(|p| serde_json::json!({"name": p.name(), "spec": p.spec}))
+                    .collect();
+                println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
+                return Ok(());
+            }
+            let mut rows = vec![[
+                "NAME", "CIDR", "BLOCK", "IPIP", "VXLAN", "NAT", "DISABLED", "SELECTOR",
+            ]
+            .iter()
+            .map(|s| s.to_string())
+            .collect::<Vec<_>>()];
+            for p in pools {
+                rows.push(vec![
+                    p.name().to_string(),
+                    p.spec.cidr.clone(),
+                    p.spec.block_size_or_default().to_string(),
+                    p.spec.ipip_mode.clone(),
+                    p.spec.vxlan_mode.clone(),
+                    p.spec.nat_outgoing.to_string(),
+                    p.spec.disabled.to_string(),
+                    p.spec.node_selector.clone(),
+                ]);
+            }
+            print!("{}", table(rows));
+        }
+        PoolCommand::Add {
+            name,
+            cidr,
+            block_size,
+            ipip_mode,
+            vxlan_mode,
+            nat_outgoing,
+            disabled,
+            node_selector,
+        } => {
+            let net: ipnet::IpNet = cidr.parse().map_err(|_| {
+                crate::Error::invalid(format!("add pool {name}: invalid CIDR '{cidr}'"))
+            })?;
+            let mut spec = IpPoolSpec::with_cidr(&net);
+            spec.cidr = cidr.clone();
+            spec.block_size = block_size.unwrap_or(0);
+            spec.ipip_mode = ipip_mode;
+            spec.vxlan_mode = vxlan_mode;
+            spec.nat_outgoing = nat_outgoing;
+            spec.disabled = disabled;
+            spec.node_selector = node_selector;
+            let p = ipam.create_pool(IpPool::new(&name, spec)).await?;
+            println!("added pool {} ({})", p.name(), p.spec.cidr);
+        }
+        PoolCommand::Delete { name } => {
+            ipam.delete_pool(&name)
+                .await
+                .map_err(|e| e.context(format!("delete pool {name}")))?;
+            println!("deleted pool {name}");
+        }
+    }
+    Ok(())
+}
+
+async fn run_ipam(config: &Config, cmd: IpamCommand) -> Result<()> {
+    let ipam = crate::ipam::Ipam::new(open_datastore(config)?);
+    match cmd {
+        IpamCommand::Show { output } => {
+            let summary = ipam.summary().await?;
+            if output == Output::Json {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&summary).unwrap_or_default()
+                );
+                return Ok(());
+            }
+            let mut rows = vec![["POOL/BLOCK", "CIDR", "SIZE", "USED", "FREE", "AFFINITY"]
+                .iter()
+                .map(|s| s.to_string())
+                .collect::<Vec<_>>()];
+            for p in summary {
+                rows.push(vec![
+                    p.name.clone(),
+                    p.cidr.clone(),
+                    p.size.to_string(),
+                    p.used.to_string(),
+                    p.size.saturating_sub(p.used as u128).to_string(),
+                    String::new(),
+                ]);
+                for b in p.blocks {
+                    rows.push(vec![
+                        "  block".to_string(),
+                        b.cidr,
+                        b.size.to_string(),
+                        b.used.to_string(),
+                        b.free.to_string(),
+                        b.affinity.unwrap_or_else(|| "-".to_string()),
+                    ]);
+                }
+            }
+            print!("{}", table(rows));
+        }
+    }
+    Ok(())
 }
 
 /// Sets up logging to stdout at the configured level and format.
@@ -140,7 +345,10 @@ pub fn main_entry() -> i32 {
             return 2;
         }
     };
-    init_logging(&config);
+    // Operator commands print results, not logs, unless asked.
+    if matches!(cli.command, None | Some(Command::Run)) || std::env::var_os("LOG_LEVEL").is_some() {
+        init_logging(&config);
+    }
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -154,6 +362,8 @@ pub fn main_entry() -> i32 {
     let result = rt.block_on(async move {
         match cli.command.unwrap_or(Command::Run) {
             Command::Run => run_server(config).await,
+            Command::Pool { cmd } => run_pool(&config, cmd).await,
+            Command::Ipam { cmd } => run_ipam(&config, cmd).await,
         }
     });
     match result {

@@ -213,3 +213,135 @@ async fn calico_prefixed_etcd_variables_select_etcd() {
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(stdout.contains("\"datastore\":\"etcdv3\""), "{stdout}");
 }
+
+/// Runs an operator command against a datastore given by `envs`; returns (exit code, stdout, stderr).
+fn op(envs: &[(&str, &str)], args: &[&str]) -> (i32, String, String) {
+    let out = bin()
+        .envs(envs.iter().copied())
+        .args(args)
+        .output()
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).to_string(),
+        String::from_utf8_lossy(&out.stderr).to_string(),
+    )
+}
+
+fn pool_and_ipam_commands(envs: &[(&str, &str)]) {
+    let (code, out, err) = op(
+        envs,
+        &[
+            "pool",
+            "add",
+            "p1",
+            "10.60.0.0/24",
+            "--block-size",
+            "28",
+            "--nat-outgoing",
+        ],
+    );
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("added pool p1 (10.60.0.0/24)"), "{out}");
+    // Overlapping, invalid and duplicate pools are refused with one clear line.
+    let (code, _, err) = op(envs, &["pool", "add", "p2", "10.60.0.128/25"]);
+    assert_eq!(code, 1);
+    assert!(err.contains("overlaps IP pool p1"), "{err}");
+    let (code, _, err) = op(envs, &["pool", "add", "p3", "10.61.0.0/33"]);
+    assert_eq!(code, 1);
+    assert!(err.contains("invalid CIDR"), "{err}");
+    let (code, _, err) = op(
+        envs,
+        &[
+            "pool",
+            "add",
+            "p4",
+            "10.62.0.0/24",
+            "--ipip-mode",
+            "Sometimes",
+        ],
+    );
+    assert_eq!(code, 1, "{err}");
+    let (code, _, err) = op(envs, &["pool", "add", "Bad_Name", "10.63.0.0/24"]);
+    assert_eq!(code, 1, "{err}");
+
+    let (code, out, _) = op(envs, &["pool", "list"]);
+    assert_eq!(code, 0);
+    let lines: Vec<&str> = out.lines().collect();
+    assert!(
+        lines[0].starts_with("NAME") && lines[0].contains("CIDR"),
+        "{out}"
+    );
+    assert_eq!(lines.len(), 2, "header and p1 only: {out}");
+    assert!(
+        lines[1].contains("p1") && lines[1].contains("10.60.0.0/24") && lines[1].contains("28"),
+        "{out}"
+    );
+    let (_, out, _) = op(envs, &["pool", "list", "-o", "json"]);
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v[0]["name"], "p1");
+    assert_eq!(v[0]["spec"]["natOutgoing"], true);
+
+    let (code, out, _) = op(envs, &["ipam", "show", "-o", "json"]);
+    assert_eq!(code, 0);
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v[0]["cidr"], "10.60.0.0/24");
+    assert_eq!(v[0]["size"], 256);
+    assert_eq!(v[0]["used"], 0);
+    let (code, out, _) = op(envs, &["ipam", "show"]);
+    assert_eq!(code, 0);
+    assert!(
+        out.lines().next().unwrap().starts_with("POOL/BLOCK"),
+        "{out}"
+    );
+
+    let (code, out, _) = op(envs, &["pool", "delete", "p1"]);
+    assert_eq!(code, 0, "{out}");
+    let (code, _, err) = op(envs, &["pool", "delete", "p1"]);
+    assert_eq!(code, 1);
+    assert!(err.contains("p1"), "{err}");
+    let (_, out, _) = op(envs, &["pool", "list", "-o", "json"]);
+    assert_eq!(out.trim(), "[]");
+}
+
+#[test]
+fn pool_and_ipam_commands_on_embedded_store() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = dir.path().join("store.redb");
+    pool_and_ipam_commands(&[("CALICO_LIBNETWORK_STORE", store.to_str().unwrap())]);
+}
+
+#[test]
+fn pool_and_ipam_commands_on_etcd() {
+    let etcd = common::etcd::Etcd::start();
+    pool_and_ipam_commands(&[("ETCD_ENDPOINTS", &etcd.endpoint())]);
+}
+
+#[tokio::test]
+async fn ipam_show_reports_blocks_in_use() {
+    let etcd = common::etcd::Etcd::start();
+    let envs = [("ETCD_ENDPOINTS", etcd.endpoint())];
+    let envs: Vec<(&str, &str)> = envs.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    assert_eq!(op(&envs, &["pool", "add", "p1", "10.64.0.0/24"]).0, 0);
+    let store: std::sync::Arc<dyn calico_libnetwork::datastore::Datastore> =
+        std::sync::Arc::new(etcd.store());
+    let s = common::server::Server::start(store, "show-host", &[]).await;
+    for _ in 0..3 {
+        s.client
+            .ok(
+                "IpamDriver.RequestAddress",
+                serde_json::json!({"PoolID": "CalicoPoolIPv4", "Address": ""}),
+            )
+            .await;
+    }
+    s.stop().await;
+    let (code, out, _) = op(&envs, &["ipam", "show", "-o", "json"]);
+    assert_eq!(code, 0);
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v[0]["used"], 3);
+    assert_eq!(v[0]["blocks"][0]["used"], 3);
+    assert_eq!(v[0]["blocks"][0]["free"], 61);
+    assert_eq!(v[0]["blocks"][0]["affinity"], "host:show-host");
+    let (_, table, _) = op(&envs, &["ipam", "show"]);
+    assert!(table.contains("host:show-host"), "{table}");
+}
