@@ -250,7 +250,9 @@ pub fn init_logging(config: &Config) {
     let filter = tracing_subscriber::EnvFilter::new(directive);
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stdout);
+        .with_writer(std::io::stdout)
+        // Colour codes only on a terminal, never in log files or `docker logs`.
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stdout()));
     let _ = match config.log_format {
         LogFormat::Json => builder.json().flatten_event(true).try_init(),
         LogFormat::Text => builder.try_init(),
