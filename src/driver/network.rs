@@ -208,6 +208,15 @@ impl Driver {
                 "create endpoint: no address assigned for endpoint",
             ));
         }
+        // Docker's port mapper belongs to its bridge driver: for a remote driver nothing
+        // publishes `-p` unless we do, so refuse rather than silently ignore it.
+        if let Some(Value::Array(ports)) = spec.options.get("com.docker.network.portmap") {
+            if !ports.is_empty() {
+                return Err(Error::invalid(
+                    "calico networks do not publish ports yet: remove -p/--publish (or reach the container at its Calico address)",
+                ));
+            }
+        }
         let (mac, filled) = match spec.mac {
             Some(m) => (m, None),
             None => {
