@@ -180,6 +180,28 @@ async fn subnet_sequences(store: Store) {
         pool["spec"].get("natOutgoing").is_none(),
         "natOutgoing false is omitted: {pool}"
     );
+    // Only its own network allocates from a pool created for --subnet.
+    assert_eq!(pool["spec"]["assignmentMode"], "Manual", "{pool}");
+    let a = c
+        .ok(
+            "IpamDriver.RequestAddress",
+            json!({"PoolID": "CalicoPoolIPv4", "Address": ""}),
+        )
+        .await;
+    let auto = a["Address"]
+        .as_str()
+        .unwrap()
+        .trim_end_matches("/32")
+        .to_string();
+    assert!(
+        auto.starts_with("10.90."),
+        "all-pools networks skip the created pool: {auto}"
+    );
+    c.ok(
+        "IpamDriver.ReleaseAddress",
+        json!({"PoolID": "CalicoPoolIPv4", "Address": auto}),
+    )
+    .await;
     // --ip inside it, then the same --ip again: in use.
     let a = c
         .ok(

@@ -15,7 +15,7 @@ use super::{Driver, PoolGrant, PoolRequest};
 use crate::datastore::Write;
 use crate::error::{Error, Result, ResultExt};
 use crate::ipam::{default_attrs, AssignIp, AutoAssign};
-use crate::model::ippool::{MODE_ALWAYS, MODE_CROSS_SUBNET, MODE_NEVER};
+use crate::model::ippool::{ASSIGNMENT_MANUAL, MODE_ALWAYS, MODE_CROSS_SUBNET, MODE_NEVER};
 use crate::model::{keys, IpFamily, IpPool, IpPoolSpec};
 
 /// Pool ID for "all of Calico's IPv4 pools".
@@ -240,6 +240,9 @@ impl Driver {
             None => {
                 let mut spec = IpPoolSpec::with_cidr(subnet);
                 spec.nat_outgoing = true;
+                // Only the network that asked for this subnet allocates from it: networks
+                // using "all of Calico's pools" must not take its addresses.
+                spec.assignment_mode = Some(ASSIGNMENT_MANUAL.to_string());
                 for (k, v) in options {
                     match k.as_str() {
                         "ipip-mode" => spec.ipip_mode = mode(k, v)?,
