@@ -275,6 +275,9 @@ pub async fn build_driver(config: &Config, store: Arc<dyn Datastore>) -> Result<
         create_profiles: config.create_profiles,
         ifprefix: config.ifprefix.clone(),
         veth_mtu: config.veth_mtu,
+        docker_host: Some(config.docker_host.clone()),
+        label_endpoints: config.label_endpoints,
+        label_poll_timeout: config.label_poll_timeout,
     };
     Ok(Arc::new(Driver::new(store, settings)))
 }
@@ -317,6 +320,9 @@ pub async fn run_server(config: Config) -> Result<()> {
             }))
         }
     };
+    // Networks recorded without a name (older records, or a lookup cut short by a
+    // restart): learn their names from the Docker API, in the background.
+    driver.resolve_network_names_in_background();
     let listener = plugin::bind(&config.socket)?;
     tracing::info!(
         socket = %config.socket.display(),

@@ -120,6 +120,26 @@ pub struct ConfigArgs {
     /// Set to true to create no default pool at start.
     #[arg(long, env = "NO_DEFAULT_POOLS", global = true, default_value = "false")]
     pub no_default_pools: String,
+    /// Docker API address, asked (in the background) for network names and container labels
+    /// (default: $DOCKER_HOST, then unix:///var/run/docker.sock).
+    #[arg(long, env = "CALICO_LIBNETWORK_DOCKER_HOST", global = true)]
+    pub docker_host: Option<String>,
+    /// Copy `org.projectcalico.label.*` container labels onto WorkloadEndpoints (true/false).
+    #[arg(
+        long,
+        env = "CALICO_LIBNETWORK_LABEL_ENDPOINTS",
+        global = true,
+        default_value = "false"
+    )]
+    pub label_endpoints: String,
+    /// How long to wait for Docker to show an endpoint's container, for its labels.
+    #[arg(
+        long,
+        env = "CALICO_LIBNETWORK_LABEL_POLL_TIMEOUT",
+        global = true,
+        default_value = "30s"
+    )]
+    pub label_poll_timeout: String,
 }
 
 /// Where state lives.
@@ -165,6 +185,12 @@ pub struct Config {
     pub veth_mtu: Option<u32>,
     /// `local` or `global`.
     pub scope: String,
+    /// Docker API address (`unix://`, `tcp://` or `http://`).
+    pub docker_host: String,
+    /// Copy container labels onto WorkloadEndpoints.
+    pub label_endpoints: bool,
+    /// How long to wait for an endpoint's container, for its labels.
+    pub label_poll_timeout: Duration,
 }
 
 fn env_nonempty(name: &str) -> Option<String> {
@@ -472,7 +498,33 @@ impl ConfigArgs {
             }
         };
 
+        let (docker_host, docker_host_var) = match self
+            .docker_host
+            .as_deref()
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+        {
+            Some(h) => (h.to_string(), "CALICO_LIBNETWORK_DOCKER_HOST"),
+            None => match env_nonempty("DOCKER_HOST") {
+                Some(h) => (h.trim().to_string(), "DOCKER_HOST"),
+                None => (
+                    crate::driver::docker::DEFAULT_DOCKER_HOST.to_string(),
+                    "CALICO_LIBNETWORK_DOCKER_HOST",
+                ),
+            },
+        };
+        crate::driver::docker::check_host(&docker_host).map_err(|e| bad(docker_host_var, e))?;
+        let label_endpoints =
+            parse_bool("CALICO_LIBNETWORK_LABEL_ENDPOINTS", &self.label_endpoints)?;
+        let label_poll_timeout = parse_duration(
+            "CALICO_LIBNETWORK_LABEL_POLL_TIMEOUT",
+            &self.label_poll_timeout,
+        )?;
+
         Ok(Config {
+            docker_host,
+            label_endpoints,
+            label_poll_timeout,
             create_profiles,
             ifprefix,
             veth_mtu,

@@ -105,6 +105,19 @@ fn invalid_configuration_stops_at_start_naming_the_variable() {
         &[("CALICO_IPV4POOL_CIDR", "10.0.0.0/33")],
         "CALICO_IPV4POOL_CIDR",
     );
+    refuses(
+        &[("CALICO_LIBNETWORK_DOCKER_HOST", "/var/run/docker.sock")],
+        "CALICO_LIBNETWORK_DOCKER_HOST",
+    );
+    refuses(&[("DOCKER_HOST", "ssh://somewhere")], "DOCKER_HOST");
+    refuses(
+        &[("CALICO_LIBNETWORK_LABEL_ENDPOINTS", "maybe")],
+        "CALICO_LIBNETWORK_LABEL_ENDPOINTS",
+    );
+    refuses(
+        &[("CALICO_LIBNETWORK_LABEL_POLL_TIMEOUT", "0s")],
+        "CALICO_LIBNETWORK_LABEL_POLL_TIMEOUT",
+    );
 }
 
 struct Running {

@@ -8,12 +8,12 @@
 mod common;
 
 use std::net::Ipv4Addr;
-use std::process::Command;
 use std::time::Instant;
 
 use calico_libnetwork::datastore::Datastore;
 use common::docker::{self, Dockerd, HostLock};
 use common::etcd::Etcd;
+use common::firewall::{forward_policy, host, FirewallCleanup, CHAIN};
 use common::plugin::Plugin;
 use serde_json::Value;
 
@@ -24,7 +24,6 @@ const BLOCKS_PREFIXES: &[&str] = &[
     "/calico/ipam/v2/assignment/ipv6/block/",
 ];
 const HANDLES_PREFIX: &str = "/calico/ipam/v2/handle/";
-const CHAIN: &str = "CALICO-LIBNETWORK-FORWARD";
 const HOST_MAC: &str = "ee:ee:ee:ee:ee:ee";
 
 fn block_on<F: std::future::Future>(f: F) -> F::Output {
@@ -33,52 +32,6 @@ fn block_on<F: std::future::Future>(f: F) -> F::Output {
         .build()
         .unwrap()
         .block_on(f)
-}
-
-fn host(prog: &str, args: &[&str]) -> (bool, String) {
-    let o = Command::new(prog)
-        .args(args)
-        .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
-        .output()
-        .unwrap_or_else(|e| panic!("run {prog}: {e}"));
-    (
-        o.status.success(),
-        format!(
-            "{}{}",
-            String::from_utf8_lossy(&o.stdout),
-            String::from_utf8_lossy(&o.stderr)
-        ),
-    )
-}
-
-/// Removes our forward chain and its jump after the test if they were not there before it.
-/// Needed: the harness only undoes rules naming `DOCKER` or its bridge, and not ip6tables.
-struct FirewallCleanup {
-    present_before: Vec<(&'static str, bool)>,
-}
-
-impl FirewallCleanup {
-    fn new() -> Self {
-        FirewallCleanup {
-            present_before: ["iptables", "ip6tables"]
-                .into_iter()
-                .map(|b| (b, host(b, &["-w", "-n", "-L", CHAIN]).0))
-                .collect(),
-        }
-    }
-}
-
-impl Drop for FirewallCleanup {
-    fn drop(&mut self) {
-        for (bin, before) in &self.present_before {
-            if *before {
-                continue;
-            }
-            while host(bin, &["-w", "-D", "FORWARD", "-j", CHAIN]).0 {}
-            let _ = host(bin, &["-w", "-F", CHAIN]);
-            let _ = host(bin, &["-w", "-X", CHAIN]);
-        }
-    }
 }
 
 /// Lock, datastore, plugin, dockerd; dropped as dockerd, plugin, etcd, firewall clean-up,
@@ -171,12 +124,6 @@ fn inspect_container(d: &Dockerd, name: &'static str) -> Container {
         mac,
         endpoint_id: endpoint_id.to_string(),
     }
-}
-
-fn forward_policy() -> String {
-    let (ok, out) = host("iptables", &["-w", "-S", "FORWARD"]);
-    assert!(ok, "iptables -S FORWARD: {out}");
-    out.lines().next().unwrap_or_default().to_string()
 }
 
 fn host_link_mac(name: &str) -> Option<String> {
@@ -401,8 +348,5 @@ fn containers_ping_each_other_on_local_store() {
 /// plugin can have added them meanwhile).
 fn assert_no_chain() {
     let _lock = docker::lock();
-    for bin in ["iptables", "ip6tables"] {
-        let (_, rules) = host(bin, &["-w", "-S"]);
-        assert!(!rules.contains(CHAIN), "{bin}: {CHAIN} left:\n{rules}");
-    }
+    common::firewall::assert_no_chain();
 }

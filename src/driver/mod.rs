@@ -11,8 +11,11 @@ use crate::datastore::Datastore;
 use crate::error::{Error, Result};
 use crate::ipam::Ipam;
 
+pub mod docker;
 pub mod ipam;
 pub mod network;
+pub mod profiles;
+pub mod sandbox;
 
 /// Address space names the IPAM driver reports (the original plugin's names).
 pub const LOCAL_ADDRESS_SPACE: &str = "CalicoLocalAddressSpace";
@@ -32,10 +35,20 @@ pub struct DriverSettings {
     pub ifprefix: String,
     /// veth MTU (`CALICO_LIBNETWORK_VETH_MTU`); kernel default when `None`.
     pub veth_mtu: Option<u32>,
+    /// The Docker API (`CALICO_LIBNETWORK_DOCKER_HOST`), asked for network names and
+    /// container labels from background tasks only. `None`: no Docker API; profiles stay
+    /// named after the network ID and endpoints are not labelled.
+    pub docker_host: Option<String>,
+    /// Copy `org.projectcalico.label.*` container labels onto WorkloadEndpoints
+    /// (`CALICO_LIBNETWORK_LABEL_ENDPOINTS`).
+    pub label_endpoints: bool,
+    /// How long to wait for Docker to show an endpoint's container
+    /// (`CALICO_LIBNETWORK_LABEL_POLL_TIMEOUT`).
+    pub label_poll_timeout: std::time::Duration,
 }
 
 impl DriverSettings {
-    /// Defaults for `nodename`.
+    /// Defaults for `nodename` (no Docker API: profiles named after network IDs).
     pub fn new(nodename: &str) -> Self {
         DriverSettings {
             nodename: nodename.to_string(),
@@ -43,6 +56,9 @@ impl DriverSettings {
             create_profiles: true,
             ifprefix: "eth".to_string(),
             veth_mtu: None,
+            docker_host: None,
+            label_endpoints: false,
+            label_poll_timeout: std::time::Duration::from_secs(30),
         }
     }
 }
@@ -112,6 +128,8 @@ pub struct JoinInfo {
     pub gateway: Option<Ipv4Addr>,
     /// IPv6 gateway (the host veth's link-local address).
     pub gateway_ipv6: Option<Ipv6Addr>,
+    /// Routes Docker installs in the container (connected ones on this endpoint's interface).
+    pub static_routes: Vec<sandbox::ContainerRoute>,
 }
 
 /// Parses `aa:bb:cc:dd:ee:ff`.
@@ -148,18 +166,28 @@ pub struct Driver {
     endpoints: std::sync::Mutex<std::collections::HashMap<String, network::EndpointCache>>,
     /// Set once the `cali+` forward accept and ip_forward are in place (see `Driver::join`).
     forwarding_ready: std::sync::atomic::AtomicBool,
+    /// Gateways and routes given to the endpoints of each container sandbox (see `sandbox`).
+    sandboxes: sandbox::Sandboxes,
+    /// The Docker API, for background tasks only (never awaited by a handler).
+    docker: Option<Arc<docker::DockerApi>>,
 }
 
 impl Driver {
     /// Builds the driver over a datastore.
     pub fn new(store: Arc<dyn Datastore>, settings: DriverSettings) -> Self {
+        let docker = settings
+            .docker_host
+            .as_deref()
+            .map(|h| Arc::new(docker::DockerApi::new(h, docker::CALL_TIMEOUT)));
         Driver {
             ipam: Ipam::new(store.clone()),
             store,
+            docker,
             settings,
             netlink: std::sync::OnceLock::new(),
             endpoints: Default::default(),
             forwarding_ready: Default::default(),
+            sandboxes: Default::default(),
         }
     }
 
@@ -191,6 +219,24 @@ impl Driver {
             tracing::info!(pool = %name, "created default IP pool (no pool existed)");
         }
         Ok(())
+    }
+
+    /// Handles for a background task that uses the Docker API; `None` without one.
+    pub(crate) fn background(&self) -> Option<profiles::Background> {
+        Some(profiles::Background {
+            store: self.store.clone(),
+            docker: self.docker.clone()?,
+            settings: self.settings.clone(),
+        })
+    }
+
+    /// Starts learning, in the background, the names of networks recorded without one
+    /// (records from before names were learned, or whose name lookup did not finish).
+    /// Returns at once; does nothing without a Docker API.
+    pub fn resolve_network_names_in_background(&self) {
+        if let Some(bg) = self.background() {
+            tokio::spawn(async move { bg.resolve_unnamed_networks().await });
+        }
     }
 
     /// The datastore.

@@ -12,9 +12,10 @@ use crate::dataplane::{self, EndpointVeth};
 use crate::error::{Error, Result, ResultExt};
 use crate::ipam::kv;
 use crate::model::resources::{WorkloadEndpointSpec, ORCHESTRATOR_LIBNETWORK};
-use crate::model::{keys, Profile, ProfileSpec, WorkloadEndpoint};
+use crate::model::{keys, WorkloadEndpoint};
 
-/// Calico's fixed IPv4 next hop for workloads; the host veth answers ARP for it.
+/// Calico's fixed IPv4 next hop for workloads; the host veth answers ARP for it. A
+/// container's further Calico endpoints get 169.254.1.2, ... (see `super::sandbox`).
 pub const GATEWAY_V4: Ipv4Addr = Ipv4Addr::new(169, 254, 1, 1);
 /// Namespace of our WorkloadEndpoints.
 pub const WEP_NAMESPACE: &str = "libnetwork";
@@ -25,8 +26,13 @@ pub const WEP_NAMESPACE: &str = "libnetwork";
 pub struct NetworkRecord {
     /// Docker's network ID.
     pub network_id: String,
-    /// The Calico profile its endpoints carry (empty when profiles are off).
+    /// The Calico profile its endpoints carry (empty when profiles are off): named after
+    /// the network ID until the network's name is learned from Docker, then after the name.
     pub profile: String,
+    /// The Docker network name, once learned from the Docker API (empty until then, and in
+    /// records written before names were learned).
+    #[serde(default)]
+    pub name: String,
     /// IPv4 pools from IPAM (`0.0.0.0/0` for all of Calico's pools).
     pub ipv4_pools: Vec<String>,
     /// IPv6 pools from IPAM.
@@ -114,14 +120,10 @@ impl Driver {
             }
         }
         let profile = if self.settings.create_profiles {
-            // Docker sends no network name; the network ID names the profile.
-            let name = crate::model::resource_name_from(&spec.network_id);
-            let mut p = Profile::new(&name, ProfileSpec::for_network(&name));
-            match kv::create(self.store.as_ref(), &mut p).await {
-                Ok(_) => {}
-                Err(e) if e.is_exists() => {}
-                Err(e) => return Err(e.context(format!("create profile {name}"))),
-            }
+            // Docker sends no network name: the network ID names the profile until a
+            // background task learns the name from the Docker API (see `super::profiles`).
+            let name = super::profiles::fallback_profile(&spec.network_id);
+            super::profiles::ensure_profile(self.store.as_ref(), &name).await?;
             name
         } else {
             String::new()
@@ -129,6 +131,7 @@ impl Driver {
         let rec = NetworkRecord {
             network_id: spec.network_id.clone(),
             profile,
+            name: String::new(),
             ipv4_pools: spec.ipv4_data.iter().map(|(p, _)| p.clone()).collect(),
             ipv6_pools: spec.ipv6_data.iter().map(|(p, _)| p.clone()).collect(),
         };
@@ -138,6 +141,15 @@ impl Driver {
             .put(&keys::network_key(&spec.network_id), value)
             .await
             .ctx(format!("record network {}", spec.network_id))?;
+        // Docker finishes creating the network only after we answer: ask it for the name
+        // from a task of its own, never from this handler (dockerd could deadlock).
+        if let Some(bg) = self.background() {
+            let id = spec.network_id.clone();
+            tokio::spawn(async move {
+                bg.learn_network_name(&id, super::profiles::NAME_LOOKUP_WINDOW, false)
+                    .await
+            });
+        }
         Ok(())
     }
 
@@ -156,23 +168,16 @@ impl Driver {
             Err(e) => return Err(e.context(format!("delete network {network_id}"))),
         }
         if !rec.profile.is_empty() {
-            // The profile goes with the last network that uses it.
-            let others = self.store.list(&keys::networks_prefix()).await?;
-            let in_use = others.iter().any(|kv| {
-                serde_json::from_slice::<NetworkRecord>(&kv.value)
-                    .map(|r| r.profile == rec.profile)
-                    .unwrap_or(false)
-            });
-            if !in_use {
-                match self
-                    .store
-                    .delete(&keys::profile_key(&rec.profile), None)
-                    .await
-                {
-                    Ok(()) => {}
-                    Err(e) if e.is_not_found() => {}
-                    Err(e) => return Err(e.context(format!("delete profile {}", rec.profile))),
-                }
+            // A profile goes with the last network record (of any host) and endpoint using
+            // it: the network's profile (named after its name once learned), and its
+            // network-ID fallback, which may outlive the switch to the name.
+            let fallback = super::profiles::fallback_profile(network_id);
+            let mut profiles = vec![rec.profile.clone()];
+            if fallback != rec.profile {
+                profiles.push(fallback);
+            }
+            for p in profiles {
+                super::profiles::delete_profile_if_unused(self.store.as_ref(), &p).await?;
             }
         }
         Ok(())
@@ -260,6 +265,32 @@ impl Driver {
             }
             Err(e) => return Err(e.context(format!("create WorkloadEndpoint {name}"))),
         }
+        // The network may have moved to its named profile meanwhile (a background task
+        // learns the name): read the record again after our write, so that either we see
+        // the move and follow it, or the mover saw our endpoint.
+        if !rec.profile.is_empty() {
+            if let Some(now) = self.network_record(&spec.network_id).await? {
+                if !now.profile.is_empty() && now.profile != rec.profile {
+                    let key = keys::workload_endpoint_key(WEP_NAMESPACE, &name);
+                    super::profiles::move_wep_profile(
+                        self.store.as_ref(),
+                        &key,
+                        &rec.profile,
+                        &now.profile,
+                    )
+                    .await?;
+                }
+            }
+        }
+        // Container labels: Docker shows the endpoint's container only after Join, so a
+        // task of its own waits for it (never this handler).
+        if self.settings.label_endpoints {
+            if let Some(bg) = self.background() {
+                let (net, ep) = (spec.network_id.clone(), spec.endpoint_id.clone());
+                let key = keys::workload_endpoint_key(WEP_NAMESPACE, &name);
+                tokio::spawn(async move { bg.label_endpoint(&net, &ep, &key).await });
+            }
+        }
         self.endpoints
             .lock()
             .unwrap()
@@ -295,9 +326,32 @@ impl Driver {
         Ok(c)
     }
 
-    /// `NetworkDriver.Join`: creates the veth pair and answers the gateway.
-    pub async fn join(&self, _network_id: &str, endpoint_id: &str) -> Result<JoinInfo> {
+    /// `NetworkDriver.Join`: creates the veth pair and answers the gateway and the
+    /// container's routes. `sandbox` is Docker's `SandboxKey` (the container's netns path):
+    /// each Calico endpoint of one container gets its own gateway (see `super::sandbox`).
+    pub async fn join(
+        &self,
+        network_id: &str,
+        endpoint_id: &str,
+        sandbox: &str,
+    ) -> Result<JoinInfo> {
         let ep = self.endpoint_cache(endpoint_id).await?;
+        // The network's own IPv4 pools (`--subnet`, `ipv4-pools=`) get a route via this
+        // endpoint's gateway, so a container on several networks reaches each network's
+        // containers through that network's interface. Best effort: without them the
+        // default route still reaches every Calico address.
+        let pools: Vec<IpNet> = match self.network_record(network_id).await {
+            Ok(rec) => rec
+                .map(|r| r.ipv4_pools)
+                .unwrap_or_default()
+                .iter()
+                .filter_map(|p| p.parse().ok())
+                .collect(),
+            Err(e) => {
+                tracing::warn!(network = %network_id, error = %e, "join: network pools unknown, no pool routes");
+                Vec::new()
+            }
+        };
         let nl = self.netlink()?;
         let info = dataplane::setup_endpoint_veth(
             nl,
@@ -313,11 +367,30 @@ impl Driver {
         .await
         .ctx(format!("join endpoint {}", &endpoint_id[..12]))?;
         self.ensure_forwarding().await;
+        if !ep.ipv6.is_empty() {
+            if let Err(e) = dataplane::firewall::ensure_ipv6_forwarding().await {
+                tracing::warn!(error = %e, "could not turn on IPv6 forwarding; IPv6 traffic will not be routed");
+            }
+        }
+        let plan = match self.sandboxes.join(
+            sandbox,
+            endpoint_id,
+            !ep.ipv4.is_empty(),
+            info.host_ipv6_link_local,
+            &pools,
+        ) {
+            Ok(plan) => plan,
+            Err(e) => {
+                let _ = dataplane::teardown_endpoint_veth(nl, &host_veth_name(endpoint_id)).await;
+                return Err(e);
+            }
+        };
         Ok(JoinInfo {
             src_name: temp_veth_name(endpoint_id),
             dst_prefix: self.settings.ifprefix.clone(),
-            gateway: (!ep.ipv4.is_empty()).then_some(GATEWAY_V4),
+            gateway: plan.gateway,
             gateway_ipv6: info.host_ipv6_link_local,
+            static_routes: plan.routes,
         })
     }
 
@@ -339,6 +412,7 @@ impl Driver {
 
     /// `NetworkDriver.Leave` (idempotent): removes the veth pair and its routes.
     pub async fn leave(&self, _network_id: &str, endpoint_id: &str) -> Result<()> {
+        self.sandboxes.leave(endpoint_id);
         // Leave comes before Docker moves the interface back, so delete via the host end.
         dataplane::teardown_endpoint_veth(self.netlink()?, &host_veth_name(endpoint_id))
             .await
@@ -358,6 +432,7 @@ impl Driver {
             Err(e) => return Err(e.context(format!("delete WorkloadEndpoint {name}"))),
         }
         self.endpoints.lock().unwrap().remove(endpoint_id);
+        self.sandboxes.leave(endpoint_id);
         // In case Leave never came (a crashed container start): the veth goes too.
         if let Ok(nl) = self.netlink() {
             let _ = dataplane::teardown_endpoint_veth(nl, &host_veth_name(endpoint_id)).await;

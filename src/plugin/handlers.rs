@@ -164,23 +164,20 @@ pub async fn endpoint_oper_info(
 pub async fn join(d: Arc<Driver>, req: JoinRequest) -> Result<JoinResponse> {
     check_id("NetworkID", &req.network_id)?;
     check_id("EndpointID", &req.endpoint_id)?;
-    let j = d.join(&req.network_id, &req.endpoint_id).await?;
-    let mut static_routes = Vec::new();
-    // Docker installs these in the container; RouteType 1 means "connected" (no next hop).
-    if let Some(gw) = &j.gateway {
-        static_routes.push(StaticRoute {
-            destination: format!("{gw}/32"),
-            route_type: 1,
-            next_hop: String::new(),
-        });
-    }
-    if let Some(gw6) = &j.gateway_ipv6 {
-        static_routes.push(StaticRoute {
-            destination: format!("{gw6}/128"),
-            route_type: 1,
-            next_hop: String::new(),
-        });
-    }
+    let j = d
+        .join(&req.network_id, &req.endpoint_id, &req.sandbox_key)
+        .await?;
+    // Docker installs these in the container. RouteType 1 is "connected" (bound to this
+    // endpoint's interface, no next hop), 0 is "via NextHop".
+    let static_routes = j
+        .static_routes
+        .iter()
+        .map(|r| StaticRoute {
+            destination: r.destination.to_string(),
+            route_type: if r.next_hop.is_some() { 0 } else { 1 },
+            next_hop: r.next_hop.map(|h| h.to_string()).unwrap_or_default(),
+        })
+        .collect();
     Ok(JoinResponse {
         interface_name: InterfaceName {
             src_name: j.src_name,

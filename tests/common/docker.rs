@@ -296,6 +296,8 @@ fn link_exists(name: &str) -> bool {
 /// Sysctls dockerd may switch on.
 const SYSCTLS: &[&str] = &[
     "/proc/sys/net/ipv4/ip_forward",
+    // Not dockerd's, but the plugin's for IPv6 endpoints; put back the same way.
+    "/proc/sys/net/ipv6/conf/all/forwarding",
     "/proc/sys/net/bridge/bridge-nf-call-iptables",
     "/proc/sys/net/bridge/bridge-nf-call-ip6tables",
 ];

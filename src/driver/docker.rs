@@ -1,0 +1,324 @@
+//! A small client of the Docker Engine API (over `bollard`), for the background tasks that
+//! learn network names and container labels.
+//!
+//! **Never call this from a request handler.** dockerd waits for our answer to a plugin call
+//! while holding its own locks; a plugin that calls back into the Docker API from inside a
+//! handler can deadlock dockerd (the Go plugin did, at start-up: libnetwork-plugin #49). Every
+//! call here is bounded by a short timeout, and the connection is opened lazily (dockerd may
+//! start after us, and its socket may not exist yet).
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use crate::error::{Error, Result};
+
+/// The Docker API address used when neither `CALICO_LIBNETWORK_DOCKER_HOST` nor `DOCKER_HOST`
+/// is set.
+pub const DEFAULT_DOCKER_HOST: &str = "unix:///var/run/docker.sock";
+
+/// Deadline of each Docker API call (and of connecting).
+pub const CALL_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Prefix of the container labels copied onto WorkloadEndpoints (removed on the way).
+pub const LABEL_PREFIX: &str = "org.projectcalico.label.";
+
+/// Checks a Docker host address: `unix:///path`, `tcp://host:port` or `http://host:port`.
+pub fn check_host(host: &str) -> std::result::Result<(), String> {
+    if let Some(path) = host.strip_prefix("unix://") {
+        if path.is_empty() || !path.starts_with('/') {
+            return Err(format!(
+                "'{host}' needs an absolute socket path (unix:///path)"
+            ));
+        }
+        return Ok(());
+    }
+    let rest = host
+        .strip_prefix("tcp://")
+        .or_else(|| host.strip_prefix("http://"))
+        .ok_or_else(|| format!("'{host}' must start with unix://, tcp:// or http://"))?;
+    let authority = rest.split('/').next().unwrap_or_default();
+    if authority.is_empty() {
+        return Err(format!("'{host}' has no host"));
+    }
+    Ok(())
+}
+
+fn docker_err(what: &str, e: bollard::errors::Error) -> Error {
+    Error::Unavailable(format!("docker API {what}: {e}"))
+}
+
+fn is_not_found(e: &bollard::errors::Error) -> bool {
+    matches!(
+        e,
+        bollard::errors::Error::DockerResponseServerError {
+            status_code: 404,
+            ..
+        }
+    )
+}
+
+/// The Docker API at one address. Cheap to create: nothing is opened until the first call.
+pub struct DockerApi {
+    host: String,
+    timeout: Duration,
+    client: tokio::sync::Mutex<Option<bollard::Docker>>,
+}
+
+impl std::fmt::Debug for DockerApi {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DockerApi")
+            .field("host", &self.host)
+            .finish()
+    }
+}
+
+impl DockerApi {
+    /// A client of the API at `host` (see [`check_host`]); calls time out after `timeout`.
+    pub fn new(host: &str, timeout: Duration) -> Self {
+        DockerApi {
+            host: host.to_string(),
+            timeout,
+            client: tokio::sync::Mutex::new(None),
+        }
+    }
+
+    /// The address.
+    pub fn host(&self) -> &str {
+        &self.host
+    }
+
+    async fn bounded<T>(
+        &self,
+        what: &str,
+        fut: impl std::future::Future<Output = std::result::Result<T, bollard::errors::Error>>,
+    ) -> Result<std::result::Result<T, bollard::errors::Error>> {
+        tokio::time::timeout(self.timeout, fut)
+            .await
+            .map_err(|_| Error::Timeout {
+                what: format!("docker API {what}"),
+                after: self.timeout,
+            })
+    }
+
+    /// The connected client; connects and agrees on the API version on first use (Docker
+    /// 20.10 speaks at most API 1.41, Docker 29 at least 1.44).
+    async fn client(&self) -> Result<bollard::Docker> {
+        let mut guard = self.client.lock().await;
+        if let Some(c) = guard.as_ref() {
+            return Ok(c.clone());
+        }
+        let secs = self.timeout.as_secs().max(1);
+        let c = if self.host.starts_with("unix://") {
+            bollard::Docker::connect_with_unix(&self.host, secs, bollard::API_DEFAULT_VERSION)
+        } else {
+            let addr = self.host.replacen("tcp://", "http://", 1);
+            bollard::Docker::connect_with_http(&addr, secs, bollard::API_DEFAULT_VERSION)
+        }
+        .map_err(|e| docker_err(&format!("connect {}", self.host), e))?;
+        let c = self
+            .bounded("version", c.negotiate_version())
+            .await?
+            .map_err(|e| docker_err(&format!("version at {}", self.host), e))?;
+        *guard = Some(c.clone());
+        Ok(c)
+    }
+
+    /// Forgets the connection after a failure, so the next call connects afresh (dockerd
+    /// restarted, perhaps as another version).
+    async fn reset(&self) {
+        *self.client.lock().await = None;
+    }
+
+    async fn inspect_network(&self, id: &str) -> Result<Option<bollard::models::NetworkInspect>> {
+        let c = self.client().await?;
+        match self
+            .bounded("inspect network", c.inspect_network(id, None))
+            .await
+        {
+            Ok(Ok(n)) => Ok(Some(n)),
+            Ok(Err(e)) if is_not_found(&e) => Ok(None),
+            Ok(Err(e)) => {
+                self.reset().await;
+                Err(docker_err(&format!("inspect network {id}"), e))
+            }
+            Err(e) => {
+                self.reset().await;
+                Err(e)
+            }
+        }
+    }
+
+    /// The name of network `id`, `None` while Docker does not know it (yet).
+    pub async fn network_name(&self, id: &str) -> Result<Option<String>> {
+        let Some(n) = self.inspect_network(id).await? else {
+            return Ok(None);
+        };
+        // Inspect also matches names and ID prefixes: only the network itself counts.
+        if n.id.as_deref() != Some(id) {
+            return Ok(None);
+        }
+        Ok(n.name.filter(|s| !s.is_empty()))
+    }
+
+    /// The container holding endpoint `endpoint_id` on network `network_id`, once Docker
+    /// lists it there (after Join).
+    pub async fn endpoint_container(
+        &self,
+        network_id: &str,
+        endpoint_id: &str,
+    ) -> Result<Option<String>> {
+        let Some(n) = self.inspect_network(network_id).await? else {
+            return Ok(None);
+        };
+        Ok(container_of_endpoint(
+            n.containers
+                .unwrap_or_default()
+                .iter()
+                .map(|(k, v)| (k.as_str(), v.endpoint_id.as_deref().unwrap_or_default())),
+            endpoint_id,
+        ))
+    }
+
+    /// The labels of container `id`; `None` if Docker does not know it.
+    pub async fn container_labels(&self, id: &str) -> Result<Option<BTreeMap<String, String>>> {
+        let c = self.client().await?;
+        match self
+            .bounded("inspect container", c.inspect_container(id, None))
+            .await
+        {
+            Ok(Ok(ctr)) => Ok(Some(
+                ctr.config
+                    .and_then(|c| c.labels)
+                    .unwrap_or_default()
+                    .into_iter()
+                    .collect(),
+            )),
+            Ok(Err(e)) if is_not_found(&e) => Ok(None),
+            Ok(Err(e)) => {
+                self.reset().await;
+                Err(docker_err(&format!("inspect container {id}"), e))
+            }
+            Err(e) => {
+                self.reset().await;
+                Err(e)
+            }
+        }
+    }
+}
+
+/// From a network's `Containers` map (container ID → endpoint ID), the container holding
+/// `endpoint_id`. Keys `ep-…` are endpoints without a container (load balancers).
+pub fn container_of_endpoint<'a>(
+    containers: impl IntoIterator<Item = (&'a str, &'a str)>,
+    endpoint_id: &str,
+) -> Option<String> {
+    containers
+        .into_iter()
+        .find(|(k, ep)| !k.starts_with("ep-") && *ep == endpoint_id)
+        .map(|(k, _)| k.to_string())
+}
+
+/// A Kubernetes-style label name: 1–63 characters of `[A-Za-z0-9-_.]`, starting and ending
+/// alphanumeric.
+fn label_name_ok(s: &str) -> bool {
+    let b = s.as_bytes();
+    !b.is_empty()
+        && b.len() <= 63
+        && b.first().is_some_and(u8::is_ascii_alphanumeric)
+        && b.last().is_some_and(u8::is_ascii_alphanumeric)
+        && b.iter()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'-' | b'_' | b'.'))
+}
+
+/// A label key: `name` or `prefix/name`, the prefix a DNS subdomain of at most 253
+/// characters.
+pub fn label_key_ok(key: &str) -> bool {
+    match key.split_once('/') {
+        None => label_name_ok(key),
+        Some((prefix, name)) => {
+            label_name_ok(name)
+                && prefix.len() <= 253
+                && crate::model::validate_resource_name(prefix).is_ok()
+        }
+    }
+}
+
+/// A label value: empty, or a valid label name.
+pub fn label_value_ok(value: &str) -> bool {
+    value.is_empty() || label_name_ok(value)
+}
+
+/// The Calico labels of a container: those prefixed [`LABEL_PREFIX`], prefix removed. Keys or
+/// values Calico would not accept, and Calico's own `projectcalico.org/` keys, are left out
+/// (returned second, for a warning).
+pub fn calico_labels(labels: &BTreeMap<String, String>) -> (BTreeMap<String, String>, Vec<String>) {
+    let mut keep = BTreeMap::new();
+    let mut refused = Vec::new();
+    for (k, v) in labels {
+        let Some(key) = k.strip_prefix(LABEL_PREFIX) else {
+            continue;
+        };
+        if label_key_ok(key) && label_value_ok(v) && !key.starts_with("projectcalico.org/") {
+            keep.insert(key.to_string(), v.clone());
+        } else {
+            refused.push(k.clone());
+        }
+    }
+    (keep, refused)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hosts() {
+        assert!(check_host("unix:///var/run/docker.sock").is_ok());
+        assert!(check_host("tcp://127.0.0.1:2375").is_ok());
+        assert!(check_host("http://localhost:2375").is_ok());
+        assert!(check_host("unix://").is_err());
+        assert!(check_host("unix://relative.sock").is_err());
+        assert!(check_host("/var/run/docker.sock").is_err());
+        assert!(check_host("ssh://host").is_err());
+        assert!(check_host("tcp://").is_err());
+    }
+
+    #[test]
+    fn endpoint_owner() {
+        let m = [("ep-abc", "e1"), ("c1", "e2"), ("c2", "e1")];
+        assert_eq!(container_of_endpoint(m, "e1").as_deref(), Some("c2"));
+        assert_eq!(container_of_endpoint(m, "e3"), None);
+    }
+
+    #[test]
+    fn labels_filtered() {
+        let long = "x".repeat(64);
+        let src: BTreeMap<String, String> = [
+            ("org.projectcalico.label.role", "db"),
+            ("org.projectcalico.label.example.com/tier", "back-end"),
+            ("org.projectcalico.label.empty", ""),
+            ("other", "x"),
+            ("org.projectcalico.label.bad key", "v"),
+            ("org.projectcalico.label.bad-value", "a b"),
+            (
+                "org.projectcalico.label.projectcalico.org/namespace",
+                "evil",
+            ),
+            ("org.projectcalico.label.", "v"),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .chain([(format!("{LABEL_PREFIX}{long}"), "v".to_string())])
+        .collect();
+        let (keep, refused) = calico_labels(&src);
+        assert_eq!(
+            keep,
+            BTreeMap::from([
+                ("empty".to_string(), String::new()),
+                ("example.com/tier".to_string(), "back-end".to_string()),
+                ("role".to_string(), "db".to_string()),
+            ])
+        );
+        assert_eq!(refused.len(), 5, "{refused:?}");
+    }
+}

@@ -1,0 +1,653 @@
+//! End-to-end scenarios beyond one network: `--subnet` and `--ip`, IPv6, a container on
+//! several Calico networks, 20 containers started at once, refusals, and a plugin restart
+//! between run and removal. Our own dockerd (Debian's 20.10), a real etcd and the real
+//! `calico-libnetwork` binary; iptables FORWARD stays at DROP throughout.
+//!
+//! Needs root. Every test holds the host lock, so they run one at a time.
+
+mod common;
+
+use std::collections::{BTreeMap, HashSet};
+use std::net::IpAddr;
+use std::process::Command;
+use std::time::Instant;
+
+use calico_libnetwork::datastore::Datastore;
+use calico_libnetwork::model::keys;
+use common::docker::{self, Dockerd, HostLock};
+use common::etcd::Etcd;
+use common::firewall::{self, host, FirewallCleanup};
+use common::plugin::{Plugin, BINARY};
+use ipnet::IpNet;
+use serde_json::Value;
+
+const WEPS_PREFIX: &str = "/calico/resources/v3/projectcalico.org/workloadendpoints/libnetwork/";
+const POOLS_PREFIX: &str = "/calico/resources/v3/projectcalico.org/ippools/";
+const PROFILES_PREFIX: &str = "/calico/resources/v3/projectcalico.org/profiles/";
+const BLOCKS_PREFIXES: &[&str] = &[
+    "/calico/ipam/v2/assignment/ipv4/block/",
+    "/calico/ipam/v2/assignment/ipv6/block/",
+];
+const HANDLES_PREFIX: &str = "/calico/ipam/v2/handle/";
+const HOST_MAC: &str = "ee:ee:ee:ee:ee:ee";
+
+fn block_on<F: std::future::Future>(f: F) -> F::Output {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+        .block_on(f)
+}
+
+/// Lock, firewall clean-up, etcd, plugin, dockerd; dropped in reverse (dockerd first, so its
+/// containers are removed while the plugin still answers; the lock last).
+struct Env {
+    docker: Dockerd,
+    plugin: Plugin,
+    etcd: Etcd,
+    image: &'static str,
+    _fw: FirewallCleanup,
+    _lock: HostLock,
+}
+
+impl Env {
+    fn start() -> Env {
+        let lock = docker::lock();
+        let fw = FirewallCleanup::new();
+        let etcd = Etcd::start();
+        let plugin = Plugin::with_etcd(&etcd);
+        let mut docker = Dockerd::start();
+        let image = docker.import_busybox();
+        // Docker's own default on this host: FORWARD DROP. Should forwarding have been on
+        // already, Docker leaves the policy alone: set DROP ourselves (the harness restores
+        // it) so every ping below shows the plugin's accept chain at work.
+        if firewall::forward_policy() != "-P FORWARD DROP"
+            && docker::other_dockerds(docker.pid()).is_empty()
+        {
+            assert!(host("iptables", &["-w", "-P", "FORWARD", "DROP"]).0);
+        }
+        Env {
+            docker,
+            plugin,
+            etcd,
+            image,
+            _fw: fw,
+            _lock: lock,
+        }
+    }
+
+    fn d(&self) -> &Dockerd {
+        &self.docker
+    }
+
+    fn list(&self, prefix: &str) -> Vec<(String, Value)> {
+        block_on(self.etcd.store().list(prefix))
+            .unwrap_or_else(|e| panic!("list {prefix}: {e}"))
+            .into_iter()
+            .map(|kv| {
+                let v = serde_json::from_slice(&kv.value)
+                    .unwrap_or_else(|e| panic!("{}: not JSON: {e}", kv.key));
+                (kv.key, v)
+            })
+            .collect()
+    }
+
+    fn pool_cidrs(&self) -> BTreeMap<String, String> {
+        self.list(POOLS_PREFIX)
+            .into_iter()
+            .map(|(_, p)| {
+                (
+                    p["metadata"]["name"]
+                        .as_str()
+                        .unwrap_or_default()
+                        .to_string(),
+                    p["spec"]["cidr"].as_str().unwrap_or_default().to_string(),
+                )
+            })
+            .collect()
+    }
+
+    /// `calico-libnetwork args...` on our etcd; stdout+stderr, asserting success.
+    fn cli_ok(&self, args: &[&str]) -> String {
+        let o = Command::new(BINARY)
+            .args(args)
+            .env_clear()
+            .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
+            .env("ETCD_ENDPOINTS", self.etcd.endpoint())
+            .env("NODENAME", common::plugin::NODENAME)
+            .output()
+            .unwrap_or_else(|e| panic!("run {BINARY}: {e}"));
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&o.stdout),
+            String::from_utf8_lossy(&o.stderr)
+        );
+        assert!(o.status.success(), "calico-libnetwork {args:?}: {text}");
+        text
+    }
+
+    /// `docker network create -d calico --ipam-driver calico extra... name`; the network ID.
+    fn network(&self, name: &str, extra: &[&str]) -> String {
+        let mut args = vec![
+            "network",
+            "create",
+            "-d",
+            "calico",
+            "--ipam-driver",
+            "calico",
+        ];
+        args.extend_from_slice(extra);
+        args.push(name);
+        self.d().docker_ok(&args)
+    }
+
+    /// `docker run -d --name name extra... image sleep 600`.
+    fn run(&self, name: &str, extra: &[&str]) {
+        let mut args = vec!["run", "-d", "--name", name];
+        args.extend_from_slice(extra);
+        args.extend_from_slice(&[self.image, "sleep", "600"]);
+        self.d().docker_ok(&args);
+    }
+
+    /// Pings `to` from container `from` (`ping` or `ping6`), asserting success.
+    fn ping(&self, from: &str, to: IpAddr) {
+        let out = self.d().docker(&[
+            "exec",
+            from,
+            if to.is_ipv6() { "ping6" } else { "ping" },
+            "-c",
+            "1",
+            "-W",
+            "3",
+            &to.to_string(),
+        ]);
+        assert!(
+            out.status.success(),
+            "ping {from} -> {to}: {}{}\nroutes in {from}:\n{}\n{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr),
+            self.exec(from, &["ip", "route"]),
+            self.exec(from, &["ip", "-6", "route"]),
+        );
+    }
+
+    /// `docker exec c args...` expecting success; stdout.
+    fn exec(&self, c: &str, args: &[&str]) -> String {
+        let mut a = vec!["exec", c];
+        a.extend_from_slice(args);
+        self.d().docker_ok(&a)
+    }
+
+    /// Nothing of ours left in etcd: no WorkloadEndpoint, allocation or handle.
+    fn assert_no_endpoints_or_allocations(&self, what: &str) {
+        let weps = self.list(WEPS_PREFIX);
+        assert!(weps.is_empty(), "{what}: WorkloadEndpoints left: {weps:?}");
+        for prefix in BLOCKS_PREFIXES {
+            for (key, b) in self.list(prefix) {
+                let allocs = b["allocations"].as_array().cloned().unwrap_or_default();
+                assert!(
+                    allocs.iter().all(Value::is_null),
+                    "{what}: {key}: allocations left: {b}"
+                );
+            }
+        }
+        let handles = self.list(HANDLES_PREFIX);
+        assert!(handles.is_empty(), "{what}: handles left: {handles:?}");
+    }
+}
+
+/// One container's endpoint on one network, from `docker inspect`.
+#[derive(Clone, Debug)]
+struct Attachment {
+    endpoint_id: String,
+    ipv4: Option<IpAddr>,
+    ipv6: Option<IpAddr>,
+}
+
+impl Attachment {
+    fn host_veth(&self) -> String {
+        format!("cali{}", &self.endpoint_id[..11])
+    }
+}
+
+/// A container's endpoints by network name.
+fn attachments(d: &Dockerd, c: &str) -> BTreeMap<String, Attachment> {
+    let out = d.docker_ok(&["inspect", "-f", "{{json .NetworkSettings.Networks}}", c]);
+    let v: Value = serde_json::from_str(&out).unwrap_or_else(|e| panic!("{c}: {e}: {out}"));
+    let ip = |s: &Value| {
+        s.as_str()
+            .filter(|s| !s.is_empty())
+            .map(|s| s.parse().unwrap())
+    };
+    v.as_object()
+        .unwrap()
+        .iter()
+        .map(|(net, e)| {
+            (
+                net.clone(),
+                Attachment {
+                    endpoint_id: e["EndpointID"].as_str().unwrap().to_string(),
+                    ipv4: ip(&e["IPAddress"]),
+                    ipv6: ip(&e["GlobalIPv6Address"]),
+                },
+            )
+        })
+        .collect()
+}
+
+fn attachment(d: &Dockerd, c: &str, net: &str) -> Attachment {
+    attachments(d, c)
+        .remove(net)
+        .unwrap_or_else(|| panic!("{c} is not on {net}"))
+}
+
+fn ipv4_of(d: &Dockerd, c: &str, net: &str) -> IpAddr {
+    attachment(d, c, net)
+        .ipv4
+        .unwrap_or_else(|| panic!("{c}: no IPv4 address on {net}"))
+}
+
+fn in_net(ip: IpAddr, net: &str) -> bool {
+    net.parse::<IpNet>().unwrap().contains(&ip)
+}
+
+/// The host has no route to `ip` and no link `veth`.
+fn assert_host_clean(ip: IpAddr, veth: &str) {
+    assert!(
+        !std::path::Path::new("/sys/class/net").join(veth).exists(),
+        "host veth {veth} left"
+    );
+    let fam = if ip.is_ipv6() { "-6" } else { "-4" };
+    let (_, route) = host("ip", &[fam, "route", "show", &ip.to_string()]);
+    assert!(route.trim().is_empty(), "host route to {ip} left: {route}");
+}
+
+fn assert_no_cali_links() {
+    let (_, links) = host("ip", &["-o", "link", "show"]);
+    let left: Vec<&str> = links
+        .lines()
+        .filter(|l| l.contains(": cali") && !l.contains(&format!(": {}:", docker::BRIDGE)))
+        .collect();
+    assert!(left.is_empty(), "cali veths left:\n{}", left.join("\n"));
+}
+
+fn finish(test: &str, env: Env, t0: Instant) {
+    drop(env);
+    let _lock = docker::lock();
+    firewall::assert_no_chain();
+    eprintln!("{test}: total {:?}", t0.elapsed());
+}
+
+/// `--subnet` equal to an existing pool, `--subnet` creating a pool, `--ip`, and IPv6.
+#[test]
+fn subnets_fixed_address_and_ipv6() {
+    const T: &str = "subnets_fixed_address_and_ipv6";
+    if !common::require_root(T) {
+        return;
+    }
+    let t0 = Instant::now();
+    let env = Env::start();
+    let d = env.d();
+
+    // A pool made with our CLI; a network whose --subnet is exactly that pool uses it.
+    env.cli_ok(&["pool", "add", "p1", "10.81.0.0/24"]);
+    env.network("n81", &["--subnet", "10.81.0.0/24"]);
+    env.run("c81", &["--net", "n81"]);
+    let ip81 = ipv4_of(d, "c81", "n81");
+    assert!(in_net(ip81, "10.81.0.0/24"), "c81 got {ip81}");
+    let eth0 = env.exec("c81", &["ip", "-4", "-o", "addr", "show", "eth0"]);
+    assert!(eth0.contains(&format!("inet {ip81}/")), "c81 eth0: {eth0}");
+
+    // A --subnet no pool has: the plugin creates one; --ip gets exactly that address.
+    env.network("n82", &["--subnet", "10.82.0.0/24"]);
+    let pools = env.pool_cidrs();
+    assert_eq!(
+        pools.get("libnetwork-10-82-0-0-24").map(String::as_str),
+        Some("10.82.0.0/24"),
+        "{pools:?}"
+    );
+    env.run("c82", &["--net", "n82", "--ip", "10.82.0.50"]);
+    let ip82 = ipv4_of(d, "c82", "n82");
+    assert_eq!(ip82.to_string(), "10.82.0.50");
+    let eth0 = env.exec("c82", &["ip", "-4", "-o", "addr", "show", "eth0"]);
+    assert!(eth0.contains("inet 10.82.0.50/"), "c82 eth0: {eth0}");
+    // The address is taken now: a second container asking for it is told so.
+    let err = d.docker_err(&[
+        "run",
+        "-d",
+        "--name",
+        "c82b",
+        "--net",
+        "n82",
+        "--ip",
+        "10.82.0.50",
+        env.image,
+        "true",
+    ]);
+    assert!(err.contains("already"), "second --ip 10.82.0.50: {err}");
+    let _ = d.docker(&["rm", "-f", "c82b"]);
+    // Both containers reach each other through the host (no policy without Felix).
+    env.ping("c81", ip82);
+    env.ping("c82", ip81);
+    eprintln!("{T}: subnets and --ip ok ({:?})", t0.elapsed());
+
+    // IPv6: a --subnet network, two containers ping6 each other.
+    let mut v6 = Vec::new();
+    if !std::path::Path::new("/proc/sys/net/ipv6").exists() {
+        eprintln!(
+            "!!!!! {T}: SKIPPED the IPv6 part: this kernel has no IPv6 (/proc/sys/net/ipv6 missing) !!!!!"
+        );
+    } else {
+        env.network("n6", &["--ipv6", "--subnet", "fd82::/64"]);
+        for c in ["c6a", "c6b"] {
+            env.run(c, &["--net", "n6"]);
+            let a = attachment(d, c, "n6");
+            let ip6 = a
+                .ipv6
+                .unwrap_or_else(|| panic!("{c}: no IPv6 address: {a:?}"));
+            assert!(in_net(ip6, "fd82::/64"), "{c} got {ip6}");
+            let addrs = env.exec(c, &["ip", "-6", "-o", "addr", "show", "eth0"]);
+            assert!(
+                addrs.contains(&format!("inet6 {ip6}/")),
+                "{c} eth0: {addrs}"
+            );
+            let routes = env.exec(c, &["ip", "-6", "route"]);
+            assert!(
+                routes.lines().any(|l| l.starts_with("default via fe80::")),
+                "{c}: no IPv6 default route via the host link-local:\n{routes}"
+            );
+            v6.push((c, a));
+        }
+        env.ping("c6a", v6[1].1.ipv6.unwrap());
+        env.ping("c6b", v6[0].1.ipv6.unwrap());
+        // And IPv4 alongside, from Calico's default pool.
+        env.ping("c6a", v6[1].1.ipv4.unwrap());
+        // A second IPv6 network on c6a: every host veth has the same link-local gateway, so
+        // its connected /128 route must be given only once (else "file exists").
+        env.network("n6b", &["--ipv6", "--subnet", "fd83::/64"]);
+        d.docker_ok(&["network", "connect", "n6b", "c6a"]);
+        let b = attachment(d, "c6a", "n6b");
+        let ip6b = b
+            .ipv6
+            .unwrap_or_else(|| panic!("c6a: no IPv6 address on n6b: {b:?}"));
+        assert!(in_net(ip6b, "fd83::/64"), "c6a got {ip6b} on n6b");
+        let addrs = env.exec("c6a", &["ip", "-6", "-o", "addr", "show", "eth1"]);
+        assert!(
+            addrs.contains(&format!("inet6 {ip6b}/")),
+            "c6a eth1: {addrs}"
+        );
+        env.ping("c6a", v6[1].1.ipv6.unwrap());
+        env.ping("c6b", ip6b);
+        d.docker_ok(&["network", "disconnect", "n6b", "c6a"]);
+        assert_host_clean(ip6b, &b.host_veth());
+        d.docker_ok(&["network", "rm", "n6b"]);
+        eprintln!("{T}: IPv6 ok ({:?})", t0.elapsed());
+    }
+
+    let a81 = attachment(d, "c81", "n81");
+    let a82 = attachment(d, "c82", "n82");
+    d.docker_ok(&["rm", "-f", "c81", "c82"]);
+    for (c, _) in &v6 {
+        d.docker_ok(&["rm", "-f", c]);
+    }
+    for net in ["n81", "n82"] {
+        d.docker_ok(&["network", "rm", net]);
+    }
+    if !v6.is_empty() {
+        d.docker_ok(&["network", "rm", "n6"]);
+    }
+    for a in [&a81, &a82].into_iter().chain(v6.iter().map(|(_, a)| a)) {
+        for ip in a.ipv4.iter().chain(a.ipv6.iter()) {
+            assert_host_clean(*ip, &a.host_veth());
+        }
+    }
+    env.assert_no_endpoints_or_allocations(T);
+    // The pool the plugin made goes with its network; the operator's pool stays.
+    let pools = env.pool_cidrs();
+    assert!(!pools.contains_key("libnetwork-10-82-0-0-24"), "{pools:?}");
+    assert!(!pools.contains_key("libnetwork-fd82---64"), "{pools:?}");
+    assert_eq!(pools.get("p1").map(String::as_str), Some("10.81.0.0/24"));
+    finish(T, env, t0);
+}
+
+/// One container on three Calico networks: every endpoint gets its own gateway, each network
+/// with its own pool is routed through its own interface, and it reaches containers on all
+/// three. Disconnecting and connecting again works too.
+#[test]
+fn container_on_several_networks() {
+    const T: &str = "container_on_several_networks";
+    if !common::require_root(T) {
+        return;
+    }
+    let t0 = Instant::now();
+    let env = Env::start();
+    let d = env.d();
+
+    // na: all of Calico's pools (only the default 192.168.0.0/16 exists yet; once the
+    // --subnet pools exist, Calico's AutoAssign may take na's addresses from them too, as it
+    // prefers blocks already affine to this host).
+    env.network("na", &[]);
+    env.run("ca", &["--net", "na"]);
+    env.run("multi", &["--net", "na"]);
+    env.network("nb", &["--subnet", "10.84.0.0/24"]);
+    env.network("nc", &["--subnet", "10.85.0.0/24"]);
+    env.run("cb", &["--net", "nb"]);
+    env.run("cc", &["--net", "nc"]);
+    d.docker_ok(&["network", "connect", "nb", "multi"]);
+    d.docker_ok(&["network", "connect", "nc", "multi"]);
+
+    let on = attachments(d, "multi");
+    assert_eq!(on.len(), 3, "{on:?}");
+    let ip_a = on["na"].ipv4.unwrap();
+    let ip_b = on["nb"].ipv4.unwrap();
+    let ip_c = on["nc"].ipv4.unwrap();
+    assert!(in_net(ip_a, "192.168.0.0/16"), "{ip_a}");
+    assert!(in_net(ip_b, "10.84.0.0/24"), "{ip_b}");
+    assert!(in_net(ip_c, "10.85.0.0/24"), "{ip_c}");
+    // Each interface has its address (Docker names them eth0, eth1, eth2 in connect order).
+    for (dev, ip) in [("eth0", ip_a), ("eth1", ip_b), ("eth2", ip_c)] {
+        let addrs = env.exec("multi", &["ip", "-4", "-o", "addr", "show", dev]);
+        assert!(
+            addrs.contains(&format!("inet {ip}/")),
+            "multi {dev}: {addrs}"
+        );
+    }
+    let routes = env.exec("multi", &["ip", "-4", "route"]);
+    let lines: HashSet<&str> = routes.lines().map(str::trim_end).collect();
+    for want in [
+        "default via 169.254.1.1 dev eth0",
+        "169.254.1.1 dev eth0 scope link",
+        "169.254.1.2 dev eth1 scope link",
+        "10.84.0.0/24 via 169.254.1.2 dev eth1",
+        "169.254.1.3 dev eth2 scope link",
+        "10.85.0.0/24 via 169.254.1.3 dev eth2",
+    ] {
+        assert!(lines.contains(want), "multi: no route {want:?}:\n{routes}");
+    }
+    eprintln!("{T}: three networks joined ({:?})", t0.elapsed());
+
+    for (peer, net) in [("ca", "na"), ("cb", "nb"), ("cc", "nc")] {
+        let ip = ipv4_of(d, peer, net);
+        env.ping("multi", ip);
+        env.ping(peer, on[net].ipv4.unwrap());
+    }
+    // Traffic to nb's containers leaves by eth1, and the host veth behind eth1 answered ARP
+    // for 169.254.1.2 (proxy ARP) with Calico's MAC.
+    let get = env.exec(
+        "multi",
+        &["ip", "route", "get", &ipv4_of(d, "cb", "nb").to_string()],
+    );
+    assert!(get.contains("via 169.254.1.2 dev eth1"), "{get}");
+    let neigh = env.exec("multi", &["ip", "neigh", "show", "169.254.1.2"]);
+    assert!(
+        neigh.contains(&format!("dev eth1 lladdr {HOST_MAC}")),
+        "no ARP entry for 169.254.1.2 on eth1: {neigh:?}"
+    );
+    for a in on.values() {
+        let mac = std::fs::read_to_string(format!("/sys/class/net/{}/address", a.host_veth()))
+            .unwrap_or_default();
+        assert_eq!(mac.trim(), HOST_MAC, "{}", a.host_veth());
+    }
+
+    // Leave nb and join it again: the freed gateway is given out again, without clashes.
+    d.docker_ok(&["network", "disconnect", "nb", "multi"]);
+    assert_host_clean(ip_b, &on["nb"].host_veth());
+    d.docker_ok(&["network", "connect", "nb", "multi"]);
+    let again = attachment(d, "multi", "nb");
+    let routes = env.exec("multi", &["ip", "-4", "route"]);
+    assert!(
+        routes
+            .lines()
+            .any(|l| l.trim_end() == "10.84.0.0/24 via 169.254.1.2 dev eth3"),
+        "after reconnect:\n{routes}"
+    );
+    env.ping("multi", ipv4_of(d, "cb", "nb"));
+    env.ping("cb", again.ipv4.unwrap());
+    eprintln!("{T}: pings ok ({:?})", t0.elapsed());
+
+    let mut all: Vec<Attachment> = vec![again];
+    all.extend(on.into_values());
+    for (c, net) in [("ca", "na"), ("cb", "nb"), ("cc", "nc")] {
+        all.push(attachment(d, c, net));
+    }
+    d.docker_ok(&["rm", "-f", "multi", "ca", "cb", "cc"]);
+    for net in ["na", "nb", "nc"] {
+        d.docker_ok(&["network", "rm", net]);
+    }
+    for a in &all {
+        assert_host_clean(a.ipv4.unwrap(), &a.host_veth());
+    }
+    assert_no_cali_links();
+    env.assert_no_endpoints_or_allocations(T);
+    finish(T, env, t0);
+}
+
+/// Twenty `docker run -d` at once on one network: twenty distinct addresses, all reachable;
+/// after `docker rm -f` nothing is left. Then a plugin restart between run and removal.
+#[test]
+fn twenty_at_once_and_restart() {
+    const T: &str = "twenty_at_once_and_restart";
+    if !common::require_root(T) {
+        return;
+    }
+    let t0 = Instant::now();
+    let mut env = Env::start();
+    env.network("many", &[]);
+    let names: Vec<String> = (0..20).map(|i| format!("m{i:02}")).collect();
+    std::thread::scope(|s| {
+        for n in &names {
+            let env = &env;
+            s.spawn(move || env.run(n, &["--net", "many"]));
+        }
+    });
+    eprintln!("{T}: 20 started ({:?})", t0.elapsed());
+    let d = env.d();
+    let ats: Vec<Attachment> = names.iter().map(|n| attachment(d, n, "many")).collect();
+    let ips: HashSet<IpAddr> = ats.iter().map(|a| a.ipv4.unwrap()).collect();
+    assert_eq!(ips.len(), 20, "addresses not distinct: {ats:?}");
+    assert_eq!(env.list(WEPS_PREFIX).len(), 20);
+    // From m00 to every other one, in one exec.
+    let script: String = ats[1..]
+        .iter()
+        .map(|a| {
+            let ip = a.ipv4.unwrap();
+            format!("ping -c 1 -W 3 {ip} >/dev/null || echo unreachable {ip}; ")
+        })
+        .collect();
+    let out = env.exec("m00", &["sh", "-c", &script]);
+    assert!(out.trim().is_empty(), "from m00: {out}");
+    // And m00 from the host, through its host route.
+    let (ok, out) = host(
+        "ping",
+        &["-c", "1", "-W", "3", &ats[0].ipv4.unwrap().to_string()],
+    );
+    assert!(ok, "host -> m00: {out}");
+    eprintln!("{T}: 20 reachable ({:?})", t0.elapsed());
+
+    let mut rm = vec!["rm", "-f"];
+    rm.extend(names.iter().map(String::as_str));
+    d.docker_ok(&rm);
+    for a in &ats {
+        assert_host_clean(a.ipv4.unwrap(), &a.host_veth());
+    }
+    assert_no_cali_links();
+    env.assert_no_endpoints_or_allocations("after rm -f of 20");
+    eprintln!("{T}: 20 removed ({:?})", t0.elapsed());
+
+    // The plugin restarted between run and rm: the teardown still finds everything.
+    env.run("r1", &["--net", "many"]);
+    let r1 = attachment(env.d(), "r1", "many");
+    let pid = env.plugin.pid();
+    env.plugin.restart();
+    assert_ne!(env.plugin.pid(), pid);
+    env.d().docker_ok(&["rm", "-f", "r1"]);
+    assert_host_clean(r1.ipv4.unwrap(), &r1.host_veth());
+    env.assert_no_endpoints_or_allocations("after restart and rm -f");
+    // And a new container after the restart works as before.
+    env.run("r2", &["--net", "many"]);
+    env.run("r3", &["--net", "many"]);
+    env.ping("r2", ipv4_of(env.d(), "r3", "many"));
+    env.d().docker_ok(&["rm", "-f", "r2", "r3"]);
+    env.d().docker_ok(&["network", "rm", "many"]);
+    env.assert_no_endpoints_or_allocations("end");
+    finish(T, env, t0);
+}
+
+/// What the plugin refuses reaches the user in Docker's error, and leaves nothing behind.
+#[test]
+fn refusals_are_explained_and_leave_nothing() {
+    const T: &str = "refusals_are_explained_and_leave_nothing";
+    if !common::require_root(T) {
+        return;
+    }
+    let t0 = Instant::now();
+    let env = Env::start();
+    let d = env.d();
+    let pools_before = env.pool_cidrs();
+    let networks_before = d.networks();
+
+    let cases: [(&[&str], &str); 3] = [
+        (
+            &["-d", "calico", "--ipam-driver", "calico", "--internal"],
+            "--internal",
+        ),
+        (
+            &["-d", "calico", "--ipam-driver", "calico", "-o", "foo=bar"],
+            "foo",
+        ),
+        (&["-d", "calico"], "--ipam-driver calico"),
+    ];
+    for (i, (flags, needle)) in cases.iter().enumerate() {
+        let name = format!("bad{i}");
+        let mut args = vec!["network", "create"];
+        args.extend_from_slice(flags);
+        args.push(&name);
+        let err = d.docker_err(&args);
+        assert!(err.contains(needle), "{flags:?}: want {needle:?} in: {err}");
+        assert!(
+            err.contains("NetworkDriver.CreateNetwork"),
+            "{flags:?}: {err}"
+        );
+        eprintln!("{T}: {flags:?} -> {err}");
+    }
+    assert_eq!(d.networks(), networks_before);
+    assert!(env.list(&keys::networks_prefix()).is_empty());
+    assert!(env.list(PROFILES_PREFIX).is_empty(), "profiles left");
+    assert_eq!(env.pool_cidrs(), pools_before);
+    env.assert_no_endpoints_or_allocations("refused networks");
+
+    env.network("ok", &[]);
+    let err = d.docker_err(&[
+        "run", "-d", "--name", "pub", "--net", "ok", "-p", "8080:80", env.image, "sleep", "600",
+    ]);
+    assert!(err.contains("publish"), "-p: {err}");
+    eprintln!("{T}: -p -> {err}");
+    let state = d.docker_ok(&["inspect", "-f", "{{.State.Running}}", "pub"]);
+    assert_eq!(state, "false");
+    env.assert_no_endpoints_or_allocations("refused -p");
+    assert_no_cali_links();
+    d.docker_ok(&["rm", "-f", "pub"]);
+    d.docker_ok(&["network", "rm", "ok"]);
+    assert!(env.list(&keys::networks_prefix()).is_empty());
+    finish(T, env, t0);
+}

@@ -1,0 +1,341 @@
+//! Profiles named after Docker network names, learned from the Docker API in the background,
+//! with the network-ID fallback; `CALICO_LIBNETWORK_CREATE_PROFILES=false`; container labels
+//! onto WorkloadEndpoints. Our own real dockerd (Debian's 20.10), a real etcd and the real
+//! `calico-libnetwork` binary, pointed at that dockerd's API socket.
+//!
+//! Needs root. Every test holds the host lock, so they run one at a time.
+
+mod common;
+
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use calico_libnetwork::datastore::Datastore;
+use calico_libnetwork::model::resource_name_from;
+use common::docker::{self, Dockerd, HostLock};
+use common::etcd::Etcd;
+use common::plugin::Plugin;
+use serde_json::{json, Value};
+
+const WEPS_PREFIX: &str = "/calico/resources/v3/projectcalico.org/workloadendpoints/libnetwork/";
+const PROFILES_PREFIX: &str = "/calico/resources/v3/projectcalico.org/profiles/";
+const NETWORKS_PREFIX: &str = "/calico/libnetwork/v1/networks/";
+const CHAIN: &str = "CALICO-LIBNETWORK-FORWARD";
+
+fn block_on<F: std::future::Future>(f: F) -> F::Output {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+        .block_on(f)
+}
+
+fn host(prog: &str, args: &[&str]) -> bool {
+    Command::new(prog)
+        .args(args)
+        .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
+        .output()
+        .map(|o| o.status.success())
+        .unwrap_or(false)
+}
+
+/// Removes our forward chain and its jump after the test if they were not there before it
+/// (the harness only undoes rules naming `DOCKER` or its bridge).
+struct FirewallCleanup {
+    present_before: Vec<(&'static str, bool)>,
+}
+
+impl FirewallCleanup {
+    fn new() -> Self {
+        FirewallCleanup {
+            present_before: ["iptables", "ip6tables"]
+                .into_iter()
+                .map(|b| (b, host(b, &["-w", "-n", "-L", CHAIN])))
+                .collect(),
+        }
+    }
+}
+
+impl Drop for FirewallCleanup {
+    fn drop(&mut self) {
+        for (bin, before) in &self.present_before {
+            if *before {
+                continue;
+            }
+            while host(bin, &["-w", "-D", "FORWARD", "-j", CHAIN]) {}
+            let _ = host(bin, &["-w", "-F", CHAIN]);
+            let _ = host(bin, &["-w", "-X", CHAIN]);
+        }
+    }
+}
+
+/// Lock, etcd, dockerd, then the plugin pointed at that dockerd; dropped as dockerd, plugin,
+/// etcd, firewall clean-up, lock.
+struct Env {
+    docker: Dockerd,
+    plugin: Plugin,
+    etcd: Etcd,
+    _fw: FirewallCleanup,
+    _lock: HostLock,
+}
+
+impl Env {
+    /// `docker_host`: the plugin's CALICO_LIBNETWORK_DOCKER_HOST (`None`: our dockerd).
+    fn start(docker_host: Option<&str>, extra: &[(&str, &str)]) -> Env {
+        let lock = docker::lock();
+        let fw = FirewallCleanup::new();
+        let etcd = Etcd::start();
+        let docker = Dockerd::start();
+        let endpoint = etcd.endpoint();
+        let ours = docker.host();
+        let mut env = vec![
+            ("DATASTORE_TYPE", "etcdv3"),
+            ("ETCD_ENDPOINTS", endpoint.as_str()),
+            (
+                "CALICO_LIBNETWORK_DOCKER_HOST",
+                docker_host.unwrap_or(&ours),
+            ),
+        ];
+        env.extend_from_slice(extra);
+        let plugin = Plugin::start(&env);
+        Env {
+            docker,
+            plugin,
+            etcd,
+            _fw: fw,
+            _lock: lock,
+        }
+    }
+
+    fn list(&self, prefix: &str) -> Vec<(String, Value)> {
+        block_on(self.etcd.store().list(prefix))
+            .unwrap_or_else(|e| panic!("list {prefix}: {e}"))
+            .into_iter()
+            .map(|kv| {
+                let v = serde_json::from_slice(&kv.value)
+                    .unwrap_or_else(|e| panic!("{}: not JSON: {e}", kv.key));
+                (kv.key, v)
+            })
+            .collect()
+    }
+
+    fn profiles(&self) -> Vec<String> {
+        self.list(PROFILES_PREFIX)
+            .into_iter()
+            .map(|(k, _)| k[PROFILES_PREFIX.len()..].to_string())
+            .collect()
+    }
+
+    fn profile(&self, name: &str) -> Option<Value> {
+        self.list(PROFILES_PREFIX)
+            .into_iter()
+            .find(|(k, _)| k[PROFILES_PREFIX.len()..] == *name)
+            .map(|(_, v)| v)
+    }
+
+    fn record(&self, net_id: &str) -> Value {
+        self.list(NETWORKS_PREFIX)
+            .into_iter()
+            .find(|(k, _)| k.ends_with(net_id))
+            .map(|(_, v)| v)
+            .unwrap_or_else(|| panic!("no network record for {net_id}"))
+    }
+
+    /// The WorkloadEndpoint of container `name`.
+    fn wep(&self, name: &str) -> Value {
+        let ep = self.docker.docker_ok(&[
+            "inspect",
+            "-f",
+            "{{range .NetworkSettings.Networks}}{{.EndpointID}}{{end}}",
+            name,
+        ]);
+        let weps = self.list(WEPS_PREFIX);
+        weps.into_iter()
+            .find(|(_, w)| w["spec"]["endpoint"] == ep.as_str())
+            .map(|(_, w)| w)
+            .unwrap_or_else(|| panic!("{name}: no WorkloadEndpoint for endpoint {ep}"))
+    }
+
+    fn create_network(&self, name: &str) -> String {
+        self.docker.docker_ok(&[
+            "network",
+            "create",
+            "-d",
+            "calico",
+            "--ipam-driver",
+            "calico",
+            name,
+        ])
+    }
+}
+
+/// Polls `f` every 100 ms until it returns `Some`, for at most `secs` seconds.
+fn wait_for<T>(what: &str, secs: u64, mut f: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        if Instant::now() > deadline {
+            panic!("{what}: not within {secs} s");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn wep_profiles(w: &Value) -> Value {
+    match &w["spec"]["profiles"] {
+        Value::Null => json!([]),
+        v => v.clone(),
+    }
+}
+
+/// The CNI shape of the profile of network `name`.
+fn cni_profile_spec(name: &str) -> Value {
+    json!({
+        "ingress": [{"action": "Allow", "source": {"selector": format!("has({name})")}}],
+        "egress": [{"action": "Allow"}],
+        "labelsToApply": {name: ""},
+    })
+}
+
+/// (a) + (d): the profile is named after the network name, CNI-shaped, carried by the
+/// container's endpoint and removed with the network; `org.projectcalico.label.*` container
+/// labels reach the WorkloadEndpoint.
+#[test]
+fn profile_named_after_network_and_container_labels() {
+    if !common::require_root("profile_named_after_network_and_container_labels") {
+        return;
+    }
+    let t0 = Instant::now();
+    let mut env = Env::start(None, &[("CALICO_LIBNETWORK_LABEL_ENDPOINTS", "true")]);
+    let image = env.docker.import_busybox();
+    let net_id = env.create_network("net1");
+    let spec = wait_for("profile net1", 10, || env.profile("net1")).clone();
+    assert_eq!(spec["spec"], cni_profile_spec("net1"), "{spec}");
+    assert_eq!(spec["kind"], "Profile");
+    // The network-ID fallback is gone once the name is known.
+    wait_for("fallback profile deleted", 10, || {
+        (env.profiles() == ["net1"]).then_some(())
+    });
+    let rec = env.record(&net_id);
+    assert_eq!(
+        (&rec["name"], &rec["profile"]),
+        (&json!("net1"), &json!("net1"))
+    );
+    eprintln!("net1 named ({:?})", t0.elapsed());
+
+    env.docker.docker_ok(&[
+        "run",
+        "-d",
+        "--net",
+        "net1",
+        "--name",
+        "c1",
+        "--label",
+        "org.projectcalico.label.role=db",
+        "--label",
+        "other=x",
+        image,
+        "sleep",
+        "600",
+    ]);
+    let w = env.wep("c1");
+    assert_eq!(wep_profiles(&w), json!(["net1"]), "{w}");
+    let labels = wait_for("label role=db on the WorkloadEndpoint", 10, || {
+        let w = env.wep("c1");
+        (w["metadata"]["labels"]["role"] == "db").then(|| w["metadata"]["labels"].clone())
+    });
+    assert_eq!(
+        labels,
+        json!({
+            "projectcalico.org/namespace": "libnetwork",
+            "projectcalico.org/orchestrator": "libnetwork",
+            "role": "db",
+        })
+    );
+    eprintln!("c1 labelled ({:?})", t0.elapsed());
+
+    // A name Calico does not accept as it is gets a valid, stable profile name.
+    let hostile = "My_Net.1";
+    env.create_network(hostile);
+    let p = resource_name_from(hostile);
+    let prof = wait_for("profile of My_Net.1", 10, || env.profile(&p));
+    assert_eq!(prof["spec"], cni_profile_spec(&p));
+
+    env.docker.docker_ok(&["rm", "-f", "c1"]);
+    env.docker.docker_ok(&["network", "rm", "net1", hostile]);
+    assert!(env.profiles().is_empty(), "{:?}", env.profiles());
+    assert!(env.list(NETWORKS_PREFIX).is_empty());
+    drop(env);
+    eprintln!("total {:?}", t0.elapsed());
+}
+
+/// (b) the Docker API unreachable: creating a network does not wait for it, and the profile
+/// is the network-ID fallback; with the API back (plugin restart), the start-up pass moves
+/// the network and its endpoint to the named profile. (c) CREATE_PROFILES=false: no profile,
+/// and endpoints carry none.
+#[test]
+fn fallback_profile_without_docker_api_and_profiles_off() {
+    if !common::require_root("fallback_profile_without_docker_api_and_profiles_off") {
+        return;
+    }
+    let t0 = Instant::now();
+    let mut env = Env::start(Some("unix:///nonexistent/docker.sock"), &[]);
+    let image = env.docker.import_busybox();
+    let t = Instant::now();
+    let net_id = env.create_network("net2");
+    let took = t.elapsed();
+    assert!(
+        took < Duration::from_secs(5),
+        "network create took {took:?}"
+    );
+    let fallback = resource_name_from(&net_id);
+    assert_eq!(fallback, net_id);
+    env.docker.docker_ok(&[
+        "run", "-d", "--net", "net2", "--name", "c2", image, "sleep", "600",
+    ]);
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(env.profiles(), vec![fallback.clone()]);
+    let spec = env.profile(&fallback).unwrap();
+    assert_eq!(spec["spec"], cni_profile_spec(&fallback));
+    assert_eq!(wep_profiles(&env.wep("c2")), json!([fallback]));
+    assert_eq!(env.record(&net_id)["name"], "");
+    eprintln!("fallback ok (create took {took:?}; {:?})", t0.elapsed());
+
+    // The Docker API back: the start-up pass learns the name.
+    let ours = env.docker.host();
+    env.plugin.set_env("CALICO_LIBNETWORK_DOCKER_HOST", &ours);
+    env.plugin.restart();
+    wait_for("c2 moved to profile net2", 15, || {
+        (wep_profiles(&env.wep("c2")) == json!(["net2"])).then_some(())
+    });
+    wait_for("only profile net2 left", 10, || {
+        (env.profiles() == ["net2"]).then_some(())
+    });
+    assert_eq!(env.record(&net_id)["name"], "net2");
+    env.docker.docker_ok(&["rm", "-f", "c2"]);
+    env.docker.docker_ok(&["network", "rm", "net2"]);
+    assert!(env.profiles().is_empty(), "{:?}", env.profiles());
+    eprintln!("resolved at start ({:?})", t0.elapsed());
+
+    // (c) Profiles off: none created, none carried, also once the name is known.
+    env.plugin
+        .set_env("CALICO_LIBNETWORK_CREATE_PROFILES", "false");
+    env.plugin.restart();
+    let net3 = env.create_network("net3");
+    env.docker.docker_ok(&[
+        "run", "-d", "--net", "net3", "--name", "c3", image, "sleep", "600",
+    ]);
+    wait_for("record of net3 named", 10, || {
+        (env.record(&net3)["name"] == "net3").then_some(())
+    });
+    assert!(env.profiles().is_empty(), "{:?}", env.profiles());
+    assert_eq!(wep_profiles(&env.wep("c3")), json!([]));
+    assert_eq!(env.record(&net3)["profile"], "");
+    env.docker.docker_ok(&["rm", "-f", "c3"]);
+    env.docker.docker_ok(&["network", "rm", "net3"]);
+    assert!(env.profiles().is_empty());
+    drop(env);
+    eprintln!("total {:?}", t0.elapsed());
+}
