@@ -14,6 +14,7 @@
 
 pub mod firewall;
 pub mod netlink;
+pub mod standalone;
 pub mod sysctl;
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};

@@ -1,0 +1,599 @@
+//! Standalone mode: Calico's network semantics on a host with no Felix.
+//!
+//! The plugin keeps, in iptables chains it owns (names start `CALICO-LIBNETWORK-` or `CLN-`,
+//! never `cali`, `felix-` or `DOCKER`, which Felix and Docker own):
+//! - forwarding for its endpoints accepted despite Docker's `FORWARD DROP` policy;
+//! - isolation by profile: an endpoint accepts traffic only from endpoints that share one of
+//!   its profiles (what the Profile written to the datastore says: ingress from members,
+//!   egress anywhere), plus replies and published ports;
+//! - NAT outgoing for pools with `natOutgoing: true`;
+//! - published ports (`-p HOSTPORT:PORT`) through DNAT, also from the host via localhost.
+//!
+//! The whole rule set is rendered from the endpoint/pool state and applied with one
+//! `iptables-restore --noflush` per table, so applying is atomic, idempotent, and never
+//! duplicates a rule; chains of endpoints that went away are deleted afterwards.
+//! In `felix` mode only the published-port NAT is kept: Felix owns filtering and NAT
+//! outgoing (firewall-notes §6).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::io::Write as _;
+use std::net::IpAddr;
+use std::process::{Command, Stdio};
+
+use ipnet::IpNet;
+use tracing::{debug, warn};
+
+use crate::error::{Error, Result};
+
+/// Filter chain jumped to from `FORWARD`.
+pub const FORWARD_CHAIN: &str = "CALICO-LIBNETWORK-FORWARD";
+/// Filter chain for traffic from workloads.
+pub const FROM_WL: &str = "CLN-FROM-WL";
+/// Filter chain for traffic to workloads.
+pub const TO_WL: &str = "CLN-TO-WL";
+/// NAT chain for published ports, jumped to from `PREROUTING` and `OUTPUT`.
+pub const DNAT_CHAIN: &str = "CALICO-LIBNETWORK-DNAT";
+/// NAT chain jumped to from `POSTROUTING`.
+pub const POSTROUTING_CHAIN: &str = "CALICO-LIBNETWORK-SNAT";
+/// NAT chain doing NAT outgoing.
+pub const NAT_OUT: &str = "CLN-NAT-OUT";
+/// Prefix of every per-endpoint and per-profile chain.
+pub const CHAIN_PREFIX: &str = "CLN-";
+
+/// Which rules the plugin keeps.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mode {
+    /// No Felix: forwarding, isolation, NAT outgoing and published ports.
+    Standalone,
+    /// Felix runs: only published ports.
+    Felix,
+}
+
+/// One published port.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct PortMap {
+    /// `tcp`, `udp` or `sctp`.
+    pub protocol: String,
+    /// Host address it is published on (`None`: every local address).
+    pub host_ip: Option<IpAddr>,
+    /// Host port.
+    pub host_port: u16,
+    /// Container port.
+    pub port: u16,
+}
+
+/// What the rules need of one endpoint on this host.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct EndpointRules {
+    /// Host-side interface (`cali...`).
+    pub iface: String,
+    /// The endpoint's addresses.
+    pub ips: Vec<IpAddr>,
+    /// Its profiles.
+    pub profiles: Vec<String>,
+    /// Published ports.
+    pub ports: Vec<PortMap>,
+}
+
+/// What the rules need of one IP pool.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PoolRules {
+    /// The pool's CIDR.
+    pub cidr: IpNet,
+    /// Masquerade traffic leaving it.
+    pub nat_outgoing: bool,
+}
+
+/// The state rules are rendered from.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct RuleState {
+    /// Endpoints of this host, by endpoint ID.
+    pub endpoints: BTreeMap<String, EndpointRules>,
+    /// Every IP pool.
+    pub pools: Vec<PoolRules>,
+}
+
+/// IPv4 or IPv6 rules.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Family {
+    /// iptables.
+    V4,
+    /// ip6tables.
+    V6,
+}
+
+impl Family {
+    fn matches(self, ip: &IpAddr) -> bool {
+        matches!(
+            (self, ip),
+            (Family::V4, IpAddr::V4(_)) | (Family::V6, IpAddr::V6(_))
+        )
+    }
+    fn host_len(self) -> u8 {
+        match self {
+            Family::V4 => 32,
+            Family::V6 => 128,
+        }
+    }
+    fn restore_bin(self) -> &'static str {
+        match self {
+            Family::V4 => "iptables-restore",
+            Family::V6 => "ip6tables-restore",
+        }
+    }
+    fn bin(self) -> &'static str {
+        match self {
+            Family::V4 => "iptables",
+            Family::V6 => "ip6tables",
+        }
+    }
+}
+
+/// A short stable name part for a profile (chain names are limited to 28 characters).
+fn profile_chain(profile: &str) -> String {
+    let mut h: u32 = 0x811c9dc5;
+    for b in profile.as_bytes() {
+        h ^= *b as u32;
+        h = h.wrapping_mul(0x01000193);
+    }
+    format!("{CHAIN_PREFIX}PRO-{h:08x}")
+}
+
+fn endpoint_chain(iface: &str) -> String {
+    // `cali` + 11 characters: unique per endpoint on this host.
+    format!("{CHAIN_PREFIX}TW-{}", iface.trim_start_matches("cali"))
+}
+
+/// The filter and nat tables, as `iptables-restore --noflush` input, and every chain they
+/// declare (to tell which old chains to delete).
+pub struct Rendered {
+    /// `*filter ... COMMIT` (empty in felix mode).
+    pub filter: String,
+    /// `*nat ... COMMIT`.
+    pub nat: String,
+    /// Chains declared, per table.
+    pub chains: BTreeMap<&'static str, BTreeSet<String>>,
+}
+
+/// Renders the rules of one family.
+pub fn render(state: &RuleState, family: Family, mode: Mode) -> Rendered {
+    let mut chains: BTreeMap<&'static str, BTreeSet<String>> = BTreeMap::new();
+    let eps: Vec<(&String, &EndpointRules, Vec<&IpAddr>)> = state
+        .endpoints
+        .iter()
+        .map(|(id, e)| {
+            (
+                id,
+                e,
+                e.ips.iter().filter(|ip| family.matches(ip)).collect(),
+            )
+        })
+        .collect();
+    let len = family.host_len();
+
+    // ---- filter
+    let mut filter = String::new();
+    if mode == Mode::Standalone {
+        let mut decl = vec![
+            FORWARD_CHAIN.to_string(),
+            FROM_WL.to_string(),
+            TO_WL.to_string(),
+        ];
+        let mut rules = Vec::new();
+        // Replies first; INVALID never reaches a workload.
+        rules.push(format!(
+            "-A {FORWARD_CHAIN} -i cali+ -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT"
+        ));
+        rules.push(format!(
+            "-A {FORWARD_CHAIN} -o cali+ -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT"
+        ));
+        rules.push(format!(
+            "-A {FORWARD_CHAIN} -i cali+ -m conntrack --ctstate INVALID -j DROP"
+        ));
+        rules.push(format!(
+            "-A {FORWARD_CHAIN} -o cali+ -m conntrack --ctstate INVALID -j DROP"
+        ));
+        // From a workload: its own addresses only (RETURN), anything else is spoofed.
+        rules.push(format!("-A {FORWARD_CHAIN} -i cali+ -j {FROM_WL}"));
+        // To a workload: allowed by its profiles, or a published port.
+        rules.push(format!("-A {FORWARD_CHAIN} -o cali+ -j {TO_WL}"));
+        // Left: workload to a non-workload destination. Profiles allow all egress.
+        rules.push(format!("-A {FORWARD_CHAIN} -i cali+ -j ACCEPT"));
+
+        for (_, e, ips) in &eps {
+            for ip in ips {
+                rules.push(format!(
+                    "-A {FROM_WL} -i {} -s {ip}/{len} -j RETURN",
+                    e.iface
+                ));
+            }
+        }
+        // Like Felix: an unknown cali interface, or a spoofed source, is dropped.
+        rules.push(format!("-A {FROM_WL} -j DROP"));
+
+        // Published ports: Docker's own bridge does the same with ctstate DNAT.
+        rules.push(format!("-A {TO_WL} -m conntrack --ctstate DNAT -j ACCEPT"));
+        let mut members: BTreeMap<&str, Vec<&IpAddr>> = BTreeMap::new();
+        for (_, e, ips) in &eps {
+            for p in &e.profiles {
+                members
+                    .entry(p.as_str())
+                    .or_default()
+                    .extend(ips.iter().copied());
+            }
+        }
+        for (_, e, _) in &eps {
+            let chain = endpoint_chain(&e.iface);
+            rules.push(format!("-A {TO_WL} -o {} -j {chain}", e.iface));
+            for p in &e.profiles {
+                rules.push(format!("-A {chain} -j {}", profile_chain(p)));
+            }
+            rules.push(format!("-A {chain} -j DROP"));
+            decl.push(chain);
+        }
+        rules.push(format!("-A {TO_WL} -j DROP"));
+        for (p, ips) in &members {
+            let chain = profile_chain(p);
+            // Ingress from the profile's members (the `has(<profile>)` selector).
+            for ip in ips {
+                rules.push(format!("-A {chain} -s {ip}/{len} -j ACCEPT"));
+            }
+            decl.push(chain);
+        }
+        decl.sort();
+        decl.dedup();
+        filter.push_str("*filter\n");
+        for c in &decl {
+            filter.push_str(&format!(":{c} - [0:0]\n"));
+        }
+        for r in rules {
+            filter.push_str(&r);
+            filter.push('\n');
+        }
+        filter.push_str("COMMIT\n");
+        chains.insert("filter", decl.into_iter().collect());
+    }
+
+    // ---- nat
+    let mut decl = vec![DNAT_CHAIN.to_string(), POSTROUTING_CHAIN.to_string()];
+    let mut rules = Vec::new();
+    for (_, e, ips) in &eps {
+        let Some(target) = ips.first() else { continue };
+        for p in &e.ports {
+            if let Some(hip) = &p.host_ip {
+                if !family.matches(hip) {
+                    continue;
+                }
+            }
+            let dst = p
+                .host_ip
+                .map(|h| format!(" -d {h}/{len}"))
+                .unwrap_or_default();
+            let to = match target {
+                IpAddr::V4(a) => format!("{a}:{}", p.port),
+                IpAddr::V6(a) => format!("[{a}]:{}", p.port),
+            };
+            rules.push(format!(
+                "-A {DNAT_CHAIN}{dst} -p {proto} -m {proto} --dport {hp} -j DNAT --to-destination {to}",
+                proto = p.protocol,
+                hp = p.host_port
+            ));
+        }
+    }
+    if family == Family::V4 {
+        // Published ports reached via localhost: the source 127.x must not leave on a veth.
+        rules.push(format!(
+            "-A {POSTROUTING_CHAIN} -o cali+ -s 127.0.0.0/8 -j MASQUERADE"
+        ));
+    }
+    if mode == Mode::Standalone {
+        let pools: Vec<&PoolRules> = state
+            .pools
+            .iter()
+            .filter(|p| family.matches(&p.cidr.addr()))
+            .collect();
+        if pools.iter().any(|p| p.nat_outgoing) {
+            decl.push(NAT_OUT.to_string());
+            for p in pools.iter().filter(|p| p.nat_outgoing) {
+                rules.push(format!("-A {POSTROUTING_CHAIN} -s {} -j {NAT_OUT}", p.cidr));
+            }
+            // Destinations inside any Calico pool keep their source address.
+            for p in &pools {
+                rules.push(format!("-A {NAT_OUT} -d {} -j RETURN", p.cidr));
+            }
+            rules.push(format!("-A {NAT_OUT} -j MASQUERADE"));
+        }
+    }
+    let mut nat = String::from("*nat\n");
+    for c in &decl {
+        nat.push_str(&format!(":{c} - [0:0]\n"));
+    }
+    for r in rules {
+        nat.push_str(&r);
+        nat.push('\n');
+    }
+    nat.push_str("COMMIT\n");
+    chains.insert("nat", decl.into_iter().collect());
+    Rendered {
+        filter,
+        nat,
+        chains,
+    }
+}
+
+fn run(bin: &str, args: &[&str]) -> Result<std::process::Output> {
+    // -w: wait for the xtables lock instead of failing while dockerd holds it.
+    Command::new(bin)
+        .arg("-w")
+        .args(args)
+        .output()
+        .map_err(|e| Error::msg(format!("run {bin}: {e}")))
+}
+
+fn restore(family: Family, input: &str) -> Result<()> {
+    let mut child = Command::new(family.restore_bin())
+        .args(["-w", "--noflush"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| Error::msg(format!("run {}: {e}", family.restore_bin())))?;
+    child
+        .stdin
+        .take()
+        .expect("piped stdin")
+        .write_all(input.as_bytes())
+        .map_err(|e| Error::io(format!("write to {}", family.restore_bin()), e))?;
+    let out = child
+        .wait_with_output()
+        .map_err(|e| Error::io(format!("wait for {}", family.restore_bin()), e))?;
+    if !out.status.success() {
+        return Err(Error::msg(format!(
+            "apply rules with {}: {}",
+            family.restore_bin(),
+            String::from_utf8_lossy(&out.stderr).trim()
+        )));
+    }
+    Ok(())
+}
+
+/// Inserts `rule` at the top of `chain` in `table` unless it is there already.
+fn ensure_jump(family: Family, table: &str, chain: &str, rule: &[&str]) -> Result<()> {
+    let mut check = vec!["-t", table, "-C", chain];
+    check.extend_from_slice(rule);
+    if run(family.bin(), &check)?.status.success() {
+        return Ok(());
+    }
+    let mut insert = vec!["-t", table, "-I", chain, "1"];
+    insert.extend_from_slice(rule);
+    let out = run(family.bin(), &insert)?;
+    if !out.status.success() {
+        return Err(Error::msg(format!(
+            "insert jump into {table} {chain}: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        )));
+    }
+    Ok(())
+}
+
+fn remove_jump(family: Family, table: &str, chain: &str, rule: &[&str]) {
+    let mut del = vec!["-t", table, "-D", chain];
+    del.extend_from_slice(rule);
+    // Delete every copy (a jump may have been inserted twice by an old version).
+    for _ in 0..8 {
+        match run(family.bin(), &del) {
+            Ok(o) if o.status.success() => continue,
+            _ => break,
+        }
+    }
+}
+
+/// Our chains present in `table`.
+fn our_chains(family: Family, table: &str) -> Result<BTreeSet<String>> {
+    let out = run(family.bin(), &["-t", table, "-S"])?;
+    if !out.status.success() {
+        return Err(Error::msg(format!(
+            "list {table} chains: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        )));
+    }
+    Ok(String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| l.strip_prefix("-N "))
+        .filter(|c| c.starts_with(CHAIN_PREFIX) || c.starts_with("CALICO-LIBNETWORK-"))
+        .map(str::to_string)
+        .collect())
+}
+
+const JUMP_FORWARD: &[&str] = &["-j", FORWARD_CHAIN];
+const JUMP_DNAT: &[&str] = &["-m", "addrtype", "--dst-type", "LOCAL", "-j", DNAT_CHAIN];
+const JUMP_POSTROUTING: &[&str] = &["-j", POSTROUTING_CHAIN];
+
+/// Applies the rendered rules of one family (blocking: run it off the async workers).
+pub fn apply(state: &RuleState, family: Family, mode: Mode) -> Result<()> {
+    let r = render(state, family, mode);
+    if family == Family::V4 {
+        // Routed containers need forwarding; Docker turns it on only when it manages a bridge.
+        let _ = super::sysctl::write("net/ipv4/ip_forward", "1");
+    }
+    if !r.filter.is_empty() {
+        restore(family, &r.filter)?;
+        // Docker's FORWARD policy is DROP and its rules only name its bridges: our accepts
+        // must be reached from filter FORWARD itself (an nft table of our own cannot undo
+        // iptables' DROP). Position 1; Docker <=27 re-inserts DOCKER-USER above us, which
+        // only RETURNs, so that is harmless.
+        ensure_jump(family, "filter", "FORWARD", JUMP_FORWARD)?;
+    } else {
+        remove_jump(family, "filter", "FORWARD", JUMP_FORWARD);
+    }
+    restore(family, &r.nat)?;
+    // Published ports for traffic arriving from outside (PREROUTING) and from this host (OUTPUT).
+    ensure_jump(family, "nat", "PREROUTING", JUMP_DNAT)?;
+    ensure_jump(family, "nat", "OUTPUT", JUMP_DNAT)?;
+    // First in POSTROUTING so our masquerade decisions precede Docker's.
+    ensure_jump(family, "nat", "POSTROUTING", JUMP_POSTROUTING)?;
+    // Chains of endpoints and profiles that went away: flush them all first, since a stale
+    // chain may still jump to another stale one and iptables refuses to delete a chain
+    // that is referenced.
+    for (table, want) in &r.chains {
+        let mut stale: Vec<String> = our_chains(family, table)?
+            .into_iter()
+            .filter(|c| !want.contains(c))
+            .collect();
+        if mode == Mode::Felix && *table == "nat" {
+            stale.retain(|c| c != DNAT_CHAIN && c != POSTROUTING_CHAIN);
+        }
+        delete_chains(family, table, &stale);
+    }
+    if mode == Mode::Felix {
+        let ours: Vec<String> = our_chains(family, "filter")?.into_iter().collect();
+        delete_chains(family, "filter", &ours);
+    }
+    debug!(
+        ?family,
+        ?mode,
+        endpoints = state.endpoints.len(),
+        "rules applied"
+    );
+    Ok(())
+}
+
+fn delete_chains(family: Family, table: &str, chains: &[String]) {
+    for c in chains {
+        let _ = run(family.bin(), &["-t", table, "-F", c]);
+    }
+    for c in chains {
+        match run(family.bin(), &["-t", table, "-X", c]) {
+            Ok(o) if o.status.success() => {}
+            _ => warn!(table, chain = %c, "delete stale chain failed"),
+        }
+    }
+}
+
+/// Removes every rule and chain the plugin owns (both families, all tables).
+pub fn remove_all() {
+    for family in [Family::V4, Family::V6] {
+        remove_jump(family, "filter", "FORWARD", JUMP_FORWARD);
+        remove_jump(family, "nat", "PREROUTING", JUMP_DNAT);
+        remove_jump(family, "nat", "OUTPUT", JUMP_DNAT);
+        remove_jump(family, "nat", "POSTROUTING", JUMP_POSTROUTING);
+        for table in ["filter", "nat"] {
+            if let Ok(chains) = our_chains(family, table) {
+                let chains: Vec<String> = chains.into_iter().collect();
+                delete_chains(family, table, &chains);
+            }
+        }
+    }
+}
+
+/// Felix is taken to be in charge when its FORWARD hook or its nft table is present
+/// (firewall-notes §3: the rules Felix programs).
+pub fn felix_present() -> bool {
+    let ipt = run("iptables", &["-t", "filter", "-S", "FORWARD"])
+        .map(|o| String::from_utf8_lossy(&o.stdout).contains("-j cali-FORWARD"))
+        .unwrap_or(false);
+    let nft = Command::new("nft")
+        .args(["list", "table", "ip", "calico"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false);
+    ipt || nft
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn state() -> RuleState {
+        let mut s = RuleState::default();
+        s.endpoints.insert(
+            "a".repeat(64),
+            EndpointRules {
+                iface: "caliaaaaaaaaaaa".into(),
+                ips: vec!["10.0.0.1".parse().unwrap(), "fd00::1".parse().unwrap()],
+                profiles: vec!["net1".into()],
+                ports: vec![PortMap {
+                    protocol: "tcp".into(),
+                    host_ip: None,
+                    host_port: 18080,
+                    port: 80,
+                }],
+            },
+        );
+        s.endpoints.insert(
+            "b".repeat(64),
+            EndpointRules {
+                iface: "calibbbbbbbbbbb".into(),
+                ips: vec!["10.0.0.2".parse().unwrap()],
+                profiles: vec!["net2".into()],
+                ports: vec![],
+            },
+        );
+        s.pools = vec![
+            PoolRules {
+                cidr: "10.0.0.0/24".parse().unwrap(),
+                nat_outgoing: true,
+            },
+            PoolRules {
+                cidr: "10.1.0.0/24".parse().unwrap(),
+                nat_outgoing: false,
+            },
+        ];
+        s
+    }
+
+    #[test]
+    fn standalone_v4_rules_isolate_profiles_and_publish_ports() {
+        let r = render(&state(), Family::V4, Mode::Standalone);
+        let f = &r.filter;
+        assert!(f.contains(":CALICO-LIBNETWORK-FORWARD - [0:0]"));
+        assert!(f.contains("-A CLN-FROM-WL -i caliaaaaaaaaaaa -s 10.0.0.1/32 -j RETURN"));
+        assert!(!f.contains("fd00::1"), "no IPv6 in IPv4 rules");
+        assert!(f.contains("-A CLN-TO-WL -o caliaaaaaaaaaaa -j CLN-TW-aaaaaaaaaaa"));
+        let pro1 = profile_chain("net1");
+        assert!(f.contains(&format!("-A CLN-TW-aaaaaaaaaaa -j {pro1}")));
+        assert!(f.contains(&format!("-A {pro1} -s 10.0.0.1/32 -j ACCEPT")));
+        assert!(
+            !f.contains(&format!("-A {pro1} -s 10.0.0.2/32")),
+            "net2's member is not in net1"
+        );
+        assert!(r.nat.contains("-A CALICO-LIBNETWORK-DNAT -p tcp -m tcp --dport 18080 -j DNAT --to-destination 10.0.0.1:80"));
+        assert!(r
+            .nat
+            .contains("-A CALICO-LIBNETWORK-SNAT -s 10.0.0.0/24 -j CLN-NAT-OUT"));
+        assert!(!r.nat.contains("-s 10.1.0.0/24 -j CLN-NAT-OUT"));
+        assert!(r.nat.contains("-A CLN-NAT-OUT -d 10.1.0.0/24 -j RETURN"));
+        assert!(r.nat.trim_end().ends_with("COMMIT"));
+    }
+
+    #[test]
+    fn felix_mode_keeps_only_port_nat() {
+        let r = render(&state(), Family::V4, Mode::Felix);
+        assert!(r.filter.is_empty());
+        assert!(r.nat.contains("--dport 18080"));
+        assert!(!r.nat.contains(NAT_OUT));
+    }
+
+    #[test]
+    fn v6_rules_use_v6_addresses_and_brackets() {
+        let r = render(&state(), Family::V6, Mode::Standalone);
+        assert!(r.filter.contains("-s fd00::1/128 -j RETURN"));
+        assert!(r.nat.contains("--to-destination [fd00::1]:80"));
+        assert!(!r.nat.contains("127.0.0.0/8"));
+    }
+
+    #[test]
+    fn chain_names_fit_iptables_limit() {
+        for c in [
+            FORWARD_CHAIN,
+            DNAT_CHAIN,
+            POSTROUTING_CHAIN,
+            &profile_chain("x"),
+            &endpoint_chain("cali0123456789a"),
+        ] {
+            assert!(c.len() <= 28, "{c}");
+        }
+    }
+}
