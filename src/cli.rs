@@ -278,6 +278,7 @@ pub async fn build_driver(config: &Config, store: Arc<dyn Datastore>) -> Result<
         docker_host: Some(config.docker_host.clone()),
         label_endpoints: config.label_endpoints,
         label_poll_timeout: config.label_poll_timeout,
+        dataplane: config.dataplane,
     };
     Ok(Arc::new(Driver::new(store, settings)))
 }

@@ -140,6 +140,14 @@ pub struct ConfigArgs {
         default_value = "30s"
     )]
     pub label_poll_timeout: String,
+    /// Firewall rules the plugin keeps: auto, standalone, felix or off.
+    #[arg(
+        long,
+        env = "CALICO_LIBNETWORK_DATAPLANE",
+        global = true,
+        default_value = "auto"
+    )]
+    pub dataplane: String,
 }
 
 /// Where state lives.
@@ -191,6 +199,8 @@ pub struct Config {
     pub label_endpoints: bool,
     /// How long to wait for an endpoint's container, for its labels.
     pub label_poll_timeout: Duration,
+    /// Firewall mode.
+    pub dataplane: crate::driver::rules::DataplaneMode,
 }
 
 fn env_nonempty(name: &str) -> Option<String> {
@@ -516,6 +526,16 @@ impl ConfigArgs {
         crate::driver::docker::check_host(&docker_host).map_err(|e| bad(docker_host_var, e))?;
         let label_endpoints =
             parse_bool("CALICO_LIBNETWORK_LABEL_ENDPOINTS", &self.label_endpoints)?;
+        let dataplane =
+            crate::driver::rules::DataplaneMode::parse(&self.dataplane).ok_or_else(|| {
+                bad(
+                    "CALICO_LIBNETWORK_DATAPLANE",
+                    format!(
+                        "expected auto, standalone, felix or off, got '{}'",
+                        self.dataplane
+                    ),
+                )
+            })?;
         let label_poll_timeout = parse_duration(
             "CALICO_LIBNETWORK_LABEL_POLL_TIMEOUT",
             &self.label_poll_timeout,
@@ -525,6 +545,7 @@ impl ConfigArgs {
             docker_host,
             label_endpoints,
             label_poll_timeout,
+            dataplane,
             create_profiles,
             ifprefix,
             veth_mtu,

@@ -31,6 +31,8 @@ fn bin() -> Command {
     ] {
         c.env_remove(v);
     }
+    // These tests exercise start-up and configuration, not the host firewall.
+    c.env("CALICO_LIBNETWORK_DATAPLANE", "off");
     c
 }
 

@@ -204,7 +204,7 @@ fn scenario(test: &str, env: &mut Env) {
         "{rules}"
     );
     assert!(
-        rules.contains(&format!("-A {CHAIN} -o cali+ -j ACCEPT")),
+        rules.contains(&format!("-A {CHAIN} -o cali+ -j CLN-TO-WL")),
         "{rules}"
     );
     // Still DROP: the accept is what lets the pings through.

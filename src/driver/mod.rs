@@ -15,6 +15,7 @@ pub mod docker;
 pub mod ipam;
 pub mod network;
 pub mod profiles;
+pub mod rules;
 pub mod sandbox;
 
 /// Address space names the IPAM driver reports (the original plugin's names).
@@ -45,6 +46,8 @@ pub struct DriverSettings {
     /// How long to wait for Docker to show an endpoint's container
     /// (`CALICO_LIBNETWORK_LABEL_POLL_TIMEOUT`).
     pub label_poll_timeout: std::time::Duration,
+    /// Which firewall rules the plugin keeps (`CALICO_LIBNETWORK_DATAPLANE`).
+    pub dataplane: rules::DataplaneMode,
 }
 
 impl DriverSettings {
@@ -59,6 +62,9 @@ impl DriverSettings {
             docker_host: None,
             label_endpoints: false,
             label_poll_timeout: std::time::Duration::from_secs(30),
+            // Embedding code and tests get no firewall changes unless they ask; the
+            // command line defaults to `auto`.
+            dataplane: rules::DataplaneMode::Off,
         }
     }
 }
@@ -164,8 +170,8 @@ pub struct Driver {
     settings: DriverSettings,
     netlink: std::sync::OnceLock<crate::dataplane::Netlink>,
     endpoints: std::sync::Mutex<std::collections::HashMap<String, network::EndpointCache>>,
-    /// Set once the `cali+` forward accept and ip_forward are in place (see `Driver::join`).
-    forwarding_ready: std::sync::atomic::AtomicBool,
+    /// Host firewall rules for this host's endpoints (see `rules`).
+    rules: rules::Rules,
     /// Gateways and routes given to the endpoints of each container sandbox (see `sandbox`).
     sandboxes: sandbox::Sandboxes,
     /// The Docker API, for background tasks only (never awaited by a handler).
@@ -183,10 +189,10 @@ impl Driver {
             ipam: Ipam::new(store.clone()),
             store,
             docker,
+            rules: rules::Rules::new(settings.dataplane),
             settings,
             netlink: std::sync::OnceLock::new(),
             endpoints: Default::default(),
-            forwarding_ready: Default::default(),
             sandboxes: Default::default(),
         }
     }
@@ -217,6 +223,12 @@ impl Driver {
         }
         for name in self.ipam.ensure_default_pools(default_pools).await? {
             tracing::info!(pool = %name, "created default IP pool (no pool existed)");
+        }
+        // Firewall rules as the datastore says they should be: after a restart this brings
+        // back what is needed and drops what belonged to endpoints that went away.
+        match self.rebuild_rules().await {
+            Ok(n) => tracing::info!(endpoints = n, "firewall rules rebuilt"),
+            Err(e) => tracing::warn!(error = %e, "rebuild firewall rules"),
         }
         Ok(())
     }

@@ -214,13 +214,13 @@ impl Driver {
             ));
         }
         // Docker's port mapper belongs to its bridge driver: for a remote driver nothing
-        // publishes `-p` unless we do, so refuse rather than silently ignore it.
-        if let Some(Value::Array(ports)) = spec.options.get("com.docker.network.portmap") {
-            if !ports.is_empty() {
-                return Err(Error::invalid(
-                    "calico networks do not publish ports yet: remove -p/--publish (or reach the container at its Calico address)",
-                ));
-            }
+        // publishes `-p` unless we do (DNAT rules, see `rules`), so with the plugin's
+        // firewall off, refuse rather than silently ignore it.
+        let ports = super::rules::parse_portmap(&spec.options)?;
+        if !ports.is_empty() && self.rule_mode().is_none() {
+            return Err(Error::invalid(
+                "published ports (-p) need the plugin's firewall rules, which are off (CALICO_LIBNETWORK_DATAPLANE=off)",
+            ));
         }
         let (mac, filled) = match spec.mac {
             Some(m) => (m, None),
@@ -248,6 +248,7 @@ impl Driver {
                 },
                 interface_name: host_veth_name(&spec.endpoint_id),
                 mac: super::format_mac(&mac),
+                ports: super::rules::wep_ports(&ports),
                 ..Default::default()
             },
         );
@@ -291,6 +292,18 @@ impl Driver {
                 tokio::spawn(async move { bg.label_endpoint(&net, &ep, &key).await });
             }
         }
+        let mut ips: Vec<IpAddr> = ipv4.iter().map(|a| IpAddr::V4(*a)).collect();
+        ips.extend(ipv6.iter().map(|a| IpAddr::V6(*a)));
+        self.rules_add_endpoint(
+            &spec.endpoint_id,
+            crate::dataplane::standalone::EndpointRules {
+                iface: host_veth_name(&spec.endpoint_id),
+                ips,
+                profiles: wep.spec.profiles.clone(),
+                ports,
+            },
+        )
+        .await;
         self.endpoints
             .lock()
             .unwrap()
@@ -366,7 +379,12 @@ impl Driver {
         )
         .await
         .ctx(format!("join endpoint {}", &endpoint_id[..12]))?;
-        self.ensure_forwarding().await;
+        // The host firewall for this endpoint (forwarding past Docker's FORWARD DROP,
+        // isolation, published ports). A failure only warns: without Docker's DROP policy
+        // the endpoint works anyway, and the next change or restart re-applies everything.
+        if let Err(e) = self.rules_apply().await {
+            tracing::warn!(error = %e, "apply firewall rules; routed traffic may be dropped");
+        }
         if !ep.ipv6.is_empty() {
             if let Err(e) = dataplane::firewall::ensure_ipv6_forwarding().await {
                 tracing::warn!(error = %e, "could not turn on IPv6 forwarding; IPv6 traffic will not be routed");
@@ -394,22 +412,6 @@ impl Driver {
         })
     }
 
-    /// The `cali+` forward accept and ip_forward, once per process once it has worked.
-    /// Failure (e.g. no iptables binary) only warns: the endpoint itself is fine.
-    async fn ensure_forwarding(&self) {
-        use std::sync::atomic::Ordering;
-        if self.forwarding_ready.load(Ordering::Acquire) {
-            return;
-        }
-        match dataplane::firewall::ensure_forwarding().await {
-            Ok(()) => self.forwarding_ready.store(true, Ordering::Release),
-            Err(e) => tracing::warn!(
-                error = %e,
-                "could not allow forwarding for cali+ interfaces; routed traffic may be dropped"
-            ),
-        }
-    }
-
     /// `NetworkDriver.Leave` (idempotent): removes the veth pair and its routes.
     pub async fn leave(&self, _network_id: &str, endpoint_id: &str) -> Result<()> {
         self.sandboxes.leave(endpoint_id);
@@ -433,6 +435,11 @@ impl Driver {
         }
         self.endpoints.lock().unwrap().remove(endpoint_id);
         self.sandboxes.leave(endpoint_id);
+        if self.rules_remove_endpoint(endpoint_id).await {
+            if let Err(e) = self.rules_apply().await {
+                tracing::warn!(error = %e, "remove firewall rules of endpoint; the next change re-applies");
+            }
+        }
         // In case Leave never came (a crashed container start): the veth goes too.
         if let Ok(nl) = self.netlink() {
             let _ = dataplane::teardown_endpoint_veth(nl, &host_veth_name(endpoint_id)).await;

@@ -49,13 +49,10 @@ impl Default for FirewallCleanup {
 
 impl Drop for FirewallCleanup {
     fn drop(&mut self) {
-        for (bin, before) in &self.present_before {
-            if *before {
-                continue;
-            }
-            while host(bin, &["-w", "-D", "FORWARD", "-j", CHAIN]).0 {}
-            let _ = host(bin, &["-w", "-F", CHAIN]);
-            let _ = host(bin, &["-w", "-X", CHAIN]);
+        // Everything the plugin owns (filter and nat, both families), unless the host had
+        // our rules before the test (a real plugin running here).
+        if self.present_before.iter().all(|(_, before)| !before) {
+            calico_libnetwork::dataplane::standalone::remove_all();
         }
     }
 }
@@ -71,7 +68,12 @@ pub fn forward_policy() -> String {
 /// have added them meanwhile).
 pub fn assert_no_chain() {
     for bin in ["iptables", "ip6tables"] {
-        let (_, rules) = host(bin, &["-w", "-S"]);
-        assert!(!rules.contains(CHAIN), "{bin}: {CHAIN} left:\n{rules}");
+        for table in ["filter", "nat"] {
+            let (_, rules) = host(bin, &["-w", "-t", table, "-S"]);
+            assert!(
+                !rules.contains("CALICO-LIBNETWORK") && !rules.contains("CLN-"),
+                "{bin} {table}: plugin rules left:\n{rules}"
+            );
+        }
     }
 }

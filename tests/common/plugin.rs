@@ -26,6 +26,8 @@ pub const NODENAME: &str = "calico-test-node";
 /// drop.
 pub struct Plugin {
     child: Option<Child>,
+    /// Removes the plugin's firewall rules after it stopped (dropped after `Drop::drop`).
+    _fw: super::firewall::FirewallCleanup,
     env: Vec<(String, String)>,
     /// Log file and (for the local datastore) the store.
     pub dir: tempfile::TempDir,
@@ -115,6 +117,7 @@ impl Plugin {
             .expect("plugin temp dir");
         let mut p = Plugin {
             child: None,
+            _fw: super::firewall::FirewallCleanup::new(),
             env: Vec::new(),
             dir,
         };

@@ -1,0 +1,301 @@
+//! Keeping the host's firewall rules (standalone mode) in step with this host's endpoints.
+//!
+//! The rule state lives in memory, is rebuilt from the datastore at start (this host's
+//! WorkloadEndpoints and the IP pools), changes on CreateEndpoint/DeleteEndpoint, and is
+//! applied in Join and DeleteEndpoint. Applying renders the whole rule set, so it is
+//! idempotent and removes what belongs to endpoints that went away.
+
+use std::net::IpAddr;
+
+use serde_json::Value;
+
+use super::network::WEP_NAMESPACE;
+use super::Driver;
+use crate::dataplane::standalone::{
+    self, EndpointRules, Family, Mode, PoolRules, PortMap, RuleState,
+};
+use crate::error::{Error, Result};
+use crate::ipam::kv;
+use crate::model::resources::WorkloadEndpointPort;
+use crate::model::{NumOrString, WorkloadEndpoint};
+
+/// Which firewall the plugin keeps (`CALICO_LIBNETWORK_DATAPLANE`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DataplaneMode {
+    /// `felix` when Felix's rules are on the host at start, else `standalone`.
+    Auto,
+    /// The plugin keeps forwarding, isolation, NAT outgoing and published ports.
+    Standalone,
+    /// Felix does policy and NAT outgoing; the plugin keeps only published ports.
+    Felix,
+    /// The plugin touches no firewall rule (published ports are refused).
+    Off,
+}
+
+impl DataplaneMode {
+    /// Parses `auto`, `standalone`, `felix` or `off`.
+    pub fn parse(s: &str) -> Option<Self> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "auto" | "" => Some(DataplaneMode::Auto),
+            "standalone" => Some(DataplaneMode::Standalone),
+            "felix" => Some(DataplaneMode::Felix),
+            "off" | "none" => Some(DataplaneMode::Off),
+            _ => None,
+        }
+    }
+}
+
+/// The rule state and the mode it is applied in.
+pub(crate) struct Rules {
+    mode: std::sync::OnceLock<Option<Mode>>,
+    configured: DataplaneMode,
+    state: tokio::sync::Mutex<RuleState>,
+}
+
+impl Rules {
+    pub(crate) fn new(configured: DataplaneMode) -> Self {
+        Rules {
+            mode: std::sync::OnceLock::new(),
+            configured,
+            state: Default::default(),
+        }
+    }
+}
+
+/// Docker's protocol numbers in `com.docker.network.portmap`.
+fn proto_name(n: u64) -> Option<&'static str> {
+    match n {
+        6 => Some("tcp"),
+        17 => Some("udp"),
+        132 => Some("sctp"),
+        _ => None,
+    }
+}
+
+/// Decodes Docker's `com.docker.network.portmap` option.
+pub fn parse_portmap(options: &std::collections::BTreeMap<String, Value>) -> Result<Vec<PortMap>> {
+    let Some(Value::Array(entries)) = options.get("com.docker.network.portmap") else {
+        return Ok(Vec::new());
+    };
+    let mut out = Vec::new();
+    for e in entries {
+        let num = |k: &str| e.get(k).and_then(Value::as_u64).unwrap_or(0);
+        let proto = proto_name(num("Proto")).ok_or_else(|| {
+            Error::invalid(format!("publish port: unknown protocol {}", num("Proto")))
+        })?;
+        let port = num("Port");
+        let host_port = num("HostPort");
+        if host_port == 0 {
+            // Remote drivers get no port from Docker's allocator: say so instead of guessing.
+            return Err(Error::invalid(format!(
+                "publish port {port}/{proto}: calico networks need an explicit host port (-p HOSTPORT:{port})"
+            )));
+        }
+        if port == 0 || port > 65535 || host_port > 65535 {
+            return Err(Error::invalid(format!(
+                "publish port {host_port}:{port}: out of range"
+            )));
+        }
+        let host_ip = match e.get("HostIP").and_then(Value::as_str).unwrap_or("") {
+            "" | "0.0.0.0" | "::" => None,
+            s => Some(s.parse::<IpAddr>().map_err(|_| {
+                Error::invalid(format!(
+                    "publish port {host_port}:{port}: invalid host address {s:?}"
+                ))
+            })?),
+        };
+        out.push(PortMap {
+            protocol: proto.to_string(),
+            host_ip,
+            host_port: host_port as u16,
+            port: port as u16,
+        });
+    }
+    Ok(out)
+}
+
+/// The WorkloadEndpoint `ports` entries for published ports (Calico's shape).
+pub fn wep_ports(ports: &[PortMap]) -> Vec<WorkloadEndpointPort> {
+    ports
+        .iter()
+        .map(|p| WorkloadEndpointPort {
+            name: String::new(),
+            protocol: NumOrString::Str(p.protocol.to_ascii_uppercase()),
+            port: p.port,
+            host_port: p.host_port,
+            host_ip: p.host_ip.map(|i| i.to_string()).unwrap_or_default(),
+            ..Default::default()
+        })
+        .collect()
+}
+
+fn rules_of(wep: &WorkloadEndpoint) -> EndpointRules {
+    EndpointRules {
+        iface: wep.spec.interface_name.clone(),
+        ips: wep
+            .spec
+            .ip_nets()
+            .unwrap_or_default()
+            .iter()
+            .map(|n| n.addr())
+            .collect(),
+        profiles: wep.spec.profiles.clone(),
+        ports: wep
+            .spec
+            .ports
+            .iter()
+            .filter(|p| p.host_port != 0)
+            .map(|p| PortMap {
+                protocol: match &p.protocol {
+                    NumOrString::Str(s) => s.to_ascii_lowercase(),
+                    NumOrString::Num(n) => proto_name(*n).unwrap_or("tcp").to_string(),
+                },
+                host_ip: p.host_ip.parse().ok(),
+                host_port: p.host_port,
+                port: p.port,
+            })
+            .collect(),
+    }
+}
+
+impl Driver {
+    /// The firewall mode in force (`None`: the plugin keeps no rules). `Auto` is decided
+    /// once, on first use.
+    pub(crate) fn rule_mode(&self) -> Option<Mode> {
+        *self.rules.mode.get_or_init(|| match self.rules.configured {
+            DataplaneMode::Off => None,
+            DataplaneMode::Standalone => Some(Mode::Standalone),
+            DataplaneMode::Felix => Some(Mode::Felix),
+            DataplaneMode::Auto => {
+                let felix = standalone::felix_present();
+                tracing::info!(
+                    mode = if felix { "felix" } else { "standalone" },
+                    "dataplane mode chosen (auto)"
+                );
+                Some(if felix { Mode::Felix } else { Mode::Standalone })
+            }
+        })
+    }
+
+    /// Records (not yet applies) the rules of an endpoint of this host.
+    pub(crate) async fn rules_add_endpoint(&self, endpoint_id: &str, rules: EndpointRules) {
+        if self.rule_mode().is_none() {
+            return;
+        }
+        self.rules
+            .state
+            .lock()
+            .await
+            .endpoints
+            .insert(endpoint_id.to_string(), rules);
+    }
+
+    /// Forgets an endpoint's rules (applied by the next [`Driver::rules_apply`]).
+    pub(crate) async fn rules_remove_endpoint(&self, endpoint_id: &str) -> bool {
+        self.rules
+            .state
+            .lock()
+            .await
+            .endpoints
+            .remove(endpoint_id)
+            .is_some()
+    }
+
+    /// Applies the current rule state (IPv4; IPv6 best effort), with the pools read fresh.
+    pub(crate) async fn rules_apply(&self) -> Result<()> {
+        let Some(mode) = self.rule_mode() else {
+            return Ok(());
+        };
+        let pools = self.ipam.list_pools().await?;
+        let mut state = self.rules.state.lock().await;
+        state.pools = pools
+            .iter()
+            .filter_map(|p| {
+                Some(PoolRules {
+                    cidr: p.spec.cidr_net().ok()?,
+                    nat_outgoing: p.spec.nat_outgoing,
+                })
+            })
+            .collect();
+        let snapshot = state.clone();
+        // Held across the apply so two applies never interleave their iptables-restores.
+        let res = tokio::task::spawn_blocking(move || {
+            standalone::apply(&snapshot, Family::V4, mode)?;
+            if let Err(e) = standalone::apply(&snapshot, Family::V6, mode) {
+                tracing::debug!(error = %e, "IPv6 rules not applied (ip6tables missing or IPv6 off?)");
+            }
+            Ok::<_, Error>(())
+        })
+        .await
+        .map_err(|e| Error::msg(format!("apply firewall rules: {e}")))?;
+        drop(state);
+        res
+    }
+
+    /// Rebuilds the rule state from this host's WorkloadEndpoints and applies it: rules of
+    /// endpoints that no longer exist go, nothing is duplicated.
+    pub async fn rebuild_rules(&self) -> Result<usize> {
+        if self.rule_mode().is_none() {
+            return Ok(0);
+        }
+        let weps: Vec<WorkloadEndpoint> =
+            kv::list(self.store.as_ref(), Some(WEP_NAMESPACE)).await?;
+        let mut n = 0;
+        {
+            let mut state = self.rules.state.lock().await;
+            state.endpoints.clear();
+            for w in weps
+                .iter()
+                .filter(|w| w.spec.node == self.settings.nodename)
+            {
+                if w.spec.endpoint.len() == 64 {
+                    state.endpoints.insert(w.spec.endpoint.clone(), rules_of(w));
+                    n += 1;
+                }
+            }
+        }
+        self.rules_apply().await?;
+        Ok(n)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn portmap_decodes_docker_option() {
+        let mut o = std::collections::BTreeMap::new();
+        o.insert(
+            "com.docker.network.portmap".to_string(),
+            json!([{"Proto":6,"IP":"","Port":80,"HostIP":"","HostPort":18080,"HostPortEnd":18080},
+                   {"Proto":17,"IP":"","Port":53,"HostIP":"127.0.0.1","HostPort":5353,"HostPortEnd":5353}]),
+        );
+        let p = parse_portmap(&o).unwrap();
+        assert_eq!(
+            p[0],
+            PortMap {
+                protocol: "tcp".into(),
+                host_ip: None,
+                host_port: 18080,
+                port: 80
+            }
+        );
+        assert_eq!(p[1].protocol, "udp");
+        assert_eq!(p[1].host_ip, Some("127.0.0.1".parse().unwrap()));
+        let w = wep_ports(&p);
+        assert_eq!(serde_json::to_value(&w[0]).unwrap()["protocol"], "TCP");
+    }
+
+    #[test]
+    fn portmap_without_host_port_is_refused() {
+        let mut o = std::collections::BTreeMap::new();
+        o.insert(
+            "com.docker.network.portmap".to_string(),
+            json!([{"Proto":6,"Port":80,"HostPort":0}]),
+        );
+        let e = parse_portmap(&o).unwrap_err().to_string();
+        assert!(e.contains("explicit host port"), "{e}");
+    }
+}
