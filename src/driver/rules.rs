@@ -124,7 +124,6 @@ pub fn wep_ports(ports: &[PortMap]) -> Vec<WorkloadEndpointPort> {
             port: p.port,
             host_port: p.host_port,
             host_ip: p.host_ip.map(|i| i.to_string()).unwrap_or_default(),
-            ..Default::default()
         })
         .collect()
 }
