@@ -13,6 +13,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
 use axum::extract::State;
 use axum::http::{StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
@@ -46,7 +47,7 @@ fn err_response(status: StatusCode, msg: String) -> Response {
 async fn call<Req, Resp, F, Fut>(
     state: Arc<AppState>,
     method: &'static str,
-    body: Bytes,
+    body: std::result::Result<Bytes, BytesRejection>,
     f: F,
 ) -> Response
 where
@@ -56,6 +57,15 @@ where
     Fut: Future<Output = Result<Resp>>,
 {
     let start = Instant::now();
+    // A body over the size limit (or cut short) is refused in Docker's error format.
+    let body = match body {
+        Ok(b) => b,
+        Err(rej) => {
+            let msg = format!("read {method} request: {}", rej.body_text());
+            tracing::warn!(method, outcome = "bad-request", error = %msg, "request refused");
+            return err_response(rej.status(), msg);
+        }
+    };
     tracing::debug!(method, body = %String::from_utf8_lossy(&body), "request");
     // Docker sends no body at all for calls without arguments.
     let text: &[u8] = if body.iter().all(u8::is_ascii_whitespace) {
@@ -108,7 +118,9 @@ macro_rules! routes {
         $(
             .route(
                 concat!("/", $path),
-                post(|State(s): State<Arc<AppState>>, body: Bytes| call(s, $path, body, $handler)),
+                post(|State(s): State<Arc<AppState>>, body: std::result::Result<Bytes, BytesRejection>| {
+                    call(s, $path, body, $handler)
+                }),
             )
         )*
     };
