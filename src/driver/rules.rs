@@ -200,13 +200,27 @@ impl Driver {
             .is_some()
     }
 
-    /// Applies the current rule state (IPv4; IPv6 best effort), with the pools read fresh.
+    /// Applies the current rule state (IPv4; IPv6 best effort), with the pools and the
+    /// endpoints' profiles read fresh.
     pub(crate) async fn rules_apply(&self) -> Result<()> {
         let Some(mode) = self.rule_mode() else {
             return Ok(());
         };
         let pools = self.ipam.list_pools().await?;
+        // Profiles change behind our back: a network's endpoints move from the network-ID
+        // profile to the named one once its name is learned (in CreateEndpoint or in the
+        // background, also at start after the rebuild), so take them from the datastore.
+        let weps: Vec<WorkloadEndpoint> =
+            kv::list(self.store.as_ref(), Some(WEP_NAMESPACE)).await?;
         let mut state = self.rules.state.lock().await;
+        for w in weps
+            .iter()
+            .filter(|w| w.spec.node == self.settings.nodename)
+        {
+            if let Some(e) = state.endpoints.get_mut(&w.spec.endpoint) {
+                e.profiles.clone_from(&w.spec.profiles);
+            }
+        }
         state.pools = pools
             .iter()
             .filter_map(|p| {

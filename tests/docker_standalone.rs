@@ -1,0 +1,713 @@
+//! Standalone mode end to end: the plugin's own firewall rules on a Docker host with
+//! Docker's default firewall settings (FORWARD policy DROP) and no Felix, so the default
+//! dataplane mode `auto` chooses `standalone`. Our own dockerd (Debian's 20.10), a real etcd
+//! and the real `calico-libnetwork` binary, pointed at our dockerd so that network names
+//! (and so the profiles named after them) are learned as on a user's host.
+//!
+//! Covered: forwarding despite the DROP policy; isolation between networks (profiles) and a
+//! container on two networks; NAT outgoing on and off, seen by a server in an "outside"
+//! network namespace; published ports from outside and from the host via 127.0.0.1; rules
+//! removed with their container; plugin restarts leave the rule set identical; `felix` mode
+//! keeps only the port NAT.
+//!
+//! Needs root. Holds the host lock for the whole test.
+
+mod common;
+
+use std::net::{IpAddr, SocketAddr, TcpStream};
+use std::os::unix::process::CommandExt;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use calico_libnetwork::datastore::Datastore;
+use common::docker::{self, stop_child, Dockerd, HostLock};
+use common::etcd::Etcd;
+use common::firewall::{self, host, FirewallCleanup};
+use common::plugin::Plugin;
+use serde_json::Value;
+
+const WEPS_PREFIX: &str = "/calico/resources/v3/projectcalico.org/workloadendpoints/libnetwork/";
+/// Host port published by the web container.
+const WEB_PORT: &str = "18080";
+/// Port of the outside HTTP server (in its own namespace: cannot clash with the host).
+const OUTSIDE_PORT: u16 = 8080;
+
+// ---------------------------------------------------------------------------------------------
+// The "outside": a network namespace joined to the host by a veth pair, with an HTTP server.
+
+/// A network namespace `cln-out-<pid>` joined to the host by veth `clnout<pid>`
+/// (10.250.X.1/24 on the host, 10.250.X.2/24 inside), running `python3 -m http.server`.
+/// Everything is removed on drop, by PID and by name.
+struct Outside {
+    ns: String,
+    host_if: String,
+    /// The third octet X.
+    x: u8,
+    server: Option<Child>,
+    dir: tempfile::TempDir,
+}
+
+const NS_PREFIX: &str = "cln-out-";
+const IF_PREFIX: &str = "clnout";
+
+fn host_ok(prog: &str, args: &[&str]) -> String {
+    let (ok, out) = host(prog, args);
+    assert!(ok, "{prog} {}: {out}", args.join(" "));
+    out
+}
+
+/// Deletes namespaces and veths of earlier runs whose process is gone (we hold the lock).
+fn sweep_leftovers() {
+    let (_, list) = host("ip", &["netns", "list"]);
+    for name in list.lines().filter_map(|l| l.split_whitespace().next()) {
+        let Some(pid) = name.strip_prefix(NS_PREFIX) else {
+            continue;
+        };
+        if pid.parse::<u32>().is_err() || std::path::Path::new("/proc").join(pid).exists() {
+            continue;
+        }
+        eprintln!("deleting leftover namespace {name}");
+        let _ = host("ip", &["netns", "del", name]);
+        let _ = host("ip", &["link", "del", &format!("{IF_PREFIX}{pid}")]);
+    }
+}
+
+/// A third octet X such that nothing on the host uses 10.250.X.0/24.
+fn free_octet() -> u8 {
+    let (_, addrs) = host("ip", &["-4", "-o", "addr", "show"]);
+    let (_, routes) = host("ip", &["-4", "route", "show", "table", "all"]);
+    let start = (std::process::id() % 200) as u8;
+    (0..200u8)
+        .map(|i| 20 + (start + i) % 200)
+        .find(|x| {
+            let net = format!("10.250.{x}.");
+            !addrs.contains(&net) && !routes.contains(&net) && !routes.contains("10.250.0.0/16")
+        })
+        .expect("no free 10.250.X.0/24 on this host")
+}
+
+impl Outside {
+    fn start() -> Outside {
+        sweep_leftovers();
+        let pid = std::process::id();
+        let mut o = Outside {
+            ns: format!("{NS_PREFIX}{pid}"),
+            host_if: format!("{IF_PREFIX}{pid}"),
+            x: free_octet(),
+            server: None,
+            dir: tempfile::Builder::new()
+                .prefix("cln-out-")
+                .tempdir_in("/tmp")
+                .expect("outside temp dir"),
+        };
+        let (ns, hif) = (o.ns.clone(), o.host_if.clone());
+        host_ok("ip", &["netns", "add", &ns]);
+        host_ok(
+            "ip",
+            &[
+                "link", "add", &hif, "type", "veth", "peer", "name", "eth0", "netns", &ns,
+            ],
+        );
+        host_ok(
+            "ip",
+            &["addr", "add", &format!("{}/24", o.host_addr()), "dev", &hif],
+        );
+        host_ok("ip", &["link", "set", &hif, "up"]);
+        host_ok(
+            "ip",
+            &[
+                "-n",
+                &ns,
+                "addr",
+                "add",
+                &format!("{}/24", o.addr()),
+                "dev",
+                "eth0",
+            ],
+        );
+        host_ok("ip", &["-n", &ns, "link", "set", "eth0", "up"]);
+        host_ok("ip", &["-n", &ns, "link", "set", "lo", "up"]);
+
+        std::fs::write(o.dir.path().join("index.html"), "outside-ok\n").unwrap();
+        let log = std::fs::File::create(o.log_path()).unwrap();
+        let mut cmd = Command::new("/usr/sbin/ip");
+        cmd.args([
+            "netns",
+            "exec",
+            &ns,
+            "/usr/bin/python3",
+            "-u",
+            "-m",
+            "http.server",
+        ])
+        .arg(OUTSIDE_PORT.to_string())
+        .args(["--bind", &o.addr(), "--directory"])
+        .arg(o.dir.path())
+        .env_clear()
+        .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
+        .stdin(Stdio::null())
+        .stdout(log.try_clone().unwrap())
+        .stderr(log);
+        // `ip netns exec` execs python in place: this PID is the server's.
+        unsafe {
+            cmd.pre_exec(|| {
+                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+                Ok(())
+            });
+        }
+        o.server = Some(cmd.spawn().expect("start python3 http.server"));
+        // Ready when it accepts a connection (a bare connect logs no request).
+        let sa: SocketAddr = format!("{}:{OUTSIDE_PORT}", o.addr()).parse().unwrap();
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while TcpStream::connect_timeout(&sa, Duration::from_millis(200)).is_err() {
+            if let Some(Ok(Some(s))) = o.server.as_mut().map(|c| c.try_wait()) {
+                panic!("http.server exited ({s}): {}", o.log());
+            }
+            assert!(
+                Instant::now() < deadline,
+                "http.server not listening on {sa}: {}",
+                o.log()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        o
+    }
+
+    /// The host's address on the veth.
+    fn host_addr(&self) -> String {
+        format!("10.250.{}.1", self.x)
+    }
+
+    /// The outside namespace's (and the server's) address.
+    fn addr(&self) -> String {
+        format!("10.250.{}.2", self.x)
+    }
+
+    fn url(&self, tag: &str) -> String {
+        format!("http://{}:{OUTSIDE_PORT}/?from={tag}", self.addr())
+    }
+
+    fn log_path(&self) -> std::path::PathBuf {
+        self.dir.path().join("server.log")
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.log_path()).unwrap_or_default()
+    }
+
+    /// The client address the server logged for the request tagged `tag`.
+    fn client_of(&self, tag: &str) -> String {
+        let needle = format!("GET /?from={tag} ");
+        let log = self.log();
+        log.lines()
+            .find(|l| l.contains(&needle))
+            .and_then(|l| l.split_whitespace().next())
+            .unwrap_or_else(|| panic!("no request {tag:?} in the server log:\n{log}"))
+            .to_string()
+    }
+
+    /// Runs a command in the outside namespace.
+    fn exec(&self, args: &[&str]) -> (bool, String) {
+        let mut a = vec!["netns", "exec", &self.ns];
+        a.extend_from_slice(args);
+        host("ip", &a)
+    }
+}
+
+impl Drop for Outside {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.server.take() {
+            stop_child(&mut c, libc::SIGTERM, Duration::from_secs(5));
+        }
+        if std::thread::panicking() {
+            eprintln!("----- outside server log -----\n{}\n-----", self.log());
+        }
+        let _ = host("ip", &["netns", "del", &self.ns]);
+        if std::path::Path::new("/sys/class/net")
+            .join(&self.host_if)
+            .exists()
+        {
+            let _ = host("ip", &["link", "del", &self.host_if]);
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The Docker setup.
+
+/// Lock, firewall clean-up, etcd, dockerd, the plugin (pointed at that dockerd), the outside
+/// namespace; dropped as outside, dockerd (containers removed while the plugin answers),
+/// plugin, etcd, firewall clean-up, lock.
+struct Env {
+    outside: Outside,
+    docker: Dockerd,
+    plugin: Plugin,
+    _etcd: Etcd,
+    image: &'static str,
+    _fw: FirewallCleanup,
+    _lock: HostLock,
+}
+
+impl Env {
+    fn start() -> Env {
+        let lock = docker::lock();
+        let fw = FirewallCleanup::new();
+        let etcd = Etcd::start();
+        let mut docker = Dockerd::start();
+        let endpoint = etcd.endpoint();
+        let ours = docker.host();
+        let plugin = Plugin::start(&[
+            ("DATASTORE_TYPE", "etcdv3"),
+            ("ETCD_ENDPOINTS", endpoint.as_str()),
+            ("CALICO_LIBNETWORK_DOCKER_HOST", ours.as_str()),
+        ]);
+        let image = docker.import_busybox();
+        // Docker's default on this host: FORWARD DROP. Should forwarding have been on already,
+        // Docker leaves the policy alone: set DROP ourselves (the harness restores it).
+        if firewall::forward_policy() != "-P FORWARD DROP"
+            && docker::other_dockerds(docker.pid()).is_empty()
+        {
+            assert!(host("iptables", &["-w", "-P", "FORWARD", "DROP"]).0);
+        }
+        let outside = Outside::start();
+        Env {
+            outside,
+            docker,
+            plugin,
+            _etcd: etcd,
+            image,
+            _fw: fw,
+            _lock: lock,
+        }
+    }
+
+    fn d(&self) -> &Dockerd {
+        &self.docker
+    }
+
+    fn network(&self, name: &str, extra: &[&str]) {
+        let mut args = vec![
+            "network",
+            "create",
+            "-d",
+            "calico",
+            "--ipam-driver",
+            "calico",
+        ];
+        args.extend_from_slice(extra);
+        args.push(name);
+        self.d().docker_ok(&args);
+    }
+
+    /// `docker run -d --name name extra... image sleep 600`.
+    fn run(&self, name: &str, extra: &[&str]) {
+        let mut args = vec!["run", "-d", "--name", name];
+        args.extend_from_slice(extra);
+        args.extend_from_slice(&[self.image, "sleep", "600"]);
+        self.d().docker_ok(&args);
+    }
+
+    /// The profiles of the WorkloadEndpoint of `a`, from etcd.
+    fn wep_profiles(&self, a: &Attachment) -> Vec<String> {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let kvs = rt
+            .block_on(self._etcd.store().list(WEPS_PREFIX))
+            .unwrap_or_else(|e| panic!("list {WEPS_PREFIX}: {e}"));
+        kvs.iter()
+            .filter_map(|kv| serde_json::from_slice::<Value>(&kv.value).ok())
+            .find(|w| w["spec"]["endpoint"] == a.endpoint_id.as_str())
+            .map(|w| {
+                w["spec"]["profiles"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .filter_map(|p| p.as_str().map(str::to_string))
+                    .collect()
+            })
+            .unwrap_or_else(|| panic!("no WorkloadEndpoint for {}", a.endpoint_id))
+    }
+
+    fn network_id(&self, name: &str) -> String {
+        self.d()
+            .docker_ok(&["network", "inspect", "-f", "{{.Id}}", name])
+    }
+
+    fn exec(&self, c: &str, args: &[&str]) -> std::process::Output {
+        let mut a = vec!["exec", c];
+        a.extend_from_slice(args);
+        self.d().docker(&a)
+    }
+
+    fn ping(&self, from: &str, to: IpAddr) {
+        let out = self.exec(from, &["ping", "-c", "1", "-W", "3", &to.to_string()]);
+        assert!(
+            out.status.success(),
+            "ping {from} -> {to}: {}{}\nroutes in {from}:\n{}\n{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr),
+            String::from_utf8_lossy(&self.exec(from, &["ip", "route"]).stdout),
+            our_rules("filter").join("\n"),
+        );
+    }
+
+    fn no_ping(&self, from: &str, to: IpAddr) {
+        let out = self.exec(from, &["ping", "-c", "1", "-W", "1", &to.to_string()]);
+        assert!(
+            !out.status.success(),
+            "ping {from} -> {to} must fail across networks: {}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+    }
+
+    /// `wget -qO- url` in container `c` (killed after 10 s): success and body or error.
+    /// (Debian's busybox 1.35 `wget -T` crashes: `timeout` bounds it instead.)
+    fn wget(&self, c: &str, url: &str) -> (bool, String) {
+        let out = self.exec(c, &["timeout", "10", "wget", "-qO-", url]);
+        (
+            out.status.success(),
+            format!(
+                "{}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            ),
+        )
+    }
+}
+
+/// One container's endpoint on one network.
+#[derive(Clone, Debug)]
+struct Attachment {
+    endpoint_id: String,
+    ip: IpAddr,
+}
+
+impl Attachment {
+    /// The endpoint's `CLN-TW-` chain (named after its host veth).
+    fn tw_chain(&self) -> String {
+        format!("CLN-TW-{}", &self.endpoint_id[..11])
+    }
+}
+
+fn attachment(d: &Dockerd, c: &str, net: &str) -> Attachment {
+    let out = d.docker_ok(&["inspect", "-f", "{{json .NetworkSettings.Networks}}", c]);
+    let v: Value = serde_json::from_str(&out).unwrap_or_else(|e| panic!("{c}: {e}: {out}"));
+    let e = &v[net];
+    Attachment {
+        endpoint_id: e["EndpointID"]
+            .as_str()
+            .unwrap_or_else(|| panic!("{c} is not on {net}: {out}"))
+            .to_string(),
+        ip: e["IPAddress"]
+            .as_str()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or_else(|| panic!("{c}: no IPv4 address on {net}: {out}")),
+    }
+}
+
+fn in_net(ip: IpAddr, net: &str) -> bool {
+    net.parse::<ipnet::IpNet>().unwrap().contains(&ip)
+}
+
+/// The lines of `iptables -t table -S` that belong to the plugin (its chains, rules and jumps).
+fn our_rules(table: &str) -> Vec<String> {
+    let (ok, out) = host("iptables", &["-w", "-t", table, "-S"]);
+    assert!(ok, "iptables -t {table} -S: {out}");
+    out.lines()
+        .filter(|l| l.contains("CALICO-LIBNETWORK") || l.contains("CLN-"))
+        .map(str::to_string)
+        .collect()
+}
+
+fn count(lines: &[String], want: &str) -> usize {
+    lines.iter().filter(|l| l.as_str() == want).count()
+}
+
+/// Exactly one of each jump into our chains.
+fn assert_one_jump_each(what: &str) {
+    let filter = our_rules("filter");
+    let nat = our_rules("nat");
+    for (lines, want) in [
+        (&filter, "-A FORWARD -j CALICO-LIBNETWORK-FORWARD"),
+        (
+            &nat,
+            "-A PREROUTING -m addrtype --dst-type LOCAL -j CALICO-LIBNETWORK-DNAT",
+        ),
+        (
+            &nat,
+            "-A OUTPUT -m addrtype --dst-type LOCAL -j CALICO-LIBNETWORK-DNAT",
+        ),
+        (&nat, "-A POSTROUTING -j CALICO-LIBNETWORK-SNAT"),
+    ] {
+        assert_eq!(
+            count(lines, want),
+            1,
+            "{what}: want exactly one {want:?} in:\n{}",
+            lines.join("\n")
+        );
+    }
+}
+
+fn assert_forward_drop(what: &str) {
+    assert_eq!(firewall::forward_policy(), "-P FORWARD DROP", "{what}");
+}
+
+#[test]
+fn standalone_isolation_nat_ports_restart_and_felix_mode() {
+    const T: &str = "standalone_isolation_nat_ports_restart_and_felix_mode";
+    if !common::require_root(T) {
+        return;
+    }
+    let t0 = Instant::now();
+    let mut env = Env::start();
+    let lap = |what: &str| eprintln!("{T}: {what} ({:?})", t0.elapsed());
+    lap("started");
+    assert_forward_drop("at start");
+    assert!(
+        env.plugin.log().contains("mode=\"standalone\"")
+            || env.plugin.log().contains("mode=standalone"),
+        "auto mode did not choose standalone:\n{}",
+        env.plugin.log()
+    );
+
+    // ---- 1. Forwarding on the default pool, despite FORWARD DROP.
+    env.network("net1", &[]);
+    env.run("c1", &["--net", "net1"]);
+    env.run("c2", &["--net", "net1"]);
+    let c1 = attachment(env.d(), "c1", "net1");
+    let c2 = attachment(env.d(), "c2", "net1");
+    assert!(in_net(c1.ip, "192.168.0.0/16"), "c1 got {}", c1.ip);
+    env.ping("c1", c2.ip);
+    env.ping("c2", c1.ip);
+    assert_forward_drop("after pings on net1");
+    lap("net1 pings ok");
+
+    // ---- 1b. A network whose name is learned only at the plugin's next start: its
+    // endpoints move from the network-ID profile to the named one in the background, and
+    // the rules must follow (an old endpoint and a new one are on one profile).
+    let ours = env.d().host();
+    env.plugin.set_env(
+        "CALICO_LIBNETWORK_DOCKER_HOST",
+        "unix:///run/cln-test-no-docker.sock",
+    );
+    env.plugin.restart();
+    env.network("late", &[]);
+    env.run("l1", &["--net", "late"]);
+    let l1 = attachment(env.d(), "l1", "late");
+    assert_eq!(env.wep_profiles(&l1), vec![env.network_id("late")]);
+    env.plugin.set_env("CALICO_LIBNETWORK_DOCKER_HOST", &ours);
+    env.plugin.restart();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while env.wep_profiles(&l1) != ["late"] {
+        assert!(
+            Instant::now() < deadline,
+            "l1 not moved to profile late: {:?}",
+            env.wep_profiles(&l1)
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    env.run("l2", &["--net", "late"]);
+    let l2 = attachment(env.d(), "l2", "late");
+    env.ping("l2", l1.ip);
+    env.ping("l1", l2.ip);
+    env.d().docker_ok(&["rm", "-f", "l1", "l2"]);
+    env.d().docker_ok(&["network", "rm", "late"]);
+    lap("profile move followed");
+
+    // ---- 2. Two networks are isolated; a container on both reaches both.
+    env.network("neta", &["--subnet", "10.86.0.0/24"]);
+    env.network("netb", &["--subnet", "10.87.0.0/24"]);
+    env.run("a1", &["--net", "neta"]);
+    env.run("a2", &["--net", "neta"]);
+    env.run("b1", &["--net", "netb"]);
+    let a1 = attachment(env.d(), "a1", "neta");
+    let a2 = attachment(env.d(), "a2", "neta");
+    let b1 = attachment(env.d(), "b1", "netb");
+    assert!(in_net(a1.ip, "10.86.0.0/24") && in_net(b1.ip, "10.87.0.0/24"));
+    env.ping("a1", a2.ip);
+    env.no_ping("a1", b1.ip);
+    env.no_ping("b1", a1.ip);
+    // net1 and neta are isolated too.
+    env.no_ping("c1", a1.ip);
+    env.d().docker_ok(&["network", "connect", "netb", "a1"]);
+    let a1b = attachment(env.d(), "a1", "netb");
+    assert!(in_net(a1b.ip, "10.87.0.0/24"), "a1 on netb got {}", a1b.ip);
+    env.ping("a1", a2.ip);
+    env.ping("a1", b1.ip);
+    env.ping("b1", a1b.ip);
+    // b1 still reaches nothing of neta, not even a1's neta address; a2 not b1.
+    env.no_ping("b1", a1.ip);
+    env.no_ping("a2", b1.ip);
+    lap("isolation ok");
+
+    // ---- 3. NAT outgoing: the default pool masquerades, a nat-outgoing=false pool does not.
+    let o = &env.outside;
+    let (ok, body) = env.wget("c1", &o.url("natout"));
+    assert!(ok, "c1 -> outside: {body}");
+    assert_eq!(body.trim(), "outside-ok");
+    assert_eq!(
+        o.client_of("natout"),
+        o.host_addr(),
+        "NAT outgoing: the server must see the host's address, not c1's {}",
+        c1.ip
+    );
+    env.network(
+        "natoff",
+        &[
+            "--subnet",
+            "10.84.0.0/24",
+            "--ipam-opt",
+            "nat-outgoing=false",
+        ],
+    );
+    env.run("q1", &["--net", "natoff"]);
+    let q1 = attachment(env.d(), "q1", "natoff");
+    host_ok(
+        "ip",
+        &[
+            "-n",
+            &o.ns,
+            "route",
+            "add",
+            "10.84.0.0/24",
+            "via",
+            &o.host_addr(),
+        ],
+    );
+    let (ok, body) = env.wget("q1", &o.url("natoff"));
+    assert!(ok, "q1 -> outside: {body}");
+    assert_eq!(
+        o.client_of("natoff"),
+        q1.ip.to_string(),
+        "no NAT outgoing: the server must see the container's own address"
+    );
+    lap("NAT outgoing ok");
+
+    // ---- 4. A published port, from outside and from the host via localhost.
+    env.d().docker_ok(&[
+        "run",
+        "-d",
+        "--name",
+        "web",
+        "-p",
+        &format!("{WEB_PORT}:80"),
+        "--net",
+        "net1",
+        env.image,
+        "sh",
+        "-c",
+        "mkdir -p /www && echo hello-calico > /www/index.html && exec httpd -f -p 80 -h /www",
+    ]);
+    let web = attachment(env.d(), "web", "net1");
+    // httpd listening: from a peer on net1, directly.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let (ok, body) = env.wget("c2", &format!("http://{}:80/", web.ip));
+        if ok && body.trim() == "hello-calico" {
+            break;
+        }
+        assert!(Instant::now() < deadline, "c2 -> web:80: {body}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let url = format!("http://{}:{WEB_PORT}/", o.host_addr());
+    let (ok, body) = o.exec(&["timeout", "10", "/bin/busybox", "wget", "-qO-", &url]);
+    assert!(
+        ok && body.trim() == "hello-calico",
+        "outside -> {url}: {body}\nnat:\n{}",
+        our_rules("nat").join("\n")
+    );
+    let local = format!("http://127.0.0.1:{WEB_PORT}/");
+    let (ok, body) = host("timeout", &["10", "/bin/busybox", "wget", "-qO-", &local]);
+    assert!(
+        ok && body.trim() == "hello-calico",
+        "host -> {local}: {body}\nnat:\n{}",
+        our_rules("nat").join("\n")
+    );
+    // Not published to containers of other networks beyond the port: b1 cannot reach web.
+    env.no_ping("b1", web.ip);
+    assert_forward_drop("after published ports");
+    lap("published port ok");
+
+    // ---- 5. Rules go with their container; restarts leave the rule set as it was.
+    let tw = web.tw_chain();
+    assert!(
+        our_rules("filter").iter().any(|l| l.contains(&tw)),
+        "{tw} missing while web runs"
+    );
+    env.d().docker_ok(&["rm", "-f", "web"]);
+    let ip_marks = [format!("{}/", web.ip), format!("{}:", web.ip)];
+    for table in ["filter", "nat"] {
+        let (_, all) = host("iptables", &["-w", "-t", table, "-S"]);
+        for l in all.lines() {
+            assert!(
+                !l.contains(&tw) && !ip_marks.iter().any(|m| l.contains(m.as_str())),
+                "{table}: rule of the removed container left: {l}\n{all}"
+            );
+        }
+    }
+    assert_one_jump_each("before restart");
+    let before = (our_rules("filter"), our_rules("nat"));
+    for i in 1..=2 {
+        env.plugin.restart();
+        let after = (our_rules("filter"), our_rules("nat"));
+        assert_eq!(
+            after.0,
+            before.0,
+            "filter rules changed by restart {i}:\nbefore:\n{}\nafter:\n{}",
+            before.0.join("\n"),
+            after.0.join("\n")
+        );
+        assert_eq!(
+            after.1,
+            before.1,
+            "nat rules changed by restart {i}:\nbefore:\n{}\nafter:\n{}",
+            before.1.join("\n"),
+            after.1.join("\n")
+        );
+        assert_one_jump_each(&format!("after restart {i}"));
+    }
+    // Still working after the restarts.
+    env.ping("c1", c2.ip);
+    env.no_ping("a2", b1.ip);
+    assert_forward_drop("after restarts");
+    lap("removal and restarts ok");
+
+    // ---- 6. felix mode: no filter chain of ours, only the port NAT.
+    env.plugin.set_env("CALICO_LIBNETWORK_DATAPLANE", "felix");
+    env.plugin.restart();
+    env.d().docker_ok(&[
+        "run", "-d", "--name", "fx", "-p", "18081:80", "--net", "net1", env.image, "sleep", "600",
+    ]);
+    let fx = attachment(env.d(), "fx", "net1");
+    let filter = our_rules("filter");
+    assert!(
+        filter.is_empty(),
+        "felix mode: filter rules of ours left:\n{}",
+        filter.join("\n")
+    );
+    let nat = our_rules("nat");
+    let dnat = format!("--dport 18081 -j DNAT --to-destination {}:80", fx.ip);
+    assert!(
+        nat.iter().any(|l| l.contains(&dnat)),
+        "felix mode: no DNAT for fx:\n{}",
+        nat.join("\n")
+    );
+    assert!(
+        !nat.iter().any(|l| l.contains("CLN-NAT-OUT")),
+        "felix mode: NAT outgoing is Felix's:\n{}",
+        nat.join("\n")
+    );
+    lap("felix mode ok");
+
+    drop(env);
+    let _lock = docker::lock();
+    firewall::assert_no_chain();
+    let (_, ns) = host("ip", &["netns", "list"]);
+    assert!(
+        !ns.contains(&format!("{NS_PREFIX}{}", std::process::id())),
+        "outside namespace left: {ns}"
+    );
+    eprintln!("{T}: total {:?}", t0.elapsed());
+}
