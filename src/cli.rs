@@ -237,7 +237,8 @@ async fn run_ipam(config: &Config, cmd: IpamCommand) -> Result<()> {
 }
 
 /// Sets up logging to stdout at the configured level and format.
-pub fn init_logging(config: &Config) {
+/// Returns the guard that flushes buffered log lines when dropped (keep it until exit).
+pub fn init_logging(config: &Config) -> tracing_appender::non_blocking::WorkerGuard {
     // Keep the transport crates quiet below warn unless tracing is asked for.
     let directive = if config.log_level == "trace" {
         "trace".to_string()
@@ -248,15 +249,22 @@ pub fn init_logging(config: &Config) {
         )
     };
     let filter = tracing_subscriber::EnvFilter::new(directive);
+    // Lines go through a bounded queue to a writer thread, and are dropped (never waited
+    // for) when stdout stalls: a full log pipe must not freeze request handling, and with
+    // it dockerd.
+    let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
+        .lossy(true)
+        .finish(std::io::stdout());
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stdout)
+        .with_writer(writer)
         // Colour codes only on a terminal, never in log files or `docker logs`.
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stdout()));
     let _ = match config.log_format {
         LogFormat::Json => builder.json().flatten_event(true).try_init(),
         LogFormat::Text => builder.try_init(),
     };
+    guard
 }
 
 /// Opens the configured datastore.
@@ -355,9 +363,9 @@ pub fn main_entry() -> i32 {
         }
     };
     // Operator commands print results, not logs, unless asked.
-    if matches!(cli.command, None | Some(Command::Run)) || std::env::var_os("LOG_LEVEL").is_some() {
-        init_logging(&config);
-    }
+    let _log_guard = (matches!(cli.command, None | Some(Command::Run))
+        || std::env::var_os("LOG_LEVEL").is_some())
+    .then(|| init_logging(&config));
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

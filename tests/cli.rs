@@ -360,3 +360,20 @@ async fn ipam_show_reports_blocks_in_use() {
     let (_, table, _) = op(&envs, &["ipam", "show"]);
     assert!(table.contains("host:show-host"), "{table}");
 }
+
+#[tokio::test]
+async fn a_stalled_log_pipe_never_blocks_requests() {
+    // stdout is a pipe nobody reads: at trace level it fills within a few requests.
+    let mut r = start(&[("LOG_LEVEL", "trace")]);
+    let c = PluginClient::new(&r.sock);
+    let t = Instant::now();
+    for _ in 0..2000 {
+        let (status, _) =
+            tokio::time::timeout(Duration::from_secs(5), c.raw("Plugin.Activate", ""))
+                .await
+                .expect("answered although its log pipe is full");
+        assert_eq!(status, 200);
+    }
+    assert!(t.elapsed() < Duration::from_secs(60), "{:?}", t.elapsed());
+    let _ = r.child.kill();
+}

@@ -7,20 +7,41 @@ use std::time::{Duration, Instant};
 use calico_libnetwork::datastore::etcd::{EtcdConfig, EtcdStore};
 use calico_libnetwork::datastore::Datastore;
 
+/// PEM files for an etcd serving TLS with client-certificate auth.
+#[derive(Clone, Debug)]
+pub struct Tls {
+    pub ca: std::path::PathBuf,
+    pub server_cert: std::path::PathBuf,
+    pub server_key: std::path::PathBuf,
+    pub client_cert: std::path::PathBuf,
+    pub client_key: std::path::PathBuf,
+}
+
 /// A running etcd; killed (by its PID) and its data removed on drop.
 pub struct Etcd {
     child: Option<Child>,
     pub port: u16,
     pub dir: tempfile::TempDir,
+    pub tls: Option<Tls>,
 }
 
 impl Etcd {
     /// Starts etcd and waits until it answers (at most 20 s).
     pub fn start() -> Etcd {
+        Self::start_with(None)
+    }
+
+    /// Starts etcd serving `https://` with client-certificate authentication.
+    pub fn start_tls(tls: Tls) -> Etcd {
+        Self::start_with(Some(tls))
+    }
+
+    fn start_with(tls: Option<Tls>) -> Etcd {
         let dir = tempfile::tempdir().expect("etcd temp dir");
         let port = super::free_port();
         let peer = super::free_port();
-        let client_url = format!("http://127.0.0.1:{port}");
+        let scheme = if tls.is_some() { "https" } else { "http" };
+        let client_url = format!("{scheme}://127.0.0.1:{port}");
         let peer_url = format!("http://127.0.0.1:{peer}");
         let log = std::fs::File::create(dir.path().join("etcd.log")).unwrap();
         let mut cmd = Command::new("etcd");
@@ -42,6 +63,17 @@ impl Etcd {
             .arg("zap")
             .arg("--log-level")
             .arg("warn")
+            .args(tls.iter().flat_map(|t| {
+                [
+                    "--cert-file".into(),
+                    t.server_cert.clone().into_os_string(),
+                    "--key-file".into(),
+                    t.server_key.clone().into_os_string(),
+                    "--trusted-ca-file".into(),
+                    t.ca.clone().into_os_string(),
+                    "--client-cert-auth".into(),
+                ]
+            }))
             .stdin(Stdio::null())
             .stdout(log.try_clone().unwrap())
             .stderr(log);
@@ -59,13 +91,15 @@ impl Etcd {
             child: Some(child),
             port,
             dir,
+            tls,
         };
         etcd.wait_ready();
         etcd
     }
 
     pub fn endpoint(&self) -> String {
-        format!("http://127.0.0.1:{}", self.port)
+        let scheme = if self.tls.is_some() { "https" } else { "http" };
+        format!("{scheme}://127.0.0.1:{}", self.port)
     }
 
     pub fn pid(&self) -> Option<u32> {
@@ -105,6 +139,9 @@ impl Etcd {
         EtcdConfig {
             endpoints: vec![self.endpoint()],
             timeout,
+            ca_cert_file: self.tls.as_ref().map(|t| t.ca.clone()),
+            cert_file: self.tls.as_ref().map(|t| t.client_cert.clone()),
+            key_file: self.tls.as_ref().map(|t| t.client_key.clone()),
             ..Default::default()
         }
     }
