@@ -3,7 +3,7 @@
 mod common;
 
 use calico_libnetwork::dataplane::standalone::{
-    apply, remove_all, EndpointRules, Family, Mode, PoolRules, PortMap, RuleState,
+    apply, remove_all, Applier, EndpointRules, Family, Mode, PoolRules, PortMap, RuleState,
 };
 
 /// Runs `f` on a thread of its own in a fresh network namespace (iptables children inherit it).
@@ -63,7 +63,9 @@ fn apply_is_idempotent_and_removes_what_went_away() {
             cidr: "10.0.0.0/24".parse().unwrap(),
             nat_outgoing: true,
         });
-        apply(&s, Family::V4, Mode::Standalone).unwrap();
+        // One applier across changes, as the plugin keeps it.
+        let mut ap = Applier::default();
+        ap.apply(&s, Family::V4, Mode::Standalone).unwrap();
         let f1 = save("filter");
         let n1 = save("nat");
         assert!(
@@ -82,20 +84,23 @@ fn apply_is_idempotent_and_removes_what_went_away() {
         );
         assert!(n1.contains("-A CLN-NAT-OUT -j MASQUERADE"), "{n1}");
 
-        // Again: nothing changes, nothing is duplicated.
+        // Again: nothing changes, nothing is duplicated; a fresh applier (a restart) too.
+        ap.apply(&s, Family::V4, Mode::Standalone).unwrap();
+        assert_eq!(f1, save("filter"));
+        assert_eq!(n1, save("nat"));
         apply(&s, Family::V4, Mode::Standalone).unwrap();
         assert_eq!(f1, save("filter"));
         assert_eq!(n1, save("nat"));
 
         // An endpoint goes: its chain and its port go with it.
         s.endpoints.remove(&"b".repeat(64));
-        apply(&s, Family::V4, Mode::Standalone).unwrap();
+        ap.apply(&s, Family::V4, Mode::Standalone).unwrap();
         let f2 = save("filter");
         assert!(!f2.contains("CLN-TW-bbbbbbbbbbb"), "{f2}");
         assert!(!save("nat").contains("18080"));
 
         // Felix takes over: no filter rules of ours remain.
-        apply(&s, Family::V4, Mode::Felix).unwrap();
+        ap.apply(&s, Family::V4, Mode::Felix).unwrap();
         let f3 = save("filter");
         assert!(
             !f3.contains("CALICO-LIBNETWORK") && !f3.contains("CLN-"),

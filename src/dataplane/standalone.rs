@@ -97,7 +97,7 @@ pub struct RuleState {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Family {
     /// iptables.
-    V4,
+    V4 = 0,
     /// ip6tables.
     V6,
 }
@@ -252,6 +252,9 @@ pub fn render(state: &RuleState, family: Family, mode: Mode) -> Rendered {
         }
         filter.push_str("COMMIT\n");
         chains.insert("filter", decl.into_iter().collect());
+    } else {
+        // Felix owns filtering: none of our filter chains is wanted.
+        chains.insert("filter", BTreeSet::new());
     }
 
     // ---- nat
@@ -409,53 +412,103 @@ const JUMP_FORWARD: &[&str] = &["-j", FORWARD_CHAIN];
 const JUMP_DNAT: &[&str] = &["-m", "addrtype", "--dst-type", "LOCAL", "-j", DNAT_CHAIN];
 const JUMP_POSTROUTING: &[&str] = &["-j", POSTROUTING_CHAIN];
 
-/// Applies the rendered rules of one family (blocking: run it off the async workers).
-pub fn apply(state: &RuleState, family: Family, mode: Mode) -> Result<()> {
-    let r = render(state, family, mode);
-    if family == Family::V4 {
-        // Routed containers need forwarding; Docker turns it on only when it manages a bridge.
-        let _ = super::sysctl::write("net/ipv4/ip_forward", "1");
-    }
-    if !r.filter.is_empty() {
-        restore(family, &r.filter)?;
-        // Docker's FORWARD policy is DROP and its rules only name its bridges: our accepts
-        // must be reached from filter FORWARD itself (an nft table of our own cannot undo
-        // iptables' DROP). Position 1; Docker <=27 re-inserts DOCKER-USER above us, which
-        // only RETURNs, so that is harmless.
-        ensure_jump(family, "filter", "FORWARD", JUMP_FORWARD)?;
-    } else {
-        remove_jump(family, "filter", "FORWARD", JUMP_FORWARD);
-    }
-    restore(family, &r.nat)?;
-    // Published ports for traffic arriving from outside (PREROUTING) and from this host (OUTPUT).
-    ensure_jump(family, "nat", "PREROUTING", JUMP_DNAT)?;
-    ensure_jump(family, "nat", "OUTPUT", JUMP_DNAT)?;
-    // First in POSTROUTING so our masquerade decisions precede Docker's.
-    ensure_jump(family, "nat", "POSTROUTING", JUMP_POSTROUTING)?;
-    // Chains of endpoints and profiles that went away: flush them all first, since a stale
-    // chain may still jump to another stale one and iptables refuses to delete a chain
-    // that is referenced.
-    for (table, want) in &r.chains {
-        let mut stale: Vec<String> = our_chains(family, table)?
-            .into_iter()
-            .filter(|c| !want.contains(c))
-            .collect();
-        if mode == Mode::Felix && *table == "nat" {
-            stale.retain(|c| c != DNAT_CHAIN && c != POSTROUTING_CHAIN);
+/// How long jumps into our chains are trusted before being checked again (a firewalld
+/// reload or an administrator may remove them behind our back).
+const JUMP_RECHECK: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// What was last applied for one family.
+#[derive(Default)]
+struct Applied {
+    mode: Option<Mode>,
+    input: String,
+    chains: Option<BTreeMap<&'static str, BTreeSet<String>>>,
+    jumps_checked: Option<std::time::Instant>,
+}
+
+/// Applies rule sets and remembers what it applied, so that the common case (an endpoint
+/// added) costs one `iptables-restore` and nothing else: jumps are re-checked every 30 s,
+/// and stale chains are found from the previous rule set instead of by listing the tables.
+#[derive(Default)]
+pub struct Applier {
+    families: [Applied; 2],
+}
+
+impl Applier {
+    /// Applies the rules of one family (blocking: run it off the async workers).
+    pub fn apply(&mut self, state: &RuleState, family: Family, mode: Mode) -> Result<()> {
+        let slot = &mut self.families[family as usize];
+        let r = render(state, family, mode);
+        let input = format!("{}{}", r.filter, r.nat);
+        let jumps_fresh = slot
+            .jumps_checked
+            .is_some_and(|t| t.elapsed() < JUMP_RECHECK);
+        if slot.mode == Some(mode) && slot.input == input && jumps_fresh {
+            return Ok(());
         }
-        delete_chains(family, table, &stale);
+        if family == Family::V4 {
+            // Routed containers need forwarding; Docker turns it on only when it manages a
+            // bridge.
+            let _ = super::sysctl::write("net/ipv4/ip_forward", "1");
+        }
+        // Both tables in one iptables-restore: one process, each table atomic.
+        if let Err(e) = restore(family, &input) {
+            *slot = Applied::default();
+            return Err(e);
+        }
+        if !jumps_fresh || slot.mode != Some(mode) {
+            if mode == Mode::Standalone {
+                // Docker's FORWARD policy is DROP and its rules only name its bridges: our
+                // accepts must be reached from filter FORWARD itself (an nft table of our own
+                // cannot undo iptables' DROP). Position 1; Docker <=27 re-inserts DOCKER-USER
+                // above us, which only RETURNs, so that is harmless.
+                ensure_jump(family, "filter", "FORWARD", JUMP_FORWARD)?;
+            } else {
+                remove_jump(family, "filter", "FORWARD", JUMP_FORWARD);
+            }
+            // Published ports for traffic from outside (PREROUTING) and from this host (OUTPUT).
+            ensure_jump(family, "nat", "PREROUTING", JUMP_DNAT)?;
+            ensure_jump(family, "nat", "OUTPUT", JUMP_DNAT)?;
+            // First in POSTROUTING so our masquerade decisions precede Docker's.
+            ensure_jump(family, "nat", "POSTROUTING", JUMP_POSTROUTING)?;
+            slot.jumps_checked = Some(std::time::Instant::now());
+        }
+        // Chains of endpoints and profiles that went away. Without a previous rule set (first
+        // apply, or a mode change), list what is there: rules from an earlier run go too.
+        let known = match slot.chains.take() {
+            Some(k) if slot.mode == Some(mode) => k,
+            _ => {
+                let mut k = BTreeMap::new();
+                for table in ["filter", "nat"] {
+                    k.insert(table, our_chains(family, table)?);
+                }
+                k
+            }
+        };
+        for (table, had) in &known {
+            let want = r.chains.get(table);
+            let stale: Vec<String> = had
+                .iter()
+                .filter(|c| !want.is_some_and(|w| w.contains(*c)))
+                .cloned()
+                .collect();
+            delete_chains(family, table, &stale);
+        }
+        slot.chains = Some(r.chains);
+        slot.mode = Some(mode);
+        slot.input = input;
+        debug!(
+            ?family,
+            ?mode,
+            endpoints = state.endpoints.len(),
+            "rules applied"
+        );
+        Ok(())
     }
-    if mode == Mode::Felix {
-        let ours: Vec<String> = our_chains(family, "filter")?.into_iter().collect();
-        delete_chains(family, "filter", &ours);
-    }
-    debug!(
-        ?family,
-        ?mode,
-        endpoints = state.endpoints.len(),
-        "rules applied"
-    );
-    Ok(())
+}
+
+/// Applies the rules of one family once, with no memory of earlier applies.
+pub fn apply(state: &RuleState, family: Family, mode: Mode) -> Result<()> {
+    Applier::default().apply(state, family, mode)
 }
 
 fn delete_chains(family: Family, table: &str, chains: &[String]) {

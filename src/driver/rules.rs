@@ -50,6 +50,9 @@ pub(crate) struct Rules {
     mode: std::sync::OnceLock<Option<Mode>>,
     configured: DataplaneMode,
     state: tokio::sync::Mutex<RuleState>,
+    /// Remembers what was applied, so an unchanged family costs nothing and a change one
+    /// iptables-restore.
+    applier: std::sync::Arc<std::sync::Mutex<standalone::Applier>>,
 }
 
 impl Rules {
@@ -58,6 +61,7 @@ impl Rules {
             mode: std::sync::OnceLock::new(),
             configured,
             state: Default::default(),
+            applier: Default::default(),
         }
     }
 }
@@ -231,10 +235,12 @@ impl Driver {
             })
             .collect();
         let snapshot = state.clone();
+        let applier = self.rules.applier.clone();
         // Held across the apply so two applies never interleave their iptables-restores.
         let res = tokio::task::spawn_blocking(move || {
-            standalone::apply(&snapshot, Family::V4, mode)?;
-            if let Err(e) = standalone::apply(&snapshot, Family::V6, mode) {
+            let mut applier = applier.lock().unwrap_or_else(|p| p.into_inner());
+            applier.apply(&snapshot, Family::V4, mode)?;
+            if let Err(e) = applier.apply(&snapshot, Family::V6, mode) {
                 tracing::debug!(error = %e, "IPv6 rules not applied (ip6tables missing or IPv6 off?)");
             }
             Ok::<_, Error>(())
