@@ -71,6 +71,26 @@ async fn default_pool_sequence(store: Store) {
         );
         addrs.push(a);
     }
+    // Steady state (an affine block with room): the pool list and one transaction.
+    let before = store.stats().snapshot();
+    let a = c
+        .ok(
+            "IpamDriver.RequestAddress",
+            json!({"PoolID": "CalicoPoolIPv4", "Address": "", "Options": null}),
+        )
+        .await;
+    let rt = store.stats().snapshot().since(&before);
+    assert!(rt.round_trips <= 2, "RequestAddress made {rt:?}");
+    let extra = a["Address"]
+        .as_str()
+        .unwrap()
+        .trim_end_matches("/32")
+        .to_string();
+    c.ok(
+        "IpamDriver.ReleaseAddress",
+        json!({"PoolID": "CalicoPoolIPv4", "Address": extra}),
+    )
+    .await;
     addrs.sort();
     addrs.dedup();
     assert_eq!(addrs.len(), 3, "distinct addresses");

@@ -129,7 +129,21 @@ pub struct AssignIp {
 #[derive(Clone)]
 pub struct Ipam {
     store: Arc<dyn Datastore>,
+    /// Blocks as last read or written, with their revision. Writes are still compare-and-swap
+    /// on the revision, so a stale entry costs a retry, never a wrong allocation.
+    blocks: Arc<std::sync::Mutex<HashMap<IpNet, CachedBlock>>>,
 }
+
+/// A cached block and when it was read.
+#[derive(Clone)]
+struct CachedBlock {
+    block: AllocationBlock,
+    rev: Revision,
+    at: std::time::Instant,
+}
+
+/// How long a block seen full is trusted to stay full (others may release into it).
+const FULL_BLOCK_TTL: std::time::Duration = std::time::Duration::from_secs(10);
 
 fn handle_id(h: &str) -> String {
     // Calico cuts handle IDs at the first carriage return.
@@ -203,7 +217,10 @@ enum HandleState {
 impl Ipam {
     /// The allocator over `store`.
     pub fn new(store: Arc<dyn Datastore>) -> Self {
-        Ipam { store }
+        Ipam {
+            store,
+            blocks: Default::default(),
+        }
     }
 
     /// The datastore.
@@ -232,12 +249,43 @@ impl Ipam {
 
     async fn get_block(&self, cidr: &IpNet) -> Result<Option<BlockKv>> {
         match self.store.get(&keys::block_key(cidr)).await? {
-            Some(kv) => Ok(Some(BlockKv {
-                block: dec(&kv)?,
-                rev: kv.revision,
-            })),
-            None => Ok(None),
+            Some(kv) => {
+                let b = BlockKv {
+                    block: dec(&kv)?,
+                    rev: kv.revision,
+                };
+                self.cache_put(cidr, &b.block, b.rev);
+                Ok(Some(b))
+            }
+            None => {
+                self.cache_forget(cidr);
+                Ok(None)
+            }
         }
+    }
+
+    fn cache(&self) -> std::sync::MutexGuard<'_, HashMap<IpNet, CachedBlock>> {
+        self.blocks.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn cache_put(&self, cidr: &IpNet, block: &AllocationBlock, rev: Revision) {
+        self.cache().insert(
+            *cidr,
+            CachedBlock {
+                block: block.clone(),
+                rev,
+                at: std::time::Instant::now(),
+            },
+        );
+    }
+
+    fn cache_forget(&self, cidr: &IpNet) {
+        self.cache().remove(cidr);
+    }
+
+    /// A cached block of `host` worth trying: with room, or seen full too long ago to trust.
+    fn cached_block(&self, cidr: &IpNet) -> Option<CachedBlock> {
+        self.cache().get(cidr).cloned()
     }
 
     /// All blocks of a family (or both).
@@ -274,7 +322,10 @@ impl Ipam {
                 ])
                 .await
             {
-                Ok(rev) => return Ok(Some(BlockKv { block, rev })),
+                Ok(rev) => {
+                    self.cache_put(cidr, &block, rev);
+                    return Ok(Some(BlockKv { block, rev }));
+                }
                 Err(Error::Exists { key }) if key == block_key => {
                     // Someone created the block first: ours only if it carries our affinity.
                     let Some(existing) = self.get_block(cidr).await? else {
@@ -423,7 +474,8 @@ impl Ipam {
                 writes.push(w);
             }
             match self.store.txn(writes).await {
-                Ok(_) => {
+                Ok(rev) => {
+                    self.cache_put(cidr, &block, rev);
                     let len = cidr.prefix_len();
                     return Ok(ips
                         .into_iter()
@@ -507,7 +559,15 @@ impl Ipam {
                 family.number()
             )));
         }
-        let labels = self.node_labels(host).await?;
+        // The Node's labels matter only to a selector other than `all()`: skip the read.
+        let labels = if usable
+            .iter()
+            .any(|p| p.spec.is_automatic() && p.spec.node_selector.trim() != "all()")
+        {
+            self.node_labels(host).await?
+        } else {
+            BTreeMap::new()
+        };
         let mut out = Vec::new();
         for p in usable {
             if !p.spec.is_automatic() {
@@ -533,7 +593,6 @@ impl Ipam {
     pub async fn auto_assign(&self, args: &AutoAssign) -> Result<Assigned> {
         let handle = handle_id(&args.handle);
         let host = args.host.as_str();
-        let cfg = self.get_config().await?;
         let pools = self
             .pools_for(args.family, &args.pools, host, &args.intended_use)
             .await?;
@@ -544,6 +603,45 @@ impl Ipam {
         let in_pools = |b: &IpNet| pool_nets.iter().any(|(p, _)| p.contains(b));
         let mut out = Assigned::default();
         let mut need = args.num;
+
+        // 0. The steady state: a block of ours, known from an earlier read or write, has room.
+        // Its write is a compare-and-swap on the revision we know, so a stale copy costs one
+        // retry with a fresh read, never a wrong allocation. No config, affinity or block
+        // read is needed.
+        let mut known: Vec<(IpNet, BlockKv)> = self
+            .cache()
+            .iter()
+            .filter(|(c, b)| {
+                IpFamily::of_net(c) == args.family
+                    && in_pools(c)
+                    && b.block.host_affinity() == Some(host)
+                    && b.block.free_count() > 0
+            })
+            .map(|(c, b)| {
+                (
+                    *c,
+                    BlockKv {
+                        block: b.block.clone(),
+                        rev: b.rev,
+                    },
+                )
+            })
+            .collect();
+        known.sort_by(|a, b| a.0.cmp(&b.0));
+        for (cidr, block) in known {
+            if need == 0 {
+                break;
+            }
+            let got = self
+                .assign_from_block(&cidr, Some(block), need, &handle, &args.attrs, Some(host))
+                .await?;
+            need -= got.len();
+            out.ips.extend(got);
+        }
+        if need == 0 {
+            return Ok(out);
+        }
+        let cfg = self.get_config().await?;
 
         // 1. Blocks this host already owns, in key order.
         let affs = self
@@ -560,6 +658,15 @@ impl Ipam {
                 continue;
             }
             let aff: BlockAffinity = dec(kv)?;
+            // A block of ours seen full moments ago is skipped without a read, so the cost of
+            // an allocation does not grow with the number of full blocks the host owns.
+            if aff.is_confirmed() {
+                if let Some(c) = self.cached_block(&cidr) {
+                    if c.block.free_count() == 0 && c.at.elapsed() < FULL_BLOCK_TTL {
+                        continue;
+                    }
+                }
+            }
             let block = match self.get_block(&cidr).await? {
                 // An affinity with no block: a claim that never finished. Finish it.
                 None => match self.claim_block(&cidr, host).await? {
@@ -761,7 +868,10 @@ impl Ipam {
                 writes.push(w);
             }
             match self.store.txn(writes).await {
-                Ok(_) => return Ok(()),
+                Ok(rev) => {
+                    self.cache_put(&cidr, &block, rev);
+                    return Ok(());
+                }
                 Err(e) if e.is_conflict() || e.is_exists() || e.is_not_found() => {
                     if let Error::Exists { key }
                     | Error::Conflict { key }
@@ -857,7 +967,10 @@ impl Ipam {
                 }
             }
             match self.store.txn(writes).await {
-                Ok(_) => return Ok(released.unallocated),
+                Ok(_) => {
+                    self.cache_forget(cidr);
+                    return Ok(released.unallocated);
+                }
                 Err(e) if e.is_conflict() || e.is_not_found() => continue,
                 Err(e) => return Err(e),
             }
@@ -930,6 +1043,7 @@ impl Ipam {
                 }
                 match self.store.txn(writes).await {
                     Ok(_) => {
+                        self.cache_forget(&cidr);
                         done = true;
                         break;
                     }
@@ -1016,7 +1130,10 @@ impl Ipam {
                 }
             }
             match self.store.txn(writes).await {
-                Ok(_) => return Ok(()),
+                Ok(_) => {
+                    self.cache_forget(cidr);
+                    return Ok(());
+                }
                 Err(e) if e.is_conflict() || e.is_not_found() => continue,
                 Err(e) => return Err(e),
             }
