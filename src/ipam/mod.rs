@@ -627,7 +627,7 @@ impl Ipam {
                 )
             })
             .collect();
-        known.sort_by(|a, b| a.0.cmp(&b.0));
+        known.sort_by_key(|a| a.0);
         for (cidr, block) in known {
             if need == 0 {
                 break;
