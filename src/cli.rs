@@ -39,6 +39,32 @@ pub enum Command {
         #[command(subcommand)]
         cmd: IpamCommand,
     },
+    /// Health: datastore, Node resource, pools, plugin socket, endpoints (exit 1 on a
+    /// problem, one line each saying what to do).
+    Status {
+        /// Output format.
+        #[arg(short = 'o', long, value_enum, default_value_t = Output::Table)]
+        output: Output,
+    },
+    /// This host's container endpoints (WorkloadEndpoints).
+    Endpoint {
+        #[command(subcommand)]
+        cmd: EndpointCommand,
+    },
+}
+
+/// `endpoint` subcommands.
+#[derive(Subcommand, Debug)]
+pub enum EndpointCommand {
+    /// Endpoint, network/profile, addresses, interface, container MAC.
+    List {
+        /// Every host's endpoints, not only this node's.
+        #[arg(long)]
+        all_hosts: bool,
+        /// Output format.
+        #[arg(short = 'o', long, value_enum, default_value_t = Output::Table)]
+        output: Output,
+    },
 }
 
 /// Output format of the operator commands.
@@ -101,6 +127,27 @@ pub enum IpamCommand {
         #[arg(short = 'o', long, value_enum, default_value_t = Output::Table)]
         output: Output,
     },
+    /// Find allocations without an endpoint, endpoints without an allocation, handles that
+    /// disagree with blocks, and `cali*` veths without an endpoint (exit 1 if any remain).
+    Check {
+        /// Fix the safe ones: release orphan allocations older than --grace, set handle
+        /// counts from the blocks, delete orphan veths.
+        #[arg(long)]
+        repair: bool,
+        /// Orphan allocations younger than this are left alone (a container may be starting).
+        #[arg(long, default_value = "1h", value_parser = humantime::parse_duration)]
+        grace: std::time::Duration,
+        /// Do not look at this host's `cali*` veths.
+        #[arg(long)]
+        no_veths: bool,
+        /// Output format.
+        #[arg(short = 'o', long, value_enum, default_value_t = Output::Table)]
+        output: Output,
+    },
+}
+
+fn print_json<T: serde::Serialize>(v: &T) {
+    println!("{}", serde_json::to_string_pretty(v).unwrap_or_default());
 }
 
 fn table(rows: Vec<Vec<String>>) -> String {
@@ -126,7 +173,7 @@ fn table(rows: Vec<Vec<String>>) -> String {
     out
 }
 
-async fn run_pool(config: &Config, cmd: PoolCommand) -> Result<()> {
+async fn run_pool(config: &Config, cmd: PoolCommand) -> Result<i32> {
     use crate::model::{IpPool, IpPoolSpec};
     let ipam = crate::ipam::Ipam::new(open_datastore(config)?);
     match cmd {
@@ -138,7 +185,7 @@ async fn run_pool(config: &Config, cmd: PoolCommand) -> Result<()> {
                     .map(|p| serde_json::json!({"name": p.name(), "spec": p.spec}))
                     .collect();
                 println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
-                return Ok(());
+                return Ok(0);
             }
             let mut rows = vec![[
                 "NAME", "CIDR", "BLOCK", "IPIP", "VXLAN", "NAT", "DISABLED", "SELECTOR",
@@ -191,12 +238,56 @@ async fn run_pool(config: &Config, cmd: PoolCommand) -> Result<()> {
             println!("deleted pool {name}");
         }
     }
-    Ok(())
+    Ok(0)
 }
 
-async fn run_ipam(config: &Config, cmd: IpamCommand) -> Result<()> {
-    let ipam = crate::ipam::Ipam::new(open_datastore(config)?);
+async fn run_ipam(config: &Config, cmd: IpamCommand) -> Result<i32> {
+    let store = open_datastore(config)?;
+    let ipam = crate::ipam::Ipam::new(store.clone());
     match cmd {
+        IpamCommand::Check {
+            repair,
+            grace,
+            no_veths,
+            output,
+        } => {
+            let opts = crate::ops::CheckOptions {
+                nodename: config.nodename.clone(),
+                repair,
+                grace,
+                check_veths: !no_veths,
+            };
+            let report = crate::ops::ipam_check(store, &opts).await?;
+            let unresolved = report.unresolved();
+            if output == Output::Json {
+                print_json(&report);
+            } else {
+                if !report.findings.is_empty() {
+                    let mut rows = vec![["KIND", "OBJECT", "DETAIL", "ACTION"]
+                        .iter()
+                        .map(|s| s.to_string())
+                        .collect::<Vec<_>>()];
+                    for f in &report.findings {
+                        rows.push(vec![
+                            f.kind.to_string(),
+                            f.object.clone(),
+                            f.detail.clone(),
+                            f.action.clone(),
+                        ]);
+                    }
+                    print!("{}", table(rows));
+                }
+                for n in &report.notes {
+                    println!("note: {n}");
+                }
+                let repaired = report.findings.len() - unresolved;
+                println!(
+                    "{} inconsistencies found, {repaired} repaired, {unresolved} left",
+                    report.findings.len()
+                );
+            }
+            return Ok(i32::from(unresolved > 0));
+        }
         IpamCommand::Show { output } => {
             let summary = ipam.summary().await?;
             if output == Output::Json {
@@ -204,7 +295,7 @@ async fn run_ipam(config: &Config, cmd: IpamCommand) -> Result<()> {
                     "{}",
                     serde_json::to_string_pretty(&summary).unwrap_or_default()
                 );
-                return Ok(());
+                return Ok(0);
             }
             let mut rows = vec![["POOL/BLOCK", "CIDR", "SIZE", "USED", "FREE", "AFFINITY"]
                 .iter()
@@ -233,7 +324,136 @@ async fn run_ipam(config: &Config, cmd: IpamCommand) -> Result<()> {
             print!("{}", table(rows));
         }
     }
-    Ok(())
+    Ok(0)
+}
+
+async fn run_status(config: &Config, output: Output) -> Result<i32> {
+    let kind = match config.datastore {
+        DatastoreConfig::Etcd(_) => "etcdv3",
+        DatastoreConfig::Local(_) => "local",
+    };
+    let st = crate::ops::status(&config.nodename, &config.socket, kind, || {
+        open_datastore(config)
+    })
+    .await;
+    if output == Output::Json {
+        print_json(&st);
+    } else {
+        let ok = |b: bool| if b { "ok" } else { "FAIL" }.to_string();
+        let mut rows = vec![["CHECK", "STATUS", "DETAIL"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect::<Vec<_>>()];
+        let ds = &st.datastore;
+        rows.push(vec![
+            "datastore".into(),
+            if ds.reachable {
+                "ok".into()
+            } else if st.problems.iter().any(|p| p.contains("datastore")) {
+                "FAIL".into()
+            } else {
+                "skipped".into()
+            },
+            match (ds.latency_ms, &ds.error) {
+                (Some(ms), _) => format!("{} reachable, {ms:.1} ms per read", ds.kind),
+                (None, Some(e)) => format!("{}: {e}", ds.kind),
+                (None, None) => ds.kind.clone(),
+            },
+        ]);
+        if let Some(exists) = st.node_resource {
+            rows.push(vec![
+                "node".into(),
+                ok(exists),
+                format!(
+                    "Node resource {} {}",
+                    st.node,
+                    if exists { "exists" } else { "missing" }
+                ),
+            ]);
+        }
+        for p in &st.pools {
+            rows.push(vec![
+                "pool".into(),
+                ok(p.disabled || u128::from(p.used) < p.size),
+                format!(
+                    "{} {}: {}/{} used ({:.1}%){}",
+                    p.name,
+                    p.cidr,
+                    p.used,
+                    p.size,
+                    p.percent_used,
+                    if p.disabled { ", disabled" } else { "" }
+                ),
+            ]);
+        }
+        rows.push(vec![
+            "socket".into(),
+            ok(st.socket.up),
+            match &st.socket.error {
+                None => format!("{} answers Plugin.Activate", st.socket.path),
+                Some(e) => format!("{}: {e}", st.socket.path),
+            },
+        ]);
+        if let Some(n) = st.endpoints {
+            rows.push(vec![
+                "endpoints".into(),
+                "ok".into(),
+                format!("{n} on node {}", st.node),
+            ]);
+        }
+        print!("{}", table(rows));
+        for n in &st.notes {
+            println!("note: {n}");
+        }
+        for p in &st.problems {
+            println!("problem: {p}");
+        }
+    }
+    Ok(i32::from(!st.problems.is_empty()))
+}
+
+async fn run_endpoint(config: &Config, cmd: EndpointCommand) -> Result<i32> {
+    let EndpointCommand::List { all_hosts, output } = cmd;
+    let store = open_datastore(config)?;
+    let node = (!all_hosts).then_some(config.nodename.as_str());
+    let rows = crate::ops::endpoints(store.as_ref(), node).await?;
+    if output == Output::Json {
+        print_json(&rows);
+        return Ok(0);
+    }
+    let mut head = vec![
+        "ENDPOINT",
+        "NETWORK",
+        "PROFILES",
+        "ADDRESSES",
+        "INTERFACE",
+        "MAC",
+    ];
+    if all_hosts {
+        head.insert(1, "NODE");
+    }
+    let mut out = vec![head.iter().map(|s| s.to_string()).collect::<Vec<_>>()];
+    for r in rows {
+        let short = r.endpoint.chars().take(12).collect::<String>();
+        let mut row = vec![
+            short,
+            r.network.unwrap_or_else(|| "-".to_string()),
+            if r.profiles.is_empty() {
+                "-".to_string()
+            } else {
+                r.profiles.join(",")
+            },
+            r.addresses.join(","),
+            r.interface,
+            r.mac,
+        ];
+        if all_hosts {
+            row.insert(1, r.node);
+        }
+        out.push(row);
+    }
+    print!("{}", table(out));
+    Ok(0)
 }
 
 /// Sets up logging to stdout at the configured level and format.
@@ -287,6 +507,7 @@ pub async fn build_driver(config: &Config, store: Arc<dyn Datastore>) -> Result<
         label_endpoints: config.label_endpoints,
         label_poll_timeout: config.label_poll_timeout,
         dataplane: config.dataplane,
+        reconcile_grace: config.reconcile_grace,
     };
     Ok(Arc::new(Driver::new(store, settings)))
 }
@@ -303,14 +524,24 @@ async fn shutdown_signal() {
 
 /// Serves the plugin socket until SIGTERM or SIGINT.
 pub async fn run_server(config: Config) -> Result<()> {
+    // A Docker managed plugin sees /proc/sys read-only; the veth knobs need it writable.
+    match crate::dataplane::sysctl::ensure_proc_sys_writable() {
+        Ok(true) => tracing::info!("remounted /proc/sys read-write (managed plugin)"),
+        Ok(false) => {}
+        Err(e) => tracing::warn!(error = %e, "/proc/sys is read-only; veth set-up will fail"),
+    }
     let store = open_datastore(&config)?;
     let driver = build_driver(&config, store.clone()).await?;
     // Prepare the datastore (Node, default pools) before answering, so a first request
     // never races the default pool; if the datastore is down, serve anyway and retry in
     // the background: Docker gives up on a plugin that is absent for about 15 s.
     let pools = config.default_pools.clone();
+    // Once prepared, clean up after a crash (see `driver::reconcile`), in the background.
     let init = match driver.init(&pools).await {
-        Ok(()) => None,
+        Ok(()) => {
+            driver.reconcile_in_background();
+            None
+        }
         Err(e) => {
             tracing::warn!(error = %e, "prepare datastore; retrying in the background");
             let driver = driver.clone();
@@ -319,7 +550,10 @@ pub async fn run_server(config: Config) -> Result<()> {
                 loop {
                     tokio::time::sleep(delay).await;
                     match driver.init(&pools).await {
-                        Ok(()) => break,
+                        Ok(()) => {
+                            driver.reconcile_in_background();
+                            break;
+                        }
                         Err(e) => {
                             tracing::warn!(error = %e, retry_in = ?delay, "prepare datastore");
                             delay = (delay * 2).min(std::time::Duration::from_secs(10));
@@ -333,6 +567,10 @@ pub async fn run_server(config: Config) -> Result<()> {
     // restart): learn their names from the Docker API, in the background.
     driver.resolve_network_names_in_background();
     let listener = plugin::bind(&config.socket)?;
+    if let Some(addr) = config.metrics_addr {
+        let bound = crate::metrics::serve(addr, store.clone()).await?;
+        tracing::info!(address = %bound, "serving Prometheus metrics at /metrics");
+    }
     tracing::info!(
         socket = %config.socket.display(),
         datastore = store.kind(),
@@ -378,13 +616,15 @@ pub fn main_entry() -> i32 {
     };
     let result = rt.block_on(async move {
         match cli.command.unwrap_or(Command::Run) {
-            Command::Run => run_server(config).await,
+            Command::Run => run_server(config).await.map(|()| 0),
             Command::Pool { cmd } => run_pool(&config, cmd).await,
             Command::Ipam { cmd } => run_ipam(&config, cmd).await,
+            Command::Status { output } => run_status(&config, output).await,
+            Command::Endpoint { cmd } => run_endpoint(&config, cmd).await,
         }
     });
     match result {
-        Ok(()) => 0,
+        Ok(code) => code,
         Err(e) => {
             tracing::error!(error = %e, "exiting");
             eprintln!("calico-libnetwork: {e}");

@@ -109,6 +109,9 @@ pub struct ConfigArgs {
     /// MTU of the veth pairs (kernel default when unset).
     #[arg(long, env = "CALICO_LIBNETWORK_VETH_MTU", global = true)]
     pub veth_mtu: Option<String>,
+    /// TCP address (host:port) to serve Prometheus metrics on at /metrics; off when unset.
+    #[arg(long, env = "CALICO_LIBNETWORK_METRICS_ADDR", global = true)]
+    pub metrics_addr: Option<String>,
     /// Capability scope reported to Docker: local or global.
     #[arg(
         long,
@@ -140,6 +143,15 @@ pub struct ConfigArgs {
         default_value = "30s"
     )]
     pub label_poll_timeout: String,
+    /// Records younger than this are never reclaimed as stale by the start-up
+    /// reconciliation or a `--ip` takeover.
+    #[arg(
+        long,
+        env = "CALICO_LIBNETWORK_RECONCILE_GRACE",
+        global = true,
+        default_value = "2m"
+    )]
+    pub reconcile_grace: String,
     /// Firewall rules the plugin keeps: auto, standalone, felix or off.
     #[arg(
         long,
@@ -191,6 +203,8 @@ pub struct Config {
     pub ifprefix: String,
     /// veth MTU.
     pub veth_mtu: Option<u32>,
+    /// Where to serve Prometheus metrics (`CALICO_LIBNETWORK_METRICS_ADDR`); off when `None`.
+    pub metrics_addr: Option<std::net::SocketAddr>,
     /// `local` or `global`.
     pub scope: String,
     /// Docker API address (`unix://`, `tcp://` or `http://`).
@@ -199,6 +213,8 @@ pub struct Config {
     pub label_endpoints: bool,
     /// How long to wait for an endpoint's container, for its labels.
     pub label_poll_timeout: Duration,
+    /// Grace period of the reconciliation (see `driver::reconcile`).
+    pub reconcile_grace: Duration,
     /// Firewall mode.
     pub dataplane: crate::driver::rules::DataplaneMode,
 }
@@ -438,6 +454,15 @@ impl ConfigArgs {
         };
         let request_timeout =
             parse_duration("CALICO_LIBNETWORK_REQUEST_TIMEOUT", &self.request_timeout)?;
+        let metrics_addr = match self.metrics_addr.as_deref().map(str::trim) {
+            None | Some("") => None,
+            Some(a) => Some(a.parse::<std::net::SocketAddr>().map_err(|_| {
+                bad(
+                    "CALICO_LIBNETWORK_METRICS_ADDR",
+                    format!("expected a TCP address like 127.0.0.1:9091, got '{a}'"),
+                )
+            })?),
+        };
 
         let mut default_pools = Vec::new();
         if !parse_bool("NO_DEFAULT_POOLS", &self.no_default_pools)? {
@@ -541,7 +566,12 @@ impl ConfigArgs {
             &self.label_poll_timeout,
         )?;
 
+        let reconcile_grace =
+            parse_duration("CALICO_LIBNETWORK_RECONCILE_GRACE", &self.reconcile_grace)?;
+
         Ok(Config {
+            metrics_addr,
+            reconcile_grace,
             docker_host,
             label_endpoints,
             label_poll_timeout,

@@ -13,6 +13,8 @@
 //! - [`dataplane`]: veths, routes and sysctls over netlink.
 //! - [`driver`]: Docker's network and IPAM driver calls.
 //! - [`plugin`]: the HTTP server on Docker's plugin socket and the wire types.
+//! - [`metrics`]: Prometheus metrics (optional).
+//! - [`ops`]: operator commands (status, endpoint list, ipam check).
 //! - [`cli`]: the command line.
 
 pub mod cli;
@@ -24,5 +26,7 @@ pub mod dataplane;
 pub mod datastore;
 pub mod driver;
 pub mod ipam;
+pub mod metrics;
 pub mod model;
+pub mod ops;
 pub mod plugin;

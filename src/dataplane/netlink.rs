@@ -315,6 +315,37 @@ impl Netlink {
         Ok((messages.iter().find_map(usable_link_local), up))
     }
 
+    /// Names of the veth links in this namespace whose name starts with `prefix`.
+    pub async fn list_veths(&self, prefix: &str) -> Result<Vec<String>> {
+        use rtnetlink::packet_route::link::{InfoKind, LinkInfo};
+        let mut links = self.handle.link().get().execute();
+        let mut out = Vec::new();
+        while let Some(link) = links
+            .try_next()
+            .await
+            .map_err(|e| kernel_error("list links".to_string(), e))?
+        {
+            let mut name = None;
+            let mut veth = false;
+            for attr in &link.attributes {
+                match attr {
+                    LinkAttribute::IfName(n) => name = Some(n.clone()),
+                    LinkAttribute::LinkInfo(infos) => {
+                        veth = infos
+                            .iter()
+                            .any(|i| matches!(i, LinkInfo::Kind(InfoKind::Veth)));
+                    }
+                    _ => {}
+                }
+            }
+            if let Some(n) = name.filter(|n| veth && n.starts_with(prefix)) {
+                out.push(n);
+            }
+        }
+        out.sort();
+        Ok(out)
+    }
+
     async fn get_link(&self, name: &str) -> Result<LinkMessage> {
         validate_ifname(name)?;
         let op = format!("find link {name}");

@@ -152,6 +152,43 @@ pub fn write_soft(path: &str, value: &str) -> bool {
     }
 }
 
+/// Makes `/proc/sys` writable when this process sees it read-only, as a Docker managed
+/// plugin does (its runtime spec mounts `/proc/sys` read-only in the plugin's own mount
+/// namespace; with `CAP_SYS_ADMIN` the plugin may remount that view read-write, and with the
+/// host network namespace the files are the host's). Returns true when it remounted; a
+/// writable `/proc/sys` is left alone.
+pub fn ensure_proc_sys_writable() -> Result<bool> {
+    let c_path = std::ffi::CString::new(PROC_SYS).expect("no NUL in a constant");
+    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    if unsafe { libc::statvfs(c_path.as_ptr(), &mut st) } != 0 {
+        return Err(io_error(
+            format!("statvfs {PROC_SYS}"),
+            &io::Error::last_os_error(),
+        ));
+    }
+    if st.f_flag & libc::ST_RDONLY == 0 {
+        return Ok(false);
+    }
+    let flags =
+        libc::MS_REMOUNT | libc::MS_BIND | libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC;
+    let rc = unsafe {
+        libc::mount(
+            std::ptr::null(),
+            c_path.as_ptr(),
+            std::ptr::null(),
+            flags,
+            std::ptr::null(),
+        )
+    };
+    if rc != 0 {
+        return Err(io_error(
+            format!("remount {PROC_SYS} read-write (needs CAP_SYS_ADMIN)"),
+            &io::Error::last_os_error(),
+        ));
+    }
+    Ok(true)
+}
+
 /// Joins `path` to `/proc/sys`, refusing absolute paths and `.`/`..` components.
 fn full_path(path: &str) -> Result<PathBuf> {
     let ok = !path.is_empty()

@@ -206,6 +206,45 @@ impl DockerApi {
     }
 }
 
+impl DockerApi {
+    /// Every endpoint ID Docker holds, on any of its networks (the containers attached to
+    /// each, per network inspect). For the start-up reconciliation: an endpoint absent here
+    /// is one Docker no longer knows. All networks, not only ours: a wider set only makes
+    /// the reconciliation keep more.
+    pub async fn endpoint_ids(&self) -> Result<std::collections::HashSet<String>> {
+        let c = self.client().await?;
+        let nets = match self
+            .bounded(
+                "list networks",
+                c.list_networks(None::<bollard::query_parameters::ListNetworksOptions>),
+            )
+            .await
+        {
+            Ok(Ok(n)) => n,
+            Ok(Err(e)) => {
+                self.reset().await;
+                return Err(docker_err("list networks", e));
+            }
+            Err(e) => {
+                self.reset().await;
+                return Err(e);
+            }
+        };
+        let mut out = std::collections::HashSet::new();
+        for n in nets {
+            let Some(id) = n.id else { continue };
+            if let Some(n) = self.inspect_network(&id).await? {
+                for (_, ep) in n.containers.unwrap_or_default() {
+                    if let Some(e) = ep.endpoint_id.filter(|e| !e.is_empty()) {
+                        out.insert(e);
+                    }
+                }
+            }
+        }
+        Ok(out)
+    }
+}
+
 /// From a network's `Containers` map (container ID → endpoint ID), the container holding
 /// `endpoint_id`. Keys `ep-…` are endpoints without a container (load balancers).
 pub fn container_of_endpoint<'a>(

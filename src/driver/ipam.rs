@@ -459,7 +459,19 @@ impl Driver {
                 host,
                 intended_use: crate::ipam::USE_WORKLOAD.to_string(),
             };
-            return match self.ipam.assign_ip(&args).await {
+            let mut result = self.ipam.assign_ip(&args).await;
+            // Docker asking again for the `--ip` of a container whose previous run is dead
+            // (dockerd crashed before releasing it): take the address over if, and only if,
+            // its owner is provably gone (see `super::reconcile`).
+            if matches!(&result, Err(e) if e.is_exists())
+                && self.reclaim_stale_address(ip).await.unwrap_or_else(|e| {
+                    tracing::warn!(address = %ip, error = %e, "check stale owner of requested address");
+                    false
+                })
+            {
+                result = self.ipam.assign_ip(&args).await;
+            }
+            return match result {
                 Ok(()) => Ok(IpNet::new(ip, prefix).unwrap()),
                 Err(e) if e.is_exists() => Err(Error::invalid(format!(
                     "assign address {ip}: address already in use"

@@ -15,6 +15,7 @@ pub mod docker;
 pub mod ipam;
 pub mod network;
 pub mod profiles;
+pub mod reconcile;
 pub mod rules;
 pub mod sandbox;
 
@@ -48,6 +49,9 @@ pub struct DriverSettings {
     pub label_poll_timeout: std::time::Duration,
     /// Which firewall rules the plugin keeps (`CALICO_LIBNETWORK_DATAPLANE`).
     pub dataplane: rules::DataplaneMode,
+    /// Records younger than this are never reclaimed as stale
+    /// (`CALICO_LIBNETWORK_RECONCILE_GRACE`; see `reconcile`).
+    pub reconcile_grace: std::time::Duration,
 }
 
 impl DriverSettings {
@@ -65,6 +69,7 @@ impl DriverSettings {
             // Embedding code and tests get no firewall changes unless they ask; the
             // command line defaults to `auto`.
             dataplane: rules::DataplaneMode::Off,
+            reconcile_grace: reconcile::DEFAULT_GRACE,
         }
     }
 }
@@ -172,6 +177,8 @@ pub struct Driver {
     endpoints: std::sync::Mutex<std::collections::HashMap<String, network::EndpointCache>>,
     /// Host firewall rules for this host's endpoints (see `rules`).
     rules: rules::Rules,
+    /// Each network's explicit IPv4 pools, which never change: Join needs them without a read.
+    network_pools: std::sync::Mutex<std::collections::HashMap<String, Vec<IpNet>>>,
     /// Gateways and routes given to the endpoints of each container sandbox (see `sandbox`).
     sandboxes: sandbox::Sandboxes,
     /// The Docker API, for background tasks only (never awaited by a handler).
@@ -193,6 +200,7 @@ impl Driver {
             settings,
             netlink: std::sync::OnceLock::new(),
             endpoints: Default::default(),
+            network_pools: Default::default(),
             sandboxes: Default::default(),
         }
     }

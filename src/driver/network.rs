@@ -141,6 +141,13 @@ impl Driver {
             .put(&keys::network_key(&spec.network_id), value)
             .await
             .ctx(format!("record network {}", spec.network_id))?;
+        self.network_pools.lock().unwrap().insert(
+            spec.network_id.clone(),
+            rec.ipv4_pools
+                .iter()
+                .filter_map(|p| p.parse().ok())
+                .collect(),
+        );
         // Docker finishes creating the network only after we answer: ask it for the name
         // from a task of its own, never from this handler (dockerd could deadlock).
         if let Some(bg) = self.background() {
@@ -155,6 +162,7 @@ impl Driver {
 
     /// `NetworkDriver.DeleteNetwork` (idempotent).
     pub async fn delete_network(&self, network_id: &str) -> Result<()> {
+        self.network_pools.lock().unwrap().remove(network_id);
         let Some(rec) = self.network_record(network_id).await? else {
             return Ok(());
         };
@@ -353,18 +361,27 @@ impl Driver {
         // endpoint's gateway, so a container on several networks reaches each network's
         // containers through that network's interface. Best effort: without them the
         // default route still reaches every Calico address.
-        let pools: Vec<IpNet> = match self.network_record(network_id).await {
-            Ok(rec) => rec
-                .map(|r| r.ipv4_pools)
-                .unwrap_or_default()
-                .iter()
-                .filter_map(|p| p.parse().ok())
-                .collect(),
-            Err(e) => {
-                tracing::warn!(network = %network_id, error = %e, "join: network pools unknown, no pool routes");
-                Vec::new()
-            }
-        };
+        let cached = self.network_pools.lock().unwrap().get(network_id).cloned();
+        let pools: Vec<IpNet> = match cached {
+            Some(p) => Ok(p),
+            None => self.network_record(network_id).await.map(|rec| {
+                let p: Vec<IpNet> = rec
+                    .map(|r| r.ipv4_pools)
+                    .unwrap_or_default()
+                    .iter()
+                    .filter_map(|p| p.parse().ok())
+                    .collect();
+                self.network_pools
+                    .lock()
+                    .unwrap()
+                    .insert(network_id.to_string(), p.clone());
+                p
+            }),
+        }
+        .or_else(|e| -> Result<Vec<IpNet>> {
+            tracing::warn!(network = %network_id, error = %e, "join: network pools unknown, no pool routes");
+            Ok(Vec::new())
+        })?;
         let nl = self.netlink()?;
         let info = dataplane::setup_endpoint_veth(
             nl,

@@ -39,6 +39,25 @@ pub struct AppState {
 /// Largest request body accepted (Docker's are a few KiB).
 pub const MAX_BODY: usize = 1 << 20;
 
+/// The IDs a request names, for its log line (absent or non-string fields are left out).
+#[derive(serde::Deserialize, Default)]
+struct RequestIds {
+    #[serde(rename = "NetworkID", default)]
+    network_id: Option<serde_json::Value>,
+    #[serde(rename = "EndpointID", default)]
+    endpoint_id: Option<serde_json::Value>,
+    #[serde(rename = "PoolID", default)]
+    pool_id: Option<serde_json::Value>,
+    #[serde(rename = "Address", default)]
+    address: Option<serde_json::Value>,
+}
+
+fn id_text(v: &Option<serde_json::Value>) -> Option<&str> {
+    v.as_ref()
+        .and_then(|v| v.as_str())
+        .filter(|s| !s.is_empty())
+}
+
 fn err_response(status: StatusCode, msg: String) -> Response {
     (status, Json(json!({ "Err": msg }))).into_response()
 }
@@ -78,9 +97,18 @@ where
         Err(e) => {
             let msg = format!("decode {method} request: {e}");
             tracing::warn!(method, outcome = "bad-request", error = %msg, "request refused");
+            crate::metrics::request(method, "bad-request", start.elapsed());
             return err_response(StatusCode::BAD_REQUEST, msg);
         }
     };
+    // The IDs for the one log line of this request (a second, tolerant decode: microseconds).
+    let ids: RequestIds = serde_json::from_slice(text).unwrap_or_default();
+    let (network_id, endpoint_id, pool_id, address) = (
+        id_text(&ids.network_id),
+        id_text(&ids.endpoint_id),
+        id_text(&ids.pool_id),
+        id_text(&ids.address),
+    );
     let result = match tokio::time::timeout(state.timeout, f(state.driver.clone(), req)).await {
         Ok(r) => r,
         Err(_) => Err(Error::Timeout {
@@ -88,11 +116,17 @@ where
             after: state.timeout,
         }),
     };
-    let ms = start.elapsed().as_secs_f64() * 1000.0;
+    let elapsed = start.elapsed();
+    let ms = elapsed.as_secs_f64() * 1000.0;
     match result {
         Ok(resp) => {
+            crate::metrics::request(method, "ok", elapsed);
             tracing::info!(
                 method,
+                network_id,
+                endpoint_id,
+                pool_id,
+                address,
                 duration_ms = format!("{ms:.2}"),
                 outcome = "ok",
                 "request"
@@ -100,7 +134,18 @@ where
             (StatusCode::OK, Json(resp)).into_response()
         }
         Err(e) => {
-            tracing::warn!(method, duration_ms = format!("{ms:.2}"), outcome = "error", error = %e, "request");
+            crate::metrics::request(method, "error", elapsed);
+            tracing::warn!(
+                method,
+                network_id,
+                endpoint_id,
+                pool_id,
+                address,
+                duration_ms = format!("{ms:.2}"),
+                outcome = "error",
+                error = %e,
+                "request"
+            );
             // Docker treats every non-200 alike; 400 marks input that can never succeed.
             let status = if e.is_invalid() {
                 StatusCode::BAD_REQUEST

@@ -612,6 +612,11 @@ disabled_plugins = ["io.containerd.grpc.v1.cri"]
     }
 
     fn start_dockerd(&mut self) {
+        self.spawn_dockerd();
+        self.wait_dockerd();
+    }
+
+    fn spawn_dockerd(&mut self) {
         std::fs::write(self.path("daemon.json"), "{}\n").unwrap();
         let p = |n: &str| self.path(n).display().to_string();
         let args: Vec<String> = vec![
@@ -637,6 +642,10 @@ disabled_plugins = ["io.containerd.grpc.v1.cri"]
             format!("/{CGROUP_PARENT}"),
         ];
         self.dockerd = Some(self.spawn(DOCKERD, &args, "dockerd.log"));
+    }
+
+    /// Waits (at most 60 s) until the dockerd just spawned answers `docker version`.
+    fn wait_dockerd(&mut self) {
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
             if let Some(Ok(Some(s))) = self.dockerd.as_mut().map(|c| c.try_wait()) {
@@ -771,6 +780,31 @@ disabled_plugins = ["io.containerd.grpc.v1.cri"]
         let _ = std::fs::remove_dir_all(&root);
         self.busybox = true;
         BUSYBOX_IMAGE
+    }
+
+    /// Stops dockerd alone, gracefully (SIGTERM, as `systemctl restart docker`) or as a
+    /// crash (SIGKILL), then starts it again on the same data, exec root and containerd
+    /// (which, with the containers' shims, keeps running throughout).
+    pub fn restart_dockerd(&mut self, crash: bool) {
+        self.restart_dockerd_with(crash, || {});
+    }
+
+    /// [`Dockerd::restart_dockerd`], calling `while_starting` (on this thread) right after
+    /// the new dockerd is spawned, before waiting for it to answer: e.g. to start the plugin
+    /// only while dockerd is already restoring its containers.
+    pub fn restart_dockerd_with(&mut self, crash: bool, while_starting: impl FnOnce()) {
+        let mut d = self.dockerd.take().expect("dockerd running");
+        if crash {
+            let _ = d.kill();
+            let _ = d.wait();
+        } else {
+            stop_child(&mut d, libc::SIGTERM, Duration::from_secs(30));
+        }
+        // The log of the first run is kept next to the new one.
+        let _ = std::fs::rename(self.log_path(), self.path("dockerd.log.1"));
+        self.spawn_dockerd();
+        while_starting();
+        self.wait_dockerd();
     }
 
     /// Stops everything and puts the host back as it was. Idempotent; never panics.

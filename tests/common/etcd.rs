@@ -21,6 +21,8 @@ pub struct Tls {
 pub struct Etcd {
     child: Option<Child>,
     pub port: u16,
+    /// The peer port (kept for [`Etcd::restart`]).
+    peer: u16,
     pub dir: tempfile::TempDir,
     pub tls: Option<Tls>,
 }
@@ -38,12 +40,34 @@ impl Etcd {
 
     fn start_with(tls: Option<Tls>) -> Etcd {
         let dir = tempfile::tempdir().expect("etcd temp dir");
-        let port = super::free_port();
-        let peer = super::free_port();
+        let mut etcd = Etcd {
+            child: None,
+            port: super::free_port(),
+            peer: super::free_port(),
+            dir,
+            tls,
+        };
+        etcd.spawn();
+        etcd
+    }
+
+    /// Starts etcd again after [`Etcd::stop`], on the same ports and data directory (an
+    /// outage ending), and waits until it answers.
+    pub fn restart(&mut self) {
+        assert!(self.child.is_none(), "etcd still running");
+        self.spawn();
+    }
+
+    fn spawn(&mut self) {
+        let (port, peer, dir, tls) = (self.port, self.peer, &self.dir, &self.tls);
         let scheme = if tls.is_some() { "https" } else { "http" };
         let client_url = format!("{scheme}://127.0.0.1:{port}");
         let peer_url = format!("http://127.0.0.1:{peer}");
-        let log = std::fs::File::create(dir.path().join("etcd.log")).unwrap();
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(dir.path().join("etcd.log"))
+            .unwrap();
         let mut cmd = Command::new("etcd");
         cmd.arg("--name")
             .arg("test")
@@ -87,14 +111,8 @@ impl Etcd {
         let child = cmd
             .spawn()
             .expect("start etcd (install Debian's etcd-server package)");
-        let etcd = Etcd {
-            child: Some(child),
-            port,
-            dir,
-            tls,
-        };
-        etcd.wait_ready();
-        etcd
+        self.child = Some(child);
+        self.wait_ready();
     }
 
     pub fn endpoint(&self) -> String {
