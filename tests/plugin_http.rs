@@ -60,6 +60,11 @@ async fn unknown_method_is_404_with_err() {
 #[tokio::test]
 async fn malformed_body_is_400_naming_the_problem() {
     let (s, _dir) = start().await;
+    // What Docker sends when it retries a call a plugin restart cut short: no body.
+    let (status, v) = s.client.raw("NetworkDriver.CreateEndpoint", "").await;
+    assert_eq!(status, 400);
+    assert!(v["Err"].as_str().unwrap().contains("empty body"), "{v}");
+
     let (status, v) = s.client.raw("NetworkDriver.Join", "{not json").await;
     assert_eq!(status, 400);
     assert!(v["Err"]

@@ -95,7 +95,12 @@ where
     let req: Req = match serde_json::from_slice(text) {
         Ok(r) => r,
         Err(e) => {
-            let msg = format!("decode {method} request: {e}");
+            // Docker resends a call that a plugin restart interrupted, but without its body.
+            let msg = if body.is_empty() {
+                format!("decode {method} request: empty body (Docker resends calls cut short by a plugin restart without their body; start the container again)")
+            } else {
+                format!("decode {method} request: {e}")
+            };
             tracing::warn!(method, outcome = "bad-request", error = %msg, "request refused");
             crate::metrics::request(method, "bad-request", start.elapsed());
             return err_response(StatusCode::BAD_REQUEST, msg);

@@ -1,0 +1,543 @@
+//! Reliability under faults, against real components (no Docker here; see
+//! tests/docker_reliability.rs for the Docker scenarios):
+//!
+//! - two plugin instances (in-process servers with different node names, each with its own
+//!   etcd connection) allocating concurrently from one small pool: no address handed out twice,
+//!   and borrowing from the other host's blocks happens;
+//! - the embedded store survives a SIGKILL in the middle of allocations: every allocation the
+//!   writer reported as committed is there after reopening;
+//! - the start-up reconciliation removes exactly the stale records of its own node, and a
+//!   `--ip` request takes over an address only from a dead owner.
+//!
+//! `CALICO_LONG_TESTS=1` runs longer versions (more allocations, more kills).
+
+mod common;
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::io::{BufRead, BufReader};
+use std::net::IpAddr;
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use calico_libnetwork::datastore::local::LocalStore;
+use calico_libnetwork::datastore::Datastore;
+use calico_libnetwork::driver::{Driver, DriverSettings, EndpointSpec, NetworkSpec};
+use calico_libnetwork::ipam::{AutoAssign, Ipam};
+use calico_libnetwork::model::IpFamily;
+use common::etcd::Etcd;
+use common::server::Server;
+use serde_json::json;
+
+fn long() -> bool {
+    std::env::var("CALICO_LONG_TESTS").as_deref() == Ok("1")
+}
+
+/// Every allocated address in every block: address → (handle, block affinity).
+async fn allocations(ipam: &Ipam) -> Vec<(IpAddr, String, Option<String>)> {
+    let mut out = Vec::new();
+    for (b, _) in ipam.list_blocks(None).await.unwrap() {
+        for ip in b.allocated_ips() {
+            let attr = b.attribute_of(&ip).unwrap();
+            if attr.released_at.is_some() {
+                continue;
+            }
+            out.push((
+                ip,
+                attr.handle().unwrap_or_default().to_string(),
+                b.host_affinity().map(str::to_string),
+            ));
+        }
+    }
+    out
+}
+
+// ------------------------------------------------------------------ two hosts, one etcd
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn two_nodes_concurrent_allocations_never_duplicate() {
+    let etcd = Etcd::start();
+    // A /22 of /26 blocks: 16 blocks, 1,024 addresses. Each round allocates 1,000 of them,
+    // 600 by one host and 400 by the other (alternating), concurrently: together they need
+    // at least 17 blocks, so a host runs out of blocks to claim and borrows from the
+    // other's; then everything is released for the next round. Two rounds: 2,000
+    // allocations (six with CALICO_LONG_TESTS=1).
+    let pool = "10.77.0.0/22";
+    let rounds = if long() { 6 } else { 2 };
+    let a = Server::start(Arc::new(etcd.store()), "rel-host-a", &[pool]).await;
+    let b = Server::start(Arc::new(etcd.store()), "rel-host-b", &[pool]).await;
+    let started = Instant::now();
+    let mut total = 0usize;
+    let mut borrowed_total = 0usize;
+    for round in 0..rounds {
+        let mut tasks = Vec::new();
+        let (na, nb) = if round % 2 == 0 {
+            (600, 400)
+        } else {
+            (400, 600)
+        };
+        for (node, srv, per_node) in [("rel-host-a", &a, na), ("rel-host-b", &b, nb)] {
+            // 8 concurrent requesters per host, through the plugin socket.
+            for w in 0..8 {
+                let client = common::client::PluginClient::new(&srv.client.path);
+                let n = per_node / 8 + usize::from(w < per_node % 8);
+                tasks.push(tokio::spawn(async move {
+                    let mut got = Vec::with_capacity(n);
+                    for _ in 0..n {
+                        let v = client
+                            .ok(
+                                "IpamDriver.RequestAddress",
+                                json!({"PoolID": "CalicoPoolIPv4", "Address": "", "Options": null}),
+                            )
+                            .await;
+                        let s = v["Address"].as_str().unwrap().to_string();
+                        let ip: IpAddr = s.trim_end_matches("/32").parse().unwrap();
+                        got.push((ip, node));
+                    }
+                    got
+                }));
+            }
+        }
+        let mut seen: HashMap<IpAddr, &str> = HashMap::new();
+        for t in tasks {
+            for (ip, node) in t.await.unwrap() {
+                if let Some(other) = seen.insert(ip, node) {
+                    panic!("{ip} handed out twice (to {other} and {node})");
+                }
+            }
+        }
+        assert_eq!(seen.len(), na + nb);
+        // The datastore agrees: each address allocated once, under one handle, and each
+        // host's addresses recorded with its node.
+        let ipam = Ipam::new(Arc::new(etcd.store()));
+        let allocs = allocations(&ipam).await;
+        assert_eq!(allocs.len(), na + nb, "allocations in etcd");
+        let handles: HashSet<&String> = allocs.iter().map(|(_, h, _)| h).collect();
+        assert_eq!(handles.len(), allocs.len(), "one handle per address");
+        let mut borrowed = 0;
+        for (ip, _, aff) in &allocs {
+            let node = seen
+                .get(ip)
+                .unwrap_or_else(|| panic!("{ip} allocated by nobody"));
+            if aff.as_deref() != Some(*node) {
+                borrowed += 1;
+            }
+        }
+        eprintln!(
+            "round {round}: {} allocations by 2 hosts, no duplicate; {borrowed} from blocks \
+             affine to the other host (or to none); {:?} so far",
+            allocs.len(),
+            started.elapsed()
+        );
+        total += allocs.len();
+        borrowed_total += borrowed;
+        // Release everything (concurrently from both hosts) for the next round.
+        let ips: Vec<(IpAddr, &str)> = seen.into_iter().collect();
+        let mut rel = Vec::new();
+        for chunk in ips.chunks(ips.len().div_ceil(8)) {
+            let chunk: Vec<(IpAddr, String)> =
+                chunk.iter().map(|(ip, n)| (*ip, n.to_string())).collect();
+            let pa = a.client.path.clone();
+            let pb = b.client.path.clone();
+            rel.push(tokio::spawn(async move {
+                for (ip, n) in chunk {
+                    let c = common::client::PluginClient::new(if n == "rel-host-a" {
+                        &pa
+                    } else {
+                        &pb
+                    });
+                    c.ok(
+                        "IpamDriver.ReleaseAddress",
+                        json!({"PoolID": "CalicoPoolIPv4", "Address": ip.to_string()}),
+                    )
+                    .await;
+                }
+            }));
+        }
+        for r in rel {
+            r.await.unwrap();
+        }
+        assert!(allocations(&ipam).await.is_empty(), "all released");
+    }
+    assert!(borrowed_total > 0, "the small pool made the hosts borrow");
+    eprintln!(
+        "{total} allocations checked in {:?}; {borrowed_total} borrowed",
+        started.elapsed()
+    );
+    a.stop().await;
+    b.stop().await;
+}
+
+// ------------------------------------------------------------------ embedded store, kill -9
+
+const CHILD_ENV: &str = "CALICO_RELIABILITY_CHILD_STORE";
+
+/// Not a test on its own: the writer the kill test starts (re-running this test binary).
+/// Allocates one address at a time on the embedded store and prints `COMMITTED <ip>
+/// <handle>` after each allocation returned, before starting the next.
+#[tokio::test]
+async fn child_store_writer() {
+    let Ok(path) = std::env::var(CHILD_ENV) else {
+        return; // Only runs when started by `local_store_survives_sigkill`.
+    };
+    use std::io::Write;
+    let store: Arc<dyn Datastore> = Arc::new(LocalStore::open(&path).unwrap());
+    let ipam = Ipam::new(store);
+    let tag = std::process::id();
+    let mut out = std::io::stdout().lock();
+    for i in 0.. {
+        let handle = format!("libnetwork.kill{tag}x{i}");
+        let got = ipam
+            .auto_assign(&AutoAssign::new(1, IpFamily::V4, "rel-local", &handle))
+            .await
+            .unwrap();
+        let ip = got.ips[0].addr();
+        writeln!(out, "COMMITTED {ip} {handle}").unwrap();
+        out.flush().unwrap();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn local_store_survives_sigkill() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("store.redb");
+    {
+        let store: Arc<dyn Datastore> = Arc::new(LocalStore::open(&path).unwrap());
+        let ipam = Ipam::new(store);
+        let net: ipnet::IpNet = "10.88.0.0/16".parse().unwrap();
+        ipam.ensure_node("rel-local").await.unwrap();
+        ipam.ensure_default_pools(&[net]).await.unwrap();
+    }
+    let kills = if long() { 12 } else { 4 };
+    let exe = std::env::current_exe().unwrap();
+    let mut committed: Vec<(IpAddr, String)> = Vec::new();
+    let started = Instant::now();
+    for k in 0..kills {
+        // Kill after a varying number of commits, so the kill lands at varying points of
+        // a write (the next allocation is always under way when the signal comes).
+        let stop_after = 40 + 37 * k;
+        let mut child = Command::new(&exe)
+            .args([
+                "--exact",
+                "child_store_writer",
+                "--nocapture",
+                "--test-threads=1",
+            ])
+            .env(CHILD_ENV, &path)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let stdout = child.stdout.take().unwrap();
+        let mut n = 0;
+        for line in BufReader::new(stdout).lines() {
+            let Ok(line) = line else { break };
+            let Some(rest) = line.strip_prefix("COMMITTED ") else {
+                continue;
+            };
+            let (ip, handle) = rest.split_once(' ').unwrap();
+            committed.push((ip.parse().unwrap(), handle.to_string()));
+            n += 1;
+            if n >= stop_after {
+                unsafe {
+                    libc::kill(child.id() as i32, libc::SIGKILL);
+                }
+                break;
+            }
+        }
+        let status = child.wait().unwrap();
+        assert!(
+            n >= stop_after,
+            "writer {k} stopped by itself after {n} commits ({status})"
+        );
+        // Reopen (recovery after the unclean stop) and check everything reported so far.
+        let store: Arc<dyn Datastore> = Arc::new(
+            LocalStore::open(&path).unwrap_or_else(|e| panic!("reopen after kill {k}: {e}")),
+        );
+        let ipam = Ipam::new(store);
+        let allocs = allocations(&ipam).await;
+        let by_ip: HashMap<IpAddr, String> =
+            allocs.iter().map(|(ip, h, _)| (*ip, h.clone())).collect();
+        assert_eq!(by_ip.len(), allocs.len(), "no address twice after kill {k}");
+        for (ip, handle) in &committed {
+            assert_eq!(
+                by_ip.get(ip),
+                Some(handle),
+                "committed {ip} ({handle}) lost after kill {k}"
+            );
+            assert_eq!(ipam.ips_by_handle(handle).await.unwrap(), vec![*ip]);
+        }
+        // At most the one allocation under way when killed may exist beyond those reported.
+        assert!(
+            allocs.len() <= committed.len() + k as usize + 1,
+            "{} allocations, {} reported",
+            allocs.len(),
+            committed.len()
+        );
+    }
+    eprintln!(
+        "{kills} SIGKILLs during allocations; {} committed allocations all present after each \
+         reopen ({:?})",
+        committed.len(),
+        started.elapsed()
+    );
+}
+
+// ------------------------------------------------------------------ reconciliation
+
+fn endpoint_id(tag: &str) -> String {
+    // 64 hex characters, like Docker's, distinct per test run.
+    let r: u64 = rand_u64();
+    format!("{tag}{r:016x}{}", "0".repeat(64 - tag.len() - 16))
+}
+
+fn rand_u64() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos(),
+    );
+    h.finish()
+}
+
+/// Runs `body` on a thread of its own in a fresh network namespace (with etcd started from
+/// it, so inside it too): the reconciliation lists and deletes `cali*` veths, and must see
+/// only this test's, never the host's.
+fn in_private_netns<Fut: std::future::Future<Output = ()> + 'static>(
+    test: &str,
+    body: fn() -> Fut,
+) {
+    if !common::require_root(test) {
+        return;
+    }
+    let outcome = std::thread::Builder::new()
+        .name(test.to_string())
+        .spawn(move || {
+            // SAFETY: unshare(CLONE_NEWNET) only changes this thread's namespace membership
+            // (threads and processes started from it inherit it).
+            assert_eq!(unsafe { libc::unshare(libc::CLONE_NEWNET) }, 0, "unshare");
+            assert!(ip_link(&["set", "lo", "up"]));
+            tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap()
+                .block_on(body());
+        })
+        .unwrap()
+        .join();
+    if let Err(p) = outcome {
+        std::panic::resume_unwind(p);
+    }
+}
+
+fn ip_link(args: &[&str]) -> bool {
+    Command::new("ip")
+        .args(["link"])
+        .args(args)
+        .stderr(Stdio::null())
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false)
+}
+
+fn driver(store: Arc<dyn Datastore>, node: &str, grace: Duration) -> Arc<Driver> {
+    let mut s = DriverSettings::new(node);
+    s.reconcile_grace = grace;
+    Arc::new(Driver::new(store, s))
+}
+
+async fn request(d: &Driver, ip: Option<IpAddr>) -> calico_libnetwork::Result<IpAddr> {
+    d.request_address("CalicoPoolIPv4", ip, &BTreeMap::new())
+        .await
+        .map(|n| n.addr())
+}
+
+async fn endpoint(d: &Driver, net: &str, ep: &str, ip: IpAddr) {
+    d.create_endpoint(EndpointSpec {
+        network_id: net.to_string(),
+        endpoint_id: ep.to_string(),
+        ipv4: Some(ipnet::IpNet::new(ip, 32).unwrap()),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+}
+
+#[test]
+fn reconcile_removes_only_own_stale_records() {
+    in_private_netns("reconcile_removes_only_own_stale_records", reconcile_body);
+}
+
+async fn reconcile_body() {
+    let etcd = Etcd::start();
+    let store: Arc<dyn Datastore> = Arc::new(etcd.store());
+    let grace = Duration::from_millis(1500);
+    let me = driver(store.clone(), "rel-rec-me", grace);
+    let other = driver(store.clone(), "rel-rec-other", grace);
+    me.init(&["10.66.0.0/24".parse().unwrap()]).await.unwrap();
+    other.init(&[]).await.unwrap();
+    let net = "ab".repeat(32);
+    for d in [&me, &other] {
+        d.create_network(NetworkSpec {
+            network_id: net.clone(),
+            ipv4_data: vec![("CalicoPoolIPv4".into(), "0.0.0.0/0".into())],
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    }
+    // Of this node: a leaked address (no endpoint), an endpoint without veth that Docker
+    // does not know, an endpoint Docker knows, and one with a live veth.
+    let leaked = request(&me, None).await.unwrap();
+    let dead_ep = endpoint_id("dead");
+    let dead_ip = request(&me, None).await.unwrap();
+    endpoint(&me, &net, &dead_ep, dead_ip).await;
+    let known_ep = endpoint_id("known");
+    let known_ip = request(&me, None).await.unwrap();
+    endpoint(&me, &net, &known_ep, known_ip).await;
+    let live_ep = endpoint_id("live");
+    let live_ip = request(&me, None).await.unwrap();
+    endpoint(&me, &net, &live_ep, live_ip).await;
+    let live_veth = format!("cali{}", &live_ep[..11]);
+    let _ = ip_link(&["del", &live_veth]);
+    assert!(ip_link(&[
+        "add", &live_veth, "type", "veth", "peer", "name", "relpeer0"
+    ]));
+    // A veth of ours no endpoint names (a crashed Join after DeleteEndpoint).
+    let orphan_veth = format!("cali{}", &endpoint_id("orph")[..11]);
+    assert!(ip_link(&[
+        "add",
+        &orphan_veth,
+        "type",
+        "veth",
+        "peer",
+        "name",
+        "relpeer1"
+    ]));
+    // Of the other node: a leaked address and a dead endpoint; never touched by us.
+    let other_leaked = request(&other, None).await.unwrap();
+    let other_ep = endpoint_id("othr");
+    let other_ip = request(&other, None).await.unwrap();
+    endpoint(&other, &net, &other_ep, other_ip).await;
+
+    // Young records: nothing of any endpoint or allocation goes, only the orphan veth.
+    let r = me
+        .reconcile_with(Some(&HashSet::from([known_ep.clone()])))
+        .await
+        .unwrap();
+    assert_eq!(r.veths_removed, vec![orphan_veth.clone()], "{r:?}");
+    assert!(
+        r.endpoints_removed.is_empty() && r.addresses_released.is_empty(),
+        "{r:?}"
+    );
+
+    tokio::time::sleep(grace + Duration::from_millis(200)).await;
+    // Without Docker's answer: endpoints stay; the leaked allocation goes.
+    let r = me.reconcile_with(None).await.unwrap();
+    assert!(r.endpoints_removed.is_empty(), "{r:?}");
+    assert_eq!(r.addresses_released, vec![leaked], "{r:?}");
+
+    // With it: the dead endpoint and its address go; the known and live ones stay.
+    let r = me
+        .reconcile_with(Some(&HashSet::from([known_ep.clone()])))
+        .await
+        .unwrap();
+    assert_eq!(r.endpoints_removed.len(), 1, "{r:?}");
+    assert!(r.endpoints_removed[0].ends_with(&dead_ep), "{r:?}");
+    assert_eq!(r.addresses_released, vec![dead_ip], "{r:?}");
+    let ipam = Ipam::new(store.clone());
+    let left: HashSet<IpAddr> = allocations(&ipam).await.iter().map(|a| a.0).collect();
+    assert_eq!(
+        left,
+        HashSet::from([known_ip, live_ip, other_leaked, other_ip]),
+        "what remains allocated"
+    );
+    // Idempotent.
+    let r = me
+        .reconcile_with(Some(&HashSet::from([known_ep.clone()])))
+        .await
+        .unwrap();
+    assert!(
+        r.veths_removed.is_empty()
+            && r.endpoints_removed.is_empty()
+            && r.addresses_released.is_empty(),
+        "second run: {r:?}"
+    );
+    ip_link(&["del", &live_veth]);
+    ip_link(&["del", &orphan_veth]);
+}
+
+#[test]
+fn requested_address_taken_over_only_from_dead_owner() {
+    in_private_netns(
+        "requested_address_taken_over_only_from_dead_owner",
+        takeover_body,
+    );
+}
+
+async fn takeover_body() {
+    let etcd = Etcd::start();
+    let store: Arc<dyn Datastore> = Arc::new(etcd.store());
+    let grace = Duration::from_millis(1500);
+    let me = driver(store.clone(), "rel-ip-me", grace);
+    me.init(&["10.65.0.0/24".parse().unwrap()]).await.unwrap();
+    let net = "cd".repeat(32);
+    me.create_network(NetworkSpec {
+        network_id: net.clone(),
+        ipv4_data: vec![("CalicoPoolIPv4".into(), "0.0.0.0/0".into())],
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let ip: IpAddr = "10.65.0.7".parse().unwrap();
+    let ip2: IpAddr = "10.65.0.8".parse().unwrap();
+    // A container with --ip 10.65.0.7 that ran (endpoint, live veth) and one whose request
+    // for 10.65.0.8 is in flight (allocated, no endpoint yet).
+    assert_eq!(request(&me, Some(ip)).await.unwrap(), ip);
+    let ep1 = endpoint_id("run1");
+    endpoint(&me, &net, &ep1, ip).await;
+    let veth1 = format!("cali{}", &ep1[..11]);
+    let _ = ip_link(&["del", &veth1]);
+    assert!(ip_link(&[
+        "add", &veth1, "type", "veth", "peer", "name", "relpeer2"
+    ]));
+    assert_eq!(request(&me, Some(ip2)).await.unwrap(), ip2);
+    // Young: both refused.
+    for a in [ip, ip2] {
+        let e = request(&me, Some(a)).await.unwrap_err().to_string();
+        assert!(e.contains("already in use"), "{e}");
+    }
+    tokio::time::sleep(grace + Duration::from_millis(200)).await;
+    // Old, and the container alive (its veth exists): still refused.
+    let e = request(&me, Some(ip)).await.unwrap_err().to_string();
+    assert!(e.contains("already in use"), "{e}");
+    // The container died (dockerd crashed: its netns and veth went, nothing was released):
+    // Docker restarting it asks for the same --ip, and gets it.
+    assert!(ip_link(&["del", &veth1]));
+    assert_eq!(request(&me, Some(ip)).await.unwrap(), ip);
+    // The old endpoint went with it; one allocation, under the new handle.
+    let ipam = Ipam::new(store.clone());
+    let allocs = allocations(&ipam).await;
+    assert_eq!(allocs.iter().filter(|a| a.0 == ip).count(), 1);
+    let weps = store
+        .list("/calico/resources/v3/projectcalico.org/workloadendpoints/")
+        .await
+        .unwrap();
+    assert!(weps.is_empty(), "stale endpoint removed: {weps:?}");
+    // An old allocation without endpoint (a release that never came) is taken over too.
+    assert_eq!(request(&me, Some(ip2)).await.unwrap(), ip2);
+    // A fresh allocation (the one just made) is not.
+    let e = request(&me, Some(ip)).await.unwrap_err().to_string();
+    assert!(e.contains("already in use"), "{e}");
+    // Another node's address never is, however old.
+    let other = driver(store.clone(), "rel-ip-other", grace);
+    let ip3: IpAddr = "10.65.0.9".parse().unwrap();
+    assert_eq!(request(&other, Some(ip3)).await.unwrap(), ip3);
+    tokio::time::sleep(grace + Duration::from_millis(200)).await;
+    let e = request(&me, Some(ip3)).await.unwrap_err().to_string();
+    assert!(e.contains("already in use"), "{e}");
+    assert_eq!(allocations(&ipam).await.len(), 3);
+}
