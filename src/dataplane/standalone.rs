@@ -165,9 +165,15 @@ pub fn render(state: &RuleState, family: Family, mode: Mode) -> Rendered {
             (
                 id,
                 e,
-                e.ips.iter().filter(|ip| family.matches(ip)).collect(),
+                e.ips
+                    .iter()
+                    .filter(|ip| family.matches(ip))
+                    .collect::<Vec<_>>(),
             )
         })
+        // An endpoint with no address of this family has no rules in it either, so adding
+        // an IPv4-only endpoint leaves the IPv6 rule set unchanged (and not re-applied).
+        .filter(|(_, _, ips)| !ips.is_empty())
         .collect();
     let len = family.host_len();
 
@@ -619,6 +625,27 @@ mod tests {
         assert!(!r.nat.contains("-s 10.1.0.0/24 -j CLN-NAT-OUT"));
         assert!(r.nat.contains("-A CLN-NAT-OUT -d 10.1.0.0/24 -j RETURN"));
         assert!(r.nat.trim_end().ends_with("COMMIT"));
+    }
+
+    #[test]
+    fn ipv4_only_endpoint_leaves_ipv6_rules_unchanged() {
+        let before = render(&state(), Family::V6, Mode::Standalone);
+        let mut s = state();
+        s.endpoints.insert(
+            "c".repeat(64),
+            EndpointRules {
+                iface: "caliccccccccccc".into(),
+                ips: vec!["10.0.0.3".parse().unwrap()],
+                profiles: vec!["net1".into()],
+                ports: vec![],
+            },
+        );
+        let after = render(&s, Family::V6, Mode::Standalone);
+        assert_eq!(before.filter, after.filter);
+        assert_eq!(before.nat, after.nat);
+        assert!(render(&s, Family::V4, Mode::Standalone)
+            .filter
+            .contains("CLN-TW-ccccccccccc"));
     }
 
     #[test]
