@@ -6,6 +6,8 @@
 
 mod common;
 
+use common::{block_on, POOLS_PREFIX};
+
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
@@ -14,16 +16,7 @@ use common::docker::{self, Dockerd};
 use common::etcd::Etcd;
 use common::plugin::DockerEnv;
 
-const POOLS_PREFIX: &str = "/calico/resources/v3/projectcalico.org/ippools/";
 const DEFAULT_POOL: &str = "192.168.0.0/16";
-
-fn block_on<F: std::future::Future>(f: F) -> F::Output {
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap()
-        .block_on(f)
-}
 
 /// Calico IP pools in etcd: name -> spec.cidr.
 fn pools(etcd: &Etcd) -> BTreeMap<String, String> {

@@ -7,6 +7,8 @@
 
 mod common;
 
+use common::block_on;
+
 use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -51,14 +53,6 @@ impl Drop for PluginCleanup<'_> {
         let _ = d.docker_timeout(&["plugin", "disable", "-f", NAME], t);
         let _ = d.docker_timeout(&["plugin", "rm", "-f", NAME], t);
     }
-}
-
-fn block_on<F: std::future::Future>(f: F) -> F::Output {
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap()
-        .block_on(f)
 }
 
 #[test]

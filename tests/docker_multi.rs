@@ -7,6 +7,10 @@
 
 mod common;
 
+use common::{
+    block_on, BLOCKS_PREFIXES, HANDLES_PREFIX, HOST_MAC, POOLS_PREFIX, PROFILES_PREFIX, WEPS_PREFIX,
+};
+
 use std::collections::{BTreeMap, HashSet};
 use std::net::IpAddr;
 use std::process::Command;
@@ -20,24 +24,6 @@ use common::firewall::{self, host, FirewallCleanup};
 use common::plugin::{Plugin, BINARY};
 use ipnet::IpNet;
 use serde_json::Value;
-
-const WEPS_PREFIX: &str = "/calico/resources/v3/projectcalico.org/workloadendpoints/libnetwork/";
-const POOLS_PREFIX: &str = "/calico/resources/v3/projectcalico.org/ippools/";
-const PROFILES_PREFIX: &str = "/calico/resources/v3/projectcalico.org/profiles/";
-const BLOCKS_PREFIXES: &[&str] = &[
-    "/calico/ipam/v2/assignment/ipv4/block/",
-    "/calico/ipam/v2/assignment/ipv6/block/",
-];
-const HANDLES_PREFIX: &str = "/calico/ipam/v2/handle/";
-const HOST_MAC: &str = "ee:ee:ee:ee:ee:ee";
-
-fn block_on<F: std::future::Future>(f: F) -> F::Output {
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap()
-        .block_on(f)
-}
 
 /// Lock, firewall clean-up, etcd, plugin, dockerd; dropped in reverse (dockerd first, so its
 /// containers are removed while the plugin still answers; the lock last).

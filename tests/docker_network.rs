@@ -7,6 +7,8 @@
 
 mod common;
 
+use common::{block_on, BLOCKS_PREFIXES, HANDLES_PREFIX, HOST_MAC, PROFILES_PREFIX, WEPS_PREFIX};
+
 use std::net::Ipv4Addr;
 use std::time::Instant;
 
@@ -16,23 +18,6 @@ use common::etcd::Etcd;
 use common::firewall::{forward_policy, host, FirewallCleanup, CHAIN};
 use common::plugin::Plugin;
 use serde_json::Value;
-
-const WEPS_PREFIX: &str = "/calico/resources/v3/projectcalico.org/workloadendpoints/libnetwork/";
-const PROFILES_PREFIX: &str = "/calico/resources/v3/projectcalico.org/profiles/";
-const BLOCKS_PREFIXES: &[&str] = &[
-    "/calico/ipam/v2/assignment/ipv4/block/",
-    "/calico/ipam/v2/assignment/ipv6/block/",
-];
-const HANDLES_PREFIX: &str = "/calico/ipam/v2/handle/";
-const HOST_MAC: &str = "ee:ee:ee:ee:ee:ee";
-
-fn block_on<F: std::future::Future>(f: F) -> F::Output {
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap()
-        .block_on(f)
-}
 
 /// Lock, datastore, plugin, dockerd; dropped as dockerd, plugin, etcd, firewall clean-up,
 /// lock (the clean-up runs while the lock is still held).

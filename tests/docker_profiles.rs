@@ -7,6 +7,8 @@
 
 mod common;
 
+use common::{block_on, PROFILES_PREFIX, WEPS_PREFIX};
+
 use std::process::Command;
 use std::time::{Duration, Instant};
 
@@ -17,18 +19,8 @@ use common::etcd::Etcd;
 use common::plugin::Plugin;
 use serde_json::{json, Value};
 
-const WEPS_PREFIX: &str = "/calico/resources/v3/projectcalico.org/workloadendpoints/libnetwork/";
-const PROFILES_PREFIX: &str = "/calico/resources/v3/projectcalico.org/profiles/";
 const NETWORKS_PREFIX: &str = "/calico/libnetwork/v1/networks/";
 const CHAIN: &str = "CALICO-LIBNETWORK-FORWARD";
-
-fn block_on<F: std::future::Future>(f: F) -> F::Output {
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap()
-        .block_on(f)
-}
 
 fn host(prog: &str, args: &[&str]) -> bool {
     Command::new(prog)

@@ -17,6 +17,8 @@
 
 mod common;
 
+use common::block_on;
+
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::net::IpAddr;
 use std::time::{Duration, Instant};
@@ -35,14 +37,6 @@ const GRACE: &str = "3s";
 
 fn long() -> bool {
     std::env::var("CALICO_LONG_TESTS").as_deref() == Ok("1")
-}
-
-fn block_on<F: std::future::Future>(f: F) -> F::Output {
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap()
-        .block_on(f)
 }
 
 /// Lock, firewall clean-up, etcd, plugin, dockerd; dropped dockerd first.

@@ -14,6 +14,8 @@
 
 mod common;
 
+use common::WEPS_PREFIX;
+
 use std::net::{IpAddr, SocketAddr, TcpStream};
 use std::os::unix::process::CommandExt;
 use std::process::{Child, Command, Stdio};
@@ -26,7 +28,6 @@ use common::firewall::{self, host, FirewallCleanup};
 use common::plugin::Plugin;
 use serde_json::Value;
 
-const WEPS_PREFIX: &str = "/calico/resources/v3/projectcalico.org/workloadendpoints/libnetwork/";
 /// Host port published by the web container.
 const WEB_PORT: &str = "18080";
 /// Port of the outside HTTP server (in its own namespace: cannot clash with the host).

@@ -4,6 +4,8 @@
 
 mod common;
 
+use common::block_on;
+
 use std::io::{Read, Write as _};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -309,14 +311,6 @@ fn status_endpoint_list_request_log_and_metrics() {
     assert_eq!(code, 1);
     assert!(out.contains("problem: plugin socket"), "{out}");
     eprintln!("status/endpoint/metrics test took {:?}", t0.elapsed());
-}
-
-fn block_on<F: std::future::Future>(f: F) -> F::Output {
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap()
-        .block_on(f)
 }
 
 /// A host veth `calitest<pid>` (peer `cltpeer<pid>`), deleted on drop.

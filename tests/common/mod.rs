@@ -29,3 +29,25 @@ pub fn free_port() -> u16 {
         .unwrap()
         .port()
 }
+
+/// Key prefixes the Docker tests read (Calico's layout).
+pub const WEPS_PREFIX: &str =
+    "/calico/resources/v3/projectcalico.org/workloadendpoints/libnetwork/";
+pub const POOLS_PREFIX: &str = "/calico/resources/v3/projectcalico.org/ippools/";
+pub const PROFILES_PREFIX: &str = "/calico/resources/v3/projectcalico.org/profiles/";
+pub const BLOCKS_PREFIXES: &[&str] = &[
+    "/calico/ipam/v2/assignment/ipv4/block/",
+    "/calico/ipam/v2/assignment/ipv6/block/",
+];
+pub const HANDLES_PREFIX: &str = "/calico/ipam/v2/handle/";
+/// The MAC Calico gives every host-side veth.
+pub const HOST_MAC: &str = "ee:ee:ee:ee:ee:ee";
+
+/// Runs a future to completion on a runtime of its own (for synchronous Docker tests).
+pub fn block_on<F: std::future::Future>(f: F) -> F::Output {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+        .block_on(f)
+}
