@@ -6,9 +6,9 @@
 //!
 //! Covered: forwarding despite the DROP policy; isolation between networks (profiles) and a
 //! container on two networks; NAT outgoing on and off, seen by a server in an "outside"
-//! network namespace; published ports from outside and from the host via 127.0.0.1; rules
-//! removed with their container; plugin restarts leave the rule set identical; `felix` mode
-//! keeps only the port NAT.
+//! network namespace; published TCP and UDP ports from outside and from the host via
+//! 127.0.0.1; rules removed with their container; plugin restarts leave the rule set
+//! identical; `felix` mode keeps only the port NAT.
 //!
 //! Needs root. Holds the host lock for the whole test.
 
@@ -16,7 +16,8 @@ mod common;
 
 use common::WEPS_PREFIX;
 
-use std::net::{IpAddr, SocketAddr, TcpStream};
+use std::net::{IpAddr, SocketAddr, TcpStream, UdpSocket};
+use std::os::fd::AsRawFd;
 use std::os::unix::process::CommandExt;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -30,6 +31,9 @@ use serde_json::Value;
 
 /// Host port published by the web container.
 const WEB_PORT: &str = "18080";
+/// Host port published over UDP, and the container port behind it.
+const UDP_PORT: u16 = 18053;
+const UDP_INNER: u16 = 5353;
 /// Port of the outside HTTP server (in its own namespace: cannot clash with the host).
 const OUTSIDE_PORT: u16 = 8080;
 
@@ -392,6 +396,96 @@ impl Attachment {
     }
 }
 
+/// Runs `f` on a fresh thread inside the network namespace at `ns` (a `/proc/PID/ns/net`
+/// or `/run/netns/NAME` path); sockets made there stay in that namespace.
+fn in_netns<T: Send + 'static>(ns: &str, f: impl FnOnce() -> T + Send + 'static) -> T {
+    let ns = ns.to_string();
+    std::thread::spawn(move || {
+        let file = std::fs::File::open(&ns).unwrap_or_else(|e| panic!("open {ns}: {e}"));
+        // setns changes only this thread's namespace; the thread ends with `f`.
+        let rc = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
+        assert_eq!(rc, 0, "setns {ns}: {}", std::io::Error::last_os_error());
+        f()
+    })
+    .join()
+    .expect("thread in netns")
+}
+
+/// A UDP echo server on 0.0.0.0:`port` in a network namespace: answers `echo <payload>`
+/// and records every sender. Stops on drop.
+struct UdpEcho {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    seen: std::sync::Arc<std::sync::Mutex<Vec<SocketAddr>>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl UdpEcho {
+    fn start(ns: &str, port: u16) -> UdpEcho {
+        let sock = in_netns(ns, move || UdpSocket::bind(("0.0.0.0", port)))
+            .unwrap_or_else(|e| panic!("bind udp :{port} in {ns}: {e}"));
+        sock.set_read_timeout(Some(Duration::from_millis(100)))
+            .unwrap();
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let (st, se) = (stop.clone(), seen.clone());
+        let thread = std::thread::spawn(move || {
+            let mut buf = [0u8; 1500];
+            while !st.load(std::sync::atomic::Ordering::Relaxed) {
+                if let Ok((n, from)) = sock.recv_from(&mut buf) {
+                    se.lock().unwrap().push(from);
+                    let mut reply = b"echo ".to_vec();
+                    reply.extend_from_slice(&buf[..n]);
+                    let _ = sock.send_to(&reply, from);
+                }
+            }
+        });
+        UdpEcho {
+            stop,
+            seen,
+            thread: Some(thread),
+        }
+    }
+
+    fn senders(&self) -> Vec<SocketAddr> {
+        self.seen.lock().unwrap().clone()
+    }
+}
+
+impl Drop for UdpEcho {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// Sends `msg` over UDP to `to` from namespace `ns` (None: the host's) and returns the
+/// answer; retries for a few seconds, as a datagram may be lost while rules settle.
+fn udp_ask(ns: Option<&str>, to: &str, msg: &str) -> Result<String, String> {
+    let bind = || UdpSocket::bind("0.0.0.0:0");
+    let sock = match ns {
+        Some(ns) => in_netns(ns, bind),
+        None => bind(),
+    }
+    .map_err(|e| format!("bind udp client: {e}"))?;
+    sock.set_read_timeout(Some(Duration::from_millis(300)))
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let mut buf = [0u8; 1500];
+    loop {
+        sock.send_to(msg.as_bytes(), to)
+            .map_err(|e| format!("send to {to}: {e}"))?;
+        match sock.recv_from(&mut buf) {
+            Ok((n, _)) => return Ok(String::from_utf8_lossy(&buf[..n]).into_owned()),
+            Err(e) if Instant::now() >= deadline => {
+                return Err(format!("no answer from {to}: {e}"))
+            }
+            Err(_) => {}
+        }
+    }
+}
+
 fn attachment(d: &Dockerd, c: &str, net: &str) -> Attachment {
     let out = d.docker_ok(&["inspect", "-f", "{{json .NetworkSettings.Networks}}", c]);
     let v: Value = serde_json::from_str(&out).unwrap_or_else(|e| panic!("{c}: {e}: {out}"));
@@ -630,6 +724,66 @@ fn standalone_isolation_nat_ports_restart_and_felix_mode() {
     env.no_ping("b1", web.ip);
     assert_forward_drop("after published ports");
     lap("published port ok");
+
+    // ---- 4b. A published UDP port, from outside and from the host via localhost. Busybox
+    // has no UDP server (its `nc` has no `-u`), so the echo runs in the container's network
+    // namespace from this process: the datagrams still take the DNAT path into the container.
+    env.d().docker_ok(&[
+        "run",
+        "-d",
+        "--name",
+        "udp",
+        "-p",
+        &format!("{UDP_PORT}:{UDP_INNER}/udp"),
+        "--net",
+        "net1",
+        env.image,
+        "sleep",
+        "600",
+    ]);
+    let udp = attachment(env.d(), "udp", "net1");
+    let pid = env
+        .d()
+        .docker_ok(&["inspect", "-f", "{{.State.Pid}}", "udp"])
+        .trim()
+        .to_string();
+    let echo = UdpEcho::start(&format!("/proc/{pid}/ns/net"), UDP_INNER);
+    let from_out = udp_ask(
+        Some(&format!("/run/netns/{}", o.ns)),
+        &format!("{}:{UDP_PORT}", o.host_addr()),
+        "udp-outside",
+    );
+    assert_eq!(
+        from_out.as_deref(),
+        Ok("echo udp-outside"),
+        "outside -> udp {}:{UDP_PORT}\nnat:\n{}",
+        o.host_addr(),
+        our_rules("nat").join("\n")
+    );
+    let from_host = udp_ask(None, &format!("127.0.0.1:{UDP_PORT}"), "udp-local");
+    assert_eq!(
+        from_host.as_deref(),
+        Ok("echo udp-local"),
+        "host -> udp 127.0.0.1:{UDP_PORT}\nnat:\n{}",
+        our_rules("nat").join("\n")
+    );
+    // The echo saw the outside client's own address (DNAT only) and, for localhost, the host.
+    let seen = echo.senders();
+    assert!(
+        seen.iter().any(|s| s.ip().to_string() == o.addr()),
+        "udp echo in {} never saw the outside client {}: {seen:?}",
+        udp.ip,
+        o.addr()
+    );
+    env.d().docker_ok(&["rm", "-f", "udp"]);
+    drop(echo);
+    let dnat = format!("--dport {UDP_PORT} -j DNAT");
+    assert!(
+        !our_rules("nat").iter().any(|l| l.contains(&dnat)),
+        "UDP DNAT left after rm:\n{}",
+        our_rules("nat").join("\n")
+    );
+    lap("published UDP port ok");
 
     // ---- 5. Rules go with their container; restarts leave the rule set as it was.
     let tw = web.tw_chain();
