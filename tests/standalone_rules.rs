@@ -115,3 +115,79 @@ fn apply_is_idempotent_and_removes_what_went_away() {
         );
     });
 }
+
+/// `iptables -S` of one table grouped by chain (rule order kept within a chain), so two
+/// rule sets compare equal whatever order their chains were created in.
+fn by_chain(table: &str) -> std::collections::BTreeMap<String, Vec<String>> {
+    let mut m: std::collections::BTreeMap<String, Vec<String>> = Default::default();
+    for l in save(table).lines() {
+        let mut w = l.split_whitespace();
+        let (Some(_), Some(chain)) = (w.next(), w.next()) else {
+            continue;
+        };
+        m.entry(chain.to_string()).or_default().push(l.to_string());
+    }
+    m
+}
+
+#[test]
+fn small_updates_end_where_a_fresh_apply_does() {
+    if !common::require_root("small_updates_end_where_a_fresh_apply_does") {
+        return;
+    }
+    let port = |hp: u16| PortMap {
+        protocol: "udp".into(),
+        host_ip: None,
+        host_port: hp,
+        port: 53,
+    };
+    let mut steps: Vec<(&str, RuleState)> = Vec::new();
+    let mut s = RuleState::default();
+    s.pools.push(PoolRules {
+        cidr: "10.0.0.0/24".parse().unwrap(),
+        nat_outgoing: true,
+    });
+    s.endpoints.insert(
+        "b".repeat(64),
+        ep("calibbbbbbbbbbb", "10.0.0.2", "net1", vec![]),
+    );
+    steps.push(("first endpoint", s.clone()));
+    s.endpoints.insert(
+        "a".repeat(64),
+        ep("caliaaaaaaaaaaa", "10.0.0.1", "net1", vec![port(5353)]),
+    );
+    steps.push(("endpoint added before it, with a port", s.clone()));
+    s.endpoints.insert(
+        "c".repeat(64),
+        ep("calicccccccccc1", "10.0.0.3", "net2", vec![]),
+    );
+    steps.push(("endpoint on a new profile", s.clone()));
+    s.endpoints.get_mut(&"c".repeat(64)).unwrap().profiles = vec!["net1".into(), "net2".into()];
+    steps.push(("profile added to an endpoint", s.clone()));
+    s.endpoints.remove(&"a".repeat(64));
+    steps.push(("endpoint with a port removed", s.clone()));
+    s.endpoints.get_mut(&"c".repeat(64)).unwrap().profiles = vec!["net1".into()];
+    steps.push(("profile dropped", s.clone()));
+    s.endpoints.clear();
+    steps.push(("all endpoints removed", s.clone()));
+
+    in_netns(move || {
+        let mut ap = Applier::default();
+        for (what, state) in steps {
+            ap.apply(&state, Family::V4, Mode::Standalone)
+                .unwrap_or_else(|e| panic!("{what}: {e}"));
+            let updated = (by_chain("filter"), by_chain("nat"));
+            // The same state applied from nothing, in a namespace of its own.
+            let fresh = std::thread::spawn(move || {
+                assert_eq!(unsafe { libc::unshare(libc::CLONE_NEWNET) }, 0, "unshare");
+                apply(&state, Family::V4, Mode::Standalone).unwrap();
+                (by_chain("filter"), by_chain("nat"))
+            })
+            .join()
+            .unwrap();
+            assert_eq!(updated.0, fresh.0, "filter after {what}");
+            assert_eq!(updated.1, fresh.1, "nat after {what}");
+        }
+        remove_all();
+    });
+}

@@ -422,18 +422,106 @@ const JUMP_POSTROUTING: &[&str] = &["-j", POSTROUTING_CHAIN];
 /// reload or an administrator may remove them behind our back).
 const JUMP_RECHECK: std::time::Duration = std::time::Duration::from_secs(30);
 
+/// One table's rules: chain → rule bodies (what follows `-A CHAIN `), in order.
+type TableRules = BTreeMap<String, Vec<String>>;
+
+/// The chains and rules of `iptables-restore` input as rendered by [`render`].
+fn parse_table(text: &str) -> TableRules {
+    let mut t = TableRules::new();
+    for l in text.lines() {
+        if let Some(decl) = l.strip_prefix(':') {
+            let chain = decl.split_whitespace().next().unwrap_or(decl);
+            t.entry(chain.to_string()).or_default();
+        } else if let Some(rest) = l.strip_prefix("-A ") {
+            let (chain, body) = rest.split_once(' ').unwrap_or((rest, ""));
+            t.entry(chain.to_string())
+                .or_default()
+                .push(body.to_string());
+        }
+    }
+    t
+}
+
+/// If `new` is `old` with rules added (anywhere), the 1-based positions, in order, at
+/// which to insert them; `None` when a rule of `old` is missing from `new`.
+fn insertions<'a>(old: &[String], new: &'a [String]) -> Option<Vec<(usize, &'a str)>> {
+    let mut j = 0;
+    let mut out = Vec::new();
+    for (i, r) in new.iter().enumerate() {
+        if j < old.len() && old[j] == *r {
+            j += 1;
+        } else {
+            // Inserted at i+1, the chain reads new[..=i] followed by old[j..].
+            out.push((i + 1, r.as_str()));
+        }
+    }
+    (j == old.len()).then_some(out)
+}
+
+/// `iptables-restore --noflush` input turning `old` into `new` in `table`, touching only
+/// what changed: new chains are created, rules only added to a chain are inserted in place,
+/// a chain that lost rules is rewritten, and chains no longer wanted are deleted (last, once
+/// nothing refers to them). Empty when nothing changed.
+///
+/// Kernel quirk: an nf_tables transaction that removes rules waits for an RCU grace period
+/// (about 16 ms here), one that only adds rules does not (about 1 ms), so a new endpoint
+/// costs little; removals are paid once per transaction.
+fn table_delta(table: &str, old: &TableRules, new: &TableRules) -> String {
+    let mut decl: Vec<&str> = Vec::new();
+    let mut cmds: Vec<String> = Vec::new();
+    for (chain, rules) in new {
+        match old.get(chain) {
+            Some(o) if o == rules => {}
+            Some(o) => match insertions(o, rules) {
+                Some(ins) => {
+                    for (pos, r) in ins {
+                        cmds.push(format!("-I {chain} {pos} {r}"));
+                    }
+                }
+                None => {
+                    // Declaring an existing chain in --noflush mode flushes it.
+                    decl.push(chain);
+                    cmds.extend(rules.iter().map(|r| format!("-A {chain} {r}")));
+                }
+            },
+            None => {
+                decl.push(chain);
+                cmds.extend(rules.iter().map(|r| format!("-A {chain} {r}")));
+            }
+        }
+    }
+    let stale: Vec<&String> = old.keys().filter(|c| !new.contains_key(*c)).collect();
+    decl.extend(stale.iter().map(|c| c.as_str()));
+    cmds.extend(stale.iter().map(|c| format!("-X {c}")));
+    if decl.is_empty() && cmds.is_empty() {
+        return String::new();
+    }
+    let mut out = format!("*{table}\n");
+    for c in decl {
+        out.push_str(&format!(":{c} - [0:0]\n"));
+    }
+    for c in cmds {
+        out.push_str(&c);
+        out.push('\n');
+    }
+    out.push_str("COMMIT\n");
+    out
+}
+
 /// What was last applied for one family.
 #[derive(Default)]
 struct Applied {
     mode: Option<Mode>,
-    input: String,
-    chains: Option<BTreeMap<&'static str, BTreeSet<String>>>,
+    /// Per table, the rules as applied (our chains only).
+    tables: Option<BTreeMap<&'static str, TableRules>>,
+    /// When the jumps into our chains were last checked and everything last rewritten.
     jumps_checked: Option<std::time::Instant>,
 }
 
-/// Applies rule sets and remembers what it applied, so that the common case (an endpoint
-/// added) costs one `iptables-restore` and nothing else: jumps are re-checked every 30 s,
-/// and stale chains are found from the previous rule set instead of by listing the tables.
+/// Applies rule sets and remembers what it applied, so that the common case costs one
+/// small `iptables-restore`: a new endpoint only inserts rules, a removed one rewrites the
+/// chains it was in and deletes its own. Every 30 s (on the next change) and after any
+/// failure, the whole rule set is rewritten and the jumps into it are re-checked.
 #[derive(Default)]
 pub struct Applier {
     families: [Applied; 2],
@@ -444,45 +532,65 @@ impl Applier {
     pub fn apply(&mut self, state: &RuleState, family: Family, mode: Mode) -> Result<()> {
         let slot = &mut self.families[family as usize];
         let r = render(state, family, mode);
-        let input = format!("{}{}", r.filter, r.nat);
-        let jumps_fresh = slot
+        let mut wanted: BTreeMap<&'static str, TableRules> = BTreeMap::new();
+        wanted.insert("filter", parse_table(&r.filter));
+        wanted.insert("nat", parse_table(&r.nat));
+        let fresh = slot
             .jumps_checked
             .is_some_and(|t| t.elapsed() < JUMP_RECHECK);
-        if slot.mode == Some(mode) && slot.input == input && jumps_fresh {
-            return Ok(());
+        if let (true, Some(old)) = (fresh && slot.mode == Some(mode), &slot.tables) {
+            let delta: String = ["filter", "nat"]
+                .iter()
+                .map(|t| table_delta(t, &old[t], &wanted[t]))
+                .collect();
+            if delta.is_empty() {
+                return Ok(());
+            }
+            match restore(family, &delta) {
+                Ok(()) => {
+                    slot.tables = Some(wanted);
+                    debug!(?family, endpoints = state.endpoints.len(), "rules updated");
+                    return Ok(());
+                }
+                // Our chains changed behind our back (an administrator, a firewall reload):
+                // rewrite everything below.
+                Err(e) => warn!(error = %e, "incremental rule update failed, rewriting all rules"),
+            }
         }
+        let known = match slot.tables.take() {
+            Some(t) if slot.mode == Some(mode) => Some(t),
+            _ => None,
+        };
+        *slot = Applied::default();
         if family == Family::V4 {
             // Routed containers need forwarding; Docker turns it on only when it manages a
             // bridge.
             let _ = super::sysctl::write("net/ipv4/ip_forward", "1");
         }
         // Both tables in one iptables-restore: one process, each table atomic.
-        if let Err(e) = restore(family, &input) {
-            *slot = Applied::default();
-            return Err(e);
+        restore(family, &format!("{}{}", r.filter, r.nat))?;
+        if mode == Mode::Standalone {
+            // Docker's FORWARD policy is DROP and its rules only name its bridges: our
+            // accepts must be reached from filter FORWARD itself (an nft table of our own
+            // cannot undo iptables' DROP). Position 1; Docker <=27 re-inserts DOCKER-USER
+            // above us, which only RETURNs, so that is harmless.
+            ensure_jump(family, "filter", "FORWARD", JUMP_FORWARD)?;
+        } else {
+            remove_jump(family, "filter", "FORWARD", JUMP_FORWARD);
         }
-        if !jumps_fresh || slot.mode != Some(mode) {
-            if mode == Mode::Standalone {
-                // Docker's FORWARD policy is DROP and its rules only name its bridges: our
-                // accepts must be reached from filter FORWARD itself (an nft table of our own
-                // cannot undo iptables' DROP). Position 1; Docker <=27 re-inserts DOCKER-USER
-                // above us, which only RETURNs, so that is harmless.
-                ensure_jump(family, "filter", "FORWARD", JUMP_FORWARD)?;
-            } else {
-                remove_jump(family, "filter", "FORWARD", JUMP_FORWARD);
-            }
-            // Published ports for traffic from outside (PREROUTING) and from this host (OUTPUT).
-            ensure_jump(family, "nat", "PREROUTING", JUMP_DNAT)?;
-            ensure_jump(family, "nat", "OUTPUT", JUMP_DNAT)?;
-            // First in POSTROUTING so our masquerade decisions precede Docker's.
-            ensure_jump(family, "nat", "POSTROUTING", JUMP_POSTROUTING)?;
-            slot.jumps_checked = Some(std::time::Instant::now());
-        }
+        // Published ports for traffic from outside (PREROUTING) and from this host (OUTPUT).
+        ensure_jump(family, "nat", "PREROUTING", JUMP_DNAT)?;
+        ensure_jump(family, "nat", "OUTPUT", JUMP_DNAT)?;
+        // First in POSTROUTING so our masquerade decisions precede Docker's.
+        ensure_jump(family, "nat", "POSTROUTING", JUMP_POSTROUTING)?;
         // Chains of endpoints and profiles that went away. Without a previous rule set (first
-        // apply, or a mode change), list what is there: rules from an earlier run go too.
-        let known = match slot.chains.take() {
-            Some(k) if slot.mode == Some(mode) => k,
-            _ => {
+        // apply, a mode change, a failure), list what is there: rules of an earlier run go too.
+        let known: BTreeMap<&str, BTreeSet<String>> = match known {
+            Some(t) => t
+                .into_iter()
+                .map(|(k, v)| (k, v.into_keys().collect()))
+                .collect(),
+            None => {
                 let mut k = BTreeMap::new();
                 for table in ["filter", "nat"] {
                     k.insert(table, our_chains(family, table)?);
@@ -499,9 +607,9 @@ impl Applier {
                 .collect();
             delete_chains(family, table, &stale);
         }
-        slot.chains = Some(r.chains);
+        slot.tables = Some(wanted);
         slot.mode = Some(mode);
-        slot.input = input;
+        slot.jumps_checked = Some(std::time::Instant::now());
         debug!(
             ?family,
             ?mode,
@@ -675,5 +783,67 @@ mod tests {
         ] {
             assert!(c.len() <= 28, "{c}");
         }
+    }
+
+    fn strs(v: &[&str]) -> Vec<String> {
+        v.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn insertions_rebuild_new_from_old() {
+        let old = strs(&["a", "b", "c"]);
+        let new = strs(&["x", "a", "b", "y", "c", "z"]);
+        let ins = insertions(&old, &new).unwrap();
+        assert_eq!(ins, vec![(1, "x"), (4, "y"), (6, "z")]);
+        // Replaying the inserts in order on `old` gives `new`.
+        let mut chain = old.clone();
+        for (pos, r) in ins {
+            chain.insert(pos - 1, r.to_string());
+        }
+        assert_eq!(chain, new);
+        assert_eq!(insertions(&old, &strs(&["a", "c"])), None);
+        assert_eq!(insertions(&old, &strs(&["b", "a", "c"])), None);
+        assert_eq!(insertions(&old, &old), Some(vec![]));
+    }
+
+    #[test]
+    fn adding_an_endpoint_only_inserts_removing_rewrites() {
+        let one = state();
+        let mut two = one.clone();
+        two.endpoints.insert(
+            "c".repeat(64),
+            EndpointRules {
+                iface: "calicccccccccc1".into(),
+                ips: vec!["10.65.0.9".parse().unwrap()],
+                profiles: vec!["net1".into()],
+                ports: vec![],
+            },
+        );
+        let tables = |s: &RuleState| {
+            let r = render(s, Family::V4, Mode::Standalone);
+            (parse_table(&r.filter), parse_table(&r.nat))
+        };
+        let (f1, n1) = tables(&one);
+        let (f2, n2) = tables(&two);
+        let add = table_delta("filter", &f1, &f2);
+        assert!(
+            add.starts_with("*filter\n") && add.ends_with("COMMIT\n"),
+            "{add}"
+        );
+        // Only the new endpoint's chain is declared; nothing existing is flushed or removed.
+        let decls: Vec<&str> = add.lines().filter(|l| l.starts_with(':')).collect();
+        assert_eq!(decls, vec![":CLN-TW-cccccccccc1 - [0:0]"], "{add}");
+        assert!(add.contains("-I CLN-FROM-WL "), "{add}");
+        assert!(!add.contains("-X ") && !add.contains("-D "), "{add}");
+        // No published port: the nat table is untouched.
+        assert_eq!(table_delta("nat", &n1, &n2), "");
+        assert_eq!(table_delta("filter", &f2, &f2), "");
+        // Removing it rewrites the chains it was in and deletes its own chain last.
+        let rm = table_delta("filter", &f2, &f1);
+        assert!(rm.contains(":CLN-FROM-WL - [0:0]"), "{rm}");
+        assert!(
+            rm.trim_end().ends_with("-X CLN-TW-cccccccccc1\nCOMMIT"),
+            "{rm}"
+        );
     }
 }
