@@ -602,6 +602,8 @@ fn store_env(kind: &str) -> StoreEnv {
 
 struct DockerRun {
     seq: BTreeMap<String, Vec<f64>>,
+    /// Per plugin call, the durations the plugin logged during the sequential runs.
+    calls: BTreeMap<String, Vec<f64>>,
     par_start: BTreeMap<String, Vec<f64>>,
     par_rm: BTreeMap<String, Vec<f64>>,
 }
@@ -667,6 +669,7 @@ fn docker_session(cfg: &Cfg, kind: &str) -> DockerRun {
             run(n);
         }
     }
+    let log_from = plugin.log().len();
     let mut seq: BTreeMap<String, Vec<f64>> = BTreeMap::new();
     for i in 0..cfg.docker_runs {
         for k in 0..nets.len() {
@@ -674,6 +677,7 @@ fn docker_session(cfg: &Cfg, kind: &str) -> DockerRun {
             seq.entry(n.to_string()).or_default().push(run(n));
         }
     }
+    let calls = plugin_calls(&plugin.log()[log_from..]);
     let mut par_start: BTreeMap<String, Vec<f64>> = BTreeMap::new();
     let mut par_rm: BTreeMap<String, Vec<f64>> = BTreeMap::new();
     for rep in 0..cfg.parallel_reps {
@@ -732,9 +736,28 @@ fn docker_session(cfg: &Cfg, kind: &str) -> DockerRun {
     drop(lock);
     DockerRun {
         seq,
+        calls,
         par_start,
         par_rm,
     }
+}
+
+/// The `duration_ms` of every `request` line in a plugin log, by method.
+fn plugin_calls(log: &str) -> BTreeMap<String, Vec<f64>> {
+    let field = |l: &str, k: &str| -> Option<String> {
+        let rest = &l[l.find(&format!(" {k}="))? + k.len() + 2..];
+        let v = rest.split_whitespace().next()?;
+        Some(v.trim_matches('"').to_string())
+    };
+    let mut out: BTreeMap<String, Vec<f64>> = BTreeMap::new();
+    for l in log.lines().filter(|l| l.contains("request")) {
+        if let (Some(m), Some(d)) = (field(l, "method"), field(l, "duration_ms")) {
+            if let Ok(d) = d.parse::<f64>() {
+                out.entry(m).or_default().push(d);
+            }
+        }
+    }
+    out
 }
 
 fn part_docker(cfg: &Cfg, rep: &mut Report) {
@@ -796,6 +819,25 @@ fn part_docker(cfg: &Cfg, rep: &mut Report) {
             b - nn
         ));
         goals.push((format!("sequential calico/bridge ≤ 1.0 ({label})"), c / b));
+        if !r.calls.is_empty() {
+            rep.p(&format!(
+                "Inside those calico runs, the plugin's own time per call (its `duration_ms` log \
+                 field; sum of medians {} ms per container):",
+                f(r.calls.values().map(|v| summarize(v).p50).sum())
+            ));
+            let mut head = vec!["call"];
+            head.extend(CELL_HEAD);
+            let rows: Vec<Vec<String>> = r
+                .calls
+                .iter()
+                .map(|(m, v)| {
+                    let mut row = vec![m.clone()];
+                    row.extend(cells(&summarize(v)));
+                    row
+                })
+                .collect();
+            rep.table(&head, &rows);
+        }
         rep.h(
             3,
             &format!(
