@@ -600,6 +600,10 @@ fn store_env(kind: &str) -> StoreEnv {
 // ---------------------------------------------------------------------------------------
 // Part 1: Docker.
 
+/// Subnet of the user-defined bridge network the bench compares with (outside Calico's
+/// default pool and the harness bridge).
+const USER_BRIDGE_SUBNET: &str = "10.213.0.0/24";
+
 struct DockerRun {
     seq: BTreeMap<String, Vec<f64>>,
     /// Per plugin call, the durations the plugin logged during the sequential runs.
@@ -647,7 +651,19 @@ fn docker_session(cfg: &Cfg, kind: &str) -> DockerRun {
         "calico",
         "benchnet",
     ]);
-    let nets = ["benchnet", "bridge", "none"];
+    // A user-defined network of Docker's own bridge driver: like every user-defined network
+    // (calico's too) it gets Docker's embedded DNS, set up in each container's namespace,
+    // which `--net bridge` and `--net none` do not.
+    docker.docker_ok(&[
+        "network",
+        "create",
+        "-d",
+        "bridge",
+        "--subnet",
+        USER_BRIDGE_SUBNET,
+        "benchbr",
+    ]);
+    let nets = ["benchnet", "benchbr", "bridge", "none"];
     let run = |net: &str| -> f64 {
         let t = Instant::now();
         let out = docker
@@ -728,6 +744,7 @@ fn docker_session(cfg: &Cfg, kind: &str) -> DockerRun {
         }
     }
     docker.docker_ok(&["network", "rm", "benchnet"]);
+    docker.docker_ok(&["network", "rm", "benchbr"]);
     // Drop order: dockerd, plugin, etcd, firewall clean-up, lock.
     drop(docker);
     drop(plugin);
@@ -795,6 +812,7 @@ fn part_docker(cfg: &Cfg, rep: &mut Report) {
         };
         for (n, label2) in [
             ("benchnet", "calico"),
+            ("benchbr", "user-defined bridge"),
             ("bridge", "bridge"),
             ("none", "none"),
         ] {
@@ -804,21 +822,30 @@ fn part_docker(cfg: &Cfg, rep: &mut Report) {
             rows.push(row);
         }
         rep.table(&head, &rows);
-        let (c, b, nn) = (
+        let (c, ub, b, nn) = (
             med(&r.seq, "benchnet"),
+            med(&r.seq, "benchbr"),
             med(&r.seq, "bridge"),
             med(&r.seq, "none"),
         );
         rep.p(&format!(
-            "Ratios of medians: calico/bridge **{:.2}**, calico/none **{:.2}**, bridge/none {:.2}; \
-             calico costs {:+.0} ms per container over none, bridge {:+.0} ms.",
+            "Ratios of medians: calico/bridge **{:.2}**, calico/user-defined bridge **{:.2}**, \
+             calico/none **{:.2}**, bridge/none {:.2}, user-defined bridge/bridge {:.2}; over none, \
+             calico costs {:+.0} ms per container, user-defined bridge {:+.0} ms, bridge {:+.0} ms.",
             c / b,
+            c / ub,
             c / nn,
             b / nn,
+            ub / b,
             c - nn,
+            ub - nn,
             b - nn
         ));
         goals.push((format!("sequential calico/bridge ≤ 1.0 ({label})"), c / b));
+        goals.push((
+            format!("sequential calico/user-defined bridge ≤ 1.0 ({label})"),
+            c / ub,
+        ));
         if !r.calls.is_empty() {
             rep.p(&format!(
                 "Inside those calico runs, the plugin's own time per call (its `duration_ms` log \
@@ -848,6 +875,7 @@ fn part_docker(cfg: &Cfg, rep: &mut Report) {
         let mut rows = Vec::new();
         for (n, label2) in [
             ("benchnet", "calico"),
+            ("benchbr", "user-defined bridge"),
             ("bridge", "bridge"),
             ("none", "none"),
         ] {
@@ -883,18 +911,26 @@ fn part_docker(cfg: &Cfg, rep: &mut Report) {
                 .collect();
             summarize(&v).p50
         };
-        let (c, b, nn) = (tot("benchnet"), tot("bridge"), tot("none"));
+        let (c, ub, b, nn) = (tot("benchnet"), tot("benchbr"), tot("bridge"), tot("none"));
         rep.p(&format!(
-            "Ratios of medians (start+remove): calico/bridge **{:.2}**, calico/none **{:.2}**, bridge/none {:.2}.",
+            "Ratios of medians (start+remove): calico/bridge **{:.2}**, calico/user-defined \
+             bridge **{:.2}**, calico/none **{:.2}**, bridge/none {:.2}.",
             c / b,
+            c / ub,
             c / nn,
             b / nn
         ));
         goals.push((format!("parallel calico/bridge ≤ 1.0 ({label})"), c / b));
+        goals.push((
+            format!("parallel calico/user-defined bridge ≤ 1.0 ({label})"),
+            c / ub,
+        ));
         let short = if kind == "etcd" { "etcd" } else { "embedded" };
         rep.docker_series
             .push((format!("calico ({short})"), r.seq["benchnet"].clone()));
         if kind == cfg.stores.last().unwrap() {
+            rep.docker_series
+                .push(("user-defined bridge".into(), r.seq["benchbr"].clone()));
             rep.docker_series
                 .push(("bridge".into(), r.seq["bridge"].clone()));
             rep.docker_series
@@ -1947,7 +1983,7 @@ fn main() {
     if !rep.docker_series.is_empty() {
         cdf_chart(
             &cfg.out.join("latency.svg"),
-            "docker run --rm busybox true: calico vs bridge vs none",
+            "docker run --rm busybox true: calico vs Docker bridges vs none",
             &rep.docker_series,
         );
     }

@@ -486,6 +486,18 @@ fn udp_ask(ns: Option<&str>, to: &str, msg: &str) -> Result<String, String> {
     }
 }
 
+/// Polls `check` for up to 5 s; panics with its last complaint.
+fn wait_until(what: &str, check: impl Fn() -> Result<(), String>) {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        match check() {
+            Ok(()) => return,
+            Err(e) if Instant::now() >= deadline => panic!("{what}: {e}"),
+            Err(_) => std::thread::sleep(Duration::from_millis(50)),
+        }
+    }
+}
+
 fn attachment(d: &Dockerd, c: &str, net: &str) -> Attachment {
     let out = d.docker_ok(&["inspect", "-f", "{{json .NetworkSettings.Networks}}", c]);
     let v: Value = serde_json::from_str(&out).unwrap_or_else(|e| panic!("{c}: {e}: {out}"));
@@ -778,11 +790,12 @@ fn standalone_isolation_nat_ports_restart_and_felix_mode() {
     env.d().docker_ok(&["rm", "-f", "udp"]);
     drop(echo);
     let dnat = format!("--dport {UDP_PORT} -j DNAT");
-    assert!(
-        !our_rules("nat").iter().any(|l| l.contains(&dnat)),
-        "UDP DNAT left after rm:\n{}",
-        our_rules("nat").join("\n")
-    );
+    wait_until("the UDP DNAT goes with its container", || {
+        let nat = our_rules("nat");
+        (!nat.iter().any(|l| l.contains(&dnat)))
+            .then_some(())
+            .ok_or(nat.join("\n"))
+    });
     lap("published UDP port ok");
 
     // ---- 5. Rules go with their container; restarts leave the rule set as it was.
@@ -792,16 +805,20 @@ fn standalone_isolation_nat_ports_restart_and_felix_mode() {
         "{tw} missing while web runs"
     );
     env.d().docker_ok(&["rm", "-f", "web"]);
+    // Removals are applied just after DeleteEndpoint answers.
     let ip_marks = [format!("{}/", web.ip), format!("{}:", web.ip)];
-    for table in ["filter", "nat"] {
-        let (_, all) = host("iptables", &["-w", "-t", table, "-S"]);
-        for l in all.lines() {
-            assert!(
-                !l.contains(&tw) && !ip_marks.iter().any(|m| l.contains(m.as_str())),
-                "{table}: rule of the removed container left: {l}\n{all}"
-            );
+    wait_until("the rules of the removed container go", || {
+        for table in ["filter", "nat"] {
+            let (_, all) = host("iptables", &["-w", "-t", table, "-S"]);
+            if let Some(l) = all
+                .lines()
+                .find(|l| l.contains(&tw) || ip_marks.iter().any(|m| l.contains(m.as_str())))
+            {
+                return Err(format!("{table}: rule left: {l}\n{all}"));
+            }
         }
-    }
+        Ok(())
+    });
     assert_one_jump_each("before restart");
     let before = (our_rules("filter"), our_rules("nat"));
     for i in 1..=2 {

@@ -192,11 +192,12 @@ impl Driver {
             .docker_host
             .as_deref()
             .map(|h| Arc::new(docker::DockerApi::new(h, docker::CALL_TIMEOUT)));
+        let ipam = Ipam::new(store.clone());
         Driver {
-            ipam: Ipam::new(store.clone()),
+            rules: rules::Rules::new(settings.dataplane, ipam.clone()),
+            ipam,
             store,
             docker,
-            rules: rules::Rules::new(settings.dataplane),
             settings,
             netlink: std::sync::OnceLock::new(),
             endpoints: Default::default(),
@@ -247,6 +248,7 @@ impl Driver {
             store: self.store.clone(),
             docker: self.docker.clone()?,
             settings: self.settings.clone(),
+            rules: self.rules(),
         })
     }
 

@@ -429,13 +429,22 @@ impl Driver {
         })
     }
 
-    /// `NetworkDriver.Leave` (idempotent): removes the veth pair and its routes.
+    /// `NetworkDriver.Leave` (idempotent): removes the veth pair and its routes, after
+    /// answering.
     pub async fn leave(&self, _network_id: &str, endpoint_id: &str) -> Result<()> {
         self.sandboxes.leave(endpoint_id);
         // Leave comes before Docker moves the interface back, so delete via the host end.
-        dataplane::teardown_endpoint_veth(self.netlink()?, &host_veth_name(endpoint_id))
-            .await
-            .ctx(format!("leave endpoint {}", &endpoint_id[..12]))
+        // Deleting a link waits for an RCU grace period (about 10 ms) and nothing Docker does
+        // next needs it gone: it moves the container end back or finds it gone, and
+        // DeleteEndpoint deletes it again if it is still there. So answer first.
+        let nl = self.netlink()?.clone();
+        let name = host_veth_name(endpoint_id);
+        tokio::spawn(async move {
+            if let Err(e) = dataplane::teardown_endpoint_veth(&nl, &name).await {
+                tracing::warn!(host = %name, error = %e, "leave: delete veth; DeleteEndpoint retries");
+            }
+        });
+        Ok(())
     }
 
     /// `NetworkDriver.DeleteEndpoint` (idempotent).
@@ -452,11 +461,8 @@ impl Driver {
         }
         self.endpoints.lock().unwrap().remove(endpoint_id);
         self.sandboxes.leave(endpoint_id);
-        if self.rules_remove_endpoint(endpoint_id).await {
-            if let Err(e) = self.rules_apply().await {
-                tracing::warn!(error = %e, "remove firewall rules of endpoint; the next change re-applies");
-            }
-        }
+        // Its rules go in the background, after this answer.
+        self.rules_remove_endpoint(endpoint_id).await;
         // In case Leave never came (a crashed container start): the veth goes too.
         if let Ok(nl) = self.netlink() {
             let _ = dataplane::teardown_endpoint_veth(nl, &host_veth_name(endpoint_id)).await;

@@ -45,6 +45,7 @@ pub(crate) struct Background {
     pub store: Arc<dyn Datastore>,
     pub docker: Arc<DockerApi>,
     pub settings: DriverSettings,
+    pub rules: super::rules::Rules,
 }
 
 fn decode_record(kv: &KeyValue) -> Result<NetworkRecord> {
@@ -218,6 +219,8 @@ impl Background {
                 move_wep_profile(self.store(), &wkey, &old_profile, &new_profile).await?;
             }
         }
+        // The firewall follows: this host's endpoints are now members of the named profile.
+        self.rules.rename_profile(&old_profile, &new_profile).await;
         if delete_profile_if_unused(self.store(), &old_profile).await? {
             tracing::debug!(profile = %old_profile, "deleted fallback profile");
         }
@@ -485,6 +488,10 @@ mod tests {
                 Duration::from_secs(1),
             )),
             settings,
+            rules: crate::driver::rules::Rules::new(
+                crate::driver::rules::DataplaneMode::Off,
+                crate::ipam::Ipam::new(store.clone()),
+            ),
         };
         bg.apply_network_name(&id, "My_Net.1").await.unwrap();
         let named = named_profile("My_Net.1");

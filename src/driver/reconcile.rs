@@ -175,11 +175,7 @@ impl Driver {
     async fn forget_endpoint(&self, endpoint_id: &str) {
         self.endpoints.lock().unwrap().remove(endpoint_id);
         self.sandboxes.leave(endpoint_id);
-        if self.rules_remove_endpoint(endpoint_id).await {
-            if let Err(e) = self.rules_apply().await {
-                tracing::warn!(error = %e, "reconcile: apply firewall rules");
-            }
-        }
+        self.rules_remove_endpoint(endpoint_id).await;
     }
 
     /// Runs [`Driver::reconcile`] on a task of its own, logging the outcome: now, and once

@@ -1,8 +1,10 @@
 //! Keeping the host's firewall rules (standalone mode) in step with this host's endpoints.
 //!
 //! The rule state lives in memory, is rebuilt from the datastore at start (this host's
-//! WorkloadEndpoints and the IP pools), changes on CreateEndpoint/DeleteEndpoint, and is
-//! applied in Join and DeleteEndpoint. Applying renders the whole rule set, so it is
+//! WorkloadEndpoints and the IP pools), changes on CreateEndpoint/DeleteEndpoint and when
+//! a network's endpoints move to its named profile. It is applied in Join (before the
+//! container can send) and, for removals, in the background after DeleteEndpoint has
+//! answered. Applying renders the whole rule set and writes only the difference, so it is
 //! idempotent and removes what belongs to endpoints that went away.
 
 use std::net::IpAddr;
@@ -45,24 +47,140 @@ impl DataplaneMode {
     }
 }
 
-/// The rule state and the mode it is applied in.
+/// The rule state and the mode it is applied in. Cheap to clone: clones share one state,
+/// so background tasks (profile moves, deferred applies) can change and apply it.
+#[derive(Clone)]
 pub(crate) struct Rules {
+    inner: std::sync::Arc<RulesInner>,
+}
+
+struct RulesInner {
     mode: std::sync::OnceLock<Option<Mode>>,
     configured: DataplaneMode,
+    /// Pools are read fresh for every apply (NAT outgoing follows pool changes made by
+    /// calicoctl or other hosts).
+    ipam: crate::ipam::Ipam,
     state: tokio::sync::Mutex<RuleState>,
     /// Remembers what was applied, so an unchanged family costs nothing and a change one
-    /// iptables-restore.
+    /// small iptables-restore.
     applier: std::sync::Arc<std::sync::Mutex<standalone::Applier>>,
+    /// A deferred apply is queued and has not read the state yet: further changes ride on it.
+    queued: std::sync::atomic::AtomicBool,
 }
 
 impl Rules {
-    pub(crate) fn new(configured: DataplaneMode) -> Self {
+    pub(crate) fn new(configured: DataplaneMode, ipam: crate::ipam::Ipam) -> Self {
         Rules {
-            mode: std::sync::OnceLock::new(),
-            configured,
-            state: Default::default(),
-            applier: Default::default(),
+            inner: std::sync::Arc::new(RulesInner {
+                mode: std::sync::OnceLock::new(),
+                configured,
+                ipam,
+                state: Default::default(),
+                applier: Default::default(),
+                queued: Default::default(),
+            }),
         }
+    }
+
+    /// The firewall mode in force (`None`: the plugin keeps no rules). `Auto` is decided
+    /// once, on first use.
+    pub(crate) fn mode(&self) -> Option<Mode> {
+        *self.inner.mode.get_or_init(|| match self.inner.configured {
+            DataplaneMode::Off => None,
+            DataplaneMode::Standalone => Some(Mode::Standalone),
+            DataplaneMode::Felix => Some(Mode::Felix),
+            DataplaneMode::Auto => {
+                let felix = standalone::felix_present();
+                tracing::info!(
+                    mode = if felix { "felix" } else { "standalone" },
+                    "dataplane mode chosen (auto)"
+                );
+                Some(if felix { Mode::Felix } else { Mode::Standalone })
+            }
+        })
+    }
+
+    /// Replaces profile `from` by `to` on this host's endpoints (a network's name was
+    /// learned and its endpoints moved to the named profile) and applies the change in the
+    /// background.
+    pub(crate) async fn rename_profile(&self, from: &str, to: &str) {
+        if self.mode().is_none() {
+            return;
+        }
+        let mut changed = false;
+        for e in self.inner.state.lock().await.endpoints.values_mut() {
+            if e.profiles.iter().any(|p| p == from) {
+                let mut profiles: Vec<String> = Vec::new();
+                for p in &e.profiles {
+                    let p = if p == from { to } else { p.as_str() };
+                    if !p.is_empty() && !profiles.iter().any(|q| q == p) {
+                        profiles.push(p.to_string());
+                    }
+                }
+                e.profiles = profiles;
+                changed = true;
+            }
+        }
+        if changed {
+            self.apply_soon();
+        }
+    }
+
+    /// Applies the current state (IPv4; IPv6 best effort), with the pools read fresh.
+    pub(crate) async fn apply(&self) -> Result<()> {
+        let Some(mode) = self.mode() else {
+            return Ok(());
+        };
+        let pools = self.inner.ipam.list_pools().await?;
+        let mut state = self.inner.state.lock().await;
+        // From here on the state is read: later changes need an apply of their own.
+        self.inner
+            .queued
+            .store(false, std::sync::atomic::Ordering::SeqCst);
+        state.pools = pools
+            .iter()
+            .filter_map(|p| {
+                Some(PoolRules {
+                    cidr: p.spec.cidr_net().ok()?,
+                    nat_outgoing: p.spec.nat_outgoing,
+                })
+            })
+            .collect();
+        let snapshot = state.clone();
+        let applier = self.inner.applier.clone();
+        // Held across the apply so two applies never interleave their iptables-restores.
+        let res = tokio::task::spawn_blocking(move || {
+            let mut applier = applier.lock().unwrap_or_else(|p| p.into_inner());
+            applier.apply(&snapshot, Family::V4, mode)?;
+            if let Err(e) = applier.apply(&snapshot, Family::V6, mode) {
+                tracing::debug!(error = %e, "IPv6 rules not applied (ip6tables missing or IPv6 off?)");
+            }
+            Ok::<_, Error>(())
+        })
+        .await
+        .map_err(|e| Error::msg(format!("apply firewall rules: {e}")))?;
+        drop(state);
+        res
+    }
+
+    /// Applies the current state after the caller has answered (removals: a rule left for
+    /// a moment for an endpoint that is gone harms nothing, and the next apply, deferred
+    /// or not, renders the whole state anyway). Changes made while one is queued ride on it.
+    pub(crate) fn apply_soon(&self) {
+        if self.mode().is_none()
+            || self
+                .inner
+                .queued
+                .swap(true, std::sync::atomic::Ordering::SeqCst)
+        {
+            return;
+        }
+        let rules = self.clone();
+        tokio::spawn(async move {
+            if let Err(e) = rules.apply().await {
+                tracing::warn!(error = %e, "apply firewall rules; the next change re-applies");
+            }
+        });
     }
 }
 
@@ -162,22 +280,9 @@ fn rules_of(wep: &WorkloadEndpoint) -> EndpointRules {
 }
 
 impl Driver {
-    /// The firewall mode in force (`None`: the plugin keeps no rules). `Auto` is decided
-    /// once, on first use.
+    /// The firewall mode in force (`None`: the plugin keeps no rules).
     pub(crate) fn rule_mode(&self) -> Option<Mode> {
-        *self.rules.mode.get_or_init(|| match self.rules.configured {
-            DataplaneMode::Off => None,
-            DataplaneMode::Standalone => Some(Mode::Standalone),
-            DataplaneMode::Felix => Some(Mode::Felix),
-            DataplaneMode::Auto => {
-                let felix = standalone::felix_present();
-                tracing::info!(
-                    mode = if felix { "felix" } else { "standalone" },
-                    "dataplane mode chosen (auto)"
-                );
-                Some(if felix { Mode::Felix } else { Mode::Standalone })
-            }
-        })
+        self.rules.mode()
     }
 
     /// Records (not yet applies) the rules of an endpoint of this host.
@@ -186,6 +291,7 @@ impl Driver {
             return;
         }
         self.rules
+            .inner
             .state
             .lock()
             .await
@@ -193,62 +299,30 @@ impl Driver {
             .insert(endpoint_id.to_string(), rules);
     }
 
-    /// Forgets an endpoint's rules (applied by the next [`Driver::rules_apply`]).
-    pub(crate) async fn rules_remove_endpoint(&self, endpoint_id: &str) -> bool {
-        self.rules
+    /// Forgets an endpoint's rules and removes them from the host in the background.
+    pub(crate) async fn rules_remove_endpoint(&self, endpoint_id: &str) {
+        let removed = self
+            .rules
+            .inner
             .state
             .lock()
             .await
             .endpoints
             .remove(endpoint_id)
-            .is_some()
+            .is_some();
+        if removed {
+            self.rules.apply_soon();
+        }
     }
 
-    /// Applies the current rule state (IPv4; IPv6 best effort), with the pools and the
-    /// endpoints' profiles read fresh.
+    /// Applies the current rule state now.
     pub(crate) async fn rules_apply(&self) -> Result<()> {
-        let Some(mode) = self.rule_mode() else {
-            return Ok(());
-        };
-        let pools = self.ipam.list_pools().await?;
-        // Profiles change behind our back: a network's endpoints move from the network-ID
-        // profile to the named one once its name is learned (in CreateEndpoint or in the
-        // background, also at start after the rebuild), so take them from the datastore.
-        let weps: Vec<WorkloadEndpoint> =
-            kv::list(self.store.as_ref(), Some(WEP_NAMESPACE)).await?;
-        let mut state = self.rules.state.lock().await;
-        for w in weps
-            .iter()
-            .filter(|w| w.spec.node == self.settings.nodename)
-        {
-            if let Some(e) = state.endpoints.get_mut(&w.spec.endpoint) {
-                e.profiles.clone_from(&w.spec.profiles);
-            }
-        }
-        state.pools = pools
-            .iter()
-            .filter_map(|p| {
-                Some(PoolRules {
-                    cidr: p.spec.cidr_net().ok()?,
-                    nat_outgoing: p.spec.nat_outgoing,
-                })
-            })
-            .collect();
-        let snapshot = state.clone();
-        let applier = self.rules.applier.clone();
-        // Held across the apply so two applies never interleave their iptables-restores.
-        let res = tokio::task::spawn_blocking(move || {
-            let mut applier = applier.lock().unwrap_or_else(|p| p.into_inner());
-            applier.apply(&snapshot, Family::V4, mode)?;
-            if let Err(e) = applier.apply(&snapshot, Family::V6, mode) {
-                tracing::debug!(error = %e, "IPv6 rules not applied (ip6tables missing or IPv6 off?)");
-            }
-            Ok::<_, Error>(())
-        })
-        .await
-        .map_err(|e| Error::msg(format!("apply firewall rules: {e}")))?;
-        drop(state);
-        res
+        self.rules.apply().await
+    }
+
+    /// A handle on the rule state for background tasks.
+    pub(crate) fn rules(&self) -> Rules {
+        self.rules.clone()
     }
 
     /// Rebuilds the rule state from this host's WorkloadEndpoints and applies it: rules of
@@ -261,7 +335,7 @@ impl Driver {
             kv::list(self.store.as_ref(), Some(WEP_NAMESPACE)).await?;
         let mut n = 0;
         {
-            let mut state = self.rules.state.lock().await;
+            let mut state = self.rules.inner.state.lock().await;
             state.endpoints.clear();
             for w in weps
                 .iter()
