@@ -160,35 +160,48 @@ impl Driver {
         Ok(())
     }
 
-    /// `NetworkDriver.DeleteNetwork` (idempotent).
+    /// `NetworkDriver.DeleteNetwork` (idempotent): deletes the network record and, with the
+    /// last network record (of any host) and endpoint using it, its profile (named after
+    /// the network once its name is learned) and its network-ID fallback, which may outlive
+    /// the switch to the name. One listing of the records, one of the endpoints, one read
+    /// per profile and one transaction; retried if anything changed meanwhile.
     pub async fn delete_network(&self, network_id: &str) -> Result<()> {
+        use super::profiles::{self, decode_record};
         self.network_pools.lock().unwrap().remove(network_id);
-        let Some(rec) = self.network_record(network_id).await? else {
-            return Ok(());
-        };
-        match self
-            .store
-            .delete(&keys::network_key(network_id), None)
-            .await
-        {
-            Ok(()) => {}
-            Err(e) if e.is_not_found() => {}
-            Err(e) => return Err(e.context(format!("delete network {network_id}"))),
-        }
-        if !rec.profile.is_empty() {
-            // A profile goes with the last network record (of any host) and endpoint using
-            // it: the network's profile (named after its name once learned), and its
-            // network-ID fallback, which may outlive the switch to the name.
-            let fallback = super::profiles::fallback_profile(network_id);
-            let mut profiles = vec![rec.profile.clone()];
-            if fallback != rec.profile {
-                profiles.push(fallback);
+        let key = keys::network_key(network_id);
+        for _ in 0..profiles::CAS_ATTEMPTS {
+            let records = self.store.list(&keys::networks_prefix()).await?;
+            let Some(mine) = records.iter().find(|kv| kv.key == key) else {
+                return Ok(());
+            };
+            let mut writes = vec![crate::datastore::Write::delete(key.clone(), mine.revision)];
+            // A record we cannot read has no profile we know of: it just goes.
+            if let Some(rec) = decode_record(mine).ok().filter(|r| !r.profile.is_empty()) {
+                let others: Vec<NetworkRecord> = records
+                    .iter()
+                    .filter(|kv| kv.key != key)
+                    .filter_map(|kv| decode_record(kv).ok())
+                    .collect();
+                let mut names = vec![rec.profile.clone()];
+                let fallback = profiles::fallback_profile(network_id);
+                if fallback != rec.profile {
+                    names.push(fallback);
+                }
+                for p in profiles::unused_profiles(self.store.as_ref(), &others, names).await? {
+                    writes.extend(profiles::profile_delete_write(self.store.as_ref(), &p).await?);
+                }
             }
-            for p in profiles {
-                super::profiles::delete_profile_if_unused(self.store.as_ref(), &p).await?;
+            match self.store.txn(writes).await {
+                Ok(_) => return Ok(()),
+                // The record or a profile changed since read: look again.
+                Err(e) if e.is_conflict() || e.is_not_found() => continue,
+                Err(e) => return Err(e.context(format!("delete network {network_id}"))),
             }
         }
-        Ok(())
+        Err(Error::msg(format!(
+            "delete network {network_id}: still conflicting after {} attempts",
+            profiles::CAS_ATTEMPTS
+        )))
     }
 
     /// `NetworkDriver.CreateEndpoint`: writes the WorkloadEndpoint. Returns the MAC we

@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 use super::docker::DockerApi;
 use super::network::{NetworkRecord, WEP_NAMESPACE};
 use super::DriverSettings;
-use crate::datastore::{Datastore, KeyValue};
+use crate::datastore::{Datastore, KeyValue, Write};
 use crate::error::{Error, Result};
 use crate::ipam::kv;
 use crate::model::resources::{WorkloadEndpointSpec, LABEL_NAMESPACE, LABEL_ORCHESTRATOR};
@@ -27,7 +27,7 @@ pub const NAME_LOOKUP_WINDOW: Duration = Duration::from_secs(120);
 /// How long the start-up pass keeps trying to reach the datastore and Docker.
 pub const STARTUP_WINDOW: Duration = Duration::from_secs(300);
 /// Attempts of one compare-and-swap update before giving up.
-const CAS_ATTEMPTS: usize = 10;
+pub(crate) const CAS_ATTEMPTS: usize = 10;
 
 /// The profile a network falls back to while its name is unknown: named after its ID.
 pub fn fallback_profile(network_id: &str) -> String {
@@ -48,7 +48,7 @@ pub(crate) struct Background {
     pub rules: super::rules::Rules,
 }
 
-fn decode_record(kv: &KeyValue) -> Result<NetworkRecord> {
+pub(crate) fn decode_record(kv: &KeyValue) -> Result<NetworkRecord> {
     serde_json::from_slice(&kv.value).map_err(|e| Error::json(&kv.key, e))
 }
 
@@ -62,39 +62,63 @@ pub(crate) async fn ensure_profile(store: &dyn Datastore, name: &str) -> Result<
     }
 }
 
+/// The write deleting profile `name` if it is (still) the profile the plugin creates: one
+/// someone changed, or made by hand under the name of a network, stays. The write expects
+/// the revision read, so a change made meanwhile makes it fail as a conflict.
+pub(crate) async fn profile_delete_write(
+    store: &dyn Datastore,
+    name: &str,
+) -> Result<Option<Write>> {
+    let key = keys::profile_key(name);
+    let Some(p) = kv::get::<ProfileSpec>(store, &key).await? else {
+        return Ok(None);
+    };
+    if p.spec != ProfileSpec::for_network(name) {
+        tracing::info!(profile = %name, "profile differs from the one the plugin creates; left in place");
+        return Ok(None);
+    }
+    Ok(p.metadata.revision().map(|rev| Write::delete(key, rev)))
+}
+
+/// Of `names`, the profiles no network record in `records` (of any host) and no
+/// WorkloadEndpoint uses (one listing of WorkloadEndpoints, only if some are left to check).
+pub(crate) async fn unused_profiles(
+    store: &dyn Datastore,
+    records: &[NetworkRecord],
+    names: Vec<String>,
+) -> Result<Vec<String>> {
+    let mut left: Vec<String> = names
+        .into_iter()
+        .filter(|n| !n.is_empty() && !records.iter().any(|r| &r.profile == n))
+        .collect();
+    if !left.is_empty() {
+        let weps = kv::list::<WorkloadEndpointSpec>(store, Some(WEP_NAMESPACE)).await?;
+        left.retain(|n| !weps.iter().any(|w| w.spec.profiles.contains(n)));
+    }
+    Ok(left)
+}
+
 /// Deletes profile `name` unless a network record (of any host) or a WorkloadEndpoint still
 /// uses it, or it is not (any more) the profile the plugin creates. Returns whether it was
 /// deleted.
 pub(crate) async fn delete_profile_if_unused(store: &dyn Datastore, name: &str) -> Result<bool> {
-    if name.is_empty() {
-        return Ok(false);
-    }
-    let records = store.list(&keys::networks_prefix()).await?;
-    if records
+    let records: Vec<NetworkRecord> = store
+        .list(&keys::networks_prefix())
+        .await?
         .iter()
-        .any(|kv| decode_record(kv).is_ok_and(|r| r.profile == name))
+        .filter_map(|kv| decode_record(kv).ok())
+        .collect();
+    if unused_profiles(store, &records, vec![name.to_string()])
+        .await?
+        .is_empty()
     {
         return Ok(false);
     }
-    let weps = kv::list::<WorkloadEndpointSpec>(store, Some(WEP_NAMESPACE)).await?;
-    if weps
-        .iter()
-        .any(|w| w.spec.profiles.iter().any(|p| p == name))
-    {
-        return Ok(false);
-    }
-    // Only a profile of the shape we create: one someone changed, or made by hand under the
-    // name of a network, stays (and is deleted only if unchanged since read).
-    let key = keys::profile_key(name);
-    let Some(p) = kv::get::<ProfileSpec>(store, &key).await? else {
+    let Some(write) = profile_delete_write(store, name).await? else {
         return Ok(false);
     };
-    if p.spec != ProfileSpec::for_network(name) {
-        tracing::info!(profile = %name, "profile differs from the one the plugin creates; left in place");
-        return Ok(false);
-    }
-    match store.delete(&key, p.metadata.revision()).await {
-        Ok(()) => Ok(true),
+    match store.txn(vec![write]).await {
+        Ok(_) => Ok(true),
         Err(e) if e.is_not_found() || e.is_conflict() => Ok(false),
         Err(e) => Err(e.context(format!("delete profile {name}"))),
     }
