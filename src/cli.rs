@@ -508,6 +508,7 @@ pub async fn build_driver(config: &Config, store: Arc<dyn Datastore>) -> Result<
         label_poll_timeout: config.label_poll_timeout,
         dataplane: config.dataplane,
         reconcile_grace: config.reconcile_grace,
+        reconcile_interval: config.reconcile_interval,
     };
     Ok(Arc::new(Driver::new(store, settings)))
 }

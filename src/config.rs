@@ -152,6 +152,14 @@ pub struct ConfigArgs {
         default_value = "2m"
     )]
     pub reconcile_grace: String,
+    /// How often to reconcile this host after the start-up passes (0: only at start).
+    #[arg(
+        long,
+        env = "CALICO_LIBNETWORK_RECONCILE_INTERVAL",
+        global = true,
+        default_value = "10m"
+    )]
+    pub reconcile_interval: String,
     /// Firewall rules the plugin keeps: auto, standalone, felix or off.
     #[arg(
         long,
@@ -215,6 +223,8 @@ pub struct Config {
     pub label_poll_timeout: Duration,
     /// Grace period of the reconciliation (see `driver::reconcile`).
     pub reconcile_grace: Duration,
+    /// Interval of the periodic reconciliation (zero: none).
+    pub reconcile_interval: Duration,
     /// Firewall mode.
     pub dataplane: crate::driver::rules::DataplaneMode,
 }
@@ -568,10 +578,16 @@ impl ConfigArgs {
 
         let reconcile_grace =
             parse_duration("CALICO_LIBNETWORK_RECONCILE_GRACE", &self.reconcile_grace)?;
+        // `0` turns the periodic passes off; any other value is a duration as usual.
+        let reconcile_interval = match self.reconcile_interval.trim() {
+            "0" => Duration::ZERO,
+            s => parse_duration("CALICO_LIBNETWORK_RECONCILE_INTERVAL", s)?,
+        };
 
         Ok(Config {
             metrics_addr,
             reconcile_grace,
+            reconcile_interval,
             docker_host,
             label_endpoints,
             label_poll_timeout,

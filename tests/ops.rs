@@ -73,10 +73,20 @@ impl Drop for Running {
 }
 
 fn start_plugin(etcd: &Etcd, dir: &Path, metrics_port: u16) -> Running {
+    start_plugin_with(etcd, dir, metrics_port, &[])
+}
+
+fn start_plugin_with(
+    etcd: &Etcd,
+    dir: &Path,
+    metrics_port: u16,
+    extra: &[(&str, &str)],
+) -> Running {
     let socket = dir.join("calico.sock");
     let log = dir.join("plugin.log");
     let f = std::fs::File::create(&log).unwrap();
     let child = bin(etcd)
+        .envs(extra.iter().copied())
         .env("CALICO_LIBNETWORK_SOCKET", &socket)
         .env(
             "CALICO_LIBNETWORK_METRICS_ADDR",
@@ -475,4 +485,73 @@ fn ipam_check_finds_and_repairs_planted_inconsistencies() {
     assert_eq!(code, 0, "{out}");
     assert!(out.contains("0 inconsistencies found"), "{out}");
     eprintln!("ipam check test took {:?}", t0.elapsed());
+}
+
+/// An address leaked after start (RequestAddress with no endpoint ever created, as when a
+/// DeleteEndpoint/ReleaseAddress was lost) is released by the periodic reconciliation,
+/// not only by the passes at start.
+#[test]
+fn periodic_reconciliation_releases_a_leaked_address() {
+    let etcd = Etcd::start();
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("calico.sock");
+    let port = common::free_port();
+    let plugin = start_plugin_with(
+        &etcd,
+        dir.path(),
+        port,
+        &[
+            ("CALICO_LIBNETWORK_RECONCILE_GRACE", "1s"),
+            ("CALICO_LIBNETWORK_RECONCILE_INTERVAL", "2s"),
+        ],
+    );
+    let log = || std::fs::read_to_string(&plugin.log).unwrap_or_default();
+    let wait_for = |what: &str, f: &dyn Fn(&str) -> bool| {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !f(&log()) {
+            assert!(Instant::now() < deadline, "{what}; log:\n{}", log());
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    };
+    // The start-up passes are over (the second one runs after the grace period).
+    wait_for("no second reconciliation pass", &|l| {
+        l.lines()
+            .any(|l| l.contains("reconciliation done") && l.contains("pass=2"))
+    });
+    let pool = plugin_ok(
+        &socket,
+        "IpamDriver.RequestPool",
+        json!({"AddressSpace": "CalicoGlobalAddressSpace", "Pool": "", "SubPool": "", "Options": {}, "V6": false}),
+    );
+    let pool_id = pool["PoolID"].as_str().unwrap().to_string();
+    let addr = plugin_ok(
+        &socket,
+        "IpamDriver.RequestAddress",
+        json!({"PoolID": pool_id, "Address": "", "Options": {}}),
+    );
+    let ip = addr["Address"]
+        .as_str()
+        .unwrap()
+        .split('/')
+        .next()
+        .unwrap()
+        .to_string();
+    wait_for("leaked address not released by a later pass", &|l| {
+        l.lines()
+            .any(|l| l.contains("reconcile: released address") && l.contains(&ip))
+    });
+    // What a user sees: the address can be asked for again.
+    let again = plugin_ok(
+        &socket,
+        "IpamDriver.RequestAddress",
+        json!({"PoolID": pool_id, "Address": ip, "Options": {}}),
+    );
+    assert!(
+        again["Address"]
+            .as_str()
+            .unwrap()
+            .starts_with(&format!("{ip}/")),
+        "{again}"
+    );
+    drop(plugin);
 }

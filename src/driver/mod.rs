@@ -52,6 +52,9 @@ pub struct DriverSettings {
     /// Records younger than this are never reclaimed as stale
     /// (`CALICO_LIBNETWORK_RECONCILE_GRACE`; see `reconcile`).
     pub reconcile_grace: std::time::Duration,
+    /// Interval of the periodic reconciliation after the start-up passes; zero: none
+    /// (`CALICO_LIBNETWORK_RECONCILE_INTERVAL`).
+    pub reconcile_interval: std::time::Duration,
 }
 
 impl DriverSettings {
@@ -70,6 +73,7 @@ impl DriverSettings {
             // command line defaults to `auto`.
             dataplane: rules::DataplaneMode::Off,
             reconcile_grace: reconcile::DEFAULT_GRACE,
+            reconcile_interval: std::time::Duration::ZERO,
         }
     }
 }

@@ -178,16 +178,23 @@ impl Driver {
         self.rules_remove_endpoint(endpoint_id).await;
     }
 
-    /// Runs [`Driver::reconcile`] on a task of its own, logging the outcome: now, and once
-    /// more when the grace period has passed, so that records too young to judge at start
-    /// (those of the requests a crash interrupted) are judged too.
+    /// Runs [`Driver::reconcile`] on a task of its own, logging the outcome: now, once more
+    /// when the grace period has passed, so that records too young to judge at start (those
+    /// of the requests a crash interrupted) are judged too, and then every
+    /// `reconcile_interval` (what a DeleteEndpoint lost to a datastore outage left behind).
     pub fn reconcile_in_background(self: &std::sync::Arc<Self>) {
         let driver = self.clone();
         tokio::spawn(async move {
-            for pass in 1..=2 {
+            let interval = driver.settings.reconcile_interval;
+            for pass in 1u64.. {
                 if pass == 2 {
                     tokio::time::sleep(driver.settings.reconcile_grace + Duration::from_secs(1))
                         .await;
+                } else if pass > 2 {
+                    if interval.is_zero() {
+                        break;
+                    }
+                    tokio::time::sleep(interval).await;
                 }
                 match driver.reconcile().await {
                     Ok(r) => tracing::info!(
