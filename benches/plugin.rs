@@ -1201,10 +1201,12 @@ fn part_plugin(cfg: &Cfg, rep: &mut Report) {
             f(s - fl.0),
             goal(s - fl.0 < 3.0).into(),
         ]);
+        // Leave answers before the veth is deleted (the kernel's ~20 ms RCU wait happens
+        // after the answer), so no kernel floor is on the teardown path: all of it counts.
         rows.push(vec![
-            format!("teardown beyond the kernel floor < 3 ms ({name})"),
-            f(t - fl.1),
-            goal(t - fl.1 < 3.0).into(),
+            format!("teardown beyond the kernel's work < 3 ms ({name}; veth deleted after Leave answers, so all of teardown)"),
+            f(t),
+            goal(t < 3.0).into(),
         ]);
     }
     rep.h(3, "Goals (plugin)");
