@@ -781,11 +781,15 @@ fn part_docker(cfg: &Cfg, rep: &mut Report) {
     rep.h(2, "1. Container start and removal through Docker");
     rep.p(&format!(
         "`docker run --rm --net <net> busybox true` (Debian's docker client → our own dockerd), \
-         {} runs per network, the three networks alternated in rotating order, after 2 warm-up runs \
-         each; then {} containers `docker run -d ... sleep 600` started in parallel and removed in \
-         parallel with `docker rm -f` ({} repetitions, alternated). The plugin runs as users run \
-         it (release build, `LOG_LEVEL=info`, dataplane mode `{}`; `auto`, the default, means \
-         standalone firewall rules applied on Join and DeleteEndpoint).",
+         {} runs per network, the four networks (calico; `benchbr`, a user-defined network of \
+         Docker's bridge driver; the default `bridge`; `none`) alternated in rotating order, after \
+         2 warm-up runs each; then {} containers `docker run -d ... sleep 600` started in parallel \
+         and removed in parallel with `docker rm -f` ({} repetitions, alternated). Like calico's, \
+         a user-defined network gets Docker's embedded DNS, set up inside every container's \
+         namespace; `bridge` and `none` do not. The plugin runs as users run it (release build, \
+         `LOG_LEVEL=info`, dataplane mode `{}`; `auto`, the default, means standalone firewall \
+         rules: an endpoint's are inserted before Join answers and removed after DeleteEndpoint \
+         answers).",
         cfg.docker_runs,
         cfg.parallel,
         cfg.parallel_reps,
@@ -1201,12 +1205,12 @@ fn part_plugin(cfg: &Cfg, rep: &mut Report) {
             f(s - fl.0),
             goal(s - fl.0 < 3.0).into(),
         ]);
-        // Leave answers before the veth is deleted (the kernel's ~20 ms RCU wait happens
-        // after the answer), so no kernel floor is on the teardown path: all of it counts.
+        // Leave answers before the veth is deleted, but DeleteEndpoint (and, under Docker,
+        // moving the container end back) waits for the kernel's deletion all the same.
         rows.push(vec![
-            format!("teardown beyond the kernel's work < 3 ms ({name}; veth deleted after Leave answers, so all of teardown)"),
-            f(t),
-            goal(t < 3.0).into(),
+            format!("teardown beyond the kernel floor < 3 ms ({name})"),
+            f(t - fl.1),
+            goal(t - fl.1 < 3.0).into(),
         ]);
     }
     rep.h(3, "Goals (plugin)");
@@ -1295,7 +1299,28 @@ fn rtt_rows(kind: &str) -> Vec<(String, StatsSnapshot, String)> {
         let addr = addrs[0].clone();
         let (x, _, _) = counted(c, &store, "NetworkDriver.CreateEndpoint", json!({"NetworkID": net, "EndpointID": ep,
             "Interface": {"Address": format!("{addr}/32"), "AddressIPv6": "", "MacAddress": ""}, "Options": {}})).await;
-        row("CreateEndpoint", x, "read network record, write WorkloadEndpoint, re-read record");
+        row("CreateEndpoint (network name not learned yet)", x, "read network record, write WorkloadEndpoint, re-read record (the record may move to the named profile meanwhile)");
+        // What the background name lookup does once Docker tells the network's name (there
+        // is no Docker here): the record moves to the profile named after the network, and
+        // never changes again.
+        let rkey = calico_libnetwork::model::keys::network_key(&net);
+        let kv = store.get(&rkey).await.unwrap().unwrap();
+        let mut rec: Value = serde_json::from_slice(&kv.value).unwrap();
+        rec["name"] = json!("benchnet");
+        rec["profile"] = json!("benchnet");
+        store.put(&rkey, rec.to_string().into_bytes()).await.unwrap();
+        let extra: Vec<String> = (0..2).map(|_| hex64()).collect();
+        let mut named = StatsSnapshot::default();
+        for (i, e) in extra.iter().enumerate() {
+            let (x, _, st) = counted(c, &store, "NetworkDriver.CreateEndpoint", json!({"NetworkID": net, "EndpointID": e,
+                "Interface": {"Address": format!("{}/32", addrs[i + 1]), "AddressIPv6": "", "MacAddress": ""}, "Options": {}})).await;
+            assert_eq!(st, 200, "CreateEndpoint on the named network");
+            named = x;
+        }
+        row("CreateEndpoint (steady: network name known)", named, "write WorkloadEndpoint (the record, settled, is kept in memory)");
+        for e in &extra {
+            c.call("NetworkDriver.DeleteEndpoint", json!({"NetworkID": net, "EndpointID": e})).await;
+        }
         let (x, _, _) = counted(c, &store, "NetworkDriver.Join", json!({"NetworkID": net, "EndpointID": ep,
             "SandboxKey": "/var/run/docker/netns/0123456789ab", "Options": {}})).await;
         row("Join", x, "");
@@ -1314,7 +1339,7 @@ fn rtt_rows(kind: &str) -> Vec<(String, StatsSnapshot, String)> {
         let (x, _, _) = counted(c, &store, "IpamDriver.ReleaseAddress", json!({"PoolID": pool_id, "Address": "0.0.0.0"})).await;
         row("ReleaseAddress (gateway 0.0.0.0 from pool data)", x, "");
         let (x, _, _) = counted(c, &store, "NetworkDriver.DeleteNetwork", json!({"NetworkID": net})).await;
-        row("DeleteNetwork", x, "network record, profile if unused");
+        row("DeleteNetwork", x, "list network records, list endpoints, read both profiles (named and fallback), one transaction deleting the record and unused profiles");
         let (x, _, _) = counted(c, &store, "IpamDriver.ReleasePool", json!({"PoolID": pool_id})).await;
         row("ReleasePool", x, "");
         let (x, _, _) = counted(c, &store, "NetworkDriver.DiscoverDelete", json!({"DiscoveryType": 1, "DiscoveryData": {}})).await;
@@ -1360,7 +1385,14 @@ fn part_rtt(cfg: &Cfg, rep: &mut Report) {
             "RequestAddress (steady: affine block with room)",
             (">=2", ">=1", ">=0"),
         ),
-        ("CreateEndpoint", ("3", "1", "0")),
+        (
+            "CreateEndpoint (network name not learned yet)",
+            ("3", "1", "0"),
+        ),
+        (
+            "CreateEndpoint (steady: network name known)",
+            ("3", "1", "0"),
+        ),
         ("Join", ("2", "0", "0")),
         ("DiscoverDelete", ("0", "0", "0")),
         ("ReleasePool", ("0", "0", "0")),

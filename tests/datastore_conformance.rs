@@ -166,6 +166,29 @@ async fn stats_count_round_trips(s: Store) {
     assert_eq!(d.conflicts, 1);
 }
 
+async fn get_many_answers_in_key_order(s: Store) {
+    let ra = s.create("/gm/a", b"A".to_vec()).await.unwrap();
+    let rc = s.create("/gm/c", b"C".to_vec()).await.unwrap();
+    let keys: Vec<String> = ["/gm/c", "/gm/b", "/gm/a"]
+        .iter()
+        .map(|k| k.to_string())
+        .collect();
+    let got = s.get_many(&keys).await.unwrap();
+    let got: Vec<Option<(String, Vec<u8>, i64)>> = got
+        .into_iter()
+        .map(|kv| kv.map(|kv| (kv.key, kv.value, kv.revision)))
+        .collect();
+    assert_eq!(
+        got,
+        vec![
+            Some(("/gm/c".to_string(), b"C".to_vec(), rc)),
+            None,
+            Some(("/gm/a".to_string(), b"A".to_vec(), ra)),
+        ]
+    );
+    assert!(s.get_many(&[]).await.unwrap().is_empty());
+}
+
 macro_rules! conformance {
     ($backend:ident, $make:expr) => {
         mod $backend {
@@ -175,6 +198,7 @@ macro_rules! conformance {
             conformance!(@test $make, transactions_are_all_or_nothing);
             conformance!(@test $make, concurrent_cas_loses_no_update);
             conformance!(@test $make, stats_count_round_trips);
+            conformance!(@test $make, get_many_answers_in_key_order);
         }
     };
     (@test $make:expr, $name:ident) => {

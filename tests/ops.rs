@@ -120,6 +120,22 @@ fn plugin_ok(socket: &Path, method: &str, body: Value) -> Value {
     serde_json::from_str(&resp).unwrap()
 }
 
+/// The default IPv4 pool's ID and an address from it, as Docker asks for them.
+fn pool_and_address(socket: &Path) -> (String, String) {
+    let pool = plugin_ok(
+        socket,
+        "IpamDriver.RequestPool",
+        json!({"AddressSpace": "CalicoGlobalAddressSpace", "Pool": "", "SubPool": "", "Options": {}, "V6": false}),
+    );
+    let pool_id = pool["PoolID"].as_str().unwrap().to_string();
+    let addr = plugin_ok(
+        socket,
+        "IpamDriver.RequestAddress",
+        json!({"PoolID": pool_id, "Address": "", "Options": {}}),
+    );
+    (pool_id, addr["Address"].as_str().unwrap().to_string())
+}
+
 fn scrape(port: u16) -> String {
     let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
     s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
@@ -180,18 +196,7 @@ fn status_endpoint_list_request_log_and_metrics() {
     assert_eq!(st["problems"].as_array().unwrap().len(), 0);
 
     // A network and an endpoint, as Docker makes them.
-    let pool = plugin_ok(
-        &socket,
-        "IpamDriver.RequestPool",
-        json!({"AddressSpace": "CalicoGlobalAddressSpace", "Pool": "", "SubPool": "", "Options": {}, "V6": false}),
-    );
-    let pool_id = pool["PoolID"].as_str().unwrap().to_string();
-    let addr = plugin_ok(
-        &socket,
-        "IpamDriver.RequestAddress",
-        json!({"PoolID": pool_id, "Address": "", "Options": {}}),
-    );
-    let address = addr["Address"].as_str().unwrap().to_string();
+    let (pool_id, address) = pool_and_address(&socket);
     plugin_ok(
         &socket,
         "NetworkDriver.CreateNetwork",
@@ -518,24 +523,8 @@ fn periodic_reconciliation_releases_a_leaked_address() {
         l.lines()
             .any(|l| l.contains("reconciliation done") && l.contains("pass=2"))
     });
-    let pool = plugin_ok(
-        &socket,
-        "IpamDriver.RequestPool",
-        json!({"AddressSpace": "CalicoGlobalAddressSpace", "Pool": "", "SubPool": "", "Options": {}, "V6": false}),
-    );
-    let pool_id = pool["PoolID"].as_str().unwrap().to_string();
-    let addr = plugin_ok(
-        &socket,
-        "IpamDriver.RequestAddress",
-        json!({"PoolID": pool_id, "Address": "", "Options": {}}),
-    );
-    let ip = addr["Address"]
-        .as_str()
-        .unwrap()
-        .split('/')
-        .next()
-        .unwrap()
-        .to_string();
+    let (pool_id, address) = pool_and_address(&socket);
+    let ip = address.split('/').next().unwrap().to_string();
     wait_for("leaked address not released by a later pass", &|l| {
         l.lines()
             .any(|l| l.contains("reconcile: released address") && l.contains(&ip))

@@ -165,6 +165,25 @@ impl Datastore for EtcdStore {
         resp.kvs().iter().map(to_kv).collect()
     }
 
+    async fn get_many(&self, keys: &[String]) -> Result<Vec<Option<KeyValue>>> {
+        if keys.is_empty() {
+            return Ok(Vec::new());
+        }
+        self.stats.read();
+        let ops: Vec<TxnOp> = keys.iter().map(|k| TxnOp::get(k.as_str(), None)).collect();
+        let mut kv = self.client().await?;
+        let resp = self
+            .call("get", kv.txn(etcd_client::Txn::new().and_then(ops)))
+            .await?;
+        resp.op_responses()
+            .iter()
+            .map(|r| match r {
+                TxnOpResponse::Get(g) => g.kvs().first().map(to_kv).transpose(),
+                _ => Err(Error::msg("read keys: etcd answered a read with a write")),
+            })
+            .collect()
+    }
+
     async fn txn(&self, writes: Vec<Write>) -> Result<Revision> {
         self.stats.txn(&writes);
         let mut compares = Vec::new();

@@ -182,6 +182,16 @@ pub trait Datastore: Send + Sync + 'static {
     /// [`Error::NotFound`] (expected a revision, key absent) or [`Error::Conflict`].
     async fn txn(&self, writes: Vec<Write>) -> Result<Revision>;
 
+    /// Reads several keys; the answer is in the order of `keys`. A backend that can do it
+    /// in one round trip (etcd: one read-only transaction) overrides this one-by-one default.
+    async fn get_many(&self, keys: &[String]) -> Result<Vec<Option<KeyValue>>> {
+        let mut out = Vec::with_capacity(keys.len());
+        for k in keys {
+            out.push(self.get(k).await?);
+        }
+        Ok(out)
+    }
+
     /// Round-trip and conflict counters.
     fn stats(&self) -> &Stats;
 

@@ -183,6 +183,9 @@ pub struct Driver {
     rules: rules::Rules,
     /// Each network's explicit IPv4 pools, which never change: Join needs them without a read.
     network_pools: std::sync::Mutex<std::collections::HashMap<String, Vec<IpNet>>>,
+    /// Network records that can no longer change, by network ID (see
+    /// `Driver::network_record`).
+    settled_records: std::sync::Mutex<std::collections::HashMap<String, network::NetworkRecord>>,
     /// Gateways and routes given to the endpoints of each container sandbox (see `sandbox`).
     sandboxes: sandbox::Sandboxes,
     /// The Docker API, for background tasks only (never awaited by a handler).
@@ -206,6 +209,7 @@ impl Driver {
             netlink: std::sync::OnceLock::new(),
             endpoints: Default::default(),
             network_pools: Default::default(),
+            settled_records: Default::default(),
             sandboxes: Default::default(),
         }
     }

@@ -82,14 +82,27 @@ impl Driver {
         )
     }
 
+    /// The record of a network. Kept in memory once settled: a record changes only when its
+    /// network's name is learned and it moves off the network-ID fallback profile (a Docker
+    /// network is never renamed), so one on another profile, or on none, stays as it is
+    /// until DeleteNetwork.
     async fn network_record(&self, network_id: &str) -> Result<Option<NetworkRecord>> {
-        let key = keys::network_key(network_id);
-        match self.store.get(&key).await? {
-            Some(kv) => Ok(Some(
-                serde_json::from_slice(&kv.value).map_err(|e| Error::json(&key, e))?,
-            )),
-            None => Ok(None),
+        if let Some(r) = self.settled_records.lock().unwrap().get(network_id) {
+            return Ok(Some(r.clone()));
         }
+        let key = keys::network_key(network_id);
+        let Some(kv) = self.store.get(&key).await? else {
+            return Ok(None);
+        };
+        let rec: NetworkRecord =
+            serde_json::from_slice(&kv.value).map_err(|e| Error::json(&key, e))?;
+        if rec.profile != super::profiles::fallback_profile(network_id) {
+            self.settled_records
+                .lock()
+                .unwrap()
+                .insert(network_id.to_string(), rec.clone());
+        }
+        Ok(Some(rec))
     }
 
     /// `NetworkDriver.CreateNetwork`.
@@ -163,11 +176,12 @@ impl Driver {
     /// `NetworkDriver.DeleteNetwork` (idempotent): deletes the network record and, with the
     /// last network record (of any host) and endpoint using it, its profile (named after
     /// the network once its name is learned) and its network-ID fallback, which may outlive
-    /// the switch to the name. One listing of the records, one of the endpoints, one read
-    /// per profile and one transaction; retried if anything changed meanwhile.
+    /// the switch to the name. One listing of the records, one of the endpoints, one read of
+    /// the profiles and one transaction; retried if anything changed meanwhile.
     pub async fn delete_network(&self, network_id: &str) -> Result<()> {
         use super::profiles::{self, decode_record};
         self.network_pools.lock().unwrap().remove(network_id);
+        self.settled_records.lock().unwrap().remove(network_id);
         let key = keys::network_key(network_id);
         for _ in 0..profiles::CAS_ATTEMPTS {
             let records = self.store.list(&keys::networks_prefix()).await?;
@@ -187,8 +201,11 @@ impl Driver {
                 if fallback != rec.profile {
                     names.push(fallback);
                 }
-                for p in profiles::unused_profiles(self.store.as_ref(), &others, names).await? {
-                    writes.extend(profiles::profile_delete_write(self.store.as_ref(), &p).await?);
+                let unused = profiles::unused_profiles(self.store.as_ref(), &others, names).await?;
+                if !unused.is_empty() {
+                    writes.extend(
+                        profiles::profile_delete_writes(self.store.as_ref(), &unused).await?,
+                    );
                 }
             }
             match self.store.txn(writes).await {
@@ -289,8 +306,10 @@ impl Driver {
         }
         // The network may have moved to its named profile meanwhile (a background task
         // learns the name): read the record again after our write, so that either we see
-        // the move and follow it, or the mover saw our endpoint.
-        if !rec.profile.is_empty() {
+        // the move and follow it, or the mover saw our endpoint. Only the fallback moves.
+        if !rec.profile.is_empty()
+            && rec.profile == super::profiles::fallback_profile(&spec.network_id)
+        {
             if let Some(now) = self.network_record(&spec.network_id).await? {
                 if !now.profile.is_empty() && now.profile != rec.profile {
                     let key = keys::workload_endpoint_key(WEP_NAMESPACE, &name);

@@ -62,22 +62,26 @@ pub(crate) async fn ensure_profile(store: &dyn Datastore, name: &str) -> Result<
     }
 }
 
-/// The write deleting profile `name` if it is (still) the profile the plugin creates: one
-/// someone changed, or made by hand under the name of a network, stays. The write expects
-/// the revision read, so a change made meanwhile makes it fail as a conflict.
-pub(crate) async fn profile_delete_write(
+/// The writes deleting those of profiles `names` that are (still) the profile the plugin
+/// creates: one someone changed, or made by hand under the name of a network, stays. One
+/// read for all; each write expects the revision read, so a change made meanwhile makes it
+/// fail as a conflict.
+pub(crate) async fn profile_delete_writes(
     store: &dyn Datastore,
-    name: &str,
-) -> Result<Option<Write>> {
-    let key = keys::profile_key(name);
-    let Some(p) = kv::get::<ProfileSpec>(store, &key).await? else {
-        return Ok(None);
-    };
-    if p.spec != ProfileSpec::for_network(name) {
-        tracing::info!(profile = %name, "profile differs from the one the plugin creates; left in place");
-        return Ok(None);
+    names: &[String],
+) -> Result<Vec<Write>> {
+    let pkeys: Vec<String> = names.iter().map(|n| keys::profile_key(n)).collect();
+    let mut writes = Vec::new();
+    for ((name, key), found) in names.iter().zip(&pkeys).zip(store.get_many(&pkeys).await?) {
+        let Some(found) = found else { continue };
+        let p: Profile = serde_json::from_slice(&found.value).map_err(|e| Error::json(key, e))?;
+        if p.spec != ProfileSpec::for_network(name) {
+            tracing::info!(profile = %name, "profile differs from the one the plugin creates; left in place");
+            continue;
+        }
+        writes.push(Write::delete(key.clone(), found.revision));
     }
-    Ok(p.metadata.revision().map(|rev| Write::delete(key, rev)))
+    Ok(writes)
 }
 
 /// Of `names`, the profiles no network record in `records` (of any host) and no
@@ -114,10 +118,11 @@ pub(crate) async fn delete_profile_if_unused(store: &dyn Datastore, name: &str) 
     {
         return Ok(false);
     }
-    let Some(write) = profile_delete_write(store, name).await? else {
+    let writes = profile_delete_writes(store, &[name.to_string()]).await?;
+    if writes.is_empty() {
         return Ok(false);
-    };
-    match store.txn(vec![write]).await {
+    }
+    match store.txn(writes).await {
         Ok(_) => Ok(true),
         Err(e) if e.is_not_found() || e.is_conflict() => Ok(false),
         Err(e) => Err(e.context(format!("delete profile {name}"))),
