@@ -173,7 +173,10 @@ async fn get_many_answers_in_key_order(s: Store) {
         .iter()
         .map(|k| k.to_string())
         .collect();
+    let before = s.stats().snapshot();
     let got = s.get_many(&keys).await.unwrap();
+    // One round trip for all the keys.
+    assert_eq!(s.stats().snapshot().since(&before).round_trips, 1);
     let got: Vec<Option<(String, Vec<u8>, i64)>> = got
         .into_iter()
         .map(|kv| kv.map(|kv| (kv.key, kv.value, kv.revision)))

@@ -110,6 +110,37 @@ impl Datastore for LocalStore {
         .await
     }
 
+    async fn get_many(&self, keys: &[String]) -> Result<Vec<Option<KeyValue>>> {
+        if keys.is_empty() {
+            return Ok(Vec::new());
+        }
+        // One read transaction for all, like etcd's one round trip.
+        self.stats.read();
+        let keys = keys.to_vec();
+        self.blocking(move |db, path| {
+            let txn = db.begin_read().map_err(|e| storage_err("read", path, e))?;
+            let table = txn
+                .open_table(KV)
+                .map_err(|e| storage_err("read", path, e))?;
+            let mut out = Vec::with_capacity(keys.len());
+            for key in keys {
+                let found = table
+                    .get(key.as_str())
+                    .map_err(|e| storage_err("read", path, e))?;
+                out.push(found.map(|v| {
+                    let (revision, value) = split(v.value());
+                    KeyValue {
+                        key: key.clone(),
+                        value: value.to_vec(),
+                        revision,
+                    }
+                }));
+            }
+            Ok(out)
+        })
+        .await
+    }
+
     async fn list(&self, prefix: &str) -> Result<Vec<KeyValue>> {
         self.stats.read();
         let prefix = dir_prefix(prefix);

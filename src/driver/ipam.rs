@@ -428,6 +428,7 @@ impl Driver {
             ));
         }
         let (family, pools, names) = self.resolve_pool_id(pool_id).await?;
+        let _serial = self.ipam_serial.lock().await;
         let host = self.settings.nodename.clone();
         let handle = format!("libnetwork.{}", uuid::Uuid::new_v4().simple());
         let prefix = match family {
@@ -501,6 +502,7 @@ impl Driver {
         if address.is_unspecified() {
             return Ok(()); // The dummy gateway from the pool data: nothing was allocated.
         }
+        let _serial = self.ipam_serial.lock().await;
         self.ipam
             .release_ips(&[address])
             .await

@@ -186,6 +186,10 @@ pub struct Driver {
     /// Network records that can no longer change, by network ID (see
     /// `Driver::network_record`).
     settled_records: std::sync::Mutex<std::collections::HashMap<String, network::NetworkRecord>>,
+    /// Taken around this host's address requests and releases: they all write this host's
+    /// affine blocks, so one at a time they never fail each other's compare-and-swap (what
+    /// Calico's CNI plugin does with a host-wide lock). Other hosts still race through CAS.
+    ipam_serial: tokio::sync::Mutex<()>,
     /// Gateways and routes given to the endpoints of each container sandbox (see `sandbox`).
     sandboxes: sandbox::Sandboxes,
     /// The Docker API, for background tasks only (never awaited by a handler).
@@ -210,6 +214,7 @@ impl Driver {
             endpoints: Default::default(),
             network_pools: Default::default(),
             settled_records: Default::default(),
+            ipam_serial: Default::default(),
             sandboxes: Default::default(),
         }
     }
