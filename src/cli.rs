@@ -580,12 +580,20 @@ pub async fn run_server(config: Config) -> Result<()> {
         "calico-libnetwork serving"
     );
     let state = Arc::new(AppState {
-        driver,
+        driver: driver.clone(),
         timeout: config.request_timeout,
     });
     plugin::serve(listener, config.socket.clone(), state, shutdown_signal()).await?;
     if let Some(task) = init {
         task.abort();
+    }
+    // A removal applied in the background may be running an iptables-restore that would
+    // outlive us: let it finish (bounded), so no rule is written after we are gone.
+    if tokio::time::timeout(std::time::Duration::from_secs(5), driver.settle_rules())
+        .await
+        .is_err()
+    {
+        tracing::warn!("stopping with a firewall update still running");
     }
     tracing::info!("stopped; socket removed");
     Ok(())

@@ -415,6 +415,15 @@ impl Driver {
         Ok((family.unwrap_or(IpFamily::V4), cidrs, names))
     }
 
+    /// This host's turn to write its blocks (see `ipam_serial`). The turn only saves
+    /// compare-and-swap retries, correctness is the CAS's: after a few seconds' wait (a
+    /// slow datastore ahead in the queue) a request goes ahead without it.
+    async fn ipam_turn(&self) -> Option<tokio::sync::MutexGuard<'_, ()>> {
+        tokio::time::timeout(std::time::Duration::from_secs(2), self.ipam_serial.lock())
+            .await
+            .ok()
+    }
+
     /// `IpamDriver.RequestAddress`.
     pub async fn request_address(
         &self,
@@ -428,7 +437,7 @@ impl Driver {
             ));
         }
         let (family, pools, names) = self.resolve_pool_id(pool_id).await?;
-        let _serial = self.ipam_serial.lock().await;
+        let _serial = self.ipam_turn().await;
         let host = self.settings.nodename.clone();
         let handle = format!("libnetwork.{}", uuid::Uuid::new_v4().simple());
         let prefix = match family {
@@ -502,7 +511,7 @@ impl Driver {
         if address.is_unspecified() {
             return Ok(()); // The dummy gateway from the pool data: nothing was allocated.
         }
-        let _serial = self.ipam_serial.lock().await;
+        let _serial = self.ipam_turn().await;
         self.ipam
             .release_ips(&[address])
             .await

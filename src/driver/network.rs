@@ -201,15 +201,30 @@ impl Driver {
                 if fallback != rec.profile {
                     names.push(fallback);
                 }
-                let unused = profiles::unused_profiles(self.store.as_ref(), &others, names).await?;
-                if !unused.is_empty() {
-                    writes.extend(
-                        profiles::profile_delete_writes(self.store.as_ref(), &unused).await?,
-                    );
+                let store = self.store.as_ref();
+                let profile_writes = async {
+                    let unused = profiles::unused_profiles(store, &others, names).await?;
+                    if unused.is_empty() {
+                        return Ok(Vec::new());
+                    }
+                    profiles::profile_delete_writes(store, &unused).await
+                };
+                match profile_writes.await {
+                    Ok(w) => writes.extend(w),
+                    // The record must not outlive the network (it would keep its profiles
+                    // in use forever): it goes alone, its profiles stay behind.
+                    Err(e) => tracing::warn!(
+                        network = %network_id, error = %e,
+                        "delete network: profiles not checked, left in place"
+                    ),
                 }
             }
             match self.store.txn(writes).await {
-                Ok(_) => return Ok(()),
+                Ok(_) => {
+                    // A Join racing this call may have cached the record again.
+                    self.settled_records.lock().unwrap().remove(network_id);
+                    return Ok(());
+                }
                 // The record or a profile changed since read: look again.
                 Err(e) if e.is_conflict() || e.is_not_found() => continue,
                 Err(e) => return Err(e.context(format!("delete network {network_id}"))),
@@ -304,6 +319,20 @@ impl Driver {
             }
             Err(e) => return Err(e.context(format!("create WorkloadEndpoint {name}"))),
         }
+        // The rules go into the state before the record is read again, so that a move seen
+        // below is followed here, and one not seen yet finds them (`rename_profile`).
+        let mut ips: Vec<IpAddr> = ipv4.iter().map(|a| IpAddr::V4(*a)).collect();
+        ips.extend(ipv6.iter().map(|a| IpAddr::V6(*a)));
+        self.rules_add_endpoint(
+            &spec.endpoint_id,
+            crate::dataplane::standalone::EndpointRules {
+                iface: host_veth_name(&spec.endpoint_id),
+                ips,
+                profiles: wep.spec.profiles.clone(),
+                ports,
+            },
+        )
+        .await;
         // The network may have moved to its named profile meanwhile (a background task
         // learns the name): read the record again after our write, so that either we see
         // the move and follow it, or the mover saw our endpoint. Only the fallback moves.
@@ -320,6 +349,9 @@ impl Driver {
                         &now.profile,
                     )
                     .await?;
+                    self.rules()
+                        .rename_profile(&rec.profile, &now.profile)
+                        .await;
                 }
             }
         }
@@ -332,18 +364,6 @@ impl Driver {
                 tokio::spawn(async move { bg.label_endpoint(&net, &ep, &key).await });
             }
         }
-        let mut ips: Vec<IpAddr> = ipv4.iter().map(|a| IpAddr::V4(*a)).collect();
-        ips.extend(ipv6.iter().map(|a| IpAddr::V6(*a)));
-        self.rules_add_endpoint(
-            &spec.endpoint_id,
-            crate::dataplane::standalone::EndpointRules {
-                iface: host_veth_name(&spec.endpoint_id),
-                ips,
-                profiles: wep.spec.profiles.clone(),
-                ports,
-            },
-        )
-        .await;
         self.endpoints
             .lock()
             .unwrap()

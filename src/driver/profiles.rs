@@ -74,7 +74,11 @@ pub(crate) async fn profile_delete_writes(
     let mut writes = Vec::new();
     for ((name, key), found) in names.iter().zip(&pkeys).zip(store.get_many(&pkeys).await?) {
         let Some(found) = found else { continue };
-        let p: Profile = serde_json::from_slice(&found.value).map_err(|e| Error::json(key, e))?;
+        // One we cannot read is not one we made: it stays.
+        let Ok(p) = serde_json::from_slice::<Profile>(&found.value) else {
+            tracing::info!(profile = %name, "profile does not decode; left in place");
+            continue;
+        };
         if p.spec != ProfileSpec::for_network(name) {
             tracing::info!(profile = %name, "profile differs from the one the plugin creates; left in place");
             continue;

@@ -264,6 +264,11 @@ impl Driver {
         };
         report.links_listed = links.is_some();
         let weps = self.all_weps().await?;
+        // Profiles of this host's endpoints changed elsewhere (a network's name learned by
+        // another host sharing it, calicoctl): the firewall follows the datastore.
+        self.rules()
+            .refresh_profiles(weps.iter().map(|(_, _, w)| w).filter(|w| w.spec.node == me))
+            .await;
 
         // 1. Host veths no WorkloadEndpoint of this node names (and no endpoint Docker
         // knows: only with Docker's answer, so a datastore that is not this host's does not

@@ -126,17 +126,45 @@ impl Rules {
         }
     }
 
+    /// Takes the profiles of the endpoints it knows from their WorkloadEndpoints (this
+    /// host's), and applies in the background if any changed. Endpoints it does not know
+    /// are left alone: one being created may not be in the state yet.
+    pub(crate) async fn refresh_profiles<'a>(
+        &self,
+        weps: impl Iterator<Item = &'a WorkloadEndpoint>,
+    ) {
+        if self.mode().is_none() {
+            return;
+        }
+        let mut changed = false;
+        {
+            let mut state = self.inner.state.lock().await;
+            for w in weps {
+                if let Some(e) = state.endpoints.get_mut(&w.spec.endpoint) {
+                    if e.profiles != w.spec.profiles {
+                        e.profiles.clone_from(&w.spec.profiles);
+                        changed = true;
+                    }
+                }
+            }
+        }
+        if changed {
+            self.apply_soon();
+        }
+    }
+
     /// Applies the current state (IPv4; IPv6 best effort), with the pools read fresh.
     pub(crate) async fn apply(&self) -> Result<()> {
         let Some(mode) = self.mode() else {
             return Ok(());
         };
-        let pools = self.inner.ipam.list_pools().await?;
-        let mut state = self.inner.state.lock().await;
-        // From here on the state is read: later changes need an apply of their own.
+        // Cleared before anything can fail: a change made from here on queues an apply of
+        // its own (at worst one too many, never one lost).
         self.inner
             .queued
             .store(false, std::sync::atomic::Ordering::SeqCst);
+        let pools = self.inner.ipam.list_pools().await?;
+        let mut state = self.inner.state.lock().await;
         state.pools = pools
             .iter()
             .filter_map(|p| {
@@ -318,6 +346,25 @@ impl Driver {
     /// Applies the current rule state now.
     pub(crate) async fn rules_apply(&self) -> Result<()> {
         self.rules.apply().await
+    }
+
+    /// Applies a queued change now and waits for any apply in progress (applies hold the
+    /// state lock throughout): for a clean stop.
+    pub async fn settle_rules(&self) {
+        if self.rule_mode().is_none() {
+            return;
+        }
+        if self
+            .rules
+            .inner
+            .queued
+            .load(std::sync::atomic::Ordering::SeqCst)
+        {
+            if let Err(e) = self.rules.apply().await {
+                tracing::warn!(error = %e, "apply firewall rules before stopping");
+            }
+        }
+        drop(self.rules.inner.state.lock().await);
     }
 
     /// A handle on the rule state for background tasks.
