@@ -88,26 +88,8 @@ impl LocalStore {
 #[async_trait]
 impl Datastore for LocalStore {
     async fn get(&self, key: &str) -> Result<Option<KeyValue>> {
-        self.stats.read();
-        let key = key.to_string();
-        self.blocking(move |db, path| {
-            let txn = db.begin_read().map_err(|e| storage_err("read", path, e))?;
-            let table = txn
-                .open_table(KV)
-                .map_err(|e| storage_err("read", path, e))?;
-            let found = table
-                .get(key.as_str())
-                .map_err(|e| storage_err("read", path, e))?;
-            Ok(found.map(|v| {
-                let (revision, value) = split(v.value());
-                KeyValue {
-                    key,
-                    value: value.to_vec(),
-                    revision,
-                }
-            }))
-        })
-        .await
+        // One key is one read transaction, like several.
+        Ok(self.get_many(&[key.to_string()]).await?.pop().flatten())
     }
 
     async fn get_many(&self, keys: &[String]) -> Result<Vec<Option<KeyValue>>> {
