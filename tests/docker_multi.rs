@@ -8,7 +8,7 @@
 mod common;
 
 use common::{
-    block_on, BLOCKS_PREFIXES, HANDLES_PREFIX, HOST_MAC, POOLS_PREFIX, PROFILES_PREFIX, WEPS_PREFIX,
+    BLOCKS_PREFIXES, HANDLES_PREFIX, HOST_MAC, POOLS_PREFIX, PROFILES_PREFIX, WEPS_PREFIX,
 };
 
 use std::collections::{BTreeMap, HashSet};
@@ -16,7 +16,6 @@ use std::net::IpAddr;
 use std::process::Command;
 use std::time::Instant;
 
-use calico_libnetwork::datastore::Datastore;
 use calico_libnetwork::model::keys;
 use common::docker::{self, Dockerd, HostLock};
 use common::etcd::Etcd;
@@ -44,14 +43,7 @@ impl Env {
         let plugin = Plugin::with_etcd(&etcd);
         let mut docker = Dockerd::start();
         let image = docker.import_busybox();
-        // Docker's own default on this host: FORWARD DROP. Should forwarding have been on
-        // already, Docker leaves the policy alone: set DROP ourselves (the harness restores
-        // it) so every ping below shows the plugin's accept chain at work.
-        if firewall::forward_policy() != "-P FORWARD DROP"
-            && docker::other_dockerds(docker.pid()).is_empty()
-        {
-            assert!(host("iptables", &["-w", "-P", "FORWARD", "DROP"]).0);
-        }
+        docker.force_forward_drop();
         Env {
             docker,
             plugin,
@@ -67,15 +59,7 @@ impl Env {
     }
 
     fn list(&self, prefix: &str) -> Vec<(String, Value)> {
-        block_on(self.etcd.store().list(prefix))
-            .unwrap_or_else(|e| panic!("list {prefix}: {e}"))
-            .into_iter()
-            .map(|kv| {
-                let v = serde_json::from_slice(&kv.value)
-                    .unwrap_or_else(|e| panic!("{}: not JSON: {e}", kv.key));
-                (kv.key, v)
-            })
-            .collect()
+        self.etcd.list_json(prefix)
     }
 
     fn pool_cidrs(&self) -> BTreeMap<String, String> {
@@ -114,25 +98,12 @@ impl Env {
 
     /// `docker network create -d calico --ipam-driver calico extra... name`; the network ID.
     fn network(&self, name: &str, extra: &[&str]) -> String {
-        let mut args = vec![
-            "network",
-            "create",
-            "-d",
-            "calico",
-            "--ipam-driver",
-            "calico",
-        ];
-        args.extend_from_slice(extra);
-        args.push(name);
-        self.d().docker_ok(&args)
+        self.d().calico_network(name, extra)
     }
 
     /// `docker run -d --name name extra... image sleep 600`.
     fn run(&self, name: &str, extra: &[&str]) {
-        let mut args = vec!["run", "-d", "--name", name];
-        args.extend_from_slice(extra);
-        args.extend_from_slice(&[self.image, "sleep", "600"]);
-        self.d().docker_ok(&args);
+        self.d().sleeper(self.image, name, extra)
     }
 
     /// Pings `to` from container `from`, asserting that nothing answers.

@@ -7,12 +7,11 @@
 
 mod common;
 
-use common::{block_on, BLOCKS_PREFIXES, HANDLES_PREFIX, HOST_MAC, PROFILES_PREFIX, WEPS_PREFIX};
+use common::{BLOCKS_PREFIXES, HANDLES_PREFIX, HOST_MAC, PROFILES_PREFIX, WEPS_PREFIX};
 
 use std::net::Ipv4Addr;
 use std::time::Instant;
 
-use calico_libnetwork::datastore::Datastore;
 use common::docker::{self, Dockerd, HostLock};
 use common::etcd::Etcd;
 use common::firewall::{forward_policy, host, FirewallCleanup, CHAIN};
@@ -52,15 +51,7 @@ impl Env {
 }
 
 fn list(etcd: &Etcd, prefix: &str) -> Vec<(String, Value)> {
-    block_on(etcd.store().list(prefix))
-        .unwrap_or_else(|e| panic!("list {prefix}: {e}"))
-        .into_iter()
-        .map(|kv| {
-            let v = serde_json::from_slice(&kv.value)
-                .unwrap_or_else(|e| panic!("{}: not JSON: {e}", kv.key));
-            (kv.key, v)
-        })
-        .collect()
+    etcd.list_json(prefix)
 }
 
 fn in_pool(ip: Ipv4Addr) -> bool {
@@ -123,13 +114,8 @@ fn scenario(test: &str, env: &mut Env) {
     let image = env.docker.import_busybox();
     let d = &env.docker;
 
-    // Docker's own firewall default on this host: FORWARD DROP (it turned on ip_forward
-    // itself). Should forwarding have been on already, Docker leaves the policy alone: then
-    // set DROP ourselves (the harness restores the policy) so the test shows the rule matters.
-    if forward_policy() != "-P FORWARD DROP" && docker::other_dockerds(d.pid()).is_empty() {
-        eprintln!("{test}: FORWARD policy was not DROP, setting it");
-        assert!(host("iptables", &["-w", "-P", "FORWARD", "DROP"]).0);
-    }
+    // FORWARD DROP, as Docker leaves it on users' hosts, so the test shows our rule matters.
+    d.force_forward_drop();
     assert_eq!(forward_policy(), "-P FORWARD DROP");
 
     d.docker_ok(&[

@@ -7,12 +7,11 @@
 
 mod common;
 
-use common::{block_on, PROFILES_PREFIX, WEPS_PREFIX};
+use common::{PROFILES_PREFIX, WEPS_PREFIX};
 
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use calico_libnetwork::datastore::Datastore;
 use calico_libnetwork::model::resource_name_from;
 use common::docker::{self, Dockerd, HostLock};
 use common::etcd::Etcd;
@@ -100,15 +99,7 @@ impl Env {
     }
 
     fn list(&self, prefix: &str) -> Vec<(String, Value)> {
-        block_on(self.etcd.store().list(prefix))
-            .unwrap_or_else(|e| panic!("list {prefix}: {e}"))
-            .into_iter()
-            .map(|kv| {
-                let v = serde_json::from_slice(&kv.value)
-                    .unwrap_or_else(|e| panic!("{}: not JSON: {e}", kv.key));
-                (kv.key, v)
-            })
-            .collect()
+        self.etcd.list_json(prefix)
     }
 
     fn profiles(&self) -> Vec<String> {

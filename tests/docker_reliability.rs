@@ -89,17 +89,7 @@ impl Env {
     }
 
     fn network(&self, name: &str, extra: &[&str]) {
-        let mut args = vec![
-            "network",
-            "create",
-            "-d",
-            "calico",
-            "--ipam-driver",
-            "calico",
-        ];
-        args.extend_from_slice(extra);
-        args.push(name);
-        self.d().docker_ok(&args);
+        self.d().calico_network(name, extra);
     }
 
     /// Lists a prefix, retrying a few times (a fresh connection on a loaded host may be

@@ -267,13 +267,7 @@ impl Env {
             ("CALICO_LIBNETWORK_DOCKER_HOST", ours.as_str()),
         ]);
         let image = docker.import_busybox();
-        // Docker's default on this host: FORWARD DROP. Should forwarding have been on already,
-        // Docker leaves the policy alone: set DROP ourselves (the harness restores it).
-        if firewall::forward_policy() != "-P FORWARD DROP"
-            && docker::other_dockerds(docker.pid()).is_empty()
-        {
-            assert!(host("iptables", &["-w", "-P", "FORWARD", "DROP"]).0);
-        }
+        docker.force_forward_drop();
         let outside = Outside::start();
         Env {
             outside,
@@ -291,25 +285,12 @@ impl Env {
     }
 
     fn network(&self, name: &str, extra: &[&str]) {
-        let mut args = vec![
-            "network",
-            "create",
-            "-d",
-            "calico",
-            "--ipam-driver",
-            "calico",
-        ];
-        args.extend_from_slice(extra);
-        args.push(name);
-        self.d().docker_ok(&args);
+        self.d().calico_network(name, extra);
     }
 
     /// `docker run -d --name name extra... image sleep 600`.
     fn run(&self, name: &str, extra: &[&str]) {
-        let mut args = vec!["run", "-d", "--name", name];
-        args.extend_from_slice(extra);
-        args.extend_from_slice(&[self.image, "sleep", "600"]);
-        self.d().docker_ok(&args);
+        self.d().sleeper(self.image, name, extra)
     }
 
     /// The profiles of the WorkloadEndpoint of `a`, from etcd.

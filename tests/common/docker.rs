@@ -711,6 +711,41 @@ disabled_plugins = ["io.containerd.grpc.v1.cri"]
         String::from_utf8_lossy(&out.stdout).trim().to_string()
     }
 
+    /// `docker network create -d calico --ipam-driver calico extra... name`; the network ID.
+    pub fn calico_network(&self, name: &str, extra: &[&str]) -> String {
+        let mut args = vec![
+            "network",
+            "create",
+            "-d",
+            "calico",
+            "--ipam-driver",
+            "calico",
+        ];
+        args.extend_from_slice(extra);
+        args.push(name);
+        self.docker_ok(&args)
+    }
+
+    /// `docker run -d --name name extra... image sleep 600`.
+    pub fn sleeper(&self, image: &str, name: &str, extra: &[&str]) {
+        let mut args = vec!["run", "-d", "--name", name];
+        args.extend_from_slice(extra);
+        args.extend_from_slice(&[image, "sleep", "600"]);
+        self.docker_ok(&args);
+    }
+
+    /// Docker's own firewall default on a host: FORWARD DROP (it turns ip_forward on itself).
+    /// Should forwarding have been on already, Docker leaves the policy alone: then set DROP
+    /// ourselves (the harness restores the policy), unless another dockerd runs here.
+    pub fn force_forward_drop(&self) {
+        if super::firewall::forward_policy() != "-P FORWARD DROP"
+            && other_dockerds(self.pid()).is_empty()
+        {
+            eprintln!("FORWARD policy was not DROP, setting it");
+            assert!(super::firewall::host("iptables", &["-w", "-P", "FORWARD", "DROP"]).0);
+        }
+    }
+
     /// Runs docker, expecting failure; returns stderr, trimmed.
     pub fn docker_err(&self, args: &[&str]) -> String {
         let out = self.docker(args);

@@ -172,6 +172,19 @@ impl Etcd {
         self.store_with_timeout(Duration::from_secs(5))
     }
 
+    /// Every key under `prefix` with its value parsed as JSON (panics on either failing).
+    pub fn list_json(&self, prefix: &str) -> Vec<(String, serde_json::Value)> {
+        super::block_on(self.store().list(prefix))
+            .unwrap_or_else(|e| panic!("list {prefix}: {e}"))
+            .into_iter()
+            .map(|kv| {
+                let v = serde_json::from_slice(&kv.value)
+                    .unwrap_or_else(|e| panic!("{}: not JSON: {e}", kv.key));
+                (kv.key, v)
+            })
+            .collect()
+    }
+
     /// Stops etcd now (SIGKILL by PID) and waits for it.
     pub fn stop(&mut self) {
         if let Some(mut c) = self.child.take() {
