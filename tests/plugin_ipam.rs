@@ -431,6 +431,89 @@ async fn exhausted_pool(store: Store) {
     s.stop().await;
 }
 
+/// The network driver's datastore cost and clean-up: CreateEndpoint makes one round trip
+/// once the network's record is settled on its named profile; DeleteNetwork makes at most
+/// four and removes the record and the unused profile; a profile that does not decode is
+/// left alone, and the record still goes.
+async fn network_round_trips_and_unreadable_profile(store: Store) {
+    use calico_libnetwork::driver::profiles::fallback_profile;
+    use calico_libnetwork::model::keys;
+    let s = Server::start(store.clone(), "host-a", &[DEFAULT_V4]).await;
+    let c = &s.client;
+    let hex = |n: u8| format!("{n:02x}").repeat(32);
+    let create_network = |id: String| {
+        c.ok(
+            "NetworkDriver.CreateNetwork",
+            json!({"NetworkID": id, "Options": {"com.docker.network.generic": {}},
+                   "IPv4Data": [{"AddressSpace": "CalicoLocalAddressSpace", "Pool": "0.0.0.0/0", "Gateway": "0.0.0.0/0"}],
+                   "IPv6Data": []}),
+        )
+    };
+    let net = hex(0xa1);
+    create_network(net.clone()).await;
+    // The name learned from Docker (there is no Docker here): the record moves to the
+    // profile named after the network, as the background lookup writes it.
+    let rkey = keys::network_key(&net);
+    let kv = store.get(&rkey).await.unwrap().unwrap();
+    let mut rec: Value = serde_json::from_slice(&kv.value).unwrap();
+    rec["name"] = json!("web");
+    rec["profile"] = json!("web");
+    store
+        .put(&rkey, rec.to_string().into_bytes())
+        .await
+        .unwrap();
+    let mut trips = Vec::new();
+    for (i, ep) in [hex(0xe1), hex(0xe2)].iter().enumerate() {
+        let before = store.stats().snapshot();
+        c.ok(
+            "NetworkDriver.CreateEndpoint",
+            json!({"NetworkID": net, "EndpointID": ep,
+                   "Interface": {"Address": format!("10.90.200.{}/32", i + 1), "AddressIPv6": "", "MacAddress": ""},
+                   "Options": {}}),
+        )
+        .await;
+        trips.push(store.stats().snapshot().since(&before).round_trips);
+        c.ok(
+            "NetworkDriver.DeleteEndpoint",
+            json!({"NetworkID": net, "EndpointID": ep}),
+        )
+        .await;
+    }
+    // The first reads the record, the second has it in memory: only the endpoint's write.
+    assert_eq!(trips, vec![2, 1], "CreateEndpoint round trips");
+    let fallback = fallback_profile(&net);
+    assert!(store
+        .get(&keys::profile_key(&fallback))
+        .await
+        .unwrap()
+        .is_some());
+    let before = store.stats().snapshot();
+    c.ok("NetworkDriver.DeleteNetwork", json!({"NetworkID": net}))
+        .await;
+    let rt = store.stats().snapshot().since(&before);
+    assert!(rt.round_trips <= 4, "DeleteNetwork made {rt:?}");
+    assert!(store.get(&rkey).await.unwrap().is_none(), "record left");
+    assert!(
+        store
+            .get(&keys::profile_key(&fallback))
+            .await
+            .unwrap()
+            .is_none(),
+        "unused fallback profile left"
+    );
+
+    // A profile that is not ours to read: it stays, the record goes anyway.
+    let odd = hex(0xb2);
+    create_network(odd.clone()).await;
+    let pkey = keys::profile_key(&fallback_profile(&odd));
+    store.put(&pkey, b"{not json".to_vec()).await.unwrap();
+    c.ok("NetworkDriver.DeleteNetwork", json!({"NetworkID": odd}))
+        .await;
+    assert!(store.get(&keys::network_key(&odd)).await.unwrap().is_none());
+    assert_eq!(store.get(&pkey).await.unwrap().unwrap().value, b"{not json");
+    s.stop().await;
+}
+
 macro_rules! both {
     ($($name:ident),*) => {
         mod etcd {
@@ -460,5 +543,6 @@ both!(
     default_pool_sequence,
     subnet_sequences,
     options_ipv6_and_errors,
-    exhausted_pool
+    exhausted_pool,
+    network_round_trips_and_unreadable_profile
 );
