@@ -642,15 +642,7 @@ fn docker_session(cfg: &Cfg, kind: &str) -> DockerRun {
         }
     }
     let plugin = Plugin::start(&env);
-    docker.docker_ok(&[
-        "network",
-        "create",
-        "-d",
-        "calico",
-        "--ipam-driver",
-        "calico",
-        "benchnet",
-    ]);
+    docker.calico_network("benchnet", &[]);
     // A user-defined network of Docker's own bridge driver: like every user-defined network
     // (calico's too) it gets Docker's embedded DNS, set up in each container's namespace,
     // which `--net bridge` and `--net none` do not.

@@ -87,15 +87,7 @@ fn network_create_with_calico_driver_and_ipam() {
         return;
     };
     let d = &env.docker;
-    let id = d.docker_ok(&[
-        "network",
-        "create",
-        "-d",
-        "calico",
-        "--ipam-driver",
-        "calico",
-        "net1",
-    ]);
+    let id = d.calico_network("net1", &[]);
     assert_eq!(id.len(), 64, "network ID: {id}");
     assert_eq!(
         inspect(d, "net1", "{{.Driver}} {{.IPAM.Driver}}"),
@@ -124,17 +116,7 @@ fn subnet_creates_pool_and_network_rm_deletes_it() {
     let (d, etcd) = (&env.docker, env.etcd());
     wait_default_pool(etcd);
     assert_eq!(pool_with_cidr(etcd, "10.77.0.0/24"), None);
-    d.docker_ok(&[
-        "network",
-        "create",
-        "-d",
-        "calico",
-        "--ipam-driver",
-        "calico",
-        "--subnet",
-        "10.77.0.0/24",
-        "net77",
-    ]);
+    d.calico_network("net77", &["--subnet", "10.77.0.0/24"]);
     let name = pool_with_cidr(etcd, "10.77.0.0/24").unwrap_or_else(|| {
         panic!(
             "no Calico pool 10.77.0.0/24 after network create: {:?}",
@@ -178,17 +160,7 @@ fn subnet_of_existing_pool_uses_and_keeps_it() {
     let (d, etcd) = (&env.docker, env.etcd());
     let default = wait_default_pool(etcd);
     let before = pools(etcd);
-    d.docker_ok(&[
-        "network",
-        "create",
-        "-d",
-        "calico",
-        "--ipam-driver",
-        "calico",
-        "--subnet",
-        DEFAULT_POOL,
-        "netdef",
-    ]);
+    d.calico_network("netdef", &["--subnet", DEFAULT_POOL]);
     assert_eq!(pools(etcd), before, "no pool created for an existing CIDR");
     assert_eq!(
         inspect(d, "netdef", "{{range .IPAM.Config}}{{.Subnet}}{{end}}"),
@@ -274,17 +246,8 @@ fn plugin_restart_between_create_and_rm() {
         return;
     };
     wait_default_pool(env.etcd());
-    env.docker.docker_ok(&[
-        "network",
-        "create",
-        "-d",
-        "calico",
-        "--ipam-driver",
-        "calico",
-        "--subnet",
-        "10.77.1.0/24",
-        "netr",
-    ]);
+    env.docker
+        .calico_network("netr", &["--subnet", "10.77.1.0/24"]);
     assert!(pool_with_cidr(env.etcd(), "10.77.1.0/24").is_some());
     let old = env.plugin.pid();
     env.plugin.restart();
@@ -309,17 +272,7 @@ fn network_create_and_rm_on_local_datastore() {
     let t0 = Instant::now();
     let env = DockerEnv::with_local_store();
     let d = &env.docker;
-    d.docker_ok(&[
-        "network",
-        "create",
-        "-d",
-        "calico",
-        "--ipam-driver",
-        "calico",
-        "--subnet",
-        "10.77.2.0/24",
-        "netl",
-    ]);
+    d.calico_network("netl", &["--subnet", "10.77.2.0/24"]);
     assert_eq!(
         inspect(
             d,

@@ -118,15 +118,7 @@ fn scenario(test: &str, env: &mut Env) {
     d.force_forward_drop();
     assert_eq!(forward_policy(), "-P FORWARD DROP");
 
-    d.docker_ok(&[
-        "network",
-        "create",
-        "-d",
-        "calico",
-        "--ipam-driver",
-        "calico",
-        "net1",
-    ]);
+    d.calico_network("net1", &[]);
     let net_id = d.docker_ok(&["network", "inspect", "-f", "{{.Id}}", "net1"]);
     for name in ["c1", "c2"] {
         d.docker_ok(&[
