@@ -7,6 +7,6 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/deps.sh etcd-server docker.io containerd busybox-static containernetworking-plugins \
-  protobuf-compiler iproute2 iptables procps
+  iproute2 iptables nftables procps kmod
 cargo build --release --locked --bin calico-libnetwork
 cargo bench --locked --bench plugin "$@"

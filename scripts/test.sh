@@ -3,8 +3,7 @@
 # Run as root on Debian 12. Installs the Debian packages the tests need.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-bash scripts/deps.sh protobuf-compiler etcd-server etcd-client docker.io containerd busybox-static openssl python3 \
-  iproute2 iptables iputils-ping curl procps
+bash scripts/test-deps.sh
 cargo fmt --all -- --check
 cargo clippy --locked --all-targets -- -D warnings
 cargo test --locked "$@"

@@ -1,0 +1,10 @@
+#!/usr/bin/env bash
+# The dependency step of scripts/test.sh, alone: installs (as root, on Debian 12) the build's
+# needs (scripts/deps.sh) and what the tests run: etcd and etcdctl, dockerd with containerd
+# (and kmod: dockerd loads br_netfilter and overlay with modprobe), a static busybox (the
+# test image), openssl (test certificates), python3 (a test server), iproute2, iptables,
+# nftables, ping, curl, ps.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/deps.sh etcd-server etcd-client docker.io containerd busybox-static openssl python3 \
+  iproute2 iptables nftables iputils-ping curl procps kmod
