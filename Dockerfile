@@ -19,7 +19,11 @@ FROM scratch AS bundled
 COPY build/plugin/rootfs/ /
 ENTRYPOINT ["/usr/bin/calico-libnetwork"]
 
-# Debian-based: Debian's glibc and iptables, our binary.
+# Debian-based: Debian's glibc and iptables, our binary. What the binary runs: iptables,
+# iptables-restore and their ip6tables twins (all in `iptables`) for the standalone firewall
+# rules, and `nft` (`nftables`) to see whether Felix's nft table is there. Nothing else: the
+# veths, routes and sysctls are netlink and /proc/sys, and etcd TLS trusts only
+# ETCD_CA_CERT_FILE (no system CA bundle, so no ca-certificates).
 FROM ${DEBIAN_IMAGE} AS debian
 RUN apt-get update \
     && apt-get install -y --no-install-recommends iptables nftables \
