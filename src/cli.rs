@@ -7,9 +7,10 @@ use clap::{Parser, Subcommand};
 use crate::config::{Config, ConfigArgs, DatastoreConfig, LogFormat};
 use crate::datastore::etcd::EtcdStore;
 use crate::datastore::local::LocalStore;
+use crate::datastore::remote::RemoteStore;
 use crate::datastore::Datastore;
 use crate::driver::{Driver, DriverSettings};
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::plugin::{self, AppState};
 
 /// Calico network and IPAM plugin for Docker.
@@ -50,6 +51,26 @@ pub enum Command {
     Endpoint {
         #[command(subcommand)]
         cmd: EndpointCommand,
+    },
+    /// The firewall rules the plugin owns on this host (iptables and ip6tables, filter
+    /// and nat): show them, or remove them all (uninstalling).
+    Firewall {
+        #[command(subcommand)]
+        cmd: FirewallCommand,
+    },
+}
+
+/// `firewall` subcommands.
+#[derive(Subcommand, Debug)]
+pub enum FirewallCommand {
+    /// Print every rule and chain the plugin owns, as `iptables -S` lines per table.
+    Show,
+    /// Delete every rule and chain the plugin owns (refused while the plugin serves).
+    Remove {
+        /// Remove them even while the plugin serves (its containers lose their forwarding,
+        /// isolation and published ports until the plugin rewrites them).
+        #[arg(long)]
+        force: bool,
     },
 }
 
@@ -175,7 +196,7 @@ fn table(rows: Vec<Vec<String>>) -> String {
 
 async fn run_pool(config: &Config, cmd: PoolCommand) -> Result<i32> {
     use crate::model::{IpPool, IpPoolSpec};
-    let ipam = crate::ipam::Ipam::new(open_datastore(config)?);
+    let ipam = crate::ipam::Ipam::new(open_datastore_for_command(config).await?);
     match cmd {
         PoolCommand::List { output } => {
             let pools = ipam.list_pools().await?;
@@ -242,7 +263,7 @@ async fn run_pool(config: &Config, cmd: PoolCommand) -> Result<i32> {
 }
 
 async fn run_ipam(config: &Config, cmd: IpamCommand) -> Result<i32> {
-    let store = open_datastore(config)?;
+    let store = open_datastore_for_command(config).await?;
     let ipam = crate::ipam::Ipam::new(store.clone());
     match cmd {
         IpamCommand::Check {
@@ -332,9 +353,12 @@ async fn run_status(config: &Config, output: Output) -> Result<i32> {
         DatastoreConfig::Etcd(_) => "etcdv3",
         DatastoreConfig::Local(_) => "local",
     };
-    let st = crate::ops::status(&config.nodename, &config.socket, kind, || {
-        open_datastore(config)
-    })
+    let st = crate::ops::status(
+        &config.nodename,
+        &config.socket,
+        kind,
+        open_datastore_for_command(config).await,
+    )
     .await;
     if output == Output::Json {
         print_json(&st);
@@ -414,7 +438,7 @@ async fn run_status(config: &Config, output: Output) -> Result<i32> {
 
 async fn run_endpoint(config: &Config, cmd: EndpointCommand) -> Result<i32> {
     let EndpointCommand::List { all_hosts, output } = cmd;
-    let store = open_datastore(config)?;
+    let store = open_datastore_for_command(config).await?;
     let node = (!all_hosts).then_some(config.nodename.as_str());
     let rows = crate::ops::endpoints(store.as_ref(), node).await?;
     if output == Output::Json {
@@ -456,6 +480,68 @@ async fn run_endpoint(config: &Config, cmd: EndpointCommand) -> Result<i32> {
     Ok(0)
 }
 
+async fn run_firewall(config: &Config, cmd: FirewallCommand) -> Result<i32> {
+    use crate::dataplane::standalone::{self, Family, TABLES};
+    match cmd {
+        FirewallCommand::Show => {
+            let mut total = 0;
+            for family in [Family::V4, Family::V6] {
+                for table in TABLES {
+                    let listed =
+                        tokio::task::spawn_blocking(move || standalone::list_owned(family, table))
+                            .await
+                            .map_err(|e| Error::msg(format!("list firewall rules: {e}")))?;
+                    match listed {
+                        Ok(lines) => {
+                            println!("# {} -t {table}", family.bin());
+                            total += lines.len();
+                            for l in lines {
+                                println!("{l}");
+                            }
+                        }
+                        Err(e) if family == Family::V6 => {
+                            println!("# {} -t {table}: not available ({e})", family.bin());
+                        }
+                        Err(e) => return Err(e),
+                    }
+                }
+            }
+            if total == 0 {
+                println!("no calico-libnetwork firewall rules on this host");
+            }
+            Ok(0)
+        }
+        FirewallCommand::Remove { force } => {
+            let serving =
+                crate::ops::plugin_activate(&config.socket, crate::ops::SOCKET_TIMEOUT).await;
+            if serving.is_ok() {
+                if !force {
+                    return Err(Error::msg(format!(
+                        "remove firewall rules: the plugin is serving on {} and its \
+                         containers need them; stop it first (it removes them itself when no \
+                         endpoint is left), or pass --force",
+                        config.socket.display()
+                    )));
+                }
+                eprintln!(
+                    "warning: the plugin serving on {} will write its rules again at its next \
+                     change",
+                    config.socket.display()
+                );
+            }
+            let removed = tokio::task::spawn_blocking(standalone::remove_all)
+                .await
+                .map_err(|e| Error::msg(format!("remove firewall rules: {e}")))??;
+            if removed == 0 {
+                println!("no calico-libnetwork firewall rules on this host");
+            } else {
+                println!("removed {removed} calico-libnetwork firewall rules and chains");
+            }
+            Ok(0)
+        }
+    }
+}
+
 /// Sets up logging to stdout at the configured level and format.
 /// Returns the guard that flushes buffered log lines when dropped (keep it until exit).
 pub fn init_logging(config: &Config) -> tracing_appender::non_blocking::WorkerGuard {
@@ -493,6 +579,28 @@ pub fn open_datastore(config: &Config) -> Result<Arc<dyn Datastore>> {
         DatastoreConfig::Etcd(c) => Arc::new(EtcdStore::new(c.clone())?),
         DatastoreConfig::Local(path) => Arc::new(LocalStore::open(path)?),
     })
+}
+
+/// Opens the datastore for an operator command: the configured one, or, when the embedded
+/// store's file is held by the plugin running on this host, that plugin's store through
+/// its socket (same data, same code above it).
+pub async fn open_datastore_for_command(config: &Config) -> Result<Arc<dyn Datastore>> {
+    match open_datastore(config) {
+        Err(e) if e.is_in_use() => {
+            let store = RemoteStore::connect(&config.socket)
+                .await
+                .map_err(|remote| {
+                    Error::msg(format!(
+                        "{e}, and the plugin socket {} does not serve it ({remote}): stop the \
+                     process holding the store, or point CALICO_LIBNETWORK_SOCKET at the \
+                     plugin's socket",
+                        config.socket.display()
+                    ))
+                })?;
+            Ok(Arc::new(store))
+        }
+        other => other,
+    }
 }
 
 /// Builds the driver from settings.
@@ -595,6 +703,13 @@ pub async fn run_server(config: Config) -> Result<()> {
     {
         tracing::warn!("stopping with a firewall update still running");
     }
+    // With no endpoint left nothing needs our rules: a stopped plugin leaves none behind.
+    // With endpoints, their containers keep working until the plugin is back.
+    match driver.remove_rules_if_idle().await {
+        Ok(true) => tracing::info!("no endpoint left on this host: firewall rules removed"),
+        Ok(false) => {}
+        Err(e) => tracing::warn!(error = %e, "remove firewall rules at stop"),
+    }
     tracing::info!("stopped; socket removed");
     Ok(())
 }
@@ -630,6 +745,7 @@ pub fn main_entry() -> i32 {
             Command::Ipam { cmd } => run_ipam(&config, cmd).await,
             Command::Status { output } => run_status(&config, output).await,
             Command::Endpoint { cmd } => run_endpoint(&config, cmd).await,
+            Command::Firewall { cmd } => run_firewall(&config, cmd).await,
         }
     });
     match result {

@@ -26,6 +26,13 @@ pub enum Error {
     /// The datastore could not be reached or did not answer in time.
     #[error("datastore unavailable: {0}")]
     Unavailable(String),
+    /// A resource only one process may hold (the embedded store's file) is held by another.
+    #[error("{what}: in use by another process")]
+    InUse { what: String },
+    /// The Docker Engine API could not be reached or refused a call (never a datastore
+    /// problem: the datastore may be fine while dockerd is down).
+    #[error("docker API unavailable: {0}")]
+    Docker(String),
     /// Something timed out.
     #[error("{what} timed out after {after:?}")]
     Timeout {
@@ -116,6 +123,16 @@ impl Error {
         matches!(self.root(), Error::Invalid(_))
     }
 
+    /// True when the root cause is [`Error::InUse`].
+    pub fn is_in_use(&self) -> bool {
+        matches!(self.root(), Error::InUse { .. })
+    }
+
+    /// True when the Docker Engine API failed (unreachable, refused, or an error answer).
+    pub fn is_docker(&self) -> bool {
+        matches!(self.root(), Error::Docker(_))
+    }
+
     /// True when the datastore was unreachable or slow.
     pub fn is_unavailable(&self) -> bool {
         matches!(self.root(), Error::Unavailable(_) | Error::Timeout { .. })
@@ -178,6 +195,18 @@ mod tests {
         );
         assert!(e.is_conflict());
         assert!(!e.is_exists());
+    }
+
+    #[test]
+    fn docker_api_errors_are_not_datastore_errors() {
+        let e =
+            Error::Docker("connect unix:///nowhere.sock: no such file".into()).context("reconcile");
+        assert!(e.is_docker());
+        assert!(!e.is_unavailable());
+        assert_eq!(
+            e.to_string(),
+            "reconcile: docker API unavailable: connect unix:///nowhere.sock: no such file"
+        );
     }
 
     #[test]

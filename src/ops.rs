@@ -136,13 +136,13 @@ fn percent(used: u64, size: u128) -> f64 {
     }
 }
 
-/// Gathers [`Status`]. `open` opens the datastore (it may fail: the embedded store is held
-/// by a running plugin).
+/// Gathers [`Status`], from the datastore as the command could open it (directly, or
+/// through the running plugin for an embedded store it holds).
 pub async fn status(
     nodename: &str,
     socket: &Path,
     kind: &str,
-    open: impl FnOnce() -> Result<Arc<dyn Datastore>>,
+    store: Result<Arc<dyn Datastore>>,
 ) -> Status {
     let mut st = Status {
         node: nodename.to_string(),
@@ -175,24 +175,15 @@ pub async fn status(
             st.socket.error = Some(e);
         }
     }
-    let store = match open() {
+    let store = match store {
         Ok(s) => s,
         Err(e) => {
             let msg = e.to_string();
-            if kind == "local" && st.socket.up && msg.to_lowercase().contains("already open") {
-                st.datastore.error = Some("in use by the running plugin".to_string());
-                st.notes.push(
-                    "the embedded store is held by the running plugin, so its contents were \
-                     not checked; stop the plugin to inspect them"
-                        .to_string(),
-                );
-            } else {
-                st.problems.push(format!(
-                    "cannot open the {kind} datastore ({msg}): check the datastore settings \
-                     (DATASTORE_TYPE, ETCD_ENDPOINTS, CALICO_LIBNETWORK_STORE)"
-                ));
-                st.datastore.error = Some(msg);
-            }
+            st.problems.push(format!(
+                "cannot open the {kind} datastore ({msg}): check the datastore settings \
+                 (DATASTORE_TYPE, ETCD_ENDPOINTS, CALICO_LIBNETWORK_STORE)"
+            ));
+            st.datastore.error = Some(msg);
             return st;
         }
     };

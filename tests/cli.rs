@@ -377,3 +377,318 @@ async fn a_stalled_log_pipe_never_blocks_requests() {
     assert!(t.elapsed() < Duration::from_secs(60), "{:?}", t.elapsed());
     let _ = r.child.kill();
 }
+
+// ------------------------------------------------------------ the plugin as run-local.sh runs it
+
+/// Starts the binary as `scripts/run-local.sh` does (embedded store, the default firewall
+/// mode, `auto`: standalone on a host without Felix), on private paths under `dir`.
+fn start_like_run_local(dir: &std::path::Path) -> Running {
+    let sock = dir.join("plugins/calico.sock");
+    let child = bin()
+        .env_remove("CALICO_LIBNETWORK_DATAPLANE")
+        .env("DATASTORE_TYPE", "local")
+        .env("CALICO_LIBNETWORK_SOCKET", &sock)
+        .env("CALICO_LIBNETWORK_STORE", dir.join("store.redb"))
+        .env("NODENAME", "cli-test-host")
+        .env("CALICO_IPV4POOL_CIDR", "10.67.0.0/16")
+        // No Docker here: the background tasks that ask it give up quietly.
+        .env(
+            "CALICO_LIBNETWORK_DOCKER_HOST",
+            "unix:///nonexistent/docker.sock",
+        )
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        if let Ok((200, _)) = common::plugin::call(&sock, "Plugin.Activate", "") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "plugin socket never came up");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    Running {
+        child,
+        sock,
+        _dir: tempfile::tempdir().unwrap(),
+    }
+}
+
+/// Stops the plugin with `sig` (SIGINT is Ctrl-C) and returns its output.
+fn stop_with(r: &mut Running, sig: i32) -> std::process::Output {
+    unsafe {
+        libc::kill(r.child.id() as i32, sig);
+    }
+    let child = std::mem::replace(&mut r.child, Command::new("true").spawn().unwrap());
+    child.wait_with_output().unwrap()
+}
+
+const NET_ID: &str = "1111111111111111111111111111111111111111111111111111111111111111";
+const EP_ID: &str = "2222222222222222222222222222222222222222222222222222222222222222";
+
+fn plugin_ok(sock: &std::path::Path, method: &str, body: serde_json::Value) -> serde_json::Value {
+    let (st, resp) = common::plugin::call(sock, method, &body.to_string()).unwrap();
+    assert_eq!(st, 200, "{method}: {resp}");
+    serde_json::from_str(&resp).unwrap()
+}
+
+/// A network and an endpoint on it, made with the calls Docker makes (no Join: no veth).
+fn network_and_endpoint(sock: &std::path::Path) {
+    let pool = plugin_ok(
+        sock,
+        "IpamDriver.RequestPool",
+        serde_json::json!({"AddressSpace": "CalicoGlobalAddressSpace", "Pool": "", "SubPool": "", "Options": {}, "V6": false}),
+    );
+    let addr = plugin_ok(
+        sock,
+        "IpamDriver.RequestAddress",
+        serde_json::json!({"PoolID": pool["PoolID"], "Address": "", "Options": {}}),
+    );
+    plugin_ok(
+        sock,
+        "NetworkDriver.CreateNetwork",
+        serde_json::json!({"NetworkID": NET_ID, "Options": {}, "IPv4Data": [{"AddressSpace": "x", "Pool": "0.0.0.0/0", "Gateway": "0.0.0.0/0"}], "IPv6Data": []}),
+    );
+    plugin_ok(
+        sock,
+        "NetworkDriver.CreateEndpoint",
+        serde_json::json!({"NetworkID": NET_ID, "EndpointID": EP_ID, "Interface": {"Address": addr["Address"]}, "Options": {}}),
+    );
+}
+
+/// The README's first command, then Ctrl-C, then its second: a stopped plugin with no endpoint
+/// left leaves none of its firewall rules behind (the suite would take them for a leak); one
+/// stopped with an endpoint left keeps them, so running containers keep working until it is
+/// back, and removes them once that endpoint is gone.
+#[test]
+fn a_plugin_stopped_with_no_endpoint_left_leaves_no_firewall_rule() {
+    if !common::require_root("a_plugin_stopped_with_no_endpoint_left_leaves_no_firewall_rule") {
+        return;
+    }
+    let _lock = common::docker::lock();
+    let _fw = common::firewall::FirewallCleanup::new();
+    let dir = tempfile::tempdir().unwrap();
+
+    let mut r = start_like_run_local(dir.path());
+    // Positive control: serving, it keeps its chains and the jump from FORWARD.
+    let rules = common::firewall::owned_rules();
+    assert!(
+        rules
+            .iter()
+            .any(|l| l.ends_with("-A FORWARD -j CALICO-LIBNETWORK-FORWARD")),
+        "{rules:#?}"
+    );
+    let out = stop_with(&mut r, libc::SIGINT);
+    assert!(out.status.success(), "{out:?}");
+    let log = String::from_utf8_lossy(&out.stdout);
+    assert!(log.contains("firewall rules removed"), "{log}");
+    common::firewall::assert_no_chain();
+
+    // Stopped with an endpoint left: its rules stay.
+    let mut r = start_like_run_local(dir.path());
+    network_and_endpoint(&r.sock);
+    let out = stop_with(&mut r, libc::SIGTERM);
+    assert!(out.status.success(), "{out:?}");
+    let log = String::from_utf8_lossy(&out.stdout);
+    assert!(!log.contains("firewall rules removed"), "{log}");
+    let rules = common::firewall::owned_rules();
+    assert!(
+        rules
+            .iter()
+            .any(|l| l.ends_with("-A FORWARD -j CALICO-LIBNETWORK-FORWARD")),
+        "the rules are kept for the endpoint: {rules:#?}"
+    );
+    // Back, the endpoint goes, then the plugin: nothing is left.
+    let mut r = start_like_run_local(dir.path());
+    plugin_ok(
+        &r.sock,
+        "NetworkDriver.DeleteEndpoint",
+        serde_json::json!({"NetworkID": NET_ID, "EndpointID": EP_ID}),
+    );
+    let out = stop_with(&mut r, libc::SIGTERM);
+    assert!(out.status.success(), "{out:?}");
+    common::firewall::assert_no_chain();
+}
+
+/// `firewall show` lists every rule the plugin owns; `firewall remove` refuses while the
+/// plugin serves, removes them all with `--force` or once it has stopped.
+#[test]
+fn firewall_show_and_remove() {
+    if !common::require_root("firewall_show_and_remove") {
+        return;
+    }
+    let _lock = common::docker::lock();
+    let _fw = common::firewall::FirewallCleanup::new();
+    let dir = tempfile::tempdir().unwrap();
+    let mut r = start_like_run_local(dir.path());
+    network_and_endpoint(&r.sock);
+    let sock = r.sock.to_str().unwrap().to_string();
+    let env = [("CALICO_LIBNETWORK_SOCKET", sock.as_str())];
+
+    let (code, out, err) = op(&env, &["firewall", "show"]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("# iptables -t filter"), "{out}");
+    assert!(
+        out.contains("-A FORWARD -j CALICO-LIBNETWORK-FORWARD"),
+        "{out}"
+    );
+    assert!(
+        out.contains("-A PREROUTING -m addrtype --dst-type LOCAL -j CALICO-LIBNETWORK-DNAT"),
+        "{out}"
+    );
+    // Exactly what iptables holds of ours, line for line.
+    let listed: Vec<&str> = out.lines().filter(|l| !l.starts_with('#')).collect();
+    let owned = common::firewall::owned_rules();
+    assert_eq!(listed.len(), owned.len(), "{out}\n{owned:#?}");
+
+    let (code, _, err) = op(&env, &["firewall", "remove"]);
+    assert_eq!(code, 1, "refused while the plugin serves: {err}");
+    assert!(
+        err.contains("the plugin is serving") && err.contains("--force"),
+        "{err}"
+    );
+    assert_eq!(common::firewall::owned_rules(), owned, "nothing removed");
+
+    let (code, out, err) = op(&env, &["firewall", "remove", "--force"]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(
+        out.contains(&format!(
+            "removed {} calico-libnetwork firewall rules",
+            owned.len()
+        )),
+        "{out}"
+    );
+    common::firewall::assert_no_chain();
+    let (code, out, _) = op(&env, &["firewall", "show"]);
+    assert_eq!(code, 0);
+    assert!(out.contains("no calico-libnetwork firewall rules"), "{out}");
+
+    // Stopped, it has nothing left to remove; `remove` says so and succeeds.
+    stop_with(&mut r, libc::SIGTERM);
+    let (code, out, err) = op(&env, &["firewall", "remove"]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("no calico-libnetwork firewall rules"), "{out}");
+}
+
+// ------------------------------------------------- operator commands with the plugin running
+
+/// Every operator command with the plugin serving, on the store `envs` selects: the same
+/// output and exit codes as with the plugin stopped.
+fn operator_commands_while_serving(envs: &[(&str, &str)], sock: &std::path::Path) {
+    let sock = sock.to_str().unwrap();
+    let mut all: Vec<(&str, &str)> = envs.to_vec();
+    all.push(("CALICO_LIBNETWORK_SOCKET", sock));
+    all.push(("NODENAME", "cli-test-host"));
+    pool_and_ipam_commands(&all);
+
+    let (code, out, err) = op(&all, &["pool", "add", "p9", "10.70.0.0/24"]);
+    assert_eq!(code, 0, "{out}{err}");
+    let (code, out, err) = op(&all, &["status", "-o", "json"]);
+    assert_eq!(code, 0, "{out}{err}");
+    let st: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(st["datastore"]["reachable"], true, "{st:#}");
+    assert_eq!(st["node_resource"], true, "{st:#}");
+    assert_eq!(st["socket"]["up"], true, "{st:#}");
+    assert_eq!(st["endpoints"], 0, "{st:#}");
+    let (code, out, err) = op(&all, &["status"]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(
+        out.contains("reachable") && !out.contains("skipped"),
+        "{out}"
+    );
+
+    network_and_endpoint(std::path::Path::new(sock));
+    let (code, out, err) = op(&all, &["endpoint", "list", "-o", "json"]);
+    assert_eq!(code, 0, "{out}{err}");
+    let eps: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(eps[0]["endpoint"], EP_ID, "{eps:#}");
+    let (code, out, err) = op(&all, &["ipam", "check", "--no-veths"]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("0 inconsistencies found"), "{out}");
+    let (code, out, err) = op(&all, &["ipam", "check", "--no-veths", "--repair"]);
+    assert_eq!(code, 0, "{out}{err}");
+}
+
+#[test]
+fn operator_commands_on_the_embedded_store_go_through_the_running_plugin() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = dir.path().join("store.redb");
+    let sock = dir.path().join("calico.sock");
+    let mut child = bin()
+        .env("DATASTORE_TYPE", "local")
+        .env("CALICO_LIBNETWORK_STORE", &store)
+        .env("CALICO_LIBNETWORK_SOCKET", &sock)
+        .env("NODENAME", "cli-test-host")
+        .env("NO_DEFAULT_POOLS", "true")
+        .env(
+            "CALICO_LIBNETWORK_DOCKER_HOST",
+            "unix:///nonexistent/docker.sock",
+        )
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while common::plugin::call(&sock, "Plugin.Activate", "").is_err() {
+        assert!(Instant::now() < deadline, "plugin socket never came up");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let store_env = store.to_str().unwrap().to_string();
+    let envs = [("CALICO_LIBNETWORK_STORE", store_env.as_str())];
+    // The plugin holds the file: opening it directly is impossible.
+    match calico_libnetwork::datastore::local::LocalStore::open(&store) {
+        Err(e) => assert!(e.is_in_use(), "{e}"),
+        Ok(_) => panic!("the store file opened twice"),
+    }
+    operator_commands_while_serving(&envs, &sock);
+
+    // A socket that does not answer: one line naming both causes, exit 1.
+    let (code, _, err) = op(
+        &[
+            ("CALICO_LIBNETWORK_STORE", store_env.as_str()),
+            ("CALICO_LIBNETWORK_SOCKET", "/nonexistent/calico.sock"),
+        ],
+        &["pool", "list"],
+    );
+    assert_eq!(code, 1);
+    assert!(
+        err.contains("in use by another process") && err.contains("/nonexistent/calico.sock"),
+        "{err}"
+    );
+    unsafe {
+        libc::kill(child.id() as i32, libc::SIGTERM);
+    }
+    assert!(child.wait().unwrap().success());
+}
+
+#[test]
+fn operator_commands_on_etcd_with_the_plugin_running() {
+    let etcd = common::etcd::Etcd::start();
+    let dir = tempfile::tempdir().unwrap();
+    let sock = dir.path().join("calico.sock");
+    let endpoint = etcd.endpoint();
+    let mut child = bin()
+        .env("ETCD_ENDPOINTS", &endpoint)
+        .env("CALICO_LIBNETWORK_SOCKET", &sock)
+        .env("NODENAME", "cli-test-host")
+        .env("NO_DEFAULT_POOLS", "true")
+        .env(
+            "CALICO_LIBNETWORK_DOCKER_HOST",
+            "unix:///nonexistent/docker.sock",
+        )
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while common::plugin::call(&sock, "Plugin.Activate", "").is_err() {
+        assert!(Instant::now() < deadline, "plugin socket never came up");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    operator_commands_while_serving(&[("ETCD_ENDPOINTS", &endpoint)], &sock);
+    unsafe {
+        libc::kill(child.id() as i32, libc::SIGTERM);
+    }
+    assert!(child.wait().unwrap().success());
+}

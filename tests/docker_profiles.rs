@@ -9,57 +9,16 @@ mod common;
 
 use common::{PROFILES_PREFIX, WEPS_PREFIX};
 
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use calico_libnetwork::model::resource_name_from;
 use common::docker::{self, Dockerd, HostLock};
 use common::etcd::Etcd;
+use common::firewall::FirewallCleanup;
 use common::plugin::Plugin;
 use serde_json::{json, Value};
 
 const NETWORKS_PREFIX: &str = "/calico/libnetwork/v1/networks/";
-const CHAIN: &str = "CALICO-LIBNETWORK-FORWARD";
-
-fn host(prog: &str, args: &[&str]) -> bool {
-    Command::new(prog)
-        .args(args)
-        .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
-        .output()
-        .map(|o| o.status.success())
-        .unwrap_or(false)
-}
-
-/// Removes our forward chain and its jump after the test if they were not there before it
-/// (the harness only undoes rules naming `DOCKER` or its bridge).
-struct FirewallCleanup {
-    present_before: Vec<(&'static str, bool)>,
-}
-
-impl FirewallCleanup {
-    fn new() -> Self {
-        FirewallCleanup {
-            present_before: ["iptables", "ip6tables"]
-                .into_iter()
-                .map(|b| (b, host(b, &["-w", "-n", "-L", CHAIN])))
-                .collect(),
-        }
-    }
-}
-
-impl Drop for FirewallCleanup {
-    fn drop(&mut self) {
-        for (bin, before) in &self.present_before {
-            if *before {
-                continue;
-            }
-            while host(bin, &["-w", "-D", "FORWARD", "-j", CHAIN]) {}
-            let _ = host(bin, &["-w", "-F", CHAIN]);
-            let _ = host(bin, &["-w", "-X", CHAIN]);
-        }
-    }
-}
-
 /// Lock, etcd, dockerd, then the plugin pointed at that dockerd; dropped as dockerd, plugin,
 /// etcd, firewall clean-up, lock.
 struct Env {

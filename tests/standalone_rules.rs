@@ -107,7 +107,11 @@ fn apply_is_idempotent_and_removes_what_went_away() {
             "{f3}"
         );
 
-        remove_all();
+        let removed = remove_all().unwrap();
+        assert!(
+            removed > 0,
+            "the nat rules of felix mode were there to remove"
+        );
         let all = format!("{}{}", save("filter"), save("nat"));
         assert!(
             !all.contains("CALICO-LIBNETWORK") && !all.contains("CLN-"),
@@ -188,6 +192,6 @@ fn small_updates_end_where_a_fresh_apply_does() {
             assert_eq!(updated.0, fresh.0, "filter after {what}");
             assert_eq!(updated.1, fresh.1, "nat after {what}");
         }
-        remove_all();
+        remove_all().unwrap();
     });
 }

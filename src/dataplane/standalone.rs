@@ -121,7 +121,8 @@ impl Family {
             Family::V6 => "ip6tables-restore",
         }
     }
-    fn bin(self) -> &'static str {
+    /// The family's command: `iptables` or `ip6tables`.
+    pub fn bin(self) -> &'static str {
         match self {
             Family::V4 => "iptables",
             Family::V6 => "ip6tables",
@@ -637,20 +638,129 @@ fn delete_chains(family: Family, table: &str, chains: &[String]) {
     }
 }
 
-/// Removes every rule and chain the plugin owns (both families, all tables).
-pub fn remove_all() {
-    for family in [Family::V4, Family::V6] {
-        remove_jump(family, "filter", "FORWARD", JUMP_FORWARD);
-        remove_jump(family, "nat", "PREROUTING", JUMP_DNAT);
-        remove_jump(family, "nat", "OUTPUT", JUMP_DNAT);
-        remove_jump(family, "nat", "POSTROUTING", JUMP_POSTROUTING);
-        for table in ["filter", "nat"] {
-            if let Ok(chains) = our_chains(family, table) {
-                let chains: Vec<String> = chains.into_iter().collect();
-                delete_chains(family, table, &chains);
+/// Whether `chain` is one of ours (by name: nobody else uses these prefixes).
+fn is_our_chain(chain: &str) -> bool {
+    chain.starts_with(CHAIN_PREFIX) || chain.starts_with("CALICO-LIBNETWORK-")
+}
+
+/// The lines of an `iptables -S` listing that belong to the plugin: its chains, their rules,
+/// and the rules of other chains (`FORWARD`, `PREROUTING`, ...) that jump into them.
+pub fn owned_lines(listing: &str) -> Vec<String> {
+    listing
+        .lines()
+        .filter(|l| {
+            let mut words = l.split_whitespace();
+            let (Some(cmd), Some(chain)) = (words.next(), words.next()) else {
+                return false;
+            };
+            match cmd {
+                "-N" | "-A" if is_our_chain(chain) => true,
+                "-A" => {
+                    let rest: Vec<&str> = words.collect();
+                    rest.windows(2)
+                        .any(|w| matches!(w[0], "-j" | "-g") && is_our_chain(w[1]))
+                }
+                _ => false,
+            }
+        })
+        .map(str::to_string)
+        .collect()
+}
+
+/// The tables the plugin writes to.
+pub const TABLES: [&str; 2] = ["filter", "nat"];
+
+/// Every rule the plugin owns in one family's `table`, as `iptables -S` lines.
+pub fn list_owned(family: Family, table: &str) -> Result<Vec<String>> {
+    let out = run(family.bin(), &["-t", table, "-S"])?;
+    if !out.status.success() {
+        return Err(Error::msg(format!(
+            "list {} {table} rules: {}",
+            family.bin(),
+            String::from_utf8_lossy(&out.stderr).trim()
+        )));
+    }
+    Ok(owned_lines(&String::from_utf8_lossy(&out.stdout)))
+}
+
+/// The `iptables-restore --noflush` input that deletes `owned` (lines of one table, as
+/// [`list_owned`] gives them): the jumps into our chains, then the chains' rules, then the
+/// chains. Empty when nothing is owned.
+fn removal(table: &str, owned: &[String]) -> String {
+    let mut jumps = Vec::new();
+    let mut chains = Vec::new();
+    for l in owned {
+        if let Some(c) = l.strip_prefix("-N ") {
+            chains.push(c.trim().to_string());
+        } else if let Some(rule) = l.strip_prefix("-A ") {
+            let chain = rule.split_whitespace().next().unwrap_or_default();
+            if !is_our_chain(chain) {
+                jumps.push(format!("-D {rule}"));
             }
         }
     }
+    if jumps.is_empty() && chains.is_empty() {
+        return String::new();
+    }
+    let mut out = format!("*{table}\n");
+    for j in jumps {
+        out.push_str(&j);
+        out.push('\n');
+    }
+    // Flush all first: our chains jump to each other, and a chain still referenced cannot go.
+    for c in &chains {
+        out.push_str(&format!("-F {c}\n"));
+    }
+    for c in &chains {
+        out.push_str(&format!("-X {c}\n"));
+    }
+    out.push_str("COMMIT\n");
+    out
+}
+
+/// Removes every rule and chain the plugin owns in one family (both tables, each in one
+/// atomic `iptables-restore`); returns how many listed lines went. A family whose tool
+/// cannot list its tables (no ip6tables, IPv6 off) has nothing of ours and is skipped.
+pub fn remove_family(family: Family) -> Result<usize> {
+    let mut removed = 0;
+    for table in TABLES {
+        let mut attempt = 0;
+        loop {
+            let owned = match list_owned(family, table) {
+                Ok(o) => o,
+                Err(e) if family == Family::V6 => {
+                    debug!(error = %e, "ip6tables unusable: no IPv6 rules to remove");
+                    return Ok(removed);
+                }
+                Err(e) => return Err(e),
+            };
+            let script = removal(table, &owned);
+            if script.is_empty() {
+                break;
+            }
+            match restore(family, &script) {
+                Ok(()) => {
+                    removed += owned.len();
+                    break;
+                }
+                // Something changed the table between listing and removing: list again.
+                Err(e) if attempt < 3 => {
+                    debug!(error = %e, "remove rules: retrying with a fresh listing");
+                    attempt += 1;
+                }
+                Err(e) => return Err(e.context(format!("remove {} {table} rules", family.bin()))),
+            }
+        }
+    }
+    Ok(removed)
+}
+
+/// Removes every rule and chain the plugin owns (both families, both tables): what
+/// `calico-libnetwork firewall remove` and a stop with no endpoint left do.
+pub fn remove_all() -> Result<usize> {
+    let v4 = remove_family(Family::V4);
+    let v6 = remove_family(Family::V6);
+    Ok(v4? + v6?)
 }
 
 /// Felix is taken to be in charge when its FORWARD hook or its nft table is present
@@ -770,6 +880,38 @@ mod tests {
         assert!(r.filter.contains("-s fd00::1/128 -j RETURN"));
         assert!(r.nat.contains("--to-destination [fd00::1]:80"));
         assert!(!r.nat.contains("127.0.0.0/8"));
+    }
+
+    #[test]
+    fn owned_lines_are_our_chains_and_the_jumps_into_them() {
+        let listing = "-P FORWARD DROP\n\
+            -N CALICO-LIBNETWORK-FORWARD\n\
+            -N CLN-TW-aaa\n\
+            -N DOCKER-USER\n\
+            -A FORWARD -j CALICO-LIBNETWORK-FORWARD\n\
+            -A FORWARD -j DOCKER-USER\n\
+            -A FORWARD -m comment --comment \"to CLN-x\" -j ACCEPT\n\
+            -A CALICO-LIBNETWORK-FORWARD -o cali+ -j CLN-TW-aaa\n\
+            -A CLN-TW-aaa -j DROP\n\
+            -A DOCKER-USER -j RETURN\n";
+        let owned = owned_lines(listing);
+        assert_eq!(
+            owned,
+            vec![
+                "-N CALICO-LIBNETWORK-FORWARD",
+                "-N CLN-TW-aaa",
+                "-A FORWARD -j CALICO-LIBNETWORK-FORWARD",
+                "-A CALICO-LIBNETWORK-FORWARD -o cali+ -j CLN-TW-aaa",
+                "-A CLN-TW-aaa -j DROP",
+            ]
+        );
+        assert_eq!(
+            removal("filter", &owned),
+            "*filter\n-D FORWARD -j CALICO-LIBNETWORK-FORWARD\n\
+             -F CALICO-LIBNETWORK-FORWARD\n-F CLN-TW-aaa\n\
+             -X CALICO-LIBNETWORK-FORWARD\n-X CLN-TW-aaa\nCOMMIT\n"
+        );
+        assert_eq!(removal("nat", &[]), "");
     }
 
     #[test]

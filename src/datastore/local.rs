@@ -47,7 +47,13 @@ impl LocalStore {
                     .map_err(|e| Error::io(format!("create directory {}", dir.display()), e))?;
             }
         }
-        let db = Database::create(&path).map_err(|e| storage_err("open", &path, e))?;
+        let db = Database::create(&path).map_err(|e| match e {
+            // redb takes an exclusive file lock: a running plugin holds the store.
+            redb::DatabaseError::DatabaseAlreadyOpen => Error::InUse {
+                what: format!("open local store {}", path.display()),
+            },
+            e => storage_err("open", &path, e),
+        })?;
         // Create both tables up front so read transactions never meet a missing table.
         let txn = db
             .begin_write()

@@ -3,6 +3,8 @@
 //! - [`etcd::EtcdStore`]: etcd v3, the store Calico itself uses, shared between hosts.
 //! - [`local::LocalStore`]: an embedded single-host store (redb) with the same revision
 //!   semantics, for hosts with no etcd.
+//! - [`remote::RemoteStore`]: the store of the plugin running on this host, through its
+//!   socket (operator commands, while the plugin holds the embedded store's file).
 //!
 //! Every value carries the revision at which it was last modified (etcd's `mod_revision`).
 //! Writes are conditional: create-if-absent, update-if-revision, delete(-if-revision), and a
@@ -11,6 +13,7 @@
 
 pub mod etcd;
 pub mod local;
+pub mod remote;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 

@@ -44,7 +44,7 @@ pub fn check_host(host: &str) -> std::result::Result<(), String> {
 }
 
 fn docker_err(what: &str, e: bollard::errors::Error) -> Error {
-    Error::Unavailable(format!("docker API {what}: {e}"))
+    Error::Docker(format!("{what}: {e}"))
 }
 
 fn is_not_found(e: &bollard::errors::Error) -> bool {
@@ -309,6 +309,21 @@ pub fn calico_labels(labels: &BTreeMap<String, String>) -> (BTreeMap<String, Str
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// With no Docker API at the address (a socket file that does not exist), the error is a
+    /// Docker error, never taken for a datastore outage.
+    #[tokio::test]
+    async fn an_unreachable_docker_api_is_reported_as_such() {
+        let dir = tempfile::tempdir().unwrap();
+        let host = format!("unix://{}", dir.path().join("docker.sock").display());
+        let api = DockerApi::new(&host, Duration::from_secs(2));
+        let e = api.endpoint_ids().await.unwrap_err();
+        assert!(e.is_docker(), "{e}");
+        assert!(!e.is_unavailable(), "{e}");
+        let msg = e.to_string();
+        assert!(msg.starts_with("docker API unavailable: "), "{msg}");
+        assert!(!msg.contains("datastore"), "{msg}");
+    }
 
     #[test]
     fn hosts() {

@@ -66,6 +66,9 @@ struct RulesInner {
     applier: std::sync::Arc<std::sync::Mutex<standalone::Applier>>,
     /// A deferred apply is queued and has not read the state yet: further changes ride on it.
     queued: std::sync::atomic::AtomicBool,
+    /// The state was rebuilt from the datastore at least once: until then an empty state
+    /// says nothing about the endpoints running on this host.
+    known: std::sync::atomic::AtomicBool,
 }
 
 impl Rules {
@@ -78,6 +81,7 @@ impl Rules {
                 state: Default::default(),
                 applier: Default::default(),
                 queued: Default::default(),
+                known: Default::default(),
             }),
         }
     }
@@ -367,6 +371,40 @@ impl Driver {
         drop(self.rules.inner.state.lock().await);
     }
 
+    /// At a graceful stop: removes every rule and chain the plugin owns when this host has
+    /// no endpoint left, so a stopped plugin leaves nothing behind; with endpoints (running
+    /// containers) the rules stay and keep them working until the plugin is back. Returns
+    /// whether the rules were removed. Nothing is removed while the endpoints are unknown
+    /// (the start-up rebuild never succeeded) or in `off` mode (the plugin wrote nothing).
+    pub async fn remove_rules_if_idle(&self) -> Result<bool> {
+        if self.rule_mode().is_none()
+            || !self
+                .rules
+                .inner
+                .known
+                .load(std::sync::atomic::Ordering::SeqCst)
+        {
+            return Ok(false);
+        }
+        // Held throughout, so no apply can run (and write rules again) meanwhile.
+        let state = self.rules.inner.state.lock().await;
+        if !state.endpoints.is_empty() {
+            return Ok(false);
+        }
+        let applier = self.rules.inner.applier.clone();
+        let removed = tokio::task::spawn_blocking(move || {
+            let mut applier = applier.lock().unwrap_or_else(|p| p.into_inner());
+            // Forget what was applied: a later apply writes everything again.
+            *applier = standalone::Applier::default();
+            standalone::remove_all()
+        })
+        .await
+        .map_err(|e| Error::msg(format!("remove firewall rules: {e}")))??;
+        drop(state);
+        tracing::debug!(lines = removed, "firewall rules removed");
+        Ok(true)
+    }
+
     /// A handle on the rule state for background tasks.
     pub(crate) fn rules(&self) -> Rules {
         self.rules.clone()
@@ -393,6 +431,10 @@ impl Driver {
                     n += 1;
                 }
             }
+            self.rules
+                .inner
+                .known
+                .store(true, std::sync::atomic::Ordering::SeqCst);
         }
         self.rules_apply().await?;
         Ok(n)

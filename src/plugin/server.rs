@@ -25,6 +25,7 @@ use serde_json::json;
 use tokio::net::UnixListener;
 
 use super::handlers;
+use crate::datastore::remote;
 use crate::driver::Driver;
 use crate::error::{Error, Result};
 
@@ -201,9 +202,64 @@ pub fn router(state: Arc<AppState>) -> Router {
         "IpamDriver.RequestAddress" => handlers::request_address,
         "IpamDriver.ReleaseAddress" => handlers::release_address,
     );
-    r.fallback(unknown)
+    r.route(remote::ROUTE, post(datastore_route))
+        .fallback(unknown)
         .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY))
         .with_state(state)
+}
+
+/// Who called, from the socket's peer credentials.
+#[derive(Clone, Copy, Debug)]
+pub struct Caller {
+    /// The calling process's user, when the kernel tells.
+    pub uid: Option<u32>,
+}
+
+impl axum::extract::connect_info::Connected<axum::serve::IncomingStream<'_, UnixListener>>
+    for Caller
+{
+    fn connect_info(stream: axum::serve::IncomingStream<'_, UnixListener>) -> Self {
+        Caller {
+            uid: stream.io().peer_cred().ok().map(|c| c.uid()),
+        }
+    }
+}
+
+/// The operator commands' way to the plugin's datastore (see [`remote`]): root or the
+/// plugin's own user only, whatever the socket's mode says.
+async fn datastore_route(
+    State(state): State<Arc<AppState>>,
+    axum::extract::ConnectInfo(caller): axum::extract::ConnectInfo<Caller>,
+    body: Bytes,
+) -> Response {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    let me = unsafe { libc::geteuid() };
+    if !matches!(caller.uid, Some(uid) if uid == 0 || uid == me) {
+        tracing::warn!(uid = ?caller.uid, "datastore route refused: caller is not root");
+        return err_response(
+            StatusCode::FORBIDDEN,
+            "use the plugin's datastore: only root may".to_string(),
+        );
+    }
+    let req: remote::Request = match serde_json::from_slice(&body) {
+        Ok(r) => r,
+        Err(e) => {
+            return err_response(
+                StatusCode::BAD_REQUEST,
+                format!("decode datastore request: {e}"),
+            )
+        }
+    };
+    tracing::debug!(?req, "datastore request from an operator command");
+    let store = state.driver.store().clone();
+    match tokio::time::timeout(state.timeout, remote::serve(store.as_ref(), req)).await {
+        Ok(Ok(reply)) => (StatusCode::OK, Json(reply)).into_response(),
+        Ok(Err(e)) => (StatusCode::INTERNAL_SERVER_ERROR, Json(e)).into_response(),
+        Err(_) => err_response(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("datastore request timed out after {:?}", state.timeout),
+        ),
+    }
 }
 
 async fn unknown(uri: Uri) -> Response {
@@ -246,7 +302,7 @@ pub async fn serve(
     state: Arc<AppState>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<()> {
-    let app = router(state);
+    let app = router(state).into_make_service_with_connect_info::<Caller>();
     let result = axum::serve(listener, app)
         .with_graceful_shutdown(shutdown)
         .await

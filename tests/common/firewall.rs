@@ -22,22 +22,52 @@ pub fn host(prog: &str, args: &[&str]) -> (bool, String) {
     )
 }
 
-/// Removes our forward chain and its jump after the test if they were not there before it.
-/// Needed: the harness only undoes rules naming `DOCKER` or its bridge, and not ip6tables.
-/// Create it after taking the host lock and drop it before releasing it.
-pub struct FirewallCleanup {
-    present_before: Vec<(&'static str, bool)>,
+/// Every rule the plugin owns on this host now, as `<tool> -t <table>: <line>`.
+pub fn owned_rules() -> Vec<String> {
+    use calico_libnetwork::dataplane::standalone::{list_owned, Family, TABLES};
+    let mut out = Vec::new();
+    for family in [Family::V4, Family::V6] {
+        for table in TABLES {
+            // ip6tables may be unusable (IPv6 off): then it holds nothing of ours.
+            for l in list_owned(family, table).unwrap_or_default() {
+                out.push(format!("{} -t {table}: {l}", family.bin()));
+            }
+        }
+    }
+    out
 }
 
+/// Starts a test from a known firewall state and leaves none of the plugin's rules behind.
+/// Rules of ours found at the start were left by an earlier run (a plugin killed, or stopped
+/// with endpoints): they are removed and reported on stderr, never silently kept; a plugin
+/// serving the host's socket is refused loudly instead (its rules are live).
+/// Create it after taking the host lock and drop it before releasing it.
+pub struct FirewallCleanup(());
+
 impl FirewallCleanup {
-    /// Notes whether the chain exists now (iptables and ip6tables).
+    /// Removes (and reports) stale plugin rules.
     pub fn new() -> Self {
-        FirewallCleanup {
-            present_before: ["iptables", "ip6tables"]
-                .into_iter()
-                .map(|b| (b, host(b, &["-w", "-n", "-L", CHAIN]).0))
-                .collect(),
+        let stale = owned_rules();
+        if !stale.is_empty() {
+            let socket = std::path::Path::new(super::plugin::SOCKET);
+            if std::os::unix::net::UnixStream::connect(socket).is_ok() {
+                panic!(
+                    "a calico-libnetwork plugin we did not start serves {} and owns these \
+                     firewall rules; stop it before running the Docker tests:\n{}",
+                    socket.display(),
+                    stale.join("\n")
+                );
+            }
+            eprintln!(
+                "!!!!! removing {} stale calico-libnetwork firewall rules left on this host by an \
+                 earlier run (a plugin killed, or stopped with endpoints left):\n{}",
+                stale.len(),
+                stale.join("\n")
+            );
+            calico_libnetwork::dataplane::standalone::remove_all()
+                .unwrap_or_else(|e| panic!("remove stale plugin rules: {e}"));
         }
+        FirewallCleanup(())
     }
 }
 
@@ -49,10 +79,9 @@ impl Default for FirewallCleanup {
 
 impl Drop for FirewallCleanup {
     fn drop(&mut self) {
-        // Everything the plugin owns (filter and nat, both families), unless the host had
-        // our rules before the test (a real plugin running here).
-        if self.present_before.iter().all(|(_, before)| !before) {
-            calico_libnetwork::dataplane::standalone::remove_all();
+        // Everything the plugin owns (filter and nat, both families).
+        if let Err(e) = calico_libnetwork::dataplane::standalone::remove_all() {
+            eprintln!("!!!!! remove the plugin's firewall rules after the test: {e}");
         }
     }
 }
@@ -67,13 +96,6 @@ pub fn forward_policy() -> String {
 /// Checks our chain and its jump are gone (hold the host lock, so no other test's plugin can
 /// have added them meanwhile).
 pub fn assert_no_chain() {
-    for bin in ["iptables", "ip6tables"] {
-        for table in ["filter", "nat"] {
-            let (_, rules) = host(bin, &["-w", "-t", table, "-S"]);
-            assert!(
-                !rules.contains("CALICO-LIBNETWORK") && !rules.contains("CLN-"),
-                "{bin} {table}: plugin rules left:\n{rules}"
-            );
-        }
-    }
+    let left = owned_rules();
+    assert!(left.is_empty(), "plugin rules left:\n{}", left.join("\n"));
 }
