@@ -519,6 +519,7 @@ fn assert_one_jump_each(what: &str) {
     let nat = our_rules("nat");
     for (lines, want) in [
         (&filter, "-A FORWARD -j CALICO-LIBNETWORK-FORWARD"),
+        (&filter, "-A INPUT -j CALICO-LIBNETWORK-INPUT"),
         (
             &nat,
             "-A PREROUTING -m addrtype --dst-type LOCAL -j CALICO-LIBNETWORK-DNAT",
@@ -863,4 +864,142 @@ fn standalone_isolation_nat_ports_restart_and_felix_mode() {
         "outside namespace left: {ns}"
     );
     eprintln!("{T}: total {:?}", t0.elapsed());
+}
+
+/// An IPv4 + UDP packet from `src` to `dst`:`port` (UDP checksum 0: none, allowed in IPv4).
+fn udp_packet(
+    src: std::net::Ipv4Addr,
+    dst: std::net::Ipv4Addr,
+    port: u16,
+    payload: &[u8],
+) -> Vec<u8> {
+    let total = 20 + 8 + payload.len();
+    let mut p = vec![
+        0x45,
+        0,
+        (total >> 8) as u8,
+        total as u8,
+        0,
+        1,
+        0x40,
+        0,
+        64,
+        17,
+        0,
+        0,
+    ];
+    p.extend_from_slice(&src.octets());
+    p.extend_from_slice(&dst.octets());
+    let mut sum: u32 = p
+        .chunks(2)
+        .map(|w| u32::from(u16::from_be_bytes([w[0], w[1]])))
+        .sum();
+    while sum > 0xffff {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    let csum = !(sum as u16);
+    p[10..12].copy_from_slice(&csum.to_be_bytes());
+    let ulen = (8 + payload.len()) as u16;
+    p.extend_from_slice(&40000u16.to_be_bytes());
+    p.extend_from_slice(&port.to_be_bytes());
+    p.extend_from_slice(&ulen.to_be_bytes());
+    p.extend_from_slice(&[0, 0]);
+    p.extend_from_slice(payload);
+    p
+}
+
+/// Sends `packet` as a raw frame from the container whose network namespace is `ns`, out of
+/// its `eth0` to Calico's gateway MAC `ee:ee:ee:ee:ee:ee`, as a process with CAP_NET_RAW (which
+/// Docker grants by default) can: no route of the container is consulted.
+fn send_raw_frame(ns: &str, packet: Vec<u8>) {
+    in_netns(ns, move || {
+        let proto = (libc::ETH_P_IP as u16).to_be();
+        // SAFETY: plain socket/sendto calls on a socket this function owns and closes.
+        unsafe {
+            let fd = libc::socket(libc::AF_PACKET, libc::SOCK_DGRAM, i32::from(proto));
+            assert!(
+                fd >= 0,
+                "packet socket: {}",
+                std::io::Error::last_os_error()
+            );
+            let ifindex = libc::if_nametoindex(c"eth0".as_ptr());
+            assert!(ifindex > 0, "no eth0 in the container");
+            let mut addr: libc::sockaddr_ll = std::mem::zeroed();
+            addr.sll_family = libc::AF_PACKET as u16;
+            addr.sll_protocol = proto;
+            addr.sll_ifindex = ifindex as i32;
+            addr.sll_halen = 6;
+            addr.sll_addr[..6].copy_from_slice(&[0xee; 6]);
+            let n = libc::sendto(
+                fd,
+                packet.as_ptr().cast(),
+                packet.len(),
+                0,
+                std::ptr::addr_of!(addr).cast(),
+                std::mem::size_of::<libc::sockaddr_ll>() as u32,
+            );
+            assert_eq!(
+                n,
+                packet.len() as isize,
+                "sendto: {}",
+                std::io::Error::last_os_error()
+            );
+            libc::close(fd);
+        }
+    });
+}
+
+/// Host veths have `route_localnet=1` (published ports via localhost need it), which would
+/// let a container reach services the host binds to 127.0.0.1 with a hand-made frame
+/// (CVE-2020-8558). The plugin's INPUT guard drops those; published ports via localhost
+/// still work (`standalone_isolation_nat_ports_restart_and_felix_mode`).
+#[test]
+fn a_container_cannot_reach_the_hosts_loopback_services() {
+    if !common::require_root("a_container_cannot_reach_the_hosts_loopback_services") {
+        return;
+    }
+    let env = Env::start();
+    env.network("lonet", &[]);
+    env.run("lo1", &["--net", "lonet"]);
+    let a = attachment(env.d(), "lo1", "lonet");
+    let IpAddr::V4(src) = a.ip else {
+        panic!("IPv4 expected: {}", a.ip)
+    };
+    let pid = env
+        .d()
+        .docker_ok(&["inspect", "-f", "{{.State.Pid}}", "lo1"]);
+    let ns = format!("/proc/{}/ns/net", pid.trim());
+    // A host service listening on loopback only.
+    let listener = UdpSocket::bind("127.0.0.1:0").unwrap();
+    listener
+        .set_read_timeout(Some(Duration::from_millis(1500)))
+        .unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let probe = |msg: &'static [u8]| {
+        send_raw_frame(
+            &ns,
+            udp_packet(src, std::net::Ipv4Addr::LOCALHOST, port, msg),
+        );
+        let mut buf = [0u8; 64];
+        listener
+            .recv_from(&mut buf)
+            .ok()
+            .map(|(n, _)| buf[..n].to_vec())
+    };
+    assert_eq!(
+        probe(b"guarded"),
+        None,
+        "a container reached 127.0.0.1:{port}"
+    );
+    // Positive control: without the guard the same frame gets through (the exposure is real
+    // and the probe can see it).
+    host_ok(
+        "iptables",
+        &["-w", "-D", "INPUT", "-j", "CALICO-LIBNETWORK-INPUT"],
+    );
+    assert_eq!(
+        probe(b"unguarded").as_deref(),
+        Some(&b"unguarded"[..]),
+        "the raw frame never arrived even without the guard: the probe proves nothing"
+    );
 }

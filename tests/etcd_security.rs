@@ -204,17 +204,17 @@ fn etcdctl(endpoint: &str, args: &[&str]) {
     );
 }
 
-#[tokio::test]
-async fn username_and_password_auth_and_no_secret_in_errors_or_logs() {
-    let etcd = Etcd::start();
-    let ep = etcd.endpoint();
-    const ROOT_PW: &str = "r00t-Secret-9f2c";
-    const PW: &str = "calico-Secret-4d1e";
-    etcdctl(&ep, &["user", "add", &format!("root:{ROOT_PW}")]);
-    etcdctl(&ep, &["user", "add", &format!("calico:{PW}")]);
-    etcdctl(&ep, &["role", "add", "calico"]);
+const ROOT_PW: &str = "r00t-Secret-9f2c";
+const PW: &str = "calico-Secret-4d1e";
+
+/// Turns etcd's authentication on: a root user, and a user `calico` (password [`PW`]) that
+/// may read and write `/calico/` only.
+fn enable_auth(ep: &str) {
+    etcdctl(ep, &["user", "add", &format!("root:{ROOT_PW}")]);
+    etcdctl(ep, &["user", "add", &format!("calico:{PW}")]);
+    etcdctl(ep, &["role", "add", "calico"]);
     etcdctl(
-        &ep,
+        ep,
         &[
             "role",
             "grant-permission",
@@ -224,8 +224,79 @@ async fn username_and_password_auth_and_no_secret_in_errors_or_logs() {
             "/calico/",
         ],
     );
-    etcdctl(&ep, &["user", "grant-role", "calico", "calico"]);
-    etcdctl(&ep, &["auth", "enable"]);
+    etcdctl(ep, &["user", "grant-role", "calico", "calico"]);
+    etcdctl(ep, &["auth", "enable"]);
+}
+
+/// etcd's auth tokens expire (simple tokens after `--auth-token-ttl` idle, 300 s by default;
+/// 2 s here): the plugin gets a new one and keeps allocating, instead of failing every call
+/// until it is restarted.
+#[tokio::test]
+async fn the_plugin_keeps_working_after_its_auth_token_expires() {
+    let etcd = Etcd::start_with_args(&["--auth-token-ttl", "2"]);
+    let ep = etcd.endpoint();
+    enable_auth(&ep);
+    let dir = tempfile::tempdir().unwrap();
+    let sock = dir.path().join("calico.sock");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_calico-libnetwork"))
+        .env_clear()
+        .env("ETCD_ENDPOINTS", &ep)
+        .env("ETCD_USERNAME", "calico")
+        .env("ETCD_PASSWORD", PW)
+        .env("CALICO_LIBNETWORK_SOCKET", &sock)
+        .env("CALICO_LIBNETWORK_DATAPLANE", "off")
+        .env("CALICO_IPV4POOL_CIDR", "10.68.0.0/16")
+        .env("NODENAME", "auth-ttl-host")
+        .stdout(std::fs::File::create(dir.path().join("out.log")).unwrap())
+        .stderr(std::fs::File::create(dir.path().join("err.log")).unwrap())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while std::os::unix::net::UnixStream::connect(&sock).is_err() {
+        assert!(Instant::now() < deadline, "socket never came up");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let c = PluginClient::new(&sock);
+    let pool = c
+        .ok(
+            "IpamDriver.RequestPool",
+            json!({"AddressSpace": "CalicoGlobalAddressSpace", "Pool": "", "SubPool": "", "Options": {}, "V6": false}),
+        )
+        .await;
+    let first = c
+        .ok(
+            "IpamDriver.RequestAddress",
+            json!({"PoolID": pool["PoolID"], "Address": ""}),
+        )
+        .await;
+    // Idle past the token's lifetime (the plugin's background passes may use it meanwhile;
+    // what matters is that no call fails from now on).
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let (status, second) = c
+        .call(
+            "IpamDriver.RequestAddress",
+            json!({"PoolID": pool["PoolID"], "Address": ""}),
+        )
+        .await;
+    unsafe {
+        libc::kill(child.id() as i32, libc::SIGTERM);
+    }
+    child.wait().unwrap();
+    assert_eq!(
+        status,
+        200,
+        "RequestAddress after the token expired: {second}\n{}",
+        std::fs::read_to_string(dir.path().join("out.log")).unwrap()
+    );
+    assert_ne!(first["Address"], second["Address"]);
+    assert!(second["Address"].as_str().unwrap().starts_with("10.68."));
+}
+
+#[tokio::test]
+async fn username_and_password_auth_and_no_secret_in_errors_or_logs() {
+    let etcd = Etcd::start();
+    let ep = etcd.endpoint();
+    enable_auth(&ep);
 
     let with = |user: &str, pw: &str| {
         EtcdStore::new(EtcdConfig {

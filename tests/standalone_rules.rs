@@ -72,6 +72,7 @@ fn apply_is_idempotent_and_removes_what_went_away() {
             f1.contains("-A FORWARD -j CALICO-LIBNETWORK-FORWARD"),
             "{f1}"
         );
+        assert!(f1.contains("-A INPUT -j CALICO-LIBNETWORK-INPUT"), "{f1}");
         assert!(f1.contains("-N CLN-TW-bbbbbbbbbbb"), "{f1}");
         assert!(n1.contains("--to-destination 10.0.0.2:80"), "{n1}");
         assert!(
@@ -99,13 +100,14 @@ fn apply_is_idempotent_and_removes_what_went_away() {
         assert!(!f2.contains("CLN-TW-bbbbbbbbbbb"), "{f2}");
         assert!(!save("nat").contains("18080"));
 
-        // Felix takes over: no filter rules of ours remain.
+        // Felix takes over: no filter rules of ours remain but the loopback guard.
         ap.apply(&s, Family::V4, Mode::Felix).unwrap();
         let f3 = save("filter");
         assert!(
-            !f3.contains("CALICO-LIBNETWORK") && !f3.contains("CLN-"),
+            !f3.contains("CALICO-LIBNETWORK-FORWARD") && !f3.contains("CLN-"),
             "{f3}"
         );
+        assert!(f3.contains("-A INPUT -j CALICO-LIBNETWORK-INPUT"), "{f3}");
 
         let removed = remove_all().unwrap();
         assert!(

@@ -27,6 +27,8 @@ use crate::error::{Error, Result};
 
 /// Filter chain jumped to from `FORWARD`.
 pub const FORWARD_CHAIN: &str = "CALICO-LIBNETWORK-FORWARD";
+/// Filter chain jumped to from `INPUT` (IPv4): the loopback guard.
+pub const INPUT_CHAIN: &str = "CALICO-LIBNETWORK-INPUT";
 /// Filter chain for traffic from workloads.
 pub const FROM_WL: &str = "CLN-FROM-WL";
 /// Filter chain for traffic to workloads.
@@ -180,13 +182,24 @@ pub fn render(state: &RuleState, family: Family, mode: Mode) -> Rendered {
 
     // ---- filter
     let mut filter = String::new();
+    let mut decl = Vec::new();
+    let mut rules = Vec::new();
+    if family == Family::V4 {
+        // Host veths have route_localnet=1 (for published ports reached via localhost), so
+        // the kernel would deliver a frame a workload addresses to 127.0.0.0/8 to the
+        // host's loopback-only services (CVE-2020-8558). Only replies, and traffic a rule
+        // DNATed there on purpose, may arrive from a workload with such a destination.
+        decl.push(INPUT_CHAIN.to_string());
+        rules.push(format!(
+            "-A {INPUT_CHAIN} -d 127.0.0.0/8 -i cali+ -m conntrack ! --ctstate RELATED,ESTABLISHED,DNAT -j DROP"
+        ));
+    }
     if mode == Mode::Standalone {
-        let mut decl = vec![
+        decl.extend([
             FORWARD_CHAIN.to_string(),
             FROM_WL.to_string(),
             TO_WL.to_string(),
-        ];
-        let mut rules = Vec::new();
+        ]);
         // Replies first; INVALID never reaches a workload.
         rules.push(format!(
             "-A {FORWARD_CHAIN} -i cali+ -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT"
@@ -247,8 +260,11 @@ pub fn render(state: &RuleState, family: Family, mode: Mode) -> Rendered {
             }
             decl.push(chain);
         }
-        decl.sort();
-        decl.dedup();
+    }
+    // In felix mode Felix owns filtering: only the loopback guard is ours.
+    decl.sort();
+    decl.dedup();
+    if !decl.is_empty() {
         filter.push_str("*filter\n");
         for c in &decl {
             filter.push_str(&format!(":{c} - [0:0]\n"));
@@ -258,11 +274,8 @@ pub fn render(state: &RuleState, family: Family, mode: Mode) -> Rendered {
             filter.push('\n');
         }
         filter.push_str("COMMIT\n");
-        chains.insert("filter", decl.into_iter().collect());
-    } else {
-        // Felix owns filtering: none of our filter chains is wanted.
-        chains.insert("filter", BTreeSet::new());
     }
+    chains.insert("filter", decl.into_iter().collect());
 
     // ---- nat
     let mut decl = vec![DNAT_CHAIN.to_string(), POSTROUTING_CHAIN.to_string()];
@@ -416,6 +429,7 @@ fn our_chains(family: Family, table: &str) -> Result<BTreeSet<String>> {
 }
 
 const JUMP_FORWARD: &[&str] = &["-j", FORWARD_CHAIN];
+const JUMP_INPUT: &[&str] = &["-j", INPUT_CHAIN];
 const JUMP_DNAT: &[&str] = &["-m", "addrtype", "--dst-type", "LOCAL", "-j", DNAT_CHAIN];
 const JUMP_POSTROUTING: &[&str] = &["-j", POSTROUTING_CHAIN];
 
@@ -570,6 +584,11 @@ impl Applier {
         }
         // Both tables in one iptables-restore: one process, each table atomic.
         restore(family, &format!("{}{}", r.filter, r.nat))?;
+        if family == Family::V4 {
+            // First in INPUT, before anything that accepts (an administrator's `-i cali+ -j
+            // ACCEPT`, firewalld's zones).
+            ensure_jump(family, "filter", "INPUT", JUMP_INPUT)?;
+        }
         if mode == Mode::Standalone {
             // Docker's FORWARD policy is DROP and its rules only name its bridges: our
             // accepts must be reached from filter FORWARD itself (an nft table of our own
@@ -867,9 +886,15 @@ mod tests {
     }
 
     #[test]
-    fn felix_mode_keeps_only_port_nat() {
+    fn felix_mode_keeps_only_port_nat_and_the_loopback_guard() {
         let r = render(&state(), Family::V4, Mode::Felix);
-        assert!(r.filter.is_empty());
+        assert!(!r.filter.contains(FORWARD_CHAIN), "{}", r.filter);
+        assert!(
+            r.filter.contains("-A CALICO-LIBNETWORK-INPUT -d 127.0.0.0/8 -i cali+ -m conntrack ! --ctstate RELATED,ESTABLISHED,DNAT -j DROP"),
+            "{}",
+            r.filter
+        );
+        assert!(render(&state(), Family::V6, Mode::Felix).filter.is_empty());
         assert!(r.nat.contains("--dport 18080"));
         assert!(!r.nat.contains(NAT_OUT));
     }

@@ -67,7 +67,11 @@ impl EtcdStore {
             .with_connect_timeout(c.timeout)
             .with_keep_alive(Duration::from_secs(10), c.timeout);
         if let (Some(u), Some(p)) = (&c.username, &c.password) {
-            opts = opts.with_user(u.clone(), p.clone());
+            // etcd's auth tokens expire (simple tokens after 300 s idle by default): without
+            // the refresh every call fails from then on, until a restart.
+            opts = opts
+                .with_user(u.clone(), p.clone())
+                .with_auto_token_refresh(true);
         }
         if c.ca_cert_file.is_some() || c.cert_file.is_some() {
             let mut tls = etcd_client::TlsOptions::new();

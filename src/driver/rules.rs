@@ -282,9 +282,62 @@ pub fn wep_ports(ports: &[PortMap]) -> Vec<WorkloadEndpointPort> {
         .collect()
 }
 
-fn rules_of(wep: &WorkloadEndpoint) -> EndpointRules {
-    EndpointRules {
-        iface: wep.spec.interface_name.clone(),
+/// The rules of a stored WorkloadEndpoint of this host, or `None` for a record that is not
+/// one of ours as we write them. Stored text never reaches `iptables-restore` as it is (any
+/// writer of the datastore could put a newline and `COMMIT` in it): the interface name is
+/// derived from the endpoint ID (and must match the stored one), protocols are tcp, udp or
+/// sctp, host addresses parse; a port that fails is skipped, and each is logged.
+fn rules_of(wep: &WorkloadEndpoint) -> Option<EndpointRules> {
+    let id = &wep.spec.endpoint;
+    if id.len() != 64 || !id.bytes().all(|b| b.is_ascii_hexdigit()) {
+        tracing::warn!(endpoint = %id.escape_default(), "skipping a WorkloadEndpoint whose endpoint is not a Docker ID");
+        return None;
+    }
+    let iface = super::network::host_veth_name(id);
+    if wep.spec.interface_name != iface {
+        tracing::warn!(
+            endpoint = %id,
+            interface = %wep.spec.interface_name.escape_default(),
+            "skipping a WorkloadEndpoint whose interface is not the one its endpoint ID names"
+        );
+        return None;
+    }
+    let ports = wep
+        .spec
+        .ports
+        .iter()
+        .filter(|p| p.host_port != 0)
+        .filter_map(|p| {
+            let protocol = match &p.protocol {
+                NumOrString::Str(s) => ["tcp", "udp", "sctp"]
+                    .into_iter()
+                    .find(|known| s.eq_ignore_ascii_case(known)),
+                NumOrString::Num(n) => proto_name(*n),
+            };
+            let host_ip = match p.host_ip.as_str() {
+                "" => Ok(None),
+                s => s.parse::<IpAddr>().map(Some),
+            };
+            match (protocol, host_ip) {
+                (Some(protocol), Ok(host_ip)) => Some(PortMap {
+                    protocol: protocol.to_string(),
+                    host_ip,
+                    host_port: p.host_port,
+                    port: p.port,
+                }),
+                _ => {
+                    tracing::warn!(
+                        endpoint = %id,
+                        port = ?p,
+                        "skipping a published port with an unknown protocol or host address"
+                    );
+                    None
+                }
+            }
+        })
+        .collect();
+    Some(EndpointRules {
+        iface,
         ips: wep
             .spec
             .ip_nets()
@@ -293,22 +346,8 @@ fn rules_of(wep: &WorkloadEndpoint) -> EndpointRules {
             .map(|n| n.addr())
             .collect(),
         profiles: wep.spec.profiles.clone(),
-        ports: wep
-            .spec
-            .ports
-            .iter()
-            .filter(|p| p.host_port != 0)
-            .map(|p| PortMap {
-                protocol: match &p.protocol {
-                    NumOrString::Str(s) => s.to_ascii_lowercase(),
-                    NumOrString::Num(n) => proto_name(*n).unwrap_or("tcp").to_string(),
-                },
-                host_ip: p.host_ip.parse().ok(),
-                host_port: p.host_port,
-                port: p.port,
-            })
-            .collect(),
-    }
+        ports,
+    })
 }
 
 impl Driver {
@@ -426,8 +465,8 @@ impl Driver {
                 .iter()
                 .filter(|w| w.spec.node == self.settings.nodename)
             {
-                if w.spec.endpoint.len() == 64 {
-                    state.endpoints.insert(w.spec.endpoint.clone(), rules_of(w));
+                if let Some(rules) = rules_of(w) {
+                    state.endpoints.insert(w.spec.endpoint.clone(), rules);
                     n += 1;
                 }
             }
@@ -468,6 +507,47 @@ mod tests {
         assert_eq!(p[1].host_ip, Some("127.0.0.1".parse().unwrap()));
         let w = wep_ports(&p);
         assert_eq!(serde_json::to_value(&w[0]).unwrap()["protocol"], "TCP");
+    }
+
+    /// Stored text never reaches iptables-restore: an interface name that is not the one
+    /// the endpoint ID gives (here with a newline and COMMIT in it), or an unknown protocol.
+    #[test]
+    fn stored_endpoints_are_checked_before_they_become_rules() {
+        let id = "ab".repeat(32);
+        let wep = |iface: &str, proto: &str, host_ip: &str| -> WorkloadEndpoint {
+            serde_json::from_value(json!({
+                "kind": "WorkloadEndpoint",
+                "apiVersion": "projectcalico.org/v3",
+                "metadata": {"name": "n", "namespace": "libnetwork"},
+                "spec": {
+                    "node": "h", "orchestrator": "libnetwork", "endpoint": id,
+                    "interfaceName": iface, "ipNetworks": ["10.0.0.5/32"],
+                    "profiles": ["net1"],
+                    "ports": [{"name": "", "protocol": proto, "port": 80, "hostPort": 8080, "hostIP": host_ip}]
+                }
+            }))
+            .unwrap()
+        };
+        let good = rules_of(&wep("caliabababababa", "TCP", "")).unwrap();
+        assert_eq!(good.iface, "caliabababababa");
+        assert_eq!(good.ports[0].protocol, "tcp");
+        assert!(rules_of(&wep("caliabababababa\nCOMMIT\n*filter\n-F", "TCP", "")).is_none());
+        assert!(rules_of(&wep("calixxxxxxxxxxx", "TCP", "")).is_none());
+        let bad = rules_of(&wep("caliabababababa", "tcp\nCOMMIT", "")).unwrap();
+        assert!(bad.ports.is_empty());
+        let bad = rules_of(&wep("caliabababababa", "udp", "not-an-address")).unwrap();
+        assert!(bad.ports.is_empty(), "{bad:?}");
+        let r = crate::dataplane::standalone::render(
+            &crate::dataplane::standalone::RuleState {
+                endpoints: [(id.clone(), good)].into_iter().collect(),
+                pools: vec![],
+            },
+            Family::V4,
+            Mode::Standalone,
+        );
+        assert!(r
+            .filter
+            .contains("-A CLN-FROM-WL -i caliabababababa -s 10.0.0.5/32 -j RETURN"));
     }
 
     #[test]

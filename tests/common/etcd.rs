@@ -25,6 +25,8 @@ pub struct Etcd {
     peer: u16,
     pub dir: tempfile::TempDir,
     pub tls: Option<Tls>,
+    /// Extra command-line flags (kept for [`Etcd::restart`]).
+    args: Vec<String>,
 }
 
 impl Etcd {
@@ -38,7 +40,16 @@ impl Etcd {
         Self::start_with(Some(tls))
     }
 
+    /// Starts etcd with extra flags (`--auth-token-ttl 2`, ...).
+    pub fn start_with_args(args: &[&str]) -> Etcd {
+        Self::start_full(None, args)
+    }
+
     fn start_with(tls: Option<Tls>) -> Etcd {
+        Self::start_full(tls, &[])
+    }
+
+    fn start_full(tls: Option<Tls>, args: &[&str]) -> Etcd {
         let dir = tempfile::tempdir().expect("etcd temp dir");
         let mut etcd = Etcd {
             child: None,
@@ -46,6 +57,7 @@ impl Etcd {
             peer: super::free_port(),
             dir,
             tls,
+            args: args.iter().map(|a| a.to_string()).collect(),
         };
         etcd.spawn();
         etcd
@@ -87,6 +99,7 @@ impl Etcd {
             .arg("zap")
             .arg("--log-level")
             .arg("warn")
+            .args(&self.args)
             .args(tls.iter().flat_map(|t| {
                 [
                     "--cert-file".into(),
