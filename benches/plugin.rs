@@ -614,7 +614,7 @@ struct DockerRun {
 
 fn docker_session(cfg: &Cfg, kind: &str) -> DockerRun {
     let lock: HostLock = common::docker::lock();
-    let fw = common::firewall::FirewallCleanup::new();
+    let fw = common::firewall::HostCleanup::new();
     let etcd = (kind == "etcd").then(Etcd::start);
     let store_dir = tempfile::tempdir().unwrap();
     let mut docker = Dockerd::start();

@@ -467,7 +467,7 @@ fn a_plugin_stopped_with_no_endpoint_left_leaves_no_firewall_rule() {
         return;
     }
     let _lock = common::docker::lock();
-    let _fw = common::firewall::FirewallCleanup::new();
+    let _fw = common::firewall::HostCleanup::new();
     let dir = tempfile::tempdir().unwrap();
 
     let mut r = start_like_run_local(dir.path());
@@ -519,7 +519,7 @@ fn firewall_show_and_remove() {
         return;
     }
     let _lock = common::docker::lock();
-    let _fw = common::firewall::FirewallCleanup::new();
+    let _fw = common::firewall::HostCleanup::new();
     let dir = tempfile::tempdir().unwrap();
     let mut r = start_like_run_local(dir.path());
     network_and_endpoint(&r.sock);

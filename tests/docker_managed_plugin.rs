@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 use calico_libnetwork::datastore::Datastore;
 use common::docker::{self, Dockerd};
 use common::etcd::Etcd;
-use common::firewall::FirewallCleanup;
+use common::firewall::HostCleanup;
 
 const BIN: &str = env!("CARGO_BIN_EXE_calico-libnetwork");
 const NAME: &str = "calico-libnetwork:test";
@@ -62,7 +62,7 @@ fn managed_plugin_serves_a_network_and_containers() {
     }
     let t0 = Instant::now();
     let _lock = docker::lock();
-    let _fw = FirewallCleanup::new();
+    let _fw = HostCleanup::new();
     let etcd = Etcd::start();
     let mut d = Dockerd::start();
     let image = d.import_busybox();

@@ -19,7 +19,7 @@ use std::time::Instant;
 use calico_libnetwork::model::keys;
 use common::docker::{self, Dockerd, HostLock};
 use common::etcd::Etcd;
-use common::firewall::{self, host, FirewallCleanup};
+use common::firewall::{self, host, HostCleanup};
 use common::plugin::{Plugin, BINARY};
 use ipnet::IpNet;
 use serde_json::Value;
@@ -31,14 +31,14 @@ struct Env {
     plugin: Plugin,
     etcd: Etcd,
     image: &'static str,
-    _fw: FirewallCleanup,
+    _fw: HostCleanup,
     _lock: HostLock,
 }
 
 impl Env {
     fn start() -> Env {
         let lock = docker::lock();
-        let fw = FirewallCleanup::new();
+        let fw = HostCleanup::new();
         let etcd = Etcd::start();
         let plugin = Plugin::with_etcd(&etcd);
         let mut docker = Dockerd::start();

@@ -14,7 +14,7 @@ use std::time::Instant;
 
 use common::docker::{self, Dockerd, HostLock};
 use common::etcd::Etcd;
-use common::firewall::{forward_policy, host, FirewallCleanup, CHAIN};
+use common::firewall::{forward_policy, host, HostCleanup, CHAIN};
 use common::plugin::Plugin;
 use serde_json::Value;
 
@@ -24,14 +24,14 @@ struct Env {
     docker: Dockerd,
     plugin: Plugin,
     etcd: Option<Etcd>,
-    _fw: FirewallCleanup,
+    _fw: HostCleanup,
     _lock: HostLock,
 }
 
 impl Env {
     fn start(local: bool) -> Env {
         let lock = docker::lock();
-        let fw = FirewallCleanup::new();
+        let fw = HostCleanup::new();
         let (etcd, plugin) = if local {
             (None, Plugin::with_local_store())
         } else {

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use calico_libnetwork::model::resource_name_from;
 use common::docker::{self, Dockerd, HostLock};
 use common::etcd::Etcd;
-use common::firewall::FirewallCleanup;
+use common::firewall::HostCleanup;
 use common::plugin::Plugin;
 use serde_json::{json, Value};
 
@@ -25,7 +25,7 @@ struct Env {
     docker: Dockerd,
     plugin: Plugin,
     etcd: Etcd,
-    _fw: FirewallCleanup,
+    _fw: HostCleanup,
     _lock: HostLock,
 }
 
@@ -33,7 +33,7 @@ impl Env {
     /// `docker_host`: the plugin's CALICO_LIBNETWORK_DOCKER_HOST (`None`: our dockerd).
     fn start(docker_host: Option<&str>, extra: &[(&str, &str)]) -> Env {
         let lock = docker::lock();
-        let fw = FirewallCleanup::new();
+        let fw = HostCleanup::new();
         let etcd = Etcd::start();
         let docker = Dockerd::start();
         let endpoint = etcd.endpoint();

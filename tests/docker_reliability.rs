@@ -26,7 +26,7 @@ use std::time::{Duration, Instant};
 use calico_libnetwork::datastore::Datastore;
 use common::docker::{self, Dockerd, HostLock};
 use common::etcd::Etcd;
-use common::firewall::{host, FirewallCleanup};
+use common::firewall::{host, HostCleanup};
 use common::plugin::{Plugin, NODENAME};
 use serde_json::Value;
 
@@ -45,7 +45,7 @@ struct Env {
     plugin: Plugin,
     etcd: Etcd,
     image: &'static str,
-    _fw: FirewallCleanup,
+    _fw: HostCleanup,
     _lock: HostLock,
 }
 
@@ -63,7 +63,7 @@ impl Env {
     /// `extra` settings.
     fn start(extra: &[(&str, &str)]) -> Env {
         let lock = docker::lock();
-        let fw = FirewallCleanup::new();
+        let fw = HostCleanup::new();
         let etcd = Etcd::start();
         let mut plugin = Plugin::with_etcd(&etcd);
         let mut docker = Dockerd::start();

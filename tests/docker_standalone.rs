@@ -25,7 +25,7 @@ use std::time::{Duration, Instant};
 use calico_libnetwork::datastore::Datastore;
 use common::docker::{self, stop_child, Dockerd, HostLock};
 use common::etcd::Etcd;
-use common::firewall::{self, host, FirewallCleanup};
+use common::firewall::{self, host, HostCleanup};
 use common::plugin::Plugin;
 use serde_json::Value;
 
@@ -249,14 +249,14 @@ struct Env {
     plugin: Plugin,
     _etcd: Etcd,
     image: &'static str,
-    _fw: FirewallCleanup,
+    _fw: HostCleanup,
     _lock: HostLock,
 }
 
 impl Env {
     fn start() -> Env {
         let lock = docker::lock();
-        let fw = FirewallCleanup::new();
+        let fw = HostCleanup::new();
         let etcd = Etcd::start();
         let mut docker = Dockerd::start();
         let endpoint = etcd.endpoint();

@@ -37,14 +37,29 @@ pub fn owned_rules() -> Vec<String> {
     out
 }
 
-/// Starts a test from a known firewall state and leaves none of the plugin's rules behind.
-/// Rules of ours found at the start were left by an earlier run (a plugin killed, or stopped
-/// with endpoints): they are removed and reported on stderr, never silently kept; a plugin
-/// serving the host's socket is refused loudly instead (its rules are live).
-/// Create it after taking the host lock and drop it before releasing it.
-pub struct FirewallCleanup(());
+/// The host's workload veths now: `cali` or `temp` + 11 characters.
+pub fn workload_veths() -> Vec<String> {
+    let (_, out) = host("ip", &["-o", "link", "show"]);
+    out.lines()
+        .filter_map(|l| l.split(": ").nth(1))
+        .map(|n| n.split('@').next().unwrap_or(n).to_string())
+        .filter(|n| (n.starts_with("cali") || n.starts_with("temp")) && n.len() == 15)
+        .collect()
+}
 
-impl FirewallCleanup {
+/// Starts a test from a known firewall state and leaves none of the plugin's rules, nor
+/// any workload veth made during the test, behind. Rules of ours found at the start were
+/// left by an earlier run (a plugin killed, or stopped with endpoints): they are removed and
+/// reported on stderr, never silently kept; a plugin serving the host's socket is refused
+/// loudly instead (its rules are live). Veths a test leaves (a plugin SIGKILLed mid-call
+/// leaves some until its reconciliation, minutes later) are removed and reported at the
+/// end, so the next test's addresses never meet their routes.
+/// Create it after taking the host lock and drop it before releasing it.
+pub struct HostCleanup {
+    veths_before: Vec<String>,
+}
+
+impl HostCleanup {
     /// Removes (and reports) stale plugin rules.
     pub fn new() -> Self {
         let stale = owned_rules();
@@ -67,18 +82,34 @@ impl FirewallCleanup {
             calico_libnetwork::dataplane::standalone::remove_all()
                 .unwrap_or_else(|e| panic!("remove stale plugin rules: {e}"));
         }
-        FirewallCleanup(())
+        HostCleanup {
+            veths_before: workload_veths(),
+        }
     }
 }
 
-impl Default for FirewallCleanup {
+impl Default for HostCleanup {
     fn default() -> Self {
         Self::new()
     }
 }
 
-impl Drop for FirewallCleanup {
+impl Drop for HostCleanup {
     fn drop(&mut self) {
+        let left: Vec<String> = workload_veths()
+            .into_iter()
+            .filter(|v| !self.veths_before.contains(v))
+            .collect();
+        if !left.is_empty() {
+            eprintln!(
+                "!!!!! removing {} workload veths left by the test: {}",
+                left.len(),
+                left.join(" ")
+            );
+            for v in left {
+                let _ = host("ip", &["link", "del", &v]);
+            }
+        }
         // Everything the plugin owns (filter and nat, both families).
         if let Err(e) = calico_libnetwork::dataplane::standalone::remove_all() {
             eprintln!("!!!!! remove the plugin's firewall rules after the test: {e}");

@@ -26,8 +26,9 @@ pub const NODENAME: &str = "calico-test-node";
 /// drop.
 pub struct Plugin {
     child: Option<Child>,
-    /// Removes the plugin's firewall rules after it stopped (dropped after `Drop::drop`).
-    _fw: super::firewall::FirewallCleanup,
+    /// Removes the plugin's firewall rules and the veths left after it stopped (dropped
+    /// after `Drop::drop`).
+    _fw: super::firewall::HostCleanup,
     env: Vec<(String, String)>,
     /// Log file and (for the local datastore) the store.
     pub dir: tempfile::TempDir,
@@ -117,7 +118,7 @@ impl Plugin {
             .expect("plugin temp dir");
         let mut p = Plugin {
             child: None,
-            _fw: super::firewall::FirewallCleanup::new(),
+            _fw: super::firewall::HostCleanup::new(),
             env: Vec::new(),
             dir,
         };
