@@ -828,18 +828,27 @@ fn standalone_isolation_nat_ports_restart_and_felix_mode() {
     assert_forward_drop("after restarts");
     lap("removal and restarts ok");
 
-    // ---- 6. felix mode: no filter chain of ours, only the port NAT.
+    // ---- 6. felix mode: no filter chain of ours but the loopback guard, and the port NAT.
     env.plugin.set_env("CALICO_LIBNETWORK_DATAPLANE", "felix");
     env.plugin.restart();
     env.d().docker_ok(&[
         "run", "-d", "--name", "fx", "-p", "18081:80", "--net", "net1", env.image, "sleep", "600",
     ]);
     let fx = attachment(env.d(), "fx", "net1");
-    let filter = our_rules("filter");
+    // Felix filters; ours is only the loopback guard (Felix does not drop what a workload
+    // sends to 127.0.0.0/8 through a route_localnet veth).
+    let filter: Vec<String> = our_rules("filter")
+        .into_iter()
+        .filter(|l| !l.contains("CALICO-LIBNETWORK-INPUT"))
+        .collect();
     assert!(
         filter.is_empty(),
         "felix mode: filter rules of ours left:\n{}",
         filter.join("\n")
+    );
+    assert!(
+        our_rules("filter").contains(&"-A INPUT -j CALICO-LIBNETWORK-INPUT".to_string()),
+        "felix mode keeps the loopback guard"
     );
     let nat = our_rules("nat");
     let dnat = format!("--dport 18081 -j DNAT --to-destination {}:80", fx.ip);
@@ -1002,4 +1011,61 @@ fn a_container_cannot_reach_the_hosts_loopback_services() {
         Some(&b"unguarded"[..]),
         "the raw frame never arrived even without the guard: the probe proves nothing"
     );
+}
+
+/// A plugin restarted while one of this node's WorkloadEndpoints does not decode (a record
+/// written by a buggy tool, half an upgrade): it loads the rest one by one, so a container
+/// started afterwards gets its rules without taking away the running containers' (before,
+/// the failed load left the state empty and the new container's Join rewrote the rule set
+/// with its own endpoint alone).
+#[test]
+fn an_undecodable_record_at_restart_never_takes_running_containers_rules_away() {
+    if !common::require_root(
+        "an_undecodable_record_at_restart_never_takes_running_containers_rules_away",
+    ) {
+        return;
+    }
+    let mut env = Env::start();
+    env.network("rbnet", &[]);
+    for c in ["rb1", "rb2"] {
+        env.run(c, &["--net", "rbnet"]);
+    }
+    let (a1, a2) = (
+        attachment(env.d(), "rb1", "rbnet"),
+        attachment(env.d(), "rb2", "rbnet"),
+    );
+    env.ping("rb1", a2.ip);
+    env.plugin.stop();
+    // One of this node's records, as no version of Calico would write it.
+    let bad_key = format!("{WEPS_PREFIX}calico--test--node-libnetwork-libnetwork-broken");
+    common::block_on(env._etcd.store().put(
+        &bad_key,
+        br#"{"kind":"WorkloadEndpoint","spec":{"node":7}}"#.to_vec(),
+    ))
+    .unwrap();
+    env.plugin.restart();
+    env.run("rb3", &["--net", "rbnet"]);
+    let a3 = attachment(env.d(), "rb3", "rbnet");
+    env.ping("rb1", a2.ip);
+    env.ping("rb2", a1.ip);
+    env.ping("rb3", a1.ip);
+    env.ping("rb1", a3.ip);
+    let filter = our_rules("filter");
+    for a in [&a1, &a2, &a3] {
+        assert!(
+            filter
+                .iter()
+                .any(|l| l.starts_with(&format!("-N {}", a.tw_chain()))),
+            "{}: rules gone:\n{}",
+            a.endpoint_id,
+            filter.join("\n")
+        );
+    }
+    assert!(
+        env.plugin
+            .log()
+            .contains("skipping a WorkloadEndpoint that does not decode"),
+        "the bad record is logged"
+    );
+    common::block_on(env._etcd.store().delete(&bad_key, None)).unwrap();
 }

@@ -8,7 +8,7 @@ use ipnet::IpNet;
 use serde_json::Value;
 
 use crate::datastore::Datastore;
-use crate::error::{Error, Result};
+use crate::error::{Error, Result, ResultExt};
 use crate::ipam::Ipam;
 
 pub mod docker;
@@ -205,7 +205,7 @@ impl Driver {
             .map(|h| Arc::new(docker::DockerApi::new(h, docker::CALL_TIMEOUT)));
         let ipam = Ipam::new(store.clone());
         Driver {
-            rules: rules::Rules::new(settings.dataplane, ipam.clone()),
+            rules: rules::Rules::new(settings.dataplane, ipam.clone(), &settings.nodename),
             ipam,
             store,
             docker,
@@ -247,11 +247,11 @@ impl Driver {
             tracing::info!(pool = %name, "created default IP pool (no pool existed)");
         }
         // Firewall rules as the datastore says they should be: after a restart this brings
-        // back what is needed and drops what belonged to endpoints that went away.
-        match self.rebuild_rules().await {
-            Ok(n) => tracing::info!(endpoints = n, "firewall rules rebuilt"),
-            Err(e) => tracing::warn!(error = %e, "rebuild firewall rules"),
-        }
+        // back what is needed and drops what belonged to endpoints that went away. A failure
+        // fails the preparation, so that it is retried: until then the rules of the running
+        // containers are left as they are.
+        let n = self.rebuild_rules().await.ctx("rebuild firewall rules")?;
+        tracing::info!(endpoints = n, "firewall rules rebuilt");
         Ok(())
     }
 

@@ -524,6 +524,7 @@ mod tests {
             rules: crate::driver::rules::Rules::new(
                 crate::driver::rules::DataplaneMode::Off,
                 crate::ipam::Ipam::new(store.clone()),
+                "h",
             ),
         };
         bg.apply_network_name(&id, "My_Net.1").await.unwrap();

@@ -16,7 +16,7 @@ use super::Driver;
 use crate::dataplane::standalone::{
     self, EndpointRules, Family, Mode, PoolRules, PortMap, RuleState,
 };
-use crate::error::{Error, Result};
+use crate::error::{Error, Result, ResultExt};
 use crate::ipam::kv;
 use crate::model::resources::WorkloadEndpointPort;
 use crate::model::{NumOrString, WorkloadEndpoint};
@@ -57,6 +57,8 @@ pub(crate) struct Rules {
 struct RulesInner {
     mode: std::sync::OnceLock<Option<Mode>>,
     configured: DataplaneMode,
+    /// This host's Calico node name: whose WorkloadEndpoints the rules are made from.
+    nodename: String,
     /// Pools are read fresh for every apply (NAT outgoing follows pool changes made by
     /// calicoctl or other hosts).
     ipam: crate::ipam::Ipam,
@@ -72,11 +74,12 @@ struct RulesInner {
 }
 
 impl Rules {
-    pub(crate) fn new(configured: DataplaneMode, ipam: crate::ipam::Ipam) -> Self {
+    pub(crate) fn new(configured: DataplaneMode, ipam: crate::ipam::Ipam, nodename: &str) -> Self {
         Rules {
             inner: std::sync::Arc::new(RulesInner {
                 mode: std::sync::OnceLock::new(),
                 configured,
+                nodename: nodename.to_string(),
                 ipam,
                 state: Default::default(),
                 applier: Default::default(),
@@ -157,11 +160,55 @@ impl Rules {
         }
     }
 
+    /// Loads this host's endpoints from its WorkloadEndpoints into the state, merged with
+    /// the endpoints recorded since the start (they are newer), and marks the state known.
+    /// Records are decoded one by one: one that does not decode is skipped and logged, never
+    /// a reason to know nothing. Returns how many endpoints were loaded.
+    async fn load(&self) -> Result<usize> {
+        let store = self.inner.ipam.store();
+        let kvs = store
+            .list(&WorkloadEndpoint::list_prefix(Some(WEP_NAMESPACE)))
+            .await
+            .ctx("list WorkloadEndpoints for the firewall rules")?;
+        let mut found = Vec::new();
+        for kv in &kvs {
+            match kv::decode::<crate::model::resources::WorkloadEndpointSpec>(kv) {
+                Ok(w) if w.spec.node == self.inner.nodename => {
+                    if let Some(rules) = rules_of(&w) {
+                        found.push((w.spec.endpoint.clone(), rules));
+                    }
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    tracing::warn!(key = %kv.key, error = %e, "skipping a WorkloadEndpoint that does not decode");
+                }
+            }
+        }
+        let n = found.len();
+        let mut state = self.inner.state.lock().await;
+        for (id, rules) in found {
+            state.endpoints.entry(id).or_insert(rules);
+        }
+        self.inner
+            .known
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+        Ok(n)
+    }
+
     /// Applies the current state (IPv4; IPv6 best effort), with the pools read fresh.
+    /// Until this host's endpoints are known (loaded from the datastore once), nothing is
+    /// applied: a rule set rendered without them would delete the running containers'
+    /// rules. The load is tried first, so the state becomes known as soon as the datastore
+    /// answers.
     pub(crate) async fn apply(&self) -> Result<()> {
         let Some(mode) = self.mode() else {
             return Ok(());
         };
+        if !self.inner.known.load(std::sync::atomic::Ordering::SeqCst) {
+            self.load().await.map_err(|e| {
+                e.context("apply firewall rules: this host's endpoints are not known yet")
+            })?;
+        }
         // Cleared before anything can fail: a change made from here on queues an apply of
         // its own (at worst one too many, never one lost).
         self.inner
@@ -449,33 +496,20 @@ impl Driver {
         self.rules.clone()
     }
 
-    /// Rebuilds the rule state from this host's WorkloadEndpoints and applies it: rules of
-    /// endpoints that no longer exist go, nothing is duplicated.
+    /// Loads the rule state from this host's WorkloadEndpoints (merged with endpoints made
+    /// since the start) and applies it: rules of endpoints that no longer exist go, nothing
+    /// is duplicated. Fails only when the datastore cannot be listed; the state then stays
+    /// unknown and nothing is applied until a load succeeds.
     pub async fn rebuild_rules(&self) -> Result<usize> {
         if self.rule_mode().is_none() {
             return Ok(0);
         }
-        let weps: Vec<WorkloadEndpoint> =
-            kv::list(self.store.as_ref(), Some(WEP_NAMESPACE)).await?;
-        let mut n = 0;
-        {
-            let mut state = self.rules.inner.state.lock().await;
-            state.endpoints.clear();
-            for w in weps
-                .iter()
-                .filter(|w| w.spec.node == self.settings.nodename)
-            {
-                if let Some(rules) = rules_of(w) {
-                    state.endpoints.insert(w.spec.endpoint.clone(), rules);
-                    n += 1;
-                }
-            }
-            self.rules
-                .inner
-                .known
-                .store(true, std::sync::atomic::Ordering::SeqCst);
+        let n = self.rules.load().await?;
+        // Known now: a failed apply (iptables missing, the xtables lock held) is retried at
+        // the next change and by the periodic rewrite.
+        if let Err(e) = self.rules_apply().await {
+            tracing::warn!(error = %e, "apply firewall rules; retried at the next change");
         }
-        self.rules_apply().await?;
         Ok(n)
     }
 }
