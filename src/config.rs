@@ -47,7 +47,7 @@ pub struct ConfigArgs {
     pub etcd_username: Option<String>,
     /// etcd password.
     #[arg(long, env = "ETCD_PASSWORD", global = true, hide_env_values = true)]
-    pub etcd_password: Option<String>,
+    pub etcd_password: Option<crate::datastore::etcd::Secret>,
     /// File of the embedded (local) store.
     #[arg(long, env = "CALICO_LIBNETWORK_STORE", global = true, default_value = DEFAULT_STORE)]
     pub store_path: PathBuf,
@@ -310,7 +310,7 @@ impl ConfigArgs {
         let cert = with_calico_prefix(&self.etcd_cert_file, "ETCD_CERT_FILE", PathBuf::from);
         let key = with_calico_prefix(&self.etcd_key_file, "ETCD_KEY_FILE", PathBuf::from);
         let username = with_calico_prefix(&self.etcd_username, "ETCD_USERNAME", |s| s);
-        let password = with_calico_prefix(&self.etcd_password, "ETCD_PASSWORD", |s| s);
+        let password = with_calico_prefix(&self.etcd_password, "ETCD_PASSWORD", Into::into);
 
         let mut urls = Vec::new();
         if let Some(list) = endpoints.as_deref().filter(|s| !s.trim().is_empty()) {

@@ -17,6 +17,42 @@ use tokio::sync::Mutex;
 use super::{condition_error, dir_prefix, Datastore, Expect, KeyValue, Revision, Stats, Write};
 use crate::error::{Error, Result};
 
+/// A secret (the etcd password): kept as given, never shown by `Debug`.
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    /// The secret itself, for the one place that sends it.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Secret(<redacted>)")
+    }
+}
+
+impl From<String> for Secret {
+    fn from(s: String) -> Self {
+        Secret(s)
+    }
+}
+
+impl From<&str> for Secret {
+    fn from(s: &str) -> Self {
+        Secret(s.to_string())
+    }
+}
+
+impl std::str::FromStr for Secret {
+    type Err = std::convert::Infallible;
+    fn from_str(s: &str) -> std::result::Result<Self, Self::Err> {
+        Ok(Secret(s.to_string()))
+    }
+}
+
 /// How to reach etcd.
 #[derive(Clone, Debug, Default)]
 pub struct EtcdConfig {
@@ -24,8 +60,8 @@ pub struct EtcdConfig {
     pub endpoints: Vec<String>,
     /// Username for etcd auth.
     pub username: Option<String>,
-    /// Password for etcd auth (never logged).
-    pub password: Option<String>,
+    /// Password for etcd auth (never logged, never in `Debug`).
+    pub password: Option<Secret>,
     /// PEM CA certificate file for TLS.
     pub ca_cert_file: Option<std::path::PathBuf>,
     /// PEM client certificate file for TLS.
@@ -70,7 +106,7 @@ impl EtcdStore {
             // etcd's auth tokens expire (simple tokens after 300 s idle by default): without
             // the refresh every call fails from then on, until a restart.
             opts = opts
-                .with_user(u.clone(), p.clone())
+                .with_user(u.clone(), p.expose().to_string())
                 .with_auto_token_refresh(true);
         }
         if c.ca_cert_file.is_some() || c.cert_file.is_some() {
@@ -243,5 +279,25 @@ impl Datastore for EtcdStore {
 
     fn kind(&self) -> &'static str {
         "etcdv3"
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn debug_never_shows_the_password() {
+        let c = EtcdConfig {
+            username: Some("calico".into()),
+            password: Some("s3cret-Pw".into()),
+            ..Default::default()
+        };
+        let shown = format!("{c:?}");
+        assert!(
+            !shown.contains("s3cret-Pw") && shown.contains("<redacted>"),
+            "{shown}"
+        );
+        assert_eq!(c.password.unwrap().expose(), "s3cret-Pw");
     }
 }

@@ -41,9 +41,15 @@ impl LocalStore {
     /// Fails if another process holds the file open.
     pub fn open(path: impl AsRef<Path>) -> Result<Self> {
         let path = path.as_ref().to_path_buf();
+        use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
         if let Some(dir) = path.parent() {
-            if !dir.as_os_str().is_empty() {
-                std::fs::create_dir_all(dir)
+            if !dir.as_os_str().is_empty() && !dir.exists() {
+                // The store holds every address and endpoint of the host: its own directory
+                // is for its owner only (an existing directory is left as it is).
+                std::fs::DirBuilder::new()
+                    .recursive(true)
+                    .mode(0o700)
+                    .create(dir)
                     .map_err(|e| Error::io(format!("create directory {}", dir.display()), e))?;
             }
         }
@@ -65,6 +71,8 @@ impl LocalStore {
                 .map_err(|e| storage_err("open", &path, e))?;
         }
         txn.commit().map_err(|e| storage_err("open", &path, e))?;
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))
+            .map_err(|e| Error::io(format!("set mode of {}", path.display()), e))?;
         Ok(LocalStore {
             db: Arc::new(db),
             path,
@@ -222,5 +230,28 @@ impl Datastore for LocalStore {
 
     fn kind(&self) -> &'static str {
         "local"
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    #[test]
+    fn the_store_is_for_its_owner_only() {
+        let tmp = tempfile::tempdir().unwrap();
+        let path = tmp.path().join("var/lib/cln/store.redb");
+        drop(LocalStore::open(&path).unwrap());
+        let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode(&path), 0o600);
+        assert_eq!(mode(path.parent().unwrap()), 0o700);
+        // An existing directory is left as it is.
+        let shared = tmp.path().join("shared");
+        std::fs::create_dir(&shared).unwrap();
+        std::fs::set_permissions(&shared, std::fs::Permissions::from_mode(0o755)).unwrap();
+        drop(LocalStore::open(shared.join("s.redb")).unwrap());
+        assert_eq!(mode(&shared), 0o755);
+        assert_eq!(mode(&shared.join("s.redb")), 0o600);
     }
 }
