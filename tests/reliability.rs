@@ -21,7 +21,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use calico_libnetwork::datastore::local::LocalStore;
-use calico_libnetwork::datastore::Datastore;
+use calico_libnetwork::datastore::{Datastore, KeyValue, Write};
 use calico_libnetwork::driver::{Driver, DriverSettings, EndpointSpec, NetworkSpec};
 use calico_libnetwork::ipam::{AutoAssign, Ipam};
 use calico_libnetwork::model::IpFamily;
@@ -355,7 +355,7 @@ async fn request(d: &Driver, ip: Option<IpAddr>) -> calico_libnetwork::Result<Ip
         .map(|n| n.addr())
 }
 
-async fn endpoint(d: &Driver, net: &str, ep: &str, ip: IpAddr) {
+async fn endpoint(d: &Arc<Driver>, net: &str, ep: &str, ip: IpAddr) {
     d.create_endpoint(EndpointSpec {
         network_id: net.to_string(),
         endpoint_id: ep.to_string(),
@@ -540,4 +540,184 @@ async fn takeover_body() {
     let e = request(&me, Some(ip3)).await.unwrap_err().to_string();
     assert!(e.contains("already in use"), "{e}");
     assert_eq!(allocations(&ipam).await.len(), 3);
+}
+
+#[test]
+fn an_address_given_out_again_is_never_released_by_reconciliation() {
+    in_private_netns(
+        "an_address_given_out_again_is_never_released_by_reconciliation",
+        reuse_body,
+    );
+}
+
+/// A DeleteEndpoint that etcd's outage makes fail; Docker forgets the endpoint and releases
+/// its address anyway, and the address goes to a new container (`--ip`). Reconciliation then
+/// removes the dead endpoint's record, but never the new owner's allocation (before, it
+/// released whatever allocation of ours held the dead record's address).
+async fn reuse_body() {
+    let mut etcd = Etcd::start();
+    let store: Arc<dyn Datastore> = Arc::new(etcd.store_with_timeout(Duration::from_secs(1)));
+    let grace = Duration::from_millis(1500);
+    let me = driver(store.clone(), "rel-reuse", grace);
+    me.init(&["10.69.0.0/24".parse().unwrap()]).await.unwrap();
+    let net = "cd".repeat(32);
+    me.create_network(NetworkSpec {
+        network_id: net.clone(),
+        ipv4_data: vec![("CalicoPoolIPv4".into(), "0.0.0.0/0".into())],
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let old_ep = endpoint_id("old");
+    let ip = request(&me, None).await.unwrap();
+    endpoint(&me, &net, &old_ep, ip).await;
+
+    // DeleteEndpoint during an outage fails; Docker releases the address all the same.
+    etcd.stop();
+    let err = me.delete_endpoint(&net, &old_ep).await.unwrap_err();
+    assert!(err.is_unavailable(), "{err}");
+    etcd.restart();
+    me.release_address("CalicoPoolIPv4", ip).await.unwrap();
+    // The address goes to a new container.
+    let new_ep = endpoint_id("new");
+    assert_eq!(request(&me, Some(ip)).await.unwrap(), ip);
+    endpoint(&me, &net, &new_ep, ip).await;
+    let ipam = Ipam::new(store.clone());
+    let owner = |allocs: Vec<(IpAddr, String, Option<String>)>| {
+        allocs.into_iter().find(|a| a.0 == ip).map(|a| a.1)
+    };
+    let new_handle = owner(allocations(&ipam).await).expect("allocated to the new owner");
+
+    tokio::time::sleep(grace + Duration::from_millis(200)).await;
+    let r = me
+        .reconcile_with(Some(&HashSet::from([new_ep.clone()])))
+        .await
+        .unwrap();
+    // The dead endpoint's record goes ...
+    assert_eq!(r.endpoints_removed.len(), 1, "{r:?}");
+    assert!(r.endpoints_removed[0].ends_with(&old_ep), "{r:?}");
+    // ... and the address stays with its new owner.
+    assert!(r.addresses_released.is_empty(), "{r:?}");
+    assert_eq!(
+        owner(allocations(&ipam).await).as_deref(),
+        Some(new_handle.as_str()),
+        "the new container keeps its address"
+    );
+    let weps: Vec<String> = store
+        .list("/calico/resources/v3/projectcalico.org/workloadendpoints/")
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|kv| kv.key)
+        .collect();
+    assert_eq!(weps.len(), 1, "{weps:?}");
+    assert!(weps[0].ends_with(&new_ep), "{weps:?}");
+}
+
+#[test]
+fn a_create_endpoint_cut_by_the_deadline_leaves_no_record() {
+    in_private_netns(
+        "a_create_endpoint_cut_by_the_deadline_leaves_no_record",
+        deadline_body,
+    );
+}
+
+/// etcd, with reads made slow once a WorkloadEndpoint has been written: the latency of a
+/// busy cluster, at the one point where it matters here (between CreateEndpoint's write and
+/// its re-read of the network record). Everything still goes to the real etcd.
+struct SlowReadsAfterWrite {
+    inner: Arc<dyn Datastore>,
+    written: std::sync::atomic::AtomicBool,
+}
+
+#[async_trait::async_trait]
+impl Datastore for SlowReadsAfterWrite {
+    async fn get(&self, key: &str) -> calico_libnetwork::Result<Option<KeyValue>> {
+        if self.written.load(std::sync::atomic::Ordering::SeqCst) {
+            tokio::time::sleep(Duration::from_millis(1000)).await;
+        }
+        self.inner.get(key).await
+    }
+    async fn list(&self, prefix: &str) -> calico_libnetwork::Result<Vec<KeyValue>> {
+        self.inner.list(prefix).await
+    }
+    async fn txn(&self, writes: Vec<Write>) -> calico_libnetwork::Result<i64> {
+        let wep = writes
+            .iter()
+            .any(|w| w.key.contains("/workloadendpoints/") && w.value.is_some());
+        let r = self.inner.txn(writes).await;
+        if wep {
+            self.written
+                .store(true, std::sync::atomic::Ordering::SeqCst);
+        }
+        r
+    }
+    fn stats(&self) -> &calico_libnetwork::datastore::Stats {
+        self.inner.stats()
+    }
+    fn kind(&self) -> &'static str {
+        self.inner.kind()
+    }
+}
+
+/// The request deadline answers Docker after CreateEndpoint's write landed but before the
+/// call was done (a slow read after it): Docker takes the call as failed and releases the
+/// address, so the write is undone (before, the record stayed until reconciliation, and its
+/// address could be given out again meanwhile).
+async fn deadline_body() {
+    let etcd = Etcd::start();
+    let real: Arc<dyn Datastore> = Arc::new(etcd.store());
+    let store: Arc<dyn Datastore> = Arc::new(SlowReadsAfterWrite {
+        inner: real.clone(),
+        written: Default::default(),
+    });
+    let me = driver(store.clone(), "rel-deadline", Duration::from_secs(60));
+    me.init(&["10.71.0.0/24".parse().unwrap()]).await.unwrap();
+    let net = "ef".repeat(32);
+    me.create_network(NetworkSpec {
+        network_id: net.clone(),
+        ipv4_data: vec![("CalicoPoolIPv4".into(), "0.0.0.0/0".into())],
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let ip = request(&me, None).await.unwrap();
+    let ep = endpoint_id("cut");
+    // The server's deadline, as it wraps every request.
+    let cut = tokio::time::timeout(
+        Duration::from_millis(500),
+        me.create_endpoint(EndpointSpec {
+            network_id: net.clone(),
+            endpoint_id: ep.clone(),
+            ipv4: Some(ipnet::IpNet::new(ip, 32).unwrap()),
+            ..Default::default()
+        }),
+    )
+    .await;
+    assert!(cut.is_err(), "the deadline answered first: {cut:?}");
+    let prefix = "/calico/resources/v3/projectcalico.org/workloadendpoints/";
+    let wep_keys = || async {
+        real.list(prefix)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|kv| kv.key)
+            .collect::<Vec<String>>()
+    };
+    assert!(
+        wep_keys().await.iter().any(|k| k.ends_with(&ep)),
+        "the write had landed when the deadline cut the call"
+    );
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let keys = wep_keys().await;
+        if !keys.iter().any(|k| k.ends_with(&ep)) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the record of a CreateEndpoint Docker saw fail is still there: {keys:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }

@@ -2,6 +2,7 @@
 
 use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr};
+use std::sync::Arc;
 
 use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
@@ -238,7 +239,50 @@ impl Driver {
 
     /// `NetworkDriver.CreateEndpoint`: writes the WorkloadEndpoint. Returns the MAC we
     /// chose when Docker left it empty (Docker applies it to the container interface).
-    pub async fn create_endpoint(&self, spec: EndpointSpec) -> Result<Option<String>> {
+    ///
+    /// All or nothing: Docker calls no DeleteEndpoint after a failed CreateEndpoint (it
+    /// releases the address at once), so a failure after the write undoes it. The work runs on
+    /// a task of its own, so the request deadline cannot cut it between the write and its
+    /// undoing; when the deadline answered Docker first (Docker takes it as a failure), the
+    /// task undoes what it did once it is done.
+    pub async fn create_endpoint(self: &Arc<Self>, spec: EndpointSpec) -> Result<Option<String>> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let driver = self.clone();
+        tokio::spawn(async move {
+            let mut written = false;
+            let res = driver.create_endpoint_once(&spec, &mut written).await;
+            let failed = res.is_err();
+            // Err from send: the handler is gone (deadline), Docker was told it failed.
+            let abandoned = tx.send(res).is_err();
+            if written && (failed || abandoned) {
+                driver
+                    .undo_create_endpoint(&spec.network_id, &spec.endpoint_id)
+                    .await;
+            }
+        });
+        rx.await
+            .map_err(|_| Error::msg("create endpoint: the task doing it ended early"))?
+    }
+
+    /// Undoes a CreateEndpoint that failed after writing: the WorkloadEndpoint and the local
+    /// state go (as DeleteEndpoint would do).
+    async fn undo_create_endpoint(&self, network_id: &str, endpoint_id: &str) {
+        match self.delete_endpoint(network_id, endpoint_id).await {
+            Ok(()) => {
+                tracing::info!(endpoint = %&endpoint_id[..12], "create endpoint failed: its WorkloadEndpoint was removed again")
+            }
+            Err(e) => tracing::warn!(
+                endpoint = %&endpoint_id[..12], error = %e,
+                "create endpoint failed and its WorkloadEndpoint could not be removed; reconciliation removes it"
+            ),
+        }
+    }
+
+    async fn create_endpoint_once(
+        &self,
+        spec: &EndpointSpec,
+        written: &mut bool,
+    ) -> Result<Option<String>> {
         let rec = self.network_record(&spec.network_id).await?.ok_or_else(|| {
             Error::msg(format!(
                 "create endpoint: network {} is not known to calico-libnetwork (was it created with -d calico?)",
@@ -306,6 +350,9 @@ impl Driver {
             },
         );
         wep.apply_calico_labels();
+        // From here on a failure (or the deadline) undoes the write: a put or create that
+        // errored may still have been applied.
+        *written = true;
         match kv::create(self.store.as_ref(), &mut wep).await {
             Ok(_) => {}
             Err(e) if e.is_exists() => {
@@ -502,15 +549,18 @@ impl Driver {
     /// `NetworkDriver.DeleteEndpoint` (idempotent).
     pub async fn delete_endpoint(&self, _network_id: &str, endpoint_id: &str) -> Result<()> {
         let name = self.wep_name(endpoint_id)?;
-        match self
+        let stored = match self
             .store
             .delete(&keys::workload_endpoint_key(WEP_NAMESPACE, &name), None)
             .await
         {
-            Ok(()) => {}
-            Err(e) if e.is_not_found() => {}
-            Err(e) => return Err(e.context(format!("delete WorkloadEndpoint {name}"))),
-        }
+            Ok(()) => Ok(()),
+            Err(e) if e.is_not_found() => Ok(()),
+            Err(e) => Err(e.context(format!("delete WorkloadEndpoint {name}"))),
+        };
+        // The local state goes whatever the datastore said: Docker forgets the endpoint and
+        // releases its address even when this call fails, so rules left here would follow
+        // the address to its next owner. The record left behind is reconciliation's.
         self.endpoints.lock().unwrap().remove(endpoint_id);
         self.sandboxes.leave(endpoint_id);
         // Its rules go in the background, after this answer.
@@ -519,7 +569,7 @@ impl Driver {
         if let Ok(nl) = self.netlink() {
             let _ = dataplane::teardown_endpoint_veth(nl, &host_veth_name(endpoint_id)).await;
         }
-        Ok(())
+        stored
     }
 
     /// Pools of a network as recorded, for tools.

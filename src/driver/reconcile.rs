@@ -154,23 +154,6 @@ impl Driver {
         }
     }
 
-    /// Releases `ip` if it is currently an allocation of ours (our handle prefix, this
-    /// node). True if released.
-    async fn release_if_ours(&self, ip: IpAddr) -> Result<bool> {
-        let blocks = self.ipam.list_blocks(Some(IpFamily::of_addr(&ip))).await?;
-        let Some(a) = blocks
-            .iter()
-            .find(|(b, _)| b.contains(&ip))
-            .and_then(|(b, _)| allocation_of(b, &ip))
-        else {
-            return Ok(false);
-        };
-        if !self.is_ours(&a) {
-            return Ok(false);
-        }
-        self.release_guarded(ip, &a.handle).await
-    }
-
     /// Forgets a removed endpoint's in-memory state and firewall rules.
     async fn forget_endpoint(&self, endpoint_id: &str) {
         self.endpoints.lock().unwrap().remove(endpoint_id);
@@ -341,13 +324,9 @@ impl Driver {
                         }
                     }
                     self.forget_endpoint(&w.spec.endpoint).await;
-                    for net in w.spec.ip_nets().unwrap_or_default() {
-                        let ip = net.addr();
-                        if self.release_if_ours(ip).await? {
-                            tracing::info!(address = %ip, endpoint = %w.name(), "reconcile: released address of removed WorkloadEndpoint");
-                            report.addresses_released.push(ip);
-                        }
-                    }
+                    // Its addresses are not released here: one may have been released by
+                    // Docker and given out again since. Step 3 releases those that no other
+                    // WorkloadEndpoint lists and whose allocation is past the grace period.
                 }
             }
             (Some(_), None) => {
