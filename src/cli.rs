@@ -484,26 +484,45 @@ async fn run_firewall(config: &Config, cmd: FirewallCommand) -> Result<i32> {
     use crate::dataplane::standalone::{self, Family, TABLES};
     match cmd {
         FirewallCommand::Show => {
-            let mut total = 0;
-            for family in [Family::V4, Family::V6] {
-                for table in TABLES {
-                    let listed =
-                        tokio::task::spawn_blocking(move || standalone::list_owned(family, table))
-                            .await
-                            .map_err(|e| Error::msg(format!("list firewall rules: {e}")))?;
-                    match listed {
-                        Ok(lines) => {
-                            println!("# {} -t {table}", family.bin());
-                            total += lines.len();
-                            for l in lines {
-                                println!("{l}");
+            let listing = tokio::task::spawn_blocking(|| {
+                let mut out: Vec<(String, std::result::Result<Vec<String>, Error>)> = Vec::new();
+                for (i, b) in standalone::backends().into_iter().enumerate() {
+                    for family in [Family::V4, Family::V6] {
+                        for table in TABLES {
+                            let listed = standalone::list_owned_in(b, family, table);
+                            // The variant not in use is shown only where it holds rules of
+                            // ours (left by a run with it).
+                            if i > 0 && !listed.as_ref().is_ok_and(|l| !l.is_empty()) {
+                                continue;
+                            }
+                            let fatal = listed.is_err() && family == Family::V4;
+                            out.push((format!("{} -t {table}", family.bin_in(b)), listed));
+                            if fatal {
+                                // iptables itself fails (its lock held, ...): say so now.
+                                return out;
                             }
                         }
-                        Err(e) if family == Family::V6 => {
-                            println!("# {} -t {table}: not available ({e})", family.bin());
-                        }
-                        Err(e) => return Err(e),
                     }
+                }
+                out
+            })
+            .await
+            .map_err(|e| Error::msg(format!("list firewall rules: {e}")))?;
+            let mut total = 0;
+            for (heading, listed) in listing {
+                match listed {
+                    Ok(lines) => {
+                        println!("# {heading}");
+                        total += lines.len();
+                        for l in lines {
+                            println!("{l}");
+                        }
+                    }
+                    // ip6tables may be unusable (IPv6 off): nothing of ours there.
+                    Err(e) if heading.starts_with("ip6") => {
+                        println!("# {heading}: not available ({e})");
+                    }
+                    Err(e) => return Err(e),
                 }
             }
             if total == 0 {
@@ -617,6 +636,7 @@ pub async fn build_driver(config: &Config, store: Arc<dyn Datastore>) -> Result<
         dataplane: config.dataplane,
         reconcile_grace: config.reconcile_grace,
         reconcile_interval: config.reconcile_interval,
+        rules_check_interval: config.rules_check_interval,
     };
     Ok(Arc::new(Driver::new(store, settings)))
 }
@@ -676,6 +696,9 @@ pub async fn run_server(config: Config) -> Result<()> {
     // restart): learn their names from the Docker API, in the background.
     driver.resolve_network_names_in_background();
     let listener = plugin::bind(&config.socket)?;
+    // The firewall rules: loaded from the datastore (retried until it answers) and kept in
+    // place, in the background: iptables waits for its lock, and Docker waits for the socket.
+    driver.keep_rules_in_background();
     if let Some(addr) = config.metrics_addr {
         let bound = crate::metrics::serve(addr, store.clone()).await?;
         tracing::info!(address = %bound, "serving Prometheus metrics at /metrics");
@@ -724,6 +747,7 @@ pub fn main_entry() -> i32 {
             return 2;
         }
     };
+    crate::dataplane::standalone::configure_backend(config.iptables_backend);
     // Operator commands print results, not logs, unless asked.
     let _log_guard = (matches!(cli.command, None | Some(Command::Run))
         || std::env::var_os("LOG_LEVEL").is_some())

@@ -160,6 +160,15 @@ pub struct ConfigArgs {
         default_value = "10m"
     )]
     pub reconcile_interval: String,
+    /// How often to check that the plugin's firewall rules are still in place (rewritten
+    /// when something removed them: `iptables -F`, a firewall reload).
+    #[arg(
+        long,
+        env = "CALICO_LIBNETWORK_RULES_CHECK_INTERVAL",
+        global = true,
+        default_value = "30s"
+    )]
+    pub rules_check_interval: String,
     /// Firewall rules the plugin keeps: auto, standalone, felix or off.
     #[arg(
         long,
@@ -168,6 +177,15 @@ pub struct ConfigArgs {
         default_value = "auto"
     )]
     pub dataplane: String,
+    /// Which iptables the rules are written with: auto (the variant the host's rules are
+    /// in), legacy or nft.
+    #[arg(
+        long,
+        env = "CALICO_LIBNETWORK_IPTABLES_BACKEND",
+        global = true,
+        default_value = "auto"
+    )]
+    pub iptables_backend: String,
 }
 
 /// Where state lives.
@@ -225,8 +243,12 @@ pub struct Config {
     pub reconcile_grace: Duration,
     /// Interval of the periodic reconciliation (zero: none).
     pub reconcile_interval: Duration,
+    /// Interval of the check that the firewall rules are in place.
+    pub rules_check_interval: Duration,
     /// Firewall mode.
     pub dataplane: crate::driver::rules::DataplaneMode,
+    /// iptables variant.
+    pub iptables_backend: crate::dataplane::standalone::BackendChoice,
 }
 
 fn env_nonempty(name: &str) -> Option<String> {
@@ -571,6 +593,18 @@ impl ConfigArgs {
                     ),
                 )
             })?;
+        let iptables_backend = crate::dataplane::standalone::BackendChoice::parse(
+            &self.iptables_backend,
+        )
+        .ok_or_else(|| {
+            bad(
+                "CALICO_LIBNETWORK_IPTABLES_BACKEND",
+                format!(
+                    "expected auto, legacy or nft, got '{}'",
+                    self.iptables_backend
+                ),
+            )
+        })?;
         let label_poll_timeout = parse_duration(
             "CALICO_LIBNETWORK_LABEL_POLL_TIMEOUT",
             &self.label_poll_timeout,
@@ -584,14 +618,21 @@ impl ConfigArgs {
             s => parse_duration("CALICO_LIBNETWORK_RECONCILE_INTERVAL", s)?,
         };
 
+        let rules_check_interval = parse_duration(
+            "CALICO_LIBNETWORK_RULES_CHECK_INTERVAL",
+            &self.rules_check_interval,
+        )?;
+
         Ok(Config {
             metrics_addr,
             reconcile_grace,
             reconcile_interval,
+            rules_check_interval,
             docker_host,
             label_endpoints,
             label_poll_timeout,
             dataplane,
+            iptables_backend,
             create_profiles,
             ifprefix,
             veth_mtu,

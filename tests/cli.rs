@@ -415,6 +415,25 @@ fn start_like_run_local(dir: &std::path::Path) -> Running {
     }
 }
 
+/// Waits (up to 10 s) for the plugin's jump from FORWARD.
+fn wait_for_forward_jump() {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let rules = common::firewall::owned_rules();
+        if rules
+            .iter()
+            .any(|l| l.ends_with("-A FORWARD -j CALICO-LIBNETWORK-FORWARD"))
+        {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no jump from FORWARD: {rules:#?}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
 /// Stops the plugin with `sig` (SIGINT is Ctrl-C) and returns its output.
 fn stop_with(r: &mut Running, sig: i32) -> std::process::Output {
     unsafe {
@@ -471,14 +490,9 @@ fn a_plugin_stopped_with_no_endpoint_left_leaves_no_firewall_rule() {
     let dir = tempfile::tempdir().unwrap();
 
     let mut r = start_like_run_local(dir.path());
-    // Positive control: serving, it keeps its chains and the jump from FORWARD.
-    let rules = common::firewall::owned_rules();
-    assert!(
-        rules
-            .iter()
-            .any(|l| l.ends_with("-A FORWARD -j CALICO-LIBNETWORK-FORWARD")),
-        "{rules:#?}"
-    );
+    // Positive control: serving, it keeps its chains and the jump from FORWARD (written in
+    // the background once the socket is up).
+    wait_for_forward_jump();
     let out = stop_with(&mut r, libc::SIGINT);
     assert!(out.status.success(), "{out:?}");
     let log = String::from_utf8_lossy(&out.stdout);
@@ -522,13 +536,18 @@ fn firewall_show_and_remove() {
     let _fw = common::firewall::HostCleanup::new();
     let dir = tempfile::tempdir().unwrap();
     let mut r = start_like_run_local(dir.path());
+    wait_for_forward_jump();
     network_and_endpoint(&r.sock);
     let sock = r.sock.to_str().unwrap().to_string();
     let env = [("CALICO_LIBNETWORK_SOCKET", sock.as_str())];
 
     let (code, out, err) = op(&env, &["firewall", "show"]);
     assert_eq!(code, 0, "{out}{err}");
-    assert!(out.contains("# iptables -t filter"), "{out}");
+    let first = out.lines().next().unwrap_or_default();
+    assert!(
+        first.starts_with("# iptables") && first.ends_with(" -t filter"),
+        "{out}"
+    );
     assert!(
         out.contains("-A FORWARD -j CALICO-LIBNETWORK-FORWARD"),
         "{out}"
@@ -690,5 +709,232 @@ fn operator_commands_on_etcd_with_the_plugin_running() {
     unsafe {
         libc::kill(child.id() as i32, libc::SIGTERM);
     }
+    assert!(child.wait().unwrap().success());
+}
+
+// ------------------------------------------------------------ iptables variants, xtables lock
+
+/// A named network namespace of this test, deleted on drop.
+struct Netns(String);
+
+impl Netns {
+    fn new(tag: &str) -> Netns {
+        let name = format!("cln-{tag}-{}", std::process::id());
+        let _ = Command::new("ip").args(["netns", "del", &name]).status();
+        assert!(Command::new("ip")
+            .args(["netns", "add", &name])
+            .status()
+            .unwrap()
+            .success());
+        Netns(name)
+    }
+
+    /// Runs `prog args` inside the namespace: (success, stdout+stderr).
+    fn run(&self, prog: &str, args: &[&str]) -> (bool, String) {
+        let o = Command::new("ip")
+            .args(["netns", "exec", &self.0, prog])
+            .args(args)
+            .output()
+            .unwrap();
+        (
+            o.status.success(),
+            format!(
+                "{}{}",
+                String::from_utf8_lossy(&o.stdout),
+                String::from_utf8_lossy(&o.stderr)
+            ),
+        )
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        let _ = Command::new("ip").args(["netns", "del", &self.0]).status();
+    }
+}
+
+/// The plugin writes its rules with the iptables variant the host's rules are in (`auto`, as
+/// Felix and kube-proxy choose), or the one configured; every firewall command has a deadline,
+/// so an xtables lock held by someone else makes a call fail after its wait (never hang), and
+/// it works again once the lock is free.
+#[test]
+fn iptables_variant_and_a_held_xtables_lock() {
+    if !common::require_root("iptables_variant_and_a_held_xtables_lock") {
+        return;
+    }
+    // The xtables lock is host-wide: no other test of ours may need it meanwhile.
+    let _lock = common::docker::lock();
+    let ns = Netns::new("bk");
+    // This "host" already uses iptables-legacy (one rule there, none in nf_tables).
+    let (ok, out) = ns.run(
+        "iptables-legacy",
+        &["-w", "-A", "FORWARD", "-s", "10.99.0.1", "-j", "ACCEPT"],
+    );
+    assert!(ok, "{out}");
+    let dir = tempfile::tempdir().unwrap();
+    let sock = dir.path().join("calico.sock");
+    let mut child = Command::new("ip")
+        .args(["netns", "exec", &ns.0, BIN])
+        .env_clear()
+        .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
+        .env("DATASTORE_TYPE", "local")
+        .env("CALICO_LIBNETWORK_STORE", dir.path().join("store.redb"))
+        .env("CALICO_LIBNETWORK_SOCKET", &sock)
+        .env("NODENAME", "cli-backend-host")
+        .env(
+            "CALICO_LIBNETWORK_DOCKER_HOST",
+            "unix:///nonexistent/docker.sock",
+        )
+        .stdout(std::fs::File::create(dir.path().join("log")).unwrap())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let (_, legacy) = ns.run("iptables-legacy", &["-w", "-S", "FORWARD"]);
+        if legacy.contains("-j CALICO-LIBNETWORK-FORWARD") {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no jump in iptables-legacy: {legacy}\n{}",
+            std::fs::read_to_string(dir.path().join("log")).unwrap_or_default()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let (_, nft) = ns.run("iptables-nft", &["-w", "-S"]);
+    assert!(
+        !nft.contains("CALICO-LIBNETWORK"),
+        "nothing in nf_tables: {nft}"
+    );
+    let log = std::fs::read_to_string(dir.path().join("log")).unwrap_or_default();
+    assert!(
+        log.contains("iptables variant chosen") && log.contains("Legacy"),
+        "{log}"
+    );
+
+    // Someone holds the xtables lock (iptables-legacy's; nf_tables has none).
+    let lockfile = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open("/run/xtables.lock")
+        .unwrap();
+    use std::os::fd::AsRawFd;
+    // SAFETY: flock on a file this test opened.
+    assert_eq!(
+        unsafe { libc::flock(lockfile.as_raw_fd(), libc::LOCK_EX) },
+        0
+    );
+    let show = || {
+        let t = Instant::now();
+        let o = Command::new("ip")
+            .args(["netns", "exec", &ns.0, BIN, "firewall", "show"])
+            .env("CALICO_LIBNETWORK_IPTABLES_BACKEND", "legacy")
+            .env("CALICO_LIBNETWORK_SOCKET", &sock)
+            .output()
+            .unwrap();
+        (o, t.elapsed())
+    };
+    let (o, took) = show();
+    assert!(!o.status.success(), "{o:?}");
+    assert!(
+        took < Duration::from_secs(12),
+        "a held lock is waited for at most its deadline: {took:?}"
+    );
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("xtables lock"), "{err}");
+    // SAFETY: as above.
+    unsafe { libc::flock(lockfile.as_raw_fd(), libc::LOCK_UN) };
+    let (o, _) = show();
+    assert!(o.status.success(), "{o:?}");
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        out.contains("# iptables-legacy -t filter")
+            && out.contains("-A FORWARD -j CALICO-LIBNETWORK-FORWARD"),
+        "{out}"
+    );
+    // SAFETY: signal to the child this test started.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    assert!(child.wait().unwrap().success());
+    let (_, legacy) = ns.run("iptables-legacy", &["-w", "-S"]);
+    assert!(
+        !legacy.contains("CALICO-LIBNETWORK") && legacy.contains("-s 10.99.0.1/32 -j ACCEPT"),
+        "stopped with no endpoint: its rules gone, the host's kept: {legacy}"
+    );
+}
+
+/// `auto` looks for Felix at every rules check, not only at start: Felix starting on the host
+/// later takes filtering over (our filter chains go, the published-port NAT stays), and
+/// standalone mode comes back when it goes.
+#[test]
+fn auto_mode_follows_felix_coming_and_going() {
+    if !common::require_root("auto_mode_follows_felix_coming_and_going") {
+        return;
+    }
+    let ns = Netns::new("fx");
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = Command::new("ip")
+        .args(["netns", "exec", &ns.0, BIN])
+        .env_clear()
+        .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
+        .env("DATASTORE_TYPE", "local")
+        .env("CALICO_LIBNETWORK_STORE", dir.path().join("store.redb"))
+        .env("CALICO_LIBNETWORK_SOCKET", dir.path().join("calico.sock"))
+        .env("CALICO_LIBNETWORK_RULES_CHECK_INTERVAL", "1s")
+        .env("NODENAME", "cli-felix-host")
+        .env(
+            "CALICO_LIBNETWORK_DOCKER_HOST",
+            "unix:///nonexistent/docker.sock",
+        )
+        .stdout(std::fs::File::create(dir.path().join("log")).unwrap())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let wait_for = |what: &str, check: &dyn Fn(&str, &str) -> bool| {
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            let (_, filter) = ns.run("iptables", &["-w", "-S"]);
+            let (_, nat) = ns.run("iptables", &["-w", "-t", "nat", "-S"]);
+            if check(&filter, &nat) {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{what}:\n{filter}\n{nat}\n{}",
+                std::fs::read_to_string(dir.path().join("log")).unwrap_or_default()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    };
+    let forward = "-A FORWARD -j CALICO-LIBNETWORK-FORWARD";
+    let dnat = "-j CALICO-LIBNETWORK-DNAT";
+    wait_for("standalone at start", &|f, n| {
+        f.contains(forward) && n.contains(dnat)
+    });
+    // Felix starts: its FORWARD hook appears.
+    for args in [
+        &["-w", "-N", "cali-FORWARD"][..],
+        &["-w", "-A", "FORWARD", "-j", "cali-FORWARD"][..],
+    ] {
+        let (ok, out) = ns.run("iptables", args);
+        assert!(ok, "{out}");
+    }
+    wait_for("felix mode once Felix runs", &|f, n| {
+        !f.contains("CALICO-LIBNETWORK-FORWARD") && n.contains(dnat)
+    });
+    // Felix goes.
+    for args in [
+        &["-w", "-D", "FORWARD", "-j", "cali-FORWARD"][..],
+        &["-w", "-X", "cali-FORWARD"][..],
+    ] {
+        let (ok, out) = ns.run("iptables", args);
+        assert!(ok, "{out}");
+    }
+    wait_for("standalone again", &|f, n| {
+        f.contains(forward) && n.contains(dnat)
+    });
+    // SAFETY: signal to the child this test started.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
     assert!(child.wait().unwrap().success());
 }

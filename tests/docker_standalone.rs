@@ -554,12 +554,14 @@ fn standalone_isolation_nat_ports_restart_and_felix_mode() {
     let lap = |what: &str| eprintln!("{T}: {what} ({:?})", t0.elapsed());
     lap("started");
     assert_forward_drop("at start");
-    assert!(
-        env.plugin.log().contains("mode=\"standalone\"")
-            || env.plugin.log().contains("mode=standalone"),
-        "auto mode did not choose standalone:\n{}",
-        env.plugin.log()
-    );
+    wait_until("auto mode chooses standalone", || {
+        let log = env.plugin.log();
+        if log.contains("mode=\"standalone\"") || log.contains("mode=standalone") {
+            Ok(())
+        } else {
+            Err(log)
+        }
+    });
 
     // ---- 1. Forwarding on the default pool, despite FORWARD DROP.
     env.network("net1", &[]);
@@ -1068,4 +1070,95 @@ fn an_undecodable_record_at_restart_never_takes_running_containers_rules_away() 
         "the bad record is logged"
     );
     common::block_on(env._etcd.store().delete(&bad_key, None)).unwrap();
+}
+
+/// Rules removed behind the plugin's back (a firewall reload, `netfilter-persistent reload`,
+/// an administrator's flush) with containers running: within the check interval the plugin
+/// notices and writes them again, so connectivity and published ports come back. Only our
+/// own chains are touched here (other software's rules on this host are not ours to flush).
+#[test]
+fn rules_removed_behind_the_plugins_back_come_back() {
+    if !common::require_root("rules_removed_behind_the_plugins_back_come_back") {
+        return;
+    }
+    let mut env = Env::start();
+    env.plugin
+        .set_env("CALICO_LIBNETWORK_RULES_CHECK_INTERVAL", "2s");
+    env.plugin.restart();
+    env.network("flnet", &[]);
+    env.run("fl1", &["--net", "flnet"]);
+    env.d().docker_ok(&[
+        "run",
+        "-d",
+        "--name",
+        "flweb",
+        "-p",
+        "18090:80",
+        "--net",
+        "flnet",
+        env.image,
+        "sh",
+        "-c",
+        "mkdir -p /www && echo hello-again > /www/index.html && exec httpd -f -p 80 -h /www",
+    ]);
+    let web = attachment(env.d(), "flweb", "flnet");
+    let works = |env: &Env| -> Result<(), String> {
+        let (ok, body) = env.wget("fl1", &format!("http://{}:80/", web.ip));
+        if !(ok && body.trim() == "hello-again") {
+            return Err(format!("fl1 -> flweb:80: {body}"));
+        }
+        let (ok, body) = host(
+            "timeout",
+            &[
+                "5",
+                "/bin/busybox",
+                "wget",
+                "-qO-",
+                "http://127.0.0.1:18090/",
+            ],
+        );
+        if !(ok && body.trim() == "hello-again") {
+            return Err(format!("host -> 127.0.0.1:18090: {body}"));
+        }
+        Ok(())
+    };
+    wait_until("before", || works(&env));
+
+    for (what, undo) in [
+        ("all our chains and jumps removed", None),
+        (
+            "our forward chain flushed",
+            Some("CALICO-LIBNETWORK-FORWARD"),
+        ),
+    ] {
+        match undo {
+            None => {
+                calico_libnetwork::dataplane::standalone::remove_all().unwrap();
+            }
+            Some(chain) => {
+                host_ok("iptables", &["-w", "-F", chain]);
+            }
+        }
+        // Positive control: the removal did break the path.
+        env.no_ping("fl1", web.ip);
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            match works(&env) {
+                Ok(()) => break,
+                Err(e) => assert!(
+                    Instant::now() < deadline,
+                    "{what}: not back within 15 s: {e}\n{}",
+                    our_rules("filter").join("\n")
+                ),
+            }
+            std::thread::sleep(Duration::from_millis(250));
+        }
+        assert_one_jump_each(what);
+    }
+    assert!(
+        env.plugin
+            .log()
+            .contains("changed or removed behind its back"),
+        "the repair is logged"
+    );
 }

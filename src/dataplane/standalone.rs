@@ -117,19 +117,133 @@ impl Family {
             Family::V6 => 128,
         }
     }
-    fn restore_bin(self) -> &'static str {
-        match self {
-            Family::V4 => "iptables-restore",
-            Family::V6 => "ip6tables-restore",
+    fn restore_bin_in(self, b: Backend) -> &'static str {
+        match (b, self) {
+            (Backend::Legacy, Family::V4) => "iptables-legacy-restore",
+            (Backend::Legacy, Family::V6) => "ip6tables-legacy-restore",
+            (Backend::Nft, Family::V4) => "iptables-nft-restore",
+            (Backend::Nft, Family::V6) => "ip6tables-nft-restore",
+            (Backend::System, Family::V4) => "iptables-restore",
+            (Backend::System, Family::V6) => "ip6tables-restore",
         }
     }
-    /// The family's command: `iptables` or `ip6tables`.
+    /// The family's command in the backend in use (`iptables-nft`, `ip6tables-legacy`, ...).
     pub fn bin(self) -> &'static str {
-        match self {
-            Family::V4 => "iptables",
-            Family::V6 => "ip6tables",
+        self.bin_in(backend())
+    }
+    /// The family's command in backend `b`.
+    pub fn bin_in(self, b: Backend) -> &'static str {
+        match (b, self) {
+            (Backend::Legacy, Family::V4) => "iptables-legacy",
+            (Backend::Legacy, Family::V6) => "ip6tables-legacy",
+            (Backend::Nft, Family::V4) => "iptables-nft",
+            (Backend::Nft, Family::V6) => "ip6tables-nft",
+            (Backend::System, Family::V4) => "iptables",
+            (Backend::System, Family::V6) => "ip6tables",
         }
     }
+}
+
+/// The iptables variant the rules are written with: the one the host's other rules (Docker's,
+/// kube-proxy's, Felix's) are in, as Felix (`FELIX_IPTABLESBACKEND`) and kube-proxy decide it.
+/// Rules written with the other variant would sit in tables the host's own rules never pass
+/// through in the expected order (legacy and nf_tables chains are separate).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Backend {
+    /// `iptables-legacy` (x_tables).
+    Legacy,
+    /// `iptables-nft` (nf_tables).
+    Nft,
+    /// Whatever `iptables` is (a system with neither variant's own command).
+    System,
+}
+
+/// `CALICO_LIBNETWORK_IPTABLES_BACKEND`: a variant, or `Auto` to detect it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum BackendChoice {
+    /// The variant holding more rules (Docker's, ...); with none anywhere, the system's
+    /// `iptables`.
+    #[default]
+    Auto,
+    /// Always `iptables-legacy`.
+    Legacy,
+    /// Always `iptables-nft`.
+    Nft,
+}
+
+impl BackendChoice {
+    /// Parses `auto`, `legacy` or `nft` (any case).
+    pub fn parse(s: &str) -> Option<Self> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "" | "auto" => Some(BackendChoice::Auto),
+            "legacy" => Some(BackendChoice::Legacy),
+            "nft" | "nftables" => Some(BackendChoice::Nft),
+            _ => None,
+        }
+    }
+}
+
+static BACKEND_CHOICE: std::sync::OnceLock<BackendChoice> = std::sync::OnceLock::new();
+static BACKEND: std::sync::OnceLock<Backend> = std::sync::OnceLock::new();
+
+/// Sets the configured variant (once, at start; later calls change nothing).
+pub fn configure_backend(choice: BackendChoice) {
+    let _ = BACKEND_CHOICE.set(choice);
+}
+
+/// Whether `prog` is a command on `PATH`.
+fn on_path(prog: &str) -> bool {
+    std::env::var_os("PATH")
+        .map(|paths| std::env::split_paths(&paths).any(|d| d.join(prog).is_file()))
+        .unwrap_or(false)
+}
+
+/// The variants whose commands this host has (the one in use first).
+pub fn backends() -> Vec<Backend> {
+    let mut out = vec![backend()];
+    for b in [Backend::Nft, Backend::Legacy] {
+        if !out.contains(&b) && on_path(Family::V4.bin_in(b)) {
+            out.push(b);
+        }
+    }
+    out
+}
+
+/// Rule lines (`-A`) in one variant's tables (IPv4), or `None` without that variant.
+fn rule_count(b: Backend) -> Option<usize> {
+    if !on_path(Family::V4.bin_in(b)) {
+        return None;
+    }
+    let mut n = 0;
+    for table in ["filter", "nat", "mangle"] {
+        let out = run(Family::V4.bin_in(b), &["-t", table, "-S"]).ok()?;
+        n += String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter(|l| l.starts_with("-A "))
+            .count();
+    }
+    Some(n)
+}
+
+/// The variant in use (detected once; blocking on first use: call it off the async workers).
+pub fn backend() -> Backend {
+    *BACKEND.get_or_init(|| {
+        let choice = BACKEND_CHOICE.get().copied().unwrap_or_default();
+        let chosen = match choice {
+            BackendChoice::Legacy => Backend::Legacy,
+            BackendChoice::Nft => Backend::Nft,
+            BackendChoice::Auto => match (rule_count(Backend::Legacy), rule_count(Backend::Nft)) {
+                // kube-proxy's and Felix's rule: the variant with more rules is the one the
+                // host uses; a tie (nothing anywhere) goes to nf_tables, Debian's default.
+                (Some(l), Some(n)) if l > n => Backend::Legacy,
+                (_, Some(_)) => Backend::Nft,
+                (Some(_), None) => Backend::Legacy,
+                (None, None) => Backend::System,
+            },
+        };
+        tracing::info!(backend = ?chosen, configured = ?choice, "iptables variant chosen");
+        chosen
+    })
 }
 
 /// A short stable name part for a profile (chain names are limited to 28 characters).
@@ -344,36 +458,82 @@ pub fn render(state: &RuleState, family: Family, mode: Mode) -> Rendered {
     }
 }
 
+/// How long an iptables command waits for the xtables lock (`-w`) before giving up.
+pub const XTABLES_WAIT_SECS: &str = "5";
+/// Past this, a firewall subprocess is killed: no caller waits on iptables for ever.
+pub const SUBPROCESS_DEADLINE: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Runs `cmd` to completion, feeding it `input`, and kills it past [`SUBPROCESS_DEADLINE`].
+/// Waiting (and feeding the input) happens on a thread of its own, so a child that blocks
+/// never blocks the caller beyond the deadline.
+fn output_within(cmd: Command, input: Option<String>) -> Result<std::process::Output> {
+    output_within_deadline(cmd, input, SUBPROCESS_DEADLINE)
+}
+
+fn output_within_deadline(
+    mut cmd: Command,
+    input: Option<String>,
+    deadline: std::time::Duration,
+) -> Result<std::process::Output> {
+    let what = cmd.get_program().to_string_lossy().into_owned();
+    cmd.stdin(if input.is_some() {
+        Stdio::piped()
+    } else {
+        Stdio::null()
+    })
+    .stdout(Stdio::piped())
+    .stderr(Stdio::piped());
+    let mut child = cmd
+        .spawn()
+        .map_err(|e| Error::msg(format!("run {what}: {e}")))?;
+    let pid = child.id();
+    let stdin = child.stdin.take();
+    let (tx, rx) = std::sync::mpsc::channel();
+    if let (Some(mut stdin), Some(input)) = (stdin, input) {
+        // Fed on a thread of its own, while the output is read: a child that writes before
+        // it has read all its input never deadlocks against us. A write error shows in the
+        // exit status and stderr.
+        std::thread::spawn(move || {
+            let _ = stdin.write_all(input.as_bytes());
+        });
+    }
+    std::thread::spawn(move || {
+        let _ = tx.send(child.wait_with_output());
+    });
+    match rx.recv_timeout(deadline) {
+        Ok(out) => out.map_err(|e| Error::io(format!("wait for {what}"), e)),
+        Err(_) => {
+            // SAFETY: `pid` is our unreaped child (the waiting thread has not returned), so
+            // the number cannot have been reused.
+            unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+            let _ = rx.recv();
+            Err(Error::Timeout {
+                what: format!("{what} (killed; the xtables lock held too long?)"),
+                after: deadline,
+            })
+        }
+    }
+}
+
 fn run(bin: &str, args: &[&str]) -> Result<std::process::Output> {
-    // -w: wait for the xtables lock instead of failing while dockerd holds it.
-    Command::new(bin)
-        .arg("-w")
-        .args(args)
-        .output()
-        .map_err(|e| Error::msg(format!("run {bin}: {e}")))
+    // -w N: wait for the xtables lock (dockerd or firewalld may hold it), but not for ever.
+    let mut cmd = Command::new(bin);
+    cmd.args(["-w", XTABLES_WAIT_SECS]).args(args);
+    output_within(cmd, None)
 }
 
 fn restore(family: Family, input: &str) -> Result<()> {
-    let mut child = Command::new(family.restore_bin())
-        .args(["-w", "--noflush"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .map_err(|e| Error::msg(format!("run {}: {e}", family.restore_bin())))?;
-    child
-        .stdin
-        .take()
-        .expect("piped stdin")
-        .write_all(input.as_bytes())
-        .map_err(|e| Error::io(format!("write to {}", family.restore_bin()), e))?;
-    let out = child
-        .wait_with_output()
-        .map_err(|e| Error::io(format!("wait for {}", family.restore_bin()), e))?;
+    restore_in(backend(), family, input)
+}
+
+fn restore_in(b: Backend, family: Family, input: &str) -> Result<()> {
+    let mut cmd = Command::new(family.restore_bin_in(b));
+    cmd.args(["-w", XTABLES_WAIT_SECS, "--noflush"]);
+    let out = output_within(cmd, Some(input.to_string()))?;
     if !out.status.success() {
         return Err(Error::msg(format!(
             "apply rules with {}: {}",
-            family.restore_bin(),
+            family.restore_bin_in(b),
             String::from_utf8_lossy(&out.stderr).trim()
         )));
     }
@@ -432,6 +592,30 @@ const JUMP_FORWARD: &[&str] = &["-j", FORWARD_CHAIN];
 const JUMP_INPUT: &[&str] = &["-j", INPUT_CHAIN];
 const JUMP_DNAT: &[&str] = &["-m", "addrtype", "--dst-type", "LOCAL", "-j", DNAT_CHAIN];
 const JUMP_POSTROUTING: &[&str] = &["-j", POSTROUTING_CHAIN];
+
+/// The jumps into our chains that `mode` keeps in `family`: (table, chain, rule), each
+/// inserted first in its chain:
+/// - `INPUT` (IPv4): the loopback guard, before anything that accepts (an administrator's
+///   `-i cali+ -j ACCEPT`, firewalld's zones);
+/// - `FORWARD` (standalone): Docker's FORWARD policy is DROP and its rules only name its
+///   bridges, so our accepts must be reached from filter FORWARD itself (an nft table of our
+///   own cannot undo iptables' DROP); Docker <=27 re-inserts DOCKER-USER above us, which
+///   only RETURNs, so that is harmless;
+/// - `PREROUTING` and `OUTPUT`: published ports from outside and from this host;
+/// - `POSTROUTING`: our masquerade decisions precede Docker's.
+fn jumps(family: Family, mode: Mode) -> Vec<(&'static str, &'static str, &'static [&'static str])> {
+    let mut out = Vec::new();
+    if family == Family::V4 {
+        out.push(("filter", "INPUT", JUMP_INPUT));
+    }
+    if mode == Mode::Standalone {
+        out.push(("filter", "FORWARD", JUMP_FORWARD));
+    }
+    out.push(("nat", "PREROUTING", JUMP_DNAT));
+    out.push(("nat", "OUTPUT", JUMP_DNAT));
+    out.push(("nat", "POSTROUTING", JUMP_POSTROUTING));
+    out
+}
 
 /// How long jumps into our chains are trusted before being checked again (a firewalld
 /// reload or an administrator may remove them behind our back).
@@ -540,9 +724,80 @@ struct Applied {
 #[derive(Default)]
 pub struct Applier {
     families: [Applied; 2],
+    /// The newest state snapshot applied (see [`Applier::take_turn`]).
+    applied_seq: u64,
+    /// Stopping: nothing is applied any more.
+    closed: bool,
 }
 
 impl Applier {
+    /// Whether the snapshot numbered `seq` may be applied: not when a newer one already was
+    /// (it holds every change this one does), nor once closed. Records `seq` when it may.
+    pub fn take_turn(&mut self, seq: u64) -> bool {
+        if self.closed || seq <= self.applied_seq {
+            return false;
+        }
+        self.applied_seq = seq;
+        true
+    }
+
+    /// Applies nothing from now on (the plugin is stopping and removes its rules).
+    pub fn close(&mut self) {
+        self.closed = true;
+    }
+
+    /// Makes the next apply of each family a full rewrite with the jumps re-checked.
+    pub fn invalidate(&mut self) {
+        for slot in &mut self.families {
+            slot.jumps_checked = None;
+        }
+    }
+
+    /// Whether the rules last applied in `family` are all in the kernel: each chain with
+    /// as many rules as applied, and the jumps into them. True when nothing was applied.
+    pub fn verify(&self, family: Family) -> Result<bool> {
+        let slot = &self.families[family as usize];
+        let (Some(tables), Some(mode)) = (&slot.tables, slot.mode) else {
+            return Ok(true);
+        };
+        for (table, want) in tables {
+            let out = run(family.bin(), &["-t", table, "-S"])?;
+            if !out.status.success() {
+                return Err(Error::msg(format!(
+                    "list {} {table} rules: {}",
+                    family.bin(),
+                    String::from_utf8_lossy(&out.stderr).trim()
+                )));
+            }
+            let listing = String::from_utf8_lossy(&out.stdout);
+            let mut live: BTreeMap<&str, usize> = BTreeMap::new();
+            for l in listing.lines() {
+                let mut w = l.split_whitespace();
+                match (w.next(), w.next()) {
+                    (Some("-N"), Some(c)) => {
+                        live.entry(c).or_default();
+                    }
+                    (Some("-A"), Some(c)) => *live.entry(c).or_default() += 1,
+                    _ => {}
+                }
+            }
+            if want
+                .iter()
+                .any(|(chain, rules)| live.get(chain.as_str()) != Some(&rules.len()))
+            {
+                return Ok(false);
+            }
+        }
+        for (table, chain, rule) in jumps(family, mode) {
+            let mut check = vec!["-t", table, "-C", chain];
+            check.extend_from_slice(rule);
+            if !run(family.bin(), &check)?.status.success() {
+                return Ok(false);
+            }
+        }
+        Ok(true)
+    }
+
     /// Applies the rules of one family (blocking: run it off the async workers).
     pub fn apply(&mut self, state: &RuleState, family: Family, mode: Mode) -> Result<()> {
         let slot = &mut self.families[family as usize];
@@ -584,25 +839,13 @@ impl Applier {
         }
         // Both tables in one iptables-restore: one process, each table atomic.
         restore(family, &format!("{}{}", r.filter, r.nat))?;
-        if family == Family::V4 {
-            // First in INPUT, before anything that accepts (an administrator's `-i cali+ -j
-            // ACCEPT`, firewalld's zones).
-            ensure_jump(family, "filter", "INPUT", JUMP_INPUT)?;
+        // Each jump goes first in its chain (see `jumps`); felix mode keeps no FORWARD one.
+        for (table, chain, rule) in jumps(family, mode) {
+            ensure_jump(family, table, chain, rule)?;
         }
-        if mode == Mode::Standalone {
-            // Docker's FORWARD policy is DROP and its rules only name its bridges: our
-            // accepts must be reached from filter FORWARD itself (an nft table of our own
-            // cannot undo iptables' DROP). Position 1; Docker <=27 re-inserts DOCKER-USER
-            // above us, which only RETURNs, so that is harmless.
-            ensure_jump(family, "filter", "FORWARD", JUMP_FORWARD)?;
-        } else {
+        if mode != Mode::Standalone {
             remove_jump(family, "filter", "FORWARD", JUMP_FORWARD);
         }
-        // Published ports for traffic from outside (PREROUTING) and from this host (OUTPUT).
-        ensure_jump(family, "nat", "PREROUTING", JUMP_DNAT)?;
-        ensure_jump(family, "nat", "OUTPUT", JUMP_DNAT)?;
-        // First in POSTROUTING so our masquerade decisions precede Docker's.
-        ensure_jump(family, "nat", "POSTROUTING", JUMP_POSTROUTING)?;
         // Chains of endpoints and profiles that went away. Without a previous rule set (first
         // apply, a mode change, a failure), list what is there: rules of an earlier run go too.
         let known: BTreeMap<&str, BTreeSet<String>> = match known {
@@ -691,11 +934,16 @@ pub const TABLES: [&str; 2] = ["filter", "nat"];
 
 /// Every rule the plugin owns in one family's `table`, as `iptables -S` lines.
 pub fn list_owned(family: Family, table: &str) -> Result<Vec<String>> {
-    let out = run(family.bin(), &["-t", table, "-S"])?;
+    list_owned_in(backend(), family, table)
+}
+
+/// [`list_owned`] in backend `b`.
+pub fn list_owned_in(b: Backend, family: Family, table: &str) -> Result<Vec<String>> {
+    let out = run(family.bin_in(b), &["-t", table, "-S"])?;
     if !out.status.success() {
         return Err(Error::msg(format!(
             "list {} {table} rules: {}",
-            family.bin(),
+            family.bin_in(b),
             String::from_utf8_lossy(&out.stderr).trim()
         )));
     }
@@ -740,12 +988,12 @@ fn removal(table: &str, owned: &[String]) -> String {
 /// Removes every rule and chain the plugin owns in one family (both tables, each in one
 /// atomic `iptables-restore`); returns how many listed lines went. A family whose tool
 /// cannot list its tables (no ip6tables, IPv6 off) has nothing of ours and is skipped.
-pub fn remove_family(family: Family) -> Result<usize> {
+pub fn remove_family(b: Backend, family: Family) -> Result<usize> {
     let mut removed = 0;
     for table in TABLES {
         let mut attempt = 0;
         loop {
-            let owned = match list_owned(family, table) {
+            let owned = match list_owned_in(b, family, table) {
                 Ok(o) => o,
                 Err(e) if family == Family::V6 => {
                     debug!(error = %e, "ip6tables unusable: no IPv6 rules to remove");
@@ -757,7 +1005,7 @@ pub fn remove_family(family: Family) -> Result<usize> {
             if script.is_empty() {
                 break;
             }
-            match restore(family, &script) {
+            match restore_in(b, family, &script) {
                 Ok(()) => {
                     removed += owned.len();
                     break;
@@ -767,7 +1015,9 @@ pub fn remove_family(family: Family) -> Result<usize> {
                     debug!(error = %e, "remove rules: retrying with a fresh listing");
                     attempt += 1;
                 }
-                Err(e) => return Err(e.context(format!("remove {} {table} rules", family.bin()))),
+                Err(e) => {
+                    return Err(e.context(format!("remove {} {table} rules", family.bin_in(b))))
+                }
             }
         }
     }
@@ -776,24 +1026,28 @@ pub fn remove_family(family: Family) -> Result<usize> {
 
 /// Removes every rule and chain the plugin owns (both families, both tables): what
 /// `calico-libnetwork firewall remove` and a stop with no endpoint left do.
+/// Every variant this host has is cleaned (rules of a run with the other variant too).
 pub fn remove_all() -> Result<usize> {
-    let v4 = remove_family(Family::V4);
-    let v6 = remove_family(Family::V6);
-    Ok(v4? + v6?)
+    let mut removed = 0;
+    for b in backends() {
+        removed += remove_family(b, Family::V4)? + remove_family(b, Family::V6)?;
+    }
+    Ok(removed)
 }
 
 /// Felix is taken to be in charge when its FORWARD hook or its nft table is present
 /// (firewall-notes §3: the rules Felix programs).
 pub fn felix_present() -> bool {
-    let ipt = run("iptables", &["-t", "filter", "-S", "FORWARD"])
-        .map(|o| String::from_utf8_lossy(&o.stdout).contains("-j cali-FORWARD"))
-        .unwrap_or(false);
-    let nft = Command::new("nft")
-        .args(["list", "table", "ip", "calico"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .map(|s| s.success())
+    // In either iptables variant: Felix may use the other one than Docker.
+    let ipt = backends().into_iter().any(|b| {
+        run(Family::V4.bin_in(b), &["-t", "filter", "-S", "FORWARD"])
+            .map(|o| String::from_utf8_lossy(&o.stdout).contains("-j cali-FORWARD"))
+            .unwrap_or(false)
+    });
+    let mut nft = Command::new("nft");
+    nft.args(["list", "table", "ip", "calico"]);
+    let nft = output_within(nft, None)
+        .map(|o| o.status.success())
         .unwrap_or(false);
     ipt || nft
 }
@@ -937,6 +1191,26 @@ mod tests {
              -X CALICO-LIBNETWORK-FORWARD\n-X CLN-TW-aaa\nCOMMIT\n"
         );
         assert_eq!(removal("nat", &[]), "");
+    }
+
+    #[test]
+    fn a_subprocess_past_its_deadline_is_killed() {
+        let t = std::time::Instant::now();
+        let mut cmd = Command::new("sh");
+        cmd.args(["-c", "echo $$; exec sleep 30"]);
+        let e =
+            output_within_deadline(cmd, None, std::time::Duration::from_millis(300)).unwrap_err();
+        assert!(matches!(e, Error::Timeout { .. }), "{e}");
+        assert!(t.elapsed() < std::time::Duration::from_secs(5));
+        // A child that reads all its input and answers is waited for as usual.
+        let mut cat = Command::new("cat");
+        cat.arg("-");
+        let out = output_within(cat, Some("x".repeat(1 << 20))).unwrap();
+        assert_eq!(
+            out.stdout.len(),
+            1 << 20,
+            "a large input and output do not block"
+        );
     }
 
     #[test]

@@ -8,7 +8,7 @@ use ipnet::IpNet;
 use serde_json::Value;
 
 use crate::datastore::Datastore;
-use crate::error::{Error, Result, ResultExt};
+use crate::error::{Error, Result};
 use crate::ipam::Ipam;
 
 pub mod docker;
@@ -55,6 +55,9 @@ pub struct DriverSettings {
     /// Interval of the periodic reconciliation after the start-up passes; zero: none
     /// (`CALICO_LIBNETWORK_RECONCILE_INTERVAL`).
     pub reconcile_interval: std::time::Duration,
+    /// How often the firewall rules are checked and, when something removed them,
+    /// rewritten (`CALICO_LIBNETWORK_RULES_CHECK_INTERVAL`).
+    pub rules_check_interval: std::time::Duration,
 }
 
 impl DriverSettings {
@@ -74,6 +77,7 @@ impl DriverSettings {
             dataplane: rules::DataplaneMode::Off,
             reconcile_grace: reconcile::DEFAULT_GRACE,
             reconcile_interval: std::time::Duration::ZERO,
+            rules_check_interval: std::time::Duration::from_secs(30),
         }
     }
 }
@@ -246,12 +250,8 @@ impl Driver {
         for name in self.ipam.ensure_default_pools(default_pools).await? {
             tracing::info!(pool = %name, "created default IP pool (no pool existed)");
         }
-        // Firewall rules as the datastore says they should be: after a restart this brings
-        // back what is needed and drops what belonged to endpoints that went away. A failure
-        // fails the preparation, so that it is retried: until then the rules of the running
-        // containers are left as they are.
-        let n = self.rebuild_rules().await.ctx("rebuild firewall rules")?;
-        tracing::info!(endpoints = n, "firewall rules rebuilt");
+        // The firewall rules are rebuilt by `keep_rules_in_background`, after the socket is
+        // up: until then the rules of the running containers stay as they are.
         Ok(())
     }
 

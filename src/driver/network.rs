@@ -496,10 +496,15 @@ impl Driver {
         .await
         .ctx(format!("join endpoint {}", &endpoint_id[..12]))?;
         // The host firewall for this endpoint (forwarding past Docker's FORWARD DROP,
-        // isolation, published ports). A failure only warns: without Docker's DROP policy
-        // the endpoint works anyway, and the next change or restart re-applies everything.
+        // isolation, published ports). Without it the endpoint's traffic is dropped (ours
+        // drops unknown cali interfaces) and its ports go nowhere: fail, so Docker rolls the
+        // container's start back and says why.
         if let Err(e) = self.rules_apply().await {
-            tracing::warn!(error = %e, "apply firewall rules; routed traffic may be dropped");
+            let _ = dataplane::teardown_endpoint_veth(nl, &host_veth_name(endpoint_id)).await;
+            return Err(e.context(format!(
+                "join endpoint {}: install its firewall rules",
+                &endpoint_id[..12]
+            )));
         }
         if !ep.ipv6.is_empty() {
             if let Err(e) = dataplane::firewall::ensure_ipv6_forwarding().await {

@@ -47,6 +47,41 @@ impl DataplaneMode {
     }
 }
 
+const UNDECIDED: u8 = 0;
+
+fn encode_mode(mode: Option<Mode>) -> u8 {
+    match mode {
+        None => 1,
+        Some(Mode::Standalone) => 2,
+        Some(Mode::Felix) => 3,
+    }
+}
+
+fn decode_mode(v: u8) -> Option<Mode> {
+    match v {
+        2 => Some(Mode::Standalone),
+        3 => Some(Mode::Felix),
+        _ => None,
+    }
+}
+
+fn mode_name(mode: Option<Mode>) -> &'static str {
+    match mode {
+        None => "off",
+        Some(Mode::Standalone) => "standalone",
+        Some(Mode::Felix) => "felix",
+    }
+}
+
+/// `auto`: Felix's rules on the host mean Felix is in charge of filtering.
+fn auto_mode(felix: bool) -> Mode {
+    if felix {
+        Mode::Felix
+    } else {
+        Mode::Standalone
+    }
+}
+
 /// The rule state and the mode it is applied in. Cheap to clone: clones share one state,
 /// so background tasks (profile moves, deferred applies) can change and apply it.
 #[derive(Clone)]
@@ -55,7 +90,9 @@ pub(crate) struct Rules {
 }
 
 struct RulesInner {
-    mode: std::sync::OnceLock<Option<Mode>>,
+    /// The mode in force: 0 not decided yet, then [`encode_mode`]'s values. `auto` is
+    /// decided at start and looked at again at every rules check (Felix may start later).
+    mode: std::sync::atomic::AtomicU8,
     configured: DataplaneMode,
     /// This host's Calico node name: whose WorkloadEndpoints the rules are made from.
     nodename: String,
@@ -71,13 +108,19 @@ struct RulesInner {
     /// The state was rebuilt from the datastore at least once: until then an empty state
     /// says nothing about the endpoints running on this host.
     known: std::sync::atomic::AtomicBool,
+    /// The last apply failed: the keeper applies again (with back-off) until one succeeds.
+    failed: std::sync::atomic::AtomicBool,
+    /// Wakes the keeper early (an apply failed).
+    wake: tokio::sync::Notify,
+    /// Numbers the state snapshots, so an apply never writes an older snapshot over a newer.
+    seq: std::sync::atomic::AtomicU64,
 }
 
 impl Rules {
     pub(crate) fn new(configured: DataplaneMode, ipam: crate::ipam::Ipam, nodename: &str) -> Self {
         Rules {
             inner: std::sync::Arc::new(RulesInner {
-                mode: std::sync::OnceLock::new(),
+                mode: std::sync::atomic::AtomicU8::new(UNDECIDED),
                 configured,
                 nodename: nodename.to_string(),
                 ipam,
@@ -85,26 +128,62 @@ impl Rules {
                 applier: Default::default(),
                 queued: Default::default(),
                 known: Default::default(),
+                failed: Default::default(),
+                wake: Default::default(),
+                seq: Default::default(),
             }),
         }
     }
 
     /// The firewall mode in force (`None`: the plugin keeps no rules). `Auto` is decided
-    /// once, on first use.
+    /// by [`Rules::resolve_mode`] at start (here, if something asks before it ran) and
+    /// again at every rules check.
     pub(crate) fn mode(&self) -> Option<Mode> {
-        *self.inner.mode.get_or_init(|| match self.inner.configured {
+        let now = self.inner.mode.load(std::sync::atomic::Ordering::SeqCst);
+        if now != UNDECIDED {
+            return decode_mode(now);
+        }
+        let mode = match self.inner.configured {
             DataplaneMode::Off => None,
             DataplaneMode::Standalone => Some(Mode::Standalone),
             DataplaneMode::Felix => Some(Mode::Felix),
-            DataplaneMode::Auto => {
-                let felix = standalone::felix_present();
-                tracing::info!(
-                    mode = if felix { "felix" } else { "standalone" },
-                    "dataplane mode chosen (auto)"
-                );
-                Some(if felix { Mode::Felix } else { Mode::Standalone })
-            }
-        })
+            DataplaneMode::Auto => Some(auto_mode(standalone::felix_present())),
+        };
+        self.set_mode(mode);
+        mode
+    }
+
+    /// Records `mode`; true (and logged) when it changed.
+    fn set_mode(&self, mode: Option<Mode>) -> bool {
+        let old = self
+            .inner
+            .mode
+            .swap(encode_mode(mode), std::sync::atomic::Ordering::SeqCst);
+        if old == encode_mode(mode) {
+            return false;
+        }
+        tracing::info!(
+            mode = mode_name(mode),
+            configured = ?self.inner.configured,
+            previous = mode_name(decode_mode(old)),
+            "dataplane mode chosen"
+        );
+        true
+    }
+
+    /// Decides (or, for `auto`, decides again) the mode with Felix's detection (iptables and
+    /// nft subprocesses) on the blocking pool, never on an async worker. True when it
+    /// changed from a decided mode.
+    pub(crate) async fn resolve_mode(&self) -> bool {
+        if self.inner.configured != DataplaneMode::Auto {
+            self.mode();
+            return false;
+        }
+        let felix = tokio::task::spawn_blocking(standalone::felix_present)
+            .await
+            .unwrap_or(false);
+        let decided = self.inner.mode.load(std::sync::atomic::Ordering::SeqCst) != UNDECIDED;
+        self.set_mode(Some(auto_mode(felix))) && decided
     }
 
     /// Replaces profile `from` by `to` on this host's endpoints (a network's name was
@@ -214,22 +293,44 @@ impl Rules {
         self.inner
             .queued
             .store(false, std::sync::atomic::Ordering::SeqCst);
+        let res = self.apply_snapshot(mode).await;
+        if res.is_err() {
+            self.inner
+                .failed
+                .store(true, std::sync::atomic::Ordering::SeqCst);
+            self.inner.wake.notify_one();
+        }
+        res
+    }
+
+    async fn apply_snapshot(&self, mode: Mode) -> Result<()> {
         let pools = self.inner.ipam.list_pools().await?;
-        let mut state = self.inner.state.lock().await;
-        state.pools = pools
-            .iter()
-            .filter_map(|p| {
-                Some(PoolRules {
-                    cidr: p.spec.cidr_net().ok()?,
-                    nat_outgoing: p.spec.nat_outgoing,
+        let (snapshot, seq) = {
+            let mut state = self.inner.state.lock().await;
+            state.pools = pools
+                .iter()
+                .filter_map(|p| {
+                    Some(PoolRules {
+                        cidr: p.spec.cidr_net().ok()?,
+                        nat_outgoing: p.spec.nat_outgoing,
+                    })
                 })
-            })
-            .collect();
-        let snapshot = state.clone();
+                .collect();
+            let seq = self
+                .inner
+                .seq
+                .fetch_add(1, std::sync::atomic::Ordering::SeqCst)
+                + 1;
+            (state.clone(), seq)
+        };
+        // No async lock is held while iptables runs; the applier's own lock keeps two
+        // applies from interleaving, and its sequence check from going back in time.
         let applier = self.inner.applier.clone();
-        // Held across the apply so two applies never interleave their iptables-restores.
-        let res = tokio::task::spawn_blocking(move || {
+        tokio::task::spawn_blocking(move || {
             let mut applier = applier.lock().unwrap_or_else(|p| p.into_inner());
+            if !applier.take_turn(seq) {
+                return Ok(());
+            }
             applier.apply(&snapshot, Family::V4, mode)?;
             if let Err(e) = applier.apply(&snapshot, Family::V6, mode) {
                 tracing::debug!(error = %e, "IPv6 rules not applied (ip6tables missing or IPv6 off?)");
@@ -237,9 +338,49 @@ impl Rules {
             Ok::<_, Error>(())
         })
         .await
-        .map_err(|e| Error::msg(format!("apply firewall rules: {e}")))?;
-        drop(state);
-        res
+        .map_err(|e| Error::msg(format!("apply firewall rules: {e}")))?
+    }
+
+    /// Checks that the rules last applied are all still in place (chains, their rule
+    /// counts, the jumps into them) and rewrites everything when not, or when the last apply
+    /// failed. Returns whether it rewrote.
+    pub(crate) async fn check_and_repair(&self) -> Result<bool> {
+        if self.mode().is_none() {
+            return Ok(false);
+        }
+        if self.resolve_mode().await {
+            // Felix came (or went): the rule set of the new mode, written in full.
+            self.apply().await?;
+            return Ok(true);
+        }
+        if !self.inner.known.load(std::sync::atomic::Ordering::SeqCst) {
+            self.apply().await?;
+            return Ok(true);
+        }
+        let failed = self
+            .inner
+            .failed
+            .swap(false, std::sync::atomic::Ordering::SeqCst);
+        let applier = self.inner.applier.clone();
+        let intact = tokio::task::spawn_blocking(move || {
+            let mut applier = applier.lock().unwrap_or_else(|p| p.into_inner());
+            let intact = applier.verify(Family::V4)? && applier.verify(Family::V6).unwrap_or(true);
+            if !intact || failed {
+                // The next apply rewrites everything and re-checks the jumps.
+                applier.invalidate();
+            }
+            Ok::<_, Error>(intact)
+        })
+        .await
+        .map_err(|e| Error::msg(format!("check firewall rules: {e}")))??;
+        if intact && !failed {
+            return Ok(false);
+        }
+        if !intact {
+            tracing::warn!("firewall rules of the plugin were changed or removed behind its back: rewriting them");
+        }
+        self.apply().await?;
+        Ok(true)
     }
 
     /// Applies the current state after the caller has answered (removals: a rule left for
@@ -454,7 +595,11 @@ impl Driver {
                 tracing::warn!(error = %e, "apply firewall rules before stopping");
             }
         }
-        drop(self.rules.inner.state.lock().await);
+        let applier = self.rules.inner.applier.clone();
+        let _ = tokio::task::spawn_blocking(move || {
+            drop(applier.lock().unwrap_or_else(|p| p.into_inner()));
+        })
+        .await;
     }
 
     /// At a graceful stop: removes every rule and chain the plugin owns when this host has
@@ -480,8 +625,8 @@ impl Driver {
         let applier = self.rules.inner.applier.clone();
         let removed = tokio::task::spawn_blocking(move || {
             let mut applier = applier.lock().unwrap_or_else(|p| p.into_inner());
-            // Forget what was applied: a later apply writes everything again.
-            *applier = standalone::Applier::default();
+            // Stopping: no apply still on its way may write the rules again.
+            applier.close();
             standalone::remove_all()
         })
         .await
@@ -489,6 +634,58 @@ impl Driver {
         drop(state);
         tracing::debug!(lines = removed, "firewall rules removed");
         Ok(true)
+    }
+
+    /// Loads the rule state from the datastore (retried with back-off until it answers) and
+    /// applies it, then keeps the rules in place: every `rules_check_interval` (sooner, with
+    /// back-off, after a failed apply) it checks them and rewrites what an `iptables -F` or
+    /// a firewall reload took away. Returns at once; nothing to do in `off` mode.
+    pub fn keep_rules_in_background(self: &std::sync::Arc<Self>) {
+        let driver = self.clone();
+        tokio::spawn(async move {
+            driver.rules.resolve_mode().await;
+            if driver.rule_mode().is_none() {
+                return;
+            }
+            let mut delay = std::time::Duration::from_millis(500);
+            loop {
+                match driver.rebuild_rules().await {
+                    Ok(n) => {
+                        tracing::info!(endpoints = n, "firewall rules rebuilt");
+                        break;
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, retry_in = ?delay, "rebuild firewall rules; the running containers' rules are left as they are");
+                        tokio::time::sleep(delay).await;
+                        delay = (delay * 2).min(std::time::Duration::from_secs(10));
+                    }
+                }
+            }
+            let interval = driver.settings.rules_check_interval;
+            let mut delay = interval;
+            let mut backoff: Option<std::time::Duration> = None;
+            loop {
+                tokio::select! {
+                    _ = tokio::time::sleep(delay) => {}
+                    _ = driver.rules.inner.wake.notified() => {
+                        // An apply failed: try again soon, backing off.
+                        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+                    }
+                }
+                match driver.rules.check_and_repair().await {
+                    Ok(_) => {
+                        backoff = None;
+                        delay = interval;
+                    }
+                    Err(e) => {
+                        let next = backoff.map_or(std::time::Duration::from_secs(1), |b| b * 2);
+                        delay = next.min(interval);
+                        backoff = Some(delay);
+                        tracing::warn!(error = %e, retry_in = ?delay, "firewall rules not in place");
+                    }
+                }
+            }
+        });
     }
 
     /// A handle on the rule state for background tasks.

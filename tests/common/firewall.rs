@@ -23,14 +23,17 @@ pub fn host(prog: &str, args: &[&str]) -> (bool, String) {
 }
 
 /// Every rule the plugin owns on this host now, as `<tool> -t <table>: <line>`.
+/// In every iptables variant this host has (legacy and nf_tables).
 pub fn owned_rules() -> Vec<String> {
-    use calico_libnetwork::dataplane::standalone::{list_owned, Family, TABLES};
+    use calico_libnetwork::dataplane::standalone::{backends, list_owned_in, Family, TABLES};
     let mut out = Vec::new();
-    for family in [Family::V4, Family::V6] {
-        for table in TABLES {
-            // ip6tables may be unusable (IPv6 off): then it holds nothing of ours.
-            for l in list_owned(family, table).unwrap_or_default() {
-                out.push(format!("{} -t {table}: {l}", family.bin()));
+    for b in backends() {
+        for family in [Family::V4, Family::V6] {
+            for table in TABLES {
+                // ip6tables may be unusable (IPv6 off): then it holds nothing of ours.
+                for l in list_owned_in(b, family, table).unwrap_or_default() {
+                    out.push(format!("{} -t {table}: {l}", family.bin_in(b)));
+                }
             }
         }
     }
