@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Builds a Docker managed-plugin bundle (config.json + rootfs/) from the release binary,
 # without any registry or base image: the rootfs holds the binary, the shared libraries it
-# links (from ldd), iptables (for the standalone firewall mode: the host's variant, nft or
-# legacy, with its extension modules) and nft when present.
+# links (from ldd), iptables (for the standalone firewall mode: both variants, nft and legacy,
+# with their extension modules) and nft when present.
 #
 #   cargo build --release
 #   bash scripts/build-managed-plugin.sh [BINARY] [OUTDIR]     # defaults below
@@ -51,13 +51,25 @@ install -m 0755 "$bin" "$root/usr/bin/calico-libnetwork"
 if command -v strip >/dev/null; then strip --strip-debug "$root/usr/bin/calico-libnetwork"; fi
 put_libs "$bin"
 
-# iptables: the multi-call binary the host uses, and its applet names.
+# iptables: both variants' multi-call binaries with their applet names (the plugin writes its
+# rules with the variant the host's rules are in, which the bundle cannot know in advance),
+# and plain `iptables` as the build host's default.
 if ipt=$(command -v iptables 2>/dev/null); then
     real=$(readlink -f "$ipt")
     install -m 0755 "$real" "$root/usr/sbin/$(basename "$real")"
     put_libs "$real"
     for name in iptables iptables-restore iptables-save ip6tables ip6tables-restore ip6tables-save; do
         ln -sf "$(basename "$real")" "$root/usr/sbin/$name"
+    done
+    for variant in legacy nft; do
+        multi=$(command -v "xtables-$variant-multi" 2>/dev/null) || continue
+        install -m 0755 "$(readlink -f "$multi")" "$root/usr/sbin/xtables-$variant-multi"
+        put_libs "$multi"
+        for name in iptables ip6tables; do
+            for suffix in "" -restore -save; do
+                ln -sf "xtables-$variant-multi" "$root/usr/sbin/$name-$variant$suffix"
+            done
+        done
     done
     # Match and target extensions are loaded with dlopen (ldd does not show them).
     for dir in /usr/lib/x86_64-linux-gnu/xtables /usr/lib/aarch64-linux-gnu/xtables /usr/lib/xtables /usr/lib64/xtables; do

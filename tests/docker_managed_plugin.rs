@@ -86,6 +86,16 @@ fn managed_plugin_serves_a_network_and_containers() {
         String::from_utf8_lossy(&out.stderr)
     );
     let t_bundle = t0.elapsed();
+    // Both iptables variants travel with the plugin: it writes with the host's.
+    for cmd in [
+        "iptables-legacy-restore",
+        "iptables-nft-restore",
+        "ip6tables-nft",
+        "iptables",
+    ] {
+        let p = bundle.path().join("rootfs/usr/sbin").join(cmd);
+        assert!(p.exists(), "{} missing from the bundle", p.display());
+    }
 
     let cleanup = PluginCleanup(&d);
     let dir = bundle.path().display().to_string();
