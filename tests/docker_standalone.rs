@@ -1162,3 +1162,106 @@ fn rules_removed_behind_the_plugins_back_come_back() {
         "the repair is logged"
     );
 }
+
+/// Docker's own isolation stays Docker's: a calico container reaches a bridge container only
+/// where Docker allows it (a published port, as from any other network), never an
+/// `--internal` network's, and the administrator's `DOCKER-USER` rules apply to it.
+#[test]
+fn dockers_bridges_and_docker_user_keep_their_say() {
+    if !common::require_root("dockers_bridges_and_docker_user_keep_their_say") {
+        return;
+    }
+    let mut env = Env::start();
+    env.plugin
+        .set_env("CALICO_LIBNETWORK_RULES_CHECK_INTERVAL", "1s");
+    env.plugin.restart();
+    env.network("dbnet", &[]);
+    env.run("db1", &["--net", "dbnet"]);
+    let me = attachment(env.d(), "db1", "dbnet");
+    let web = |name: &str, net: &str, extra: &[&str]| -> IpAddr {
+        let mut args = vec!["run", "-d", "--name", name, "--net", net];
+        args.extend_from_slice(extra);
+        args.extend_from_slice(&[
+            env.image,
+            "sh",
+            "-c",
+            "mkdir -p /www && echo bridged > /www/index.html && exec httpd -f -p 80 -h /www",
+        ]);
+        env.d().docker_ok(&args);
+        let ip = env.d().docker_ok(&[
+            "inspect",
+            "-f",
+            &format!("{{{{.NetworkSettings.Networks.{net}.IPAddress}}}}"),
+            name,
+        ]);
+        ip.trim()
+            .parse()
+            .unwrap_or_else(|e| panic!("{name}: {e}: {ip}"))
+    };
+    env.d().docker_ok(&["network", "create", "pubnet"]);
+    env.d()
+        .docker_ok(&["network", "create", "--internal", "intnet"]);
+    let published = web("pubweb", "pubnet", &["-p", "18095:80"]);
+    let internal = web("intweb", "intnet", &[]);
+    // Docker moves its own jumps first whenever it makes a network; ours is put back where
+    // it belongs when something removed it (a firewall reload): the order Docker's
+    // isolation must survive.
+    host_ok(
+        "iptables",
+        &["-w", "-D", "FORWARD", "-j", "CALICO-LIBNETWORK-FORWARD"],
+    );
+    wait_until("our FORWARD jump back", || {
+        let (_, rules) = host("iptables", &["-w", "-S", "FORWARD"]);
+        if rules.contains("-j CALICO-LIBNETWORK-FORWARD") {
+            Ok(())
+        } else {
+            Err(rules)
+        }
+    });
+    let (_, forward) = host("iptables", &["-w", "-S", "FORWARD"]);
+    let order: Vec<&str> = forward
+        .lines()
+        .filter(|l| l.contains("-j DOCKER-USER") || l.contains("-j CALICO-LIBNETWORK-FORWARD"))
+        .collect();
+    assert_eq!(
+        order,
+        [
+            "-A FORWARD -j DOCKER-USER",
+            "-A FORWARD -j CALICO-LIBNETWORK-FORWARD"
+        ],
+        "DOCKER-USER first:\n{forward}"
+    );
+    let get = |ip: IpAddr| env.wget("db1", &format!("http://{ip}:80/"));
+    // Positive control: a published port of a bridge container, straight to its address.
+    wait_until("db1 -> published bridge container", || {
+        match get(published) {
+            (true, body) if body.trim() == "bridged" => Ok(()),
+            (_, body) => Err(body),
+        }
+    });
+    // An --internal network is out of reach (Docker's isolation rule sees the packet).
+    let (ok, body) = get(internal);
+    assert!(
+        !ok,
+        "db1 reached the --internal network's container: {body}"
+    );
+    // DOCKER-USER applies to calico containers too.
+    let rule = ["-s", &format!("{}/32", me.ip), "-j", "DROP"];
+    let mut ins = vec!["-w", "-I", "DOCKER-USER"];
+    ins.extend_from_slice(&rule);
+    host_ok("iptables", &ins);
+    let (ok, body) = get(published);
+    let mut del = vec!["-w", "-D", "DOCKER-USER"];
+    del.extend_from_slice(&rule);
+    host_ok("iptables", &del);
+    assert!(
+        !ok,
+        "DOCKER-USER's DROP did not apply to a calico container: {body}"
+    );
+    wait_until("db1 -> published bridge container again", || {
+        match get(published) {
+            (true, body) if body.trim() == "bridged" => Ok(()),
+            (_, body) => Err(body),
+        }
+    });
+}

@@ -39,6 +39,9 @@ pub const DNAT_CHAIN: &str = "CALICO-LIBNETWORK-DNAT";
 pub const POSTROUTING_CHAIN: &str = "CALICO-LIBNETWORK-SNAT";
 /// NAT chain doing NAT outgoing.
 pub const NAT_OUT: &str = "CLN-NAT-OUT";
+/// Docker's bridge interfaces (its default bridge, and `br-<id>` for each user-defined
+/// bridge network): traffic from workloads towards them is left to Docker's chains.
+pub const DOCKER_BRIDGES: [&str; 2] = ["docker0", "br-+"];
 /// Prefix of every per-endpoint and per-profile chain.
 pub const CHAIN_PREFIX: &str = "CLN-";
 
@@ -331,6 +334,11 @@ pub fn render(state: &RuleState, family: Family, mode: Mode) -> Rendered {
         rules.push(format!("-A {FORWARD_CHAIN} -i cali+ -j {FROM_WL}"));
         // To a workload: allowed by its profiles, or a published port.
         rules.push(format!("-A {FORWARD_CHAIN} -o cali+ -j {TO_WL}"));
+        // Towards Docker's own bridges, Docker's chains decide (its isolation between
+        // networks, `--internal`, unpublished ports); the names are Docker's defaults.
+        for bridge in DOCKER_BRIDGES {
+            rules.push(format!("-A {FORWARD_CHAIN} -i cali+ -o {bridge} -j RETURN"));
+        }
         // Left: workload to a non-workload destination. Profiles allow all egress.
         rules.push(format!("-A {FORWARD_CHAIN} -i cali+ -j ACCEPT"));
 
@@ -547,7 +555,8 @@ fn ensure_jump(family: Family, table: &str, chain: &str, rule: &[&str]) -> Resul
     if run(family.bin(), &check)?.status.success() {
         return Ok(());
     }
-    let mut insert = vec!["-t", table, "-I", chain, "1"];
+    let pos = jump_position(family, table, chain)?.to_string();
+    let mut insert = vec!["-t", table, "-I", chain, pos.as_str()];
     insert.extend_from_slice(rule);
     let out = run(family.bin(), &insert)?;
     if !out.status.success() {
@@ -557,6 +566,26 @@ fn ensure_jump(family: Family, table: &str, chain: &str, rule: &[&str]) -> Resul
         )));
     }
     Ok(())
+}
+
+/// Where our jump goes in `chain`: first, except in filter `FORWARD`, where it goes just
+/// after Docker's jump to `DOCKER-USER` when there is one, so that the administrator's
+/// rules there apply to containers on calico networks too (Docker puts that jump first,
+/// and puts it back first when it restarts).
+fn jump_position(family: Family, table: &str, chain: &str) -> Result<usize> {
+    if (table, chain) != ("filter", "FORWARD") {
+        return Ok(1);
+    }
+    let out = run(family.bin(), &["-t", table, "-S", chain])?;
+    let rules: Vec<String> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter(|l| l.starts_with("-A "))
+        .map(str::to_string)
+        .collect();
+    Ok(rules
+        .iter()
+        .position(|l| l.ends_with("-j DOCKER-USER"))
+        .map_or(1, |i| i + 2))
 }
 
 fn remove_jump(family: Family, table: &str, chain: &str, rule: &[&str]) {
