@@ -1265,3 +1265,84 @@ fn dockers_bridges_and_docker_user_keep_their_say() {
         }
     });
 }
+
+/// A published port is one owner's: a second container asking for it, or one a program of
+/// the host holds, is refused in Docker's words; and a port published on all addresses
+/// takes localhost (127.0.0.1) but not the host's other loopback services.
+#[test]
+fn published_ports_have_one_owner() {
+    if !common::require_root("published_ports_have_one_owner") {
+        return;
+    }
+    let env = Env::start();
+    env.network("ponet", &[]);
+    let serve = |name: &str, port: &str| {
+        env.d().docker_ok(&[
+            "run",
+            "-d",
+            "--name",
+            name,
+            "--net",
+            "ponet",
+            "-p",
+            &format!("{port}:80"),
+            env.image,
+            "sh",
+            "-c",
+            "mkdir -p /www && echo from-container > /www/index.html && exec httpd -f -p 80 -h /www",
+        ]);
+    };
+    serve("po1", "18097");
+    let err = env.d().docker_err(&[
+        "run", "-d", "--name", "po2", "--net", "ponet", "-p", "18097:80", env.image, "sleep", "600",
+    ]);
+    assert!(err.contains("port is already allocated"), "{err}");
+    // A host program holds a port: refused too.
+    let held = std::net::TcpListener::bind("0.0.0.0:18098").unwrap();
+    let err = env.d().docker_err(&[
+        "run", "-d", "--name", "po3", "--net", "ponet", "-p", "18098:80", env.image, "sleep", "600",
+    ]);
+    assert!(err.contains("port is already allocated"), "{err}");
+    drop(held);
+    // po1's 18097 answers on localhost ...
+    wait_until("host -> 127.0.0.1:18097", || {
+        match host(
+            "timeout",
+            &[
+                "5",
+                "/bin/busybox",
+                "wget",
+                "-qO-",
+                "http://127.0.0.1:18097/",
+            ],
+        ) {
+            (true, body) if body.trim() == "from-container" => Ok(()),
+            (_, body) => Err(body),
+        }
+    });
+    // ... but a host service on another loopback address keeps its own port.
+    let local = std::net::TcpListener::bind("127.0.0.2:18097").unwrap();
+    local.set_nonblocking(false).unwrap();
+    let server = std::thread::spawn(move || {
+        use std::io::{Read, Write};
+        let (mut c, _) = local.accept().unwrap();
+        let mut buf = [0u8; 512];
+        let _ = c.read(&mut buf);
+        let _ = c.write_all(b"HTTP/1.0 200 OK\r\nContent-Length: 8\r\n\r\nfrom-host");
+    });
+    let (ok, body) = host(
+        "timeout",
+        &[
+            "5",
+            "/bin/busybox",
+            "wget",
+            "-qO-",
+            "http://127.0.0.2:18097/",
+        ],
+    );
+    assert!(
+        ok && body.starts_with("from-hos"),
+        "127.0.0.2:18097 went elsewhere: {body}"
+    );
+    server.join().unwrap();
+}

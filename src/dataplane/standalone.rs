@@ -410,19 +410,27 @@ pub fn render(state: &RuleState, family: Family, mode: Mode) -> Rendered {
                     continue;
                 }
             }
-            let dst = p
-                .host_ip
-                .map(|h| format!(" -d {h}/{len}"))
-                .unwrap_or_default();
+            // Every local address, but of the loopback ones only localhost itself: the host's
+            // other loopback services (systemd-resolved's 127.0.0.53, ...) stay its own.
+            let dsts: Vec<String> = match (p.host_ip, family) {
+                (Some(h), _) => vec![format!(" -d {h}/{len}")],
+                (None, Family::V4) => vec![
+                    " ! -d 127.0.0.0/8".to_string(),
+                    " -d 127.0.0.1/32".to_string(),
+                ],
+                (None, Family::V6) => vec![String::new()],
+            };
             let to = match target {
                 IpAddr::V4(a) => format!("{a}:{}", p.port),
                 IpAddr::V6(a) => format!("[{a}]:{}", p.port),
             };
-            rules.push(format!(
-                "-A {DNAT_CHAIN}{dst} -p {proto} -m {proto} --dport {hp} -j DNAT --to-destination {to}",
-                proto = p.protocol,
-                hp = p.host_port
-            ));
+            for dst in dsts {
+                rules.push(format!(
+                    "-A {DNAT_CHAIN}{dst} -p {proto} -m {proto} --dport {hp} -j DNAT --to-destination {to}",
+                    proto = p.protocol,
+                    hp = p.host_port
+                ));
+            }
         }
     }
     if family == Family::V4 {
@@ -1138,7 +1146,8 @@ mod tests {
             !f.contains(&format!("-A {pro1} -s 10.0.0.2/32")),
             "net2's member is not in net1"
         );
-        assert!(r.nat.contains("-A CALICO-LIBNETWORK-DNAT -p tcp -m tcp --dport 18080 -j DNAT --to-destination 10.0.0.1:80"));
+        assert!(r.nat.contains("-A CALICO-LIBNETWORK-DNAT ! -d 127.0.0.0/8 -p tcp -m tcp --dport 18080 -j DNAT --to-destination 10.0.0.1:80"));
+        assert!(r.nat.contains("-A CALICO-LIBNETWORK-DNAT -d 127.0.0.1/32 -p tcp -m tcp --dport 18080 -j DNAT --to-destination 10.0.0.1:80"));
         assert!(r
             .nat
             .contains("-A CALICO-LIBNETWORK-SNAT -s 10.0.0.0/24 -j CLN-NAT-OUT"));

@@ -353,6 +353,22 @@ impl Driver {
         // From here on a failure (or the deadline) undoes the write: a put or create that
         // errored may still have been applied.
         *written = true;
+        // The rules go into the state before the record is written (a published port held
+        // by another endpoint or a host program is refused here) and before it is read again
+        // below, so that a move seen there is followed, and one not seen yet finds them
+        // (`rename_profile`).
+        let mut ips: Vec<IpAddr> = ipv4.iter().map(|a| IpAddr::V4(*a)).collect();
+        ips.extend(ipv6.iter().map(|a| IpAddr::V6(*a)));
+        self.rules_add_endpoint(
+            &spec.endpoint_id,
+            crate::dataplane::standalone::EndpointRules {
+                iface: host_veth_name(&spec.endpoint_id),
+                ips,
+                profiles: wep.spec.profiles.clone(),
+                ports,
+            },
+        )
+        .await?;
         match kv::create(self.store.as_ref(), &mut wep).await {
             Ok(_) => {}
             Err(e) if e.is_exists() => {
@@ -366,20 +382,6 @@ impl Driver {
             }
             Err(e) => return Err(e.context(format!("create WorkloadEndpoint {name}"))),
         }
-        // The rules go into the state before the record is read again, so that a move seen
-        // below is followed here, and one not seen yet finds them (`rename_profile`).
-        let mut ips: Vec<IpAddr> = ipv4.iter().map(|a| IpAddr::V4(*a)).collect();
-        ips.extend(ipv6.iter().map(|a| IpAddr::V6(*a)));
-        self.rules_add_endpoint(
-            &spec.endpoint_id,
-            crate::dataplane::standalone::EndpointRules {
-                iface: host_veth_name(&spec.endpoint_id),
-                ips,
-                profiles: wep.spec.profiles.clone(),
-                ports,
-            },
-        )
-        .await;
         // The network may have moved to its named profile meanwhile (a background task
         // learns the name): read the record again after our write, so that either we see
         // the move and follow it, or the mover saw our endpoint. Only the fallback moves.

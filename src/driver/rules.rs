@@ -404,6 +404,21 @@ impl Rules {
     }
 }
 
+/// Whether a program of this host holds the port (a bind on it fails as in use). TCP and UDP
+/// only; a bind is one instant system call.
+fn held_by_host(p: &PortMap) -> bool {
+    let ip = p
+        .host_ip
+        .unwrap_or(IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED));
+    let addr = std::net::SocketAddr::new(ip, p.host_port);
+    let res = match p.protocol.as_str() {
+        "tcp" => std::net::TcpListener::bind(addr).map(drop),
+        "udp" => std::net::UdpSocket::bind(addr).map(drop),
+        _ => Ok(()),
+    };
+    matches!(res, Err(e) if e.kind() == std::io::ErrorKind::AddrInUse)
+}
+
 /// Docker's protocol numbers in `com.docker.network.portmap`.
 fn proto_name(n: u64) -> Option<&'static str> {
     match n {
@@ -544,18 +559,42 @@ impl Driver {
         self.rules.mode()
     }
 
-    /// Records (not yet applies) the rules of an endpoint of this host.
-    pub(crate) async fn rules_add_endpoint(&self, endpoint_id: &str, rules: EndpointRules) {
+    /// Records (not yet applies) the rules of an endpoint of this host. Its published ports
+    /// are refused, in Docker's words, when another endpoint of this host publishes the same
+    /// one or a program of the host holds it (a probe bind, as docker-proxy would do).
+    pub(crate) async fn rules_add_endpoint(
+        &self,
+        endpoint_id: &str,
+        rules: EndpointRules,
+    ) -> Result<()> {
         if self.rule_mode().is_none() {
-            return;
+            return Ok(());
         }
-        self.rules
-            .inner
-            .state
-            .lock()
-            .await
-            .endpoints
-            .insert(endpoint_id.to_string(), rules);
+        let mut state = self.rules.inner.state.lock().await;
+        for p in &rules.ports {
+            let taken = state
+                .endpoints
+                .iter()
+                .filter(|(id, _)| id.as_str() != endpoint_id)
+                .flat_map(|(_, e)| &e.ports)
+                .any(|q| {
+                    q.protocol == p.protocol
+                        && q.host_port == p.host_port
+                        && (q.host_ip.is_none() || p.host_ip.is_none() || q.host_ip == p.host_ip)
+                });
+            if taken || held_by_host(p) {
+                return Err(Error::invalid(format!(
+                    "publish port {}/{}: Bind for {}:{} failed: port is already allocated",
+                    p.host_port,
+                    p.protocol,
+                    p.host_ip
+                        .map_or_else(|| "0.0.0.0".to_string(), |ip| ip.to_string()),
+                    p.host_port
+                )));
+            }
+        }
+        state.endpoints.insert(endpoint_id.to_string(), rules);
+        Ok(())
     }
 
     /// Forgets an endpoint's rules and removes them from the host in the background.
