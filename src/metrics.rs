@@ -9,6 +9,8 @@
 //! - `calico_libnetwork_datastore_round_trips_total`, `..._datastore_conflicts_total` (CAS
 //!   writes refused), `..._datastore_reads_total`, `..._datastore_writes_total`,
 //!   `..._datastore_deletes_total`: the datastore's counters, read at each scrape.
+//! - `calico_libnetwork_background_restarts_total{task}`: background loops restarted after a
+//!   panic (a bug: each restart is also logged at error level).
 
 use std::net::SocketAddr;
 use std::sync::{Arc, OnceLock};
@@ -35,6 +37,11 @@ struct Call {
     call: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct Task {
+    task: String,
+}
+
 /// The metrics of this process.
 pub struct Metrics {
     registry: Registry,
@@ -42,6 +49,7 @@ pub struct Metrics {
     latency: Family<Call, Histogram>,
     allocated: Counter,
     released: Counter,
+    restarts: Family<Task, Counter>,
 }
 
 /// The datastore's counters, read at each scrape.
@@ -123,6 +131,12 @@ impl Metrics {
             "Addresses given back by Docker (IpamDriver.ReleaseAddress answered).",
             released.clone(),
         );
+        let restarts = Family::<Task, Counter>::default();
+        registry.register(
+            "calico_libnetwork_background_restarts",
+            "Background tasks (reconciliation, firewall keeper) restarted after a panic.",
+            restarts.clone(),
+        );
         registry.register_collector(Box::new(StoreStats(store)));
         Metrics {
             registry,
@@ -130,6 +144,7 @@ impl Metrics {
             latency,
             allocated,
             released,
+            restarts,
         }
     }
 
@@ -170,6 +185,17 @@ pub fn request(call: &str, outcome: &str, elapsed: Duration) {
             }
             _ => {}
         }
+    }
+}
+
+/// Records a background task restarted after a panic (no-op unless [`install`]ed).
+pub fn background_restart(task: &str) {
+    if let Some(m) = METRICS.get() {
+        m.restarts
+            .get_or_create(&Task {
+                task: task.to_string(),
+            })
+            .inc();
     }
 }
 

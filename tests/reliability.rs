@@ -721,3 +721,67 @@ async fn deadline_body() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
+
+#[test]
+fn damaged_records_give_errors_not_panics() {
+    in_private_netns("damaged_records_give_errors_not_panics", damaged_body);
+}
+
+/// A block whose allocations do not match its size, a pool with an impossible block size and
+/// an endpoint record whose ID is not ASCII (each written by hand or by a buggy tool): the
+/// requests that meet them get errors naming the key, the others work, and reconciliation
+/// runs through (before: panics, and the reconciliation loop gone for good).
+async fn damaged_body() {
+    let etcd = Etcd::start();
+    let store: Arc<dyn Datastore> = Arc::new(etcd.store());
+    let me = driver(store.clone(), "rel-damaged", Duration::from_millis(500));
+    me.init(&["10.72.0.0/16".parse().unwrap()]).await.unwrap();
+    let bad_block = "/calico/ipam/v2/assignment/ipv4/block/10.72.200.0-26";
+    store
+        .put(
+            bad_block,
+            json!({"cidr": "10.72.200.0/26", "affinity": "host:rel-damaged", "allocations": [null],
+                   "unallocated": [], "attributes": [], "strictAffinity": false})
+            .to_string()
+            .into_bytes(),
+        )
+        .await
+        .unwrap();
+    store
+        .put(
+            "/calico/resources/v3/projectcalico.org/ippools/broken",
+            json!({"kind": "IPPool", "apiVersion": "projectcalico.org/v3",
+                   "metadata": {"name": "broken"},
+                   "spec": {"cidr": "10.73.0.0/16", "blockSize": 40}})
+            .to_string()
+            .into_bytes(),
+        )
+        .await
+        .unwrap();
+    store
+        .put(
+            "/calico/resources/v3/projectcalico.org/workloadendpoints/libnetwork/rel--damaged-libnetwork-libnetwork-x",
+            json!({"kind": "WorkloadEndpoint", "apiVersion": "projectcalico.org/v3",
+                   "metadata": {"name": "rel--damaged-libnetwork-libnetwork-x", "namespace": "libnetwork",
+                                "creationTimestamp": "2020-01-01T00:00:00Z"},
+                   "spec": {"node": "rel-damaged", "orchestrator": "libnetwork", "endpoint": "ééééééééééééé",
+                            "interfaceName": "caliééééé", "ipNetworks": ["10.72.0.99/32"]}})
+            .to_string()
+            .into_bytes(),
+        )
+        .await
+        .unwrap();
+    // An address in the damaged block: an error that names it.
+    let err = request(&me, Some("10.72.200.5".parse().unwrap()))
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains(bad_block), "{err}");
+    // Any address: still served (the damaged block and pool left out).
+    let ip = request(&me, None).await.unwrap();
+    assert!(ip.to_string().starts_with("10.72."), "{ip}");
+    // Reconciliation runs through them.
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    me.reconcile_with(Some(&HashSet::new())).await.unwrap();
+    me.reconcile_with(None).await.unwrap();
+}

@@ -30,10 +30,16 @@ fn storage_err(op: &str, path: &Path, e: impl std::fmt::Display) -> Error {
     Error::Unavailable(format!("{op} local store {}: {e}", path.display()))
 }
 
-fn split(stored: &[u8]) -> (Revision, &[u8]) {
-    let mut rev = [0u8; 8];
-    rev.copy_from_slice(&stored[..8]);
-    (i64::from_le_bytes(rev), &stored[8..])
+/// A stored value: its revision (8 bytes, little endian), then the value. A shorter one is
+/// a damaged file, reported with its key (never a panic).
+fn split<'a>(key: &str, stored: &'a [u8]) -> Result<(Revision, &'a [u8])> {
+    match stored.split_first_chunk::<8>() {
+        Some((rev, value)) => Ok((i64::from_le_bytes(*rev), value)),
+        None => Err(Error::msg(format!(
+            "read {key} from the local store: damaged record ({} bytes)",
+            stored.len()
+        ))),
+    }
 }
 
 impl LocalStore {
@@ -123,14 +129,17 @@ impl Datastore for LocalStore {
                 let found = table
                     .get(key.as_str())
                     .map_err(|e| storage_err("read", path, e))?;
-                out.push(found.map(|v| {
-                    let (revision, value) = split(v.value());
-                    KeyValue {
-                        key: key.clone(),
-                        value: value.to_vec(),
-                        revision,
+                out.push(match found {
+                    Some(v) => {
+                        let (revision, value) = split(&key, v.value())?;
+                        Some(KeyValue {
+                            key: key.clone(),
+                            value: value.to_vec(),
+                            revision,
+                        })
                     }
-                }));
+                    None => None,
+                });
             }
             Ok(out)
         })
@@ -154,7 +163,7 @@ impl Datastore for LocalStore {
                 if !k.value().starts_with(&prefix) {
                     break;
                 }
-                let (revision, value) = split(v.value());
+                let (revision, value) = split(k.value(), v.value())?;
                 out.push(KeyValue {
                     key: k.value().to_string(),
                     value: value.to_vec(),
@@ -179,10 +188,13 @@ impl Datastore for LocalStore {
                     .open_table(KV)
                     .map_err(|e| storage_err("write", path, e))?;
                 for w in &writes {
-                    let current = table
+                    let current = match table
                         .get(w.key.as_str())
                         .map_err(|e| storage_err("write", path, e))?
-                        .map(|v| split(v.value()).0);
+                    {
+                        Some(v) => Some(split(&w.key, v.value())?.0),
+                        None => None,
+                    };
                     if let Some(err) = condition_error(w, current) {
                         stats.conflict();
                         // Dropping the transaction without commit discards nothing written.
@@ -237,6 +249,15 @@ impl Datastore for LocalStore {
 mod tests {
     use super::*;
     use std::os::unix::fs::PermissionsExt;
+
+    #[test]
+    fn a_damaged_record_is_an_error_not_a_panic() {
+        let e = split("/calico/x", &[1, 2, 3]).unwrap_err();
+        assert!(e.to_string().contains("/calico/x"), "{e}");
+        let mut ok = 7i64.to_le_bytes().to_vec();
+        ok.extend_from_slice(b"{}");
+        assert_eq!(split("/k", &ok).unwrap(), (7, &b"{}"[..]));
+    }
 
     #[test]
     fn the_store_is_for_its_owner_only() {

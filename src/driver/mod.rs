@@ -200,6 +200,30 @@ pub struct Driver {
     docker: Option<Arc<docker::DockerApi>>,
 }
 
+/// Runs the future `make` gives on a task of its own and, when it panics (a bug: stored data
+/// no check foresaw, ...), logs it, counts it and starts a new one a second later, so a
+/// background loop never disappears silently. Returns at once.
+pub(crate) fn supervise<F, Fut>(task: &'static str, make: F)
+where
+    F: Fn() -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    tokio::spawn(async move {
+        loop {
+            match tokio::spawn(make()).await {
+                Ok(()) => return,
+                Err(e) if e.is_panic() => {
+                    tracing::error!(task, "background task panicked; restarting it in 1 s");
+                    crate::metrics::background_restart(task);
+                    tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+                }
+                // Cancelled: the runtime is shutting down.
+                Err(_) => return,
+            }
+        }
+    });
+}
+
 impl Driver {
     /// Builds the driver over a datastore.
     pub fn new(store: Arc<dyn Datastore>, settings: DriverSettings) -> Self {
@@ -308,5 +332,37 @@ impl Driver {
         _endpoint_id: &str,
     ) -> Result<()> {
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod supervise_tests {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    use std::sync::Arc;
+
+    /// A background task that panics is started again; one that returns is not.
+    #[tokio::test]
+    async fn a_panicking_background_task_is_restarted() {
+        let runs = Arc::new(AtomicU32::new(0));
+        let r = runs.clone();
+        super::supervise("test-task", move || {
+            let r = r.clone();
+            async move {
+                if r.fetch_add(1, Ordering::SeqCst) == 0 {
+                    panic!("first run fails");
+                }
+            }
+        });
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        while runs.load(Ordering::SeqCst) < 2 {
+            assert!(std::time::Instant::now() < deadline, "not restarted");
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
+        assert_eq!(
+            runs.load(Ordering::SeqCst),
+            2,
+            "a task that returned is not restarted"
+        );
     }
 }

@@ -48,14 +48,25 @@ pub(crate) struct EndpointCache {
     mac: [u8; 6],
 }
 
+/// The first 11 characters of an endpoint ID (Docker's are 64 hex digits; a stored string
+/// may be anything, so never a byte slice that could split a character).
+fn id_part(endpoint_id: &str) -> String {
+    endpoint_id.chars().take(11).collect()
+}
+
+/// Whether `id` is a Docker ID (64 hex digits): only those name our endpoints and veths.
+pub fn is_docker_id(id: &str) -> bool {
+    id.len() == 64 && id.bytes().all(|b| b.is_ascii_hexdigit())
+}
+
 /// Host-side veth name: `cali` + the first 11 characters of the endpoint ID.
 pub fn host_veth_name(endpoint_id: &str) -> String {
-    format!("cali{}", &endpoint_id[..11])
+    format!("cali{}", id_part(endpoint_id))
 }
 
 /// The temporary peer Docker moves into the container.
 pub fn temp_veth_name(endpoint_id: &str) -> String {
-    format!("temp{}", &endpoint_id[..11])
+    format!("temp{}", id_part(endpoint_id))
 }
 
 fn random_mac() -> [u8; 6] {

@@ -47,7 +47,7 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 
-use super::network::{host_veth_name, temp_veth_name, WEP_NAMESPACE};
+use super::network::{host_veth_name, is_docker_id, temp_veth_name, WEP_NAMESPACE};
 use super::Driver;
 use crate::error::Result;
 use crate::model::block::{AllocationBlock, ReleaseOptions, ATTR_NODE, ATTR_TIMESTAMP};
@@ -166,29 +166,38 @@ impl Driver {
     /// of the requests a crash interrupted) are judged too, and then every
     /// `reconcile_interval` (what a DeleteEndpoint lost to a datastore outage left behind).
     pub fn reconcile_in_background(self: &std::sync::Arc<Self>) {
-        let driver = self.clone();
-        tokio::spawn(async move {
-            let interval = driver.settings.reconcile_interval;
-            for pass in 1u64.. {
-                if pass == 2 {
-                    tokio::time::sleep(driver.settings.reconcile_grace + Duration::from_secs(1))
+        let me = self.clone();
+        // Shared by restarts: a loop restarted after a panic goes on with the next pass's
+        // wait instead of running (and perhaps panicking) again at once.
+        let next = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(1));
+        super::supervise("reconcile", move || {
+            let (driver, next) = (me.clone(), next.clone());
+            async move {
+                let interval = driver.settings.reconcile_interval;
+                loop {
+                    let pass = next.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                    if pass == 2 {
+                        tokio::time::sleep(
+                            driver.settings.reconcile_grace + Duration::from_secs(1),
+                        )
                         .await;
-                } else if pass > 2 {
-                    if interval.is_zero() {
-                        break;
+                    } else if pass > 2 {
+                        if interval.is_zero() {
+                            break;
+                        }
+                        tokio::time::sleep(interval).await;
                     }
-                    tokio::time::sleep(interval).await;
-                }
-                match driver.reconcile().await {
-                    Ok(r) => tracing::info!(
-                        pass,
-                        veths = r.veths_removed.len(),
-                        endpoints = r.endpoints_removed.len(),
-                        addresses = r.addresses_released.len(),
-                        docker = r.docker_answered,
-                        "reconciliation done"
-                    ),
-                    Err(e) => tracing::warn!(pass, error = %e, "reconciliation stopped"),
+                    match driver.reconcile().await {
+                        Ok(r) => tracing::info!(
+                            pass,
+                            veths = r.veths_removed.len(),
+                            endpoints = r.endpoints_removed.len(),
+                            addresses = r.addresses_released.len(),
+                            docker = r.docker_answered,
+                            "reconciliation done"
+                        ),
+                        Err(e) => tracing::warn!(pass, error = %e, "reconciliation stopped"),
+                    }
                 }
             }
         });
@@ -265,7 +274,7 @@ impl Driver {
             named.extend(
                 known
                     .iter()
-                    .filter(|e| e.len() >= 12)
+                    .filter(|e| is_docker_id(e))
                     .map(|e| host_veth_name(e)),
             );
             for veth in cali {
@@ -291,7 +300,7 @@ impl Driver {
                 for (key, rev, w) in &weps {
                     if w.spec.node != me
                         || w.metadata.namespace != WEP_NAMESPACE
-                        || w.spec.endpoint.len() < 12
+                        || !is_docker_id(&w.spec.endpoint)
                         || known.contains(&w.spec.endpoint)
                         || !older_than(w.metadata.creation_timestamp, grace, now)
                     {
@@ -412,7 +421,7 @@ impl Driver {
             for (_, _, w) in &holders {
                 if w.spec.node != me
                     || w.metadata.namespace != WEP_NAMESPACE
-                    || w.spec.endpoint.len() < 12
+                    || !is_docker_id(&w.spec.endpoint)
                     || !older_than(w.metadata.creation_timestamp, grace, now)
                 {
                     return Ok(false);

@@ -680,8 +680,16 @@ impl Driver {
     /// back-off, after a failed apply) it checks them and rewrites what an `iptables -F` or
     /// a firewall reload took away. Returns at once; nothing to do in `off` mode.
     pub fn keep_rules_in_background(self: &std::sync::Arc<Self>) {
-        let driver = self.clone();
-        tokio::spawn(async move {
+        let me = self.clone();
+        super::supervise("firewall-keeper", move || {
+            let driver = me.clone();
+            async move { driver.keep_rules().await }
+        });
+    }
+
+    async fn keep_rules(self: std::sync::Arc<Self>) {
+        let driver = self;
+        {
             driver.rules.resolve_mode().await;
             if driver.rule_mode().is_none() {
                 return;
@@ -724,7 +732,7 @@ impl Driver {
                     }
                 }
             }
-        });
+        }
     }
 
     /// A handle on the rule state for background tasks.

@@ -158,6 +158,13 @@ fn dec<T: serde::de::DeserializeOwned>(kv: &KeyValue) -> Result<T> {
     serde_json::from_slice(&kv.value).map_err(|e| Error::json(&kv.key, e))
 }
 
+/// A stored block, decoded and checked (one allocation entry per address, attribute
+/// indexes in range, ...): the allocator indexes into it, so a damaged one (edited by hand,
+/// written by a buggy tool) is an error naming its key, never a panic.
+fn dec_block(kv: &KeyValue) -> Result<AllocationBlock> {
+    AllocationBlock::from_json(&kv.value).map_err(|e| e.context(format!("read {}", kv.key)))
+}
+
 /// FNV-1 (32-bit) of the host name: where the host starts looking for a free block, so
 /// hosts spread over a pool instead of racing for its first block.
 fn fnv1_32(s: &str) -> u32 {
@@ -251,7 +258,7 @@ impl Ipam {
         match self.store.get(&keys::block_key(cidr)).await? {
             Some(kv) => {
                 let b = BlockKv {
-                    block: dec(&kv)?,
+                    block: dec_block(&kv)?,
                     rev: kv.revision,
                 };
                 self.cache_put(cidr, &b.block, b.rev);
@@ -298,7 +305,18 @@ impl Ipam {
             None => keys::ALL_BLOCKS_PREFIX.to_string(),
         };
         let kvs = self.store.list(&prefix).await?;
-        kvs.iter().map(|kv| Ok((dec(kv)?, kv.revision))).collect()
+        // A damaged block is left out (and logged): the others stay usable, and nothing
+        // claims its CIDR while its key exists (claims are create-if-absent).
+        Ok(kvs
+            .iter()
+            .filter_map(|kv| match dec_block(kv) {
+                Ok(b) => Some((b, kv.revision)),
+                Err(e) => {
+                    tracing::warn!(error = %e, "skipping a damaged IPAM block");
+                    None
+                }
+            })
+            .collect())
     }
 
     /// Claims `cidr` for `host`: the block created with our affinity and the affinity

@@ -55,10 +55,21 @@ fn net_size(n: &IpNet) -> u128 {
 
 impl Ipam {
     /// Every IP pool, in name order (defaults applied as clientv3 applies them on read).
+    /// Pools that do not decode, or that no allocator could use (a CIDR that does not parse,
+    /// a block size outside the family's range, which Calico refuses too), are left out and
+    /// logged, never a reason to fail every request.
     pub async fn list_pools(&self) -> Result<Vec<IpPool>> {
-        let mut pools: Vec<IpPool> = kv::list(self.store.as_ref(), None).await?;
-        for p in &mut pools {
-            p.spec.set_defaults();
+        let kvs = self.store.list(&IpPool::list_prefix(None)).await?;
+        let mut pools = Vec::with_capacity(kvs.len());
+        for kv in &kvs {
+            match kv::decode::<crate::model::IpPoolSpec>(kv).and_then(|mut p| {
+                p.spec.set_defaults();
+                p.spec.check_usable()?;
+                Ok(p)
+            }) {
+                Ok(p) => pools.push(p),
+                Err(e) => tracing::warn!(key = %kv.key, error = %e, "skipping an unusable IP pool"),
+            }
         }
         Ok(pools)
     }

@@ -156,6 +156,27 @@ impl IpPoolSpec {
         }
     }
 
+    /// What the allocator needs of a stored pool: a CIDR that parses and a block size within
+    /// the family's range (Calico refuses others too). Looser than [`IpPoolSpec::validate`],
+    /// which is for pools being created.
+    pub fn check_usable(&self) -> Result<()> {
+        let net = self.cidr_net()?;
+        let bs = self.block_size_or_default();
+        let range = match IpFamily::of_net(&net) {
+            IpFamily::V4 => 20..=32,
+            IpFamily::V6 => 116..=128,
+        };
+        if !range.contains(&bs) {
+            return Err(Error::invalid(format!(
+                "ip pool {}: block size /{bs} is outside {}..={}",
+                self.cidr,
+                range.start(),
+                range.end()
+            )));
+        }
+        Ok(())
+    }
+
     /// Checks the spec as clientv3 and its validator would (after defaulting; unset
     /// fields are treated as their defaults):
     /// strictly masked CIDR; block size 20..=32 (v4) / 116..=128 (v6); pool prefix no longer
