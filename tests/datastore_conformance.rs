@@ -192,6 +192,30 @@ async fn get_many_answers_in_key_order(s: Store) {
     assert!(s.get_many(&[]).await.unwrap().is_empty());
 }
 
+/// A list past one page (500 keys) and past gRPC's default 4 MiB message (a cluster's
+/// WorkloadEndpoints or blocks): every key, in order, values intact.
+async fn large_lists_are_complete(s: Store) {
+    let big = vec![b'x'; 100 * 1024];
+    for i in 0..60 {
+        s.put(&format!("/big/b{i:04}"), big.clone()).await.unwrap();
+    }
+    for chunk in 0..12 {
+        let writes = (0..100)
+            .map(|i| Write::put(format!("/big/s{:05}", chunk * 100 + i), b"small".to_vec()))
+            .collect();
+        s.txn(writes).await.unwrap();
+    }
+    let all = s.list("/big").await.unwrap();
+    assert_eq!(all.len(), 60 + 1200);
+    let keys: Vec<&str> = all.iter().map(|kv| kv.key.as_str()).collect();
+    let mut sorted = keys.clone();
+    sorted.sort();
+    assert_eq!(keys, sorted, "in key order");
+    assert!(all[..60].iter().all(|kv| kv.value == big));
+    assert!(all[60..].iter().all(|kv| kv.value == b"small"));
+    assert_eq!(all[1259].key, "/big/s01199");
+}
+
 macro_rules! conformance {
     ($backend:ident, $make:expr) => {
         mod $backend {
@@ -202,6 +226,7 @@ macro_rules! conformance {
             conformance!(@test $make, concurrent_cas_loses_no_update);
             conformance!(@test $make, stats_count_round_trips);
             conformance!(@test $make, get_many_answers_in_key_order);
+            conformance!(@test $make, large_lists_are_complete);
         }
     };
     (@test $make:expr, $name:ident) => {

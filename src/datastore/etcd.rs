@@ -140,7 +140,8 @@ impl EtcdStore {
             .await
             .map_err(|_| self.unavailable("connect", "no answer"))?
             .map_err(|e| self.unavailable("connect", e))?;
-        let kv = client.kv_client();
+        // One value (a large block) may exceed tonic's default 4 MiB; lists are paged.
+        let kv = client.kv_client().max_decoding_message_size(MAX_MESSAGE);
         *guard = Some(kv.clone());
         Ok(kv)
     }
@@ -172,6 +173,21 @@ fn redact(s: &str) -> String {
     s.replace(char::is_control, " ")
 }
 
+/// Keys per page of a list.
+const LIST_PAGE: i64 = 500;
+/// Largest answer accepted from etcd (a page of large values, or one large value).
+const MAX_MESSAGE: usize = 64 << 20;
+
+/// The end of the key range of `prefix` (exclusive): its last byte plus one, as etcd's own
+/// prefix option computes it. `prefix` ends in `/`, so that byte is never 0xff.
+fn prefix_end(prefix: &str) -> Vec<u8> {
+    let mut end = prefix.as_bytes().to_vec();
+    if let Some(last) = end.last_mut() {
+        *last += 1;
+    }
+    end
+}
+
 fn to_kv(kv: &etcd_client::KeyValue) -> Result<KeyValue> {
     Ok(KeyValue {
         key: kv
@@ -193,16 +209,38 @@ impl Datastore for EtcdStore {
     }
 
     async fn list(&self, prefix: &str) -> Result<Vec<KeyValue>> {
-        self.stats.read();
         let prefix = dir_prefix(prefix);
+        let end = prefix_end(&prefix);
         let mut kv = self.client().await?;
-        let resp = self
-            .call(
-                "list",
-                kv.get(prefix.as_str(), Some(GetOptions::new().with_prefix())),
-            )
-            .await?;
-        resp.kvs().iter().map(to_kv).collect()
+        let mut out = Vec::new();
+        let mut from = prefix.clone().into_bytes();
+        // Pages of LIST_PAGE keys, all read at the first page's revision: one consistent
+        // snapshot, however large (a cluster's WorkloadEndpoints, its blocks).
+        let mut at = None;
+        loop {
+            self.stats.read();
+            let mut opts = GetOptions::new()
+                .with_range(end.clone())
+                .with_limit(LIST_PAGE);
+            if let Some(rev) = at {
+                opts = opts.with_revision(rev);
+            }
+            let resp = self.call("list", kv.get(from.clone(), Some(opts))).await?;
+            if at.is_none() {
+                at = resp.header().map(|h| h.revision());
+            }
+            for k in resp.kvs() {
+                out.push(to_kv(k)?);
+            }
+            match resp.kvs().last() {
+                Some(last) if resp.more() => {
+                    // The next page starts just after the last key read.
+                    from = last.key().to_vec();
+                    from.push(0);
+                }
+                _ => return Ok(out),
+            }
+        }
     }
 
     async fn get_many(&self, keys: &[String]) -> Result<Vec<Option<KeyValue>>> {
