@@ -544,6 +544,17 @@ pub async fn ipam_check(store: Arc<dyn Datastore>, opts: &CheckOptions) -> Resul
     let mut report = CheckReport::default();
     let now = Utc::now();
 
+    // Links first, records second: a veth listed here had its WorkloadEndpoint written
+    // before it (Join follows CreateEndpoint), so one found without a record is not a
+    // container starting right now.
+    let links = if opts.check_veths {
+        Some(match crate::dataplane::Netlink::new() {
+            Ok(nl) => nl.list_veths_marked(VETH_PREFIX).await.map(|v| (nl, v)),
+            Err(e) => Err(e),
+        })
+    } else {
+        None
+    };
     let allocs = all_allocations(&ipam).await?;
     let weps: Vec<WorkloadEndpoint> = kv::list(store.as_ref(), None).await?;
     let mut wep_addrs: HashSet<IpAddr> = HashSet::new();
@@ -683,19 +694,28 @@ pub async fn ipam_check(store: Arc<dyn Datastore>, opts: &CheckOptions) -> Resul
     }
 
     // This host's veths.
-    if opts.check_veths {
+    if let Some(listed) = links {
         let expected: HashSet<&str> = weps
             .iter()
             .filter(|w| w.spec.node == opts.nodename)
             .map(|w| w.spec.interface_name.as_str())
             .collect();
-        let listed = match crate::dataplane::Netlink::new() {
-            Ok(nl) => nl.list_veths(VETH_PREFIX).await.map(|v| (nl, v)),
-            Err(e) => Err(e),
-        };
         match listed {
             Ok((nl, veths)) => {
-                for v in veths.iter().filter(|v| !expected.contains(v.as_str())) {
+                let others = veths.iter().filter(|(_, ours)| !ours).count();
+                if others > 0 {
+                    report.notes.push(format!(
+                        "{others} {VETH_PREFIX}* veths not made by this plugin (no \
+                         `{}` alias: Calico CNI's, or an older version's) were left alone",
+                        crate::dataplane::VETH_ALIAS
+                    ));
+                }
+                let ours: Vec<&String> = veths
+                    .iter()
+                    .filter(|(_, ours)| *ours)
+                    .map(|(n, _)| n)
+                    .collect();
+                for v in ours.into_iter().filter(|v| !expected.contains(v.as_str())) {
                     let mut f = Finding {
                         kind: kind::ORPHAN_VETH,
                         object: v.clone(),

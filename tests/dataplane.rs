@@ -165,6 +165,12 @@ fn ipv4_endpoint_is_wired_like_calico() {
         let host = link(HOST).expect("host veth exists");
         assert_eq!(host["address"], "ee:ee:ee:ee:ee:ee");
         assert_eq!(host["mtu"], 1440);
+        // Marked as ours: clean-up deletes only marked cali* veths.
+        assert_eq!(host["ifalias"], "calico-libnetwork", "{host}");
+        assert_eq!(
+            nl.list_veths_marked("cali").await.unwrap(),
+            vec![(HOST.to_string(), true)]
+        );
         assert!(is_up(&host), "host veth up: {host}");
 
         // The peer stays in this namespace for Docker to move; MTU set on both ends.

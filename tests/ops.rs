@@ -332,9 +332,21 @@ fn status_endpoint_list_request_log_and_metrics() {
 struct Veth(String);
 
 impl Veth {
+    /// A veth marked as the plugin marks its own (interface alias `calico-libnetwork`).
     fn create() -> Veth {
-        let name = format!("calitest{}", std::process::id() % 10_000_000);
-        let peer = format!("cltpeer{}", std::process::id() % 10_000_000);
+        let v = Veth::create_as("calitest", "cltpeer");
+        let o = Command::new("ip")
+            .args(["link", "set", &v.0, "alias", "calico-libnetwork"])
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{o:?}");
+        v
+    }
+
+    /// A `cali*` veth of another program (Calico CNI's pod veths look the same): no mark.
+    fn create_as(prefix: &str, peer_prefix: &str) -> Veth {
+        let name = format!("{prefix}{}", std::process::id() % 10_000_000);
+        let peer = format!("{peer_prefix}{}", std::process::id() % 10_000_000);
         let _ = Command::new("ip").args(["link", "del", &name]).output();
         let o = Command::new("ip")
             .args(["link", "add", &name, "type", "veth", "peer", "name", &peer])
@@ -428,6 +440,7 @@ fn ipam_check_finds_and_repairs_planted_inconsistencies() {
     )
     .unwrap();
     let veth = Veth::create();
+    let foreign = Veth::create_as("californ", "cfnpeer");
 
     // Check only: everything found, nothing changed; the young orphan is not repairable.
     let (code, r) = run_json(&etcd, &socket, &["ipam", "check", "-o", "json"]);
@@ -442,6 +455,14 @@ fn ipam_check_finds_and_repairs_planted_inconsistencies() {
         "{r:#}"
     );
     assert!(finding(&r, "orphan-veth", &veth.0).is_some(), "{r:#}");
+    assert!(
+        finding(&r, "orphan-veth", &foreign.0).is_none(),
+        "a veth the plugin did not make is not its to judge: {r:#}"
+    );
+    assert!(
+        r["notes"].to_string().contains("not made by this plugin"),
+        "{r:#}"
+    );
     assert!(finding(&r, "orphan-allocation", &used_ip.to_string()).is_none());
     assert!(veth.exists());
     // The table: aligned, one line per finding, and a summary.
@@ -469,6 +490,7 @@ fn ipam_check_finds_and_repairs_planted_inconsistencies() {
     let f = finding(&r, "unallocated-endpoint-address", "10.77.200.9").unwrap();
     assert_eq!(f["repaired"], false);
     assert!(!veth.exists(), "orphan veth deleted");
+    assert!(foreign.exists(), "another program's veth left alone");
     rt.block_on(async {
         assert!(ipam.ips_by_handle("libnetwork.orphan").await.is_err());
         assert_eq!(

@@ -406,7 +406,8 @@ async fn reconcile_body() {
     assert!(ip_link(&[
         "add", &live_veth, "type", "veth", "peer", "name", "relpeer0"
     ]));
-    // A veth of ours no endpoint names (a crashed Join after DeleteEndpoint).
+    // A veth of ours no endpoint names (a crashed Join after DeleteEndpoint), marked as the
+    // plugin marks its own ...
     let orphan_veth = format!("cali{}", &endpoint_id("orph")[..11]);
     assert!(ip_link(&[
         "add",
@@ -416,6 +417,23 @@ async fn reconcile_body() {
         "peer",
         "name",
         "relpeer1"
+    ]));
+    assert!(ip_link(&[
+        "set",
+        &orphan_veth,
+        "alias",
+        "calico-libnetwork"
+    ]));
+    // ... and another program's (Calico CNI names pod veths the same way): never ours.
+    let foreign_veth = format!("cali{}", &endpoint_id("frgn")[..11]);
+    assert!(ip_link(&[
+        "add",
+        &foreign_veth,
+        "type",
+        "veth",
+        "peer",
+        "name",
+        "relpeer3"
     ]));
     // Of the other node: a leaked address and a dead endpoint; never touched by us.
     let other_leaked = request(&other, None).await.unwrap();
@@ -466,8 +484,14 @@ async fn reconcile_body() {
             && r.addresses_released.is_empty(),
         "second run: {r:?}"
     );
+    // (`ip link show` runs in this thread's namespace; /sys shows the host's.)
+    assert!(
+        ip_link(&["show", &foreign_veth]),
+        "another program's veth is left alone"
+    );
     ip_link(&["del", &live_veth]);
     ip_link(&["del", &orphan_veth]);
+    ip_link(&["del", &foreign_veth]);
 }
 
 #[test]

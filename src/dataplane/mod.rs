@@ -37,6 +37,11 @@ pub const HOST_VETH_MAC: [u8; 6] = [0xee; 6];
 const MAC_FIX_TRIES: u32 = 10;
 const MAC_FIX_INTERVAL: Duration = Duration::from_millis(50);
 
+/// The interface alias of every host veth this plugin makes: what marks it as ours, so
+/// clean-up never deletes another program's `cali*` veth (Calico's CNI plugin names pod
+/// veths the same way).
+pub const VETH_ALIAS: &str = "calico-libnetwork";
+
 /// The host-side wiring of one endpoint.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct EndpointVeth {
@@ -112,6 +117,9 @@ async fn configure_endpoint_veth(nl: &Netlink, veth: &EndpointVeth) -> Result<Ve
     let temp = veth.temp_name.as_str();
     let ipv6 = !veth.ipv6.is_empty();
 
+    // Marked as ours: clean-up deletes only marked `cali*` veths (Calico's CNI plugin names
+    // its pod veths the same way).
+    nl.set_alias(host, VETH_ALIAS).await?;
     // Before link up, so IPv6 derives the link-local from this MAC, not the random one.
     nl.set_mac(host, HOST_VETH_MAC).await?;
     if let Some(mac) = veth.container_mac {

@@ -88,6 +88,15 @@ impl Netlink {
             .map_err(|e| kernel_error(op, e))
     }
 
+    /// Sets a link's alias (`ifalias`). The kernel takes one only on an existing link, not
+    /// in the message that creates it.
+    pub async fn set_alias(&self, name: &str, alias: &str) -> Result<()> {
+        validate_ifname(name)?;
+        debug!(link = name, alias, "set alias");
+        let message = LinkUnspec::new_with_name(name).alias(alias).build();
+        self.set_link(message, format!("set alias of {name}")).await
+    }
+
     /// Deletes a link by name; a missing link is success.
     ///
     /// Deleting one end of a veth removes its peer (wherever it is) and every route through it.
@@ -317,6 +326,17 @@ impl Netlink {
 
     /// Names of the veth links in this namespace whose name starts with `prefix`.
     pub async fn list_veths(&self, prefix: &str) -> Result<Vec<String>> {
+        Ok(self
+            .list_veths_marked(prefix)
+            .await?
+            .into_iter()
+            .map(|(name, _)| name)
+            .collect())
+    }
+
+    /// Like [`Netlink::list_veths`], with whether each carries our mark
+    /// ([`super::VETH_ALIAS`]): only marked ones were made by this plugin.
+    pub async fn list_veths_marked(&self, prefix: &str) -> Result<Vec<(String, bool)>> {
         use rtnetlink::packet_route::link::{InfoKind, LinkInfo};
         let mut links = self.handle.link().get().execute();
         let mut out = Vec::new();
@@ -327,9 +347,11 @@ impl Netlink {
         {
             let mut name = None;
             let mut veth = false;
+            let mut ours = false;
             for attr in &link.attributes {
                 match attr {
                     LinkAttribute::IfName(n) => name = Some(n.clone()),
+                    LinkAttribute::IfAlias(a) => ours = a == super::VETH_ALIAS,
                     LinkAttribute::LinkInfo(infos) => {
                         veth = infos
                             .iter()
@@ -339,7 +361,7 @@ impl Netlink {
                 }
             }
             if let Some(n) = name.filter(|n| veth && n.starts_with(prefix)) {
-                out.push(n);
+                out.push((n, ours));
             }
         }
         out.sort();

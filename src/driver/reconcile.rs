@@ -239,10 +239,17 @@ impl Driver {
         // Links first, records second: a veth listed here had its WorkloadEndpoint written
         // before (Join follows CreateEndpoint), so a veth without one is not in flight.
         let links = match self.netlink() {
-            Ok(nl) => match (nl.list_veths("cali").await, nl.list_veths("temp").await) {
+            Ok(nl) => match (
+                nl.list_veths_marked("cali").await,
+                nl.list_veths("temp").await,
+            ) {
                 (Ok(c), Ok(t)) => Some((
-                    c.into_iter().collect::<HashSet<_>>(),
+                    c.iter().map(|(n, _)| n.clone()).collect::<HashSet<_>>(),
                     t.into_iter().collect::<HashSet<_>>(),
+                    c.into_iter()
+                        .filter(|(_, ours)| *ours)
+                        .map(|(n, _)| n)
+                        .collect::<HashSet<_>>(),
                 )),
                 (Err(e), _) | (_, Err(e)) => {
                     tracing::warn!(error = %e, "reconcile: list links; leaving veths and WorkloadEndpoints alone");
@@ -265,7 +272,7 @@ impl Driver {
         // 1. Host veths no WorkloadEndpoint of this node names (and no endpoint Docker
         // knows: only with Docker's answer, so a datastore that is not this host's does not
         // take every veth with it).
-        if let (Some((cali, _)), Some(known)) = (&links, docker_endpoints) {
+        if let (Some((_, _, ours)), Some(known)) = (&links, docker_endpoints) {
             let mut named: HashSet<String> = weps
                 .iter()
                 .filter(|(_, _, w)| w.spec.node == me)
@@ -277,7 +284,9 @@ impl Driver {
                     .filter(|e| is_docker_id(e))
                     .map(|e| host_veth_name(e)),
             );
-            for veth in cali {
+            // Only veths this plugin marked: another program's `cali*` (Calico CNI's pods)
+            // is never ours to delete.
+            for veth in ours {
                 if veth.len() != 15 || named.contains(veth) {
                     continue;
                 }
@@ -296,7 +305,7 @@ impl Driver {
         let now = Utc::now();
         let mut removed_keys = HashSet::new();
         match (&links, docker_endpoints) {
-            (Some((cali, temps)), Some(known)) => {
+            (Some((cali, temps, _)), Some(known)) => {
                 for (key, rev, w) in &weps {
                     if w.spec.node != me
                         || w.metadata.namespace != WEP_NAMESPACE
