@@ -277,6 +277,7 @@ async fn run_ipam(config: &Config, cmd: IpamCommand) -> Result<i32> {
                 repair,
                 grace,
                 check_veths: !no_veths,
+                machine_id: crate::model::machine_id(),
             };
             let report = crate::ops::ipam_check(store, &opts).await?;
             let unresolved = report.unresolved();
@@ -637,6 +638,7 @@ pub async fn build_driver(config: &Config, store: Arc<dyn Datastore>) -> Result<
         reconcile_grace: config.reconcile_grace,
         reconcile_interval: config.reconcile_interval,
         rules_check_interval: config.rules_check_interval,
+        machine_id: crate::model::machine_id(),
     };
     Ok(Arc::new(Driver::new(store, settings)))
 }

@@ -382,6 +382,8 @@ pub struct CheckOptions {
     pub grace: Duration,
     /// Look at this host's `cali*` veths.
     pub check_veths: bool,
+    /// This machine's ID: `--repair` refuses when the Node names another machine.
+    pub machine_id: Option<String>,
 }
 
 /// Parses the `timestamp` allocation attribute: Go's `time.Time.String()` form that Calico
@@ -543,6 +545,25 @@ pub async fn ipam_check(store: Arc<dyn Datastore>, opts: &CheckOptions) -> Resul
     let ipam = Ipam::new(store.clone());
     let mut report = CheckReport::default();
     let now = Utc::now();
+    if let (true, Some(mine)) = (opts.repair, &opts.machine_id) {
+        let node: Option<crate::model::Node> =
+            kv::get(store.as_ref(), &keys::node_key(&opts.nodename)).await?;
+        if let Some(other) = node
+            .as_ref()
+            .and_then(|n| {
+                n.metadata
+                    .annotations
+                    .get(crate::model::MACHINE_ID_ANNOTATION)
+            })
+            .filter(|other| *other != mine)
+        {
+            return Err(Error::msg(format!(
+                "repair node {}: it belongs to another machine (machine-id {other}, this one is \
+                 {mine}); run the check on that host, or with that host's NODENAME there",
+                opts.nodename
+            )));
+        }
+    }
 
     // Links first, records second: a veth listed here had its WorkloadEndpoint written
     // before it (Join follows CreateEndpoint), so one found without a record is not a

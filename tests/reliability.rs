@@ -286,8 +286,9 @@ async fn local_store_survives_sigkill() {
 // ------------------------------------------------------------------ reconciliation
 
 fn endpoint_id(tag: &str) -> String {
-    // 64 hex characters, like Docker's, distinct per test run.
+    // 64 hex characters, like Docker's (the tag hex-encoded), distinct per test run.
     let r: u64 = rand_u64();
+    let tag: String = tag.bytes().map(|b| format!("{b:02x}")).collect();
     format!("{tag}{r:016x}{}", "0".repeat(64 - tag.len() - 16))
 }
 
@@ -337,6 +338,7 @@ fn ip_link(args: &[&str]) -> bool {
     Command::new("ip")
         .args(["link"])
         .args(args)
+        .stdout(Stdio::null())
         .stderr(Stdio::null())
         .status()
         .map(|s| s.success())
@@ -808,4 +810,77 @@ async fn damaged_body() {
     tokio::time::sleep(Duration::from_millis(600)).await;
     me.reconcile_with(Some(&HashSet::new())).await.unwrap();
     me.reconcile_with(None).await.unwrap();
+}
+
+#[test]
+fn two_machines_under_one_node_name_delete_nothing_of_each_other() {
+    in_private_netns(
+        "two_machines_under_one_node_name_delete_nothing_of_each_other",
+        twins_body,
+    );
+}
+
+/// Cloned VMs keep one hostname, so two machines run under one node name: each one's
+/// endpoints look stale to the other (its Docker does not know them). The Node records the
+/// first machine's ID; the second sees another ID there and its reconciliation deletes
+/// nothing (before, it removed the first machine's endpoints and released their addresses).
+async fn twins_body() {
+    let etcd = Etcd::start();
+    let store: Arc<dyn Datastore> = Arc::new(etcd.store());
+    let grace = Duration::from_millis(300);
+    let twin = |id: &str| {
+        let mut s = DriverSettings::new("rel-twin");
+        s.reconcile_grace = grace;
+        s.machine_id = Some(id.to_string());
+        Arc::new(Driver::new(store.clone(), s))
+    };
+    let first = twin("0123456789abcdef0123456789abcdef");
+    first
+        .init(&["10.74.0.0/24".parse().unwrap()])
+        .await
+        .unwrap();
+    let net = "ab".repeat(32);
+    first
+        .create_network(NetworkSpec {
+            network_id: net.clone(),
+            ipv4_data: vec![("CalicoPoolIPv4".into(), "0.0.0.0/0".into())],
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let ip = request(&first, None).await.unwrap();
+    endpoint(&first, &net, &endpoint_id("twin"), ip).await;
+    let node = store
+        .get("/calico/resources/v3/projectcalico.org/nodes/rel-twin")
+        .await
+        .unwrap()
+        .unwrap();
+    let node: serde_json::Value = serde_json::from_slice(&node.value).unwrap();
+    assert_eq!(
+        node["metadata"]["annotations"]["libnetwork.projectcalico.org/machine-id"],
+        "0123456789abcdef0123456789abcdef"
+    );
+
+    let second = twin("fedcba9876543210fedcba9876543210");
+    second.init(&[]).await.unwrap();
+    tokio::time::sleep(grace + Duration::from_millis(200)).await;
+    let err = second
+        .reconcile_with(Some(&HashSet::new()))
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("another machine"), "{err}");
+    let weps = || async {
+        store
+            .list("/calico/resources/v3/projectcalico.org/workloadendpoints/")
+            .await
+            .unwrap()
+            .len()
+    };
+    assert_eq!(weps().await, 1, "the first machine's endpoint stays");
+    // Positive control: for its own machine the same record is stale (Docker does not know
+    // it here, no veth), and goes.
+    let r = first.reconcile_with(Some(&HashSet::new())).await.unwrap();
+    assert_eq!(r.endpoints_removed.len(), 1, "{r:?}");
+    assert_eq!(weps().await, 0);
 }

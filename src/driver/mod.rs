@@ -58,6 +58,9 @@ pub struct DriverSettings {
     /// How often the firewall rules are checked and, when something removed them,
     /// rewritten (`CALICO_LIBNETWORK_RULES_CHECK_INTERVAL`).
     pub rules_check_interval: std::time::Duration,
+    /// This machine's ID (`/etc/machine-id`), recorded on its Node: another machine under
+    /// the same node name turns destructive clean-up off. `None`: not checked.
+    pub machine_id: Option<String>,
 }
 
 impl DriverSettings {
@@ -78,6 +81,7 @@ impl DriverSettings {
             reconcile_grace: reconcile::DEFAULT_GRACE,
             reconcile_interval: std::time::Duration::ZERO,
             rules_check_interval: std::time::Duration::from_secs(30),
+            machine_id: None,
         }
     }
 }
@@ -198,6 +202,9 @@ pub struct Driver {
     sandboxes: sandbox::Sandboxes,
     /// The Docker API, for background tasks only (never awaited by a handler).
     docker: Option<Arc<docker::DockerApi>>,
+    /// The machine ID another machine recorded on this node's Node (see
+    /// [`DriverSettings::machine_id`]): while set, reconciliation deletes nothing.
+    foreign_owner: std::sync::Mutex<Option<String>>,
 }
 
 /// Runs the future `make` gives on a task of its own and, when it panics (a bug: stored data
@@ -237,6 +244,7 @@ impl Driver {
             ipam,
             store,
             docker,
+            foreign_owner: Default::default(),
             settings,
             netlink: std::sync::OnceLock::new(),
             endpoints: Default::default(),
@@ -267,6 +275,15 @@ impl Driver {
         let host = &self.settings.nodename;
         if self.ipam.ensure_node(host).await? {
             tracing::info!(node = %host, "created Calico Node resource");
+        }
+        if let Some(mine) = &self.settings.machine_id {
+            if let Some(other) = self.ipam.claim_node(host, mine).await? {
+                tracing::error!(
+                    node = %host, this_machine = %mine, other_machine = %other,
+                    "another machine runs under this node name: clean-up of stale endpoints, veths and addresses is off until each host has its own NODENAME"
+                );
+                *self.foreign_owner.lock().unwrap() = Some(other);
+            }
         }
         if self.ipam.ensure_cluster_information().await? {
             tracing::info!("created ClusterInformation default");

@@ -49,7 +49,7 @@ use chrono::{DateTime, Utc};
 
 use super::network::{host_veth_name, is_docker_id, temp_veth_name, WEP_NAMESPACE};
 use super::Driver;
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::model::block::{AllocationBlock, ReleaseOptions, ATTR_NODE, ATTR_TIMESTAMP};
 use crate::model::{IpFamily, WorkloadEndpoint};
 
@@ -138,6 +138,19 @@ impl Driver {
             }
         }
         Ok(out)
+    }
+
+    /// Refuses destructive clean-up while another machine runs under this node name: its
+    /// endpoints would look stale here (Docker here does not know them).
+    fn check_node_owner(&self) -> Result<()> {
+        match &*self.foreign_owner.lock().unwrap() {
+            Some(other) => Err(Error::msg(format!(
+                "reconcile node {}: another machine (machine-id {other}) runs under this node \
+                 name, so nothing is cleaned up; give each host its own NODENAME",
+                self.settings.nodename
+            ))),
+            None => Ok(()),
+        }
     }
 
     /// Releases `ip` if it is still allocated to `handle` (no-op otherwise). True if released.
@@ -230,6 +243,7 @@ impl Driver {
         &self,
         docker_endpoints: Option<&HashSet<String>>,
     ) -> Result<ReconcileReport> {
+        self.check_node_owner()?;
         let me = self.settings.nodename.clone();
         let grace = self.settings.reconcile_grace;
         let mut report = ReconcileReport {
@@ -390,6 +404,10 @@ impl Driver {
     /// For `RequestAddress` of `ip` that found it allocated: frees it if its owner is
     /// provably gone (see the module documentation). True if freed (assign again).
     pub(crate) async fn reclaim_stale_address(&self, ip: IpAddr) -> Result<bool> {
+        if self.check_node_owner().is_err() {
+            // Another machine's endpoints look dead from here: never take their addresses.
+            return Ok(false);
+        }
         let me = self.settings.nodename.clone();
         let grace = self.settings.reconcile_grace;
         let now = Utc::now();

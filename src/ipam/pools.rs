@@ -151,6 +151,48 @@ impl Ipam {
         }
     }
 
+    /// Ties Node `host` to this machine (`machine_id`, from `/etc/machine-id`): records it
+    /// in the Node's annotation [`crate::model::MACHINE_ID_ANNOTATION`] when the Node has
+    /// none (compare-and-swap; Calico's fields untouched), and returns the other machine's ID
+    /// when the Node already names another one (two hosts with one node name: cloned VMs, a
+    /// copied configuration). `None` when the Node is this machine's or absent.
+    pub async fn claim_node(&self, host: &str, machine_id: &str) -> Result<Option<String>> {
+        for _ in 0..5 {
+            let Some(mut node) = kv::get::<crate::model::resources::NodeSpec>(
+                self.store.as_ref(),
+                &keys::node_key(host),
+            )
+            .await?
+            else {
+                return Ok(None);
+            };
+            match node
+                .metadata
+                .annotations
+                .get(crate::model::MACHINE_ID_ANNOTATION)
+            {
+                Some(id) if id == machine_id => return Ok(None),
+                Some(other) => return Ok(Some(other.clone())),
+                None => {
+                    node.metadata.annotations.insert(
+                        crate::model::MACHINE_ID_ANNOTATION.to_string(),
+                        machine_id.to_string(),
+                    );
+                    match kv::update(self.store.as_ref(), &mut node).await {
+                        Ok(_) => return Ok(None),
+                        Err(e) if e.is_conflict() => continue,
+                        Err(e) => {
+                            return Err(e.context(format!("record machine-id on Node {host}")))
+                        }
+                    }
+                }
+            }
+        }
+        Err(Error::msg(format!(
+            "record machine-id on Node {host}: still conflicting after 5 attempts"
+        )))
+    }
+
     /// Creates ClusterInformation `default` (which Felix waits for) if it is missing.
     pub async fn ensure_cluster_information(&self) -> Result<bool> {
         let key = keys::cluster_information_key("default");

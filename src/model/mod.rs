@@ -104,3 +104,17 @@ impl fmt::Display for IpFamily {
         write!(f, "ipv{}", self.number())
     }
 }
+
+/// Annotation on a Node naming the machine (`/etc/machine-id`) that runs the plugin under
+/// that node name: two hosts sharing one name (cloned VMs) would delete each other's
+/// endpoints in their clean-up, so a mismatch turns destructive clean-up off.
+pub const MACHINE_ID_ANNOTATION: &str = "libnetwork.projectcalico.org/machine-id";
+
+/// This machine's ID (`/etc/machine-id`, else D-Bus's copy), if it has one.
+pub fn machine_id() -> Option<String> {
+    ["/etc/machine-id", "/var/lib/dbus/machine-id"]
+        .iter()
+        .find_map(|p| std::fs::read_to_string(p).ok())
+        .map(|s| s.trim().to_string())
+        .filter(|s| !s.is_empty())
+}
