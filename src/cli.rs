@@ -661,6 +661,14 @@ pub async fn run_server(config: Config) -> Result<()> {
         Ok(false) => {}
         Err(e) => tracing::warn!(error = %e, "/proc/sys is read-only; veth set-up will fail"),
     }
+    if let DatastoreConfig::Etcd(c) = &config.datastore {
+        if c.username.is_some() && c.endpoints.iter().any(|e| e.starts_with("http://")) {
+            tracing::warn!(
+                "etcd credentials are sent over plain http:// (ETCD_ENDPOINTS): anyone on the \
+                 path can read the password; use https:// endpoints"
+            );
+        }
+    }
     let store = open_datastore(&config)?;
     let driver = build_driver(&config, store.clone()).await?;
     // Prepare the datastore (Node, default pools) before answering, so a first request

@@ -249,14 +249,16 @@ pub fn backend() -> Backend {
     })
 }
 
-/// A short stable name part for a profile (chain names are limited to 28 characters).
+/// A short stable name part for a profile (chain names are limited to 28 characters): a
+/// 64-bit FNV-1a hash, so two profiles of one host sharing a chain (and so their members)
+/// is out of reach in practice (32 bits would collide among ~65,000 profiles by chance).
 fn profile_chain(profile: &str) -> String {
-    let mut h: u32 = 0x811c9dc5;
+    let mut h: u64 = 0xcbf29ce484222325;
     for b in profile.as_bytes() {
-        h ^= *b as u32;
-        h = h.wrapping_mul(0x01000193);
+        h ^= u64::from(*b);
+        h = h.wrapping_mul(0x100000001b3);
     }
-    format!("{CHAIN_PREFIX}PRO-{h:08x}")
+    format!("{CHAIN_PREFIX}PRO-{h:016x}")
 }
 
 fn endpoint_chain(iface: &str) -> String {
