@@ -241,10 +241,13 @@ fn assert_no_cali_links() {
     assert!(left.is_empty(), "cali veths left:\n{}", left.join("\n"));
 }
 
-fn finish(test: &str, env: Env, t0: Instant) {
-    drop(env);
-    let _lock = docker::lock();
+/// Containers gone and the plugin stopped gracefully: the plugin itself removed its rules
+/// (checked before the harness's clean-up, which would hide a leak; the lock is still held).
+fn finish(test: &str, mut env: Env, t0: Instant) {
+    env.docker.shutdown();
+    env.plugin.stop();
     firewall::assert_no_chain();
+    drop(env);
     eprintln!("{test}: total {:?}", t0.elapsed());
 }
 

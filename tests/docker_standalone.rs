@@ -866,9 +866,12 @@ fn standalone_isolation_nat_ports_restart_and_felix_mode() {
     );
     lap("felix mode ok");
 
-    drop(env);
-    let _lock = docker::lock();
+    // Containers gone and the plugin stopped: it removed its rules itself (checked before
+    // the harness's clean-up, which would hide a leak).
+    env.docker.shutdown();
+    env.plugin.stop();
     firewall::assert_no_chain();
+    drop(env);
     let (_, ns) = host("ip", &["netns", "list"]);
     assert!(
         !ns.contains(&format!("{NS_PREFIX}{}", std::process::id())),

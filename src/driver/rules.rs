@@ -193,6 +193,15 @@ impl Rules {
         if self.mode().is_none() {
             return;
         }
+        // Not before this host's endpoints are loaded (normally milliseconds after start;
+        // at most 10 s): a load that listed them before the move would bring the old
+        // profile back after the rename. (Reconciliation's profile refresh mends it anyway.)
+        let until = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while !self.inner.known.load(std::sync::atomic::Ordering::SeqCst)
+            && std::time::Instant::now() < until
+        {
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
         let mut changed = false;
         for e in self.inner.state.lock().await.endpoints.values_mut() {
             if e.profiles.iter().any(|p| p == from) {
