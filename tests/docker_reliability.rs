@@ -293,6 +293,13 @@ fn plugin_sigkill_during_parallel_runs() {
         std::thread::sleep(Duration::from_millis(20));
     }
     let at_kill = env.state();
+    // The fault must hit runs in flight, or this is a plain restart test.
+    let in_flight = runs.iter().filter(|r| !r.is_finished()).count();
+    assert!(
+        in_flight > 0 && at_kill.weps.len() < n,
+        "every docker run had finished before the kill ({} endpoints recorded)",
+        at_kill.weps.len()
+    );
     env.plugin.kill();
     std::thread::sleep(Duration::from_secs(2));
     env.plugin.restart();
@@ -500,6 +507,12 @@ fn dockerd_restart_keeps_restart_always_containers_networked() {
         }
         std::thread::sleep(Duration::from_millis(300));
     }
+    // `--restart=always`: Docker brings them back itself (a hand `docker start` above is
+    // only the operator's fallback for a container Docker gave up on).
+    assert!(
+        restarted_by_hand.len() < names.len(),
+        "Docker restarted none of the --restart=always containers by itself: {restarted_by_hand:?}"
+    );
     let eps = env.assert_consistent(&names, Duration::from_secs(20));
     assert!(eps.values().any(|ip| *ip == fixed), "--ip kept: {eps:?}");
     let other = eps.values().copied().find(|i| *i != fixed).unwrap();

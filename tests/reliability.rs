@@ -172,14 +172,15 @@ async fn two_nodes_concurrent_allocations_never_duplicate() {
 
 const CHILD_ENV: &str = "CALICO_RELIABILITY_CHILD_STORE";
 
-/// Not a test on its own: the writer the kill test starts (re-running this test binary).
-/// Allocates one address at a time on the embedded store and prints `COMMITTED <ip>
-/// <handle>` after each allocation returned, before starting the next.
+/// Not a test on its own (hence ignored): the writer the kill test starts, re-running this
+/// test binary with `--ignored --exact`. Allocates one address at a time on the embedded
+/// store and prints `COMMITTED <ip> <handle>` after each allocation returned, before
+/// starting the next.
 #[tokio::test]
+#[ignore = "a helper process of local_store_survives_sigkill"]
 async fn child_store_writer() {
-    let Ok(path) = std::env::var(CHILD_ENV) else {
-        return; // Only runs when started by `local_store_survives_sigkill`.
-    };
+    let path = std::env::var(CHILD_ENV)
+        .expect("child_store_writer is started by local_store_survives_sigkill");
     use std::io::Write;
     let store: Arc<dyn Datastore> = Arc::new(LocalStore::open(&path).unwrap());
     let ipam = Ipam::new(store);
@@ -218,6 +219,7 @@ async fn local_store_survives_sigkill() {
         let stop_after = 40 + 37 * k;
         let mut child = Command::new(&exe)
             .args([
+                "--ignored",
                 "--exact",
                 "child_store_writer",
                 "--nocapture",

@@ -15,10 +15,17 @@ pub fn require_root(test: &str) -> bool {
         return true;
     }
     if std::env::var("CALICO_TEST_ALLOW_SKIP").as_deref() == Ok("1") {
-        eprintln!("!!!!! SKIPPED {test}: requires root (CALICO_TEST_ALLOW_SKIP=1) !!!!!");
+        say_skipped(&format!("{test}: requires root (CALICO_TEST_ALLOW_SKIP=1)"));
         return false;
     }
     panic!("{test} requires root; run as root or set CALICO_TEST_ALLOW_SKIP=1 to skip loudly");
+}
+
+/// Says on the terminal that something was skipped: straight to stderr, which libtest does
+/// not capture (it captures `eprintln!` of passing tests, which would hide the skip).
+pub fn say_skipped(what: &str) {
+    use std::io::Write;
+    let _ = writeln!(std::io::stderr(), "!!!!! SKIPPED {what} !!!!!");
 }
 
 /// A free TCP port on 127.0.0.1 (bound then released).
