@@ -365,7 +365,7 @@ fn subnets_fixed_address_and_ipv6() {
 
     let a81 = attachment(d, "c81", "n81");
     let a82 = attachment(d, "c82", "n82");
-    d.docker_ok(&["rm", "-f", "c81", "c82"]);
+    d.docker_ok(&["rm", "-f", "c81", "c82", "c81p", "c82p"]);
     for (c, _) in &v6 {
         d.docker_ok(&["rm", "-f", c]);
     }
