@@ -656,14 +656,22 @@ impl Driver {
     /// whether the rules were removed. Nothing is removed while the endpoints are unknown
     /// (the start-up rebuild never succeeded) or in `off` mode (the plugin wrote nothing).
     pub async fn remove_rules_if_idle(&self) -> Result<bool> {
-        if self.rule_mode().is_none()
-            || !self
-                .rules
-                .inner
-                .known
-                .load(std::sync::atomic::Ordering::SeqCst)
-        {
+        if self.rule_mode().is_none() {
             return Ok(false);
+        }
+        if !self
+            .rules
+            .inner
+            .known
+            .load(std::sync::atomic::Ordering::SeqCst)
+        {
+            // Stopped before the keeper loaded the endpoints (a stop right after start):
+            // one bounded try now; without an answer, the rules stay.
+            match tokio::time::timeout(std::time::Duration::from_secs(3), self.rules.load()).await
+            {
+                Ok(Ok(_)) => {}
+                _ => return Ok(false),
+            }
         }
         // Held throughout, so no apply can run (and write rules again) meanwhile.
         let state = self.rules.inner.state.lock().await;
