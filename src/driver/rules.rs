@@ -667,8 +667,7 @@ impl Driver {
         {
             // Stopped before the keeper loaded the endpoints (a stop right after start):
             // one bounded try now; without an answer, the rules stay.
-            match tokio::time::timeout(std::time::Duration::from_secs(3), self.rules.load()).await
-            {
+            match tokio::time::timeout(std::time::Duration::from_secs(3), self.rules.load()).await {
                 Ok(Ok(_)) => {}
                 _ => return Ok(false),
             }
