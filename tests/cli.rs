@@ -629,15 +629,12 @@ fn operator_commands_while_serving(envs: &[(&str, &str)], sock: &std::path::Path
     assert_eq!(code, 0, "{out}{err}");
 }
 
-#[test]
-fn operator_commands_on_the_embedded_store_go_through_the_running_plugin() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = dir.path().join("store.redb");
-    let sock = dir.path().join("calico.sock");
-    let mut child = bin()
-        .env("DATASTORE_TYPE", "local")
-        .env("CALICO_LIBNETWORK_STORE", &store)
-        .env("CALICO_LIBNETWORK_SOCKET", &sock)
+/// The plugin on the datastore `envs` selects, serving `sock` (no default pool, no Docker,
+/// no firewall), once it answers.
+fn serve_quietly(envs: &[(&str, &str)], sock: &std::path::Path) -> std::process::Child {
+    let child = bin()
+        .envs(envs.iter().copied())
+        .env("CALICO_LIBNETWORK_SOCKET", sock)
         .env("NODENAME", "cli-test-host")
         .env("NO_DEFAULT_POOLS", "true")
         .env(
@@ -649,10 +646,26 @@ fn operator_commands_on_the_embedded_store_go_through_the_running_plugin() {
         .spawn()
         .unwrap();
     let deadline = Instant::now() + Duration::from_secs(20);
-    while common::plugin::call(&sock, "Plugin.Activate", "").is_err() {
+    while common::plugin::call(sock, "Plugin.Activate", "").is_err() {
         assert!(Instant::now() < deadline, "plugin socket never came up");
         std::thread::sleep(Duration::from_millis(20));
     }
+    child
+}
+
+#[test]
+fn operator_commands_on_the_embedded_store_go_through_the_running_plugin() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = dir.path().join("store.redb");
+    let sock = dir.path().join("calico.sock");
+    let store_arg = store.to_str().unwrap();
+    let mut child = serve_quietly(
+        &[
+            ("DATASTORE_TYPE", "local"),
+            ("CALICO_LIBNETWORK_STORE", store_arg),
+        ],
+        &sock,
+    );
     let store_env = store.to_str().unwrap().to_string();
     let envs = [("CALICO_LIBNETWORK_STORE", store_env.as_str())];
     // The plugin holds the file: opening it directly is impossible.
@@ -687,24 +700,7 @@ fn operator_commands_on_etcd_with_the_plugin_running() {
     let dir = tempfile::tempdir().unwrap();
     let sock = dir.path().join("calico.sock");
     let endpoint = etcd.endpoint();
-    let mut child = bin()
-        .env("ETCD_ENDPOINTS", &endpoint)
-        .env("CALICO_LIBNETWORK_SOCKET", &sock)
-        .env("NODENAME", "cli-test-host")
-        .env("NO_DEFAULT_POOLS", "true")
-        .env(
-            "CALICO_LIBNETWORK_DOCKER_HOST",
-            "unix:///nonexistent/docker.sock",
-        )
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while common::plugin::call(&sock, "Plugin.Activate", "").is_err() {
-        assert!(Instant::now() < deadline, "plugin socket never came up");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    let mut child = serve_quietly(&[("ETCD_ENDPOINTS", &endpoint)], &sock);
     operator_commands_while_serving(&[("ETCD_ENDPOINTS", &endpoint)], &sock);
     unsafe {
         libc::kill(child.id() as i32, libc::SIGTERM);

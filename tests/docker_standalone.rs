@@ -293,6 +293,18 @@ impl Env {
         self.d().sleeper(self.image, name, extra)
     }
 
+    /// `docker run -d --name name --net net extra...` of busybox's httpd answering `body`
+    /// on port 80.
+    fn httpd(&self, name: &str, net: &str, extra: &[&str], body: &str) {
+        let script = format!(
+            "mkdir -p /www && echo {body} > /www/index.html && exec httpd -f -p 80 -h /www"
+        );
+        let mut args = vec!["run", "-d", "--name", name, "--net", net];
+        args.extend_from_slice(extra);
+        args.extend_from_slice(&[self.image, "sh", "-c", &script]);
+        self.d().docker_ok(&args);
+    }
+
     /// The profiles of the WorkloadEndpoint of `a`, from etcd.
     fn wep_profiles(&self, a: &Attachment) -> Vec<String> {
         let rt = tokio::runtime::Builder::new_current_thread()
@@ -1090,20 +1102,7 @@ fn rules_removed_behind_the_plugins_back_come_back() {
     env.plugin.restart();
     env.network("flnet", &[]);
     env.run("fl1", &["--net", "flnet"]);
-    env.d().docker_ok(&[
-        "run",
-        "-d",
-        "--name",
-        "flweb",
-        "-p",
-        "18090:80",
-        "--net",
-        "flnet",
-        env.image,
-        "sh",
-        "-c",
-        "mkdir -p /www && echo hello-again > /www/index.html && exec httpd -f -p 80 -h /www",
-    ]);
+    env.httpd("flweb", "flnet", &["-p", "18090:80"], "hello-again");
     let web = attachment(env.d(), "flweb", "flnet");
     let works = |env: &Env| -> Result<(), String> {
         let (ok, body) = env.wget("fl1", &format!("http://{}:80/", web.ip));
@@ -1182,15 +1181,7 @@ fn dockers_bridges_and_docker_user_keep_their_say() {
     env.run("db1", &["--net", "dbnet"]);
     let me = attachment(env.d(), "db1", "dbnet");
     let web = |name: &str, net: &str, extra: &[&str]| -> IpAddr {
-        let mut args = vec!["run", "-d", "--name", name, "--net", net];
-        args.extend_from_slice(extra);
-        args.extend_from_slice(&[
-            env.image,
-            "sh",
-            "-c",
-            "mkdir -p /www && echo bridged > /www/index.html && exec httpd -f -p 80 -h /www",
-        ]);
-        env.d().docker_ok(&args);
+        env.httpd(name, net, extra, "bridged");
         let ip = env.d().docker_ok(&[
             "inspect",
             "-f",
@@ -1279,23 +1270,7 @@ fn published_ports_have_one_owner() {
     }
     let env = Env::start();
     env.network("ponet", &[]);
-    let serve = |name: &str, port: &str| {
-        env.d().docker_ok(&[
-            "run",
-            "-d",
-            "--name",
-            name,
-            "--net",
-            "ponet",
-            "-p",
-            &format!("{port}:80"),
-            env.image,
-            "sh",
-            "-c",
-            "mkdir -p /www && echo from-container > /www/index.html && exec httpd -f -p 80 -h /www",
-        ]);
-    };
-    serve("po1", "18097");
+    env.httpd("po1", "ponet", &["-p", "18097:80"], "from-container");
     let err = env.d().docker_err(&[
         "run", "-d", "--name", "po2", "--net", "ponet", "-p", "18097:80", env.image, "sleep", "600",
     ]);

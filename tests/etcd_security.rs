@@ -204,6 +204,36 @@ fn etcdctl(endpoint: &str, args: &[&str]) {
     );
 }
 
+/// The plugin on etcd at `ep` as user `calico` with `password`, serving `dir`/calico.sock
+/// (its output in `dir`/out.log and err.log: at trace level it outgrows a pipe nobody reads
+/// yet), once the socket is up.
+fn plugin_as_calico(
+    ep: &str,
+    password: &str,
+    dir: &std::path::Path,
+    extra: &[(&str, &str)],
+) -> std::process::Child {
+    let sock = dir.join("calico.sock");
+    let child = Command::new(env!("CARGO_BIN_EXE_calico-libnetwork"))
+        .env_clear()
+        .env("ETCD_ENDPOINTS", ep)
+        .env("ETCD_USERNAME", "calico")
+        .env("ETCD_PASSWORD", password)
+        .env("CALICO_LIBNETWORK_SOCKET", &sock)
+        .env("CALICO_LIBNETWORK_DATAPLANE", "off")
+        .envs(extra.iter().copied())
+        .stdout(std::fs::File::create(dir.join("out.log")).unwrap())
+        .stderr(std::fs::File::create(dir.join("err.log")).unwrap())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while std::os::unix::net::UnixStream::connect(&sock).is_err() {
+        assert!(Instant::now() < deadline, "socket never came up");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    child
+}
+
 const ROOT_PW: &str = "r00t-Secret-9f2c";
 const PW: &str = "calico-Secret-4d1e";
 
@@ -238,24 +268,15 @@ async fn the_plugin_keeps_working_after_its_auth_token_expires() {
     enable_auth(&ep);
     let dir = tempfile::tempdir().unwrap();
     let sock = dir.path().join("calico.sock");
-    let mut child = Command::new(env!("CARGO_BIN_EXE_calico-libnetwork"))
-        .env_clear()
-        .env("ETCD_ENDPOINTS", &ep)
-        .env("ETCD_USERNAME", "calico")
-        .env("ETCD_PASSWORD", PW)
-        .env("CALICO_LIBNETWORK_SOCKET", &sock)
-        .env("CALICO_LIBNETWORK_DATAPLANE", "off")
-        .env("CALICO_IPV4POOL_CIDR", "10.68.0.0/16")
-        .env("NODENAME", "auth-ttl-host")
-        .stdout(std::fs::File::create(dir.path().join("out.log")).unwrap())
-        .stderr(std::fs::File::create(dir.path().join("err.log")).unwrap())
-        .spawn()
-        .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while std::os::unix::net::UnixStream::connect(&sock).is_err() {
-        assert!(Instant::now() < deadline, "socket never came up");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    let mut child = plugin_as_calico(
+        &ep,
+        PW,
+        dir.path(),
+        &[
+            ("CALICO_IPV4POOL_CIDR", "10.68.0.0/16"),
+            ("NODENAME", "auth-ttl-host"),
+        ],
+    );
     let c = PluginClient::new(&sock);
     let pool = c
         .ok(
@@ -339,26 +360,16 @@ async fn username_and_password_auth_and_no_secret_in_errors_or_logs() {
     // The plugin with a wrong password, at debug level: no secret in anything it prints.
     let dir = tempfile::tempdir().unwrap();
     let sock = dir.path().join("calico.sock");
-    let child = Command::new(env!("CARGO_BIN_EXE_calico-libnetwork"))
-        .env_clear()
-        .env("ETCD_ENDPOINTS", &ep)
-        .env("ETCD_USERNAME", "calico")
-        .env("ETCD_PASSWORD", wrong)
-        .env("CALICO_LIBNETWORK_SOCKET", &sock)
-        .env("CALICO_LIBNETWORK_DATAPLANE", "off")
-        .env("CALICO_LIBNETWORK_DATASTORE_TIMEOUT", "1s")
-        .env("LOG_LEVEL", "trace")
-        .env("NODENAME", "auth-host")
-        // To a file: at trace level the output outgrows a pipe nobody reads yet.
-        .stdout(std::fs::File::create(dir.path().join("out.log")).unwrap())
-        .stderr(std::fs::File::create(dir.path().join("err.log")).unwrap())
-        .spawn()
-        .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while std::os::unix::net::UnixStream::connect(&sock).is_err() {
-        assert!(Instant::now() < deadline, "socket never came up");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    let child = plugin_as_calico(
+        &ep,
+        wrong,
+        dir.path(),
+        &[
+            ("CALICO_LIBNETWORK_DATASTORE_TIMEOUT", "1s"),
+            ("LOG_LEVEL", "trace"),
+            ("NODENAME", "auth-host"),
+        ],
+    );
     let c = PluginClient::new(&sock);
     let (_, err) = c
         .err(

@@ -353,6 +353,17 @@ fn driver(store: Arc<dyn Datastore>, node: &str, grace: Duration) -> Arc<Driver>
     Arc::new(Driver::new(store, s))
 }
 
+/// A calico network `id` on `d` (its addresses from the default IPv4 pool), as Docker makes it.
+async fn network(d: &Driver, id: &str) {
+    d.create_network(NetworkSpec {
+        network_id: id.to_string(),
+        ipv4_data: vec![("CalicoPoolIPv4".into(), "0.0.0.0/0".into())],
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+}
+
 async fn request(d: &Driver, ip: Option<IpAddr>) -> calico_libnetwork::Result<IpAddr> {
     d.request_address("CalicoPoolIPv4", ip, &BTreeMap::new())
         .await
@@ -385,13 +396,7 @@ async fn reconcile_body() {
     other.init(&[]).await.unwrap();
     let net = "ab".repeat(32);
     for d in [&me, &other] {
-        d.create_network(NetworkSpec {
-            network_id: net.clone(),
-            ipv4_data: vec![("CalicoPoolIPv4".into(), "0.0.0.0/0".into())],
-            ..Default::default()
-        })
-        .await
-        .unwrap();
+        network(d, &net).await;
     }
     // Of this node: a leaked address (no endpoint), an endpoint without veth that Docker
     // does not know, an endpoint Docker knows, and one with a live veth.
@@ -513,13 +518,7 @@ async fn takeover_body() {
     let me = driver(store.clone(), "rel-ip-me", grace);
     me.init(&["10.65.0.0/24".parse().unwrap()]).await.unwrap();
     let net = "cd".repeat(32);
-    me.create_network(NetworkSpec {
-        network_id: net.clone(),
-        ipv4_data: vec![("CalicoPoolIPv4".into(), "0.0.0.0/0".into())],
-        ..Default::default()
-    })
-    .await
-    .unwrap();
+    network(&me, &net).await;
     let ip: IpAddr = "10.65.0.7".parse().unwrap();
     let ip2: IpAddr = "10.65.0.8".parse().unwrap();
     // A container with --ip 10.65.0.7 that ran (endpoint, live veth) and one whose request
@@ -589,13 +588,7 @@ async fn reuse_body() {
     let me = driver(store.clone(), "rel-reuse", grace);
     me.init(&["10.69.0.0/24".parse().unwrap()]).await.unwrap();
     let net = "cd".repeat(32);
-    me.create_network(NetworkSpec {
-        network_id: net.clone(),
-        ipv4_data: vec![("CalicoPoolIPv4".into(), "0.0.0.0/0".into())],
-        ..Default::default()
-    })
-    .await
-    .unwrap();
+    network(&me, &net).await;
     let old_ep = endpoint_id("old");
     let ip = request(&me, None).await.unwrap();
     endpoint(&me, &net, &old_ep, ip).await;
@@ -702,13 +695,7 @@ async fn deadline_body() {
     let me = driver(store.clone(), "rel-deadline", Duration::from_secs(60));
     me.init(&["10.71.0.0/24".parse().unwrap()]).await.unwrap();
     let net = "ef".repeat(32);
-    me.create_network(NetworkSpec {
-        network_id: net.clone(),
-        ipv4_data: vec![("CalicoPoolIPv4".into(), "0.0.0.0/0".into())],
-        ..Default::default()
-    })
-    .await
-    .unwrap();
+    network(&me, &net).await;
     let ip = request(&me, None).await.unwrap();
     let ep = endpoint_id("cut");
     // The server's deadline, as it wraps every request.
@@ -842,14 +829,7 @@ async fn twins_body() {
         .await
         .unwrap();
     let net = "ab".repeat(32);
-    first
-        .create_network(NetworkSpec {
-            network_id: net.clone(),
-            ipv4_data: vec![("CalicoPoolIPv4".into(), "0.0.0.0/0".into())],
-            ..Default::default()
-        })
-        .await
-        .unwrap();
+    network(&first, &net).await;
     let ip = request(&first, None).await.unwrap();
     endpoint(&first, &net, &endpoint_id("twin"), ip).await;
     let node = store
