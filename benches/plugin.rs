@@ -1007,6 +1007,7 @@ fn kernel_floor(n: usize) -> [(Vec<f64>, Vec<f64>); 2] {
                 ipv4: vec![ip],
                 ipv6: vec![],
                 container_mac: Some([0x02, 0x42, 0xac, 0x11, (i / 256) as u8, i as u8]),
+                no_route_localnet: false,
             };
             setup_endpoint_veth(&nl, veth).await.unwrap();
             let t3 = Instant::now();

@@ -515,9 +515,9 @@ fn sysctl_writes_only_on_change_and_soft_variant_warns() {
                 .unwrap_err()
                 .is_invalid());
 
-            sysctl::configure_host_veth("sy1", true).unwrap();
+            sysctl::configure_host_veth("sy1", true, true).unwrap();
             assert_eq!(read_sysctl("net/ipv6/conf/sy1/proxy_ndp"), "1");
-            assert!(sysctl::configure_host_veth("nosuch0", false).is_err());
+            assert!(sysctl::configure_host_veth("nosuch0", false, true).is_err());
             nl.delete_link("sy0").await.unwrap();
         },
     );
@@ -550,6 +550,33 @@ fn setup_rejects_bad_input_before_touching_the_kernel() {
                 assert!(err.is_invalid(), "{veth:?}: {err}");
             }
             assert_eq!(link_names(), vec!["lo".to_string()]);
+        },
+    );
+}
+
+/// With the plugin's firewall off there is no loopback guard, so the host veth does not get
+/// `route_localnet` (a container could reach the host's 127.0.0.1 services with it).
+#[test]
+fn no_route_localnet_without_the_loopback_guard() {
+    in_private_netns(
+        "no_route_localnet_without_the_loopback_guard",
+        |nl| async move {
+            setup_endpoint_veth(
+                &nl,
+                EndpointVeth {
+                    ipv4: vec!["10.65.0.7".parse().unwrap()],
+                    no_route_localnet: true,
+                    ..endpoint()
+                },
+            )
+            .await
+            .expect("setup");
+            assert_eq!(
+                read_sysctl(&format!("net/ipv4/conf/{HOST}/route_localnet")),
+                "0"
+            );
+            assert_eq!(read_sysctl(&format!("net/ipv4/conf/{HOST}/proxy_arp")), "1");
+            teardown_endpoint_veth(&nl, HOST).await.unwrap();
         },
     );
 }

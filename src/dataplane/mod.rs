@@ -59,6 +59,9 @@ pub struct EndpointVeth {
     /// MAC to give the container end (`docker run --mac-address`); `None` keeps the
     /// kernel's random one.
     pub container_mac: Option<[u8; 6]>,
+    /// Leave `route_localnet` off: nothing guards the host's loopback services (the plugin
+    /// keeps no firewall rules, so it publishes no ports either).
+    pub no_route_localnet: bool,
 }
 
 /// What setup learnt, for the endpoint record and Docker's Join answer.
@@ -131,7 +134,8 @@ async fn configure_endpoint_veth(nl: &Netlink, veth: &EndpointVeth) -> Result<Ve
     // Blocking pool: /proc/sys/net resolves per thread, and pool threads inherit the
     // namespace of the thread that spawned them, i.e. this process's.
     let name = host.to_string();
-    tokio::task::spawn_blocking(move || sysctl::configure_host_veth(&name, ipv6))
+    let localnet = !veth.no_route_localnet;
+    tokio::task::spawn_blocking(move || sysctl::configure_host_veth(&name, ipv6, localnet))
         .await
         .map_err(|e| Error::msg(format!("set sysctls of {host}: {e}")))??;
 

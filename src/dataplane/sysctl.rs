@@ -103,11 +103,13 @@ pub const HOST_VETH_IPV6: &[Knob] = &[
 pub const HOST_VETH_ALWAYS: &[Knob] = &[soft_knob("net/ipv6/conf", "accept_ra", "0")];
 
 /// Applies Calico's host-veth knobs to `ifname`: IPv4 and the always-set ones, plus the
-/// IPv6 ones when `ipv6` is true. Stops at the first hard failure.
-pub fn configure_host_veth(ifname: &str, ipv6: bool) -> Result<()> {
+/// IPv6 ones when `ipv6` is true; `route_localnet` only when `localnet` (the plugin's
+/// loopback guard is in place). Stops at the first hard failure.
+pub fn configure_host_veth(ifname: &str, ipv6: bool, localnet: bool) -> Result<()> {
     let ipv6_knobs: &[Knob] = if ipv6 { HOST_VETH_IPV6 } else { &[] };
     HOST_VETH_IPV4
         .iter()
+        .filter(|k| localnet || k.name != "route_localnet")
         .chain(ipv6_knobs)
         .chain(HOST_VETH_ALWAYS)
         .try_for_each(|knob| knob.apply(ifname))

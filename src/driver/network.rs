@@ -504,6 +504,8 @@ impl Driver {
                 ipv4: ep.ipv4.clone(),
                 ipv6: ep.ipv6.clone(),
                 container_mac: Some(ep.mac),
+                // With the firewall off there is no loopback guard (and no published port).
+                no_route_localnet: self.rule_mode().is_none(),
             },
         )
         .await
