@@ -866,3 +866,35 @@ async fn twins_body() {
     assert_eq!(r.endpoints_removed.len(), 1, "{r:?}");
     assert_eq!(weps().await, 0);
 }
+
+#[test]
+fn an_address_docker_gave_to_another_drivers_container_stays() {
+    in_private_netns(
+        "an_address_docker_gave_to_another_drivers_container_stays",
+        other_driver_body,
+    );
+}
+
+/// `docker network create -d macvlan --ipam-driver calico`: Docker takes addresses from
+/// Calico IPAM for containers that never get a WorkloadEndpoint (another driver serves the
+/// network). Reconciliation, which releases allocations of ours in no WorkloadEndpoint, keeps
+/// those Docker says it has given out; an allocation Docker knows nothing of still goes
+/// (a RequestAddress whose CreateEndpoint never came).
+async fn other_driver_body() {
+    let etcd = Etcd::start();
+    let store: Arc<dyn Datastore> = Arc::new(etcd.store());
+    let grace = Duration::from_millis(300);
+    let me = driver(store.clone(), "rel-macvlan", grace);
+    me.init(&["10.75.0.0/24".parse().unwrap()]).await.unwrap();
+    let macvlan_ip = request(&me, None).await.unwrap();
+    let leaked_ip = request(&me, None).await.unwrap();
+    tokio::time::sleep(grace + Duration::from_millis(200)).await;
+    let r = me
+        .reconcile_with_view(Some(&HashSet::new()), &HashSet::from([macvlan_ip]))
+        .await
+        .unwrap();
+    assert_eq!(r.addresses_released, vec![leaked_ip], "{r:?}");
+    let ipam = Ipam::new(store.clone());
+    let left: Vec<IpAddr> = allocations(&ipam).await.iter().map(|a| a.0).collect();
+    assert_eq!(left, vec![macvlan_ip], "the macvlan container keeps its address");
+}

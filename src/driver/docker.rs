@@ -212,6 +212,14 @@ impl DockerApi {
     /// is one Docker no longer knows. All networks, not only ours: a wider set only makes
     /// the reconciliation keep more.
     pub async fn endpoint_ids(&self) -> Result<std::collections::HashSet<String>> {
+        Ok(self.view().await?.endpoints)
+    }
+
+    /// Every endpoint Docker knows, in any network and of any driver, with the addresses it
+    /// gave them: the reconciliation never releases an address Docker has given to a
+    /// container (a network of another driver may use Calico IPAM: `-d macvlan
+    /// --ipam-driver calico`, whose endpoints have no WorkloadEndpoint).
+    pub async fn view(&self) -> Result<DockerView> {
         let c = self.client().await?;
         let nets = match self
             .bounded(
@@ -230,19 +238,34 @@ impl DockerApi {
                 return Err(e);
             }
         };
-        let mut out = std::collections::HashSet::new();
+        let mut out = DockerView::default();
         for n in nets {
             let Some(id) = n.id else { continue };
             if let Some(n) = self.inspect_network(&id).await? {
                 for (_, ep) in n.containers.unwrap_or_default() {
                     if let Some(e) = ep.endpoint_id.filter(|e| !e.is_empty()) {
-                        out.insert(e);
+                        out.endpoints.insert(e);
+                    }
+                    for cidr in [ep.ipv4_address, ep.ipv6_address].into_iter().flatten() {
+                        let ip = cidr.split('/').next().unwrap_or_default();
+                        if let Ok(ip) = ip.parse() {
+                            out.addresses.insert(ip);
+                        }
                     }
                 }
             }
         }
         Ok(out)
     }
+}
+
+/// What Docker knows of its endpoints, from [`DockerApi::view`].
+#[derive(Clone, Debug, Default)]
+pub struct DockerView {
+    /// Endpoint IDs.
+    pub endpoints: std::collections::HashSet<String>,
+    /// Their addresses.
+    pub addresses: std::collections::HashSet<std::net::IpAddr>,
 }
 
 /// From a network's `Containers` map (container ID → endpoint ID), the container holding

@@ -220,8 +220,8 @@ impl Driver {
     /// endpoints it knows.
     pub async fn reconcile(&self) -> Result<ReconcileReport> {
         let known = match &self.docker {
-            Some(api) => match api.endpoint_ids().await {
-                Ok(ids) => Some(ids),
+            Some(api) => match api.view().await {
+                Ok(view) => Some(view),
                 Err(e) => {
                     tracing::warn!(error = %e, "reconcile: Docker API unreachable; leaving WorkloadEndpoints alone");
                     None
@@ -234,7 +234,13 @@ impl Driver {
                 None
             }
         };
-        self.reconcile_with(known.as_ref()).await
+        match known {
+            Some(view) => {
+                self.reconcile_with_view(Some(&view.endpoints), &view.addresses)
+                    .await
+            }
+            None => self.reconcile_with_view(None, &HashSet::new()).await,
+        }
     }
 
     /// Reconciles with a given view of Docker: the endpoint IDs it knows, or `None` when
@@ -242,6 +248,17 @@ impl Driver {
     pub async fn reconcile_with(
         &self,
         docker_endpoints: Option<&HashSet<String>>,
+    ) -> Result<ReconcileReport> {
+        self.reconcile_with_view(docker_endpoints, &HashSet::new())
+            .await
+    }
+
+    /// [`Driver::reconcile_with`], also given the addresses Docker has handed to its
+    /// endpoints (of any driver): those are never released.
+    pub async fn reconcile_with_view(
+        &self,
+        docker_endpoints: Option<&HashSet<String>>,
+        docker_addresses: &HashSet<IpAddr>,
     ) -> Result<ReconcileReport> {
         self.check_node_owner()?;
         let me = self.settings.nodename.clone();
@@ -383,7 +400,12 @@ impl Driver {
             .collect();
         for (block, _) in self.ipam.list_blocks(None).await? {
             for ip in block.allocated_ips() {
-                if in_use.contains(&ip) || report.addresses_released.contains(&ip) {
+                // Docker gave it to a container of a network of another driver that uses
+                // Calico IPAM (`-d macvlan --ipam-driver calico`): no WorkloadEndpoint, in use.
+                if in_use.contains(&ip)
+                    || docker_addresses.contains(&ip)
+                    || report.addresses_released.contains(&ip)
+                {
                     continue;
                 }
                 let Some(a) = allocation_of(&block, &ip) else {
