@@ -57,6 +57,36 @@ impl Env {
         }
     }
 
+    /// Containers and networks gone, then dockerd and the plugin stopped: no endpoint,
+    /// allocation or handle is left in etcd, and the plugin removed its own rules (checked
+    /// before the harness's clean-up could hide a leak).
+    fn assert_nothing_left(&mut self) {
+        assert!(
+            self.list(WEPS_PREFIX).is_empty(),
+            "{:?}",
+            self.list(WEPS_PREFIX)
+        );
+        for prefix in common::BLOCKS_PREFIXES {
+            for (key, b) in self.list(prefix) {
+                let used = b["allocations"]
+                    .as_array()
+                    .unwrap_or_else(|| panic!("{key}: no allocations array: {b}"))
+                    .iter()
+                    .filter(|a| !a.is_null())
+                    .count();
+                assert_eq!(used, 0, "{key} still allocates: {b}");
+            }
+        }
+        assert!(
+            self.list(common::HANDLES_PREFIX).is_empty(),
+            "{:?}",
+            self.list(common::HANDLES_PREFIX)
+        );
+        self.docker.shutdown();
+        self.plugin.stop();
+        common::firewall::assert_no_chain();
+    }
+
     fn list(&self, prefix: &str) -> Vec<(String, Value)> {
         self.etcd.list_json(prefix)
     }
@@ -209,6 +239,7 @@ fn profile_named_after_network_and_container_labels() {
     env.docker.docker_ok(&["network", "rm", "net1", hostile]);
     assert!(env.profiles().is_empty(), "{:?}", env.profiles());
     assert!(env.list(NETWORKS_PREFIX).is_empty());
+    env.assert_nothing_left();
     drop(env);
     eprintln!("total {:?}", t0.elapsed());
 }
@@ -278,6 +309,7 @@ fn fallback_profile_without_docker_api_and_profiles_off() {
     env.docker.docker_ok(&["rm", "-f", "c3"]);
     env.docker.docker_ok(&["network", "rm", "net3"]);
     assert!(env.profiles().is_empty());
+    env.assert_nothing_left();
     drop(env);
     eprintln!("total {:?}", t0.elapsed());
 }

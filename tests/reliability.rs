@@ -896,5 +896,9 @@ async fn other_driver_body() {
     assert_eq!(r.addresses_released, vec![leaked_ip], "{r:?}");
     let ipam = Ipam::new(store.clone());
     let left: Vec<IpAddr> = allocations(&ipam).await.iter().map(|a| a.0).collect();
-    assert_eq!(left, vec![macvlan_ip], "the macvlan container keeps its address");
+    assert_eq!(
+        left,
+        vec![macvlan_ip],
+        "the macvlan container keeps its address"
+    );
 }
