@@ -631,7 +631,7 @@ fn operator_commands_while_serving(envs: &[(&str, &str)], sock: &std::path::Path
 
 /// The plugin on the datastore `envs` selects, serving `sock` (no default pool, no Docker,
 /// no firewall), once it answers.
-fn serve_quietly(envs: &[(&str, &str)], sock: &std::path::Path) -> std::process::Child {
+fn serve_quietly(envs: &[(&str, &str)], sock: &std::path::Path) -> common::ChildGuard {
     let child = bin()
         .envs(envs.iter().copied())
         .env("CALICO_LIBNETWORK_SOCKET", sock)
@@ -646,6 +646,7 @@ fn serve_quietly(envs: &[(&str, &str)], sock: &std::path::Path) -> std::process:
         .spawn()
         .unwrap();
     let deadline = Instant::now() + Duration::from_secs(20);
+    let child = common::ChildGuard::new(child);
     while common::plugin::call(sock, "Plugin.Activate", "").is_err() {
         assert!(Instant::now() < deadline, "plugin socket never came up");
         std::thread::sleep(Duration::from_millis(20));
@@ -688,10 +689,7 @@ fn operator_commands_on_the_embedded_store_go_through_the_running_plugin() {
         err.contains("in use by another process") && err.contains("/nonexistent/calico.sock"),
         "{err}"
     );
-    unsafe {
-        libc::kill(child.id() as i32, libc::SIGTERM);
-    }
-    assert!(child.wait().unwrap().success());
+    assert!(child.stop().success());
 }
 
 #[test]
@@ -702,10 +700,7 @@ fn operator_commands_on_etcd_with_the_plugin_running() {
     let endpoint = etcd.endpoint();
     let mut child = serve_quietly(&[("ETCD_ENDPOINTS", &endpoint)], &sock);
     operator_commands_while_serving(&[("ETCD_ENDPOINTS", &endpoint)], &sock);
-    unsafe {
-        libc::kill(child.id() as i32, libc::SIGTERM);
-    }
-    assert!(child.wait().unwrap().success());
+    assert!(child.stop().success());
 }
 
 // ------------------------------------------------------------ iptables variants, xtables lock
@@ -784,6 +779,7 @@ fn iptables_variant_and_a_held_xtables_lock() {
         .stdout(std::fs::File::create(dir.path().join("log")).unwrap())
         .stderr(Stdio::null())
         .spawn()
+        .map(common::ChildGuard::new)
         .unwrap();
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
@@ -850,9 +846,7 @@ fn iptables_variant_and_a_held_xtables_lock() {
             && out.contains("-A FORWARD -j CALICO-LIBNETWORK-FORWARD"),
         "{out}"
     );
-    // SAFETY: signal to the child this test started.
-    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
-    assert!(child.wait().unwrap().success());
+    assert!(child.stop().success());
     let (_, legacy) = ns.run("iptables-legacy", &["-w", "-S"]);
     assert!(
         !legacy.contains("CALICO-LIBNETWORK") && legacy.contains("-s 10.99.0.1/32 -j ACCEPT"),
@@ -886,6 +880,7 @@ fn auto_mode_follows_felix_coming_and_going() {
         .stdout(std::fs::File::create(dir.path().join("log")).unwrap())
         .stderr(Stdio::null())
         .spawn()
+        .map(common::ChildGuard::new)
         .unwrap();
     let wait_for = |what: &str, check: &dyn Fn(&str, &str) -> bool| {
         let deadline = Instant::now() + Duration::from_secs(15);
@@ -930,7 +925,5 @@ fn auto_mode_follows_felix_coming_and_going() {
     wait_for("standalone again", &|f, n| {
         f.contains(forward) && n.contains(dnat)
     });
-    // SAFETY: signal to the child this test started.
-    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
-    assert!(child.wait().unwrap().success());
+    assert!(child.stop().success());
 }

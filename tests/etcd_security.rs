@@ -212,7 +212,7 @@ fn plugin_as_calico(
     password: &str,
     dir: &std::path::Path,
     extra: &[(&str, &str)],
-) -> std::process::Child {
+) -> common::ChildGuard {
     let sock = dir.join("calico.sock");
     let child = Command::new(env!("CARGO_BIN_EXE_calico-libnetwork"))
         .env_clear()
@@ -225,6 +225,7 @@ fn plugin_as_calico(
         .stdout(std::fs::File::create(dir.join("out.log")).unwrap())
         .stderr(std::fs::File::create(dir.join("err.log")).unwrap())
         .spawn()
+        .map(common::ChildGuard::new)
         .unwrap();
     let deadline = Instant::now() + Duration::from_secs(20);
     while std::os::unix::net::UnixStream::connect(&sock).is_err() {
@@ -299,10 +300,7 @@ async fn the_plugin_keeps_working_after_its_auth_token_expires() {
             json!({"PoolID": pool["PoolID"], "Address": ""}),
         )
         .await;
-    unsafe {
-        libc::kill(child.id() as i32, libc::SIGTERM);
-    }
-    child.wait().unwrap();
+    child.stop();
     assert_eq!(
         status,
         200,
@@ -378,11 +376,8 @@ async fn username_and_password_auth_and_no_secret_in_errors_or_logs() {
         )
         .await;
     assert!(!err.contains(wrong), "secret in Docker's error: {err}");
-    unsafe {
-        libc::kill(child.id() as i32, libc::SIGTERM);
-    }
     let mut child = child;
-    child.wait().unwrap();
+    child.stop();
     let all = format!(
         "{}{}",
         std::fs::read_to_string(dir.path().join("out.log")).unwrap(),

@@ -28,6 +28,38 @@ pub fn say_skipped(what: &str) {
     let _ = writeln!(std::io::stderr(), "!!!!! SKIPPED {what} !!!!!");
 }
 
+/// A process a test started, killed (by its PID) when the guard goes, even when the test
+/// fails half-way: no plugin outlives its test.
+pub struct ChildGuard(Option<std::process::Child>);
+
+impl ChildGuard {
+    pub fn new(child: std::process::Child) -> Self {
+        ChildGuard(Some(child))
+    }
+
+    /// The process's PID.
+    pub fn id(&self) -> u32 {
+        self.0.as_ref().map_or(0, |c| c.id())
+    }
+
+    /// Stops it gracefully (SIGTERM) and returns how it exited.
+    pub fn stop(&mut self) -> std::process::ExitStatus {
+        let mut child = self.0.take().expect("process already stopped");
+        // SAFETY: a signal to the child this guard owns (not yet reaped: its PID is ours).
+        unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+        child.wait().expect("wait for child")
+    }
+}
+
+impl Drop for ChildGuard {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.0.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
 /// A free TCP port on 127.0.0.1 (bound then released).
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
