@@ -6,4 +6,5 @@ cd "$(dirname "$0")/.."
 bash scripts/test-deps.sh
 cargo fmt --all -- --check
 cargo clippy --locked --all-targets -- -D warnings
+RUSTDOCFLAGS="-D warnings" cargo doc --no-deps --locked --quiet
 cargo test --locked "$@"

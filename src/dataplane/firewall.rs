@@ -20,7 +20,7 @@ fn ensure_ipv6_forward() -> Result<()> {
     Ok(())
 }
 
-/// [`ensure_ipv6_forward`] on the blocking pool; for endpoints with IPv6 addresses.
+/// `ensure_ipv6_forward` on the blocking pool; for endpoints with IPv6 addresses.
 pub async fn ensure_ipv6_forwarding() -> Result<()> {
     tokio::task::spawn_blocking(ensure_ipv6_forward)
         .await

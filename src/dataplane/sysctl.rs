@@ -142,7 +142,7 @@ pub fn write(path: &str, value: &str) -> Result<bool> {
     Ok(true)
 }
 
-/// Like [`write`] for knobs that may not exist (IPv6 disabled, older kernel, read-only
+/// Like [`write()`] for knobs that may not exist (IPv6 disabled, older kernel, read-only
 /// /proc): a failure is logged as a warning. Returns whether the value changed.
 pub fn write_soft(path: &str, value: &str) -> bool {
     match write(path, value) {

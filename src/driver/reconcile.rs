@@ -26,7 +26,7 @@
 //! without our handle prefix or a parsable timestamp, and every release is guarded by the
 //! handle seen (an address released and re-assigned meanwhile is left alone).
 //!
-//! [`Driver::reclaim_stale_address`] serves `RequestAddress` of a specific address (`docker
+//! `Driver::reclaim_stale_address` serves `RequestAddress` of a specific address (`docker
 //! run --ip`) that is already allocated: Docker 20.10 does not replay addresses to remote
 //! IPAM drivers (we answer `RequiresRequestReplay: false`), so a `--restart=always`
 //! container restarted after dockerd died asks for its `--ip` again while its previous
