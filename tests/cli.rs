@@ -415,6 +415,28 @@ fn start_like_run_local(dir: &std::path::Path) -> Running {
     }
 }
 
+/// What a test of the host's own firewall holds: root (checked loudly), the host lock (no
+/// other test's plugin writes rules meanwhile), the clean-up of plugin rules and a temp dir.
+struct HostTest {
+    dir: tempfile::TempDir,
+    _fw: common::firewall::HostCleanup,
+    _lock: common::docker::HostLock,
+}
+
+impl HostTest {
+    fn take(test: &str) -> Option<HostTest> {
+        if !common::require_root(test) {
+            return None;
+        }
+        let lock = common::docker::lock();
+        Some(HostTest {
+            dir: tempfile::tempdir().unwrap(),
+            _fw: common::firewall::HostCleanup::new(),
+            _lock: lock,
+        })
+    }
+}
+
 /// Waits (up to 10 s) for the plugin's jump from FORWARD.
 fn wait_for_forward_jump() {
     let deadline = Instant::now() + Duration::from_secs(10);
@@ -482,16 +504,16 @@ fn network_and_endpoint(sock: &std::path::Path) {
 /// back, and removes them once that endpoint is gone.
 #[test]
 fn a_plugin_stopped_with_no_endpoint_left_leaves_no_firewall_rule() {
-    if !common::require_root("a_plugin_stopped_with_no_endpoint_left_leaves_no_firewall_rule") {
+    let Some(host) =
+        HostTest::take("a_plugin_stopped_with_no_endpoint_left_leaves_no_firewall_rule")
+    else {
         return;
-    }
-    let _lock = common::docker::lock();
-    let _fw = common::firewall::HostCleanup::new();
-    let dir = tempfile::tempdir().unwrap();
+    };
+    let dir = &host.dir;
 
-    let mut r = start_like_run_local(dir.path());
     // Positive control: serving, it keeps its chains and the jump from FORWARD (written in
     // the background once the socket is up).
+    let mut r = start_like_run_local(dir.path());
     wait_for_forward_jump();
     let out = stop_with(&mut r, libc::SIGINT);
     assert!(out.status.success(), "{out:?}");
@@ -529,13 +551,10 @@ fn a_plugin_stopped_with_no_endpoint_left_leaves_no_firewall_rule() {
 /// plugin serves, removes them all with `--force` or once it has stopped.
 #[test]
 fn firewall_show_and_remove() {
-    if !common::require_root("firewall_show_and_remove") {
+    let Some(host) = HostTest::take("firewall_show_and_remove") else {
         return;
-    }
-    let _lock = common::docker::lock();
-    let _fw = common::firewall::HostCleanup::new();
-    let dir = tempfile::tempdir().unwrap();
-    let mut r = start_like_run_local(dir.path());
+    };
+    let mut r = start_like_run_local(host.dir.path());
     wait_for_forward_jump();
     network_and_endpoint(&r.sock);
     let sock = r.sock.to_str().unwrap().to_string();

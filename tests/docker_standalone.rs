@@ -280,6 +280,15 @@ impl Env {
         }
     }
 
+    /// [`Env::start`], with the plugin checking its rules every `interval`.
+    fn start_checking_rules_every(interval: &str) -> Env {
+        let mut env = Env::start();
+        env.plugin
+            .set_env("CALICO_LIBNETWORK_RULES_CHECK_INTERVAL", interval);
+        env.plugin.restart();
+        env
+    }
+
     fn d(&self) -> &Dockerd {
         &self.docker
     }
@@ -1096,10 +1105,7 @@ fn rules_removed_behind_the_plugins_back_come_back() {
     if !common::require_root("rules_removed_behind_the_plugins_back_come_back") {
         return;
     }
-    let mut env = Env::start();
-    env.plugin
-        .set_env("CALICO_LIBNETWORK_RULES_CHECK_INTERVAL", "2s");
-    env.plugin.restart();
+    let env = Env::start_checking_rules_every("2s");
     env.network("flnet", &[]);
     env.run("fl1", &["--net", "flnet"]);
     env.httpd("flweb", "flnet", &["-p", "18090:80"], "hello-again");
@@ -1173,10 +1179,7 @@ fn dockers_bridges_and_docker_user_keep_their_say() {
     if !common::require_root("dockers_bridges_and_docker_user_keep_their_say") {
         return;
     }
-    let mut env = Env::start();
-    env.plugin
-        .set_env("CALICO_LIBNETWORK_RULES_CHECK_INTERVAL", "1s");
-    env.plugin.restart();
+    let env = Env::start_checking_rules_every("1s");
     env.network("dbnet", &[]);
     env.run("db1", &["--net", "dbnet"]);
     let me = attachment(env.d(), "db1", "dbnet");

@@ -353,6 +353,20 @@ fn driver(store: Arc<dyn Datastore>, node: &str, grace: Duration) -> Arc<Driver>
     Arc::new(Driver::new(store, s))
 }
 
+/// A fresh etcd, and on it node `node`'s driver (reconciliation grace `grace`), prepared
+/// with the default pool `pool`.
+async fn node_on_etcd(
+    node: &str,
+    grace: Duration,
+    pool: &str,
+) -> (Etcd, Arc<dyn Datastore>, Arc<Driver>) {
+    let etcd = Etcd::start();
+    let store: Arc<dyn Datastore> = Arc::new(etcd.store());
+    let me = driver(store.clone(), node, grace);
+    me.init(&[pool.parse().unwrap()]).await.unwrap();
+    (etcd, store, me)
+}
+
 /// A calico network `id` on `d` (its addresses from the default IPv4 pool), as Docker makes it.
 async fn network(d: &Driver, id: &str) {
     d.create_network(NetworkSpec {
@@ -512,11 +526,8 @@ fn requested_address_taken_over_only_from_dead_owner() {
 }
 
 async fn takeover_body() {
-    let etcd = Etcd::start();
-    let store: Arc<dyn Datastore> = Arc::new(etcd.store());
     let grace = Duration::from_millis(1500);
-    let me = driver(store.clone(), "rel-ip-me", grace);
-    me.init(&["10.65.0.0/24".parse().unwrap()]).await.unwrap();
+    let (_etcd, store, me) = node_on_etcd("rel-ip-me", grace, "10.65.0.0/24").await;
     let net = "cd".repeat(32);
     network(&me, &net).await;
     let ip: IpAddr = "10.65.0.7".parse().unwrap();
@@ -747,10 +758,8 @@ fn damaged_records_give_errors_not_panics() {
 /// requests that meet them get errors naming the key, the others work, and reconciliation
 /// runs through (before: panics, and the reconciliation loop gone for good).
 async fn damaged_body() {
-    let etcd = Etcd::start();
-    let store: Arc<dyn Datastore> = Arc::new(etcd.store());
-    let me = driver(store.clone(), "rel-damaged", Duration::from_millis(500));
-    me.init(&["10.72.0.0/16".parse().unwrap()]).await.unwrap();
+    let (_etcd, store, me) =
+        node_on_etcd("rel-damaged", Duration::from_millis(500), "10.72.0.0/16").await;
     let bad_block = "/calico/ipam/v2/assignment/ipv4/block/10.72.200.0-26";
     store
         .put(
@@ -881,11 +890,8 @@ fn an_address_docker_gave_to_another_drivers_container_stays() {
 /// those Docker says it has given out; an allocation Docker knows nothing of still goes
 /// (a RequestAddress whose CreateEndpoint never came).
 async fn other_driver_body() {
-    let etcd = Etcd::start();
-    let store: Arc<dyn Datastore> = Arc::new(etcd.store());
     let grace = Duration::from_millis(300);
-    let me = driver(store.clone(), "rel-macvlan", grace);
-    me.init(&["10.75.0.0/24".parse().unwrap()]).await.unwrap();
+    let (_etcd, store, me) = node_on_etcd("rel-macvlan", grace, "10.75.0.0/24").await;
     let macvlan_ip = request(&me, None).await.unwrap();
     let leaked_ip = request(&me, None).await.unwrap();
     tokio::time::sleep(grace + Duration::from_millis(200)).await;
