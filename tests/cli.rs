@@ -380,34 +380,44 @@ async fn a_stalled_log_pipe_never_blocks_requests() {
 
 // ------------------------------------------------------------ the plugin as run-local.sh runs it
 
+/// The binary as a serving plugin of these tests: node `cli-test-host`, and no Docker here
+/// (the background tasks that ask it give up quietly).
+fn plugin_bin() -> Command {
+    let mut c = bin();
+    c.env("NODENAME", "cli-test-host").env(
+        "CALICO_LIBNETWORK_DOCKER_HOST",
+        "unix:///nonexistent/docker.sock",
+    );
+    c
+}
+
+/// Waits (up to 20 s) until the plugin answers `Plugin.Activate` on `sock`.
+fn wait_serving(sock: &std::path::Path) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !matches!(
+        common::plugin::call(sock, "Plugin.Activate", ""),
+        Ok((200, _))
+    ) {
+        assert!(Instant::now() < deadline, "plugin socket never came up");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 /// Starts the binary as `scripts/run-local.sh` does (embedded store, the default firewall
 /// mode, `auto`: standalone on a host without Felix), on private paths under `dir`.
 fn start_like_run_local(dir: &std::path::Path) -> Running {
     let sock = dir.join("plugins/calico.sock");
-    let child = bin()
+    let child = plugin_bin()
         .env_remove("CALICO_LIBNETWORK_DATAPLANE")
         .env("DATASTORE_TYPE", "local")
         .env("CALICO_LIBNETWORK_SOCKET", &sock)
         .env("CALICO_LIBNETWORK_STORE", dir.join("store.redb"))
-        .env("NODENAME", "cli-test-host")
         .env("CALICO_IPV4POOL_CIDR", "10.67.0.0/16")
-        // No Docker here: the background tasks that ask it give up quietly.
-        .env(
-            "CALICO_LIBNETWORK_DOCKER_HOST",
-            "unix:///nonexistent/docker.sock",
-        )
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        if let Ok((200, _)) = common::plugin::call(&sock, "Plugin.Activate", "") {
-            break;
-        }
-        assert!(Instant::now() < deadline, "plugin socket never came up");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    wait_serving(&sock);
     Running {
         child,
         sock,
@@ -651,25 +661,16 @@ fn operator_commands_while_serving(envs: &[(&str, &str)], sock: &std::path::Path
 /// The plugin on the datastore `envs` selects, serving `sock` (no default pool, no Docker,
 /// no firewall), once it answers.
 fn serve_quietly(envs: &[(&str, &str)], sock: &std::path::Path) -> common::ChildGuard {
-    let child = bin()
+    let child = plugin_bin()
         .envs(envs.iter().copied())
         .env("CALICO_LIBNETWORK_SOCKET", sock)
-        .env("NODENAME", "cli-test-host")
         .env("NO_DEFAULT_POOLS", "true")
-        .env(
-            "CALICO_LIBNETWORK_DOCKER_HOST",
-            "unix:///nonexistent/docker.sock",
-        )
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
+        .map(common::ChildGuard::new)
         .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let child = common::ChildGuard::new(child);
-    while common::plugin::call(sock, "Plugin.Activate", "").is_err() {
-        assert!(Instant::now() < deadline, "plugin socket never came up");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    wait_serving(sock);
     child
 }
 
