@@ -396,6 +396,8 @@ fn harness_leaves_nothing_behind() {
             let image = d.import_busybox();
             d.docker_ok(&["run", "-d", "--name", "sleeper", image, "sleep", "600"]);
             assert_eq!(d.docker_ok(&["ps", "-q"]).lines().count(), 1);
+            // A bridge network of the test's own: its host bridge must go too.
+            d.docker_ok(&["network", "create", "leakcheck"]);
         }
         let after = host_state();
         assert_eq!(after, before, "round {round}: the host changed");

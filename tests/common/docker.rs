@@ -49,6 +49,8 @@ pub const BRIDGE: &str = "calitestbr0";
 pub const BRIDGE_ADDR: &str = "172.31.250.1/24";
 /// The subnet of [`BRIDGE`].
 pub const BRIDGE_SUBNET: &str = "172.31.250.0/24";
+/// Where our dockerd takes the subnets of bridge networks created without `--subnet`.
+pub const DEFAULT_POOL: &str = "172.31.240.0/21";
 /// The image [`Dockerd::import_busybox`] creates.
 pub const BUSYBOX_IMAGE: &str = "busybox:calico-test";
 /// Parent cgroup of our containers (in each cgroup hierarchy; removed on drop).
@@ -638,6 +640,10 @@ disabled_plugins = ["io.containerd.grpc.v1.cri"]
             "vfs".into(),
             "--bridge".into(),
             BRIDGE.into(),
+            // Bridge networks made without --subnet come from a range of ours, not from the
+            // host's defaults, which another dockerd's networks may already cover.
+            "--default-address-pool".into(),
+            format!("base={DEFAULT_POOL},size=24"),
             "--cgroup-parent".into(),
             format!("/{CGROUP_PARENT}"),
         ];
@@ -869,7 +875,19 @@ disabled_plugins = ["io.containerd.grpc.v1.cri"]
                 }
             }
         }
+        // Bridge networks the test created: dockerd keeps their bridges on the host across
+        // restarts, so once our data root is gone they would be orphans that still hold
+        // their subnets (and in time exhaust Docker's default address pools).
+        let bridges = if matches!(dockerd.try_wait(), Ok(None)) {
+            self.remove_bridge_networks()
+        } else {
+            Vec::new()
+        };
         stop_child(&mut dockerd, libc::SIGTERM, Duration::from_secs(20));
+        for b in bridges.iter().filter(|b| link_exists(b)) {
+            eprintln!("deleting bridge {b} left by our dockerd");
+            let _ = host_cmd("ip", &["link", "del", b]);
+        }
         if let Some(mut c) = self.containerd.take() {
             stop_child(&mut c, libc::SIGTERM, Duration::from_secs(10));
         }
@@ -895,6 +913,60 @@ disabled_plugins = ["io.containerd.grpc.v1.cri"]
             }
         }
         remove_cgroups();
+    }
+
+    /// Removes every bridge network but the default one; returns their host bridge names.
+    fn remove_bridge_networks(&self) -> Vec<String> {
+        let Ok(o) = self.docker_timeout(
+            &[
+                "network",
+                "ls",
+                "--no-trunc",
+                "--filter",
+                "driver=bridge",
+                "--format",
+                "{{.ID}} {{.Name}}",
+            ],
+            Duration::from_secs(30),
+        ) else {
+            return Vec::new();
+        };
+        let mut bridges = Vec::new();
+        for line in String::from_utf8_lossy(&o.stdout).lines() {
+            let Some((id, name)) = line.split_once(' ') else {
+                continue;
+            };
+            if name == "bridge" {
+                continue;
+            }
+            let custom = self
+                .docker_timeout(
+                    &[
+                        "network",
+                        "inspect",
+                        "-f",
+                        "{{index .Options \"com.docker.network.bridge.name\"}}",
+                        id,
+                    ],
+                    Duration::from_secs(30),
+                )
+                .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+                .unwrap_or_default();
+            bridges.push(if custom.is_empty() || custom == "<no value>" {
+                format!("br-{}", &id[..12.min(id.len())])
+            } else {
+                custom
+            });
+            match self.docker_timeout(&["network", "rm", id], Duration::from_secs(30)) {
+                Ok(o) if !o.status.success() => eprintln!(
+                    "docker network rm {name}: {}",
+                    String::from_utf8_lossy(&o.stderr).trim()
+                ),
+                Err(e) => eprintln!("{e}"),
+                _ => {}
+            }
+        }
+        bridges
     }
 
     /// Lazily unmounts everything mounted at or under our directory, deepest first.
