@@ -14,9 +14,9 @@ use serde::Serialize;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::datastore::{Datastore, Write};
-use crate::driver::network::{NetworkRecord, WEP_NAMESPACE};
 use crate::error::{Error, Result};
 use crate::ipam::{kv, Ipam};
+use crate::model::libnetwork::{NetworkRecord, WEP_NAMESPACE};
 use crate::model::resources::WorkloadEndpointSpec;
 use crate::model::{keys, IpamHandle, ReleaseOptions, WorkloadEndpoint};
 

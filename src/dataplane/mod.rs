@@ -243,7 +243,7 @@ pub fn format_mac(mac: [u8; 6]) -> String {
 
 /// Parses `aa:bb:cc:dd:ee:ff` (either case).
 pub fn parse_mac(text: &str) -> Result<[u8; 6]> {
-    let invalid = || Error::invalid(format!("invalid mac address {text:?}"));
+    let invalid = || Error::invalid(format!("invalid MAC address '{}'", text.escape_default()));
     let mut mac = [0u8; 6];
     let mut parts = text.split(':');
     for byte in &mut mac {

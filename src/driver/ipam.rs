@@ -9,13 +9,13 @@ use std::collections::BTreeMap;
 use std::net::IpAddr;
 
 use ipnet::IpNet;
-use serde::{Deserialize, Serialize};
 
 use super::{Driver, PoolGrant, PoolRequest};
 use crate::datastore::Write;
 use crate::error::{Error, Result, ResultExt};
 use crate::ipam::{default_attrs, AssignIp, AutoAssign};
 use crate::model::ippool::{ASSIGNMENT_MANUAL, MODE_ALWAYS, MODE_CROSS_SUBNET, MODE_NEVER};
+use crate::model::libnetwork::PoolRecord;
 use crate::model::{keys, IpFamily, IpPool, IpPoolSpec};
 
 /// Pool ID for "all of Calico's IPv4 pools".
@@ -65,15 +65,6 @@ const CREATE_OPTIONS: &[&str] = &[
     "block-size",
     "node-selector",
 ];
-
-/// What we remember about a pool requested with `--subnet`.
-#[derive(Serialize, Deserialize, Debug, Default)]
-struct PoolRecord {
-    cidr: String,
-    #[serde(rename = "createdByPlugin")]
-    created_by_plugin: bool,
-    references: u64,
-}
 
 fn dummy_gateway(v6: bool) -> &'static str {
     // A gateway in the pool data stops Docker asking us for a gateway address; containers
@@ -439,7 +430,7 @@ impl Driver {
         let (family, pools, names) = self.resolve_pool_id(pool_id).await?;
         let _serial = self.ipam_turn().await;
         let host = self.settings.nodename.clone();
-        let handle = format!("libnetwork.{}", uuid::Uuid::new_v4().simple());
+        let handle = crate::model::libnetwork::new_handle();
         let prefix = match family {
             IpFamily::V4 => 32,
             IpFamily::V6 => 128,

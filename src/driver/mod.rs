@@ -8,7 +8,7 @@ use ipnet::IpNet;
 use serde_json::Value;
 
 use crate::datastore::Datastore;
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::ipam::Ipam;
 
 pub mod docker;
@@ -155,30 +155,7 @@ pub struct JoinInfo {
     pub static_routes: Vec<sandbox::ContainerRoute>,
 }
 
-/// Parses `aa:bb:cc:dd:ee:ff`.
-pub fn parse_mac(s: &str) -> Result<[u8; 6]> {
-    let parts: Vec<&str> = s.split(':').collect();
-    let bad = || Error::invalid(format!("invalid MAC address '{}'", s.escape_default()));
-    if parts.len() != 6 {
-        return Err(bad());
-    }
-    let mut mac = [0u8; 6];
-    for (i, p) in parts.iter().enumerate() {
-        if p.len() != 2 {
-            return Err(bad());
-        }
-        mac[i] = u8::from_str_radix(p, 16).map_err(|_| bad())?;
-    }
-    Ok(mac)
-}
-
-/// Formats a MAC as lowercase `aa:bb:cc:dd:ee:ff`.
-pub fn format_mac(mac: &[u8; 6]) -> String {
-    mac.iter()
-        .map(|b| format!("{b:02x}"))
-        .collect::<Vec<_>>()
-        .join(":")
-}
+pub use crate::dataplane::{format_mac, parse_mac};
 
 /// The network and IPAM driver.
 pub struct Driver {
@@ -193,7 +170,9 @@ pub struct Driver {
     network_pools: std::sync::Mutex<std::collections::HashMap<String, Vec<IpNet>>>,
     /// Network records that can no longer change, by network ID (see
     /// `Driver::network_record`).
-    settled_records: std::sync::Mutex<std::collections::HashMap<String, network::NetworkRecord>>,
+    settled_records: std::sync::Mutex<
+        std::collections::HashMap<String, crate::model::libnetwork::NetworkRecord>,
+    >,
     /// Taken around this host's address requests and releases: they all write this host's
     /// affine blocks, so one at a time they never fail each other's compare-and-swap (what
     /// Calico's CNI plugin does with a host-wide lock). Other hosts still race through CAS.

@@ -5,68 +5,25 @@ use std::net::{IpAddr, Ipv4Addr};
 use std::sync::Arc;
 
 use ipnet::IpNet;
-use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use super::{Driver, EndpointSpec, JoinInfo, NetworkSpec};
 use crate::dataplane::{self, EndpointVeth};
 use crate::error::{Error, Result, ResultExt};
 use crate::ipam::kv;
+use crate::model::libnetwork::{host_veth_name, temp_veth_name, NetworkRecord, WEP_NAMESPACE};
 use crate::model::resources::{WorkloadEndpointSpec, ORCHESTRATOR_LIBNETWORK};
 use crate::model::{keys, WorkloadEndpoint};
 
 /// Calico's fixed IPv4 next hop for workloads; the host veth answers ARP for it. A
 /// container's further Calico endpoints get 169.254.1.2, ... (see `super::sandbox`).
 pub const GATEWAY_V4: Ipv4Addr = Ipv4Addr::new(169, 254, 1, 1);
-/// Namespace of our WorkloadEndpoints.
-pub const WEP_NAMESPACE: &str = "libnetwork";
-
-/// What we store about a Docker network at `/calico/libnetwork/v1/networks/<id>`.
-#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
-#[serde(rename_all = "camelCase")]
-pub struct NetworkRecord {
-    /// Docker's network ID.
-    pub network_id: String,
-    /// The Calico profile its endpoints carry (empty when profiles are off): named after
-    /// the network ID until the network's name is learned from Docker, then after the name.
-    pub profile: String,
-    /// The Docker network name, once learned from the Docker API (empty until then, and in
-    /// records written before names were learned).
-    #[serde(default)]
-    pub name: String,
-    /// IPv4 pools from IPAM (`0.0.0.0/0` for all of Calico's pools).
-    pub ipv4_pools: Vec<String>,
-    /// IPv6 pools from IPAM.
-    pub ipv6_pools: Vec<String>,
-}
-
 /// What Join needs of an endpoint, kept from CreateEndpoint.
 #[derive(Clone, Debug)]
 pub(crate) struct EndpointCache {
     ipv4: Vec<std::net::Ipv4Addr>,
     ipv6: Vec<std::net::Ipv6Addr>,
     mac: [u8; 6],
-}
-
-/// The first 11 characters of an endpoint ID (Docker's are 64 hex digits; a stored string
-/// may be anything, so never a byte slice that could split a character).
-fn id_part(endpoint_id: &str) -> String {
-    endpoint_id.chars().take(11).collect()
-}
-
-/// Whether `id` is a Docker ID (64 hex digits): only those name our endpoints and veths.
-pub fn is_docker_id(id: &str) -> bool {
-    id.len() == 64 && id.bytes().all(|b| b.is_ascii_hexdigit())
-}
-
-/// Host-side veth name: `cali` + the first 11 characters of the endpoint ID.
-pub fn host_veth_name(endpoint_id: &str) -> String {
-    format!("cali{}", id_part(endpoint_id))
-}
-
-/// The temporary peer Docker moves into the container.
-pub fn temp_veth_name(endpoint_id: &str) -> String {
-    format!("temp{}", id_part(endpoint_id))
 }
 
 fn random_mac() -> [u8; 6] {
@@ -334,7 +291,7 @@ impl Driver {
             Some(m) => (m, None),
             None => {
                 let m = random_mac();
-                (m, Some(super::format_mac(&m)))
+                (m, Some(super::format_mac(m)))
             }
         };
         let mut ip_networks: Vec<String> = ipv4.iter().map(|a| format!("{a}/32")).collect();
@@ -355,7 +312,7 @@ impl Driver {
                     vec![rec.profile.clone()]
                 },
                 interface_name: host_veth_name(&spec.endpoint_id),
-                mac: super::format_mac(&mac),
+                mac: super::format_mac(mac),
                 ports: super::rules::wep_ports(&ports),
                 ..Default::default()
             },

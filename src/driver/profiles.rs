@@ -14,11 +14,11 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::docker::DockerApi;
-use super::network::{NetworkRecord, WEP_NAMESPACE};
 use super::DriverSettings;
 use crate::datastore::{Datastore, KeyValue, Write};
 use crate::error::{Error, Result};
 use crate::ipam::kv;
+use crate::model::libnetwork::{NetworkRecord, WEP_NAMESPACE};
 use crate::model::resources::{WorkloadEndpointSpec, LABEL_NAMESPACE, LABEL_ORCHESTRATOR};
 use crate::model::{keys, Profile, ProfileSpec};
 
@@ -29,15 +29,7 @@ pub const STARTUP_WINDOW: Duration = Duration::from_secs(300);
 /// Attempts of one compare-and-swap update before giving up.
 pub(crate) const CAS_ATTEMPTS: usize = 10;
 
-/// The profile a network falls back to while its name is unknown: named after its ID.
-pub fn fallback_profile(network_id: &str) -> String {
-    crate::model::resource_name_from(network_id)
-}
-
-/// The profile of a network named `name` (the same name on every host gives one profile).
-pub fn named_profile(name: &str) -> String {
-    crate::model::resource_name_from(name)
-}
+pub use crate::model::libnetwork::{fallback_profile, named_profile};
 
 /// What a background task needs: owned handles, no borrow of the driver.
 #[derive(Clone)]

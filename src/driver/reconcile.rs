@@ -47,21 +47,18 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 
-use super::network::{host_veth_name, is_docker_id, temp_veth_name, WEP_NAMESPACE};
 use super::Driver;
 use crate::error::{Error, Result};
 use crate::model::block::{AllocationBlock, ReleaseOptions, ATTR_NODE, ATTR_TIMESTAMP};
+use crate::model::libnetwork::{
+    host_veth_name, is_docker_id, temp_veth_name, HANDLE_PREFIX, HOST_VETH_PREFIX,
+    TEMP_VETH_PREFIX, WEP_NAMESPACE,
+};
 use crate::model::{IpFamily, WorkloadEndpoint};
 
 /// Default of `CALICO_LIBNETWORK_RECONCILE_GRACE`: records younger than this are never
 /// removed by the reconciliation (they may belong to a request in flight).
 pub const DEFAULT_GRACE: Duration = Duration::from_secs(120);
-
-/// Prefix of the IPAM handles the plugin records its addresses under.
-pub const HANDLE_PREFIX: &str = "libnetwork.";
-
-/// Prefix of every WorkloadEndpoint key (all namespaces).
-const ALL_WEPS_PREFIX: &str = "/calico/resources/v3/projectcalico.org/workloadendpoints/";
 
 /// What one reconciliation did.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -129,7 +126,13 @@ impl Driver {
     /// Every WorkloadEndpoint of every node and namespace, with its key and revision.
     /// Records that do not decode are skipped (logged): they are not ours to judge.
     async fn all_weps(&self) -> Result<Vec<(String, i64, WorkloadEndpoint)>> {
-        let kvs = self.store.list(ALL_WEPS_PREFIX).await?;
+        let kvs = self
+            .store
+            .list(&crate::model::keys::resource_prefix(
+                crate::model::keys::PLURAL_WORKLOAD_ENDPOINTS,
+                None,
+            ))
+            .await?;
         let mut out = Vec::with_capacity(kvs.len());
         for kv in kvs {
             match WorkloadEndpoint::from_stored(&kv.key, &kv.value, kv.revision) {
@@ -271,8 +274,8 @@ impl Driver {
         // before (Join follows CreateEndpoint), so a veth without one is not in flight.
         let links = match self.netlink() {
             Ok(nl) => match (
-                nl.list_veths_marked("cali").await,
-                nl.list_veths("temp").await,
+                nl.list_veths_marked(HOST_VETH_PREFIX).await,
+                nl.list_veths(TEMP_VETH_PREFIX).await,
             ) {
                 (Ok(c), Ok(t)) => Some((
                     c.iter().map(|(n, _)| n.clone()).collect::<HashSet<_>>(),

@@ -11,13 +11,13 @@ use std::net::IpAddr;
 
 use serde_json::Value;
 
-use super::network::WEP_NAMESPACE;
 use super::Driver;
 use crate::dataplane::standalone::{
     self, EndpointRules, Family, Mode, PoolRules, PortMap, RuleState,
 };
 use crate::error::{Error, Result, ResultExt};
 use crate::ipam::kv;
+use crate::model::libnetwork::WEP_NAMESPACE;
 use crate::model::resources::WorkloadEndpointPort;
 use crate::model::{NumOrString, WorkloadEndpoint};
 
@@ -505,7 +505,7 @@ fn rules_of(wep: &WorkloadEndpoint) -> Option<EndpointRules> {
         tracing::warn!(endpoint = %id.escape_default(), "skipping a WorkloadEndpoint whose endpoint is not a Docker ID");
         return None;
     }
-    let iface = super::network::host_veth_name(id);
+    let iface = crate::model::libnetwork::host_veth_name(id);
     if wep.spec.interface_name != iface {
         tracing::warn!(
             endpoint = %id,

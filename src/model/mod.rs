@@ -11,6 +11,8 @@
 //! - [`ippool`]: IPPool with clientv3's defaulting and validation.
 //! - [`block`]: [`AllocationBlock`], the per-CIDR allocation table, with assign/release.
 //! - [`ipam`]: [`BlockAffinity`], [`IpamHandle`] and [`IpamConfig`].
+//! - [`libnetwork`]: the plugin's own records, WorkloadEndpoint namespace, handle prefix
+//!   and veth names.
 //! - [`names`]: WorkloadEndpoint names and DNS-1123 resource names.
 //! - [`selector`]: the label selector language used by pool `nodeSelector`s.
 //!
@@ -25,6 +27,7 @@ pub mod block;
 pub mod ipam;
 pub mod ippool;
 pub mod keys;
+pub mod libnetwork;
 pub mod names;
 pub mod resources;
 pub mod rule;

@@ -12,18 +12,7 @@ use crate::error::{Error, Result};
 /// Docker's network and endpoint IDs are 64 hex characters; nothing else reaches a key,
 /// an interface name or a log line.
 pub fn check_id(what: &str, id: &str) -> Result<()> {
-    if id.len() == 64 && id.bytes().all(|b| b.is_ascii_hexdigit()) {
-        Ok(())
-    } else {
-        Err(Error::invalid(format!(
-            "invalid {what} '{}': expected 64 hex characters",
-            id.escape_default()
-                .to_string()
-                .chars()
-                .take(80)
-                .collect::<String>()
-        )))
-    }
+    crate::model::libnetwork::DockerId::parse(what, id).map(drop)
 }
 
 fn parse_cidr(what: &str, s: &str) -> Result<Option<IpNet>> {
