@@ -97,6 +97,15 @@ impl Error {
         matches!(self.root(), Error::Conflict { .. })
     }
 
+    /// True when a datastore write lost a race: the key changed (compare-and-swap), appeared
+    /// or vanished since it was read. Retrying from a fresh read is the answer.
+    pub fn is_lost_race(&self) -> bool {
+        matches!(
+            self.root(),
+            Error::Conflict { .. } | Error::Exists { .. } | Error::NotFound { .. }
+        )
+    }
+
     /// True when the root cause is "already exists" (datastore key or kernel EEXIST).
     pub fn is_exists(&self) -> bool {
         match self.root() {
@@ -117,8 +126,8 @@ impl Error {
         }
     }
 
-    /// True when the caller's input was at fault (the HTTP layer answers 400 for these only
-    /// when they come from decoding; driver-level validation still answers 500 as Docker expects).
+    /// True when the caller's input was at fault: the HTTP layer answers 400 for these (from
+    /// decoding or from the driver's own checks) and 500 for every other error.
     pub fn is_invalid(&self) -> bool {
         matches!(self.root(), Error::Invalid(_))
     }

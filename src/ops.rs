@@ -13,9 +13,10 @@ use ipnet::IpNet;
 use serde::Serialize;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
+use crate::datastore::resources;
 use crate::datastore::{Datastore, Write};
 use crate::error::{Error, Result};
-use crate::ipam::{kv, Ipam};
+use crate::ipam::Ipam;
 use crate::model::libnetwork::{NetworkRecord, WEP_NAMESPACE};
 use crate::model::resources::WorkloadEndpointSpec;
 use crate::model::{keys, IpamHandle, ReleaseOptions, WorkloadEndpoint};
@@ -248,7 +249,7 @@ pub async fn status(
             .problems
             .push(format!("cannot read IP pools ({e}): check the datastore")),
     }
-    match kv::list::<WorkloadEndpointSpec>(store.as_ref(), Some(WEP_NAMESPACE)).await {
+    match resources::list::<WorkloadEndpointSpec>(store.as_ref(), Some(WEP_NAMESPACE)).await {
         Ok(weps) => {
             st.endpoints = Some(weps.iter().filter(|w| w.spec.node == nodename).count());
         }
@@ -284,7 +285,7 @@ pub struct EndpointRow {
 
 /// Our WorkloadEndpoints: this node's (`node = Some`) or every host's.
 pub async fn endpoints(store: &dyn Datastore, node: Option<&str>) -> Result<Vec<EndpointRow>> {
-    let weps: Vec<WorkloadEndpoint> = kv::list(store, Some(WEP_NAMESPACE)).await?;
+    let weps: Vec<WorkloadEndpoint> = resources::list(store, Some(WEP_NAMESPACE)).await?;
     let mut by_profile: HashMap<String, String> = HashMap::new();
     for kv in store.list(&keys::networks_prefix()).await? {
         let Ok(rec) = serde_json::from_slice::<NetworkRecord>(&kv.value) else {
@@ -530,7 +531,7 @@ async fn repair_handle(ipam: &Ipam, store: &dyn Datastore, id: &str) -> Result<S
         match store.txn(vec![write]).await {
             Ok(_) if actual.is_empty() => return Ok("deleted the empty handle".to_string()),
             Ok(_) => return Ok(format!("set the handle to {}", fmt_counts(&actual))),
-            Err(e) if e.is_conflict() || e.is_not_found() || e.is_exists() => continue,
+            Err(e) if e.is_lost_race() => continue,
             Err(e) => return Err(e),
         }
     }
@@ -547,7 +548,7 @@ pub async fn ipam_check(store: Arc<dyn Datastore>, opts: &CheckOptions) -> Resul
     let now = Utc::now();
     if let (true, Some(mine)) = (opts.repair, &opts.machine_id) {
         let node: Option<crate::model::Node> =
-            kv::get(store.as_ref(), &keys::node_key(&opts.nodename)).await?;
+            resources::get(store.as_ref(), &keys::node_key(&opts.nodename)).await?;
         if let Some(other) = node
             .as_ref()
             .and_then(|n| {
@@ -577,7 +578,7 @@ pub async fn ipam_check(store: Arc<dyn Datastore>, opts: &CheckOptions) -> Resul
         None
     };
     let allocs = all_allocations(&ipam).await?;
-    let weps: Vec<WorkloadEndpoint> = kv::list(store.as_ref(), None).await?;
+    let weps: Vec<WorkloadEndpoint> = resources::list(store.as_ref(), None).await?;
     let mut wep_addrs: HashSet<IpAddr> = HashSet::new();
     for w in &weps {
         for n in &w.spec.ip_networks {

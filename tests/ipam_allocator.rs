@@ -16,8 +16,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use calico_libnetwork::datastore::local::LocalStore;
+use calico_libnetwork::datastore::resources as kv;
 use calico_libnetwork::datastore::Datastore;
-use calico_libnetwork::ipam::{default_attrs, kv, AssignIp, AutoAssign, Ipam};
+use calico_libnetwork::ipam::{default_attrs, AssignIp, AutoAssign, Ipam};
 use calico_libnetwork::model::{
     keys, AllocationBlock, BlockAffinity, IpFamily, IpPool, IpPoolSpec, IpamConfig, IpamHandle,
     Node, NodeSpec,

@@ -14,6 +14,7 @@
 pub mod etcd;
 pub mod local;
 pub mod remote;
+pub mod resources;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 

@@ -295,7 +295,7 @@ impl Driver {
             let w = Write::create_or_update(&key, value, cur.map(|kv| kv.revision));
             match self.store.txn(vec![w]).await {
                 Ok(_) => return Ok(()),
-                Err(e) if e.is_conflict() || e.is_exists() || e.is_not_found() => continue,
+                Err(e) if e.is_lost_race() => continue,
                 Err(e) => return Err(e),
             }
         }
@@ -342,7 +342,7 @@ impl Driver {
                     }
                     return Ok(());
                 }
-                Err(e) if e.is_conflict() || e.is_not_found() => continue,
+                Err(e) if e.is_lost_race() => continue,
                 Err(e) => return Err(e),
             }
         }

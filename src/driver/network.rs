@@ -9,8 +9,8 @@ use serde_json::Value;
 
 use super::{Driver, EndpointSpec, JoinInfo, NetworkSpec};
 use crate::dataplane::{self, EndpointVeth};
+use crate::datastore::resources;
 use crate::error::{Error, Result, ResultExt};
-use crate::ipam::kv;
 use crate::model::libnetwork::{host_veth_name, temp_veth_name, NetworkRecord, WEP_NAMESPACE};
 use crate::model::resources::{WorkloadEndpointSpec, ORCHESTRATOR_LIBNETWORK};
 use crate::model::{keys, WorkloadEndpoint};
@@ -195,7 +195,7 @@ impl Driver {
                     return Ok(());
                 }
                 // The record or a profile changed since read: look again.
-                Err(e) if e.is_conflict() || e.is_not_found() => continue,
+                Err(e) if e.is_lost_race() => continue,
                 Err(e) => return Err(e.context(format!("delete network {network_id}"))),
             }
         }
@@ -337,7 +337,7 @@ impl Driver {
             },
         )
         .await?;
-        match kv::create(self.store.as_ref(), &mut wep).await {
+        match resources::create(self.store.as_ref(), &mut wep).await {
             Ok(_) => {}
             Err(e) if e.is_exists() => {
                 // Docker retrying the same endpoint: replace what an earlier attempt wrote.
@@ -395,7 +395,7 @@ impl Driver {
         // After a restart: the WorkloadEndpoint has all we need.
         let name = self.wep_name(endpoint_id)?;
         let key = keys::workload_endpoint_key(WEP_NAMESPACE, &name);
-        let wep: WorkloadEndpoint = kv::get(self.store.as_ref(), &key)
+        let wep: WorkloadEndpoint = resources::get(self.store.as_ref(), &key)
             .await?
             .ok_or_else(|| Error::msg(format!("join: endpoint {endpoint_id} was never created")))?;
         let mut c = EndpointCache {

@@ -15,9 +15,9 @@ use std::time::{Duration, Instant};
 
 use super::docker::DockerApi;
 use super::DriverSettings;
+use crate::datastore::resources;
 use crate::datastore::{Datastore, KeyValue, Write};
 use crate::error::{Error, Result};
-use crate::ipam::kv;
 use crate::model::libnetwork::{NetworkRecord, WEP_NAMESPACE};
 use crate::model::resources::{WorkloadEndpointSpec, LABEL_NAMESPACE, LABEL_ORCHESTRATOR};
 use crate::model::{keys, Profile, ProfileSpec};
@@ -47,7 +47,7 @@ pub(crate) fn decode_record(kv: &KeyValue) -> Result<NetworkRecord> {
 /// Creates the CNI-shaped profile `name` if it is missing (an existing one is left alone).
 pub(crate) async fn ensure_profile(store: &dyn Datastore, name: &str) -> Result<()> {
     let mut p = Profile::new(name, ProfileSpec::for_network(name));
-    match kv::create(store, &mut p).await {
+    match resources::create(store, &mut p).await {
         Ok(_) => Ok(()),
         Err(e) if e.is_exists() => Ok(()),
         Err(e) => Err(e.context(format!("create profile {name}"))),
@@ -92,7 +92,7 @@ pub(crate) async fn unused_profiles(
         .filter(|n| !n.is_empty() && !records.iter().any(|r| &r.profile == n))
         .collect();
     if !left.is_empty() {
-        let weps = kv::list::<WorkloadEndpointSpec>(store, Some(WEP_NAMESPACE)).await?;
+        let weps = resources::list::<WorkloadEndpointSpec>(store, Some(WEP_NAMESPACE)).await?;
         left.retain(|n| !weps.iter().any(|w| w.spec.profiles.contains(n)));
     }
     Ok(left)
@@ -120,7 +120,7 @@ pub(crate) async fn delete_profile_if_unused(store: &dyn Datastore, name: &str) 
     }
     match store.txn(writes).await {
         Ok(_) => Ok(true),
-        Err(e) if e.is_not_found() || e.is_conflict() => Ok(false),
+        Err(e) if e.is_lost_race() => Ok(false),
         Err(e) => Err(e.context(format!("delete profile {name}"))),
     }
 }
@@ -133,12 +133,9 @@ pub(crate) async fn move_wep_profile(
     from: &str,
     to: &str,
 ) -> Result<bool> {
-    for _ in 0..CAS_ATTEMPTS {
-        let Some(mut wep) = kv::get::<WorkloadEndpointSpec>(store, key).await? else {
-            return Ok(false);
-        };
+    resources::update_with::<WorkloadEndpointSpec, _>(store, key, |wep| {
         if !wep.spec.profiles.iter().any(|p| p == from) {
-            return Ok(false);
+            return false;
         }
         let mut profiles = Vec::new();
         for p in &wep.spec.profiles {
@@ -148,16 +145,9 @@ pub(crate) async fn move_wep_profile(
             }
         }
         wep.spec.profiles = profiles;
-        match kv::update(store, &mut wep).await {
-            Ok(_) => return Ok(true),
-            Err(e) if e.is_conflict() => continue,
-            Err(e) if e.is_not_found() => return Ok(false),
-            Err(e) => return Err(e.context(format!("update WorkloadEndpoint {key}"))),
-        }
-    }
-    Err(Error::msg(format!(
-        "update WorkloadEndpoint {key}: still conflicting after {CAS_ATTEMPTS} attempts"
-    )))
+        true
+    })
+    .await
 }
 
 impl Background {
@@ -211,9 +201,7 @@ impl Background {
                     changed = true;
                     break;
                 }
-                Err(e) if (e.is_conflict() || e.is_not_found()) && attempts < CAS_ATTEMPTS => {
-                    continue
-                }
+                Err(e) if e.is_lost_race() && attempts < CAS_ATTEMPTS => continue,
                 Err(e) => return Err(e.context(format!("record name of network {network_id}"))),
             }
         }
@@ -237,7 +225,8 @@ impl Background {
                 "network name learned from Docker; endpoints move to its profile"
             );
         }
-        let weps = kv::list::<WorkloadEndpointSpec>(self.store(), Some(WEP_NAMESPACE)).await?;
+        let weps =
+            resources::list::<WorkloadEndpointSpec>(self.store(), Some(WEP_NAMESPACE)).await?;
         for w in weps {
             if w.spec.profiles.contains(&old_profile) {
                 let wkey = w.key()?;
@@ -397,10 +386,7 @@ pub(crate) async fn set_wep_labels(
     key: &str,
     labels: &BTreeMap<String, String>,
 ) -> Result<bool> {
-    for _ in 0..CAS_ATTEMPTS {
-        let Some(mut wep) = kv::get::<WorkloadEndpointSpec>(store, key).await? else {
-            return Ok(false);
-        };
+    resources::update_with::<WorkloadEndpointSpec, _>(store, key, |wep| {
         let mut next = wep.metadata.labels.clone();
         for (k, v) in labels {
             if k != LABEL_NAMESPACE && k != LABEL_ORCHESTRATOR {
@@ -408,20 +394,13 @@ pub(crate) async fn set_wep_labels(
             }
         }
         if next == wep.metadata.labels {
-            return Ok(false);
+            return false;
         }
         wep.metadata.labels = next;
         wep.apply_calico_labels();
-        match kv::update(store, &mut wep).await {
-            Ok(_) => return Ok(true),
-            Err(e) if e.is_conflict() => continue,
-            Err(e) if e.is_not_found() => return Ok(false),
-            Err(e) => return Err(e.context(format!("update WorkloadEndpoint {key}"))),
-        }
-    }
-    Err(Error::msg(format!(
-        "update WorkloadEndpoint {key}: still conflicting after {CAS_ATTEMPTS} attempts"
-    )))
+        true
+    })
+    .await
 }
 
 #[cfg(test)]
@@ -502,8 +481,8 @@ mod tests {
             .unwrap();
         let mut w1 = wep("h-libnetwork-libnetwork-e1", &[&fallback]);
         let mut w2 = wep("h-libnetwork-libnetwork-e2", &["other"]);
-        kv::create(store.as_ref(), &mut w1).await.unwrap();
-        kv::create(store.as_ref(), &mut w2).await.unwrap();
+        resources::create(store.as_ref(), &mut w1).await.unwrap();
+        resources::create(store.as_ref(), &mut w2).await.unwrap();
         let mut settings = DriverSettings::new("h");
         settings.docker_host = Some("unix:///nonexistent".into());
         let bg = Background {
@@ -534,7 +513,7 @@ mod tests {
             (rec.name.as_str(), rec.profile.as_str()),
             ("My_Net.1", named.as_str())
         );
-        let p: Profile = kv::get(store.as_ref(), &keys::profile_key(&named))
+        let p: Profile = resources::get(store.as_ref(), &keys::profile_key(&named))
             .await
             .unwrap()
             .unwrap();
@@ -544,12 +523,12 @@ mod tests {
             .await
             .unwrap()
             .is_none());
-        let w1: crate::model::WorkloadEndpoint = kv::get(store.as_ref(), &w1.key().unwrap())
+        let w1: crate::model::WorkloadEndpoint = resources::get(store.as_ref(), &w1.key().unwrap())
             .await
             .unwrap()
             .unwrap();
         assert_eq!(w1.spec.profiles, vec![named.clone()]);
-        let w2: crate::model::WorkloadEndpoint = kv::get(store.as_ref(), &w2.key().unwrap())
+        let w2: crate::model::WorkloadEndpoint = resources::get(store.as_ref(), &w2.key().unwrap())
             .await
             .unwrap()
             .unwrap();
@@ -562,7 +541,7 @@ mod tests {
         assert!(set_wep_labels(store.as_ref(), &w1.key().unwrap(), &labels)
             .await
             .unwrap());
-        let w1: crate::model::WorkloadEndpoint = kv::get(store.as_ref(), &w1.key().unwrap())
+        let w1: crate::model::WorkloadEndpoint = resources::get(store.as_ref(), &w1.key().unwrap())
             .await
             .unwrap()
             .unwrap();
@@ -585,7 +564,7 @@ mod tests {
         // A profile made (or changed) by hand under a network's name is left alone.
         let mut spec = ProfileSpec::for_network("net9");
         spec.egress.clear();
-        kv::create(store.as_ref(), &mut Profile::new("net9", spec))
+        resources::create(store.as_ref(), &mut Profile::new("net9", spec))
             .await
             .unwrap();
         assert!(!delete_profile_if_unused(store.as_ref(), "net9")

@@ -356,7 +356,7 @@ impl Driver {
                     }
                     match self.store.delete(key, Some(*rev)).await {
                         Ok(()) => {}
-                        Err(e) if e.is_conflict() || e.is_not_found() => continue,
+                        Err(e) if e.is_lost_race() => continue,
                         Err(e) => return Err(e.context(format!("delete WorkloadEndpoint {key}"))),
                     }
                     removed_keys.insert(key.clone());

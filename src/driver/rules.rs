@@ -15,8 +15,8 @@ use super::Driver;
 use crate::dataplane::standalone::{
     self, EndpointRules, Family, Mode, PoolRules, PortMap, RuleState,
 };
+use crate::datastore::resources;
 use crate::error::{Error, Result, ResultExt};
-use crate::ipam::kv;
 use crate::model::libnetwork::WEP_NAMESPACE;
 use crate::model::resources::WorkloadEndpointPort;
 use crate::model::{NumOrString, WorkloadEndpoint};
@@ -260,7 +260,7 @@ impl Rules {
             .ctx("list WorkloadEndpoints for the firewall rules")?;
         let mut found = Vec::new();
         for kv in &kvs {
-            match kv::decode::<crate::model::resources::WorkloadEndpointSpec>(kv) {
+            match resources::decode::<crate::model::resources::WorkloadEndpointSpec>(kv) {
                 Ok(w) if w.spec.node == self.inner.nodename => {
                     if let Some(rules) = rules_of(&w) {
                         found.push((w.spec.endpoint.clone(), rules));

@@ -8,7 +8,6 @@
 //! then affinity), we write both in one datastore transaction, so no reader ever sees one
 //! without the other.
 
-pub mod kv;
 mod pools;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -18,7 +17,7 @@ use std::sync::Arc;
 use chrono::Utc;
 use ipnet::IpNet;
 
-use crate::datastore::{Datastore, KeyValue, Revision, Write};
+use crate::datastore::{resources, Datastore, KeyValue, Revision, Write};
 use crate::error::{Error, Result};
 use crate::model::block::{AllocationBlock, ReleaseOptions};
 use crate::model::ipam::{BlockAffinity, IpamConfig, IpamHandle};
@@ -391,7 +390,7 @@ impl Ipam {
             };
             match res {
                 Ok(_) => return Ok(()),
-                Err(e) if e.is_conflict() || e.is_exists() || e.is_not_found() => continue,
+                Err(e) if e.is_lost_race() => continue,
                 Err(e) => return Err(e),
             }
         }
@@ -500,7 +499,7 @@ impl Ipam {
                         .map(|ip| IpNet::new(ip, len).unwrap())
                         .collect());
                 }
-                Err(e) if e.is_conflict() || e.is_exists() || e.is_not_found() => {
+                Err(e) if e.is_lost_race() => {
                     if let Error::Exists { key }
                     | Error::Conflict { key }
                     | Error::NotFound { key } = e.root()
@@ -523,7 +522,7 @@ impl Ipam {
 
     async fn node_labels(&self, host: &str) -> Result<BTreeMap<String, String>> {
         let node: Option<crate::model::Node> =
-            kv::get(self.store.as_ref(), &keys::node_key(host)).await?;
+            resources::get(self.store.as_ref(), &keys::node_key(host)).await?;
         match node {
             Some(n) => Ok(n.metadata.labels),
             None => Err(Error::NotFound {
@@ -890,7 +889,7 @@ impl Ipam {
                     self.cache_put(&cidr, &block, rev);
                     return Ok(());
                 }
-                Err(e) if e.is_conflict() || e.is_exists() || e.is_not_found() => {
+                Err(e) if e.is_lost_race() => {
                     if let Error::Exists { key }
                     | Error::Conflict { key }
                     | Error::NotFound { key } = e.root()
@@ -989,7 +988,7 @@ impl Ipam {
                     self.cache_forget(cidr);
                     return Ok(released.unallocated);
                 }
-                Err(e) if e.is_conflict() || e.is_not_found() => continue,
+                Err(e) if e.is_lost_race() => continue,
                 Err(e) => return Err(e),
             }
         }
@@ -1065,7 +1064,7 @@ impl Ipam {
                         done = true;
                         break;
                     }
-                    Err(e) if e.is_conflict() || e.is_not_found() => continue,
+                    Err(e) if e.is_lost_race() => continue,
                     Err(e) => return Err(e),
                 }
             }
@@ -1152,7 +1151,7 @@ impl Ipam {
                     self.cache_forget(cidr);
                     return Ok(());
                 }
-                Err(e) if e.is_conflict() || e.is_not_found() => continue,
+                Err(e) if e.is_lost_race() => continue,
                 Err(e) => return Err(e),
             }
         }
@@ -1189,7 +1188,7 @@ impl Ipam {
                 if pool.contains(&cidr) {
                     match self.release_affinity(&cidr, &host, false).await {
                         Ok(()) => {}
-                        Err(e) if e.is_not_found() || e.is_conflict() => {}
+                        Err(e) if e.is_lost_race() => {}
                         Err(e) => return Err(e),
                     }
                 }

@@ -2,7 +2,8 @@
 
 use ipnet::IpNet;
 
-use super::{kv, Ipam};
+use super::Ipam;
+use crate::datastore::resources;
 use crate::error::{Error, Result};
 use crate::model::keys;
 use crate::model::resources::{ClusterInformationSpec, NodeSpec, OrchRef};
@@ -62,7 +63,7 @@ impl Ipam {
         let kvs = self.store.list(&IpPool::list_prefix(None)).await?;
         let mut pools = Vec::with_capacity(kvs.len());
         for kv in &kvs {
-            match kv::decode::<crate::model::IpPoolSpec>(kv).and_then(|mut p| {
+            match resources::decode::<crate::model::IpPoolSpec>(kv).and_then(|mut p| {
                 p.spec.set_defaults();
                 p.spec.check_usable()?;
                 Ok(p)
@@ -76,7 +77,8 @@ impl Ipam {
 
     /// The pool named `name`.
     pub async fn get_pool(&self, name: &str) -> Result<Option<IpPool>> {
-        let mut p: Option<IpPool> = kv::get(self.store.as_ref(), &keys::ip_pool_key(name)).await?;
+        let mut p: Option<IpPool> =
+            resources::get(self.store.as_ref(), &keys::ip_pool_key(name)).await?;
         if let Some(p) = &mut p {
             p.spec.set_defaults();
         }
@@ -103,7 +105,7 @@ impl Ipam {
                 }
             }
         }
-        kv::create(self.store.as_ref(), &mut pool)
+        resources::create(self.store.as_ref(), &mut pool)
             .await
             .map_err(|e| e.context(format!("create IP pool {}", pool.name())))?;
         Ok(pool)
@@ -119,7 +121,7 @@ impl Ipam {
         };
         if !pool.spec.disabled {
             pool.spec.disabled = true;
-            kv::update(self.store.as_ref(), &mut pool).await?;
+            resources::update(self.store.as_ref(), &mut pool).await?;
         }
         let cidr = pool.spec.cidr_net()?;
         self.release_pool_affinities(&cidr).await?;
@@ -144,7 +146,7 @@ impl Ipam {
                 ..Default::default()
             },
         );
-        match kv::create(self.store.as_ref(), &mut node).await {
+        match resources::create(self.store.as_ref(), &mut node).await {
             Ok(_) => Ok(true),
             Err(e) if e.is_exists() => Ok(false),
             Err(e) => Err(e.context(format!("create Node {host}"))),
@@ -157,40 +159,27 @@ impl Ipam {
     /// when the Node already names another one (two hosts with one node name: cloned VMs, a
     /// copied configuration). `None` when the Node is this machine's or absent.
     pub async fn claim_node(&self, host: &str, machine_id: &str) -> Result<Option<String>> {
-        for _ in 0..5 {
-            let Some(mut node) = kv::get::<crate::model::resources::NodeSpec>(
-                self.store.as_ref(),
-                &keys::node_key(host),
-            )
-            .await?
-            else {
-                return Ok(None);
-            };
-            match node
-                .metadata
-                .annotations
-                .get(crate::model::MACHINE_ID_ANNOTATION)
-            {
-                Some(id) if id == machine_id => return Ok(None),
-                Some(other) => return Ok(Some(other.clone())),
+        let mut other = None;
+        resources::update_with::<NodeSpec, _>(self.store.as_ref(), &keys::node_key(host), |node| {
+            let annotations = &mut node.metadata.annotations;
+            match annotations.get(crate::model::MACHINE_ID_ANNOTATION) {
+                Some(id) => {
+                    other = (id != machine_id).then(|| id.clone());
+                    false
+                }
                 None => {
-                    node.metadata.annotations.insert(
+                    other = None;
+                    annotations.insert(
                         crate::model::MACHINE_ID_ANNOTATION.to_string(),
                         machine_id.to_string(),
                     );
-                    match kv::update(self.store.as_ref(), &mut node).await {
-                        Ok(_) => return Ok(None),
-                        Err(e) if e.is_conflict() => continue,
-                        Err(e) => {
-                            return Err(e.context(format!("record machine-id on Node {host}")))
-                        }
-                    }
+                    true
                 }
             }
-        }
-        Err(Error::msg(format!(
-            "record machine-id on Node {host}: still conflicting after 5 attempts"
-        )))
+        })
+        .await
+        .map_err(|e| e.context(format!("record machine-id on Node {host}")))?;
+        Ok(other)
     }
 
     /// Creates ClusterInformation `default` (which Felix waits for) if it is missing.
@@ -209,7 +198,7 @@ impl Ipam {
                 ..Default::default()
             },
         );
-        match kv::create(self.store.as_ref(), &mut ci).await {
+        match resources::create(self.store.as_ref(), &mut ci).await {
             Ok(_) => Ok(true),
             Err(e) if e.is_exists() => Ok(false),
             Err(e) => Err(e.context("create ClusterInformation default")),

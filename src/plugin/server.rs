@@ -2,9 +2,10 @@
 //!
 //! Docker POSTs `/<Kind>.<Method>` with no `Content-Type` and sometimes an empty body, so
 //! bodies are read as bytes and decoded here (empty means `{}`). Success is 200 with a JSON
-//! body (never empty: Docker reads an empty 200 as an error); failure is 500 `{"Err": ...}`;
-//! an undecodable body is 400 `{"Err": ...}` naming the field; an unknown method is 404,
-//! which Docker reads as "not implemented".
+//! body (never empty: Docker reads an empty 200 as an error); failure is `{"Err": ...}`
+//! with 400 when the request was at fault (an undecodable body, naming the field, or input
+//! the driver refuses: [`crate::Error::is_invalid`]) and 500 otherwise; an unknown method is
+//! 404, which Docker reads as "not implemented".
 
 use std::future::Future;
 use std::os::unix::fs::PermissionsExt;

@@ -1,10 +1,11 @@
-//! Typed reads and writes of Calico v3 resources over the datastore.
+//! Typed reads and writes of Calico v3 resources over the datastore: the one part of
+//! `datastore` that knows the model's resource envelope.
 
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 use crate::datastore::{Datastore, KeyValue, Revision};
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::model::resources::{Resource, Spec};
 
 /// Reads the resource at `key` (with `resourceVersion` set), if present.
@@ -57,4 +58,38 @@ where
     let new = store.update(&key, r.to_json()?, rev).await?;
     r.metadata.resource_version = new.to_string();
     Ok(new)
+}
+
+/// How many times a read-modify-write of one resource is tried before giving up.
+pub const UPDATE_ATTEMPTS: usize = 10;
+
+/// Reads the resource at `key`, lets `change` edit it and, when `change` returns `true`,
+/// writes it back with compare-and-swap on the revision read; a write that lost a race is
+/// retried from the read, at most [`UPDATE_ATTEMPTS`] times (Kubernetes' `RetryOnConflict`).
+///
+/// Returns whether it wrote: `false` when the resource is absent (or deleted meanwhile) or
+/// `change` left it as it was.
+pub async fn update_with<S, F>(store: &dyn Datastore, key: &str, mut change: F) -> Result<bool>
+where
+    S: Spec + Serialize + DeserializeOwned,
+    F: FnMut(&mut Resource<S>) -> bool,
+{
+    for _ in 0..UPDATE_ATTEMPTS {
+        let Some(mut r) = get::<S>(store, key).await? else {
+            return Ok(false);
+        };
+        if !change(&mut r) {
+            return Ok(false);
+        }
+        match update(store, &mut r).await {
+            Ok(_) => return Ok(true),
+            Err(e) if e.is_conflict() => continue,
+            Err(e) if e.is_not_found() => return Ok(false),
+            Err(e) => return Err(e.context(format!("update {} {key}", S::KIND))),
+        }
+    }
+    Err(Error::msg(format!(
+        "update {} {key}: still conflicting after {UPDATE_ATTEMPTS} attempts",
+        S::KIND
+    )))
 }
