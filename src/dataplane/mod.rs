@@ -1,8 +1,8 @@
 //! The Linux dataplane: host veths, host routes and per-interface sysctls.
 //!
-//! - [`firewall`]: the `cali+` accept in iptables FORWARD and `ip_forward`.
+//! - [`iptables`]: the plugin's firewall rules (isolation, NAT outgoing, published ports).
 //! - [`netlink`]: a [`Netlink`] handle with one async function per kernel operation.
-//! - [`sysctl`]: idempotent `/proc/sys` writes and Calico's host-veth knobs.
+//! - [`sysctl`]: idempotent `/proc/sys` writes, Calico's host-veth knobs and IPv6 forwarding.
 //! - [`setup_endpoint_veth`] / [`teardown_endpoint_veth`]: a Calico endpoint's veth, composed
 //!   from the above, all-or-nothing.
 //!
@@ -12,9 +12,10 @@
 //! The container side is left to Docker: the Join response names the peer (`SrcName`),
 //! Docker moves it into the sandbox, renames it and configures addresses and routes.
 
-pub mod firewall;
+pub mod iptables;
 pub mod netlink;
-pub mod standalone;
+/// The old name of [`iptables`].
+pub use self::iptables as standalone;
 pub mod sysctl;
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};

@@ -142,6 +142,16 @@ pub fn write(path: &str, value: &str) -> Result<bool> {
     Ok(true)
 }
 
+/// Turns on `net.ipv6.conf.all.forwarding` if it is off (as Felix does with IPv6): the
+/// per-interface `forwarding=1` on the host veth is not enough, the kernel forwards IPv6
+/// only with the host-wide switch on. Note: with it on, interfaces whose `accept_ra` is 1
+/// stop taking router advertisements (2 keeps them). Runs on the blocking pool.
+pub async fn ensure_ipv6_forwarding() -> Result<()> {
+    tokio::task::spawn_blocking(|| write("net/ipv6/conf/all/forwarding", "1").map(drop))
+        .await
+        .map_err(|e| Error::msg(format!("ensure ipv6 forwarding: {e}")))?
+}
+
 /// Like [`write()`] for knobs that may not exist (IPv6 disabled, older kernel, read-only
 /// /proc): a failure is logged as a warning. Returns whether the value changed.
 pub fn write_soft(path: &str, value: &str) -> bool {
@@ -161,7 +171,10 @@ pub fn write_soft(path: &str, value: &str) -> bool {
 /// writable `/proc/sys` is left alone.
 pub fn ensure_proc_sys_writable() -> Result<bool> {
     let c_path = std::ffi::CString::new(PROC_SYS).expect("no NUL in a constant");
+    // SAFETY: statvfs is a plain C struct of integers, for which all-zero bytes are valid.
     let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    // SAFETY: `c_path` is a NUL-terminated string and `st` a valid, writable statvfs that
+    // outlive the call.
     if unsafe { libc::statvfs(c_path.as_ptr(), &mut st) } != 0 {
         return Err(io_error(
             format!("statvfs {PROC_SYS}"),
@@ -173,6 +186,8 @@ pub fn ensure_proc_sys_writable() -> Result<bool> {
     }
     let flags =
         libc::MS_REMOUNT | libc::MS_BIND | libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC;
+    // SAFETY: `c_path` is NUL-terminated and outlives the call; a remount takes no source,
+    // file system type or data, which may be null.
     let rc = unsafe {
         libc::mount(
             std::ptr::null(),

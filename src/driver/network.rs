@@ -479,7 +479,7 @@ impl Driver {
             )));
         }
         if !ep.ipv6.is_empty() {
-            if let Err(e) = dataplane::firewall::ensure_ipv6_forwarding().await {
+            if let Err(e) = dataplane::sysctl::ensure_ipv6_forwarding().await {
                 tracing::warn!(error = %e, "could not turn on IPv6 forwarding; IPv6 traffic will not be routed");
             }
         }
