@@ -329,7 +329,7 @@ impl Driver {
         ips.extend(ipv6.iter().map(|a| IpAddr::V6(*a)));
         self.rules_add_endpoint(
             &spec.endpoint_id,
-            crate::dataplane::standalone::EndpointRules {
+            crate::dataplane::iptables::EndpointRules {
                 iface: host_veth_name(&spec.endpoint_id),
                 ips,
                 profiles: wep.spec.profiles.clone(),

@@ -41,6 +41,32 @@ pub use render::{render, Rendered};
 // Each part sees the others' crate-private helpers through `use super::*`.
 use exec::*;
 
+/// Which firewall the plugin keeps (`CALICO_LIBNETWORK_DATAPLANE`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DataplaneMode {
+    /// `felix` when Felix's rules are on the host at start, else `standalone`.
+    Auto,
+    /// The plugin keeps forwarding, isolation, NAT outgoing and published ports.
+    Standalone,
+    /// Felix does policy and NAT outgoing; the plugin keeps only published ports.
+    Felix,
+    /// The plugin touches no firewall rule (published ports are refused).
+    Off,
+}
+
+impl DataplaneMode {
+    /// Parses `auto`, `standalone`, `felix` or `off`.
+    pub fn parse(s: &str) -> Option<Self> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "auto" | "" => Some(DataplaneMode::Auto),
+            "standalone" => Some(DataplaneMode::Standalone),
+            "felix" => Some(DataplaneMode::Felix),
+            "off" | "none" => Some(DataplaneMode::Off),
+            _ => None,
+        }
+    }
+}
+
 /// Filter chain jumped to from `FORWARD`.
 pub const FORWARD_CHAIN: &str = "CALICO-LIBNETWORK-FORWARD";
 /// Filter chain jumped to from `INPUT` (IPv4): the loopback guard.

@@ -9,43 +9,20 @@
 
 use std::net::IpAddr;
 
-use serde_json::Value;
-
-use super::Driver;
-use crate::dataplane::standalone::{
+use crate::dataplane::iptables::{
     self, EndpointRules, Family, Mode, PoolRules, PortMap, RuleState,
 };
 use crate::datastore::resources;
 use crate::error::{Error, Result, ResultExt};
 use crate::model::libnetwork::WEP_NAMESPACE;
-use crate::model::resources::WorkloadEndpointPort;
 use crate::model::{NumOrString, WorkloadEndpoint};
 
-/// Which firewall the plugin keeps (`CALICO_LIBNETWORK_DATAPLANE`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum DataplaneMode {
-    /// `felix` when Felix's rules are on the host at start, else `standalone`.
-    Auto,
-    /// The plugin keeps forwarding, isolation, NAT outgoing and published ports.
-    Standalone,
-    /// Felix does policy and NAT outgoing; the plugin keeps only published ports.
-    Felix,
-    /// The plugin touches no firewall rule (published ports are refused).
-    Off,
-}
+mod keeper;
+mod ports;
 
-impl DataplaneMode {
-    /// Parses `auto`, `standalone`, `felix` or `off`.
-    pub fn parse(s: &str) -> Option<Self> {
-        match s.trim().to_ascii_lowercase().as_str() {
-            "auto" | "" => Some(DataplaneMode::Auto),
-            "standalone" => Some(DataplaneMode::Standalone),
-            "felix" => Some(DataplaneMode::Felix),
-            "off" | "none" => Some(DataplaneMode::Off),
-            _ => None,
-        }
-    }
-}
+pub use crate::dataplane::iptables::DataplaneMode;
+use ports::{held_by_host, proto_name};
+pub use ports::{parse_portmap, wep_ports};
 
 const UNDECIDED: u8 = 0;
 
@@ -102,7 +79,7 @@ struct RulesInner {
     state: tokio::sync::Mutex<RuleState>,
     /// Remembers what was applied, so an unchanged family costs nothing and a change one
     /// small iptables-restore.
-    applier: std::sync::Arc<std::sync::Mutex<standalone::Applier>>,
+    applier: std::sync::Arc<std::sync::Mutex<iptables::Applier>>,
     /// A deferred apply is queued and has not read the state yet: further changes ride on it.
     queued: std::sync::atomic::AtomicBool,
     /// The state was rebuilt from the datastore at least once: until then an empty state
@@ -147,7 +124,7 @@ impl Rules {
             DataplaneMode::Off => None,
             DataplaneMode::Standalone => Some(Mode::Standalone),
             DataplaneMode::Felix => Some(Mode::Felix),
-            DataplaneMode::Auto => Some(auto_mode(standalone::felix_present())),
+            DataplaneMode::Auto => Some(auto_mode(iptables::felix_present())),
         };
         self.set_mode(mode);
         mode
@@ -179,7 +156,7 @@ impl Rules {
             self.mode();
             return false;
         }
-        let felix = tokio::task::spawn_blocking(standalone::felix_present)
+        let felix = tokio::task::spawn_blocking(iptables::felix_present)
             .await
             .unwrap_or(false);
         let decided = self.inner.mode.load(std::sync::atomic::Ordering::SeqCst) != UNDECIDED;
@@ -413,87 +390,6 @@ impl Rules {
     }
 }
 
-/// Whether a program of this host holds the port (a bind on it fails as in use). TCP and UDP
-/// only; a bind is one instant system call.
-fn held_by_host(p: &PortMap) -> bool {
-    let ip = p
-        .host_ip
-        .unwrap_or(IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED));
-    let addr = std::net::SocketAddr::new(ip, p.host_port);
-    let res = match p.protocol.as_str() {
-        "tcp" => std::net::TcpListener::bind(addr).map(drop),
-        "udp" => std::net::UdpSocket::bind(addr).map(drop),
-        _ => Ok(()),
-    };
-    matches!(res, Err(e) if e.kind() == std::io::ErrorKind::AddrInUse)
-}
-
-/// Docker's protocol numbers in `com.docker.network.portmap`.
-fn proto_name(n: u64) -> Option<&'static str> {
-    match n {
-        6 => Some("tcp"),
-        17 => Some("udp"),
-        132 => Some("sctp"),
-        _ => None,
-    }
-}
-
-/// Decodes Docker's `com.docker.network.portmap` option.
-pub fn parse_portmap(options: &std::collections::BTreeMap<String, Value>) -> Result<Vec<PortMap>> {
-    let Some(Value::Array(entries)) = options.get("com.docker.network.portmap") else {
-        return Ok(Vec::new());
-    };
-    let mut out = Vec::new();
-    for e in entries {
-        let num = |k: &str| e.get(k).and_then(Value::as_u64).unwrap_or(0);
-        let proto = proto_name(num("Proto")).ok_or_else(|| {
-            Error::invalid(format!("publish port: unknown protocol {}", num("Proto")))
-        })?;
-        let port = num("Port");
-        let host_port = num("HostPort");
-        if host_port == 0 {
-            // Remote drivers get no port from Docker's allocator: say so instead of guessing.
-            return Err(Error::invalid(format!(
-                "publish port {port}/{proto}: calico networks need an explicit host port (-p HOSTPORT:{port})"
-            )));
-        }
-        if port == 0 || port > 65535 || host_port > 65535 {
-            return Err(Error::invalid(format!(
-                "publish port {host_port}:{port}: out of range"
-            )));
-        }
-        let host_ip = match e.get("HostIP").and_then(Value::as_str).unwrap_or("") {
-            "" | "0.0.0.0" | "::" => None,
-            s => Some(s.parse::<IpAddr>().map_err(|_| {
-                Error::invalid(format!(
-                    "publish port {host_port}:{port}: invalid host address {s:?}"
-                ))
-            })?),
-        };
-        out.push(PortMap {
-            protocol: proto.to_string(),
-            host_ip,
-            host_port: host_port as u16,
-            port: port as u16,
-        });
-    }
-    Ok(out)
-}
-
-/// The WorkloadEndpoint `ports` entries for published ports (Calico's shape).
-pub fn wep_ports(ports: &[PortMap]) -> Vec<WorkloadEndpointPort> {
-    ports
-        .iter()
-        .map(|p| WorkloadEndpointPort {
-            name: String::new(),
-            protocol: NumOrString::Str(p.protocol.to_ascii_uppercase()),
-            port: p.port,
-            host_port: p.host_port,
-            host_ip: p.host_ip.map(|i| i.to_string()).unwrap_or_default(),
-        })
-        .collect()
-}
-
 /// The rules of a stored WorkloadEndpoint of this host, or `None` for a record that is not
 /// one of ours as we write them. Stored text never reaches `iptables-restore` as it is (any
 /// writer of the datastore could put a newline and `COMMIT` in it): the interface name is
@@ -562,218 +458,6 @@ fn rules_of(wep: &WorkloadEndpoint) -> Option<EndpointRules> {
     })
 }
 
-impl Driver {
-    /// The firewall mode in force (`None`: the plugin keeps no rules).
-    pub(crate) fn rule_mode(&self) -> Option<Mode> {
-        self.rules.mode()
-    }
-
-    /// Records (not yet applies) the rules of an endpoint of this host. Its published ports
-    /// are refused, in Docker's words, when another endpoint of this host publishes the same
-    /// one or a program of the host holds it (a probe bind, as docker-proxy would do).
-    pub(crate) async fn rules_add_endpoint(
-        &self,
-        endpoint_id: &str,
-        rules: EndpointRules,
-    ) -> Result<()> {
-        if self.rule_mode().is_none() {
-            return Ok(());
-        }
-        let mut state = self.rules.inner.state.lock().await;
-        for p in &rules.ports {
-            let taken = state
-                .endpoints
-                .iter()
-                .filter(|(id, _)| id.as_str() != endpoint_id)
-                .flat_map(|(_, e)| &e.ports)
-                .any(|q| {
-                    q.protocol == p.protocol
-                        && q.host_port == p.host_port
-                        && (q.host_ip.is_none() || p.host_ip.is_none() || q.host_ip == p.host_ip)
-                });
-            if taken || held_by_host(p) {
-                return Err(Error::invalid(format!(
-                    "publish port {}/{}: Bind for {}:{} failed: port is already allocated",
-                    p.host_port,
-                    p.protocol,
-                    p.host_ip
-                        .map_or_else(|| "0.0.0.0".to_string(), |ip| ip.to_string()),
-                    p.host_port
-                )));
-            }
-        }
-        state.endpoints.insert(endpoint_id.to_string(), rules);
-        Ok(())
-    }
-
-    /// Forgets an endpoint's rules and removes them from the host in the background.
-    pub(crate) async fn rules_remove_endpoint(&self, endpoint_id: &str) {
-        let removed = self
-            .rules
-            .inner
-            .state
-            .lock()
-            .await
-            .endpoints
-            .remove(endpoint_id)
-            .is_some();
-        if removed {
-            self.rules.apply_soon();
-        }
-    }
-
-    /// Applies the current rule state now.
-    pub(crate) async fn rules_apply(&self) -> Result<()> {
-        self.rules.apply().await
-    }
-
-    /// Applies a queued change now and waits for any apply in progress (applies hold the
-    /// state lock throughout): for a clean stop.
-    pub async fn settle_rules(&self) {
-        if self.rule_mode().is_none() {
-            return;
-        }
-        if self
-            .rules
-            .inner
-            .queued
-            .load(std::sync::atomic::Ordering::SeqCst)
-        {
-            if let Err(e) = self.rules.apply().await {
-                tracing::warn!(error = %e, "apply firewall rules before stopping");
-            }
-        }
-        let applier = self.rules.inner.applier.clone();
-        let _ = tokio::task::spawn_blocking(move || {
-            drop(applier.lock().unwrap_or_else(|p| p.into_inner()));
-        })
-        .await;
-    }
-
-    /// At a graceful stop: removes every rule and chain the plugin owns when this host has
-    /// no endpoint left, so a stopped plugin leaves nothing behind; with endpoints (running
-    /// containers) the rules stay and keep them working until the plugin is back. Returns
-    /// whether the rules were removed. Nothing is removed while the endpoints are unknown
-    /// (the start-up rebuild never succeeded) or in `off` mode (the plugin wrote nothing).
-    pub async fn remove_rules_if_idle(&self) -> Result<bool> {
-        if self.rule_mode().is_none() {
-            return Ok(false);
-        }
-        if !self
-            .rules
-            .inner
-            .known
-            .load(std::sync::atomic::Ordering::SeqCst)
-        {
-            // Stopped before the keeper loaded the endpoints (a stop right after start):
-            // one bounded try now; without an answer, the rules stay.
-            match tokio::time::timeout(std::time::Duration::from_secs(3), self.rules.load()).await {
-                Ok(Ok(_)) => {}
-                _ => return Ok(false),
-            }
-        }
-        // Held throughout, so no apply can run (and write rules again) meanwhile.
-        let state = self.rules.inner.state.lock().await;
-        if !state.endpoints.is_empty() {
-            return Ok(false);
-        }
-        let applier = self.rules.inner.applier.clone();
-        let removed = tokio::task::spawn_blocking(move || {
-            let mut applier = applier.lock().unwrap_or_else(|p| p.into_inner());
-            // Stopping: no apply still on its way may write the rules again.
-            applier.close();
-            standalone::remove_all()
-        })
-        .await
-        .map_err(|e| Error::msg(format!("remove firewall rules: {e}")))??;
-        drop(state);
-        tracing::debug!(lines = removed, "firewall rules removed");
-        Ok(true)
-    }
-
-    /// Loads the rule state from the datastore (retried with back-off until it answers) and
-    /// applies it, then keeps the rules in place: every `rules_check_interval` (sooner, with
-    /// back-off, after a failed apply) it checks them and rewrites what an `iptables -F` or
-    /// a firewall reload took away. Returns at once; nothing to do in `off` mode.
-    pub fn keep_rules_in_background(self: &std::sync::Arc<Self>) {
-        let me = self.clone();
-        super::supervise("firewall-keeper", move || {
-            let driver = me.clone();
-            async move { driver.keep_rules().await }
-        });
-    }
-
-    async fn keep_rules(self: std::sync::Arc<Self>) {
-        let driver = self;
-        {
-            driver.rules.resolve_mode().await;
-            if driver.rule_mode().is_none() {
-                return;
-            }
-            let mut delay = std::time::Duration::from_millis(500);
-            loop {
-                match driver.rebuild_rules().await {
-                    Ok(n) => {
-                        tracing::info!(endpoints = n, "firewall rules rebuilt");
-                        break;
-                    }
-                    Err(e) => {
-                        tracing::warn!(error = %e, retry_in = ?delay, "rebuild firewall rules; the running containers' rules are left as they are");
-                        tokio::time::sleep(delay).await;
-                        delay = (delay * 2).min(std::time::Duration::from_secs(10));
-                    }
-                }
-            }
-            let interval = driver.settings.rules_check_interval;
-            let mut delay = interval;
-            let mut backoff: Option<std::time::Duration> = None;
-            loop {
-                tokio::select! {
-                    _ = tokio::time::sleep(delay) => {}
-                    _ = driver.rules.inner.wake.notified() => {
-                        // An apply failed: try again soon, backing off.
-                        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
-                    }
-                }
-                match driver.rules.check_and_repair().await {
-                    Ok(_) => {
-                        backoff = None;
-                        delay = interval;
-                    }
-                    Err(e) => {
-                        let next = backoff.map_or(std::time::Duration::from_secs(1), |b| b * 2);
-                        delay = next.min(interval);
-                        backoff = Some(delay);
-                        tracing::warn!(error = %e, retry_in = ?delay, "firewall rules not in place");
-                    }
-                }
-            }
-        }
-    }
-
-    /// A handle on the rule state for background tasks.
-    pub(crate) fn rules(&self) -> Rules {
-        self.rules.clone()
-    }
-
-    /// Loads the rule state from this host's WorkloadEndpoints (merged with endpoints made
-    /// since the start) and applies it: rules of endpoints that no longer exist go, nothing
-    /// is duplicated. Fails only when the datastore cannot be listed; the state then stays
-    /// unknown and nothing is applied until a load succeeds.
-    pub async fn rebuild_rules(&self) -> Result<usize> {
-        if self.rule_mode().is_none() {
-            return Ok(0);
-        }
-        let n = self.rules.load().await?;
-        // Known now: a failed apply (iptables missing, the xtables lock held) is retried at
-        // the next change and by the periodic rewrite.
-        if let Err(e) = self.rules_apply().await {
-            tracing::warn!(error = %e, "apply firewall rules; retried at the next change");
-        }
-        Ok(n)
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -831,8 +515,8 @@ mod tests {
         assert!(bad.ports.is_empty());
         let bad = rules_of(&wep("caliabababababa", "udp", "not-an-address")).unwrap();
         assert!(bad.ports.is_empty(), "{bad:?}");
-        let r = crate::dataplane::standalone::render(
-            &crate::dataplane::standalone::RuleState {
+        let r = crate::dataplane::iptables::render(
+            &crate::dataplane::iptables::RuleState {
                 endpoints: [(id.clone(), good)].into_iter().collect(),
                 pools: vec![],
             },
