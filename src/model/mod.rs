@@ -30,6 +30,8 @@ pub mod resources;
 pub mod rule;
 pub mod selector;
 mod serde_util;
+#[cfg(test)]
+mod tests;
 
 use std::fmt;
 use std::net::IpAddr;
