@@ -44,9 +44,11 @@ const MAX_BLOCK_HOST_BITS: u8 = 12;
 
 /// Metadata shared by the allocations pointing at it. All fields are `omitempty`.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+// Go's tags are camelCase except `handle_id`.
+#[serde(rename_all = "camelCase")]
 pub struct AllocationAttribute {
     /// The handle (`libnetwork.<endpointID>`); legacy data may hold `null`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(rename = "handle_id", default, skip_serializing_if = "Option::is_none")]
     pub handle_id: Option<String>,
     /// Owner attributes (`node`, `timestamp`, ...); empty means absent.
     #[serde(
@@ -57,19 +59,13 @@ pub struct AllocationAttribute {
     pub secondary: BTreeMap<String, String>,
     /// Attributes of an alternate owner (live migration).
     #[serde(
-        rename = "alternateOwnerAttrs",
         default,
         deserialize_with = "null_default",
         skip_serializing_if = "BTreeMap::is_empty"
     )]
     pub alternate_owner_attrs: BTreeMap<String, String>,
     /// Set on the shared attribute of released ordinals still in cooldown.
-    #[serde(
-        rename = "releasedAt",
-        default,
-        with = "opt_time",
-        skip_serializing_if = "Option::is_none"
-    )]
+    #[serde(default, with = "opt_time", skip_serializing_if = "Option::is_none")]
     pub released_at: Option<DateTime<Utc>>,
     /// Fields this version does not know, kept on rewrite.
     #[serde(flatten)]
@@ -182,6 +178,8 @@ impl From<BlockError> for Error {
 
 /// An allocation block.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+// Go's tags are camelCase except `affinity_claim_time`.
+#[serde(rename_all = "camelCase")]
 pub struct AllocationBlock {
     /// The block's CIDR (masked on read).
     #[serde(deserialize_with = "masked_cidr")]
@@ -190,7 +188,12 @@ pub struct AllocationBlock {
     #[serde(default)]
     pub affinity: Option<String>,
     /// When the affinity was claimed (RFC3339 seconds); absent on old blocks.
-    #[serde(default, with = "opt_time", skip_serializing_if = "Option::is_none")]
+    #[serde(
+        rename = "affinity_claim_time",
+        default,
+        with = "opt_time",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub affinity_claim_time: Option<DateTime<Utc>>,
     /// Per ordinal: index into `attributes`, or `None` when free.
     #[serde(default, deserialize_with = "null_default")]
@@ -202,14 +205,10 @@ pub struct AllocationBlock {
     #[serde(default, deserialize_with = "null_default")]
     pub attributes: Vec<AllocationAttribute>,
     /// Bumped on every update write.
-    #[serde(rename = "sequenceNumber", default)]
+    #[serde(default)]
     pub sequence_number: u64,
     /// Ordinal (decimal string) → `sequenceNumber` when it was allocated.
-    #[serde(
-        rename = "sequenceNumberForAllocation",
-        default,
-        deserialize_with = "null_default"
-    )]
+    #[serde(default, deserialize_with = "null_default")]
     pub sequence_number_for_allocation: BTreeMap<String, u64>,
     /// Only the Kubernetes backend sets this; always false in etcd.
     #[serde(default)]

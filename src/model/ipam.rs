@@ -207,15 +207,21 @@ impl IpamHandle {
 /// ([`IpamConfig::missing`]); with a key present an absent field is false/0, so a stored
 /// `{}` turns automatic block allocation **off**. Use [`IpamConfig::from_stored`].
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+// Go's tags: two snake_case fields, then camelCase with Go's acronyms.
+#[serde(rename_all = "camelCase")]
 pub struct IpamConfig {
     /// Only allocate from blocks affine to the host (no borrowing).
-    #[serde(default, skip_serializing_if = "is_false")]
+    #[serde(rename = "strict_affinity", default, skip_serializing_if = "is_false")]
     pub strict_affinity: bool,
     /// Claim new blocks when affine ones are full.
-    #[serde(default, skip_serializing_if = "is_false")]
+    #[serde(
+        rename = "auto_allocate_blocks",
+        default,
+        skip_serializing_if = "is_false"
+    )]
     pub auto_allocate_blocks: bool,
     /// Most blocks a host may own (0 = no global limit).
-    #[serde(rename = "maxBlocksPerHost", default, skip_serializing_if = "is_zero")]
+    #[serde(default, skip_serializing_if = "is_zero")]
     pub max_blocks_per_host: u32,
     /// `Enabled` or `Disabled`.
     #[serde(
@@ -225,7 +231,7 @@ pub struct IpamConfig {
     )]
     pub kube_virt_vm_address_persistence: Option<String>,
     /// Seconds a released address stays unusable (0 = immediate).
-    #[serde(rename = "ipCooldownSeconds", default, skip_serializing_if = "is_zero")]
+    #[serde(default, skip_serializing_if = "is_zero")]
     pub ip_cooldown_seconds: i64,
     /// Fields this version does not know, kept on rewrite.
     #[serde(flatten)]

@@ -38,22 +38,19 @@ const V6_LINK_LOCAL: &str = "fe80::/10";
 
 /// IPPoolSpec, in Calico's field order; everything but `cidr` is `omitempty`.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
 pub struct IpPoolSpec {
     /// The pool's CIDR (strictly masked, canonical form).
     #[serde(default)]
     pub cidr: String,
     /// `Never`, `Always` or `CrossSubnet`.
-    #[serde(
-        rename = "vxlanMode",
-        default,
-        skip_serializing_if = "String::is_empty"
-    )]
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     pub vxlan_mode: String,
     /// `Never`, `Always` or `CrossSubnet`.
-    #[serde(rename = "ipipMode", default, skip_serializing_if = "String::is_empty")]
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     pub ipip_mode: String,
     /// Masquerade traffic leaving the pool.
-    #[serde(rename = "natOutgoing", default, skip_serializing_if = "is_false")]
+    #[serde(default, skip_serializing_if = "is_false")]
     pub nat_outgoing: bool,
     /// No new allocations.
     #[serde(default, skip_serializing_if = "is_false")]
@@ -62,36 +59,23 @@ pub struct IpPoolSpec {
     #[serde(rename = "disableBGPExport", default, skip_serializing_if = "is_false")]
     pub disable_bgp_export: bool,
     /// Block prefix length (0 = unset).
-    #[serde(rename = "blockSize", default, skip_serializing_if = "is_zero")]
+    #[serde(default, skip_serializing_if = "is_zero")]
     pub block_size: u8,
     /// Which nodes may use the pool.
-    #[serde(
-        rename = "nodeSelector",
-        default,
-        skip_serializing_if = "String::is_empty"
-    )]
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     pub node_selector: String,
     /// Which namespaces may use the pool.
-    #[serde(
-        rename = "namespaceSelector",
-        default,
-        skip_serializing_if = "String::is_empty"
-    )]
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     pub namespace_selector: String,
     /// `Workload`, `Tunnel`, `LoadBalancer`.
     #[serde(
-        rename = "allowedUses",
         default,
         deserialize_with = "null_default",
         skip_serializing_if = "Vec::is_empty"
     )]
     pub allowed_uses: Vec<String>,
     /// `Automatic` or `Manual` (a pointer in Go; `None` = unset).
-    #[serde(
-        rename = "assignmentMode",
-        default,
-        skip_serializing_if = "Option::is_none"
-    )]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub assignment_mode: Option<String>,
     /// Fields this version does not know (deprecated `ipip`, `nat-outgoing`, ...).
     #[serde(flatten)]

@@ -44,6 +44,7 @@ pub trait Spec: Serialize + DeserializeOwned + Default + Clone + PartialEq + Deb
 
 /// k8s ObjectMeta as Calico stores it.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
 pub struct ObjectMeta {
     /// Resource name.
     #[serde(default, skip_serializing_if = "String::is_empty")]
@@ -55,23 +56,13 @@ pub struct ObjectMeta {
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub uid: String,
     /// The datastore revision as a decimal string; read-only, never serialized.
-    #[serde(rename = "resourceVersion", default, skip_serializing)]
+    #[serde(default, skip_serializing)]
     pub resource_version: String,
     /// Creation time (RFC3339, UTC, seconds).
-    #[serde(
-        rename = "creationTimestamp",
-        default,
-        with = "opt_time",
-        skip_serializing_if = "Option::is_none"
-    )]
+    #[serde(default, with = "opt_time", skip_serializing_if = "Option::is_none")]
     pub creation_timestamp: Option<DateTime<Utc>>,
     /// Set when a k8s-style deletion is pending; IPAM skips such pools.
-    #[serde(
-        rename = "deletionTimestamp",
-        default,
-        with = "opt_time",
-        skip_serializing_if = "Option::is_none"
-    )]
+    #[serde(default, with = "opt_time", skip_serializing_if = "Option::is_none")]
     pub deletion_timestamp: Option<DateTime<Utc>>,
     /// Labels, stored verbatim.
     #[serde(
@@ -125,12 +116,13 @@ impl ObjectMeta {
 
 /// The v3 envelope around a spec.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
 pub struct Resource<S> {
     /// The kind (`IPPool`).
     #[serde(default)]
     pub kind: String,
     /// Always `projectcalico.org/v3`.
-    #[serde(rename = "apiVersion", default)]
+    #[serde(default)]
     pub api_version: String,
     /// Metadata.
     #[serde(default)]
@@ -250,6 +242,7 @@ pub type WorkloadEndpoint = Resource<WorkloadEndpointSpec>;
 
 /// WorkloadEndpointSpec; all fields `omitempty` except inside `ports` and `ipNATs` entries.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
 pub struct WorkloadEndpointSpec {
     /// `libnetwork`, `cni`, `k8s`, ...
     #[serde(default, skip_serializing_if = "String::is_empty")]
@@ -274,15 +267,10 @@ pub struct WorkloadEndpointSpec {
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub endpoint: String,
     /// k8s service account.
-    #[serde(
-        rename = "serviceAccountName",
-        default,
-        skip_serializing_if = "String::is_empty"
-    )]
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     pub service_account_name: String,
     /// Host networks (`/32` or `/128`).
     #[serde(
-        rename = "ipNetworks",
         default,
         deserialize_with = "null_default",
         skip_serializing_if = "Vec::is_empty"
@@ -297,18 +285,10 @@ pub struct WorkloadEndpointSpec {
     )]
     pub ip_nats: Vec<IpNat>,
     /// IPv4 gateway.
-    #[serde(
-        rename = "ipv4Gateway",
-        default,
-        skip_serializing_if = "String::is_empty"
-    )]
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     pub ipv4_gateway: String,
     /// IPv6 gateway.
-    #[serde(
-        rename = "ipv6Gateway",
-        default,
-        skip_serializing_if = "String::is_empty"
-    )]
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     pub ipv6_gateway: String,
     /// Profiles applied to the endpoint.
     #[serde(
@@ -318,11 +298,7 @@ pub struct WorkloadEndpointSpec {
     )]
     pub profiles: Vec<String>,
     /// Host-side interface name (`cali...`).
-    #[serde(
-        rename = "interfaceName",
-        default,
-        skip_serializing_if = "String::is_empty"
-    )]
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     pub interface_name: String,
     /// Container-side MAC.
     #[serde(default, skip_serializing_if = "String::is_empty")]
@@ -336,18 +312,13 @@ pub struct WorkloadEndpointSpec {
     pub ports: Vec<WorkloadEndpointPort>,
     /// Source prefixes the workload may spoof.
     #[serde(
-        rename = "allowSpoofedSourcePrefixes",
         default,
         deserialize_with = "null_default",
         skip_serializing_if = "Vec::is_empty"
     )]
     pub allow_spoofed_source_prefixes: Vec<String>,
     /// QoS controls, verbatim.
-    #[serde(
-        rename = "qosControls",
-        default,
-        skip_serializing_if = "Option::is_none"
-    )]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub qos_controls: Option<Value>,
     /// Fields this version does not know, kept on rewrite.
     #[serde(flatten)]
@@ -367,6 +338,7 @@ pub struct IpNat {
 
 /// A named port; all fields are always written.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
 pub struct WorkloadEndpointPort {
     /// Port name.
     #[serde(default)]
@@ -378,7 +350,7 @@ pub struct WorkloadEndpointPort {
     #[serde(default)]
     pub port: u16,
     /// Host port (0 for none).
-    #[serde(rename = "hostPort", default)]
+    #[serde(default)]
     pub host_port: u16,
     /// Host IP for the host port.
     #[serde(rename = "hostIP", default)]
@@ -481,6 +453,7 @@ pub type Profile = Resource<ProfileSpec>;
 
 /// ProfileSpec.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
 pub struct ProfileSpec {
     /// Inbound rules.
     #[serde(
@@ -498,7 +471,6 @@ pub struct ProfileSpec {
     pub egress: Vec<Rule>,
     /// Labels applied to every endpoint using the profile.
     #[serde(
-        rename = "labelsToApply",
         default,
         deserialize_with = "null_default",
         skip_serializing_if = "BTreeMap::is_empty"
@@ -537,6 +509,7 @@ pub type Node = Resource<NodeSpec>;
 
 /// NodeSpec, permissive: what we don't model stays in `extra`.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
 pub struct NodeSpec {
     /// BGP settings.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -571,7 +544,6 @@ pub struct NodeSpec {
     pub vxlan_tunnel_mac_addr_v6: String,
     /// Orchestrator references.
     #[serde(
-        rename = "orchRefs",
         default,
         deserialize_with = "null_default",
         skip_serializing_if = "Vec::is_empty"
@@ -594,23 +566,16 @@ pub struct NodeSpec {
 
 /// NodeBGPSpec.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
 pub struct NodeBgpSpec {
     /// AS number (number, or dotted string on input), verbatim.
-    #[serde(rename = "asNumber", default, skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub as_number: Option<Value>,
     /// IPv4 address with prefix (`192.0.2.10/24`).
-    #[serde(
-        rename = "ipv4Address",
-        default,
-        skip_serializing_if = "String::is_empty"
-    )]
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     pub ipv4_address: String,
     /// IPv6 address with prefix.
-    #[serde(
-        rename = "ipv6Address",
-        default,
-        skip_serializing_if = "String::is_empty"
-    )]
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     pub ipv6_address: String,
     /// IPIP tunnel address.
     #[serde(
@@ -633,9 +598,10 @@ pub struct NodeBgpSpec {
 
 /// OrchRef: which orchestrator knows the node under which name.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
 pub struct OrchRef {
     /// The orchestrator's name for the node.
-    #[serde(rename = "nodeName", default, skip_serializing_if = "String::is_empty")]
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     pub node_name: String,
     /// The orchestrator (always written).
     #[serde(default)]
@@ -665,6 +631,7 @@ pub type ClusterInformation = Resource<ClusterInformationSpec>;
 
 /// ClusterInformationSpec; all fields `omitempty`.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
 pub struct ClusterInformationSpec {
     /// Random cluster GUID.
     #[serde(
@@ -674,25 +641,13 @@ pub struct ClusterInformationSpec {
     )]
     pub cluster_guid: String,
     /// Comma-separated cluster types.
-    #[serde(
-        rename = "clusterType",
-        default,
-        skip_serializing_if = "String::is_empty"
-    )]
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     pub cluster_type: String,
     /// Calico version string.
-    #[serde(
-        rename = "calicoVersion",
-        default,
-        skip_serializing_if = "String::is_empty"
-    )]
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     pub calico_version: String,
     /// Whether the datastore is ready for Felix.
-    #[serde(
-        rename = "datastoreReady",
-        default,
-        skip_serializing_if = "Option::is_none"
-    )]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub datastore_ready: Option<bool>,
     /// Product variant.
     #[serde(default, skip_serializing_if = "String::is_empty")]

@@ -29,12 +29,13 @@ impl Default for NumOrString {
 
 /// One policy rule.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
 pub struct Rule {
     /// `Allow`, `Deny`, `Log` or `Pass` (always written).
     #[serde(default)]
     pub action: String,
     /// 4 or 6.
-    #[serde(rename = "ipVersion", default, skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ip_version: Option<u8>,
     /// Protocol name or number.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -43,11 +44,7 @@ pub struct Rule {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub icmp: Option<Value>,
     /// Negated protocol.
-    #[serde(
-        rename = "notProtocol",
-        default,
-        skip_serializing_if = "Option::is_none"
-    )]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub not_protocol: Option<NumOrString>,
     /// Negated ICMP match, verbatim.
     #[serde(rename = "notICMP", default, skip_serializing_if = "Option::is_none")]
@@ -89,6 +86,7 @@ impl Rule {
 
 /// The source or destination side of a rule.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
 pub struct EntityRule {
     /// CIDRs to match.
     #[serde(
@@ -101,11 +99,7 @@ pub struct EntityRule {
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub selector: String,
     /// Namespace selector.
-    #[serde(
-        rename = "namespaceSelector",
-        default,
-        skip_serializing_if = "String::is_empty"
-    )]
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     pub namespace_selector: String,
     /// Service match, verbatim.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -119,33 +113,23 @@ pub struct EntityRule {
     pub ports: Vec<NumOrString>,
     /// Negated CIDRs.
     #[serde(
-        rename = "notNets",
         default,
         deserialize_with = "null_default",
         skip_serializing_if = "Vec::is_empty"
     )]
     pub not_nets: Vec<String>,
     /// Negated selector.
-    #[serde(
-        rename = "notSelector",
-        default,
-        skip_serializing_if = "String::is_empty"
-    )]
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     pub not_selector: String,
     /// Negated ports.
     #[serde(
-        rename = "notPorts",
         default,
         deserialize_with = "null_default",
         skip_serializing_if = "Vec::is_empty"
     )]
     pub not_ports: Vec<NumOrString>,
     /// Service account match, verbatim.
-    #[serde(
-        rename = "serviceAccounts",
-        default,
-        skip_serializing_if = "Option::is_none"
-    )]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub service_accounts: Option<Value>,
     /// Fields this version does not know, kept on rewrite.
     #[serde(flatten)]
