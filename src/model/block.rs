@@ -45,27 +45,25 @@ const MAX_BLOCK_HOST_BITS: u8 = 12;
 /// Metadata shared by the allocations pointing at it. All fields are `omitempty`.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 // Go's tags are camelCase except `handle_id`.
-#[serde(rename_all = "camelCase")]
+#[serde(default, rename_all = "camelCase")]
 pub struct AllocationAttribute {
     /// The handle (`libnetwork.<endpointID>`); legacy data may hold `null`.
-    #[serde(rename = "handle_id", default, skip_serializing_if = "Option::is_none")]
+    #[serde(rename = "handle_id", skip_serializing_if = "Option::is_none")]
     pub handle_id: Option<String>,
     /// Owner attributes (`node`, `timestamp`, ...); empty means absent.
     #[serde(
-        default,
         deserialize_with = "null_default",
         skip_serializing_if = "BTreeMap::is_empty"
     )]
     pub secondary: BTreeMap<String, String>,
     /// Attributes of an alternate owner (live migration).
     #[serde(
-        default,
         deserialize_with = "null_default",
         skip_serializing_if = "BTreeMap::is_empty"
     )]
     pub alternate_owner_attrs: BTreeMap<String, String>,
     /// Set on the shared attribute of released ordinals still in cooldown.
-    #[serde(default, with = "opt_time", skip_serializing_if = "Option::is_none")]
+    #[serde(with = "opt_time", skip_serializing_if = "Option::is_none")]
     pub released_at: Option<DateTime<Utc>>,
     /// Fields this version does not know, kept on rewrite.
     #[serde(flatten)]

@@ -69,12 +69,11 @@ impl<'de> Deserialize<'de> for AffinityState {
 
 /// A block affinity value: `{"state":"confirmed","deleted":false}` (both always written).
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
 pub struct BlockAffinity {
     /// The state; empty or absent reads as confirmed.
-    #[serde(default)]
     pub state: AffinityState,
     /// Only the Kubernetes backend sets this.
-    #[serde(default)]
     pub deleted: bool,
     /// Fields this version does not know, kept on rewrite.
     #[serde(flatten)]
@@ -131,12 +130,12 @@ impl BlockAffinity {
 /// `{"block":{"10.0.0.0/26":1},"deleted":false}`. Handles are written before blocks, so
 /// a handle may over-count; readers must tolerate that.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
 pub struct IpamHandle {
     /// Block CIDR → number of addresses.
-    #[serde(default, deserialize_with = "null_default")]
+    #[serde(deserialize_with = "null_default")]
     pub block: BTreeMap<String, u64>,
     /// Only the Kubernetes backend sets this.
-    #[serde(default)]
     pub deleted: bool,
     /// Fields this version does not know, kept on rewrite.
     #[serde(flatten)]

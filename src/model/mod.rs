@@ -18,6 +18,11 @@
 //! - Unknown fields are kept (`#[serde(flatten)] extra`) at the envelope, metadata, spec and
 //!   IPAM levels, so a read-modify-write never drops what a newer Calico added.
 //! - `omitempty` fields are skipped when empty; fields Go always writes are always written.
+//! - Field names come from one `rename_all = "camelCase"` per struct; an explicit `rename`
+//!   marks each tag that is not plain camelCase (Go acronyms such as `containerID`, snake_case
+//!   tags such as `handle_id`). Absent fields read as Go's zero values (`#[serde(default)]` on
+//!   the struct; `IpamConfig` keeps per-field defaults, since its `Default` is the absent-key
+//!   config).
 //! - `u64` sequence numbers never pass through `f64`.
 //! - `metadata.resourceVersion` is never written; callers fill it from the revision on read.
 

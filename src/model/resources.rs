@@ -44,36 +44,34 @@ pub trait Spec: Serialize + DeserializeOwned + Default + Clone + PartialEq + Deb
 
 /// k8s ObjectMeta as Calico stores it.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
+#[serde(default, rename_all = "camelCase")]
 pub struct ObjectMeta {
     /// Resource name.
-    #[serde(default, skip_serializing_if = "String::is_empty")]
+    #[serde(skip_serializing_if = "String::is_empty")]
     pub name: String,
     /// Namespace (namespaced kinds only).
-    #[serde(default, skip_serializing_if = "String::is_empty")]
+    #[serde(skip_serializing_if = "String::is_empty")]
     pub namespace: String,
     /// Random UUID set on create.
-    #[serde(default, skip_serializing_if = "String::is_empty")]
+    #[serde(skip_serializing_if = "String::is_empty")]
     pub uid: String,
     /// The datastore revision as a decimal string; read-only, never serialized.
-    #[serde(default, skip_serializing)]
+    #[serde(skip_serializing)]
     pub resource_version: String,
     /// Creation time (RFC3339, UTC, seconds).
-    #[serde(default, with = "opt_time", skip_serializing_if = "Option::is_none")]
+    #[serde(with = "opt_time", skip_serializing_if = "Option::is_none")]
     pub creation_timestamp: Option<DateTime<Utc>>,
     /// Set when a k8s-style deletion is pending; IPAM skips such pools.
-    #[serde(default, with = "opt_time", skip_serializing_if = "Option::is_none")]
+    #[serde(with = "opt_time", skip_serializing_if = "Option::is_none")]
     pub deletion_timestamp: Option<DateTime<Utc>>,
     /// Labels, stored verbatim.
     #[serde(
-        default,
         deserialize_with = "null_default",
         skip_serializing_if = "BTreeMap::is_empty"
     )]
     pub labels: BTreeMap<String, String>,
     /// Annotations, stored verbatim.
     #[serde(
-        default,
         deserialize_with = "null_default",
         skip_serializing_if = "BTreeMap::is_empty"
     )]
@@ -242,36 +240,31 @@ pub type WorkloadEndpoint = Resource<WorkloadEndpointSpec>;
 
 /// WorkloadEndpointSpec; all fields `omitempty` except inside `ports` and `ipNATs` entries.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
+#[serde(default, rename_all = "camelCase")]
 pub struct WorkloadEndpointSpec {
     /// `libnetwork`, `cni`, `k8s`, ...
-    #[serde(default, skip_serializing_if = "String::is_empty")]
+    #[serde(skip_serializing_if = "String::is_empty")]
     pub orchestrator: String,
     /// Workload name (`libnetwork` for Docker).
-    #[serde(default, skip_serializing_if = "String::is_empty")]
+    #[serde(skip_serializing_if = "String::is_empty")]
     pub workload: String,
     /// The node (host) name.
-    #[serde(default, skip_serializing_if = "String::is_empty")]
+    #[serde(skip_serializing_if = "String::is_empty")]
     pub node: String,
     /// Container ID (CNI).
-    #[serde(
-        rename = "containerID",
-        default,
-        skip_serializing_if = "String::is_empty"
-    )]
+    #[serde(rename = "containerID", skip_serializing_if = "String::is_empty")]
     pub container_id: String,
     /// Pod name (k8s).
-    #[serde(default, skip_serializing_if = "String::is_empty")]
+    #[serde(skip_serializing_if = "String::is_empty")]
     pub pod: String,
     /// Endpoint name (the Docker EndpointID for us).
-    #[serde(default, skip_serializing_if = "String::is_empty")]
+    #[serde(skip_serializing_if = "String::is_empty")]
     pub endpoint: String,
     /// k8s service account.
-    #[serde(default, skip_serializing_if = "String::is_empty")]
+    #[serde(skip_serializing_if = "String::is_empty")]
     pub service_account_name: String,
     /// Host networks (`/32` or `/128`).
     #[serde(
-        default,
         deserialize_with = "null_default",
         skip_serializing_if = "Vec::is_empty"
     )]
@@ -279,46 +272,42 @@ pub struct WorkloadEndpointSpec {
     /// 1:1 NAT mappings.
     #[serde(
         rename = "ipNATs",
-        default,
         deserialize_with = "null_default",
         skip_serializing_if = "Vec::is_empty"
     )]
     pub ip_nats: Vec<IpNat>,
     /// IPv4 gateway.
-    #[serde(default, skip_serializing_if = "String::is_empty")]
+    #[serde(skip_serializing_if = "String::is_empty")]
     pub ipv4_gateway: String,
     /// IPv6 gateway.
-    #[serde(default, skip_serializing_if = "String::is_empty")]
+    #[serde(skip_serializing_if = "String::is_empty")]
     pub ipv6_gateway: String,
     /// Profiles applied to the endpoint.
     #[serde(
-        default,
         deserialize_with = "null_default",
         skip_serializing_if = "Vec::is_empty"
     )]
     pub profiles: Vec<String>,
     /// Host-side interface name (`cali...`).
-    #[serde(default, skip_serializing_if = "String::is_empty")]
+    #[serde(skip_serializing_if = "String::is_empty")]
     pub interface_name: String,
     /// Container-side MAC.
-    #[serde(default, skip_serializing_if = "String::is_empty")]
+    #[serde(skip_serializing_if = "String::is_empty")]
     pub mac: String,
     /// Named ports.
     #[serde(
-        default,
         deserialize_with = "null_default",
         skip_serializing_if = "Vec::is_empty"
     )]
     pub ports: Vec<WorkloadEndpointPort>,
     /// Source prefixes the workload may spoof.
     #[serde(
-        default,
         deserialize_with = "null_default",
         skip_serializing_if = "Vec::is_empty"
     )]
     pub allow_spoofed_source_prefixes: Vec<String>,
     /// QoS controls, verbatim.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub qos_controls: Option<Value>,
     /// Fields this version does not know, kept on rewrite.
     #[serde(flatten)]
@@ -327,33 +316,30 @@ pub struct WorkloadEndpointSpec {
 
 /// A 1:1 NAT entry; both fields are always written.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
 pub struct IpNat {
     /// The workload's address.
-    #[serde(rename = "internalIP", default)]
+    #[serde(rename = "internalIP")]
     pub internal_ip: String,
     /// The external address.
-    #[serde(rename = "externalIP", default)]
+    #[serde(rename = "externalIP")]
     pub external_ip: String,
 }
 
 /// A named port; all fields are always written.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
+#[serde(default, rename_all = "camelCase")]
 pub struct WorkloadEndpointPort {
     /// Port name.
-    #[serde(default)]
     pub name: String,
     /// Protocol name or number.
-    #[serde(default)]
     pub protocol: NumOrString,
     /// Port number.
-    #[serde(default)]
     pub port: u16,
     /// Host port (0 for none).
-    #[serde(default)]
     pub host_port: u16,
     /// Host IP for the host port.
-    #[serde(rename = "hostIP", default)]
+    #[serde(rename = "hostIP")]
     pub host_ip: String,
 }
 
@@ -453,25 +439,22 @@ pub type Profile = Resource<ProfileSpec>;
 
 /// ProfileSpec.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
+#[serde(default, rename_all = "camelCase")]
 pub struct ProfileSpec {
     /// Inbound rules.
     #[serde(
-        default,
         deserialize_with = "null_default",
         skip_serializing_if = "Vec::is_empty"
     )]
     pub ingress: Vec<Rule>,
     /// Outbound rules.
     #[serde(
-        default,
         deserialize_with = "null_default",
         skip_serializing_if = "Vec::is_empty"
     )]
     pub egress: Vec<Rule>,
     /// Labels applied to every endpoint using the profile.
     #[serde(
-        default,
         deserialize_with = "null_default",
         skip_serializing_if = "BTreeMap::is_empty"
     )]
@@ -509,52 +492,46 @@ pub type Node = Resource<NodeSpec>;
 
 /// NodeSpec, permissive: what we don't model stays in `extra`.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
+#[serde(default, rename_all = "camelCase")]
 pub struct NodeSpec {
     /// BGP settings.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub bgp: Option<NodeBgpSpec>,
     /// VXLAN tunnel address (v4).
     #[serde(
         rename = "ipv4VXLANTunnelAddr",
-        default,
         skip_serializing_if = "String::is_empty"
     )]
     pub ipv4_vxlan_tunnel_addr: String,
     /// VXLAN tunnel MAC (v4).
     #[serde(
         rename = "vxlanTunnelMACAddr",
-        default,
         skip_serializing_if = "String::is_empty"
     )]
     pub vxlan_tunnel_mac_addr: String,
     /// VXLAN tunnel address (v6).
     #[serde(
         rename = "ipv6VXLANTunnelAddr",
-        default,
         skip_serializing_if = "String::is_empty"
     )]
     pub ipv6_vxlan_tunnel_addr: String,
     /// VXLAN tunnel MAC (v6).
     #[serde(
         rename = "vxlanTunnelMACAddrV6",
-        default,
         skip_serializing_if = "String::is_empty"
     )]
     pub vxlan_tunnel_mac_addr_v6: String,
     /// Orchestrator references.
     #[serde(
-        default,
         deserialize_with = "null_default",
         skip_serializing_if = "Vec::is_empty"
     )]
     pub orch_refs: Vec<OrchRef>,
     /// WireGuard settings, verbatim.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub wireguard: Option<Value>,
     /// Node addresses.
     #[serde(
-        default,
         deserialize_with = "null_default",
         skip_serializing_if = "Vec::is_empty"
     )]
@@ -566,28 +543,26 @@ pub struct NodeSpec {
 
 /// NodeBGPSpec.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
+#[serde(default, rename_all = "camelCase")]
 pub struct NodeBgpSpec {
     /// AS number (number, or dotted string on input), verbatim.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub as_number: Option<Value>,
     /// IPv4 address with prefix (`192.0.2.10/24`).
-    #[serde(default, skip_serializing_if = "String::is_empty")]
+    #[serde(skip_serializing_if = "String::is_empty")]
     pub ipv4_address: String,
     /// IPv6 address with prefix.
-    #[serde(default, skip_serializing_if = "String::is_empty")]
+    #[serde(skip_serializing_if = "String::is_empty")]
     pub ipv6_address: String,
     /// IPIP tunnel address.
     #[serde(
         rename = "ipv4IPIPTunnelAddr",
-        default,
         skip_serializing_if = "String::is_empty"
     )]
     pub ipv4_ipip_tunnel_addr: String,
     /// Route reflector cluster ID.
     #[serde(
         rename = "routeReflectorClusterID",
-        default,
         skip_serializing_if = "String::is_empty"
     )]
     pub route_reflector_cluster_id: String,
@@ -598,24 +573,23 @@ pub struct NodeBgpSpec {
 
 /// OrchRef: which orchestrator knows the node under which name.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
+#[serde(default, rename_all = "camelCase")]
 pub struct OrchRef {
     /// The orchestrator's name for the node.
-    #[serde(default, skip_serializing_if = "String::is_empty")]
+    #[serde(skip_serializing_if = "String::is_empty")]
     pub node_name: String,
     /// The orchestrator (always written).
-    #[serde(default)]
     pub orchestrator: String,
 }
 
 /// NodeAddress.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
 pub struct NodeAddress {
     /// The address (always written).
-    #[serde(default)]
     pub address: String,
     /// Address type.
-    #[serde(rename = "type", default, skip_serializing_if = "String::is_empty")]
+    #[serde(rename = "type", skip_serializing_if = "String::is_empty")]
     pub kind: String,
 }
 
@@ -631,26 +605,22 @@ pub type ClusterInformation = Resource<ClusterInformationSpec>;
 
 /// ClusterInformationSpec; all fields `omitempty`.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
+#[serde(default, rename_all = "camelCase")]
 pub struct ClusterInformationSpec {
     /// Random cluster GUID.
-    #[serde(
-        rename = "clusterGUID",
-        default,
-        skip_serializing_if = "String::is_empty"
-    )]
+    #[serde(rename = "clusterGUID", skip_serializing_if = "String::is_empty")]
     pub cluster_guid: String,
     /// Comma-separated cluster types.
-    #[serde(default, skip_serializing_if = "String::is_empty")]
+    #[serde(skip_serializing_if = "String::is_empty")]
     pub cluster_type: String,
     /// Calico version string.
-    #[serde(default, skip_serializing_if = "String::is_empty")]
+    #[serde(skip_serializing_if = "String::is_empty")]
     pub calico_version: String,
     /// Whether the datastore is ready for Felix.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub datastore_ready: Option<bool>,
     /// Product variant.
-    #[serde(default, skip_serializing_if = "String::is_empty")]
+    #[serde(skip_serializing_if = "String::is_empty")]
     pub variant: String,
     /// Fields this version does not know, kept on rewrite.
     #[serde(flatten)]

@@ -282,3 +282,36 @@ fn ipam_config_json() {
         r#"{"strict_affinity":true,"auto_allocate_blocks":true,"maxBlocksPerHost":4,"kubeVirtVMAddressPersistence":"Enabled","ipCooldownSeconds":30,"future":1}"#,
     );
 }
+
+/// `{}` reads as the type's default: absent fields take their zero value, as in Go.
+fn reads_empty_as_default<T: DeserializeOwned + Default + PartialEq + std::fmt::Debug>() {
+    let v: T = serde_json::from_str("{}").unwrap();
+    assert_eq!(v, T::default(), "{}", std::any::type_name::<T>());
+}
+
+#[test]
+fn absent_fields_read_as_zero_values() {
+    reads_empty_as_default::<ObjectMeta>();
+    reads_empty_as_default::<WorkloadEndpointSpec>();
+    reads_empty_as_default::<IpNat>();
+    reads_empty_as_default::<WorkloadEndpointPort>();
+    reads_empty_as_default::<ProfileSpec>();
+    reads_empty_as_default::<NodeSpec>();
+    reads_empty_as_default::<NodeBgpSpec>();
+    reads_empty_as_default::<OrchRef>();
+    reads_empty_as_default::<NodeAddress>();
+    reads_empty_as_default::<ClusterInformationSpec>();
+    reads_empty_as_default::<Rule>();
+    reads_empty_as_default::<EntityRule>();
+    reads_empty_as_default::<IpPoolSpec>();
+    reads_empty_as_default::<AllocationAttribute>();
+    reads_empty_as_default::<BlockAffinity>();
+    reads_empty_as_default::<IpamHandle>();
+    // IpamConfig's Default is the absent-key config; a present `{}` is all false/0.
+    let present: IpamConfig = serde_json::from_str("{}").unwrap();
+    assert!(!present.strict_affinity && !present.auto_allocate_blocks);
+    assert_eq!(present.kube_virt_vm_address_persistence, None);
+    let wep: WorkloadEndpoint = serde_json::from_str("{}").unwrap();
+    assert_eq!(wep.spec, WorkloadEndpointSpec::default());
+    assert_eq!(wep.metadata, ObjectMeta::default());
+}
