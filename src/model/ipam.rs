@@ -397,19 +397,16 @@ mod tests {
             auto_allocate_blocks: false,
             ..IpamConfig::missing()
         };
-        assert!(both_off
-            .validate()
-            .unwrap_err()
-            .to_string()
-            .contains("at the same time"));
         let max_without_strict = IpamConfig {
             max_blocks_per_host: 2,
             ..IpamConfig::missing()
         };
-        assert!(max_without_strict
-            .validate()
-            .unwrap_err()
-            .to_string()
-            .contains("requires StrictAffinity"));
+        for (config, why) in [
+            (both_off, "at the same time"),
+            (max_without_strict, "requires StrictAffinity"),
+        ] {
+            let e = config.validate().unwrap_err().to_string();
+            assert!(e.contains(why), "{e}");
+        }
     }
 }
