@@ -10,7 +10,8 @@
 //!   WorkloadEndpoint, Profile, Node and ClusterInformation; [`rule`] holds policy rules.
 //! - [`ippool`]: IPPool with clientv3's defaulting and validation.
 //! - [`block`]: [`AllocationBlock`], the per-CIDR allocation table, with assign/release.
-//! - [`ipam`]: [`BlockAffinity`], [`IpamHandle`] and [`IpamConfig`].
+//! - [`affinity`]: [`BlockAffinity`], which host a block belongs to; [`handle`]: [`IpamHandle`],
+//!   the per-owner address count; [`ipam_config`]: [`IpamConfig`], the global IPAM settings.
 //! - [`names`]: WorkloadEndpoint names and DNS-1123 resource names.
 //! - [`selector`]: the label selector language used by pool `nodeSelector`s.
 //!
@@ -26,8 +27,17 @@
 //! - `u64` sequence numbers never pass through `f64`.
 //! - `metadata.resourceVersion` is never written; callers fill it from the revision on read.
 
+pub mod affinity;
 pub mod block;
-pub mod ipam;
+pub mod handle;
+pub mod ipam_config;
+/// The IPAM record types under their former path (`model::ipam::BlockAffinity`, ...), kept
+/// so existing imports compile; the same types are re-exported at the crate's `model` root.
+pub mod ipam {
+    pub use super::affinity::{AffinityState, BlockAffinity};
+    pub use super::handle::IpamHandle;
+    pub use super::ipam_config::IpamConfig;
+}
 pub mod ippool;
 pub mod keys;
 pub mod names;
@@ -43,8 +53,10 @@ use std::net::IpAddr;
 
 use ipnet::IpNet;
 
+pub use affinity::{AffinityState, BlockAffinity};
 pub use block::{AllocationAttribute, AllocationBlock, BlockError, ReleaseOptions, Released};
-pub use ipam::{AffinityState, BlockAffinity, IpamConfig, IpamHandle};
+pub use handle::IpamHandle;
+pub use ipam_config::IpamConfig;
 pub use ippool::{IpPool, IpPoolSpec};
 pub use names::{resource_name_from, validate_resource_name, workload_endpoint_name};
 pub use resources::{
