@@ -22,15 +22,16 @@ use ipnet::IpNet;
 use serde::{Deserialize, Deserializer, Serialize};
 use serde_json::{Map, Value};
 
-use super::serde_util::{null_default, opt_time, trunc_secs};
+use super::gotime::{opt_time, trunc_secs};
+use super::omitempty::null_default;
 use crate::error::{Error, Result};
 
 /// Handle Windows hosts use to reserve addresses; such allocations don't make a block non-empty.
 pub const WINDOWS_RESERVED_HANDLE: &str = "windows-reserved-ipam-handle";
 /// Secondary attribute: the node that made the allocation.
 pub const ATTR_NODE: &str = "node";
-/// Secondary attribute: when it was made (Go `time.Time.String()`, see
-/// [`super::go_time_string`]).
+/// Secondary attribute: when it was made (Go `time.Time.String()`: written by
+/// [`super::go_time_string`], read by [`super::parse_go_time`]).
 pub const ATTR_TIMESTAMP: &str = "timestamp";
 /// Secondary attribute: k8s pod.
 pub const ATTR_POD: &str = "pod";

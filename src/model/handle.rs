@@ -7,7 +7,7 @@ use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
-use super::serde_util::null_default;
+use super::omitempty::null_default;
 use crate::error::{Error, Result};
 
 /// A handle: how many addresses it holds in each block (keyed by CIDR with `/`).

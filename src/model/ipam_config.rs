@@ -5,7 +5,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
-use super::serde_util::{is_false, is_zero};
+use super::omitempty::{is_false, is_zero};
 use crate::error::{Error, Result};
 
 /// The global IPAM configuration at `/calico/ipam/v2/config`; every field is `omitempty`.

@@ -7,9 +7,9 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
 use super::keys;
+use super::omitempty::{is_false, is_zero, null_default};
 use super::resources::{Resource, Spec};
 use super::selector::Selector;
-use super::serde_util::{is_false, is_zero, null_default};
 use super::IpFamily;
 use crate::error::{Error, Result};
 

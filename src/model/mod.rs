@@ -38,13 +38,14 @@ pub mod ipam {
     pub use super::handle::IpamHandle;
     pub use super::ipam_config::IpamConfig;
 }
+mod gotime;
 pub mod ippool;
 pub mod keys;
 pub mod names;
+mod omitempty;
 pub mod resources;
 pub mod rule;
 pub mod selector;
-mod serde_util;
 #[cfg(test)]
 mod tests;
 
@@ -55,6 +56,7 @@ use ipnet::IpNet;
 
 pub use affinity::{AffinityState, BlockAffinity};
 pub use block::{AllocationAttribute, AllocationBlock, BlockError, ReleaseOptions, Released};
+pub use gotime::{format_time, go_time_string, parse_go_time, parse_time};
 pub use handle::IpamHandle;
 pub use ipam_config::IpamConfig;
 pub use ippool::{IpPool, IpPoolSpec};
@@ -65,7 +67,6 @@ pub use resources::{
 };
 pub use rule::{EntityRule, NumOrString, Rule};
 pub use selector::Selector;
-pub use serde_util::{format_time, go_time_string, parse_time};
 
 /// An IP address family, as used in key paths (`ipv4`/`ipv6`) and pool defaults.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]

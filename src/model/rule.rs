@@ -7,7 +7,7 @@
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
-use super::serde_util::null_default;
+use super::omitempty::null_default;
 
 /// Calico's `numorstring` values (protocols and ports): a number or a string such as
 /// `"TCP"`, `"80:90"` or a named port.

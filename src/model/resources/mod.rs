@@ -16,8 +16,9 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
+use super::gotime::{opt_time, trunc_secs};
 use super::keys;
-use super::serde_util::{null_default, opt_time, trunc_secs};
+use super::omitempty::null_default;
 use crate::error::{Error, Result};
 
 mod cluster_information;

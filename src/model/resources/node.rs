@@ -5,7 +5,7 @@ use serde_json::{Map, Value};
 
 use super::{Resource, Spec};
 use crate::model::keys;
-use crate::model::serde_util::null_default;
+use crate::model::omitempty::null_default;
 
 /// A Node (stored as `projectcalico.org/v3`); its top-level `status` is kept verbatim.
 pub type Node = Resource<NodeSpec>;

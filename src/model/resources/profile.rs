@@ -7,8 +7,8 @@ use serde_json::{Map, Value};
 
 use super::{Resource, Spec};
 use crate::model::keys;
+use crate::model::omitempty::null_default;
 use crate::model::rule::{EntityRule, Rule};
-use crate::model::serde_util::null_default;
 
 /// A Profile.
 pub type Profile = Resource<ProfileSpec>;

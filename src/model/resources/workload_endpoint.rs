@@ -8,8 +8,8 @@ use super::{Resource, Spec};
 use crate::error::{Error, Result};
 use crate::model::keys;
 use crate::model::names::workload_endpoint_name;
+use crate::model::omitempty::null_default;
 use crate::model::rule::NumOrString;
-use crate::model::serde_util::null_default;
 
 /// Label clientv3 adds to every WorkloadEndpoint: its namespace.
 pub const LABEL_NAMESPACE: &str = "projectcalico.org/namespace";
