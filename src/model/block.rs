@@ -815,7 +815,9 @@ mod tests {
             v["sequenceNumber"].as_u64(),
             Some(1_748_779_200_000_000_002)
         );
-        // Every stored per-allocation number stays below the block's (reference §8.5).
+        // Every stored per-allocation number stays below the block's own: libcalico-go
+        // (`ipam_block.go`) stamps an allocation with the current number and bumps it before the
+        // write. At ~1.7e18 an f64 cannot add 1, so a float round-trip would break this.
         assert!(b
             .sequence_number_for_allocation
             .values()
@@ -1083,7 +1085,8 @@ mod tests {
 
     #[test]
     fn fifo_reuse_after_release() {
-        // Reference §5 case 15 in miniature: assign/release rounds walk the queue.
+        // A released ordinal goes to the tail of `unallocated` (libcalico-go `ipam_block.go`), so
+        // assign/release rounds walk the whole block before an address comes back.
         let mut b = AllocationBlock::new("10.0.0.168/30".parse().unwrap(), Some("wrap-node"), t0())
             .unwrap();
         let mut seen = Vec::new();
@@ -1110,7 +1113,8 @@ mod tests {
 
     #[test]
     fn aba_protection_sequence_moves_on() {
-        // Reference §5 case 14: release by handle then re-assign gives a new sequence number.
+        // ABA protection (libcalico-go `ipam_block.go`): an address released by handle and
+        // assigned again gets a new sequence number, so a release naming the old one fails.
         let mut b = AllocationBlock::new("10.0.0.0/30".parse().unwrap(), Some("h"), t0()).unwrap();
         let a = b.assign(1, Some("H"), &no_attrs())[0];
         let old = b.sequence_for(0);

@@ -14,6 +14,9 @@
 //!   the per-owner address count; [`ipam_config`]: [`IpamConfig`], the global IPAM settings.
 //! - [`names`]: WorkloadEndpoint names and DNS-1123 resource names.
 //! - [`selector`]: the label selector language used by pool `nodeSelector`s.
+//! - Go's time formats: [`format_time`]/[`parse_time`] for k8s `metav1.Time` (RFC3339),
+//!   [`go_time_string`]/[`parse_go_time`] for `time.Time.String()` (the `timestamp` IPAM
+//!   attribute).
 //!
 //! # JSON fidelity
 //! - Unknown fields are kept (`#[serde(flatten)] extra`) at the envelope, metadata, spec and

@@ -319,7 +319,8 @@ mod tests {
 
     #[test]
     fn node_selector_cases() {
-        // Reference §5 case 26: node {foo: bar}.
+        // A node labelled {foo: bar} is in a pool with `nodeSelector: foo == "bar"`, not in one
+        // with `foo != "bar"`; an empty selector means `all()`.
         let node = labels(&[("foo", "bar")]);
         assert!(m(r#"foo == "bar""#, &node));
         assert!(!m(r#"foo != "bar""#, &node));
