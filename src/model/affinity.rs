@@ -7,7 +7,7 @@ use std::fmt;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use serde_json::{Map, Value};
 
-use crate::error::{Error, Result};
+use crate::error::Result;
 
 /// The state of a block affinity. Routing (confd, Felix) only uses confirmed ones.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Hash)]
@@ -111,12 +111,12 @@ impl BlockAffinity {
         if bytes.iter().all(u8::is_ascii_whitespace) {
             return Ok(Self::confirmed());
         }
-        serde_json::from_slice(bytes).map_err(|e| Error::json("block affinity", e))
+        super::decode("block affinity", bytes)
     }
 
     /// The JSON to store.
     pub fn to_json(&self) -> Result<Vec<u8>> {
-        serde_json::to_vec(self).map_err(|e| Error::msg(format!("encode block affinity: {e}")))
+        super::encode("block affinity", self)
     }
 }
 

@@ -254,15 +254,14 @@ impl AllocationBlock {
 
     /// Decodes a stored block and checks its invariants (sizes and indexes in range).
     pub fn from_json(bytes: &[u8]) -> Result<Self> {
-        let b: AllocationBlock =
-            serde_json::from_slice(bytes).map_err(|e| Error::json("allocation block", e))?;
+        let b: AllocationBlock = super::decode("allocation block", bytes)?;
         b.check()?;
         Ok(b)
     }
 
     /// The JSON to store.
     pub fn to_json(&self) -> Result<Vec<u8>> {
-        serde_json::to_vec(self).map_err(|e| Error::msg(format!("encode block {}: {e}", self.cidr)))
+        super::encode(format_args!("block {}", self.cidr), self)
     }
 
     /// Checks the structure is usable: one allocation entry per address, attribute indexes

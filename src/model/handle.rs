@@ -73,12 +73,12 @@ impl IpamHandle {
 
     /// Decodes a stored value.
     pub fn from_json(bytes: &[u8]) -> Result<Self> {
-        serde_json::from_slice(bytes).map_err(|e| Error::json("ipam handle", e))
+        super::decode("ipam handle", bytes)
     }
 
     /// The JSON to store.
     pub fn to_json(&self) -> Result<Vec<u8>> {
-        serde_json::to_vec(self).map_err(|e| Error::msg(format!("encode ipam handle: {e}")))
+        super::encode("ipam handle", self)
     }
 }
 

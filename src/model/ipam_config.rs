@@ -71,13 +71,13 @@ impl IpamConfig {
     pub fn from_stored(value: Option<&[u8]>) -> Result<Self> {
         match value {
             None => Ok(Self::missing()),
-            Some(bytes) => serde_json::from_slice(bytes).map_err(|e| Error::json("ipam config", e)),
+            Some(bytes) => super::decode("ipam config", bytes),
         }
     }
 
     /// The JSON to store.
     pub fn to_json(&self) -> Result<Vec<u8>> {
-        serde_json::to_vec(self).map_err(|e| Error::msg(format!("encode ipam config: {e}")))
+        super::encode("ipam config", self)
     }
 
     /// SetIPAMConfig's checks.

@@ -56,6 +56,10 @@ use std::fmt;
 use std::net::IpAddr;
 
 use ipnet::IpNet;
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+use crate::error::{Error, Result};
 
 pub use affinity::{AffinityState, BlockAffinity};
 pub use block::{AllocationAttribute, AllocationBlock, BlockError, ReleaseOptions, Released};
@@ -70,6 +74,16 @@ pub use resources::{
 };
 pub use rule::{EntityRule, NumOrString, Rule};
 pub use selector::Selector;
+
+/// The stored JSON of a value; a failure reads `encode <what>: <cause>`.
+fn encode<T: Serialize>(what: impl fmt::Display, value: &T) -> Result<Vec<u8>> {
+    serde_json::to_vec(value).map_err(|e| Error::msg(format!("encode {what}: {e}")))
+}
+
+/// A value from its stored JSON; a failure is an [`Error::Json`] naming `what`.
+fn decode<T: DeserializeOwned>(what: impl fmt::Display, bytes: &[u8]) -> Result<T> {
+    serde_json::from_slice(bytes).map_err(|e| Error::json(what, e))
+}
 
 /// An IP address family, as used in key paths (`ipv4`/`ipv6`) and pool defaults.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]

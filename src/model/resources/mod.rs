@@ -202,22 +202,19 @@ impl<S: Spec> Resource<S> {
 
     /// The JSON to store: `kind`/`apiVersion` always set, `resourceVersion` never written.
     pub fn to_json(&self) -> Result<Vec<u8>> {
-        let encode = |r: &Self| {
-            serde_json::to_vec(r).map_err(|e| Error::msg(format!("encode {}: {e}", S::KIND)))
-        };
         if self.kind == S::KIND && self.api_version == API_VERSION {
-            encode(self)
+            super::encode(S::KIND, self)
         } else {
             let mut fixed = self.clone();
             fixed.kind = S::KIND.to_string();
             fixed.api_version = API_VERSION.to_string();
-            encode(&fixed)
+            super::encode(S::KIND, &fixed)
         }
     }
 
     /// Decodes a stored value; missing `kind`/`apiVersion` are filled in.
     pub fn from_json(bytes: &[u8]) -> Result<Self> {
-        let mut r: Self = serde_json::from_slice(bytes).map_err(|e| Error::json(S::KIND, e))?;
+        let mut r: Self = super::decode(S::KIND, bytes)?;
         if r.kind.is_empty() {
             r.kind = S::KIND.to_string();
         }
