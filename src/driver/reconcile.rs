@@ -54,6 +54,7 @@ use crate::model::libnetwork::{
     host_veth_name, is_docker_id, temp_veth_name, HANDLE_PREFIX, HOST_VETH_PREFIX,
     TEMP_VETH_PREFIX, WEP_NAMESPACE,
 };
+use crate::model::parse_go_time;
 use crate::model::{IpFamily, WorkloadEndpoint};
 
 /// Default of `CALICO_LIBNETWORK_RECONCILE_GRACE`: records younger than this are never
@@ -73,20 +74,6 @@ pub struct ReconcileReport {
     pub docker_answered: bool,
     /// Whether the host's links could be listed (without it no veth or WEP is removed).
     pub links_listed: bool,
-}
-
-/// Parses the `timestamp` IPAM attribute: Go's `time.Time.String()` form
-/// (`2025-06-01 12:00:00.123 +0000 UTC`, possibly followed by a monotonic clock reading
-/// `m=+0.01`), or RFC 3339.
-pub fn parse_go_time(s: &str) -> Option<DateTime<Utc>> {
-    let mut it = s.split_whitespace();
-    if let (Some(d), Some(t), Some(z)) = (it.next(), it.next(), it.next()) {
-        if let Ok(t) = DateTime::parse_from_str(&format!("{d} {t} {z}"), "%Y-%m-%d %H:%M:%S%.f %z")
-        {
-            return Some(t.with_timezone(&Utc));
-        }
-    }
-    crate::model::parse_time(s.trim())
 }
 
 fn older_than(t: Option<DateTime<Utc>>, grace: Duration, now: DateTime<Utc>) -> bool {

@@ -10,8 +10,8 @@ use super::{dec, enc, BlockKv, Ipam, RETRIES};
 use crate::datastore::Write;
 use crate::error::{Error, Result};
 use crate::model::block::AllocationBlock;
-use crate::model::ipam::BlockAffinity;
 use crate::model::keys;
+use crate::model::BlockAffinity;
 use crate::model::IpFamily;
 
 /// FNV-1 (32-bit) of the host name: where the host starts looking for a free block, so

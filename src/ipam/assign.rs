@@ -11,8 +11,8 @@ use super::{
 use crate::datastore::{resources, Write};
 use crate::error::{Error, Result};
 use crate::model::block::AllocationBlock;
-use crate::model::ipam::BlockAffinity;
 use crate::model::keys;
+use crate::model::BlockAffinity;
 use crate::model::{IpFamily, IpPool};
 
 impl Ipam {

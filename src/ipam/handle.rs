@@ -5,8 +5,8 @@ use ipnet::IpNet;
 use super::{dec, enc, HandleState, Ipam};
 use crate::datastore::Write;
 use crate::error::Result;
-use crate::model::ipam::IpamHandle;
 use crate::model::keys;
+use crate::model::IpamHandle;
 
 impl Ipam {
     /// The handle write that adds `n` addresses of `cidr` (or removes, for negative `n`).

@@ -26,9 +26,9 @@ use ipnet::IpNet;
 use crate::datastore::{Datastore, KeyValue, Revision};
 use crate::error::{Error, Result};
 use crate::model::block::AllocationBlock;
-use crate::model::ipam::{IpamConfig, IpamHandle};
 use crate::model::keys;
 use crate::model::IpFamily;
+use crate::model::{IpamConfig, IpamHandle};
 
 pub use affinity::block_order;
 pub use pools::PoolSummary;

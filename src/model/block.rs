@@ -22,15 +22,16 @@ use ipnet::IpNet;
 use serde::{Deserialize, Deserializer, Serialize};
 use serde_json::{Map, Value};
 
-use super::serde_util::{null_default, opt_time, trunc_secs};
+use super::gotime::{opt_time, trunc_secs};
+use super::omitempty::null_default;
 use crate::error::{Error, Result};
 
 /// Handle Windows hosts use to reserve addresses; such allocations don't make a block non-empty.
 pub const WINDOWS_RESERVED_HANDLE: &str = "windows-reserved-ipam-handle";
 /// Secondary attribute: the node that made the allocation.
 pub const ATTR_NODE: &str = "node";
-/// Secondary attribute: when it was made (Go `time.Time.String()`, see
-/// [`super::go_time_string`]).
+/// Secondary attribute: when it was made (Go `time.Time.String()`: written by
+/// [`super::go_time_string`], read by [`super::parse_go_time`]).
 pub const ATTR_TIMESTAMP: &str = "timestamp";
 /// Secondary attribute: k8s pod.
 pub const ATTR_POD: &str = "pod";
@@ -44,32 +45,26 @@ const MAX_BLOCK_HOST_BITS: u8 = 12;
 
 /// Metadata shared by the allocations pointing at it. All fields are `omitempty`.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+// Go's tags are camelCase except `handle_id`.
+#[serde(default, rename_all = "camelCase")]
 pub struct AllocationAttribute {
     /// The handle (`libnetwork.<endpointID>`); legacy data may hold `null`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(rename = "handle_id", skip_serializing_if = "Option::is_none")]
     pub handle_id: Option<String>,
     /// Owner attributes (`node`, `timestamp`, ...); empty means absent.
     #[serde(
-        default,
         deserialize_with = "null_default",
         skip_serializing_if = "BTreeMap::is_empty"
     )]
     pub secondary: BTreeMap<String, String>,
     /// Attributes of an alternate owner (live migration).
     #[serde(
-        rename = "alternateOwnerAttrs",
-        default,
         deserialize_with = "null_default",
         skip_serializing_if = "BTreeMap::is_empty"
     )]
     pub alternate_owner_attrs: BTreeMap<String, String>,
     /// Set on the shared attribute of released ordinals still in cooldown.
-    #[serde(
-        rename = "releasedAt",
-        default,
-        with = "opt_time",
-        skip_serializing_if = "Option::is_none"
-    )]
+    #[serde(with = "opt_time", skip_serializing_if = "Option::is_none")]
     pub released_at: Option<DateTime<Utc>>,
     /// Fields this version does not know, kept on rewrite.
     #[serde(flatten)]
@@ -182,6 +177,8 @@ impl From<BlockError> for Error {
 
 /// An allocation block.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+// Go's tags are camelCase except `affinity_claim_time`.
+#[serde(rename_all = "camelCase")]
 pub struct AllocationBlock {
     /// The block's CIDR (masked on read).
     #[serde(deserialize_with = "masked_cidr")]
@@ -190,7 +187,12 @@ pub struct AllocationBlock {
     #[serde(default)]
     pub affinity: Option<String>,
     /// When the affinity was claimed (RFC3339 seconds); absent on old blocks.
-    #[serde(default, with = "opt_time", skip_serializing_if = "Option::is_none")]
+    #[serde(
+        rename = "affinity_claim_time",
+        default,
+        with = "opt_time",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub affinity_claim_time: Option<DateTime<Utc>>,
     /// Per ordinal: index into `attributes`, or `None` when free.
     #[serde(default, deserialize_with = "null_default")]
@@ -202,14 +204,10 @@ pub struct AllocationBlock {
     #[serde(default, deserialize_with = "null_default")]
     pub attributes: Vec<AllocationAttribute>,
     /// Bumped on every update write.
-    #[serde(rename = "sequenceNumber", default)]
+    #[serde(default)]
     pub sequence_number: u64,
     /// Ordinal (decimal string) → `sequenceNumber` when it was allocated.
-    #[serde(
-        rename = "sequenceNumberForAllocation",
-        default,
-        deserialize_with = "null_default"
-    )]
+    #[serde(default, deserialize_with = "null_default")]
     pub sequence_number_for_allocation: BTreeMap<String, u64>,
     /// Only the Kubernetes backend sets this; always false in etcd.
     #[serde(default)]
@@ -256,15 +254,14 @@ impl AllocationBlock {
 
     /// Decodes a stored block and checks its invariants (sizes and indexes in range).
     pub fn from_json(bytes: &[u8]) -> Result<Self> {
-        let b: AllocationBlock =
-            serde_json::from_slice(bytes).map_err(|e| Error::json("allocation block", e))?;
+        let b: AllocationBlock = super::decode("allocation block", bytes)?;
         b.check()?;
         Ok(b)
     }
 
     /// The JSON to store.
     pub fn to_json(&self) -> Result<Vec<u8>> {
-        serde_json::to_vec(self).map_err(|e| Error::msg(format!("encode block {}: {e}", self.cidr)))
+        super::encode(format_args!("block {}", self.cidr), self)
     }
 
     /// Checks the structure is usable: one allocation entry per address, attribute indexes
@@ -817,7 +814,9 @@ mod tests {
             v["sequenceNumber"].as_u64(),
             Some(1_748_779_200_000_000_002)
         );
-        // Every stored per-allocation number stays below the block's (reference §8.5).
+        // Every stored per-allocation number stays below the block's own: libcalico-go
+        // (`ipam_block.go`) stamps an allocation with the current number and bumps it before the
+        // write. At ~1.7e18 an f64 cannot add 1, so a float round-trip would break this.
         assert!(b
             .sequence_number_for_allocation
             .values()
@@ -1085,7 +1084,8 @@ mod tests {
 
     #[test]
     fn fifo_reuse_after_release() {
-        // Reference §5 case 15 in miniature: assign/release rounds walk the queue.
+        // A released ordinal goes to the tail of `unallocated` (libcalico-go `ipam_block.go`), so
+        // assign/release rounds walk the whole block before an address comes back.
         let mut b = AllocationBlock::new("10.0.0.168/30".parse().unwrap(), Some("wrap-node"), t0())
             .unwrap();
         let mut seen = Vec::new();
@@ -1112,7 +1112,8 @@ mod tests {
 
     #[test]
     fn aba_protection_sequence_moves_on() {
-        // Reference §5 case 14: release by handle then re-assign gives a new sequence number.
+        // ABA protection (libcalico-go `ipam_block.go`): an address released by handle and
+        // assigned again gets a new sequence number, so a release naming the old one fails.
         let mut b = AllocationBlock::new("10.0.0.0/30".parse().unwrap(), Some("h"), t0()).unwrap();
         let a = b.assign(1, Some("H"), &no_attrs())[0];
         let old = b.sequence_for(0);

@@ -7,9 +7,9 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
 use super::keys;
+use super::omitempty::{is_false, is_zero, null_default};
 use super::resources::{Resource, Spec};
 use super::selector::Selector;
-use super::serde_util::{is_false, is_zero, null_default};
 use super::IpFamily;
 use crate::error::{Error, Result};
 
@@ -38,60 +38,42 @@ const V6_LINK_LOCAL: &str = "fe80::/10";
 
 /// IPPoolSpec, in Calico's field order; everything but `cidr` is `omitempty`.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, rename_all = "camelCase")]
 pub struct IpPoolSpec {
     /// The pool's CIDR (strictly masked, canonical form).
-    #[serde(default)]
     pub cidr: String,
     /// `Never`, `Always` or `CrossSubnet`.
-    #[serde(
-        rename = "vxlanMode",
-        default,
-        skip_serializing_if = "String::is_empty"
-    )]
+    #[serde(skip_serializing_if = "String::is_empty")]
     pub vxlan_mode: String,
     /// `Never`, `Always` or `CrossSubnet`.
-    #[serde(rename = "ipipMode", default, skip_serializing_if = "String::is_empty")]
+    #[serde(skip_serializing_if = "String::is_empty")]
     pub ipip_mode: String,
     /// Masquerade traffic leaving the pool.
-    #[serde(rename = "natOutgoing", default, skip_serializing_if = "is_false")]
+    #[serde(skip_serializing_if = "is_false")]
     pub nat_outgoing: bool,
     /// No new allocations.
-    #[serde(default, skip_serializing_if = "is_false")]
+    #[serde(skip_serializing_if = "is_false")]
     pub disabled: bool,
     /// Don't advertise over BGP.
-    #[serde(rename = "disableBGPExport", default, skip_serializing_if = "is_false")]
+    #[serde(rename = "disableBGPExport", skip_serializing_if = "is_false")]
     pub disable_bgp_export: bool,
     /// Block prefix length (0 = unset).
-    #[serde(rename = "blockSize", default, skip_serializing_if = "is_zero")]
+    #[serde(skip_serializing_if = "is_zero")]
     pub block_size: u8,
     /// Which nodes may use the pool.
-    #[serde(
-        rename = "nodeSelector",
-        default,
-        skip_serializing_if = "String::is_empty"
-    )]
+    #[serde(skip_serializing_if = "String::is_empty")]
     pub node_selector: String,
     /// Which namespaces may use the pool.
-    #[serde(
-        rename = "namespaceSelector",
-        default,
-        skip_serializing_if = "String::is_empty"
-    )]
+    #[serde(skip_serializing_if = "String::is_empty")]
     pub namespace_selector: String,
     /// `Workload`, `Tunnel`, `LoadBalancer`.
     #[serde(
-        rename = "allowedUses",
-        default,
         deserialize_with = "null_default",
         skip_serializing_if = "Vec::is_empty"
     )]
     pub allowed_uses: Vec<String>,
     /// `Automatic` or `Manual` (a pointer in Go; `None` = unset).
-    #[serde(
-        rename = "assignmentMode",
-        default,
-        skip_serializing_if = "Option::is_none"
-    )]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub assignment_mode: Option<String>,
     /// Fields this version does not know (deprecated `ipip`, `nat-outgoing`, ...).
     #[serde(flatten)]

@@ -309,7 +309,7 @@ mod tests {
 
     #[test]
     fn block_and_affinity_keys_match_calico() {
-        // Reference §5 case 2.
+        // libcalico-go `backend/model/block.go` and `block_affinity.go`: `/` in a CIDR becomes `-`.
         let c = net("10.0.0.0/26");
         assert_eq!(
             block_key(&c),

@@ -10,37 +10,58 @@
 //!   WorkloadEndpoint, Profile, Node and ClusterInformation; [`rule`] holds policy rules.
 //! - [`ippool`]: IPPool with clientv3's defaulting and validation.
 //! - [`block`]: [`AllocationBlock`], the per-CIDR allocation table, with assign/release.
-//! - [`ipam`]: [`BlockAffinity`], [`IpamHandle`] and [`IpamConfig`].
+//! - [`affinity`]: [`BlockAffinity`], which host a block belongs to; [`handle`]: [`IpamHandle`],
+//!   the per-owner address count; [`ipam_config`]: [`IpamConfig`], the global IPAM settings.
 //! - [`libnetwork`]: the plugin's own records, WorkloadEndpoint namespace, handle prefix
 //!   and veth names.
 //! - [`names`]: WorkloadEndpoint names and DNS-1123 resource names.
 //! - [`selector`]: the label selector language used by pool `nodeSelector`s.
+//! - Go's time formats: [`format_time`]/[`parse_time`] for k8s `metav1.Time` (RFC3339),
+//!   [`go_time_string`]/[`parse_go_time`] for `time.Time.String()` (the `timestamp` IPAM
+//!   attribute).
 //!
 //! # JSON fidelity
 //! - Unknown fields are kept (`#[serde(flatten)] extra`) at the envelope, metadata, spec and
 //!   IPAM levels, so a read-modify-write never drops what a newer Calico added.
 //! - `omitempty` fields are skipped when empty; fields Go always writes are always written.
+//! - Field names come from one `rename_all = "camelCase"` per struct; an explicit `rename`
+//!   marks each tag that is not plain camelCase (Go acronyms such as `containerID`, snake_case
+//!   tags such as `handle_id`). Absent fields read as Go's zero values (`#[serde(default)]` on
+//!   the struct; `IpamConfig` keeps per-field defaults, since its `Default` is the absent-key
+//!   config).
 //! - `u64` sequence numbers never pass through `f64`.
 //! - `metadata.resourceVersion` is never written; callers fill it from the revision on read.
 
+pub mod affinity;
 pub mod block;
-pub mod ipam;
+mod gotime;
+pub mod handle;
+pub mod ipam_config;
 pub mod ippool;
 pub mod keys;
 pub mod libnetwork;
 pub mod names;
+mod omitempty;
 pub mod resources;
 pub mod rule;
 pub mod selector;
-mod serde_util;
+#[cfg(test)]
+mod tests;
 
 use std::fmt;
 use std::net::IpAddr;
 
 use ipnet::IpNet;
+use serde::de::DeserializeOwned;
+use serde::Serialize;
 
+use crate::error::{Error, Result};
+
+pub use affinity::{AffinityState, BlockAffinity};
 pub use block::{AllocationAttribute, AllocationBlock, BlockError, ReleaseOptions, Released};
-pub use ipam::{AffinityState, BlockAffinity, IpamConfig, IpamHandle};
+pub use gotime::{format_time, go_time_string, parse_go_time, parse_time};
+pub use handle::IpamHandle;
+pub use ipam_config::IpamConfig;
 pub use ippool::{IpPool, IpPoolSpec};
 pub use names::{resource_name_from, validate_resource_name, workload_endpoint_name};
 pub use resources::{
@@ -49,7 +70,16 @@ pub use resources::{
 };
 pub use rule::{EntityRule, NumOrString, Rule};
 pub use selector::Selector;
-pub use serde_util::{format_time, go_time_string, parse_time};
+
+/// The stored JSON of a value; a failure reads `encode <what>: <cause>`.
+fn encode<T: Serialize>(what: impl fmt::Display, value: &T) -> Result<Vec<u8>> {
+    serde_json::to_vec(value).map_err(|e| Error::msg(format!("encode {what}: {e}")))
+}
+
+/// A value from its stored JSON; a failure is an [`Error::Json`] naming `what`.
+fn decode<T: DeserializeOwned>(what: impl fmt::Display, bytes: &[u8]) -> Result<T> {
+    serde_json::from_slice(bytes).map_err(|e| Error::json(what, e))
+}
 
 /// An IP address family, as used in key paths (`ipv4`/`ipv6`) and pool defaults.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]

@@ -168,26 +168,38 @@ mod tests {
 
     #[test]
     fn upstream_wep_name_examples() {
-        assert_eq!(
-            workload_endpoint_name("node-1", "libnetwork", "", "abcdefgh").unwrap(),
-            "node--1-libnetwork-libnetwork-abcdefgh"
-        );
-        assert_eq!(
-            workload_endpoint_name("node-1", "libnetwork", "ignored", "abcdefgh").unwrap(),
-            "node--1-libnetwork-libnetwork-abcdefgh"
-        );
-        assert_eq!(
-            workload_endpoint_name("node-1", "k8s", "pod-name", "eth0").unwrap(),
-            "node--1-k8s-pod--name-eth0"
-        );
-        assert_eq!(
-            workload_endpoint_name("node-1", "cni", "abcdefa0123456", "eth0").unwrap(),
-            "node--1-cni-abcdefa0123456-eth0"
-        );
-        assert_eq!(
-            workload_endpoint_name("node-1", "foo", "foo-foo", "abcdefgh").unwrap(),
-            "node--1-foo-foo--foo-abcdefgh"
-        );
+        for (orchestrator, workload, endpoint, want) in [
+            (
+                "libnetwork",
+                "",
+                "abcdefgh",
+                "node--1-libnetwork-libnetwork-abcdefgh",
+            ),
+            (
+                "libnetwork",
+                "ignored",
+                "abcdefgh",
+                "node--1-libnetwork-libnetwork-abcdefgh",
+            ),
+            ("k8s", "pod-name", "eth0", "node--1-k8s-pod--name-eth0"),
+            (
+                "cni",
+                "abcdefa0123456",
+                "eth0",
+                "node--1-cni-abcdefa0123456-eth0",
+            ),
+            (
+                "foo",
+                "foo-foo",
+                "abcdefgh",
+                "node--1-foo-foo--foo-abcdefgh",
+            ),
+        ] {
+            assert_eq!(
+                workload_endpoint_name("node-1", orchestrator, workload, endpoint).unwrap(),
+                want
+            );
+        }
     }
 
     #[test]

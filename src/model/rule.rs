@@ -7,7 +7,7 @@
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
-use super::serde_util::null_default;
+use super::omitempty::null_default;
 
 /// Calico's `numorstring` values (protocols and ports): a number or a string such as
 /// `"TCP"`, `"80:90"` or a named port.
@@ -29,48 +29,42 @@ impl Default for NumOrString {
 
 /// One policy rule.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, rename_all = "camelCase")]
 pub struct Rule {
     /// `Allow`, `Deny`, `Log` or `Pass` (always written).
-    #[serde(default)]
     pub action: String,
     /// 4 or 6.
-    #[serde(rename = "ipVersion", default, skip_serializing_if = "Option::is_none")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub ip_version: Option<u8>,
     /// Protocol name or number.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub protocol: Option<NumOrString>,
     /// ICMP type/code match, verbatim.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub icmp: Option<Value>,
     /// Negated protocol.
-    #[serde(
-        rename = "notProtocol",
-        default,
-        skip_serializing_if = "Option::is_none"
-    )]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub not_protocol: Option<NumOrString>,
     /// Negated ICMP match, verbatim.
-    #[serde(rename = "notICMP", default, skip_serializing_if = "Option::is_none")]
+    #[serde(rename = "notICMP", skip_serializing_if = "Option::is_none")]
     pub not_icmp: Option<Value>,
     /// Source match.
     #[serde(
-        default,
         deserialize_with = "null_default",
         skip_serializing_if = "EntityRule::is_empty"
     )]
     pub source: EntityRule,
     /// Destination match.
     #[serde(
-        default,
         deserialize_with = "null_default",
         skip_serializing_if = "EntityRule::is_empty"
     )]
     pub destination: EntityRule,
     /// HTTP match, verbatim.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub http: Option<Value>,
     /// Rule metadata (annotations), verbatim.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub metadata: Option<Value>,
     /// Fields this version does not know, kept on rewrite.
     #[serde(flatten)]
@@ -89,63 +83,46 @@ impl Rule {
 
 /// The source or destination side of a rule.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, rename_all = "camelCase")]
 pub struct EntityRule {
     /// CIDRs to match.
     #[serde(
-        default,
         deserialize_with = "null_default",
         skip_serializing_if = "Vec::is_empty"
     )]
     pub nets: Vec<String>,
     /// Label selector.
-    #[serde(default, skip_serializing_if = "String::is_empty")]
+    #[serde(skip_serializing_if = "String::is_empty")]
     pub selector: String,
     /// Namespace selector.
-    #[serde(
-        rename = "namespaceSelector",
-        default,
-        skip_serializing_if = "String::is_empty"
-    )]
+    #[serde(skip_serializing_if = "String::is_empty")]
     pub namespace_selector: String,
     /// Service match, verbatim.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub services: Option<Value>,
     /// Ports (numbers, ranges or names).
     #[serde(
-        default,
         deserialize_with = "null_default",
         skip_serializing_if = "Vec::is_empty"
     )]
     pub ports: Vec<NumOrString>,
     /// Negated CIDRs.
     #[serde(
-        rename = "notNets",
-        default,
         deserialize_with = "null_default",
         skip_serializing_if = "Vec::is_empty"
     )]
     pub not_nets: Vec<String>,
     /// Negated selector.
-    #[serde(
-        rename = "notSelector",
-        default,
-        skip_serializing_if = "String::is_empty"
-    )]
+    #[serde(skip_serializing_if = "String::is_empty")]
     pub not_selector: String,
     /// Negated ports.
     #[serde(
-        rename = "notPorts",
-        default,
         deserialize_with = "null_default",
         skip_serializing_if = "Vec::is_empty"
     )]
     pub not_ports: Vec<NumOrString>,
     /// Service account match, verbatim.
-    #[serde(
-        rename = "serviceAccounts",
-        default,
-        skip_serializing_if = "Option::is_none"
-    )]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub service_accounts: Option<Value>,
     /// Fields this version does not know, kept on rewrite.
     #[serde(flatten)]

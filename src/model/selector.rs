@@ -166,6 +166,18 @@ impl Parser<'_> {
         }
     }
 
+    /// Consumes a two-word operator (`not in`, `starts with`): `Ok(false)` when `first` is
+    /// not next, an error when `first` is not followed by `second`.
+    fn eat_words(&mut self, first: &str, second: &str) -> PResult<bool> {
+        if !self.eat_word(first) {
+            return Ok(false);
+        }
+        if !self.eat_word(second) {
+            return Err(format!("expected '{second}' after '{first}'"));
+        }
+        Ok(true)
+    }
+
     fn expect(&mut self, tok: &str) -> PResult<()> {
         if self.eat(tok) {
             Ok(())
@@ -223,10 +235,7 @@ impl Parser<'_> {
         if self.eat("!=") {
             return Ok(Expr::Ne(key, self.string()?));
         }
-        if self.eat_word("not") {
-            if !self.eat_word("in") {
-                return Err("expected 'in' after 'not'".into());
-            }
+        if self.eat_words("not", "in")? {
             return Ok(Expr::NotIn(key, self.set()?));
         }
         if self.eat_word("in") {
@@ -235,16 +244,10 @@ impl Parser<'_> {
         if self.eat_word("contains") {
             return Ok(Expr::Contains(key, self.string()?));
         }
-        if self.eat_word("starts") {
-            if !self.eat_word("with") {
-                return Err("expected 'with' after 'starts'".into());
-            }
+        if self.eat_words("starts", "with")? {
             return Ok(Expr::StartsWith(key, self.string()?));
         }
-        if self.eat_word("ends") {
-            if !self.eat_word("with") {
-                return Err("expected 'with' after 'ends'".into());
-            }
+        if self.eat_words("ends", "with")? {
             return Ok(Expr::EndsWith(key, self.string()?));
         }
         Err(format!("expected an operator after label {key:?}"))
@@ -316,7 +319,8 @@ mod tests {
 
     #[test]
     fn node_selector_cases() {
-        // Reference §5 case 26: node {foo: bar}.
+        // A node labelled {foo: bar} is in a pool with `nodeSelector: foo == "bar"`, not in one
+        // with `foo != "bar"`; an empty selector means `all()`.
         let node = labels(&[("foo", "bar")]);
         assert!(m(r#"foo == "bar""#, &node));
         assert!(!m(r#"foo != "bar""#, &node));

@@ -1,0 +1,89 @@
+//! Profile: the per-network policy endpoints refer to by name.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+
+use super::{Resource, Spec};
+use crate::model::keys;
+use crate::model::omitempty::null_default;
+use crate::model::rule::{EntityRule, Rule};
+
+/// A Profile.
+pub type Profile = Resource<ProfileSpec>;
+
+/// ProfileSpec.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, rename_all = "camelCase")]
+pub struct ProfileSpec {
+    /// Inbound rules.
+    #[serde(
+        deserialize_with = "null_default",
+        skip_serializing_if = "Vec::is_empty"
+    )]
+    pub ingress: Vec<Rule>,
+    /// Outbound rules.
+    #[serde(
+        deserialize_with = "null_default",
+        skip_serializing_if = "Vec::is_empty"
+    )]
+    pub egress: Vec<Rule>,
+    /// Labels applied to every endpoint using the profile.
+    #[serde(
+        deserialize_with = "null_default",
+        skip_serializing_if = "BTreeMap::is_empty"
+    )]
+    pub labels_to_apply: BTreeMap<String, String>,
+    /// Fields this version does not know, kept on rewrite.
+    #[serde(flatten)]
+    pub extra: Map<String, Value>,
+}
+
+impl Spec for ProfileSpec {
+    const KIND: &'static str = "Profile";
+    const PLURAL: &'static str = keys::PLURAL_PROFILES;
+}
+
+impl ProfileSpec {
+    /// The per-network profile Calico's CNI plugin writes: members may talk to each other
+    /// and anywhere out. `{"ingress":[{"action":"Allow","source":{"selector":"has(<name>)"}}],
+    /// "egress":[{"action":"Allow"}],"labelsToApply":{"<name>":""}}`.
+    pub fn for_network(name: &str) -> Self {
+        let mut allow_members = Rule::action("Allow");
+        allow_members.source = EntityRule::selector(format!("has({name})"));
+        ProfileSpec {
+            ingress: vec![allow_members],
+            egress: vec![Rule::action("Allow")],
+            labels_to_apply: BTreeMap::from([(name.to_string(), String::new())]),
+            extra: Map::new(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chrono::{TimeZone, Utc};
+
+    #[test]
+    fn network_profile_shape() {
+        let mut p = Profile::new("net1", ProfileSpec::for_network("net1"));
+        p.metadata.uid = "u".into();
+        p.metadata.creation_timestamp = Some(Utc.with_ymd_and_hms(2025, 6, 1, 12, 0, 0).unwrap());
+        assert_eq!(
+            String::from_utf8(p.to_json().unwrap()).unwrap(),
+            r#"{"kind":"Profile","apiVersion":"projectcalico.org/v3","metadata":{"name":"net1","uid":"u","creationTimestamp":"2025-06-01T12:00:00Z"},"spec":{"ingress":[{"action":"Allow","source":{"selector":"has(net1)"}}],"egress":[{"action":"Allow"}],"labelsToApply":{"net1":""}}}"#
+        );
+        assert_eq!(
+            p.key().unwrap(),
+            "/calico/resources/v3/projectcalico.org/profiles/net1"
+        );
+        // The older `{}` form parses to the same profile.
+        let old = r#"{"kind":"Profile","apiVersion":"projectcalico.org/v3","metadata":{"name":"net1"},"spec":{"ingress":[{"action":"Allow","source":{"selector":"has(net1)"},"destination":{}}],"egress":[{"action":"Allow","source":{},"destination":{}}],"labelsToApply":{"net1":""}}}"#;
+        assert_eq!(
+            Profile::from_json(old.as_bytes()).unwrap().spec,
+            ProfileSpec::for_network("net1")
+        );
+    }
+}
