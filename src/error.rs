@@ -97,6 +97,22 @@ impl Error {
         matches!(self.root(), Error::Conflict { .. })
     }
 
+    /// `Ok` for no error, the error itself for one, and all of them (in order, joined by
+    /// `; `) for more: what a teardown that carries on past failures returns.
+    pub fn from_list(mut errors: Vec<Error>) -> Result<()> {
+        match errors.len() {
+            0 => Ok(()),
+            1 => Err(errors.remove(0)),
+            _ => Err(Error::Message(
+                errors
+                    .iter()
+                    .map(ToString::to_string)
+                    .collect::<Vec<_>>()
+                    .join("; "),
+            )),
+        }
+    }
+
     /// True when a datastore write lost a race: the key changed (compare-and-swap), appeared
     /// or vanished since it was read. Retrying from a fresh read is the answer.
     pub fn is_lost_race(&self) -> bool {

@@ -3,6 +3,8 @@
 //! - [`iptables`]: the plugin's firewall rules (isolation, NAT outgoing, published ports).
 //! - [`netlink`]: a [`Netlink`] handle with one async function per kernel operation.
 //! - [`sysctl`]: idempotent `/proc/sys` writes, Calico's host-veth knobs and IPv6 forwarding.
+//! - [`Dataplane`]: the kernel operations the driver uses, as one trait: [`Linux`] in the
+//!   plugin, [`fake::Recording`] in tests that need no root.
 //! - [`setup_endpoint_veth`] / [`teardown_endpoint_veth`]: a Calico endpoint's veth, composed
 //!   from the above, all-or-nothing.
 //!
@@ -12,6 +14,7 @@
 //! The container side is left to Docker: the Join response names the peer (`SrcName`),
 //! Docker moves it into the sandbox, renames it and configures addresses and routes.
 
+pub mod fake;
 pub mod iptables;
 pub mod netlink;
 /// The old name of [`iptables`].
@@ -213,6 +216,59 @@ async fn ensure_host_mac(nl: &Netlink, host: &str, ipv6: bool) -> Result<()> {
 /// Deletes an endpoint's host veth; its peer and routes go with it. Missing is success.
 pub async fn teardown_endpoint_veth(nl: &Netlink, host_name: &str) -> Result<()> {
     nl.delete_link(host_name).await
+}
+
+/// The kernel operations the driver needs, behind one seam: [`Linux`] (netlink) in the
+/// plugin, [`fake::Recording`] where a test checks the driver's order of operations without
+/// root. Firewall rules stay with `iptables`, which the driver reaches through its rule state.
+#[async_trait::async_trait]
+pub trait Dataplane: Send + Sync {
+    /// [`setup_endpoint_veth`].
+    async fn setup_endpoint_veth(&self, veth: EndpointVeth) -> Result<VethInfo>;
+    /// [`teardown_endpoint_veth`]: deletes the pair by its host end; absent is not an error.
+    async fn teardown_endpoint_veth(&self, host_name: &str) -> Result<()>;
+    /// Whether a link of that name exists.
+    async fn link_exists(&self, name: &str) -> Result<bool>;
+    /// Veths whose name starts with `prefix`, each with whether it carries [`VETH_ALIAS`].
+    async fn list_veths_marked(&self, prefix: &str) -> Result<Vec<(String, bool)>>;
+    /// Veths whose name starts with `prefix`.
+    async fn list_veths(&self, prefix: &str) -> Result<Vec<String>>;
+}
+
+/// The Linux dataplane: one netlink socket, opened on first use (IPAM-only use never needs
+/// one, and a process without `CAP_NET_ADMIN` can still serve IPAM).
+#[derive(Default)]
+pub struct Linux {
+    nl: std::sync::OnceLock<Netlink>,
+}
+
+impl Linux {
+    fn netlink(&self) -> Result<&Netlink> {
+        if let Some(nl) = self.nl.get() {
+            return Ok(nl);
+        }
+        let nl = Netlink::new()?;
+        Ok(self.nl.get_or_init(|| nl))
+    }
+}
+
+#[async_trait::async_trait]
+impl Dataplane for Linux {
+    async fn setup_endpoint_veth(&self, veth: EndpointVeth) -> Result<VethInfo> {
+        setup_endpoint_veth(self.netlink()?, veth).await
+    }
+    async fn teardown_endpoint_veth(&self, host_name: &str) -> Result<()> {
+        teardown_endpoint_veth(self.netlink()?, host_name).await
+    }
+    async fn link_exists(&self, name: &str) -> Result<bool> {
+        self.netlink()?.link_exists(name).await
+    }
+    async fn list_veths_marked(&self, prefix: &str) -> Result<Vec<(String, bool)>> {
+        self.netlink()?.list_veths_marked(prefix).await
+    }
+    async fn list_veths(&self, prefix: &str) -> Result<Vec<String>> {
+        self.netlink()?.list_veths(prefix).await
+    }
 }
 
 /// Checks an interface name before it reaches the kernel or a `/proc/sys` path:

@@ -18,6 +18,8 @@ pub mod profiles;
 pub mod reconcile;
 pub mod rules;
 pub mod sandbox;
+#[cfg(test)]
+mod sequence_tests;
 
 /// Address space names the IPAM driver reports (the original plugin's names).
 pub const LOCAL_ADDRESS_SPACE: &str = "CalicoLocalAddressSpace";
@@ -162,7 +164,8 @@ pub struct Driver {
     store: Arc<dyn Datastore>,
     ipam: Ipam,
     settings: DriverSettings,
-    netlink: std::sync::OnceLock<crate::dataplane::Netlink>,
+    /// The kernel side (veths, links): Linux, or a recording fake in tests.
+    dataplane: Arc<dyn crate::dataplane::Dataplane>,
     endpoints: std::sync::Mutex<std::collections::HashMap<String, network::EndpointCache>>,
     /// Host firewall rules for this host's endpoints (see `rules`).
     rules: rules::Rules,
@@ -213,6 +216,19 @@ where
 impl Driver {
     /// Builds the driver over a datastore.
     pub fn new(store: Arc<dyn Datastore>, settings: DriverSettings) -> Self {
+        Self::with_dataplane(
+            store,
+            settings,
+            Arc::new(crate::dataplane::Linux::default()),
+        )
+    }
+
+    /// Builds the driver over a datastore and a given dataplane (a fake in tests).
+    pub fn with_dataplane(
+        store: Arc<dyn Datastore>,
+        settings: DriverSettings,
+        dataplane: Arc<dyn crate::dataplane::Dataplane>,
+    ) -> Self {
         let docker = settings
             .docker_host
             .as_deref()
@@ -225,22 +241,13 @@ impl Driver {
             docker,
             foreign_owner: Default::default(),
             settings,
-            netlink: std::sync::OnceLock::new(),
+            dataplane,
             endpoints: Default::default(),
             network_pools: Default::default(),
             settled_records: Default::default(),
             ipam_serial: Default::default(),
             sandboxes: Default::default(),
         }
-    }
-
-    /// The netlink handle, opened on first use (IPAM-only use never needs one).
-    fn netlink(&self) -> Result<&crate::dataplane::Netlink> {
-        if let Some(nl) = self.netlink.get() {
-            return Ok(nl);
-        }
-        let nl = crate::dataplane::Netlink::new()?;
-        Ok(self.netlink.get_or_init(|| nl))
     }
 
     /// The allocator.

@@ -11,7 +11,9 @@ use super::{Driver, EndpointSpec, JoinInfo, NetworkSpec};
 use crate::dataplane::{self, EndpointVeth};
 use crate::datastore::resources;
 use crate::error::{Error, Result, ResultExt};
-use crate::model::libnetwork::{host_veth_name, temp_veth_name, NetworkRecord, WEP_NAMESPACE};
+use crate::model::libnetwork::{
+    host_veth_name, short_id, temp_veth_name, NetworkRecord, WEP_NAMESPACE,
+};
 use crate::model::resources::{WorkloadEndpointSpec, ORCHESTRATOR_LIBNETWORK};
 use crate::model::{keys, WorkloadEndpoint};
 
@@ -237,10 +239,10 @@ impl Driver {
     async fn undo_create_endpoint(&self, network_id: &str, endpoint_id: &str) {
         match self.delete_endpoint(network_id, endpoint_id).await {
             Ok(()) => {
-                tracing::info!(endpoint = %&endpoint_id[..12], "create endpoint failed: its WorkloadEndpoint was removed again")
+                tracing::info!(endpoint = %short_id(endpoint_id), "create endpoint failed: its WorkloadEndpoint was removed again")
             }
             Err(e) => tracing::warn!(
-                endpoint = %&endpoint_id[..12], error = %e,
+                endpoint = %short_id(endpoint_id), error = %e,
                 "create endpoint failed and its WorkloadEndpoint could not be removed; reconciliation removes it"
             ),
         }
@@ -388,7 +390,7 @@ impl Driver {
         Ok(filled)
     }
 
-    async fn endpoint_cache(&self, endpoint_id: &str) -> Result<EndpointCache> {
+    pub(crate) async fn endpoint_cache(&self, endpoint_id: &str) -> Result<EndpointCache> {
         if let Some(c) = self.endpoints.lock().unwrap().get(endpoint_id) {
             return Ok(c.clone());
         }
@@ -451,10 +453,9 @@ impl Driver {
             tracing::warn!(network = %network_id, error = %e, "join: network pools unknown, no pool routes");
             Ok(Vec::new())
         })?;
-        let nl = self.netlink()?;
-        let info = dataplane::setup_endpoint_veth(
-            nl,
-            EndpointVeth {
+        let info = self
+            .dataplane
+            .setup_endpoint_veth(EndpointVeth {
                 host_name: host_veth_name(endpoint_id),
                 temp_name: temp_veth_name(endpoint_id),
                 mtu: self.settings.veth_mtu,
@@ -463,20 +464,19 @@ impl Driver {
                 container_mac: Some(ep.mac),
                 // With the firewall off there is no loopback guard (and no published port).
                 no_route_localnet: self.rule_mode().is_none(),
-            },
-        )
-        .await
-        .ctx(format!("join endpoint {}", &endpoint_id[..12]))?;
+            })
+            .await
+            .ctx(format!("join endpoint {}", short_id(endpoint_id)))?;
         // The host firewall for this endpoint (forwarding past Docker's FORWARD DROP,
         // isolation, published ports). Without it the endpoint's traffic is dropped (ours
         // drops unknown cali interfaces) and its ports go nowhere: fail, so Docker rolls the
         // container's start back and says why.
         if let Err(e) = self.rules_apply().await {
-            let _ = dataplane::teardown_endpoint_veth(nl, &host_veth_name(endpoint_id)).await;
-            return Err(e.context(format!(
+            let e = e.context(format!(
                 "join endpoint {}: install its firewall rules",
-                &endpoint_id[..12]
-            )));
+                short_id(endpoint_id)
+            ));
+            return Err(self.undo_join(endpoint_id, e).await);
         }
         if !ep.ipv6.is_empty() {
             if let Err(e) = dataplane::sysctl::ensure_ipv6_forwarding().await {
@@ -491,10 +491,7 @@ impl Driver {
             &pools,
         ) {
             Ok(plan) => plan,
-            Err(e) => {
-                let _ = dataplane::teardown_endpoint_veth(nl, &host_veth_name(endpoint_id)).await;
-                return Err(e);
-            }
+            Err(e) => return Err(self.undo_join(endpoint_id, e).await),
         };
         Ok(JoinInfo {
             src_name: temp_veth_name(endpoint_id),
@@ -513,10 +510,10 @@ impl Driver {
         // Deleting a link waits for an RCU grace period (about 10 ms) and nothing Docker does
         // next needs it gone: it moves the container end back or finds it gone, and
         // DeleteEndpoint deletes it again if it is still there. So answer first.
-        let nl = self.netlink()?.clone();
+        let dp = self.dataplane.clone();
         let name = host_veth_name(endpoint_id);
         tokio::spawn(async move {
-            if let Err(e) = dataplane::teardown_endpoint_veth(&nl, &name).await {
+            if let Err(e) = dp.teardown_endpoint_veth(&name).await {
                 tracing::warn!(host = %name, error = %e, "leave: delete veth; DeleteEndpoint retries");
             }
         });
@@ -526,15 +523,17 @@ impl Driver {
     /// `NetworkDriver.DeleteEndpoint` (idempotent).
     pub async fn delete_endpoint(&self, _network_id: &str, endpoint_id: &str) -> Result<()> {
         let name = self.wep_name(endpoint_id)?;
-        let stored = match self
+        // Every step runs whatever an earlier one said; the errors are reported together.
+        let mut errors = Vec::new();
+        match self
             .store
             .delete(&keys::workload_endpoint_key(WEP_NAMESPACE, &name), None)
             .await
         {
-            Ok(()) => Ok(()),
-            Err(e) if e.is_not_found() => Ok(()),
-            Err(e) => Err(e.context(format!("delete WorkloadEndpoint {name}"))),
-        };
+            Ok(()) => {}
+            Err(e) if e.is_not_found() => {}
+            Err(e) => errors.push(e.context(format!("delete WorkloadEndpoint {name}"))),
+        }
         // The local state goes whatever the datastore said: Docker forgets the endpoint and
         // releases its address even when this call fails, so rules left here would follow
         // the address to its next owner. The record left behind is reconciliation's.
@@ -543,10 +542,22 @@ impl Driver {
         // Its rules go in the background, after this answer.
         self.rules_remove_endpoint(endpoint_id).await;
         // In case Leave never came (a crashed container start): the veth goes too.
-        if let Ok(nl) = self.netlink() {
-            let _ = dataplane::teardown_endpoint_veth(nl, &host_veth_name(endpoint_id)).await;
+        let veth = host_veth_name(endpoint_id);
+        if let Err(e) = self.dataplane.teardown_endpoint_veth(&veth).await {
+            errors.push(e.context(format!("delete veth {veth}")));
         }
-        stored
+        Error::from_list(errors)
+    }
+
+    /// Join failed after the veth was made: removes it again and returns `cause`, with the
+    /// removal's own failure added.
+    async fn undo_join(&self, endpoint_id: &str, cause: Error) -> Error {
+        let veth = host_veth_name(endpoint_id);
+        match self.dataplane.teardown_endpoint_veth(&veth).await {
+            Ok(()) => cause,
+            Err(e) => Error::from_list(vec![cause, e.context(format!("roll back veth {veth}"))])
+                .unwrap_err(),
+        }
     }
 
     /// Pools of a network as recorded, for tools.

@@ -259,26 +259,21 @@ impl Driver {
         };
         // Links first, records second: a veth listed here had its WorkloadEndpoint written
         // before (Join follows CreateEndpoint), so a veth without one is not in flight.
-        let links = match self.netlink() {
-            Ok(nl) => match (
-                nl.list_veths_marked(HOST_VETH_PREFIX).await,
-                nl.list_veths(TEMP_VETH_PREFIX).await,
-            ) {
-                (Ok(c), Ok(t)) => Some((
-                    c.iter().map(|(n, _)| n.clone()).collect::<HashSet<_>>(),
-                    t.into_iter().collect::<HashSet<_>>(),
-                    c.into_iter()
-                        .filter(|(_, ours)| *ours)
-                        .map(|(n, _)| n)
-                        .collect::<HashSet<_>>(),
-                )),
-                (Err(e), _) | (_, Err(e)) => {
-                    tracing::warn!(error = %e, "reconcile: list links; leaving veths and WorkloadEndpoints alone");
-                    None
-                }
-            },
-            Err(e) => {
-                tracing::warn!(error = %e, "reconcile: no netlink; leaving veths and WorkloadEndpoints alone");
+        let dp = &self.dataplane;
+        let links = match (
+            dp.list_veths_marked(HOST_VETH_PREFIX).await,
+            dp.list_veths(TEMP_VETH_PREFIX).await,
+        ) {
+            (Ok(c), Ok(t)) => Some((
+                c.iter().map(|(n, _)| n.clone()).collect::<HashSet<_>>(),
+                t.into_iter().collect::<HashSet<_>>(),
+                c.into_iter()
+                    .filter(|(_, ours)| *ours)
+                    .map(|(n, _)| n)
+                    .collect::<HashSet<_>>(),
+            )),
+            (Err(e), _) | (_, Err(e)) => {
+                tracing::warn!(error = %e, "reconcile: list links; leaving veths and WorkloadEndpoints alone");
                 None
             }
         };
@@ -311,8 +306,7 @@ impl Driver {
                 if veth.len() != 15 || named.contains(veth) {
                     continue;
                 }
-                let nl = self.netlink()?;
-                match crate::dataplane::teardown_endpoint_veth(nl, veth).await {
+                match self.dataplane.teardown_endpoint_veth(veth).await {
                     Ok(()) => {
                         tracing::info!(veth = %veth, "reconcile: removed host veth without WorkloadEndpoint");
                         report.veths_removed.push(veth.clone());
@@ -353,11 +347,7 @@ impl Driver {
                     );
                     report.endpoints_removed.push(w.name().to_string());
                     if cali.contains(&veth) {
-                        let nl = self.netlink()?;
-                        if crate::dataplane::teardown_endpoint_veth(nl, &veth)
-                            .await
-                            .is_ok()
-                        {
+                        if self.dataplane.teardown_endpoint_veth(&veth).await.is_ok() {
                             tracing::info!(veth = %veth, "reconcile: removed veth never handed to a container");
                             report.veths_removed.push(veth.clone());
                         }
@@ -453,10 +443,6 @@ impl Driver {
                 return Ok(false);
             }
         } else {
-            let nl = match self.netlink() {
-                Ok(nl) => nl,
-                Err(_) => return Ok(false),
-            };
             for (_, _, w) in &holders {
                 if w.spec.node != me
                     || w.metadata.namespace != WEP_NAMESPACE
@@ -465,7 +451,11 @@ impl Driver {
                 {
                     return Ok(false);
                 }
-                match nl.link_exists(&host_veth_name(&w.spec.endpoint)).await {
+                match self
+                    .dataplane
+                    .link_exists(&host_veth_name(&w.spec.endpoint))
+                    .await
+                {
                     Ok(false) => {}
                     _ => return Ok(false), // A live container (or unknown): keep it.
                 }

@@ -120,6 +120,12 @@ fn id_part(endpoint_id: &str) -> String {
     endpoint_id.chars().take(11).collect()
 }
 
+/// The first 12 characters of an ID, for logs and messages (Docker's short form); the whole
+/// string when shorter or when 12 bytes would split a character.
+pub fn short_id(id: &str) -> &str {
+    id.get(..12).unwrap_or(id)
+}
+
 /// Host-side veth name for a stored endpoint ID: `cali` + its first 11 characters.
 pub fn host_veth_name(endpoint_id: &str) -> String {
     format!("{HOST_VETH_PREFIX}{}", id_part(endpoint_id))
