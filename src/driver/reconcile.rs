@@ -346,11 +346,11 @@ impl Driver {
                         "reconcile: removed WorkloadEndpoint Docker no longer knows (no veth)"
                     );
                     report.endpoints_removed.push(w.name().to_string());
-                    if cali.contains(&veth) {
-                        if self.dataplane.teardown_endpoint_veth(&veth).await.is_ok() {
-                            tracing::info!(veth = %veth, "reconcile: removed veth never handed to a container");
-                            report.veths_removed.push(veth.clone());
-                        }
+                    if cali.contains(&veth)
+                        && self.dataplane.teardown_endpoint_veth(&veth).await.is_ok()
+                    {
+                        tracing::info!(veth = %veth, "reconcile: removed veth never handed to a container");
+                        report.veths_removed.push(veth.clone());
                     }
                     self.forget_endpoint(&w.spec.endpoint).await;
                     // Its addresses are not released here: one may have been released by
