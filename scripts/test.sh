@@ -7,4 +7,5 @@ bash scripts/test-deps.sh
 cargo fmt --all -- --check
 cargo clippy --locked --all-targets -- -D warnings
 RUSTDOCFLAGS="-D warnings" cargo doc --no-deps --locked --quiet
+bash scripts/unused-deps.sh
 cargo test --locked "$@"
