@@ -1550,7 +1550,11 @@ fn part_rtt(cfg: &Cfg, rep: &mut Report) {
 async fn driver_on(store: Arc<dyn Datastore>, node: &str) -> (Arc<Driver>, String) {
     let d = Arc::new(Driver::new(store, DriverSettings::new(node)));
     d.init(&["192.168.0.0/16".parse().unwrap()]).await.unwrap();
-    let g = d.request_pool(PoolRequest::default()).await.unwrap();
+    let g = d
+        .ipam_driver()
+        .request_pool(PoolRequest::default())
+        .await
+        .unwrap();
     (d, g.pool_id)
 }
 
@@ -1584,7 +1588,10 @@ fn part_ipam(cfg: &Cfg, rep: &mut Report) {
             let wall = t.elapsed();
             let t = Instant::now();
             for ip in &ips {
-                d.release_address(&pool, ip.addr()).await.unwrap();
+                d.ipam_driver()
+                    .release_address(&pool, ip.addr())
+                    .await
+                    .unwrap();
             }
             (lat, wall, t.elapsed())
         });

@@ -609,7 +609,10 @@ async fn reuse_body() {
     let err = me.delete_endpoint(&net, &old_ep).await.unwrap_err();
     assert!(err.is_unavailable(), "{err}");
     etcd.restart();
-    me.release_address("CalicoPoolIPv4", ip).await.unwrap();
+    me.ipam_driver()
+        .release_address("CalicoPoolIPv4", ip)
+        .await
+        .unwrap();
     // The address goes to a new container.
     let new_ep = endpoint_id("new");
     assert_eq!(request(&me, Some(ip)).await.unwrap(), ip);

@@ -10,10 +10,14 @@ use std::net::IpAddr;
 
 use ipnet::IpNet;
 
-use super::{Driver, PoolGrant, PoolRequest};
+use std::future::Future;
+use std::sync::Arc;
+
+use super::{PoolGrant, PoolRequest};
+use crate::datastore::Datastore;
 use crate::datastore::Write;
 use crate::error::{Error, Result, ResultExt};
-use crate::ipam::{default_attrs, AssignIp, AutoAssign};
+use crate::ipam::{default_attrs, AssignIp, AutoAssign, Ipam};
 use crate::model::ippool::{ASSIGNMENT_MANUAL, MODE_ALWAYS, MODE_CROSS_SUBNET, MODE_NEVER};
 use crate::model::libnetwork::PoolRecord;
 use crate::model::{keys, IpFamily, IpPool, IpPoolSpec};
@@ -104,7 +108,28 @@ pub fn pool_name_for(cidr: &IpNet) -> String {
     crate::model::resource_name_from(&raw)
 }
 
-impl Driver {
+/// Docker's IPAM driver: pools and addresses over Calico IPAM, for one node.
+pub struct IpamDriver {
+    store: Arc<dyn Datastore>,
+    ipam: Ipam,
+    nodename: String,
+    /// Taken around this host's address requests and releases: they all write this host's
+    /// affine blocks, so one at a time they never fail each other's compare-and-swap (what
+    /// Calico's CNI plugin does with a host-wide lock). Other hosts still race through CAS.
+    serial: tokio::sync::Mutex<()>,
+}
+
+impl IpamDriver {
+    /// The IPAM driver of node `nodename` over `store`, sharing `ipam`'s block cache.
+    pub fn new(store: Arc<dyn Datastore>, ipam: Ipam, nodename: &str) -> Self {
+        IpamDriver {
+            store,
+            ipam,
+            nodename: nodename.to_string(),
+            serial: Default::default(),
+        }
+    }
+
     /// `IpamDriver.RequestPool`.
     pub async fn request_pool(&self, req: PoolRequest) -> Result<PoolGrant> {
         if let Some(sub) = req.sub_pool {
@@ -406,22 +431,29 @@ impl Driver {
         Ok((family.unwrap_or(IpFamily::V4), cidrs, names))
     }
 
-    /// This host's turn to write its blocks (see `ipam_serial`). The turn only saves
+    /// This host's turn to write its blocks (see `serial`). The turn only saves
     /// compare-and-swap retries, correctness is the CAS's: after a few seconds' wait (a
     /// slow datastore ahead in the queue) a request goes ahead without it.
     async fn ipam_turn(&self) -> Option<tokio::sync::MutexGuard<'_, ()>> {
-        tokio::time::timeout(std::time::Duration::from_secs(2), self.ipam_serial.lock())
+        tokio::time::timeout(std::time::Duration::from_secs(2), self.serial.lock())
             .await
             .ok()
     }
 
-    /// `IpamDriver.RequestAddress`.
-    pub async fn request_address(
+    /// `IpamDriver.RequestAddress`. A specific `address` found allocated is taken over only
+    /// when `reclaim(address)` says its owner is provably gone and has freed it (the network
+    /// side knows the endpoints: see [`super::Driver::request_address`]).
+    pub async fn request_address<F, Fut>(
         &self,
         pool_id: &str,
         address: Option<IpAddr>,
         options: &BTreeMap<String, String>,
-    ) -> Result<IpNet> {
+        reclaim: F,
+    ) -> Result<IpNet>
+    where
+        F: FnOnce(IpAddr) -> Fut,
+        Fut: Future<Output = bool>,
+    {
         if options.get("RequestAddressType").map(String::as_str) == Some(GATEWAY_REQUEST) {
             return Err(Error::invalid(
                 "Calico IPAM does not support specifying a gateway (--gateway): containers on Calico networks route through 169.254.1.1",
@@ -429,7 +461,7 @@ impl Driver {
         }
         let (family, pools, names) = self.resolve_pool_id(pool_id).await?;
         let _serial = self.ipam_turn().await;
-        let host = self.settings.nodename.clone();
+        let host = self.nodename.clone();
         let handle = crate::model::libnetwork::new_handle();
         let prefix = match family {
             IpFamily::V4 => 32,
@@ -464,12 +496,7 @@ impl Driver {
             // Docker asking again for the `--ip` of a container whose previous run is dead
             // (dockerd crashed before releasing it): take the address over if, and only if,
             // its owner is provably gone (see `super::reconcile`).
-            if matches!(&result, Err(e) if e.is_exists())
-                && self.reclaim_stale_address(ip).await.unwrap_or_else(|e| {
-                    tracing::warn!(address = %ip, error = %e, "check stale owner of requested address");
-                    false
-                })
-            {
+            if matches!(&result, Err(e) if e.is_exists()) && reclaim(ip).await {
                 result = self.ipam.assign_ip(&args).await;
             }
             return match result {
@@ -508,5 +535,69 @@ impl Driver {
             .await
             .ctx(format!("release address {address}"))?;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::datastore::local::LocalStore;
+
+    async fn ipam_driver() -> (tempfile::TempDir, IpamDriver) {
+        let dir = tempfile::tempdir().unwrap();
+        let store: Arc<dyn Datastore> =
+            Arc::new(LocalStore::open(dir.path().join("s.redb")).unwrap());
+        let ipam = Ipam::new(store.clone());
+        ipam.ensure_default_pools(&["10.12.0.0/24".parse().unwrap()])
+            .await
+            .unwrap();
+        (dir, IpamDriver::new(store, ipam, "ipam-host"))
+    }
+
+    #[tokio::test]
+    async fn a_taken_address_is_reassigned_only_when_its_owner_is_gone() {
+        let (_dir, d) = ipam_driver().await;
+        let grant = d.request_pool(PoolRequest::default()).await.unwrap();
+        assert_eq!(grant.pool_id, POOL_ID_V4);
+        let none = BTreeMap::new();
+        let ip: IpAddr = "10.12.0.7".parse().unwrap();
+        let got = d
+            .request_address(POOL_ID_V4, Some(ip), &none, |_| async { false })
+            .await
+            .unwrap();
+        assert_eq!(got, "10.12.0.7/32".parse::<IpNet>().unwrap());
+        // Taken: asked whether the owner is gone; it is not.
+        let mut asked = None;
+        let e = d
+            .request_address(POOL_ID_V4, Some(ip), &none, |a| {
+                asked = Some(a);
+                async { false }
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(asked, Some(ip));
+        assert_eq!(
+            e.to_string(),
+            "assign address 10.12.0.7: address already in use"
+        );
+        // The owner is gone and its address freed: the request gets it.
+        let ipam = &d.ipam;
+        let e = d
+            .request_address(POOL_ID_V4, Some(ip), &none, |a| async move {
+                ipam.release_ips(&[a]).await.is_ok()
+            })
+            .await;
+        assert!(e.is_ok(), "{e:?}");
+        // An address outside the network's pool never reaches the allocator.
+        let e = d
+            .request_address(
+                POOL_ID_V4,
+                Some("10.99.0.1".parse().unwrap()),
+                &none,
+                |_| async { panic!("not asked") },
+            )
+            .await
+            .unwrap_err();
+        assert!(e.to_string().starts_with("assign address 10.99.0.1"), "{e}");
     }
 }

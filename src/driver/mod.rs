@@ -1,7 +1,7 @@
 //! Docker's network and IPAM driver calls, on top of the allocator and the dataplane.
 
 use std::collections::BTreeMap;
-use std::net::{Ipv4Addr, Ipv6Addr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::sync::Arc;
 
 use ipnet::IpNet;
@@ -176,10 +176,8 @@ pub struct Driver {
     settled_records: std::sync::Mutex<
         std::collections::HashMap<String, crate::model::libnetwork::NetworkRecord>,
     >,
-    /// Taken around this host's address requests and releases: they all write this host's
-    /// affine blocks, so one at a time they never fail each other's compare-and-swap (what
-    /// Calico's CNI plugin does with a host-wide lock). Other hosts still race through CAS.
-    ipam_serial: tokio::sync::Mutex<()>,
+    /// Docker's IPAM driver (pools and addresses).
+    ipam_driver: ipam::IpamDriver,
     /// Gateways and routes given to the endpoints of each container sandbox (see `sandbox`).
     sandboxes: sandbox::Sandboxes,
     /// The Docker API, for background tasks only (never awaited by a handler).
@@ -235,6 +233,7 @@ impl Driver {
             .map(|h| Arc::new(docker::DockerApi::new(h, docker::CALL_TIMEOUT)));
         let ipam = Ipam::new(store.clone());
         Driver {
+            ipam_driver: ipam::IpamDriver::new(store.clone(), ipam.clone(), &settings.nodename),
             rules: rules::Rules::new(settings.dataplane, ipam.clone(), &settings.nodename),
             ipam,
             store,
@@ -245,7 +244,6 @@ impl Driver {
             endpoints: Default::default(),
             network_pools: Default::default(),
             settled_records: Default::default(),
-            ipam_serial: Default::default(),
             sandboxes: Default::default(),
         }
     }
@@ -253,6 +251,30 @@ impl Driver {
     /// The allocator.
     pub fn ipam(&self) -> &Ipam {
         &self.ipam
+    }
+
+    /// Docker's IPAM driver: `RequestPool`, `ReleasePool`, `ReleaseAddress` go straight to
+    /// it; `RequestAddress` through [`Driver::request_address`].
+    pub fn ipam_driver(&self) -> &ipam::IpamDriver {
+        &self.ipam_driver
+    }
+
+    /// `IpamDriver.RequestAddress`: the IPAM driver's, with this side's check that a requested
+    /// address's owner is provably gone (a dead container's endpoint: see `reconcile`).
+    pub async fn request_address(
+        &self,
+        pool_id: &str,
+        address: Option<IpAddr>,
+        options: &BTreeMap<String, String>,
+    ) -> Result<IpNet> {
+        self.ipam_driver
+            .request_address(pool_id, address, options, |ip| async move {
+                self.reclaim_stale_address(ip).await.unwrap_or_else(|e| {
+                    tracing::warn!(address = %ip, error = %e, "check stale owner of requested address");
+                    false
+                })
+            })
+            .await
     }
 
     /// Prepares the datastore for this host: its Node resource, ClusterInformation, and

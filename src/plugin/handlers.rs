@@ -228,6 +228,7 @@ pub async fn request_pool(d: Arc<Driver>, req: RequestPoolRequest) -> Result<Req
     let pool = parse_cidr("Pool (--subnet)", &req.pool)?;
     let sub_pool = parse_cidr("SubPool (--ip-range)", &req.sub_pool)?;
     let grant = d
+        .ipam_driver()
         .request_pool(PoolRequest {
             pool,
             sub_pool,
@@ -243,7 +244,7 @@ pub async fn request_pool(d: Arc<Driver>, req: RequestPoolRequest) -> Result<Req
 }
 
 pub async fn release_pool(d: Arc<Driver>, req: ReleasePoolRequest) -> Result<Empty> {
-    d.release_pool(&req.pool_id).await?;
+    d.ipam_driver().release_pool(&req.pool_id).await?;
     Ok(Empty {})
 }
 
@@ -265,6 +266,8 @@ pub async fn release_address(d: Arc<Driver>, req: ReleaseAddressRequest) -> Resu
     let Some(address) = parse_ip("Address", &req.address)? else {
         return Err(Error::invalid("ReleaseAddress: Address is empty"));
     };
-    d.release_address(&req.pool_id, address).await?;
+    d.ipam_driver()
+        .release_address(&req.pool_id, address)
+        .await?;
     Ok(Empty {})
 }
