@@ -393,8 +393,9 @@ pub(super) fn delete_chains(family: Family, table: &str, chains: &[String]) {
     }
 }
 
-/// Felix is taken to be in charge when its FORWARD hook or its nft table is present
-/// (firewall-notes §3: the rules Felix programs).
+/// Felix is taken to be in charge when its FORWARD hook (`-j cali-FORWARD`, which Felix's
+/// iptables dataplane inserts first in `filter FORWARD`) or its nftables table (`ip
+/// calico`, Felix's nftables dataplane) is present.
 pub fn felix_present() -> bool {
     // In either iptables variant: Felix may use the other one than Docker.
     let ipt = backends().into_iter().any(|b| {
