@@ -167,7 +167,7 @@ async fn check_socket(st: &mut Status, socket: &Path) {
                  its socket",
                 socket.display()
             ));
-            st.socket.error = Some(e);
+            st.socket.error = Some(e.to_string());
         }
     }
 }
