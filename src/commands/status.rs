@@ -328,3 +328,74 @@ fn table_rows(st: &Status) -> Vec<Vec<String>> {
     }
     rows
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn status() -> Status {
+        Status {
+            node: "node-1".to_string(),
+            datastore: DatastoreStatus {
+                kind: "etcdv3".to_string(),
+                reachable: true,
+                latency_ms: Some(1.25),
+                error: None,
+            },
+            node_resource: Some(true),
+            pools: vec![PoolUse {
+                name: "default-ipv4-ippool".to_string(),
+                cidr: "192.168.0.0/16".to_string(),
+                size: 65536,
+                used: 65536,
+                percent_used: 100.0,
+                disabled: false,
+            }],
+            socket: SocketStatus {
+                path: "/run/calico.sock".to_string(),
+                up: false,
+                error: Some("connect: refused".to_string()),
+            },
+            endpoints: Some(3),
+            notes: Vec::new(),
+            problems: vec!["plugin socket ...".to_string()],
+        }
+    }
+
+    #[test]
+    fn one_row_per_check() {
+        assert_eq!(
+            table(table_rows(&status())),
+            "CHECK      STATUS  DETAIL\n\
+             datastore  ok      etcdv3 reachable, 1.2 ms per read\n\
+             node       ok      Node resource node-1 exists\n\
+             pool       FAIL    default-ipv4-ippool 192.168.0.0/16: 65536/65536 used (100.0%)\n\
+             socket     FAIL    /run/calico.sock: connect: refused\n\
+             endpoints  ok      3 on node node-1\n"
+        );
+    }
+
+    #[test]
+    fn an_unopened_datastore_fails_and_the_rest_is_not_shown() {
+        let mut st = status();
+        st.datastore = DatastoreStatus {
+            kind: "local".to_string(),
+            reachable: false,
+            latency_ms: None,
+            error: Some("in use".to_string()),
+        };
+        st.node_resource = None;
+        st.pools.clear();
+        st.endpoints = None;
+        st.problems = vec!["cannot open the local datastore (in use): ...".to_string()];
+        let rows = table_rows(&st);
+        assert_eq!(rows.len(), 3);
+        assert_eq!(rows[1], ["datastore", "FAIL", "local: in use"]);
+        // Not checked (no problem names the datastore): skipped.
+        st.problems.clear();
+        assert_eq!(
+            table_rows(&st)[1],
+            ["datastore", "skipped", "local: in use"]
+        );
+    }
+}

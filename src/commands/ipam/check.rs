@@ -427,6 +427,87 @@ impl Check<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model::resources::WorkloadEndpointSpec;
+
+    fn alloc(block: &str, handle: Option<&str>) -> Alloc {
+        Alloc {
+            block: block.parse().unwrap(),
+            handle: handle.map(str::to_string),
+            node: None,
+            since: None,
+            sequence: 0,
+        }
+    }
+
+    fn wep(namespace: &str, name: &str, addrs: &[&str]) -> WorkloadEndpoint {
+        let spec = WorkloadEndpointSpec {
+            node: "node-1".to_string(),
+            ip_networks: addrs.iter().map(|a| a.to_string()).collect(),
+            ..Default::default()
+        };
+        WorkloadEndpoint::namespaced(namespace, name, spec)
+    }
+
+    #[test]
+    fn block_counts_are_per_handle_of_ours_and_per_block() {
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        let allocs = BTreeMap::from([
+            (ip("10.0.0.1"), alloc("10.0.0.0/26", Some("libnetwork.a"))),
+            (ip("10.0.0.2"), alloc("10.0.0.0/26", Some("libnetwork.a"))),
+            (ip("10.0.0.65"), alloc("10.0.0.64/26", Some("libnetwork.a"))),
+            (
+                ip("10.0.0.3"),
+                alloc("10.0.0.0/26", Some("k8s-pod-network.b")),
+            ),
+            (ip("10.0.0.4"), alloc("10.0.0.0/26", None)),
+        ]);
+        let counts = counts_from_blocks(&allocs);
+        assert_eq!(counts.len(), 1);
+        assert_eq!(
+            fmt_counts(&counts["libnetwork.a"]),
+            "2 in 10.0.0.0/26, 1 in 10.0.0.64/26"
+        );
+    }
+
+    #[test]
+    fn endpoint_addresses_take_cidrs_and_bare_addresses() {
+        let weps = [
+            wep(WEP_NAMESPACE, "a", &["10.0.0.1/32", "fd00::1/128"]),
+            wep("other", "b", &["10.0.0.2", "junk"]),
+        ];
+        let mut addrs: Vec<String> = endpoint_addresses(&weps)
+            .iter()
+            .map(|a| a.to_string())
+            .collect();
+        addrs.sort();
+        assert_eq!(addrs, ["10.0.0.1", "10.0.0.2", "fd00::1"]);
+    }
+
+    #[test]
+    fn only_our_endpoints_unallocated_addresses_are_found() {
+        let allocs = BTreeMap::from([(
+            "10.0.0.1".parse::<IpAddr>().unwrap(),
+            alloc("10.0.0.0/26", Some("libnetwork.a")),
+        )]);
+        let weps = [
+            wep(WEP_NAMESPACE, "ours", &["10.0.0.1/32", "10.0.0.9/32"]),
+            wep("cni", "theirs", &["10.0.0.10/32"]),
+        ];
+        let mut report = CheckReport::default();
+        unallocated_addresses(&allocs, &weps, &mut report);
+        assert_eq!(report.findings.len(), 1);
+        let f = &report.findings[0];
+        assert_eq!(
+            (f.kind, f.object.as_str()),
+            (kind::UNALLOCATED_ADDRESS, "10.0.0.9")
+        );
+        assert_eq!(
+            f.detail,
+            "WorkloadEndpoint ours (node node-1) uses it, but it is not allocated"
+        );
+        assert!(!f.repairable && !f.repaired);
+        assert_eq!(report.unresolved(), 1);
+    }
 
     #[test]
     fn handle_counts_compare_by_truncated_block() {
