@@ -2,8 +2,8 @@
 //!
 //! # Layout
 //! Dependencies point one way:
-//! `cli → plugin (HTTP + wire types) → driver (network, ipam) → {ipam allocator, dataplane}
-//! → {datastore, model} → error`.
+//! `cli → commands → plugin (HTTP + wire types) → driver (network, ipam) → {ipam allocator,
+//! dataplane} → {datastore, model} → error`.
 //!
 //! - [`error`]: the one error type and its message conventions.
 //! - [`config`]: settings from flags and environment.

@@ -9,7 +9,7 @@ use clap::{Parser, Subcommand};
 
 use crate::commands;
 use crate::config::ConfigArgs;
-pub(crate) use output::Output;
+use output::Output;
 
 /// Calico network and IPAM plugin for Docker.
 #[derive(Parser, Debug)]
