@@ -49,6 +49,20 @@ impl Alloc {
     }
 }
 
+#[cfg(test)]
+impl Alloc {
+    /// An allocation in `block` under `handle`, with no node, time or sequence.
+    pub(super) fn in_block(block: &str, handle: Option<&str>) -> Self {
+        Alloc {
+            block: block.parse().unwrap(),
+            handle: handle.map(str::to_string),
+            node: None,
+            since: None,
+            sequence: 0,
+        }
+    }
+}
+
 /// Every allocation in every block, by address.
 pub(super) async fn all_allocations(ipam: &Ipam) -> Result<BTreeMap<IpAddr, Alloc>> {
     let mut out = BTreeMap::new();

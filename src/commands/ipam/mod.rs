@@ -3,6 +3,7 @@
 
 mod allocations;
 pub(crate) mod check;
+mod handles;
 pub(crate) mod report;
 
 use crate::cli::output::{header, print_json, table, Output};
