@@ -2,8 +2,8 @@
 //!
 //! # Layout
 //! Dependencies point one way:
-//! `cli → plugin (HTTP + wire types) → driver (network, ipam) → {ipam allocator, dataplane}
-//! → {datastore, model} → error`.
+//! `cli → commands → plugin (HTTP + wire types) → driver (network, ipam) → {ipam allocator,
+//! dataplane} → {datastore, model} → error`.
 //!
 //! - [`error`]: the one error type and its message conventions.
 //! - [`config`]: settings from flags and environment.
@@ -14,10 +14,12 @@
 //! - [`driver`]: Docker's network and IPAM driver calls.
 //! - [`plugin`]: the HTTP server on Docker's plugin socket and the wire types.
 //! - [`metrics`]: Prometheus metrics (optional).
-//! - [`ops`]: operator commands (status, endpoint list, ipam check).
-//! - [`cli`]: the command line.
+//! - [`cli`]: the command line (clap types, table and JSON output).
+//! - `commands`: each command's body, one file per command (`serve`, `pool`, `ipam`,
+//!   `status`, `endpoint`, `firewall`).
 
 pub mod cli;
+mod commands;
 pub mod config;
 pub mod error;
 
@@ -28,5 +30,4 @@ pub mod driver;
 pub mod ipam;
 pub mod metrics;
 pub mod model;
-pub mod ops;
 pub mod plugin;

@@ -12,36 +12,11 @@ use std::time::Duration;
 
 use crate::error::{Error, Result};
 
-/// The Docker API address used when neither `CALICO_LIBNETWORK_DOCKER_HOST` nor `DOCKER_HOST`
-/// is set.
-pub const DEFAULT_DOCKER_HOST: &str = "unix:///var/run/docker.sock";
-
 /// Deadline of each Docker API call (and of connecting).
 pub const CALL_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Prefix of the container labels copied onto WorkloadEndpoints (removed on the way).
 pub const LABEL_PREFIX: &str = "org.projectcalico.label.";
-
-/// Checks a Docker host address: `unix:///path`, `tcp://host:port` or `http://host:port`.
-pub fn check_host(host: &str) -> std::result::Result<(), String> {
-    if let Some(path) = host.strip_prefix("unix://") {
-        if path.is_empty() || !path.starts_with('/') {
-            return Err(format!(
-                "'{host}' needs an absolute socket path (unix:///path)"
-            ));
-        }
-        return Ok(());
-    }
-    let rest = host
-        .strip_prefix("tcp://")
-        .or_else(|| host.strip_prefix("http://"))
-        .ok_or_else(|| format!("'{host}' must start with unix://, tcp:// or http://"))?;
-    let authority = rest.split('/').next().unwrap_or_default();
-    if authority.is_empty() {
-        return Err(format!("'{host}' has no host"));
-    }
-    Ok(())
-}
 
 fn docker_err(what: &str, e: bollard::errors::Error) -> Error {
     Error::Docker(format!("{what}: {e}"))
@@ -346,18 +321,6 @@ mod tests {
         let msg = e.to_string();
         assert!(msg.starts_with("docker API unavailable: "), "{msg}");
         assert!(!msg.contains("datastore"), "{msg}");
-    }
-
-    #[test]
-    fn hosts() {
-        assert!(check_host("unix:///var/run/docker.sock").is_ok());
-        assert!(check_host("tcp://127.0.0.1:2375").is_ok());
-        assert!(check_host("http://localhost:2375").is_ok());
-        assert!(check_host("unix://").is_err());
-        assert!(check_host("unix://relative.sock").is_err());
-        assert!(check_host("/var/run/docker.sock").is_err());
-        assert!(check_host("ssh://host").is_err());
-        assert!(check_host("tcp://").is_err());
     }
 
     #[test]

@@ -1,0 +1,138 @@
+//! `endpoint list`: this host's (or every host's) container endpoints.
+
+use std::collections::HashMap;
+
+use serde::Serialize;
+
+use crate::cli::output::{header, print_json, table, Output};
+use crate::cli::EndpointCommand;
+use crate::config::Config;
+use crate::datastore::resources;
+use crate::datastore::Datastore;
+use crate::error::Result;
+use crate::model::libnetwork::{fallback_profile, NetworkRecord, WEP_NAMESPACE};
+use crate::model::{keys, WorkloadEndpoint};
+
+use super::open_datastore_for_command;
+
+/// One endpoint, for `endpoint list`.
+#[derive(Clone, Debug, Serialize)]
+pub(crate) struct EndpointRow {
+    /// Docker's endpoint ID.
+    pub(crate) endpoint: String,
+    /// The WorkloadEndpoint's name.
+    pub(crate) name: String,
+    /// The node it is on.
+    pub(crate) node: String,
+    /// The Docker network (name once known, else its ID), when profiles tell.
+    pub(crate) network: Option<String>,
+    /// Calico profiles.
+    pub(crate) profiles: Vec<String>,
+    /// Addresses (CIDRs).
+    pub(crate) addresses: Vec<String>,
+    /// Host-side interface.
+    pub(crate) interface: String,
+    /// The container interface's MAC.
+    pub(crate) mac: String,
+}
+
+/// Runs `endpoint list`; returns the exit code.
+pub(crate) async fn run(config: &Config, cmd: EndpointCommand) -> Result<i32> {
+    let EndpointCommand::List { all_hosts, output } = cmd;
+    let store = open_datastore_for_command(config).await?;
+    let node = (!all_hosts).then_some(config.nodename.as_str());
+    let rows = endpoints(store.as_ref(), node).await?;
+    if output == Output::Json {
+        print_json(&rows);
+    } else {
+        print!("{}", table(table_rows(rows, all_hosts)));
+    }
+    Ok(0)
+}
+
+/// Our WorkloadEndpoints: this node's (`node = Some`) or every host's.
+pub(crate) async fn endpoints(
+    store: &dyn Datastore,
+    node: Option<&str>,
+) -> Result<Vec<EndpointRow>> {
+    let weps: Vec<WorkloadEndpoint> = resources::list(store, Some(WEP_NAMESPACE)).await?;
+    let by_profile = networks_by_profile(store).await?;
+    let mut rows: Vec<EndpointRow> = weps
+        .into_iter()
+        .filter(|w| node.is_none_or(|n| w.spec.node == n))
+        .map(|w| EndpointRow {
+            network: w
+                .spec
+                .profiles
+                .iter()
+                .find_map(|p| by_profile.get(p).cloned()),
+            endpoint: w.spec.endpoint.clone(),
+            name: w.name().to_string(),
+            node: w.spec.node.clone(),
+            profiles: w.spec.profiles.clone(),
+            addresses: w.spec.ip_networks.clone(),
+            interface: w.spec.interface_name.clone(),
+            mac: w.spec.mac.clone(),
+        })
+        .collect();
+    rows.sort_by(|a, b| (&a.node, &a.endpoint).cmp(&(&b.node, &b.endpoint)));
+    Ok(rows)
+}
+
+/// Profile name → the network it stands for (its name once known, else its ID), from the
+/// plugin's network records.
+async fn networks_by_profile(store: &dyn Datastore) -> Result<HashMap<String, String>> {
+    let mut by_profile: HashMap<String, String> = HashMap::new();
+    for kv in store.list(&keys::networks_prefix()).await? {
+        let Ok(rec) = serde_json::from_slice::<NetworkRecord>(&kv.value) else {
+            continue;
+        };
+        let label = if rec.name.is_empty() {
+            rec.network_id.clone()
+        } else {
+            rec.name.clone()
+        };
+        if !rec.profile.is_empty() {
+            by_profile.insert(rec.profile.clone(), label.clone());
+        }
+        by_profile
+            .entry(fallback_profile(&rec.network_id))
+            .or_insert(label);
+    }
+    Ok(by_profile)
+}
+
+fn table_rows(rows: Vec<EndpointRow>, all_hosts: bool) -> Vec<Vec<String>> {
+    let mut head = vec![
+        "ENDPOINT",
+        "NETWORK",
+        "PROFILES",
+        "ADDRESSES",
+        "INTERFACE",
+        "MAC",
+    ];
+    if all_hosts {
+        head.insert(1, "NODE");
+    }
+    let mut out = vec![header(&head)];
+    for r in rows {
+        let short = r.endpoint.chars().take(12).collect::<String>();
+        let mut row = vec![
+            short,
+            r.network.unwrap_or_else(|| "-".to_string()),
+            if r.profiles.is_empty() {
+                "-".to_string()
+            } else {
+                r.profiles.join(",")
+            },
+            r.addresses.join(","),
+            r.interface,
+            r.mac,
+        ];
+        if all_hosts {
+            row.insert(1, r.node);
+        }
+        out.push(row);
+    }
+    out
+}

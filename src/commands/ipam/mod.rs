@@ -1,0 +1,112 @@
+//! `ipam show` (per pool and per block: size, used, free, affinity) and `ipam check`
+//! (inconsistencies, see [`check`]).
+
+mod allocations;
+pub(crate) mod check;
+mod handles;
+pub(crate) mod report;
+
+use crate::cli::output::{header, print_json, table, Output};
+use crate::cli::IpamCommand;
+use crate::config::Config;
+use crate::error::Result;
+use crate::ipam::Ipam;
+
+use super::open_datastore_for_command;
+use check::ipam_check;
+use report::{CheckOptions, CheckReport};
+
+/// Runs an `ipam` subcommand; returns the exit code (`check`: 1 when inconsistencies
+/// remain).
+pub(crate) async fn run(config: &Config, cmd: IpamCommand) -> Result<i32> {
+    let store = open_datastore_for_command(config).await?;
+    match cmd {
+        IpamCommand::Check {
+            repair,
+            grace,
+            no_veths,
+            output,
+        } => {
+            let opts = CheckOptions {
+                nodename: config.nodename.clone(),
+                repair,
+                grace,
+                check_veths: !no_veths,
+                machine_id: crate::model::machine_id(),
+            };
+            let report = ipam_check(store, &opts).await?;
+            if output == Output::Json {
+                print_json(&report);
+            } else {
+                print_check(&report);
+            }
+            Ok(i32::from(report.unresolved() > 0))
+        }
+        IpamCommand::Show { output } => {
+            show(&Ipam::new(store), output).await?;
+            Ok(0)
+        }
+    }
+}
+
+fn print_check(report: &CheckReport) {
+    if !report.findings.is_empty() {
+        let mut rows = vec![header(&["KIND", "OBJECT", "DETAIL", "ACTION"])];
+        for f in &report.findings {
+            rows.push(vec![
+                f.kind.to_string(),
+                f.object.clone(),
+                f.detail.clone(),
+                f.action.clone(),
+            ]);
+        }
+        print!("{}", table(rows));
+    }
+    for n in &report.notes {
+        println!("note: {n}");
+    }
+    let unresolved = report.unresolved();
+    let repaired = report.findings.len() - unresolved;
+    println!(
+        "{} inconsistencies found, {repaired} repaired, {unresolved} left",
+        report.findings.len()
+    );
+}
+
+async fn show(ipam: &Ipam, output: Output) -> Result<()> {
+    let summary = ipam.summary().await?;
+    if output == Output::Json {
+        print_json(&summary);
+        return Ok(());
+    }
+    let mut rows = vec![header(&[
+        "POOL/BLOCK",
+        "CIDR",
+        "SIZE",
+        "USED",
+        "FREE",
+        "AFFINITY",
+    ])];
+    for p in summary {
+        rows.push(vec![
+            p.name.clone(),
+            p.cidr.clone(),
+            p.size.to_string(),
+            p.used.to_string(),
+            p.size.saturating_sub(p.used as u128).to_string(),
+            String::new(),
+        ]);
+        for b in p.blocks {
+            rows.push(vec![
+                "  block".to_string(),
+                b.cidr,
+                b.size.to_string(),
+                b.used.to_string(),
+                b.free.to_string(),
+                b.affinity.unwrap_or_else(|| "-".to_string()),
+            ]);
+        }
+    }
+    print!("{}", table(rows));
+    Ok(())
+}

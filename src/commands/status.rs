@@ -1,0 +1,402 @@
+//! `status`: health of the datastore, this node's Node resource, the pools, the plugin
+//! socket and the endpoints (exit 1 on a problem, one line each saying what to do).
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Instant;
+
+use serde::Serialize;
+
+use crate::cli::output::{header, print_json, table, Output};
+use crate::config::{Config, DatastoreConfig};
+use crate::datastore::resources;
+use crate::datastore::Datastore;
+use crate::error::Result;
+use crate::ipam::Ipam;
+use crate::model::keys;
+use crate::model::libnetwork::WEP_NAMESPACE;
+use crate::model::resources::WorkloadEndpointSpec;
+
+use super::open_datastore_for_command;
+use super::plugin_socket::{plugin_activate, SOCKET_TIMEOUT};
+
+/// The datastore part of [`Status`].
+#[derive(Clone, Debug, Serialize)]
+pub(crate) struct DatastoreStatus {
+    /// `etcdv3` or `local`.
+    pub(crate) kind: String,
+    /// Whether a read succeeded.
+    pub(crate) reachable: bool,
+    /// Time of one read round trip, in milliseconds.
+    pub(crate) latency_ms: Option<f64>,
+    /// Why it could not be read, or why it was not checked.
+    pub(crate) error: Option<String>,
+}
+
+/// One pool's use, for [`Status`].
+#[derive(Clone, Debug, Serialize)]
+pub(crate) struct PoolUse {
+    /// Pool name.
+    pub(crate) name: String,
+    /// Pool CIDR.
+    pub(crate) cidr: String,
+    /// Addresses in the pool.
+    pub(crate) size: u128,
+    /// Addresses allocated.
+    pub(crate) used: u64,
+    /// `used / size` in percent.
+    pub(crate) percent_used: f64,
+    /// Whether the pool takes no new allocations.
+    pub(crate) disabled: bool,
+}
+
+/// The plugin-socket part of [`Status`].
+#[derive(Clone, Debug, Serialize)]
+pub(crate) struct SocketStatus {
+    /// The socket path checked.
+    pub(crate) path: String,
+    /// Whether it accepted a connection and answered `Plugin.Activate` with both drivers.
+    pub(crate) up: bool,
+    /// What went wrong.
+    pub(crate) error: Option<String>,
+}
+
+/// What `calico-libnetwork status` reports.
+#[derive(Clone, Debug, Serialize)]
+pub(crate) struct Status {
+    /// This host's Calico node name.
+    pub(crate) node: String,
+    /// The datastore.
+    pub(crate) datastore: DatastoreStatus,
+    /// Whether this node's `Node` resource exists (`None`: not checked).
+    pub(crate) node_resource: Option<bool>,
+    /// Every IP pool with its use.
+    pub(crate) pools: Vec<PoolUse>,
+    /// The plugin socket.
+    pub(crate) socket: SocketStatus,
+    /// WorkloadEndpoints of this host (`None`: not checked).
+    pub(crate) endpoints: Option<usize>,
+    /// Remarks that are not problems.
+    pub(crate) notes: Vec<String>,
+    /// One line per problem, saying what to do; empty when all is well.
+    pub(crate) problems: Vec<String>,
+}
+
+/// Runs `status`; returns the exit code (1 when there is a problem).
+pub(crate) async fn run(config: &Config, output: Output) -> Result<i32> {
+    let kind = match config.datastore {
+        DatastoreConfig::Etcd(_) => "etcdv3",
+        DatastoreConfig::Local(_) => "local",
+    };
+    let st = status(
+        &config.nodename,
+        &config.socket,
+        kind,
+        open_datastore_for_command(config).await,
+    )
+    .await;
+    if output == Output::Json {
+        print_json(&st);
+    } else {
+        print!("{}", table(table_rows(&st)));
+        for n in &st.notes {
+            println!("note: {n}");
+        }
+        for p in &st.problems {
+            println!("problem: {p}");
+        }
+    }
+    Ok(i32::from(!st.problems.is_empty()))
+}
+
+/// Gathers [`Status`], from the datastore as the command could open it (directly, or
+/// through the running plugin for an embedded store it holds).
+pub(crate) async fn status(
+    nodename: &str,
+    socket: &Path,
+    kind: &str,
+    store: Result<Arc<dyn Datastore>>,
+) -> Status {
+    let mut st = Status {
+        node: nodename.to_string(),
+        datastore: DatastoreStatus {
+            kind: kind.to_string(),
+            reachable: false,
+            latency_ms: None,
+            error: None,
+        },
+        node_resource: None,
+        pools: Vec::new(),
+        socket: SocketStatus {
+            path: socket.display().to_string(),
+            up: false,
+            error: None,
+        },
+        endpoints: None,
+        notes: Vec::new(),
+        problems: Vec::new(),
+    };
+    check_socket(&mut st, socket).await;
+    let store = match store {
+        Ok(s) => s,
+        Err(e) => {
+            let msg = e.to_string();
+            st.problems.push(format!(
+                "cannot open the {kind} datastore ({msg}): check the datastore settings \
+                 (DATASTORE_TYPE, ETCD_ENDPOINTS, CALICO_LIBNETWORK_STORE)"
+            ));
+            st.datastore.error = Some(msg);
+            return st;
+        }
+    };
+    if !check_node(&mut st, store.as_ref()).await {
+        return st;
+    }
+    check_pools(&mut st, store.clone()).await;
+    count_endpoints(&mut st, store.as_ref()).await;
+    st
+}
+
+/// Whether a plugin answers on the socket.
+async fn check_socket(st: &mut Status, socket: &Path) {
+    match plugin_activate(socket, SOCKET_TIMEOUT).await {
+        Ok(()) => st.socket.up = true,
+        Err(e) => {
+            st.problems.push(format!(
+                "plugin socket {} is not answering ({e}): start the plugin \
+                 (`systemctl start calico-libnetwork`), or point CALICO_LIBNETWORK_SOCKET at \
+                 its socket",
+                socket.display()
+            ));
+            st.socket.error = Some(e.to_string());
+        }
+    }
+}
+
+/// Reads this node's Node resource: whether the datastore answers (and how fast), and
+/// whether the Node exists. False when the datastore is unreachable (nothing else to check).
+async fn check_node(st: &mut Status, store: &dyn Datastore) -> bool {
+    let kind = st.datastore.kind.clone();
+    let nodename = st.node.clone();
+    // The first read also connects; the second is one plain round trip.
+    let node_key = keys::node_key(&nodename);
+    let mut node = store.get(&node_key).await;
+    if node.is_ok() {
+        let t = Instant::now();
+        node = store.get(&node_key).await;
+        st.datastore.latency_ms = Some(t.elapsed().as_secs_f64() * 1000.0);
+    }
+    match node {
+        Ok(n) => {
+            st.datastore.reachable = true;
+            st.node_resource = Some(n.is_some());
+            if n.is_none() {
+                st.problems.push(format!(
+                    "Calico Node resource {nodename} does not exist: start the plugin (it \
+                     creates it), or set NODENAME to this host's Calico node name"
+                ));
+            }
+            true
+        }
+        Err(e) => {
+            st.problems.push(format!(
+                "datastore {kind} unreachable ({e}): check that etcd is running and \
+                 ETCD_ENDPOINTS (and its TLS settings)"
+            ));
+            st.datastore.error = Some(e.to_string());
+            st.datastore.latency_ms = None;
+            false
+        }
+    }
+}
+
+fn percent(used: u64, size: u128) -> f64 {
+    if size == 0 {
+        0.0
+    } else {
+        (used as f64) * 100.0 / (size as f64)
+    }
+}
+
+/// Every pool's use; full pools and the lack of an enabled pool are problems.
+async fn check_pools(st: &mut Status, store: Arc<dyn Datastore>) {
+    let ipam = Ipam::new(store);
+    match ipam.summary().await {
+        Ok(pools) => {
+            for p in pools {
+                if !p.disabled && u128::from(p.used) >= p.size {
+                    st.problems.push(format!(
+                        "IP pool {} ({}) is full: add a pool (`calico-libnetwork pool add`) \
+                         or remove containers",
+                        p.name, p.cidr
+                    ));
+                }
+                st.pools.push(PoolUse {
+                    percent_used: percent(p.used, p.size),
+                    name: p.name,
+                    cidr: p.cidr,
+                    size: p.size,
+                    used: p.used,
+                    disabled: p.disabled,
+                });
+            }
+            if st.pools.iter().all(|p| p.disabled) {
+                st.problems.push(
+                    "no enabled IP pool: add one with `calico-libnetwork pool add NAME CIDR` \
+                     (the plugin creates a default pool at start only when no pool exists)"
+                        .to_string(),
+                );
+            }
+        }
+        Err(e) => st
+            .problems
+            .push(format!("cannot read IP pools ({e}): check the datastore")),
+    }
+}
+
+/// How many of our WorkloadEndpoints are on this node.
+async fn count_endpoints(st: &mut Status, store: &dyn Datastore) {
+    match resources::list::<WorkloadEndpointSpec>(store, Some(WEP_NAMESPACE)).await {
+        Ok(weps) => {
+            st.endpoints = Some(weps.iter().filter(|w| w.spec.node == st.node).count());
+        }
+        Err(e) => st.problems.push(format!(
+            "cannot read WorkloadEndpoints ({e}): check the datastore"
+        )),
+    }
+}
+
+/// The table of `status`: one row per check.
+fn table_rows(st: &Status) -> Vec<Vec<String>> {
+    let ok = |b: bool| if b { "ok" } else { "FAIL" }.to_string();
+    let mut rows = vec![header(&["CHECK", "STATUS", "DETAIL"])];
+    let ds = &st.datastore;
+    rows.push(vec![
+        "datastore".into(),
+        if ds.reachable {
+            "ok".into()
+        } else if st.problems.iter().any(|p| p.contains("datastore")) {
+            "FAIL".into()
+        } else {
+            "skipped".into()
+        },
+        match (ds.latency_ms, &ds.error) {
+            (Some(ms), _) => format!("{} reachable, {ms:.1} ms per read", ds.kind),
+            (None, Some(e)) => format!("{}: {e}", ds.kind),
+            (None, None) => ds.kind.clone(),
+        },
+    ]);
+    if let Some(exists) = st.node_resource {
+        rows.push(vec![
+            "node".into(),
+            ok(exists),
+            format!(
+                "Node resource {} {}",
+                st.node,
+                if exists { "exists" } else { "missing" }
+            ),
+        ]);
+    }
+    for p in &st.pools {
+        rows.push(vec![
+            "pool".into(),
+            ok(p.disabled || u128::from(p.used) < p.size),
+            format!(
+                "{} {}: {}/{} used ({:.1}%){}",
+                p.name,
+                p.cidr,
+                p.used,
+                p.size,
+                p.percent_used,
+                if p.disabled { ", disabled" } else { "" }
+            ),
+        ]);
+    }
+    rows.push(vec![
+        "socket".into(),
+        ok(st.socket.up),
+        match &st.socket.error {
+            None => format!("{} answers Plugin.Activate", st.socket.path),
+            Some(e) => format!("{}: {e}", st.socket.path),
+        },
+    ]);
+    if let Some(n) = st.endpoints {
+        rows.push(vec![
+            "endpoints".into(),
+            "ok".into(),
+            format!("{n} on node {}", st.node),
+        ]);
+    }
+    rows
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn status() -> Status {
+        Status {
+            node: "node-1".to_string(),
+            datastore: DatastoreStatus {
+                kind: "etcdv3".to_string(),
+                reachable: true,
+                latency_ms: Some(1.25),
+                error: None,
+            },
+            node_resource: Some(true),
+            pools: vec![PoolUse {
+                name: "default-ipv4-ippool".to_string(),
+                cidr: "192.168.0.0/16".to_string(),
+                size: 65536,
+                used: 65536,
+                percent_used: 100.0,
+                disabled: false,
+            }],
+            socket: SocketStatus {
+                path: "/run/calico.sock".to_string(),
+                up: false,
+                error: Some("connect: refused".to_string()),
+            },
+            endpoints: Some(3),
+            notes: Vec::new(),
+            problems: vec!["plugin socket ...".to_string()],
+        }
+    }
+
+    #[test]
+    fn one_row_per_check() {
+        assert_eq!(
+            table(table_rows(&status())),
+            "CHECK      STATUS  DETAIL\n\
+             datastore  ok      etcdv3 reachable, 1.2 ms per read\n\
+             node       ok      Node resource node-1 exists\n\
+             pool       FAIL    default-ipv4-ippool 192.168.0.0/16: 65536/65536 used (100.0%)\n\
+             socket     FAIL    /run/calico.sock: connect: refused\n\
+             endpoints  ok      3 on node node-1\n"
+        );
+    }
+
+    #[test]
+    fn an_unopened_datastore_fails_and_the_rest_is_not_shown() {
+        let mut st = status();
+        st.datastore = DatastoreStatus {
+            kind: "local".to_string(),
+            reachable: false,
+            latency_ms: None,
+            error: Some("in use".to_string()),
+        };
+        st.node_resource = None;
+        st.pools.clear();
+        st.endpoints = None;
+        st.problems = vec!["cannot open the local datastore (in use): ...".to_string()];
+        let rows = table_rows(&st);
+        assert_eq!(rows.len(), 3);
+        assert_eq!(rows[1], ["datastore", "FAIL", "local: in use"]);
+        // Not checked (no problem names the datastore): skipped.
+        st.problems.clear();
+        assert_eq!(
+            table_rows(&st)[1],
+            ["datastore", "skipped", "local: in use"]
+        );
+    }
+}

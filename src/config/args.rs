@@ -1,0 +1,177 @@
+//! The raw settings as clap reads them: each a flag and an environment variable.
+
+use std::path::PathBuf;
+
+use clap::Args;
+
+use super::{DEFAULT_SOCKET, DEFAULT_STORE};
+
+/// The raw settings as flags and environment give them.
+#[derive(Args, Clone, Debug, Default)]
+pub struct ConfigArgs {
+    /// Datastore: `etcdv3` or `local` (default: etcdv3 when an etcd endpoint is set, else local).
+    #[arg(long, env = "DATASTORE_TYPE", global = true)]
+    pub datastore_type: Option<String>,
+    /// Comma-separated etcd URLs, e.g. http://127.0.0.1:2379.
+    #[arg(long, env = "ETCD_ENDPOINTS", global = true)]
+    pub etcd_endpoints: Option<String>,
+    /// etcd host:port (used with ETCD_SCHEME when ETCD_ENDPOINTS is unset).
+    #[arg(long, env = "ETCD_AUTHORITY", global = true)]
+    pub etcd_authority: Option<String>,
+    /// Scheme for ETCD_AUTHORITY: http or https.
+    #[arg(long, env = "ETCD_SCHEME", global = true)]
+    pub etcd_scheme: Option<String>,
+    /// PEM CA certificate for etcd TLS.
+    #[arg(long, env = "ETCD_CA_CERT_FILE", global = true)]
+    pub etcd_ca_cert_file: Option<PathBuf>,
+    /// PEM client certificate for etcd TLS.
+    #[arg(long, env = "ETCD_CERT_FILE", global = true)]
+    pub etcd_cert_file: Option<PathBuf>,
+    /// PEM client key for etcd TLS.
+    #[arg(long, env = "ETCD_KEY_FILE", global = true)]
+    pub etcd_key_file: Option<PathBuf>,
+    /// etcd username.
+    #[arg(long, env = "ETCD_USERNAME", global = true)]
+    pub etcd_username: Option<String>,
+    /// etcd password.
+    #[arg(long, env = "ETCD_PASSWORD", global = true, hide_env_values = true)]
+    pub etcd_password: Option<crate::datastore::etcd::Secret>,
+    /// File of the embedded (local) store.
+    #[arg(long, env = "CALICO_LIBNETWORK_STORE", global = true, default_value = DEFAULT_STORE)]
+    pub store_path: PathBuf,
+    /// Plugin socket Docker connects to.
+    #[arg(long, env = "CALICO_LIBNETWORK_SOCKET", global = true, default_value = DEFAULT_SOCKET)]
+    pub socket: PathBuf,
+    /// This host's Calico node name (default: $HOSTNAME, then the kernel hostname).
+    #[arg(long, env = "NODENAME", global = true)]
+    pub nodename: Option<String>,
+    /// Log level: error, warn, info, debug or trace (CALICO_DEBUG set means debug).
+    #[arg(long, env = "LOG_LEVEL", global = true)]
+    pub log_level: Option<String>,
+    /// Log format: text or json (one JSON object per line).
+    #[arg(long, env = "LOG_FORMAT", global = true, default_value = "text")]
+    pub log_format: String,
+    /// Deadline for each Docker request, e.g. 10s or 500ms.
+    #[arg(
+        long,
+        env = "CALICO_LIBNETWORK_REQUEST_TIMEOUT",
+        global = true,
+        default_value = "10s"
+    )]
+    pub request_timeout: String,
+    /// Deadline for each datastore request.
+    #[arg(
+        long,
+        env = "CALICO_LIBNETWORK_DATASTORE_TIMEOUT",
+        global = true,
+        default_value = "5s"
+    )]
+    pub datastore_timeout: String,
+    /// IPv4 pool created at start when no IP pool exists at all.
+    #[arg(
+        long,
+        env = "CALICO_IPV4POOL_CIDR",
+        global = true,
+        default_value = "192.168.0.0/16"
+    )]
+    pub ipv4_pool_cidr: String,
+    /// IPv6 pool created at start when no IP pool exists at all (none by default).
+    #[arg(long, env = "CALICO_IPV6POOL_CIDR", global = true)]
+    pub ipv6_pool_cidr: Option<String>,
+    /// Create a Calico profile per network (true/false).
+    #[arg(
+        long,
+        env = "CALICO_LIBNETWORK_CREATE_PROFILES",
+        global = true,
+        default_value = "true"
+    )]
+    pub create_profiles: String,
+    /// Container interface name prefix (Docker appends a number).
+    #[arg(
+        long,
+        env = "CALICO_LIBNETWORK_IFPREFIX",
+        global = true,
+        default_value = "eth"
+    )]
+    pub ifprefix: String,
+    /// MTU of the veth pairs (kernel default when unset).
+    #[arg(long, env = "CALICO_LIBNETWORK_VETH_MTU", global = true)]
+    pub veth_mtu: Option<String>,
+    /// TCP address (host:port) to serve Prometheus metrics on at /metrics; off when unset.
+    #[arg(long, env = "CALICO_LIBNETWORK_METRICS_ADDR", global = true)]
+    pub metrics_addr: Option<String>,
+    /// Capability scope reported to Docker: local or global.
+    #[arg(
+        long,
+        env = "CALICO_LIBNETWORK_SCOPE",
+        global = true,
+        default_value = "local"
+    )]
+    pub scope: String,
+    /// Set to true to create no default pool at start.
+    #[arg(long, env = "NO_DEFAULT_POOLS", global = true, default_value = "false")]
+    pub no_default_pools: String,
+    /// Docker API address, asked (in the background) for network names and container labels
+    /// (default: $DOCKER_HOST, then unix:///var/run/docker.sock).
+    #[arg(long, env = "CALICO_LIBNETWORK_DOCKER_HOST", global = true)]
+    pub docker_host: Option<String>,
+    /// Copy `org.projectcalico.label.*` container labels onto WorkloadEndpoints (true/false).
+    #[arg(
+        long,
+        env = "CALICO_LIBNETWORK_LABEL_ENDPOINTS",
+        global = true,
+        default_value = "false"
+    )]
+    pub label_endpoints: String,
+    /// How long to wait for Docker to show an endpoint's container, for its labels.
+    #[arg(
+        long,
+        env = "CALICO_LIBNETWORK_LABEL_POLL_TIMEOUT",
+        global = true,
+        default_value = "30s"
+    )]
+    pub label_poll_timeout: String,
+    /// Records younger than this are never reclaimed as stale by the start-up
+    /// reconciliation or a `--ip` takeover.
+    #[arg(
+        long,
+        env = "CALICO_LIBNETWORK_RECONCILE_GRACE",
+        global = true,
+        default_value = "2m"
+    )]
+    pub reconcile_grace: String,
+    /// How often to reconcile this host after the start-up passes (0: only at start).
+    #[arg(
+        long,
+        env = "CALICO_LIBNETWORK_RECONCILE_INTERVAL",
+        global = true,
+        default_value = "10m"
+    )]
+    pub reconcile_interval: String,
+    /// How often to check that the plugin's firewall rules are still in place (rewritten
+    /// when something removed them: `iptables -F`, a firewall reload).
+    #[arg(
+        long,
+        env = "CALICO_LIBNETWORK_RULES_CHECK_INTERVAL",
+        global = true,
+        default_value = "30s"
+    )]
+    pub rules_check_interval: String,
+    /// Firewall rules the plugin keeps: auto, standalone, felix or off.
+    #[arg(
+        long,
+        env = "CALICO_LIBNETWORK_DATAPLANE",
+        global = true,
+        default_value = "auto"
+    )]
+    pub dataplane: String,
+    /// Which iptables the rules are written with: auto (the variant the host's rules are
+    /// in), legacy or nft.
+    #[arg(
+        long,
+        env = "CALICO_LIBNETWORK_IPTABLES_BACKEND",
+        global = true,
+        default_value = "auto"
+    )]
+    pub iptables_backend: String,
+}

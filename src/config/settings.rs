@@ -1,0 +1,217 @@
+//! The sections after the datastore: node name, logging, serving (metrics), default pools,
+//! the driver (interfaces, scope, Docker API, firewall) and its background timers.
+
+use std::time::Duration;
+
+use ipnet::IpNet;
+
+use super::values::{bad, check_docker_host, nonempty, parse_bool, parse_duration};
+use super::{kernel_hostname, ConfigArgs, LogFormat, Vars};
+use crate::dataplane::iptables::BackendChoice;
+use crate::dataplane::iptables::DataplaneMode;
+use crate::error::Result;
+
+impl ConfigArgs {
+    /// `NODENAME`, else `HOSTNAME`, else the kernel's hostname.
+    pub(super) fn resolve_nodename(&self, vars: Vars<'_>) -> Result<String> {
+        let nodename = self
+            .nodename
+            .clone()
+            .or_else(|| nonempty(vars, "HOSTNAME"))
+            .unwrap_or_else(kernel_hostname);
+        let nodename = nodename.trim().to_string();
+        if nodename.is_empty()
+            || nodename.len() > 253
+            || nodename.chars().any(|c| c.is_whitespace() || c == '/')
+        {
+            return Err(bad(
+                "NODENAME",
+                format!("'{nodename}' is not a valid node name"),
+            ));
+        }
+        Ok(nodename)
+    }
+
+    /// `LOG_LEVEL` (Calico's and logrus' names accepted), else `debug` when `CALICO_DEBUG`
+    /// is set (to anything but a false value), else `info`.
+    pub(super) fn resolve_log_level(&self, vars: Vars<'_>) -> Result<String> {
+        let debug = nonempty(vars, "CALICO_DEBUG")
+            .map(|v| parse_bool("CALICO_DEBUG", &v).unwrap_or(true))
+            .unwrap_or(false);
+        let Some(level) = self
+            .log_level
+            .as_deref()
+            .map(|s| s.trim().to_ascii_lowercase())
+            .filter(|l| !l.is_empty())
+        else {
+            return Ok(if debug { "debug" } else { "info" }.to_string());
+        };
+        match level.as_str() {
+            "error" | "warn" | "info" | "debug" | "trace" => Ok(level),
+            "warning" => Ok("warn".to_string()),
+            "fatal" | "panic" => Ok("error".to_string()),
+            other => Err(bad(
+                "LOG_LEVEL",
+                format!("unknown level '{other}' (expected error, warn, info, debug or trace)"),
+            )),
+        }
+    }
+
+    pub(super) fn resolve_log_format(&self) -> Result<LogFormat> {
+        match self.log_format.trim().to_ascii_lowercase().as_str() {
+            "text" | "" => Ok(LogFormat::Text),
+            "json" => Ok(LogFormat::Json),
+            other => Err(bad(
+                "LOG_FORMAT",
+                format!("expected text or json, got '{other}'"),
+            )),
+        }
+    }
+
+    pub(super) fn resolve_metrics_addr(&self) -> Result<Option<std::net::SocketAddr>> {
+        match self.metrics_addr.as_deref().map(str::trim) {
+            None | Some("") => Ok(None),
+            Some(a) => a.parse().map(Some).map_err(|_| {
+                bad(
+                    "CALICO_LIBNETWORK_METRICS_ADDR",
+                    format!("expected a TCP address like 127.0.0.1:9091, got '{a}'"),
+                )
+            }),
+        }
+    }
+
+    /// The pools created at start when none exists: the IPv4 one, and the IPv6 one when
+    /// set; none with `NO_DEFAULT_POOLS`.
+    pub(super) fn resolve_default_pools(&self) -> Result<Vec<IpNet>> {
+        let mut default_pools = Vec::new();
+        if parse_bool("NO_DEFAULT_POOLS", &self.no_default_pools)? {
+            return Ok(default_pools);
+        }
+        let v4: IpNet = self.ipv4_pool_cidr.trim().parse().map_err(|e| {
+            bad(
+                "CALICO_IPV4POOL_CIDR",
+                format!("invalid CIDR '{}': {e}", self.ipv4_pool_cidr),
+            )
+        })?;
+        if !matches!(v4, IpNet::V4(_)) {
+            return Err(bad("CALICO_IPV4POOL_CIDR", "must be an IPv4 CIDR"));
+        }
+        default_pools.push(v4.trunc());
+        if let Some(v6) = self
+            .ipv6_pool_cidr
+            .as_deref()
+            .filter(|s| !s.trim().is_empty())
+        {
+            let n: IpNet = v6
+                .trim()
+                .parse()
+                .map_err(|e| bad("CALICO_IPV6POOL_CIDR", format!("invalid CIDR '{v6}': {e}")))?;
+            if !matches!(n, IpNet::V6(_)) {
+                return Err(bad("CALICO_IPV6POOL_CIDR", "must be an IPv6 CIDR"));
+            }
+            default_pools.push(n.trunc());
+        }
+        Ok(default_pools)
+    }
+
+    /// The container interface prefix: 1 to 12 characters (Docker appends a number).
+    pub(super) fn resolve_ifprefix(&self) -> Result<String> {
+        let ifprefix = self.ifprefix.trim().to_string();
+        if ifprefix.is_empty()
+            || ifprefix.len() > 12
+            || !ifprefix
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+        {
+            return Err(bad(
+                "CALICO_LIBNETWORK_IFPREFIX",
+                format!("'{ifprefix}' must be 1 to 12 characters of letters, digits, '_' or '-'"),
+            ));
+        }
+        Ok(ifprefix)
+    }
+
+    /// The veth MTU; unset, empty or `0`: the kernel's default.
+    pub(super) fn resolve_veth_mtu(&self) -> Result<Option<u32>> {
+        match self
+            .veth_mtu
+            .as_deref()
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+        {
+            None | Some("0") => Ok(None),
+            Some(v) => match v.parse::<u32>() {
+                Ok(m) if (68..=65535).contains(&m) => Ok(Some(m)),
+                _ => Err(bad(
+                    "CALICO_LIBNETWORK_VETH_MTU",
+                    format!("'{v}' is not an MTU between 68 and 65535"),
+                )),
+            },
+        }
+    }
+
+    pub(super) fn resolve_scope(&self) -> Result<String> {
+        match self.scope.trim() {
+            "local" => Ok("local".to_string()),
+            "global" => Ok("global".to_string()),
+            other => Err(bad(
+                "CALICO_LIBNETWORK_SCOPE",
+                format!("expected local or global, got '{other}'"),
+            )),
+        }
+    }
+
+    /// The Docker API: `CALICO_LIBNETWORK_DOCKER_HOST`, else `DOCKER_HOST`, else the local
+    /// socket; the error names the variable it came from.
+    pub(super) fn resolve_docker_host(&self, vars: Vars<'_>) -> Result<String> {
+        let (docker_host, docker_host_var) = match self
+            .docker_host
+            .as_deref()
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+        {
+            Some(h) => (h.to_string(), "CALICO_LIBNETWORK_DOCKER_HOST"),
+            None => match nonempty(vars, "DOCKER_HOST") {
+                Some(h) => (h.trim().to_string(), "DOCKER_HOST"),
+                None => (
+                    super::DEFAULT_DOCKER_HOST.to_string(),
+                    "CALICO_LIBNETWORK_DOCKER_HOST",
+                ),
+            },
+        };
+        check_docker_host(docker_host_var, &docker_host)?;
+        Ok(docker_host)
+    }
+
+    pub(super) fn resolve_dataplane(&self) -> Result<DataplaneMode> {
+        DataplaneMode::parse(&self.dataplane).ok_or_else(|| {
+            bad(
+                "CALICO_LIBNETWORK_DATAPLANE",
+                format!(
+                    "expected auto, standalone, felix or off, got '{}'",
+                    self.dataplane
+                ),
+            )
+        })
+    }
+
+    pub(super) fn resolve_iptables_backend(&self) -> Result<BackendChoice> {
+        BackendChoice::parse(&self.iptables_backend).ok_or_else(|| {
+            bad(
+                "CALICO_LIBNETWORK_IPTABLES_BACKEND",
+                format!(
+                    "expected auto, legacy or nft, got '{}'",
+                    self.iptables_backend
+                ),
+            )
+        })
+    }
+
+    /// `0` turns the periodic passes off; any other value is a duration as usual.
+    pub(super) fn resolve_reconcile_interval(&self) -> Result<Duration> {
+        match self.reconcile_interval.trim() {
+            "0" => Ok(Duration::ZERO),
+            s => parse_duration("CALICO_LIBNETWORK_RECONCILE_INTERVAL", s),
+        }
+    }
+}

@@ -1,0 +1,519 @@
+//! The resolvers, from flags and a fixed environment: the settings they give, or the exact
+//! error (naming the variable) they stop with.
+
+use std::collections::HashMap;
+use std::io::Write as _;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, FromArgMatches};
+
+use super::*;
+use crate::dataplane::iptables::BackendChoice;
+use crate::dataplane::iptables::DataplaneMode;
+
+/// The settings clap gives for `flags`, with every default and no environment variable.
+fn args(flags: &[&str]) -> ConfigArgs {
+    let cmd = ConfigArgs::augment_args(clap::Command::new("test"))
+        .mut_args(|a| a.env(None::<&'static str>));
+    let matches = cmd
+        .try_get_matches_from(std::iter::once("test").chain(flags.iter().copied()))
+        .unwrap_or_else(|e| panic!("{flags:?}: {e}"));
+    ConfigArgs::from_arg_matches(&matches).unwrap()
+}
+
+/// Resolves `flags` with only `env` as the environment (and a node name, so the host's
+/// does not matter unless the test sets one).
+fn resolve(flags: &[&str], env: &[(&str, &str)]) -> Result<Config> {
+    let env: HashMap<String, String> = env
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    let mut all = flags.to_vec();
+    if !flags.contains(&"--nodename") {
+        all.extend(["--nodename", "node-1"]);
+    }
+    args(&all).resolve_with(&|name: &str| env.get(name).cloned())
+}
+
+fn ok(flags: &[&str]) -> Config {
+    resolve(flags, &[]).unwrap_or_else(|e| panic!("{flags:?}: {e}"))
+}
+
+fn err(flags: &[&str], env: &[(&str, &str)]) -> String {
+    match resolve(flags, env) {
+        Ok(c) => panic!("{flags:?} {env:?}: expected an error, got {c:?}"),
+        Err(e) => e.to_string(),
+    }
+}
+
+fn etcd(c: &Config) -> &EtcdConfig {
+    match &c.datastore {
+        DatastoreConfig::Etcd(e) => e,
+        other => panic!("expected etcd, got {other:?}"),
+    }
+}
+
+fn temp_file() -> tempfile::NamedTempFile {
+    let mut f = tempfile::NamedTempFile::new().unwrap();
+    f.write_all(b"pem").unwrap();
+    f
+}
+
+#[test]
+fn defaults() {
+    let c = ok(&[]);
+    assert!(
+        matches!(&c.datastore, DatastoreConfig::Local(p) if p == &PathBuf::from(DEFAULT_STORE))
+    );
+    assert_eq!(c.socket, PathBuf::from(DEFAULT_SOCKET));
+    assert_eq!(c.nodename, "node-1");
+    assert_eq!(c.log_level, "info");
+    assert_eq!(c.log_format, LogFormat::Text);
+    assert_eq!(c.request_timeout, Duration::from_secs(10));
+    assert_eq!(
+        c.default_pools,
+        vec!["192.168.0.0/16".parse::<IpNet>().unwrap()]
+    );
+    assert!(c.create_profiles);
+    assert_eq!(c.ifprefix, "eth");
+    assert_eq!(c.veth_mtu, None);
+    assert_eq!(c.metrics_addr, None);
+    assert_eq!(c.scope, "local");
+    assert_eq!(c.docker_host, "unix:///var/run/docker.sock");
+    assert!(!c.label_endpoints);
+    assert_eq!(c.label_poll_timeout, Duration::from_secs(30));
+    assert_eq!(c.reconcile_grace, Duration::from_secs(120));
+    assert_eq!(c.reconcile_interval, Duration::from_secs(600));
+    assert_eq!(c.rules_check_interval, Duration::from_secs(30));
+    assert_eq!(c.dataplane, DataplaneMode::Auto);
+    assert_eq!(c.iptables_backend, BackendChoice::Auto);
+}
+
+#[test]
+fn etcd_endpoints_choose_etcd_and_are_trimmed() {
+    let c = ok(&[
+        "--etcd-endpoints",
+        " http://10.0.0.1:2379/ ,,https://etcd.example:2379",
+        "--datastore-timeout",
+        "2s",
+    ]);
+    let e = etcd(&c);
+    assert_eq!(
+        e.endpoints,
+        vec!["http://10.0.0.1:2379", "https://etcd.example:2379"]
+    );
+    assert_eq!(e.timeout, Duration::from_secs(2));
+    assert_eq!(e.username, None);
+}
+
+#[test]
+fn calico_prefixed_variables_count_when_the_plain_ones_are_unset() {
+    let c = resolve(&[], &[("CALICO_ETCD_ENDPOINTS", "http://a:2379")]).unwrap();
+    assert_eq!(etcd(&c).endpoints, vec!["http://a:2379"]);
+    let c = resolve(
+        &["--etcd-endpoints", "http://plain:2379"],
+        &[("CALICO_ETCD_ENDPOINTS", "http://prefixed:2379")],
+    )
+    .unwrap();
+    assert_eq!(etcd(&c).endpoints, vec!["http://plain:2379"]);
+    let c = resolve(
+        &["--etcd-endpoints", "http://a:2379"],
+        &[("CALICO_DATASTORE_TYPE", "local")],
+    )
+    .unwrap();
+    assert!(matches!(c.datastore, DatastoreConfig::Local(_)));
+}
+
+#[test]
+fn etcd_authority_and_scheme() {
+    let c = ok(&["--etcd-authority", "etcd:2379"]);
+    assert_eq!(etcd(&c).endpoints, vec!["http://etcd:2379"]);
+    let c = ok(&["--etcd-authority", "etcd:2379", "--etcd-scheme", "https"]);
+    assert_eq!(etcd(&c).endpoints, vec!["https://etcd:2379"]);
+    // ETCD_ENDPOINTS wins over the authority.
+    let c = ok(&[
+        "--etcd-authority",
+        "etcd:2379",
+        "--etcd-endpoints",
+        "http://other:2379",
+    ]);
+    assert_eq!(etcd(&c).endpoints, vec!["http://other:2379"]);
+    assert_eq!(
+        err(
+            &["--etcd-authority", "etcd:2379", "--etcd-scheme", "ftp"],
+            &[]
+        ),
+        "invalid configuration: ETCD_SCHEME: expected http or https, got 'ftp'"
+    );
+}
+
+#[test]
+fn bad_endpoints_name_their_variable() {
+    assert_eq!(
+        err(&["--etcd-endpoints", "ftp://etcd:2379"], &[]),
+        "invalid configuration: ETCD_ENDPOINTS: URL 'ftp://etcd:2379' must start with http:// \
+         or https://"
+    );
+    assert_eq!(
+        err(&["--etcd-endpoints", "etcd:2379"], &[]),
+        "invalid configuration: ETCD_ENDPOINTS: URL 'etcd:2379' must start with http:// or \
+         https://"
+    );
+    assert!(
+        err(&["--etcd-endpoints", "http://bad host"], &[]).starts_with(
+            "invalid configuration: ETCD_ENDPOINTS: cannot parse URL 'http://bad host': "
+        )
+    );
+}
+
+#[test]
+fn datastore_type() {
+    assert!(matches!(
+        ok(&[
+            "--datastore-type",
+            "local",
+            "--etcd-endpoints",
+            "http://a:1"
+        ])
+        .datastore,
+        DatastoreConfig::Local(_)
+    ));
+    assert_eq!(
+        err(&["--datastore-type", "kubernetes"], &[]),
+        "invalid configuration: DATASTORE_TYPE: the kubernetes datastore is not supported; use \
+         etcdv3 or local"
+    );
+    assert_eq!(
+        err(&["--datastore-type", "consul"], &[]),
+        "invalid configuration: DATASTORE_TYPE: unknown datastore type 'consul' (expected \
+         etcdv3 or local)"
+    );
+    assert_eq!(
+        err(&["--datastore-type", "etcdv3"], &[]),
+        "invalid configuration: ETCD_ENDPOINTS: DATASTORE_TYPE is etcdv3 but no etcd endpoint \
+         is set (ETCD_ENDPOINTS or ETCD_AUTHORITY)"
+    );
+    // clap refuses an empty value; the resolver still checks.
+    let mut a = args(&["--nodename", "node-1"]);
+    a.store_path = PathBuf::new();
+    assert_eq!(
+        a.resolve_with(&|_: &str| None).unwrap_err().to_string(),
+        "invalid configuration: CALICO_LIBNETWORK_STORE: must not be empty"
+    );
+}
+
+#[test]
+fn etcd_tls_and_credentials_come_in_pairs() {
+    let cert = temp_file();
+    let cert = cert.path().to_str().unwrap();
+    let https = ["--etcd-endpoints", "https://etcd:2379"];
+    assert_eq!(
+        err(&[&https[..], &["--etcd-cert-file", cert]].concat(), &[]),
+        "invalid configuration: ETCD_KEY_FILE: ETCD_CERT_FILE and ETCD_KEY_FILE must be set \
+         together"
+    );
+    assert_eq!(
+        err(&[&https[..], &["--etcd-key-file", cert]].concat(), &[]),
+        "invalid configuration: ETCD_CERT_FILE: ETCD_CERT_FILE and ETCD_KEY_FILE must be set \
+         together"
+    );
+    assert_eq!(
+        err(
+            &[
+                "--etcd-endpoints",
+                "http://etcd:2379",
+                "--etcd-ca-cert-file",
+                cert
+            ],
+            &[]
+        ),
+        "invalid configuration: ETCD_ENDPOINTS: TLS certificates are set but an endpoint uses \
+         http://; use https://"
+    );
+    assert_eq!(
+        err(&[&https[..], &["--etcd-username", "u"]].concat(), &[]),
+        "invalid configuration: ETCD_PASSWORD: ETCD_USERNAME and ETCD_PASSWORD must be set \
+         together"
+    );
+    assert_eq!(
+        err(&https, &[("CALICO_ETCD_PASSWORD", "p")]),
+        "invalid configuration: ETCD_USERNAME: ETCD_USERNAME and ETCD_PASSWORD must be set \
+         together"
+    );
+    let c = resolve(
+        &[
+            &https[..],
+            &["--etcd-ca-cert-file", cert, "--etcd-cert-file", cert],
+            &["--etcd-key-file", cert, "--etcd-username", "u"],
+        ]
+        .concat(),
+        &[("CALICO_ETCD_PASSWORD", "p")],
+    )
+    .unwrap();
+    let e = etcd(&c);
+    assert_eq!(e.ca_cert_file.as_deref(), Some(std::path::Path::new(cert)));
+    assert_eq!(e.username.as_deref(), Some("u"));
+    assert_eq!(e.password.as_ref().map(|p| p.expose()), Some("p"));
+}
+
+#[test]
+fn unreadable_certificate_files_are_named() {
+    let e = err(
+        &[
+            "--etcd-endpoints",
+            "https://etcd:2379",
+            "--etcd-ca-cert-file",
+            "/nonexistent/ca.pem",
+        ],
+        &[],
+    );
+    assert!(
+        e.starts_with(
+            "invalid configuration: ETCD_CA_CERT_FILE: cannot read /nonexistent/ca.pem: "
+        ),
+        "{e}"
+    );
+}
+
+#[test]
+fn nodename_falls_back_to_hostname_and_is_checked() {
+    let c = args(&[])
+        .resolve_with(&|n: &str| (n == "HOSTNAME").then(|| " host-a ".to_string()))
+        .unwrap();
+    assert_eq!(c.nodename, "host-a");
+    assert_eq!(
+        err(&["--nodename", "a b"], &[]),
+        "invalid configuration: NODENAME: 'a b' is not a valid node name"
+    );
+    assert_eq!(
+        err(&["--nodename", "a/b"], &[]),
+        "invalid configuration: NODENAME: 'a/b' is not a valid node name"
+    );
+}
+
+#[test]
+fn log_level_and_format() {
+    let level = |flags: &[&str], env: &[(&str, &str)]| resolve(flags, env).unwrap().log_level;
+    assert_eq!(level(&["--log-level", " WARNING "], &[]), "warn");
+    assert_eq!(level(&["--log-level", "fatal"], &[]), "error");
+    assert_eq!(level(&["--log-level", "trace"], &[]), "trace");
+    assert_eq!(level(&[], &[("CALICO_DEBUG", "1")]), "debug");
+    assert_eq!(level(&[], &[("CALICO_DEBUG", "anything")]), "debug");
+    assert_eq!(level(&[], &[("CALICO_DEBUG", "false")]), "info");
+    assert_eq!(
+        level(&["--log-level", "warn"], &[("CALICO_DEBUG", "1")]),
+        "warn"
+    );
+    assert_eq!(
+        err(&["--log-level", "loud"], &[]),
+        "invalid configuration: LOG_LEVEL: unknown level 'loud' (expected error, warn, info, \
+         debug or trace)"
+    );
+    assert_eq!(ok(&["--log-format", "JSON"]).log_format, LogFormat::Json);
+    assert_eq!(
+        err(&["--log-format", "xml"], &[]),
+        "invalid configuration: LOG_FORMAT: expected text or json, got 'xml'"
+    );
+}
+
+#[test]
+fn durations() {
+    assert_eq!(
+        ok(&["--request-timeout", "500ms"]).request_timeout,
+        Duration::from_millis(500)
+    );
+    assert_eq!(
+        err(&["--request-timeout", "0s"], &[]),
+        "invalid configuration: CALICO_LIBNETWORK_REQUEST_TIMEOUT: must be greater than zero"
+    );
+    assert!(err(&["--label-poll-timeout", "soon"], &[]).starts_with(
+        "invalid configuration: CALICO_LIBNETWORK_LABEL_POLL_TIMEOUT: cannot parse duration \
+         'soon': "
+    ));
+    // Only the reconcile interval may be 0 (no periodic pass).
+    assert_eq!(
+        ok(&["--reconcile-interval", "0"]).reconcile_interval,
+        Duration::ZERO
+    );
+    assert_eq!(
+        err(&["--reconcile-interval", "0s"], &[]),
+        "invalid configuration: CALICO_LIBNETWORK_RECONCILE_INTERVAL: must be greater than zero"
+    );
+    assert_eq!(
+        err(&["--rules-check-interval", "0"], &[]),
+        "invalid configuration: CALICO_LIBNETWORK_RULES_CHECK_INTERVAL: must be greater than \
+         zero"
+    );
+}
+
+#[test]
+fn default_pools() {
+    let pools = |flags: &[&str]| ok(flags).default_pools;
+    assert_eq!(
+        pools(&[
+            "--ipv4-pool-cidr",
+            "10.1.2.3/16",
+            "--ipv6-pool-cidr",
+            "fd00::5/64"
+        ]),
+        vec![
+            "10.1.0.0/16".parse::<IpNet>().unwrap(),
+            "fd00::/64".parse().unwrap()
+        ]
+    );
+    assert!(pools(&["--no-default-pools", "yes", "--ipv4-pool-cidr", "junk"]).is_empty());
+    assert_eq!(
+        err(&["--ipv4-pool-cidr", "fd00::/64"], &[]),
+        "invalid configuration: CALICO_IPV4POOL_CIDR: must be an IPv4 CIDR"
+    );
+    assert_eq!(
+        err(&["--ipv6-pool-cidr", "10.0.0.0/8"], &[]),
+        "invalid configuration: CALICO_IPV6POOL_CIDR: must be an IPv6 CIDR"
+    );
+    assert!(err(&["--ipv4-pool-cidr", "10.0.0.0"], &[])
+        .starts_with("invalid configuration: CALICO_IPV4POOL_CIDR: invalid CIDR '10.0.0.0': "));
+    assert_eq!(
+        err(&["--no-default-pools", "maybe"], &[]),
+        "invalid configuration: NO_DEFAULT_POOLS: expected true or false, got 'maybe'"
+    );
+}
+
+#[test]
+fn interfaces_and_scope() {
+    let c = ok(&[
+        "--ifprefix",
+        " cali_x ",
+        "--veth-mtu",
+        "1450",
+        "--scope",
+        "global",
+        "--create-profiles",
+        "off",
+    ]);
+    assert_eq!(
+        (c.ifprefix.as_str(), c.veth_mtu, c.scope.as_str()),
+        ("cali_x", Some(1450), "global")
+    );
+    assert!(!c.create_profiles);
+    assert_eq!(ok(&["--veth-mtu", "0"]).veth_mtu, None);
+    assert_eq!(
+        err(&["--ifprefix", "much-too-long-x"], &[]),
+        "invalid configuration: CALICO_LIBNETWORK_IFPREFIX: 'much-too-long-x' must be 1 to 12 \
+         characters of letters, digits, '_' or '-'"
+    );
+    assert_eq!(
+        err(&["--veth-mtu", "67"], &[]),
+        "invalid configuration: CALICO_LIBNETWORK_VETH_MTU: '67' is not an MTU between 68 and \
+         65535"
+    );
+    assert_eq!(
+        err(&["--scope", "swarm"], &[]),
+        "invalid configuration: CALICO_LIBNETWORK_SCOPE: expected local or global, got 'swarm'"
+    );
+}
+
+#[test]
+fn docker_host_and_the_variable_it_came_from() {
+    let host = |flags: &[&str], env: &[(&str, &str)]| resolve(flags, env).unwrap().docker_host;
+    assert_eq!(
+        host(&[], &[("DOCKER_HOST", " tcp://docker:2375 ")]),
+        "tcp://docker:2375"
+    );
+    assert_eq!(
+        host(
+            &["--docker-host", "unix:///run/d.sock"],
+            &[("DOCKER_HOST", "tcp://docker:2375")]
+        ),
+        "unix:///run/d.sock"
+    );
+    assert_eq!(
+        err(&[], &[("DOCKER_HOST", "ssh://docker")]),
+        "invalid configuration: DOCKER_HOST: 'ssh://docker' must start with unix://, tcp:// or \
+         http://"
+    );
+    assert_eq!(
+        err(&["--docker-host", "unix://relative.sock"], &[]),
+        "invalid configuration: CALICO_LIBNETWORK_DOCKER_HOST: 'unix://relative.sock' needs an \
+         absolute socket path (unix:///path)"
+    );
+}
+
+#[test]
+fn metrics_and_firewall() {
+    let c = ok(&[
+        "--metrics-addr",
+        "127.0.0.1:9091",
+        "--dataplane",
+        "Felix",
+        "--iptables-backend",
+        "nftables",
+        "--label-endpoints",
+        "true",
+    ]);
+    assert_eq!(c.metrics_addr, Some("127.0.0.1:9091".parse().unwrap()));
+    assert_eq!(c.dataplane, DataplaneMode::Felix);
+    assert_eq!(c.iptables_backend, BackendChoice::Nft);
+    assert!(c.label_endpoints);
+    assert_eq!(
+        err(&["--metrics-addr", "localhost"], &[]),
+        "invalid configuration: CALICO_LIBNETWORK_METRICS_ADDR: expected a TCP address like \
+         127.0.0.1:9091, got 'localhost'"
+    );
+    assert_eq!(
+        err(&["--dataplane", "ebpf"], &[]),
+        "invalid configuration: CALICO_LIBNETWORK_DATAPLANE: expected auto, standalone, felix \
+         or off, got 'ebpf'"
+    );
+    assert_eq!(
+        err(&["--iptables-backend", "ipset"], &[]),
+        "invalid configuration: CALICO_LIBNETWORK_IPTABLES_BACKEND: expected auto, legacy or \
+         nft, got 'ipset'"
+    );
+}
+
+#[test]
+fn the_first_bad_section_is_reported() {
+    // A bad datastore is reported before a bad log level, which comes before a bad scope.
+    assert_eq!(
+        err(
+            &["--datastore-type", "x", "--log-level", "x", "--scope", "x"],
+            &[]
+        ),
+        "invalid configuration: DATASTORE_TYPE: unknown datastore type 'x' (expected etcdv3 \
+         or local)"
+    );
+    assert_eq!(
+        err(&["--log-level", "x", "--scope", "x"], &[]),
+        "invalid configuration: LOG_LEVEL: unknown level 'x' (expected error, warn, info, \
+         debug or trace)"
+    );
+}
+
+#[test]
+fn docker_host_addresses() {
+    use super::values::check_docker_host;
+    for ok in [
+        "unix:///var/run/docker.sock",
+        "tcp://127.0.0.1:2375",
+        "http://localhost:2375",
+    ] {
+        assert!(check_docker_host("DOCKER_HOST", ok).is_ok(), "{ok}");
+    }
+    for (bad, why) in [
+        ("unix://", "needs an absolute socket path"),
+        ("unix://relative.sock", "needs an absolute socket path"),
+        (
+            "/var/run/docker.sock",
+            "must start with unix://, tcp:// or http://",
+        ),
+        ("ssh://host", "must start with unix://, tcp:// or http://"),
+        ("tcp://", "has no host"),
+    ] {
+        let e = check_docker_host("DOCKER_HOST", bad)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains(&format!("DOCKER_HOST: '{bad}'")), "{e}");
+        assert!(e.contains(why), "{e}");
+    }
+}
