@@ -4,8 +4,7 @@ use std::collections::HashMap;
 
 use serde::Serialize;
 
-use crate::cli::output::{header, print_json, table, Output};
-use crate::cli::EndpointCommand;
+use crate::commands::output::{header, print_json, table, Output};
 use crate::config::Config;
 use crate::datastore::resources;
 use crate::datastore::Datastore;
@@ -14,6 +13,20 @@ use crate::model::libnetwork::{fallback_profile, NetworkRecord, WEP_NAMESPACE};
 use crate::model::{keys, WorkloadEndpoint};
 
 use super::open_datastore_for_command;
+
+/// `endpoint` subcommands.
+#[derive(clap::Subcommand, Debug)]
+pub(crate) enum EndpointCommand {
+    /// Endpoint, network/profile, addresses, interface, container MAC.
+    List {
+        /// Every host's endpoints, not only this node's.
+        #[arg(long)]
+        all_hosts: bool,
+        /// Output format.
+        #[arg(short = 'o', long, value_enum, default_value_t = Output::Table)]
+        output: Output,
+    },
+}
 
 /// One endpoint, for `endpoint list`.
 #[derive(Clone, Debug, Serialize)]

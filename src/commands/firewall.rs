@@ -1,12 +1,25 @@
 //! `firewall show` and `firewall remove`: the iptables and ip6tables rules (filter and nat)
 //! the plugin owns on this host.
 
-use crate::cli::FirewallCommand;
 use crate::config::Config;
 use crate::dataplane::iptables::{self, Family, TABLES};
 use crate::error::{Error, Result};
 
 use super::plugin_socket::{plugin_activate, SOCKET_TIMEOUT};
+
+/// `firewall` subcommands.
+#[derive(clap::Subcommand, Debug)]
+pub(crate) enum FirewallCommand {
+    /// Print every rule and chain the plugin owns, as `iptables -S` lines per table.
+    Show,
+    /// Delete every rule and chain the plugin owns (refused while the plugin serves).
+    Remove {
+        /// Remove them even while the plugin serves (its containers lose their forwarding,
+        /// isolation and published ports until the plugin rewrites them).
+        #[arg(long)]
+        force: bool,
+    },
+}
 
 /// One listed table: its heading (`iptables -t filter`, ...) and our rules in it.
 type Listing = Vec<(String, Result<Vec<String>>)>;

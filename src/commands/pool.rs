@@ -1,13 +1,53 @@
 //! `pool list`, `pool add`, `pool delete`: Calico IP pools.
 
-use crate::cli::output::{header, print_json, table, Output};
-use crate::cli::PoolCommand;
+use crate::commands::output::{header, print_json, table, Output};
 use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::ipam::Ipam;
 use crate::model::{IpPool, IpPoolSpec};
 
 use super::open_datastore_for_command;
+
+/// `pool` subcommands.
+#[derive(clap::Subcommand, Debug)]
+pub(crate) enum PoolCommand {
+    /// List IP pools.
+    List {
+        /// Output format.
+        #[arg(short = 'o', long, value_enum, default_value_t = Output::Table)]
+        output: Output,
+    },
+    /// Add an IP pool (refused if invalid or overlapping another pool).
+    Add {
+        /// Pool name (a DNS-1123 subdomain).
+        name: String,
+        /// Pool CIDR, e.g. 10.20.0.0/16.
+        cidr: String,
+        /// Block prefix length (default 26 for IPv4, 122 for IPv6).
+        #[arg(long)]
+        block_size: Option<u8>,
+        /// IP-in-IP mode: Never, Always or CrossSubnet.
+        #[arg(long, default_value = "Never")]
+        ipip_mode: String,
+        /// VXLAN mode: Never, Always or CrossSubnet.
+        #[arg(long, default_value = "Never")]
+        vxlan_mode: String,
+        /// Masquerade traffic leaving the pool.
+        #[arg(long)]
+        nat_outgoing: bool,
+        /// Create the pool disabled (no new allocations).
+        #[arg(long)]
+        disabled: bool,
+        /// Calico selector of the nodes that use this pool.
+        #[arg(long, default_value = "all()")]
+        node_selector: String,
+    },
+    /// Delete an IP pool (Calico's way: disable, release block affinities, delete).
+    Delete {
+        /// Pool name.
+        name: String,
+    },
+}
 
 /// Runs a `pool` subcommand; returns the exit code.
 pub(crate) async fn run(config: &Config, cmd: PoolCommand) -> Result<i32> {

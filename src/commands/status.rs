@@ -7,7 +7,7 @@ use std::time::Instant;
 
 use serde::Serialize;
 
-use crate::cli::output::{header, print_json, table, Output};
+use crate::commands::output::{header, print_json, table, Output};
 use crate::config::{Config, DatastoreConfig};
 use crate::datastore::resources;
 use crate::datastore::Datastore;

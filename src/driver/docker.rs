@@ -48,7 +48,8 @@ impl std::fmt::Debug for DockerApi {
 }
 
 impl DockerApi {
-    /// A client of the API at `host` (see [`check_host`]); calls time out after `timeout`.
+    /// A client of the API at `host` (`unix:///path`, `tcp://host:port` or `http://host:port`,
+    /// checked by the configuration); calls time out after `timeout`.
     pub fn new(host: &str, timeout: Duration) -> Self {
         DockerApi {
             host: host.to_string(),

@@ -6,8 +6,7 @@ pub(crate) mod check;
 mod handles;
 pub(crate) mod report;
 
-use crate::cli::output::{header, print_json, table, Output};
-use crate::cli::IpamCommand;
+use crate::commands::output::{header, print_json, table, Output};
 use crate::config::Config;
 use crate::error::Result;
 use crate::ipam::Ipam;
@@ -15,6 +14,34 @@ use crate::ipam::Ipam;
 use super::open_datastore_for_command;
 use check::ipam_check;
 use report::{CheckOptions, CheckReport};
+
+/// `ipam` subcommands.
+#[derive(clap::Subcommand, Debug)]
+pub(crate) enum IpamCommand {
+    /// Per pool and per block: size, used, free, affinity.
+    Show {
+        /// Output format.
+        #[arg(short = 'o', long, value_enum, default_value_t = Output::Table)]
+        output: Output,
+    },
+    /// Find allocations without an endpoint, endpoints without an allocation, handles that
+    /// disagree with blocks, and `cali*` veths without an endpoint (exit 1 if any remain).
+    Check {
+        /// Fix the safe ones: release orphan allocations older than --grace, set handle
+        /// counts from the blocks, delete orphan veths.
+        #[arg(long)]
+        repair: bool,
+        /// Orphan allocations younger than this are left alone (a container may be starting).
+        #[arg(long, default_value = "1h", value_parser = humantime::parse_duration)]
+        grace: std::time::Duration,
+        /// Do not look at this host's `cali*` veths.
+        #[arg(long)]
+        no_veths: bool,
+        /// Output format.
+        #[arg(short = 'o', long, value_enum, default_value_t = Output::Table)]
+        output: Output,
+    },
+}
 
 /// Runs an `ipam` subcommand; returns the exit code (`check`: 1 when inconsistencies
 /// remain).

@@ -19,7 +19,8 @@
 //! - [`render`]: the rule set as `iptables-restore` input, from state alone (no process).
 //! - [`apply`]: the [`Applier`] that brings the kernel's tables to a rendering, and the jumps
 //!   from the built-in chains.
-//! - [`remove`]: listing and removing every rule the plugin owns, in both iptables variants.
+//! - `remove`: listing and removing every rule the plugin owns, in both iptables variants
+//!   ([`list_owned`], [`remove_all`]).
 //! - `exec`: running iptables with the xtables-lock wait and a hard deadline.
 
 use std::collections::BTreeMap;
