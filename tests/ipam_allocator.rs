@@ -42,7 +42,9 @@ fn ip(s: &str) -> IpAddr {
 async fn setup(s: &Store, hosts: &[&str]) -> Ipam {
     let ipam = Ipam::new(s.clone());
     for h in hosts {
-        ipam.ensure_node(h).await.unwrap();
+        calico_libnetwork::driver::init::ensure_node(ipam.store().as_ref(), h)
+            .await
+            .unwrap();
     }
     ipam
 }
@@ -922,7 +924,9 @@ async fn node_selector_picks_pool(s: Store) {
         .labels
         .insert("foo".to_string(), "bar".to_string());
     kv::create(s.as_ref(), &mut node).await.unwrap();
-    ipam.ensure_node("host-b").await.unwrap();
+    calico_libnetwork::driver::init::ensure_node(ipam.store().as_ref(), "host-b")
+        .await
+        .unwrap();
     for (name, cidr, sel) in [
         ("pool1", "10.0.0.0/24", r#"foo == "bar""#),
         ("pool2", "20.0.0.0/24", r#"foo != "bar""#),

@@ -392,7 +392,9 @@ fn ipam_check_finds_and_repairs_planted_inconsistencies() {
     let cidr: ipnet::IpNet = "10.77.0.0/16".parse().unwrap();
     let rt = tokio::runtime::Runtime::new().unwrap();
     let (orphan_ip, used_ip, block) = rt.block_on(async {
-        ipam.ensure_node(NODE).await.unwrap();
+        calico_libnetwork::driver::init::ensure_node(ipam.store().as_ref(), NODE)
+            .await
+            .unwrap();
         ipam.create_pool(IpPool::new("ops-pool", IpPoolSpec::with_cidr(&cidr)))
             .await
             .unwrap();

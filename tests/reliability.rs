@@ -206,7 +206,9 @@ async fn local_store_survives_sigkill() {
         let store: Arc<dyn Datastore> = Arc::new(LocalStore::open(&path).unwrap());
         let ipam = Ipam::new(store);
         let net: ipnet::IpNet = "10.88.0.0/16".parse().unwrap();
-        ipam.ensure_node("rel-local").await.unwrap();
+        calico_libnetwork::driver::init::ensure_node(ipam.store().as_ref(), "rel-local")
+            .await
+            .unwrap();
         ipam.ensure_default_pools(&[net]).await.unwrap();
     }
     let kills = if long() { 12 } else { 4 };

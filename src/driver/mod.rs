@@ -12,6 +12,7 @@ use crate::error::Result;
 use crate::ipam::Ipam;
 
 pub mod docker;
+pub mod init;
 pub mod ipam;
 pub mod network;
 pub mod profiles;
@@ -275,33 +276,6 @@ impl Driver {
                 })
             })
             .await
-    }
-
-    /// Prepares the datastore for this host: its Node resource, ClusterInformation, and
-    /// the default pools when no pool exists at all. Idempotent; never overwrites.
-    pub async fn init(&self, default_pools: &[IpNet]) -> Result<()> {
-        let host = &self.settings.nodename;
-        if self.ipam.ensure_node(host).await? {
-            tracing::info!(node = %host, "created Calico Node resource");
-        }
-        if let Some(mine) = &self.settings.machine_id {
-            if let Some(other) = self.ipam.claim_node(host, mine).await? {
-                tracing::error!(
-                    node = %host, this_machine = %mine, other_machine = %other,
-                    "another machine runs under this node name: clean-up of stale endpoints, veths and addresses is off until each host has its own NODENAME"
-                );
-                *self.foreign_owner.lock().unwrap() = Some(other);
-            }
-        }
-        if self.ipam.ensure_cluster_information().await? {
-            tracing::info!("created ClusterInformation default");
-        }
-        for name in self.ipam.ensure_default_pools(default_pools).await? {
-            tracing::info!(pool = %name, "created default IP pool (no pool existed)");
-        }
-        // The firewall rules are rebuilt by `keep_rules_in_background`, after the socket is
-        // up: until then the rules of the running containers stay as they are.
-        Ok(())
     }
 
     /// Handles for a background task that uses the Docker API; `None` without one.

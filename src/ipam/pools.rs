@@ -1,4 +1,4 @@
-//! IP pools, the Node resource and the start-up defaults.
+//! IP pools: listing, creating, deleting, the start-up defaults and usage summaries.
 
 use ipnet::IpNet;
 
@@ -6,8 +6,7 @@ use super::Ipam;
 use crate::datastore::resources;
 use crate::error::{Error, Result};
 use crate::model::keys;
-use crate::model::resources::{ClusterInformationSpec, NodeSpec, OrchRef};
-use crate::model::{ClusterInformation, IpPool, IpPoolSpec, Node};
+use crate::model::{IpPool, IpPoolSpec};
 
 /// One pool with its block usage, for `ipam show`.
 #[derive(Clone, Debug, serde::Serialize)]
@@ -127,82 +126,6 @@ impl Ipam {
         self.release_pool_affinities(&cidr).await?;
         let rev = pool.metadata.revision();
         self.store.delete(&keys::ip_pool_key(name), rev).await
-    }
-
-    /// Creates this host's Node resource if it is missing (never overwrites one).
-    /// Returns whether it was created.
-    pub async fn ensure_node(&self, host: &str) -> Result<bool> {
-        let key = keys::node_key(host);
-        if self.store.get(&key).await?.is_some() {
-            return Ok(false);
-        }
-        let mut node = Node::new(
-            host,
-            NodeSpec {
-                orch_refs: vec![OrchRef {
-                    node_name: host.to_string(),
-                    orchestrator: "libnetwork".to_string(),
-                }],
-                ..Default::default()
-            },
-        );
-        match resources::create(self.store.as_ref(), &mut node).await {
-            Ok(_) => Ok(true),
-            Err(e) if e.is_exists() => Ok(false),
-            Err(e) => Err(e.context(format!("create Node {host}"))),
-        }
-    }
-
-    /// Ties Node `host` to this machine (`machine_id`, from `/etc/machine-id`): records it
-    /// in the Node's annotation [`crate::model::MACHINE_ID_ANNOTATION`] when the Node has
-    /// none (compare-and-swap; Calico's fields untouched), and returns the other machine's ID
-    /// when the Node already names another one (two hosts with one node name: cloned VMs, a
-    /// copied configuration). `None` when the Node is this machine's or absent.
-    pub async fn claim_node(&self, host: &str, machine_id: &str) -> Result<Option<String>> {
-        let mut other = None;
-        resources::update_with::<NodeSpec, _>(self.store.as_ref(), &keys::node_key(host), |node| {
-            let annotations = &mut node.metadata.annotations;
-            match annotations.get(crate::model::MACHINE_ID_ANNOTATION) {
-                Some(id) => {
-                    other = (id != machine_id).then(|| id.clone());
-                    false
-                }
-                None => {
-                    other = None;
-                    annotations.insert(
-                        crate::model::MACHINE_ID_ANNOTATION.to_string(),
-                        machine_id.to_string(),
-                    );
-                    true
-                }
-            }
-        })
-        .await
-        .map_err(|e| e.context(format!("record machine-id on Node {host}")))?;
-        Ok(other)
-    }
-
-    /// Creates ClusterInformation `default` (which Felix waits for) if it is missing.
-    pub async fn ensure_cluster_information(&self) -> Result<bool> {
-        let key = keys::cluster_information_key("default");
-        if self.store.get(&key).await?.is_some() {
-            return Ok(false);
-        }
-        let mut ci = ClusterInformation::new(
-            "default",
-            ClusterInformationSpec {
-                cluster_guid: uuid::Uuid::new_v4().simple().to_string(),
-                cluster_type: "libnetwork".to_string(),
-                calico_version: format!("calico-libnetwork-{}", env!("CARGO_PKG_VERSION")),
-                datastore_ready: Some(true),
-                ..Default::default()
-            },
-        );
-        match resources::create(self.store.as_ref(), &mut ci).await {
-            Ok(_) => Ok(true),
-            Err(e) if e.is_exists() => Ok(false),
-            Err(e) => Err(e.context("create ClusterInformation default")),
-        }
     }
 
     /// If no IP pool exists at all, creates the default pools (Calico's names and

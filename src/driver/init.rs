@@ -1,0 +1,121 @@
+//! Start-up preparation of the datastore for this host: its Calico Node resource (tied to
+//! this machine), ClusterInformation `default` (which Felix waits for) and the default IP
+//! pools when none exists. Every step creates only what is missing and never overwrites.
+
+use ipnet::IpNet;
+
+use super::Driver;
+use crate::datastore::{resources, Datastore};
+use crate::error::Result;
+use crate::model::keys;
+use crate::model::resources::{ClusterInformationSpec, NodeSpec, OrchRef};
+use crate::model::{ClusterInformation, Node};
+
+impl Driver {
+    /// Prepares the datastore for this host: its Node resource, ClusterInformation, and
+    /// the default pools when no pool exists at all. Idempotent; never overwrites.
+    pub async fn init(&self, default_pools: &[IpNet]) -> Result<()> {
+        let host = &self.settings.nodename;
+        if ensure_node(self.store.as_ref(), host).await? {
+            tracing::info!(node = %host, "created Calico Node resource");
+        }
+        if let Some(mine) = &self.settings.machine_id {
+            if let Some(other) = claim_node(self.store.as_ref(), host, mine).await? {
+                tracing::error!(
+                    node = %host, this_machine = %mine, other_machine = %other,
+                    "another machine runs under this node name: clean-up of stale endpoints, veths and addresses is off until each host has its own NODENAME"
+                );
+                *self.foreign_owner.lock().unwrap() = Some(other);
+            }
+        }
+        if ensure_cluster_information(self.store.as_ref()).await? {
+            tracing::info!("created ClusterInformation default");
+        }
+        for name in self.ipam.ensure_default_pools(default_pools).await? {
+            tracing::info!(pool = %name, "created default IP pool (no pool existed)");
+        }
+        // The firewall rules are rebuilt by `keep_rules_in_background`, after the socket is
+        // up: until then the rules of the running containers stay as they are.
+        Ok(())
+    }
+}
+
+/// Creates this host's Node resource if it is missing (never overwrites one).
+/// Returns whether it was created.
+pub async fn ensure_node(store: &dyn Datastore, host: &str) -> Result<bool> {
+    let key = keys::node_key(host);
+    if store.get(&key).await?.is_some() {
+        return Ok(false);
+    }
+    let mut node = Node::new(
+        host,
+        NodeSpec {
+            orch_refs: vec![OrchRef {
+                node_name: host.to_string(),
+                orchestrator: "libnetwork".to_string(),
+            }],
+            ..Default::default()
+        },
+    );
+    match resources::create(store, &mut node).await {
+        Ok(_) => Ok(true),
+        Err(e) if e.is_exists() => Ok(false),
+        Err(e) => Err(e.context(format!("create Node {host}"))),
+    }
+}
+
+/// Ties Node `host` to this machine (`machine_id`, from `/etc/machine-id`): records it
+/// in the Node's annotation [`crate::model::MACHINE_ID_ANNOTATION`] when the Node has
+/// none (compare-and-swap; Calico's fields untouched), and returns the other machine's ID
+/// when the Node already names another one (two hosts with one node name: cloned VMs, a
+/// copied configuration). `None` when the Node is this machine's or absent.
+pub async fn claim_node(
+    store: &dyn Datastore,
+    host: &str,
+    machine_id: &str,
+) -> Result<Option<String>> {
+    let mut other = None;
+    resources::update_with::<NodeSpec, _>(store, &keys::node_key(host), |node| {
+        let annotations = &mut node.metadata.annotations;
+        match annotations.get(crate::model::MACHINE_ID_ANNOTATION) {
+            Some(id) => {
+                other = (id != machine_id).then(|| id.clone());
+                false
+            }
+            None => {
+                other = None;
+                annotations.insert(
+                    crate::model::MACHINE_ID_ANNOTATION.to_string(),
+                    machine_id.to_string(),
+                );
+                true
+            }
+        }
+    })
+    .await
+    .map_err(|e| e.context(format!("record machine-id on Node {host}")))?;
+    Ok(other)
+}
+
+/// Creates ClusterInformation `default` (which Felix waits for) if it is missing.
+pub async fn ensure_cluster_information(store: &dyn Datastore) -> Result<bool> {
+    let key = keys::cluster_information_key("default");
+    if store.get(&key).await?.is_some() {
+        return Ok(false);
+    }
+    let mut ci = ClusterInformation::new(
+        "default",
+        ClusterInformationSpec {
+            cluster_guid: uuid::Uuid::new_v4().simple().to_string(),
+            cluster_type: "libnetwork".to_string(),
+            calico_version: format!("calico-libnetwork-{}", env!("CARGO_PKG_VERSION")),
+            datastore_ready: Some(true),
+            ..Default::default()
+        },
+    );
+    match resources::create(store, &mut ci).await {
+        Ok(_) => Ok(true),
+        Err(e) if e.is_exists() => Ok(false),
+        Err(e) => Err(e.context("create ClusterInformation default")),
+    }
+}
