@@ -12,6 +12,7 @@ use crate::error::Result;
 use crate::ipam::Ipam;
 
 pub mod docker;
+pub mod endpoint;
 pub mod init;
 pub mod ipam;
 pub mod network;
@@ -167,7 +168,7 @@ pub struct Driver {
     settings: DriverSettings,
     /// The kernel side (veths, links): Linux, or a recording fake in tests.
     dataplane: Arc<dyn crate::dataplane::Dataplane>,
-    endpoints: std::sync::Mutex<std::collections::HashMap<String, network::EndpointCache>>,
+    endpoints: std::sync::Mutex<std::collections::HashMap<String, endpoint::EndpointCache>>,
     /// Host firewall rules for this host's endpoints (see `rules`).
     rules: rules::Rules,
     /// Each network's explicit IPv4 pools, which never change: Join needs them without a read.
