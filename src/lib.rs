@@ -10,13 +10,16 @@
 //! - [`datastore`]: the key-value trait with etcd v3 and embedded (redb) backends.
 //! - [`model`]: Calico's resources, IPAM objects and key paths, in Calico's exact JSON.
 //! - [`ipam`]: Calico's block allocator over the datastore.
-//! - [`dataplane`]: veths, routes and sysctls over netlink.
-//! - [`driver`]: Docker's network and IPAM driver calls.
+//! - [`dataplane`]: the kernel side: veths, routes and sysctls over netlink behind the
+//!   [`dataplane::Dataplane`] trait, and the plugin's iptables rules ([`dataplane::iptables`]).
+//! - [`driver`]: Docker's network driver ([`driver::Driver`]) and IPAM driver
+//!   ([`driver::ipam::IpamDriver`]) calls, start-up preparation, profiles, firewall state,
+//!   clean-up after crashes.
 //! - [`plugin`]: the HTTP server on Docker's plugin socket and the wire types.
 //! - [`metrics`]: Prometheus metrics (optional).
-//! - [`cli`]: the command line (clap types, table and JSON output).
-//! - `commands`: each command's body, one file per command (`serve`, `pool`, `ipam`,
-//!   `status`, `endpoint`, `firewall`).
+//! - [`cli`]: the command line's top-level clap types and `main_entry`.
+//! - `commands`: one file per command (`serve`, `pool`, `ipam`, `status`, `endpoint`,
+//!   `firewall`), each with its subcommands' types, and the table and JSON output.
 
 pub mod cli;
 mod commands;
