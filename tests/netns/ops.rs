@@ -2,7 +2,7 @@
 //! `ipam check [--repair]` (inconsistencies planted in etcd and a real host veth), the
 //! request log line and the Prometheus metrics endpoint.
 
-mod common;
+use crate::common;
 
 use common::block_on;
 

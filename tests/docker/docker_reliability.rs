@@ -15,7 +15,7 @@
 //!
 //! Needs root. Every test holds the host lock, so they run one at a time.
 
-mod common;
+use crate::common;
 
 use common::block_on;
 

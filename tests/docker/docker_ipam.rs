@@ -4,7 +4,7 @@
 //! Needs root. Every test holds the host lock (through `DockerEnv` or `lock()`), so they run
 //! one at a time whatever `--test-threads` says.
 
-mod common;
+use crate::common;
 
 use common::{block_on, POOLS_PREFIX};
 

@@ -1,6 +1,6 @@
 //! One conformance suite, run against both backends: a real etcd and the embedded store.
 
-mod common;
+use crate::common;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};

@@ -1,6 +1,6 @@
 //! The standalone rule set applied to a real kernel, in a private network namespace.
 
-mod common;
+use crate::common;
 
 use calico_libnetwork::dataplane::standalone::{
     apply, remove_all, Applier, EndpointRules, Family, Mode, PoolRules, PortMap, RuleState,

@@ -8,7 +8,7 @@
 //! After every scenario [`check_consistent`] reads the raw IPAM keys and checks the data
 //! invariants Calico relies on (see [`check_consistent`]).
 
-mod common;
+use crate::common;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::net::IpAddr;

@@ -11,7 +11,7 @@
 //!
 //! `CALICO_LONG_TESTS=1` runs longer versions (more allocations, more kills).
 
-mod common;
+use crate::common;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::io::{BufRead, BufReader};
@@ -173,7 +173,7 @@ async fn two_nodes_concurrent_allocations_never_duplicate() {
 const CHILD_ENV: &str = "CALICO_RELIABILITY_CHILD_STORE";
 
 /// Not a test on its own (hence ignored): the writer the kill test starts, re-running this
-/// test binary with `--ignored --exact`. Allocates one address at a time on the embedded
+/// test binary with `--ignored --exact reliability::child_store_writer`. Allocates one address at a time on the embedded
 /// store and prints `COMMITTED <ip> <handle>` after each allocation returned, before
 /// starting the next.
 #[tokio::test]
@@ -211,6 +211,12 @@ async fn local_store_survives_sigkill() {
     }
     let kills = if long() { 12 } else { 4 };
     let exe = std::env::current_exe().unwrap();
+    // The test's path in this binary (`reliability::child_store_writer`): libtest names
+    // tests by their module path without the crate.
+    let writer = format!(
+        "{}::child_store_writer",
+        module_path!().split_once("::").unwrap().1
+    );
     let mut committed: Vec<(IpAddr, String)> = Vec::new();
     let started = Instant::now();
     for k in 0..kills {
@@ -221,7 +227,7 @@ async fn local_store_survives_sigkill() {
             .args([
                 "--ignored",
                 "--exact",
-                "child_store_writer",
+                &writer,
                 "--nocapture",
                 "--test-threads=1",
             ])

@@ -8,7 +8,7 @@
 //! its veth there, not on the host. Failures found are kept in
 //! tests/fuzz-corpus/regressions.txt and replayed first.
 
-mod common;
+use crate::common;
 
 use std::sync::Arc;
 use std::time::Duration;

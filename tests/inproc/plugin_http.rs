@@ -1,6 +1,6 @@
 //! The plugin server over a real unix socket, spoken to as Docker speaks.
 
-mod common;
+use crate::common;
 
 use std::sync::Arc;
 

@@ -12,7 +12,7 @@
 //!
 //! Needs root. Holds the host lock for the whole test.
 
-mod common;
+use crate::common;
 
 use common::WEPS_PREFIX;
 

@@ -5,7 +5,7 @@
 //!
 //! Needs root. Every test holds the host lock, so they run one at a time.
 
-mod common;
+use crate::common;
 
 use common::{BLOCKS_PREFIXES, HANDLES_PREFIX, HOST_MAC, PROFILES_PREFIX, WEPS_PREFIX};
 

@@ -1,7 +1,7 @@
 //! The binary as users start it: flags, environment, refusal of bad configuration,
 //! the socket it serves and its graceful stop.
 
-mod common;
+use crate::common;
 
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};

@@ -1,6 +1,6 @@
 //! Docker's IPAM call sequences through the plugin socket, on both datastores.
 
-mod common;
+use crate::common;
 
 use std::sync::Arc;
 
