@@ -1,26 +1,9 @@
-//! Host commands and the clean-up of the plugin's forward chain, for the Docker tests.
+//! The clean-up of the plugin's forward chain, for the Docker tests.
 
-use std::process::Command;
+pub use super::host::run as host;
 
 /// The chain the plugin jumps to from FORWARD (see `src/dataplane/firewall.rs`).
 pub const CHAIN: &str = "CALICO-LIBNETWORK-FORWARD";
-
-/// Runs a host program (Debian's binaries first on PATH); success and stdout+stderr.
-pub fn host(prog: &str, args: &[&str]) -> (bool, String) {
-    let o = Command::new(prog)
-        .args(args)
-        .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
-        .output()
-        .unwrap_or_else(|e| panic!("run {prog}: {e}"));
-    (
-        o.status.success(),
-        format!(
-            "{}{}",
-            String::from_utf8_lossy(&o.stdout),
-            String::from_utf8_lossy(&o.stderr)
-        ),
-    )
-}
 
 /// Every rule the plugin owns on this host now, as `<tool> -t <table>: <line>`.
 /// In every iptables variant this host has (legacy and nf_tables).

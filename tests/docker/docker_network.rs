@@ -12,41 +12,18 @@ use common::{BLOCKS_PREFIXES, HANDLES_PREFIX, HOST_MAC, PROFILES_PREFIX, WEPS_PR
 use std::net::Ipv4Addr;
 use std::time::Instant;
 
-use common::docker::{self, Dockerd, HostLock};
+use common::docker::{self, Dockerd};
 use common::etcd::Etcd;
-use common::firewall::{forward_policy, host, HostCleanup, CHAIN};
-use common::plugin::Plugin;
+use common::firewall::{forward_policy, host, CHAIN};
+use common::plugin::DockerEnv;
 use serde_json::Value;
 
-/// Lock, datastore, plugin, dockerd; dropped as dockerd, plugin, etcd, firewall clean-up,
-/// lock (the clean-up runs while the lock is still held).
-struct Env {
-    docker: Dockerd,
-    plugin: Plugin,
-    etcd: Option<Etcd>,
-    _fw: HostCleanup,
-    _lock: HostLock,
-}
-
-impl Env {
-    fn start(local: bool) -> Env {
-        let lock = docker::lock();
-        let fw = HostCleanup::new();
-        let (etcd, plugin) = if local {
-            (None, Plugin::with_local_store())
-        } else {
-            let etcd = Etcd::start();
-            let plugin = Plugin::with_etcd(&etcd);
-            (Some(etcd), plugin)
-        };
-        let docker = Dockerd::start();
-        Env {
-            docker,
-            plugin,
-            etcd,
-            _fw: fw,
-            _lock: lock,
-        }
+/// Lock, a datastore (etcd, or the embedded store when `local`), the plugin, dockerd.
+fn start(local: bool) -> DockerEnv {
+    if local {
+        DockerEnv::with_local_store()
+    } else {
+        DockerEnv::with_etcd()
     }
 }
 
@@ -109,7 +86,7 @@ fn host_link_mac(name: &str) -> Option<String> {
 }
 
 /// The whole flow on one setup; `etcd` adds the datastore checks.
-fn scenario(test: &str, env: &mut Env) {
+fn scenario(test: &str, env: &mut DockerEnv) {
     let t0 = Instant::now();
     let image = env.docker.import_busybox();
     let d = &env.docker;
@@ -279,7 +256,7 @@ fn containers_ping_each_other_on_etcd() {
         return;
     }
     let t0 = Instant::now();
-    let mut env = Env::start(false);
+    let mut env = start(false);
     scenario("containers_ping_each_other_on_etcd", &mut env);
     assert_plugin_leaves_no_rule(&mut env);
     eprintln!(
@@ -295,7 +272,7 @@ fn containers_ping_each_other_on_local_store() {
         return;
     }
     let t0 = Instant::now();
-    let mut env = Env::start(true);
+    let mut env = start(true);
     scenario("containers_ping_each_other_on_local_store", &mut env);
     assert!(env.plugin.store_path().exists());
     assert_plugin_leaves_no_rule(&mut env);
@@ -308,7 +285,7 @@ fn containers_ping_each_other_on_local_store() {
 /// Containers gone (dockerd stopped) and the plugin stopped gracefully: the plugin itself
 /// removed every rule it had (checked before the harness's own clean-up, which would hide
 /// a leak, and under the lock, so no other test's plugin can have added rules meanwhile).
-fn assert_plugin_leaves_no_rule(env: &mut Env) {
+fn assert_plugin_leaves_no_rule(env: &mut DockerEnv) {
     env.docker.shutdown();
     env.plugin.stop();
     common::firewall::assert_no_chain();

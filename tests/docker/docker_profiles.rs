@@ -12,147 +12,90 @@ use common::{PROFILES_PREFIX, WEPS_PREFIX};
 use std::time::{Duration, Instant};
 
 use calico_libnetwork::model::resource_name_from;
-use common::docker::{self, Dockerd, HostLock};
-use common::etcd::Etcd;
-use common::firewall::HostCleanup;
-use common::plugin::Plugin;
+use common::plugin::DockerEnv;
+use common::wait_until;
 use serde_json::{json, Value};
 
 const NETWORKS_PREFIX: &str = "/calico/libnetwork/v1/networks/";
-/// Lock, etcd, dockerd, then the plugin pointed at that dockerd; dropped as dockerd, plugin,
-/// etcd, firewall clean-up, lock.
-struct Env {
-    docker: Dockerd,
-    plugin: Plugin,
-    etcd: Etcd,
-    _fw: HostCleanup,
-    _lock: HostLock,
+
+/// Lock, etcd, dockerd, then the plugin pointed at that dockerd (or at `docker_host`),
+/// with `extra` settings.
+fn start(docker_host: Option<&str>, extra: &[(&str, &str)]) -> DockerEnv {
+    let mut b = DockerEnv::builder().etcd().docker_api();
+    if let Some(h) = docker_host {
+        b = b.plugin_env("CALICO_LIBNETWORK_DOCKER_HOST", h);
+    }
+    for (k, v) in extra {
+        b = b.plugin_env(k, v);
+    }
+    b.start()
 }
 
-impl Env {
-    /// `docker_host`: the plugin's CALICO_LIBNETWORK_DOCKER_HOST (`None`: our dockerd).
-    fn start(docker_host: Option<&str>, extra: &[(&str, &str)]) -> Env {
-        let lock = docker::lock();
-        let fw = HostCleanup::new();
-        let etcd = Etcd::start();
-        let docker = Dockerd::start();
-        let endpoint = etcd.endpoint();
-        let ours = docker.host();
-        let mut env = vec![
-            ("DATASTORE_TYPE", "etcdv3"),
-            ("ETCD_ENDPOINTS", endpoint.as_str()),
-            (
-                "CALICO_LIBNETWORK_DOCKER_HOST",
-                docker_host.unwrap_or(&ours),
-            ),
-        ];
-        env.extend_from_slice(extra);
-        let plugin = Plugin::start(&env);
-        Env {
-            docker,
-            plugin,
-            etcd,
-            _fw: fw,
-            _lock: lock,
+/// Containers and networks gone, then dockerd and the plugin stopped: no endpoint,
+/// allocation or handle is left in etcd, and the plugin removed its own rules (checked
+/// before the harness's clean-up could hide a leak).
+fn assert_nothing_left(env: &mut DockerEnv) {
+    assert!(
+        env.list(WEPS_PREFIX).is_empty(),
+        "{:?}",
+        env.list(WEPS_PREFIX)
+    );
+    for prefix in common::BLOCKS_PREFIXES {
+        for (key, b) in env.list(prefix) {
+            let used = b["allocations"]
+                .as_array()
+                .unwrap_or_else(|| panic!("{key}: no allocations array: {b}"))
+                .iter()
+                .filter(|a| !a.is_null())
+                .count();
+            assert_eq!(used, 0, "{key} still allocates: {b}");
         }
     }
-
-    /// Containers and networks gone, then dockerd and the plugin stopped: no endpoint,
-    /// allocation or handle is left in etcd, and the plugin removed its own rules (checked
-    /// before the harness's clean-up could hide a leak).
-    fn assert_nothing_left(&mut self) {
-        assert!(
-            self.list(WEPS_PREFIX).is_empty(),
-            "{:?}",
-            self.list(WEPS_PREFIX)
-        );
-        for prefix in common::BLOCKS_PREFIXES {
-            for (key, b) in self.list(prefix) {
-                let used = b["allocations"]
-                    .as_array()
-                    .unwrap_or_else(|| panic!("{key}: no allocations array: {b}"))
-                    .iter()
-                    .filter(|a| !a.is_null())
-                    .count();
-                assert_eq!(used, 0, "{key} still allocates: {b}");
-            }
-        }
-        assert!(
-            self.list(common::HANDLES_PREFIX).is_empty(),
-            "{:?}",
-            self.list(common::HANDLES_PREFIX)
-        );
-        self.docker.shutdown();
-        self.plugin.stop();
-        common::firewall::assert_no_chain();
-    }
-
-    fn list(&self, prefix: &str) -> Vec<(String, Value)> {
-        self.etcd.list_json(prefix)
-    }
-
-    fn profiles(&self) -> Vec<String> {
-        self.list(PROFILES_PREFIX)
-            .into_iter()
-            .map(|(k, _)| k[PROFILES_PREFIX.len()..].to_string())
-            .collect()
-    }
-
-    fn profile(&self, name: &str) -> Option<Value> {
-        self.list(PROFILES_PREFIX)
-            .into_iter()
-            .find(|(k, _)| k[PROFILES_PREFIX.len()..] == *name)
-            .map(|(_, v)| v)
-    }
-
-    fn record(&self, net_id: &str) -> Value {
-        self.list(NETWORKS_PREFIX)
-            .into_iter()
-            .find(|(k, _)| k.ends_with(net_id))
-            .map(|(_, v)| v)
-            .unwrap_or_else(|| panic!("no network record for {net_id}"))
-    }
-
-    /// The WorkloadEndpoint of container `name`.
-    fn wep(&self, name: &str) -> Value {
-        let ep = self.docker.docker_ok(&[
-            "inspect",
-            "-f",
-            "{{range .NetworkSettings.Networks}}{{.EndpointID}}{{end}}",
-            name,
-        ]);
-        let weps = self.list(WEPS_PREFIX);
-        weps.into_iter()
-            .find(|(_, w)| w["spec"]["endpoint"] == ep.as_str())
-            .map(|(_, w)| w)
-            .unwrap_or_else(|| panic!("{name}: no WorkloadEndpoint for endpoint {ep}"))
-    }
-
-    fn create_network(&self, name: &str) -> String {
-        self.docker.docker_ok(&[
-            "network",
-            "create",
-            "-d",
-            "calico",
-            "--ipam-driver",
-            "calico",
-            name,
-        ])
-    }
+    assert!(
+        env.list(common::HANDLES_PREFIX).is_empty(),
+        "{:?}",
+        env.list(common::HANDLES_PREFIX)
+    );
+    env.docker.shutdown();
+    env.plugin.stop();
+    common::firewall::assert_no_chain();
 }
 
-/// Polls `f` every 100 ms until it returns `Some`, for at most `secs` seconds.
-fn wait_for<T>(what: &str, secs: u64, mut f: impl FnMut() -> Option<T>) -> T {
-    let deadline = Instant::now() + Duration::from_secs(secs);
-    loop {
-        if let Some(v) = f() {
-            return v;
-        }
-        if Instant::now() > deadline {
-            panic!("{what}: not within {secs} s");
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
+fn profiles(env: &DockerEnv) -> Vec<String> {
+    env.list(PROFILES_PREFIX)
+        .into_iter()
+        .map(|(k, _)| k[PROFILES_PREFIX.len()..].to_string())
+        .collect()
+}
+
+fn profile(env: &DockerEnv, name: &str) -> Option<Value> {
+    env.list(PROFILES_PREFIX)
+        .into_iter()
+        .find(|(k, _)| k[PROFILES_PREFIX.len()..] == *name)
+        .map(|(_, v)| v)
+}
+
+fn record(env: &DockerEnv, net_id: &str) -> Value {
+    env.list(NETWORKS_PREFIX)
+        .into_iter()
+        .find(|(k, _)| k.ends_with(net_id))
+        .map(|(_, v)| v)
+        .unwrap_or_else(|| panic!("no network record for {net_id}"))
+}
+
+/// The WorkloadEndpoint of container `name`.
+fn wep(env: &DockerEnv, name: &str) -> Value {
+    let ep = env.docker.docker_ok(&[
+        "inspect",
+        "-f",
+        "{{range .NetworkSettings.Networks}}{{.EndpointID}}{{end}}",
+        name,
+    ]);
+    let weps = env.list(WEPS_PREFIX);
+    weps.into_iter()
+        .find(|(_, w)| w["spec"]["endpoint"] == ep.as_str())
+        .map(|(_, w)| w)
+        .unwrap_or_else(|| panic!("{name}: no WorkloadEndpoint for endpoint {ep}"))
 }
 
 fn wep_profiles(w: &Value) -> Value {
@@ -180,17 +123,20 @@ fn profile_named_after_network_and_container_labels() {
         return;
     }
     let t0 = Instant::now();
-    let mut env = Env::start(None, &[("CALICO_LIBNETWORK_LABEL_ENDPOINTS", "true")]);
+    let mut env = start(None, &[("CALICO_LIBNETWORK_LABEL_ENDPOINTS", "true")]);
     let image = env.docker.import_busybox();
-    let net_id = env.create_network("net1");
-    let spec = wait_for("profile net1", 10, || env.profile("net1")).clone();
+    let net_id = env.network("net1", &[]);
+    let spec = wait_until("profile net1", Duration::from_secs(10), || {
+        profile(&env, "net1")
+    })
+    .clone();
     assert_eq!(spec["spec"], cni_profile_spec("net1"), "{spec}");
     assert_eq!(spec["kind"], "Profile");
     // The network-ID fallback is gone once the name is known.
-    wait_for("fallback profile deleted", 10, || {
-        (env.profiles() == ["net1"]).then_some(())
+    wait_until("fallback profile deleted", Duration::from_secs(10), || {
+        (profiles(&env) == ["net1"]).then_some(())
     });
-    let rec = env.record(&net_id);
+    let rec = record(&env, &net_id);
     assert_eq!(
         (&rec["name"], &rec["profile"]),
         (&json!("net1"), &json!("net1"))
@@ -212,12 +158,16 @@ fn profile_named_after_network_and_container_labels() {
         "sleep",
         "600",
     ]);
-    let w = env.wep("c1");
+    let w = wep(&env, "c1");
     assert_eq!(wep_profiles(&w), json!(["net1"]), "{w}");
-    let labels = wait_for("label role=db on the WorkloadEndpoint", 10, || {
-        let w = env.wep("c1");
-        (w["metadata"]["labels"]["role"] == "db").then(|| w["metadata"]["labels"].clone())
-    });
+    let labels = wait_until(
+        "label role=db on the WorkloadEndpoint",
+        Duration::from_secs(10),
+        || {
+            let w = wep(&env, "c1");
+            (w["metadata"]["labels"]["role"] == "db").then(|| w["metadata"]["labels"].clone())
+        },
+    );
     assert_eq!(
         labels,
         json!({
@@ -230,16 +180,18 @@ fn profile_named_after_network_and_container_labels() {
 
     // A name Calico does not accept as it is gets a valid, stable profile name.
     let hostile = "My_Net.1";
-    env.create_network(hostile);
+    env.network(hostile, &[]);
     let p = resource_name_from(hostile);
-    let prof = wait_for("profile of My_Net.1", 10, || env.profile(&p));
+    let prof = wait_until("profile of My_Net.1", Duration::from_secs(10), || {
+        profile(&env, &p)
+    });
     assert_eq!(prof["spec"], cni_profile_spec(&p));
 
     env.docker.docker_ok(&["rm", "-f", "c1"]);
     env.docker.docker_ok(&["network", "rm", "net1", hostile]);
-    assert!(env.profiles().is_empty(), "{:?}", env.profiles());
+    assert!(profiles(&env).is_empty(), "{:?}", profiles(&env));
     assert!(env.list(NETWORKS_PREFIX).is_empty());
-    env.assert_nothing_left();
+    assert_nothing_left(&mut env);
     drop(env);
     eprintln!("total {:?}", t0.elapsed());
 }
@@ -254,10 +206,10 @@ fn fallback_profile_without_docker_api_and_profiles_off() {
         return;
     }
     let t0 = Instant::now();
-    let mut env = Env::start(Some("unix:///nonexistent/docker.sock"), &[]);
+    let mut env = start(Some("unix:///nonexistent/docker.sock"), &[]);
     let image = env.docker.import_busybox();
     let t = Instant::now();
-    let net_id = env.create_network("net2");
+    let net_id = env.network("net2", &[]);
     let took = t.elapsed();
     assert!(
         took < Duration::from_secs(5),
@@ -269,47 +221,47 @@ fn fallback_profile_without_docker_api_and_profiles_off() {
         "run", "-d", "--net", "net2", "--name", "c2", image, "sleep", "600",
     ]);
     std::thread::sleep(Duration::from_millis(500));
-    assert_eq!(env.profiles(), vec![fallback.clone()]);
-    let spec = env.profile(&fallback).unwrap();
+    assert_eq!(profiles(&env), vec![fallback.clone()]);
+    let spec = profile(&env, &fallback).unwrap();
     assert_eq!(spec["spec"], cni_profile_spec(&fallback));
-    assert_eq!(wep_profiles(&env.wep("c2")), json!([fallback]));
-    assert_eq!(env.record(&net_id)["name"], "");
+    assert_eq!(wep_profiles(&wep(&env, "c2")), json!([fallback]));
+    assert_eq!(record(&env, &net_id)["name"], "");
     eprintln!("fallback ok (create took {took:?}; {:?})", t0.elapsed());
 
     // The Docker API back: the start-up pass learns the name.
     let ours = env.docker.host();
     env.plugin.set_env("CALICO_LIBNETWORK_DOCKER_HOST", &ours);
     env.plugin.restart();
-    wait_for("c2 moved to profile net2", 15, || {
-        (wep_profiles(&env.wep("c2")) == json!(["net2"])).then_some(())
+    wait_until("c2 moved to profile net2", Duration::from_secs(15), || {
+        (wep_profiles(&wep(&env, "c2")) == json!(["net2"])).then_some(())
     });
-    wait_for("only profile net2 left", 10, || {
-        (env.profiles() == ["net2"]).then_some(())
+    wait_until("only profile net2 left", Duration::from_secs(10), || {
+        (profiles(&env) == ["net2"]).then_some(())
     });
-    assert_eq!(env.record(&net_id)["name"], "net2");
+    assert_eq!(record(&env, &net_id)["name"], "net2");
     env.docker.docker_ok(&["rm", "-f", "c2"]);
     env.docker.docker_ok(&["network", "rm", "net2"]);
-    assert!(env.profiles().is_empty(), "{:?}", env.profiles());
+    assert!(profiles(&env).is_empty(), "{:?}", profiles(&env));
     eprintln!("resolved at start ({:?})", t0.elapsed());
 
     // (c) Profiles off: none created, none carried, also once the name is known.
     env.plugin
         .set_env("CALICO_LIBNETWORK_CREATE_PROFILES", "false");
     env.plugin.restart();
-    let net3 = env.create_network("net3");
+    let net3 = env.network("net3", &[]);
     env.docker.docker_ok(&[
         "run", "-d", "--net", "net3", "--name", "c3", image, "sleep", "600",
     ]);
-    wait_for("record of net3 named", 10, || {
-        (env.record(&net3)["name"] == "net3").then_some(())
+    wait_until("record of net3 named", Duration::from_secs(10), || {
+        (record(&env, &net3)["name"] == "net3").then_some(())
     });
-    assert!(env.profiles().is_empty(), "{:?}", env.profiles());
-    assert_eq!(wep_profiles(&env.wep("c3")), json!([]));
-    assert_eq!(env.record(&net3)["profile"], "");
+    assert!(profiles(&env).is_empty(), "{:?}", profiles(&env));
+    assert_eq!(wep_profiles(&wep(&env, "c3")), json!([]));
+    assert_eq!(record(&env, &net3)["profile"], "");
     env.docker.docker_ok(&["rm", "-f", "c3"]);
     env.docker.docker_ok(&["network", "rm", "net3"]);
-    assert!(env.profiles().is_empty());
-    env.assert_nothing_left();
+    assert!(profiles(&env).is_empty());
+    assert_nothing_left(&mut env);
     drop(env);
     eprintln!("total {:?}", t0.elapsed());
 }

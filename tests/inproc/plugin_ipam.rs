@@ -2,14 +2,10 @@
 
 use crate::common;
 
-use std::sync::Arc;
+use common::backends::{backends, Store};
 
-use calico_libnetwork::datastore::local::LocalStore;
-use calico_libnetwork::datastore::Datastore;
 use common::server::Server;
 use serde_json::{json, Value};
-
-type Store = Arc<dyn Datastore>;
 
 const DEFAULT_V4: &str = "10.90.0.0/16";
 const DEFAULT_V6: &str = "fd90::/64";
@@ -514,35 +510,14 @@ async fn network_round_trips_and_unreadable_profile(store: Store) {
     s.stop().await;
 }
 
-macro_rules! both {
-    ($($name:ident),*) => {
-        mod etcd {
-            use super::*;
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $name() {
-                    let etcd = common::etcd::Etcd::start();
-                    super::$name(Arc::new(etcd.store())).await;
-                }
-            )*
-        }
-        mod local {
-            use super::*;
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $name() {
-                    let dir = tempfile::tempdir().unwrap();
-                    super::$name(Arc::new(LocalStore::open(dir.path().join("s.redb")).unwrap())).await;
-                }
-            )*
-        }
-    };
-}
-
-both!(
-    default_pool_sequence,
-    subnet_sequences,
-    options_ipv6_and_errors,
-    exhausted_pool,
-    network_round_trips_and_unreadable_profile
+backends!(
+    threads = 2,
+    timeout = None,
+    [
+        default_pool_sequence,
+        subnet_sequences,
+        options_ipv6_and_errors,
+        exhausted_pool,
+        network_round_trips_and_unreadable_profile,
+    ]
 );

@@ -322,24 +322,10 @@ fn in_private_netns<Fut: std::future::Future<Output = ()> + 'static>(
     if !common::require_root(test) {
         return;
     }
-    let outcome = std::thread::Builder::new()
-        .name(test.to_string())
-        .spawn(move || {
-            // SAFETY: unshare(CLONE_NEWNET) only changes this thread's namespace membership
-            // (threads and processes started from it inherit it).
-            assert_eq!(unsafe { libc::unshare(libc::CLONE_NEWNET) }, 0, "unshare");
-            assert!(ip_link(&["set", "lo", "up"]));
-            tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .unwrap()
-                .block_on(body());
-        })
-        .unwrap()
-        .join();
-    if let Err(p) = outcome {
-        std::panic::resume_unwind(p);
-    }
+    common::netns::fresh_async(move || {
+        assert!(ip_link(&["set", "lo", "up"]));
+        body()
+    });
 }
 
 fn ip_link(args: &[&str]) -> bool {
