@@ -584,6 +584,11 @@ disabled_plugins = ["io.containerd.grpc.v1.cri"]
 
     /// `docker network create -d calico --ipam-driver calico extra... name`; the network ID.
     pub fn calico_network(&self, name: &str, extra: &[&str]) -> String {
+        self.docker_ok(&Self::calico_network_args(name, extra))
+    }
+
+    /// The arguments of `docker network create -d calico --ipam-driver calico extra... name`.
+    pub fn calico_network_args<'a>(name: &'a str, extra: &[&'a str]) -> Vec<&'a str> {
         let mut args = vec![
             "network",
             "create",
@@ -594,7 +599,7 @@ disabled_plugins = ["io.containerd.grpc.v1.cri"]
         ];
         args.extend_from_slice(extra);
         args.push(name);
-        self.docker_ok(&args)
+        args
     }
 
     /// `docker run -d --name name extra... image sleep 600`.

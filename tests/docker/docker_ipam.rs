@@ -203,16 +203,7 @@ fn refused_options_show_plugin_message_and_leave_nothing() {
         (&["--subnet", "192.168.5.0/24"], "overlaps"),
     ];
     for (opts, want) in cases {
-        let mut args = vec![
-            "network",
-            "create",
-            "-d",
-            "calico",
-            "--ipam-driver",
-            "calico",
-        ];
-        args.extend_from_slice(opts);
-        args.push("refused");
+        let args = Dockerd::calico_network_args("refused", opts);
         let err = d.docker_err(&args);
         eprintln!("docker {}:\n  {err}", args.join(" "));
         assert!(

@@ -98,28 +98,18 @@ fn invalid_configuration_stops_at_start_naming_the_variable() {
         ],
         "ETCD_SCHEME",
     );
-    refuses(&[("LOG_LEVEL", "loud")], "LOG_LEVEL");
-    refuses(
-        &[("CALICO_LIBNETWORK_REQUEST_TIMEOUT", "soon")],
-        "CALICO_LIBNETWORK_REQUEST_TIMEOUT",
-    );
-    refuses(
-        &[("CALICO_IPV4POOL_CIDR", "10.0.0.0/33")],
-        "CALICO_IPV4POOL_CIDR",
-    );
-    refuses(
-        &[("CALICO_LIBNETWORK_DOCKER_HOST", "/var/run/docker.sock")],
-        "CALICO_LIBNETWORK_DOCKER_HOST",
-    );
-    refuses(&[("DOCKER_HOST", "ssh://somewhere")], "DOCKER_HOST");
-    refuses(
-        &[("CALICO_LIBNETWORK_LABEL_ENDPOINTS", "maybe")],
-        "CALICO_LIBNETWORK_LABEL_ENDPOINTS",
-    );
-    refuses(
-        &[("CALICO_LIBNETWORK_LABEL_POLL_TIMEOUT", "0s")],
-        "CALICO_LIBNETWORK_LABEL_POLL_TIMEOUT",
-    );
+    // One variable, refused by its own name.
+    for (var, value) in [
+        ("LOG_LEVEL", "loud"),
+        ("CALICO_LIBNETWORK_REQUEST_TIMEOUT", "soon"),
+        ("CALICO_IPV4POOL_CIDR", "10.0.0.0/33"),
+        ("CALICO_LIBNETWORK_DOCKER_HOST", "/var/run/docker.sock"),
+        ("DOCKER_HOST", "ssh://somewhere"),
+        ("CALICO_LIBNETWORK_LABEL_ENDPOINTS", "maybe"),
+        ("CALICO_LIBNETWORK_LABEL_POLL_TIMEOUT", "0s"),
+    ] {
+        refuses(&[(var, value)], var);
+    }
 }
 
 struct Running {

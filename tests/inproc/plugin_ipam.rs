@@ -144,17 +144,7 @@ async fn subnet_sequences(store: Store) {
         .await;
     assert_eq!(p["PoolID"], "default-ipv4-ippool");
     assert_eq!(p["Pool"], DEFAULT_V4);
-    let a = c
-        .ok(
-            "IpamDriver.RequestAddress",
-            json!({"PoolID": "default-ipv4-ippool", "Address": ""}),
-        )
-        .await;
-    let ip = a["Address"]
-        .as_str()
-        .unwrap()
-        .trim_end_matches("/32")
-        .to_string();
+    let ip = c.request_any_address("default-ipv4-ippool").await;
     c.ok(
         "IpamDriver.ReleaseAddress",
         json!({"PoolID": "default-ipv4-ippool", "Address": ip}),
@@ -198,17 +188,7 @@ async fn subnet_sequences(store: Store) {
     );
     // Only its own network allocates from a pool created for --subnet.
     assert_eq!(pool["spec"]["assignmentMode"], "Manual", "{pool}");
-    let a = c
-        .ok(
-            "IpamDriver.RequestAddress",
-            json!({"PoolID": "CalicoPoolIPv4", "Address": ""}),
-        )
-        .await;
-    let auto = a["Address"]
-        .as_str()
-        .unwrap()
-        .trim_end_matches("/32")
-        .to_string();
+    let auto = c.request_any_address("CalicoPoolIPv4").await;
     assert!(
         auto.starts_with("10.90."),
         "all-pools networks skip the created pool: {auto}"
