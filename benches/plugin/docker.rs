@@ -46,16 +46,10 @@ pub(crate) fn docker_session(cfg: &Cfg, kind: &str) -> DockerRun {
     let nets = ["benchnet", "benchbr", "bridge", "none"];
     let run = |net: &str| -> f64 {
         let t = Instant::now();
-        let out = docker
-            .docker_timeout(
-                &["run", "--rm", "--net", net, image, "true"],
-                Duration::from_secs(90),
-            )
-            .unwrap_or_else(|e| panic!("{e}"));
-        assert!(
-            out.status.success(),
-            "docker run --net {net}: {}",
-            String::from_utf8_lossy(&out.stderr)
+        docker_within(
+            docker,
+            &["run", "--rm", "--net", net, image, "true"],
+            Duration::from_secs(90),
         );
         ms(t.elapsed())
     };
@@ -85,18 +79,12 @@ pub(crate) fn docker_session(cfg: &Cfg, kind: &str) -> DockerRun {
                 for name in &names {
                     let d = &docker;
                     s.spawn(move || {
-                        let out = d
-                            .docker_timeout(
-                                &[
-                                    "run", "-d", "--name", name, "--net", n, image, "sleep", "600",
-                                ],
-                                Duration::from_secs(120),
-                            )
-                            .unwrap_or_else(|e| panic!("{e}"));
-                        assert!(
-                            out.status.success(),
-                            "docker run -d --net {n}: {}",
-                            String::from_utf8_lossy(&out.stderr)
+                        docker_within(
+                            d,
+                            &[
+                                "run", "-d", "--name", name, "--net", n, image, "sleep", "600",
+                            ],
+                            Duration::from_secs(120),
                         );
                     });
                 }
@@ -110,10 +98,7 @@ pub(crate) fn docker_session(cfg: &Cfg, kind: &str) -> DockerRun {
                 for name in &names {
                     let d = &docker;
                     s.spawn(move || {
-                        let out = d
-                            .docker_timeout(&["rm", "-f", name], Duration::from_secs(120))
-                            .unwrap_or_else(|e| panic!("{e}"));
-                        assert!(out.status.success(), "docker rm -f {name}");
+                        docker_within(d, &["rm", "-f", name], Duration::from_secs(120));
                     });
                 }
             });
@@ -316,4 +301,17 @@ pub(crate) fn part_docker(cfg: &Cfg, rep: &mut Report) {
         .collect();
     rep.table(&["goal", "measured", ""], &rows);
     rep.p("![per-container latency](latency.svg)");
+}
+
+/// `docker args...`, killed after `timeout`, asserting success.
+fn docker_within(d: &Dockerd, args: &[&str], timeout: Duration) {
+    let out = d
+        .docker_timeout(args, timeout)
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert!(
+        out.status.success(),
+        "docker {}: {}",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stderr)
+    );
 }

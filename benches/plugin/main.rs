@@ -57,6 +57,7 @@ use calico_libnetwork::datastore::{Datastore, StatsSnapshot};
 use calico_libnetwork::driver::{Driver, DriverSettings, PoolRequest};
 use serde_json::{json, Value};
 
+use common::docker::Dockerd;
 use common::etcd::Etcd;
 use common::plugin::DockerEnv;
 

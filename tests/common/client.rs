@@ -78,4 +78,13 @@ impl PluginClient {
             .unwrap_or_else(|| panic!("RequestAddress from {pool}: no Address in {a}"));
         a.split('/').next().unwrap().to_string()
     }
+
+    /// `IpamDriver.ReleaseAddress` of `address` in `pool`, asserting success.
+    pub async fn release_address(&self, pool: &str, address: &str) {
+        self.ok(
+            "IpamDriver.ReleaseAddress",
+            serde_json::json!({"PoolID": pool, "Address": address}),
+        )
+        .await;
+    }
 }

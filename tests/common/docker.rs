@@ -117,52 +117,38 @@ pub fn assert_locked(what: &str) {
 // ---------------------------------------------------------------------------------------------
 // Processes and commands.
 
+/// The PIDs in /proc for which `keep(pid, /proc/PID)` holds.
+fn scan_proc(keep: impl Fn(i32, &Path) -> bool) -> Vec<i32> {
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    dir.flatten()
+        .filter_map(|e| {
+            let pid = e.file_name().to_string_lossy().parse::<i32>().ok()?;
+            keep(pid, &e.path()).then_some(pid)
+        })
+        .collect()
+}
+
 /// Processes (other than us) whose command line contains `needle`.
 fn pids_with_cmdline(needle: &str) -> Vec<i32> {
     let me = std::process::id() as i32;
-    let mut pids = Vec::new();
-    let Ok(dir) = std::fs::read_dir("/proc") else {
-        return pids;
-    };
-    for e in dir.flatten() {
-        let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else {
-            continue;
-        };
-        if pid == me {
-            continue;
-        }
-        let Ok(cmdline) = std::fs::read(e.path().join("cmdline")) else {
-            continue;
-        };
-        let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
-        if cmdline.contains(needle) {
-            pids.push(pid);
-        }
-    }
-    pids
+    scan_proc(|pid, dir| {
+        pid != me
+            && std::fs::read(dir.join("cmdline")).is_ok_and(|c| {
+                String::from_utf8_lossy(&c)
+                    .replace('\0', " ")
+                    .contains(needle)
+            })
+    })
 }
 
 /// PIDs of dockerd processes other than `except`.
 pub fn other_dockerds(except: Option<u32>) -> Vec<i32> {
-    let mut pids = Vec::new();
-    let Ok(dir) = std::fs::read_dir("/proc") else {
-        return pids;
-    };
-    for e in dir.flatten() {
-        let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else {
-            continue;
-        };
-        if Some(pid as u32) == except {
-            continue;
-        }
-        let Ok(comm) = std::fs::read_to_string(e.path().join("comm")) else {
-            continue;
-        };
-        if comm.trim() == "dockerd" {
-            pids.push(pid);
-        }
-    }
-    pids
+    scan_proc(|pid, dir| {
+        Some(pid as u32) != except
+            && std::fs::read_to_string(dir.join("comm")).is_ok_and(|c| c.trim() == "dockerd")
+    })
 }
 
 fn link_exists(name: &str) -> bool {

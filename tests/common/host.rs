@@ -44,6 +44,16 @@ pub fn run_ok(prog: &str, args: &[&str]) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
+/// Runs `cmd` to its end: (exit code, or -1 when a signal ended it; stdout; stderr).
+pub fn code_out_err(cmd: &mut Command) -> (i32, String, String) {
+    let out = cmd.output().unwrap_or_else(|e| panic!("run {cmd:?}: {e}"));
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
 /// Runs a host program, killed after 30 s; its whole output.
 pub fn output(prog: &str, args: &[&str]) -> Result<Output, String> {
     let mut cmd = Command::new(prog);

@@ -252,34 +252,29 @@ fn scenario(test: &str, env: &mut DockerEnv) {
 /// Two containers on a Calico network reach each other (etcd datastore).
 #[test]
 fn containers_ping_each_other_on_etcd() {
-    if !common::require_root("containers_ping_each_other_on_etcd") {
-        return;
-    }
-    let t0 = Instant::now();
-    let mut env = start(false);
-    scenario("containers_ping_each_other_on_etcd", &mut env);
-    assert_plugin_leaves_no_rule(&mut env);
-    eprintln!(
-        "containers_ping_each_other_on_etcd total: {:?}",
-        t0.elapsed()
-    );
+    ping_test("containers_ping_each_other_on_etcd", false);
 }
 
 /// The same on the embedded store (only container- and host-visible checks).
 #[test]
 fn containers_ping_each_other_on_local_store() {
-    if !common::require_root("containers_ping_each_other_on_local_store") {
+    ping_test("containers_ping_each_other_on_local_store", true);
+}
+
+/// [`scenario`] on a fresh env (`local`: on the embedded store), then the plugin's own
+/// clean-up checked.
+fn ping_test(test: &str, local: bool) {
+    if !common::require_root(test) {
         return;
     }
     let t0 = Instant::now();
-    let mut env = start(true);
-    scenario("containers_ping_each_other_on_local_store", &mut env);
-    assert!(env.plugin.store_path().exists());
+    let mut env = start(local);
+    scenario(test, &mut env);
+    if local {
+        assert!(env.plugin.store_path().exists());
+    }
     assert_plugin_leaves_no_rule(&mut env);
-    eprintln!(
-        "containers_ping_each_other_on_local_store total: {:?}",
-        t0.elapsed()
-    );
+    eprintln!("{test} total: {:?}", t0.elapsed());
 }
 
 /// Containers gone (dockerd stopped) and the plugin stopped gracefully: the plugin itself

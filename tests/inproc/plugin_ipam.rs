@@ -82,11 +82,7 @@ async fn default_pool_sequence(store: Store) {
         .unwrap()
         .trim_end_matches("/32")
         .to_string();
-    c.ok(
-        "IpamDriver.ReleaseAddress",
-        json!({"PoolID": "CalicoPoolIPv4", "Address": extra}),
-    )
-    .await;
+    c.release_address("CalicoPoolIPv4", &extra).await;
     addrs.sort();
     addrs.dedup();
     assert_eq!(addrs.len(), 3, "distinct addresses");
@@ -97,24 +93,12 @@ async fn default_pool_sequence(store: Store) {
 
     for a in &addrs {
         let ip = a.trim_end_matches("/32");
-        c.ok(
-            "IpamDriver.ReleaseAddress",
-            json!({"PoolID": "CalicoPoolIPv4", "Address": ip}),
-        )
-        .await;
+        c.release_address("CalicoPoolIPv4", ip).await;
         // Idempotent: Docker may release twice after errors.
-        c.ok(
-            "IpamDriver.ReleaseAddress",
-            json!({"PoolID": "CalicoPoolIPv4", "Address": ip}),
-        )
-        .await;
+        c.release_address("CalicoPoolIPv4", ip).await;
     }
     // Docker releases the pool data gateway too.
-    c.ok(
-        "IpamDriver.ReleaseAddress",
-        json!({"PoolID": "CalicoPoolIPv4", "Address": "0.0.0.0"}),
-    )
-    .await;
+    c.release_address("CalicoPoolIPv4", "0.0.0.0").await;
     c.ok(
         "IpamDriver.ReleasePool",
         json!({"PoolID": "CalicoPoolIPv4"}),
@@ -145,11 +129,7 @@ async fn subnet_sequences(store: Store) {
     assert_eq!(p["PoolID"], "default-ipv4-ippool");
     assert_eq!(p["Pool"], DEFAULT_V4);
     let ip = c.request_any_address("default-ipv4-ippool").await;
-    c.ok(
-        "IpamDriver.ReleaseAddress",
-        json!({"PoolID": "default-ipv4-ippool", "Address": ip}),
-    )
-    .await;
+    c.release_address("default-ipv4-ippool", &ip).await;
     c.ok(
         "IpamDriver.ReleasePool",
         json!({"PoolID": "default-ipv4-ippool"}),
@@ -193,11 +173,7 @@ async fn subnet_sequences(store: Store) {
         auto.starts_with("10.90."),
         "all-pools networks skip the created pool: {auto}"
     );
-    c.ok(
-        "IpamDriver.ReleaseAddress",
-        json!({"PoolID": "CalicoPoolIPv4", "Address": auto}),
-    )
-    .await;
+    c.release_address("CalicoPoolIPv4", &auto).await;
     // --ip inside it, then the same --ip again: in use.
     let a = c
         .ok(
@@ -225,11 +201,7 @@ async fn subnet_sequences(store: Store) {
         .ok("IpamDriver.RequestPool", json!({"Pool": "10.91.0.0/24"}))
         .await;
     assert_eq!(p2["PoolID"], id.as_str());
-    c.ok(
-        "IpamDriver.ReleaseAddress",
-        json!({"PoolID": id, "Address": "10.91.0.7"}),
-    )
-    .await;
+    c.release_address(&id, "10.91.0.7").await;
     c.ok("IpamDriver.ReleasePool", json!({"PoolID": id})).await;
     assert!(
         store
@@ -354,11 +326,7 @@ async fn options_ipv6_and_errors(store: Store) {
     let a = a["Address"].as_str().unwrap();
     assert!(a.starts_with("fd90::") && a.ends_with("/128"), "{a}");
     let ip = a.trim_end_matches("/128");
-    c.ok(
-        "IpamDriver.ReleaseAddress",
-        json!({"PoolID": "CalicoPoolIPv6", "Address": ip}),
-    )
-    .await;
+    c.release_address("CalicoPoolIPv6", ip).await;
     let a = c
         .ok(
             "IpamDriver.RequestAddress",
@@ -366,11 +334,7 @@ async fn options_ipv6_and_errors(store: Store) {
         )
         .await;
     assert_eq!(a["Address"], "fd90::abcd/128");
-    c.ok(
-        "IpamDriver.ReleaseAddress",
-        json!({"PoolID": "CalicoPoolIPv6", "Address": "fd90::abcd"}),
-    )
-    .await;
+    c.release_address("CalicoPoolIPv6", "fd90::abcd").await;
     assert_eq!(allocated(&store).await, 0);
     s.stop().await;
 }
