@@ -161,7 +161,7 @@ type Part = fn(&Cfg, &mut Report);
 fn main() {
     // `cargo bench` passes `--bench`; a filter argument is not supported (use BENCH_PARTS).
     if unsafe { libc::geteuid() } != 0 {
-        eprintln!("benches/plugin.rs needs root (network namespaces, veths, dockerd)");
+        eprintln!("the benchmark (benches/plugin) needs root (network namespaces, veths, dockerd)");
         std::process::exit(1);
     }
     let cfg = Cfg::from_env();

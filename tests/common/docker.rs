@@ -13,7 +13,7 @@
 //! socket and `opt` directory in our temp dir) and pass it with `--containerd`.
 //!
 //! Host state Docker changes and we put back on drop (checked by `harness_leaves_nothing_behind` in
-//! tests/docker_ipam.rs): iptables rules and `DOCKER*` chains it added, the FORWARD policy
+//! tests/docker/docker_ipam.rs): iptables rules and `DOCKER*` chains it added, the FORWARD policy
 //! (DROP when Docker itself turned on forwarding), the `ip_forward` / `bridge-nf-call-*`
 //! sysctls, `/etc/docker/key.json` (20.10 always creates it) and containerd's shim socket
 //! directory `/run/containerd/s`. With a foreign dockerd running, only rules naming our bridge

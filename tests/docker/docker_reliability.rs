@@ -59,9 +59,13 @@ fn docker_calls(plugin: &Plugin, log_from: usize) -> Vec<String> {
         .collect()
 }
 
-/// Lock, etcd, dockerd with busybox, then the plugin with our dockerd's API, a short grace
+/// Root (or `None`: skipped, loudly), then the lock, etcd, dockerd with busybox, then the
+/// plugin with our dockerd's API, a short grace
 /// period and `extra` settings.
-fn start(extra: &[(&str, &str)]) -> DockerEnv {
+fn start(test: &str, extra: &[(&str, &str)]) -> Option<DockerEnv> {
+    if !common::require_root(test) {
+        return None;
+    }
     let mut b = DockerEnv::builder()
         .etcd()
         .docker_api()
@@ -70,7 +74,7 @@ fn start(extra: &[(&str, &str)]) -> DockerEnv {
     for (k, v) in extra {
         b = b.plugin_env(k, v);
     }
-    b.start()
+    Some(b.start())
 }
 
 /// Lists a prefix, retrying a few times (a fresh connection on a loaded host may be
@@ -239,11 +243,10 @@ fn assert_consistent(
 
 #[test]
 fn plugin_sigkill_during_parallel_runs() {
-    if !common::require_root("plugin_sigkill_during_parallel_runs") {
-        return;
-    }
     let started = Instant::now();
-    let mut env = start(&[]);
+    let Some(mut env) = start("plugin_sigkill_during_parallel_runs", &[]) else {
+        return;
+    };
     env.network("relnet", &[]);
     let n = 20;
     let names: Vec<String> = (0..n).map(|i| format!("rel-kill-{i}")).collect();
@@ -351,11 +354,13 @@ fn plugin_sigkill_during_parallel_runs() {
 
 #[test]
 fn dockerd_restart_keeps_restart_always_containers_networked() {
-    if !common::require_root("dockerd_restart_keeps_restart_always_containers_networked") {
-        return;
-    }
     let started = Instant::now();
-    let mut env = start(&[]);
+    let Some(mut env) = start(
+        "dockerd_restart_keeps_restart_always_containers_networked",
+        &[],
+    ) else {
+        return;
+    };
     env.network("relrst", &["--subnet", "10.99.0.0/24"]);
     let fixed: IpAddr = "10.99.0.50".parse().unwrap();
     let names = vec!["rel-rst-auto".to_string(), "rel-rst-ip".to_string()];
@@ -500,16 +505,18 @@ fn dockerd_restart_keeps_restart_always_containers_networked() {
 
 #[test]
 fn etcd_outage_fails_fast_and_recovers() {
-    if !common::require_root("etcd_outage_fails_fast_and_recovers") {
-        return;
-    }
     let started = Instant::now();
     // A request deadline of 6 s over etcd calls of 2 s: Docker hears within ~6 s.
     let deadline = Duration::from_secs(6);
-    let mut env = start(&[
-        ("CALICO_LIBNETWORK_REQUEST_TIMEOUT", "6s"),
-        ("CALICO_LIBNETWORK_DATASTORE_TIMEOUT", "2s"),
-    ]);
+    let Some(mut env) = start(
+        "etcd_outage_fails_fast_and_recovers",
+        &[
+            ("CALICO_LIBNETWORK_REQUEST_TIMEOUT", "6s"),
+            ("CALICO_LIBNETWORK_DATASTORE_TIMEOUT", "2s"),
+        ],
+    ) else {
+        return;
+    };
     env.network("relout", &[]);
     let image = env.image();
     let mut names = Vec::new();

@@ -38,10 +38,13 @@ const UDP_INNER: u16 = 5353;
 // ---------------------------------------------------------------------------------------------
 // The Docker setup.
 
-/// Etcd, dockerd, the plugin (pointed at that dockerd, with `plugin_env`), busybox and
-/// FORWARD at DROP. A test that needs the outside namespace starts an [`Outside`] after this,
+/// Root (or `None`: skipped, loudly), then etcd, dockerd, the plugin (pointed at that
+/// dockerd, with `plugin_env`), busybox and FORWARD at DROP. A test that needs the outside namespace starts an [`Outside`] after this,
 /// so that it goes first.
-fn start(plugin_env: &[(&str, &str)]) -> DockerEnv {
+fn start(test: &str, plugin_env: &[(&str, &str)]) -> Option<DockerEnv> {
+    if !common::require_root(test) {
+        return None;
+    }
     let mut b = DockerEnv::builder()
         .etcd()
         .docker_api()
@@ -50,12 +53,15 @@ fn start(plugin_env: &[(&str, &str)]) -> DockerEnv {
     for (k, v) in plugin_env {
         b = b.plugin_env(k, v);
     }
-    b.start()
+    Some(b.start())
 }
 
 /// [`start`], with the plugin checking its rules every `interval`.
-fn start_checking_rules_every(interval: &str) -> DockerEnv {
-    start(&[("CALICO_LIBNETWORK_RULES_CHECK_INTERVAL", interval)])
+fn start_checking_rules_every(test: &str, interval: &str) -> Option<DockerEnv> {
+    start(
+        test,
+        &[("CALICO_LIBNETWORK_RULES_CHECK_INTERVAL", interval)],
+    )
 }
 
 /// `docker run -d --name name --net net extra...` of busybox's httpd answering `body`
@@ -219,11 +225,10 @@ fn assert_forward_drop(what: &str) {
 #[test]
 fn standalone_isolation_nat_ports_restart_and_felix_mode() {
     const T: &str = "standalone_isolation_nat_ports_restart_and_felix_mode";
-    if !common::require_root(T) {
-        return;
-    }
     let t0 = Instant::now();
-    let mut env = start(&[]);
+    let Some(mut env) = start(T, &[]) else {
+        return;
+    };
     let outside = Outside::start();
     let lap = |what: &str| eprintln!("{T}: {what} ({:?})", t0.elapsed());
     lap("started");
@@ -665,10 +670,9 @@ fn send_raw_frame(ns: &str, packet: Vec<u8>) {
 /// still work (`standalone_isolation_nat_ports_restart_and_felix_mode`).
 #[test]
 fn a_container_cannot_reach_the_hosts_loopback_services() {
-    if !common::require_root("a_container_cannot_reach_the_hosts_loopback_services") {
+    let Some(env) = start("a_container_cannot_reach_the_hosts_loopback_services", &[]) else {
         return;
-    }
-    let env = start(&[]);
+    };
     env.network("lonet", &[]);
     env.run("lo1", &["--net", "lonet"]);
     let a = attachment(env.d(), "lo1", "lonet");
@@ -721,12 +725,12 @@ fn a_container_cannot_reach_the_hosts_loopback_services() {
 /// with its own endpoint alone).
 #[test]
 fn an_undecodable_record_at_restart_never_takes_running_containers_rules_away() {
-    if !common::require_root(
+    let Some(mut env) = start(
         "an_undecodable_record_at_restart_never_takes_running_containers_rules_away",
-    ) {
+        &[],
+    ) else {
         return;
-    }
-    let mut env = start(&[]);
+    };
     env.network("rbnet", &[]);
     for c in ["rb1", "rb2"] {
         env.run(c, &["--net", "rbnet"]);
@@ -777,10 +781,11 @@ fn an_undecodable_record_at_restart_never_takes_running_containers_rules_away() 
 /// own chains are touched here (other software's rules on this host are not ours to flush).
 #[test]
 fn rules_removed_behind_the_plugins_back_come_back() {
-    if !common::require_root("rules_removed_behind_the_plugins_back_come_back") {
+    let Some(env) =
+        start_checking_rules_every("rules_removed_behind_the_plugins_back_come_back", "2s")
+    else {
         return;
-    }
-    let env = start_checking_rules_every("2s");
+    };
     env.network("flnet", &[]);
     env.run("fl1", &["--net", "flnet"]);
     httpd(&env, "flweb", "flnet", &["-p", "18090:80"], "hello-again");
@@ -851,10 +856,11 @@ fn rules_removed_behind_the_plugins_back_come_back() {
 /// `--internal` network's, and the administrator's `DOCKER-USER` rules apply to it.
 #[test]
 fn dockers_bridges_and_docker_user_keep_their_say() {
-    if !common::require_root("dockers_bridges_and_docker_user_keep_their_say") {
+    let Some(env) =
+        start_checking_rules_every("dockers_bridges_and_docker_user_keep_their_say", "1s")
+    else {
         return;
-    }
-    let env = start_checking_rules_every("1s");
+    };
     env.network("dbnet", &[]);
     env.run("db1", &["--net", "dbnet"]);
     let me = attachment(env.d(), "db1", "dbnet");
@@ -947,10 +953,9 @@ fn dockers_bridges_and_docker_user_keep_their_say() {
 /// takes localhost (127.0.0.1) but not the host's other loopback services.
 #[test]
 fn published_ports_have_one_owner() {
-    if !common::require_root("published_ports_have_one_owner") {
+    let Some(env) = start("published_ports_have_one_owner", &[]) else {
         return;
-    }
-    let env = start(&[]);
+    };
     env.network("ponet", &[]);
     httpd(&env, "po1", "ponet", &["-p", "18097:80"], "from-container");
     let err = env.d().docker_err(&[

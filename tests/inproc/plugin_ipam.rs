@@ -152,13 +152,7 @@ async fn subnet_sequences(store: Store) {
         )
         .await;
     let id = p["PoolID"].as_str().unwrap().to_string();
-    let kv = store
-        .get(&format!(
-            "/calico/resources/v3/projectcalico.org/ippools/{id}"
-        ))
-        .await
-        .unwrap()
-        .expect("pool created");
+    let kv = pool_record(&store, &id).await.expect("pool created");
     let pool: Value = serde_json::from_slice(&kv.value).unwrap();
     assert_eq!(pool["spec"]["cidr"], "10.91.0.0/24");
     assert_eq!(pool["spec"]["blockSize"], 28);
@@ -204,24 +198,12 @@ async fn subnet_sequences(store: Store) {
     c.release_address(&id, "10.91.0.7").await;
     c.ok("IpamDriver.ReleasePool", json!({"PoolID": id})).await;
     assert!(
-        store
-            .get(&format!(
-                "/calico/resources/v3/projectcalico.org/ippools/{id}"
-            ))
-            .await
-            .unwrap()
-            .is_some(),
+        pool_record(&store, &id).await.is_some(),
         "still referenced by the second network"
     );
     c.ok("IpamDriver.ReleasePool", json!({"PoolID": id})).await;
     assert!(
-        store
-            .get(&format!(
-                "/calico/resources/v3/projectcalico.org/ippools/{id}"
-            ))
-            .await
-            .unwrap()
-            .is_none(),
+        pool_record(&store, &id).await.is_none(),
         "created pool removed with its last reference"
     );
     assert!(keys_under(&store, "/calico/libnetwork/v1/pools/")
@@ -276,24 +258,20 @@ async fn options_ipv6_and_errors(store: Store) {
         .err("IpamDriver.RequestPool", json!({"Pool": "10.1.2.3/33"}))
         .await;
     assert!(msg.contains("CIDR"), "{msg}");
-    let (_, msg) = c
-        .err("IpamDriver.RequestAddress", json!({"PoolID": "CalicoPoolIPv4", "Address": "10.90.0.1", "Options": {"RequestAddressType": "com.docker.network.gateway"}}))
-        .await;
-    assert!(msg.contains("gateway"), "{msg}");
-    let (_, msg) = c
-        .err(
-            "IpamDriver.RequestAddress",
-            json!({"PoolID": "no-such-pool", "Address": ""}),
-        )
-        .await;
-    assert!(msg.contains("deleted"), "{msg}");
-    let (_, msg) = c
-        .err(
-            "IpamDriver.RequestAddress",
+    for (request, want) in [
+        (
+            json!({"PoolID": "CalicoPoolIPv4", "Address": "10.90.0.1", "Options": {"RequestAddressType": "com.docker.network.gateway"}}),
+            "gateway",
+        ),
+        (json!({"PoolID": "no-such-pool", "Address": ""}), "deleted"),
+        (
             json!({"PoolID": "CalicoPoolIPv4", "Address": "1.1.1.1"}),
-        )
-        .await;
-    assert!(msg.contains("not in any enabled Calico IP pool"), "{msg}");
+            "not in any enabled Calico IP pool",
+        ),
+    ] {
+        let (_, msg) = c.err("IpamDriver.RequestAddress", request).await;
+        assert!(msg.contains(want), "{msg}");
+    }
 
     // Pool by name.
     let p = c
@@ -465,3 +443,13 @@ backends!(
         network_round_trips_and_unreadable_profile,
     ]
 );
+
+/// The stored IPPool `name`, if any.
+async fn pool_record(store: &Store, name: &str) -> Option<calico_libnetwork::datastore::KeyValue> {
+    store
+        .get(&format!(
+            "/calico/resources/v3/projectcalico.org/ippools/{name}"
+        ))
+        .await
+        .unwrap()
+}
