@@ -360,6 +360,14 @@ impl DockerEnvBuilder {
         self
     }
 
+    /// Environment variables of the plugin ([`Self::plugin_env`] for each).
+    pub fn plugin_envs(mut self, env: &[(&str, &str)]) -> Self {
+        for (k, v) in env {
+            self = self.plugin_env(k, v);
+        }
+        self
+    }
+
     /// Imports the busybox image ([`DockerEnv::image`]).
     pub fn busybox(mut self) -> Self {
         self.busybox = true;

@@ -23,9 +23,15 @@ use common::plugin::{DockerEnv, BINARY};
 use ipnet::IpNet;
 use serde_json::Value;
 
-/// Lock, etcd, the plugin, dockerd with busybox and FORWARD at DROP.
-fn start() -> DockerEnv {
-    DockerEnv::builder().etcd().busybox().forward_drop().start()
+/// Root (or `None`: skipped, loudly), then the lock, etcd, the plugin, dockerd with busybox
+/// and FORWARD at DROP; the env and when the test started.
+fn start(test: &str) -> Option<(DockerEnv, Instant)> {
+    if !common::require_root(test) {
+        return None;
+    }
+    let t0 = Instant::now();
+    let env = DockerEnv::builder().etcd().busybox().forward_drop().start();
+    Some((env, t0))
 }
 
 fn pool_cidrs(env: &DockerEnv) -> BTreeMap<String, String> {
@@ -210,11 +216,9 @@ fn finish(test: &str, mut env: DockerEnv, t0: Instant) {
 #[test]
 fn subnets_fixed_address_and_ipv6() {
     const T: &str = "subnets_fixed_address_and_ipv6";
-    if !common::require_root(T) {
+    let Some((env, t0)) = start(T) else {
         return;
-    }
-    let t0 = Instant::now();
-    let env = start();
+    };
     let d = env.d();
 
     // A pool made with our CLI; a network whose --subnet is exactly that pool uses it.
@@ -350,11 +354,9 @@ fn subnets_fixed_address_and_ipv6() {
 #[test]
 fn container_on_several_networks() {
     const T: &str = "container_on_several_networks";
-    if !common::require_root(T) {
+    let Some((env, t0)) = start(T) else {
         return;
-    }
-    let t0 = Instant::now();
-    let env = start();
+    };
     let d = env.d();
 
     // na: all of Calico's pools (only the default 192.168.0.0/16 exists yet; once the
@@ -462,11 +464,9 @@ fn container_on_several_networks() {
 #[test]
 fn twenty_at_once_and_restart() {
     const T: &str = "twenty_at_once_and_restart";
-    if !common::require_root(T) {
+    let Some((mut env, t0)) = start(T) else {
         return;
-    }
-    let t0 = Instant::now();
-    let mut env = start();
+    };
     env.network("many", &[]);
     let names: Vec<String> = (0..20).map(|i| format!("m{i:02}")).collect();
     std::thread::scope(|s| {
@@ -532,11 +532,9 @@ fn twenty_at_once_and_restart() {
 #[test]
 fn refusals_are_explained_and_leave_nothing() {
     const T: &str = "refusals_are_explained_and_leave_nothing";
-    if !common::require_root(T) {
+    let Some((env, t0)) = start(T) else {
         return;
-    }
-    let t0 = Instant::now();
-    let env = start();
+    };
     let d = env.d();
     let pools_before = pool_cidrs(&env);
     let networks_before = d.networks();

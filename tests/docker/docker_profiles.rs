@@ -25,10 +25,7 @@ fn start(docker_host: Option<&str>, extra: &[(&str, &str)]) -> DockerEnv {
     if let Some(h) = docker_host {
         b = b.plugin_env("CALICO_LIBNETWORK_DOCKER_HOST", h);
     }
-    for (k, v) in extra {
-        b = b.plugin_env(k, v);
-    }
-    b.start()
+    b.plugin_envs(extra).start()
 }
 
 /// Containers and networks gone, then dockerd and the plugin stopped: no endpoint,

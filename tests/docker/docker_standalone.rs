@@ -39,21 +39,21 @@ const UDP_INNER: u16 = 5353;
 // The Docker setup.
 
 /// Root (or `None`: skipped, loudly), then etcd, dockerd, the plugin (pointed at that
-/// dockerd, with `plugin_env`), busybox and FORWARD at DROP. A test that needs the outside namespace starts an [`Outside`] after this,
-/// so that it goes first.
+/// dockerd, with `plugin_env`), busybox and FORWARD at DROP. A test that needs the outside
+/// namespace starts an [`Outside`] after this, so that it goes first.
 fn start(test: &str, plugin_env: &[(&str, &str)]) -> Option<DockerEnv> {
     if !common::require_root(test) {
         return None;
     }
-    let mut b = DockerEnv::builder()
-        .etcd()
-        .docker_api()
-        .busybox()
-        .forward_drop();
-    for (k, v) in plugin_env {
-        b = b.plugin_env(k, v);
-    }
-    Some(b.start())
+    Some(
+        DockerEnv::builder()
+            .etcd()
+            .docker_api()
+            .busybox()
+            .forward_drop()
+            .plugin_envs(plugin_env)
+            .start(),
+    )
 }
 
 /// [`start`], with the plugin checking its rules every `interval`.
