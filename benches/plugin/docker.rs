@@ -4,6 +4,13 @@ use super::*;
 
 /// Subnet of the user-defined bridge network the bench compares with (outside Calico's
 /// default pool and the harness bridge).
+/// The networks compared, and their labels in the report.
+pub(crate) const NETS: [(&str, &str); 4] = [
+    ("benchnet", "calico"),
+    ("benchbr", "user-defined bridge"),
+    ("bridge", "bridge"),
+    ("none", "none"),
+];
 pub(crate) const USER_BRIDGE_SUBNET: &str = "10.213.0.0/24";
 
 pub(crate) struct DockerRun {
@@ -43,7 +50,7 @@ pub(crate) fn docker_session(cfg: &Cfg, kind: &str) -> DockerRun {
         USER_BRIDGE_SUBNET,
         "benchbr",
     ]);
-    let nets = ["benchnet", "benchbr", "bridge", "none"];
+    let nets = NETS.map(|(n, _)| n);
     let run = |net: &str| -> f64 {
         let t = Instant::now();
         docker_within(
@@ -167,12 +174,7 @@ pub(crate) fn part_docker(cfg: &Cfg, rep: &mut Report) {
         let med = |m: &BTreeMap<String, Vec<f64>>, k: &str| {
             summarize(m.get(k).map(|v| v.as_slice()).unwrap_or(&[])).p50
         };
-        for (n, label2) in [
-            ("benchnet", "calico"),
-            ("benchbr", "user-defined bridge"),
-            ("bridge", "bridge"),
-            ("none", "none"),
-        ] {
+        for (n, label2) in NETS {
             let s = summarize(&r.seq[n]);
             let mut row = vec![label2.to_string()];
             row.extend(cells(&s));
@@ -230,12 +232,7 @@ pub(crate) fn part_docker(cfg: &Cfg, rep: &mut Report) {
             ),
         );
         let mut rows = Vec::new();
-        for (n, label2) in [
-            ("benchnet", "calico"),
-            ("benchbr", "user-defined bridge"),
-            ("bridge", "bridge"),
-            ("none", "none"),
-        ] {
+        for (n, label2) in NETS {
             let st = summarize(&r.par_start[n]);
             let rm = summarize(&r.par_rm[n]);
             let tot: Vec<f64> = r.par_start[n]

@@ -381,6 +381,12 @@ impl DockerEnvBuilder {
         self
     }
 
+    /// [`Self::start`] when we are root; `None` (after saying loudly that `test` is skipped,
+    /// or panicking: see [`super::require_root`]) when not.
+    pub fn start_if_root(self, test: &str) -> Option<DockerEnv> {
+        super::require_root(test).then(|| self.start())
+    }
+
     /// Takes the host lock, then starts etcd, the plugin and dockerd (dockerd before the
     /// plugin with [`Self::docker_api`]), then imports busybox and sets FORWARD to DROP.
     pub fn start(self) -> DockerEnv {

@@ -62,18 +62,13 @@ fn docker_calls(plugin: &Plugin, log_from: usize) -> Vec<String> {
 /// Root (or `None`: skipped, loudly), then the lock, etcd, dockerd with busybox, then the
 /// plugin with our dockerd's API, a short grace period and `extra` settings.
 fn start(test: &str, extra: &[(&str, &str)]) -> Option<DockerEnv> {
-    if !common::require_root(test) {
-        return None;
-    }
-    Some(
-        DockerEnv::builder()
-            .etcd()
-            .docker_api()
-            .busybox()
-            .plugin_env("CALICO_LIBNETWORK_RECONCILE_GRACE", GRACE)
-            .plugin_envs(extra)
-            .start(),
-    )
+    DockerEnv::builder()
+        .etcd()
+        .docker_api()
+        .busybox()
+        .plugin_env("CALICO_LIBNETWORK_RECONCILE_GRACE", GRACE)
+        .plugin_envs(extra)
+        .start_if_root(test)
 }
 
 /// Lists a prefix, retrying a few times (a fresh connection on a loaded host may be

@@ -42,18 +42,13 @@ const UDP_INNER: u16 = 5353;
 /// dockerd, with `plugin_env`), busybox and FORWARD at DROP. A test that needs the outside
 /// namespace starts an [`Outside`] after this, so that it goes first.
 fn start(test: &str, plugin_env: &[(&str, &str)]) -> Option<DockerEnv> {
-    if !common::require_root(test) {
-        return None;
-    }
-    Some(
-        DockerEnv::builder()
-            .etcd()
-            .docker_api()
-            .busybox()
-            .forward_drop()
-            .plugin_envs(plugin_env)
-            .start(),
-    )
+    DockerEnv::builder()
+        .etcd()
+        .docker_api()
+        .busybox()
+        .forward_drop()
+        .plugin_envs(plugin_env)
+        .start_if_root(test)
 }
 
 /// [`start`], with the plugin checking its rules every `interval`.

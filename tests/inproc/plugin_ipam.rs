@@ -176,20 +176,18 @@ async fn subnet_sequences(store: Store) {
         )
         .await;
     assert_eq!(a["Address"], "10.91.0.7/32");
-    let (_, msg) = c
-        .err(
-            "IpamDriver.RequestAddress",
-            json!({"PoolID": id, "Address": "10.91.0.7"}),
-        )
-        .await;
-    assert!(msg.contains("already in use"), "{msg}");
-    let (_, msg) = c
-        .err(
-            "IpamDriver.RequestAddress",
-            json!({"PoolID": id, "Address": "10.92.0.7"}),
-        )
-        .await;
-    assert!(msg.contains("not in the network's Calico pool"), "{msg}");
+    for (address, want) in [
+        ("10.91.0.7", "already in use"),
+        ("10.92.0.7", "not in the network's Calico pool"),
+    ] {
+        let (_, msg) = c
+            .err(
+                "IpamDriver.RequestAddress",
+                json!({"PoolID": id, "Address": address}),
+            )
+            .await;
+        assert!(msg.contains(want), "{msg}");
+    }
     // A second network on the same subnet shares the pool.
     let p2 = c
         .ok("IpamDriver.RequestPool", json!({"Pool": "10.91.0.0/24"}))
