@@ -567,6 +567,8 @@ fn standalone_isolation_nat_ports_restart_and_felix_mode() {
     env.docker.shutdown();
     env.plugin.stop();
     firewall::assert_no_chain();
+    // The outside namespace first, as a local declared after the env would go.
+    drop(outside);
     drop(env);
     let (_, ns) = host("ip", &["netns", "list"]);
     assert!(
