@@ -3,7 +3,7 @@
 # the release binary, then `cargo bench --bench plugin`. Results: bench-results/results.md,
 # bench-results/latency.svg, bench-results/plugin-latency.svg.
 # Parts and sizes: BENCH_PARTS=docker,plugin,rtt,ipam,footprint BENCH_N=1000 ... (see
-# benches/plugin.rs); e.g. a quick run: BENCH_N=100 BENCH_DOCKER_RUNS=5 bash scripts/bench.sh
+# benches/plugin/); e.g. a quick run: BENCH_N=100 BENCH_DOCKER_RUNS=5 bash scripts/bench.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/deps.sh etcd-server docker.io containerd busybox-static containernetworking-plugins \

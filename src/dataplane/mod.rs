@@ -17,8 +17,6 @@
 pub mod fake;
 pub mod iptables;
 pub mod netlink;
-/// The old name of [`iptables`].
-pub use self::iptables as standalone;
 pub mod sysctl;
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};

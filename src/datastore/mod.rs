@@ -9,7 +9,7 @@
 //! Every value carries the revision at which it was last modified (etcd's `mod_revision`).
 //! Writes are conditional: create-if-absent, update-if-revision, delete(-if-revision), and a
 //! transaction of several conditional writes that all apply or none do. Both backends pass
-//! one conformance suite (`tests/datastore_conformance.rs`).
+//! one conformance suite (`tests/inproc/datastore_conformance.rs`).
 
 pub mod etcd;
 pub mod local;

@@ -188,7 +188,7 @@ impl Driver {
         // learns the name): read the record again after our write, so that either we see
         // the move and follow it, or the mover saw our endpoint. Only the fallback moves.
         if !rec.profile.is_empty()
-            && rec.profile == super::profiles::fallback_profile(&spec.network_id)
+            && rec.profile == crate::model::libnetwork::fallback_profile(&spec.network_id)
         {
             if let Some(now) = self.network_record(&spec.network_id).await? {
                 if !now.profile.is_empty() && now.profile != rec.profile {

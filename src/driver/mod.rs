@@ -52,7 +52,7 @@ pub struct DriverSettings {
     /// (`CALICO_LIBNETWORK_LABEL_POLL_TIMEOUT`).
     pub label_poll_timeout: std::time::Duration,
     /// Which firewall rules the plugin keeps (`CALICO_LIBNETWORK_DATAPLANE`).
-    pub dataplane: rules::DataplaneMode,
+    pub dataplane: crate::dataplane::iptables::DataplaneMode,
     /// Records younger than this are never reclaimed as stale
     /// (`CALICO_LIBNETWORK_RECONCILE_GRACE`; see `reconcile`).
     pub reconcile_grace: std::time::Duration,
@@ -81,7 +81,7 @@ impl DriverSettings {
             label_poll_timeout: std::time::Duration::from_secs(30),
             // Embedding code and tests get no firewall changes unless they ask; the
             // command line defaults to `auto`.
-            dataplane: rules::DataplaneMode::Off,
+            dataplane: crate::dataplane::iptables::DataplaneMode::Off,
             reconcile_grace: reconcile::DEFAULT_GRACE,
             reconcile_interval: std::time::Duration::ZERO,
             rules_check_interval: std::time::Duration::from_secs(30),

@@ -10,7 +10,7 @@ use serde_json::Value;
 use super::{Driver, NetworkSpec};
 use crate::error::{Error, Result, ResultExt};
 use crate::model::keys;
-use crate::model::libnetwork::NetworkRecord;
+use crate::model::libnetwork::{fallback_profile, NetworkRecord};
 
 /// Calico's fixed IPv4 next hop for workloads; the host veth answers ARP for it. A
 /// container's further Calico endpoints get 169.254.1.2, ... (see `super::sandbox`).
@@ -35,7 +35,7 @@ impl Driver {
         };
         let rec: NetworkRecord =
             serde_json::from_slice(&kv.value).map_err(|e| Error::json(&key, e))?;
-        if rec.profile != super::profiles::fallback_profile(network_id) {
+        if rec.profile != fallback_profile(network_id) {
             self.settled_records
                 .lock()
                 .unwrap()
@@ -74,7 +74,7 @@ impl Driver {
         let profile = if self.settings.create_profiles {
             // Docker sends no network name: the network ID names the profile until a
             // background task learns the name from the Docker API (see `super::profiles`).
-            let name = super::profiles::fallback_profile(&spec.network_id);
+            let name = fallback_profile(&spec.network_id);
             super::profiles::ensure_profile(self.store.as_ref(), &name).await?;
             name
         } else {
@@ -136,7 +136,7 @@ impl Driver {
                     .filter_map(|kv| decode_record(kv).ok())
                     .collect();
                 let mut names = vec![rec.profile.clone()];
-                let fallback = profiles::fallback_profile(network_id);
+                let fallback = fallback_profile(network_id);
                 if fallback != rec.profile {
                     names.push(fallback);
                 }

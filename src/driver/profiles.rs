@@ -29,7 +29,7 @@ pub const STARTUP_WINDOW: Duration = Duration::from_secs(300);
 /// Attempts of one compare-and-swap update before giving up.
 pub(crate) const CAS_ATTEMPTS: usize = 10;
 
-pub use crate::model::libnetwork::{fallback_profile, named_profile};
+use crate::model::libnetwork::{fallback_profile, named_profile};
 
 /// What a background task needs: owned handles, no borrow of the driver.
 #[derive(Clone)]
@@ -493,7 +493,7 @@ mod tests {
             )),
             settings,
             rules: crate::driver::rules::Rules::new(
-                crate::driver::rules::DataplaneMode::Off,
+                crate::dataplane::iptables::DataplaneMode::Off,
                 crate::ipam::Ipam::new(store.clone()),
                 "h",
             ),

@@ -63,4 +63,28 @@ impl PluginClient {
             .to_string();
         (status, msg)
     }
+
+    /// `IpamDriver.RequestAddress` of any address of `pool`: the address, without its
+    /// prefix length.
+    pub async fn request_any_address(&self, pool: &str) -> String {
+        let a = self
+            .ok(
+                "IpamDriver.RequestAddress",
+                serde_json::json!({"PoolID": pool, "Address": ""}),
+            )
+            .await;
+        let a = a["Address"]
+            .as_str()
+            .unwrap_or_else(|| panic!("RequestAddress from {pool}: no Address in {a}"));
+        a.split('/').next().unwrap().to_string()
+    }
+
+    /// `IpamDriver.ReleaseAddress` of `address` in `pool`, asserting success.
+    pub async fn release_address(&self, pool: &str, address: &str) {
+        self.ok(
+            "IpamDriver.ReleaseAddress",
+            serde_json::json!({"PoolID": pool, "Address": address}),
+        )
+        .await;
+    }
 }

@@ -13,7 +13,7 @@
 //! socket and `opt` directory in our temp dir) and pass it with `--containerd`.
 //!
 //! Host state Docker changes and we put back on drop (checked by `harness_leaves_nothing_behind` in
-//! tests/docker_ipam.rs): iptables rules and `DOCKER*` chains it added, the FORWARD policy
+//! tests/docker/docker_ipam.rs): iptables rules and `DOCKER*` chains it added, the FORWARD policy
 //! (DROP when Docker itself turned on forwarding), the `ip_forward` / `bridge-nf-call-*`
 //! sysctls, `/etc/docker/key.json` (20.10 always creates it) and containerd's shim socket
 //! directory `/run/containerd/s`. With a foreign dockerd running, only rules naming our bridge
@@ -28,11 +28,12 @@
 
 use std::collections::HashSet;
 use std::fs::{File, OpenOptions};
-use std::io::{Read, Write as _};
 use std::os::unix::io::AsRawFd;
-use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Output, Stdio};
+use std::process::{Child, Command, Output};
+
+pub use super::host::{log_tail, run_with_timeout, stop_child};
+use super::host::{output, run_ok, spawn_logged, PATH};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
@@ -59,9 +60,6 @@ pub const CGROUP_PARENT: &str = "calico-libnetwork-test";
 pub const LOCK_FILE: &str = "/run/docker/plugins/.calico-test.lock";
 /// Deadline of one `docker` command.
 pub const COMMAND_TIMEOUT: Duration = Duration::from_secs(90);
-
-/// PATH for the programs we start: Debian's binaries first.
-const PATH: &str = "/usr/sbin:/usr/bin:/sbin:/bin";
 
 static LOCK: Mutex<()> = Mutex::new(());
 static HELD: AtomicBool = AtomicBool::new(false);
@@ -119,173 +117,38 @@ pub fn assert_locked(what: &str) {
 // ---------------------------------------------------------------------------------------------
 // Processes and commands.
 
-/// Runs `cmd` with `stdin` fed to it, killing it after `timeout`.
-pub fn run_with_timeout(
-    mut cmd: Command,
-    stdin: Option<Vec<u8>>,
-    timeout: Duration,
-) -> Result<Output, String> {
-    let desc = format!("{cmd:?}");
-    cmd.stdin(if stdin.is_some() {
-        Stdio::piped()
-    } else {
-        Stdio::null()
-    })
-    .stdout(Stdio::piped())
-    .stderr(Stdio::piped());
-    let mut child = cmd.spawn().map_err(|e| format!("spawn {desc}: {e}"))?;
-    let writer = child.stdin.take().map(|mut w| {
-        let data = stdin.unwrap_or_default();
-        std::thread::spawn(move || {
-            let _ = w.write_all(&data);
-        })
-    });
-    let read = |r: Option<Box<dyn Read + Send>>| {
-        std::thread::spawn(move || {
-            let mut buf = Vec::new();
-            if let Some(mut r) = r {
-                let _ = r.read_to_end(&mut buf);
-            }
-            buf
-        })
+/// The PIDs in /proc for which `keep(pid, /proc/PID)` holds.
+fn scan_proc(keep: impl Fn(i32, &Path) -> bool) -> Vec<i32> {
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return Vec::new();
     };
-    let out = read(
-        child
-            .stdout
-            .take()
-            .map(|r| Box::new(r) as Box<dyn Read + Send>),
-    );
-    let err = read(
-        child
-            .stderr
-            .take()
-            .map(|r| Box::new(r) as Box<dyn Read + Send>),
-    );
-    let deadline = Instant::now() + timeout;
-    let status = loop {
-        match child.try_wait() {
-            Ok(Some(s)) => break s,
-            Ok(None) if Instant::now() > deadline => {
-                let _ = child.kill();
-                let _ = child.wait();
-                let stderr = String::from_utf8_lossy(&err.join().unwrap_or_default()).into_owned();
-                return Err(format!(
-                    "{desc} did not finish within {timeout:?} (killed); stderr: {stderr}"
-                ));
-            }
-            Ok(None) => std::thread::sleep(Duration::from_millis(10)),
-            Err(e) => return Err(format!("wait for {desc}: {e}")),
-        }
-    };
-    if let Some(w) = writer {
-        let _ = w.join();
-    }
-    Ok(Output {
-        status,
-        stdout: out.join().unwrap_or_default(),
-        stderr: err.join().unwrap_or_default(),
-    })
-}
-
-/// Runs a host tool (`ip`, `iptables`, `tar`, ...), returning its output.
-fn host_cmd(prog: &str, args: &[&str]) -> Result<Output, String> {
-    let mut cmd = Command::new(prog);
-    cmd.args(args).env("PATH", PATH);
-    run_with_timeout(cmd, None, Duration::from_secs(30))
-}
-
-/// Runs a host tool and panics when it fails.
-fn host_ok(prog: &str, args: &[&str]) -> String {
-    let out = host_cmd(prog, args).unwrap_or_else(|e| panic!("{e}"));
-    if !out.status.success() {
-        panic!(
-            "{prog} {args:?} failed ({}): {}",
-            out.status,
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-/// Sends `sig` to `pid` if it is still our child, then waits up to `grace`, then SIGKILLs.
-pub fn stop_child(child: &mut Child, sig: i32, grace: Duration) -> Option<ExitStatus> {
-    if let Ok(Some(s)) = child.try_wait() {
-        return Some(s);
-    }
-    unsafe {
-        libc::kill(child.id() as i32, sig);
-    }
-    let deadline = Instant::now() + grace;
-    while Instant::now() < deadline {
-        if let Ok(Some(s)) = child.try_wait() {
-            return Some(s);
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    eprintln!(
-        "pid {} did not exit {grace:?} after signal {sig}: SIGKILL",
-        child.id()
-    );
-    let _ = child.kill();
-    child.wait().ok()
+    dir.flatten()
+        .filter_map(|e| {
+            let pid = e.file_name().to_string_lossy().parse::<i32>().ok()?;
+            keep(pid, &e.path()).then_some(pid)
+        })
+        .collect()
 }
 
 /// Processes (other than us) whose command line contains `needle`.
 fn pids_with_cmdline(needle: &str) -> Vec<i32> {
     let me = std::process::id() as i32;
-    let mut pids = Vec::new();
-    let Ok(dir) = std::fs::read_dir("/proc") else {
-        return pids;
-    };
-    for e in dir.flatten() {
-        let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else {
-            continue;
-        };
-        if pid == me {
-            continue;
-        }
-        let Ok(cmdline) = std::fs::read(e.path().join("cmdline")) else {
-            continue;
-        };
-        let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
-        if cmdline.contains(needle) {
-            pids.push(pid);
-        }
-    }
-    pids
+    scan_proc(|pid, dir| {
+        pid != me
+            && std::fs::read(dir.join("cmdline")).is_ok_and(|c| {
+                String::from_utf8_lossy(&c)
+                    .replace('\0', " ")
+                    .contains(needle)
+            })
+    })
 }
 
 /// PIDs of dockerd processes other than `except`.
 pub fn other_dockerds(except: Option<u32>) -> Vec<i32> {
-    let mut pids = Vec::new();
-    let Ok(dir) = std::fs::read_dir("/proc") else {
-        return pids;
-    };
-    for e in dir.flatten() {
-        let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else {
-            continue;
-        };
-        if Some(pid as u32) == except {
-            continue;
-        }
-        let Ok(comm) = std::fs::read_to_string(e.path().join("comm")) else {
-            continue;
-        };
-        if comm.trim() == "dockerd" {
-            pids.push(pid);
-        }
-    }
-    pids
-}
-
-fn tail(text: &str, lines: usize) -> String {
-    let all: Vec<&str> = text.lines().collect();
-    all[all.len().saturating_sub(lines)..].join("\n")
-}
-
-/// The last `lines` lines of a log file.
-pub fn log_tail(path: &Path, lines: usize) -> String {
-    tail(&std::fs::read_to_string(path).unwrap_or_default(), lines)
+    scan_proc(|pid, dir| {
+        Some(pid as u32) != except
+            && std::fs::read_to_string(dir.join("comm")).is_ok_and(|c| c.trim() == "dockerd")
+    })
 }
 
 fn link_exists(name: &str) -> bool {
@@ -322,7 +185,7 @@ struct HostSnapshot {
 }
 
 fn iptables_rules(table: &str) -> Vec<String> {
-    match host_cmd("iptables", &["-w", "-t", table, "-S"]) {
+    match output("iptables", &["-w", "-t", table, "-S"]) {
         Ok(o) if o.status.success() => String::from_utf8_lossy(&o.stdout)
             .lines()
             .map(str::to_string)
@@ -371,7 +234,7 @@ impl HostSnapshot {
                     let rule = split_rule(spec);
                     let mut args = vec!["-w", "-t", table, "-D"];
                     args.extend(rule.iter().map(String::as_str));
-                    if let Ok(o) = host_cmd("iptables", &args) {
+                    if let Ok(o) = output("iptables", &args) {
                         if !o.status.success() {
                             eprintln!(
                                 "iptables {args:?}: {}",
@@ -387,8 +250,8 @@ impl HostSnapshot {
                         continue;
                     };
                     if !before.contains(line) && chain.starts_with("DOCKER") {
-                        let _ = host_cmd("iptables", &["-w", "-t", table, "-F", chain]);
-                        let _ = host_cmd("iptables", &["-w", "-t", table, "-X", chain]);
+                        let _ = output("iptables", &["-w", "-t", table, "-F", chain]);
+                        let _ = output("iptables", &["-w", "-t", table, "-X", chain]);
                     }
                 }
                 // Built-in chain policies (`-P CHAIN POLICY`).
@@ -396,7 +259,7 @@ impl HostSnapshot {
                     if !now.contains(*line) {
                         let p: Vec<&str> = line.split_whitespace().collect();
                         if p.len() == 3 {
-                            let _ = host_cmd("iptables", &["-w", "-t", table, "-P", p[1], p[2]]);
+                            let _ = output("iptables", &["-w", "-t", table, "-P", p[1], p[2]]);
                         }
                     }
                 }
@@ -498,11 +361,11 @@ impl Dockerd {
         // Our bridge. A leftover one is from a run that was killed (we hold the lock).
         if link_exists(BRIDGE) {
             eprintln!("deleting leftover bridge {BRIDGE}");
-            let _ = host_cmd("ip", &["link", "del", BRIDGE]);
+            let _ = output("ip", &["link", "del", BRIDGE]);
         }
-        host_ok("ip", &["link", "add", BRIDGE, "type", "bridge"]);
-        host_ok("ip", &["addr", "add", BRIDGE_ADDR, "dev", BRIDGE]);
-        host_ok("ip", &["link", "set", BRIDGE, "up"]);
+        run_ok("ip", &["link", "add", BRIDGE, "type", "bridge"]);
+        run_ok("ip", &["addr", "add", BRIDGE_ADDR, "dev", BRIDGE]);
+        run_ok("ip", &["link", "set", BRIDGE, "up"]);
 
         d.start_containerd();
         d.start_dockerd();
@@ -545,22 +408,10 @@ impl Dockerd {
     }
 
     fn spawn(&self, prog: &str, args: &[String], log: &str) -> Child {
-        let log = File::create(self.path(log)).unwrap();
         let mut cmd = Command::new(prog);
-        cmd.args(args)
-            .env_clear()
-            .env("PATH", PATH)
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().unwrap())
-            .stderr(log);
+        cmd.args(args).env_clear().env("PATH", PATH);
         // Stopped gracefully if the test process dies before Drop runs.
-        unsafe {
-            cmd.pre_exec(|| {
-                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM);
-                Ok(())
-            });
-        }
-        cmd.spawn().unwrap_or_else(|e| panic!("start {prog}: {e}"))
+        spawn_logged(cmd, &self.path(log), libc::SIGTERM, prog)
     }
 
     fn containerd_socket(&self) -> PathBuf {
@@ -719,6 +570,11 @@ disabled_plugins = ["io.containerd.grpc.v1.cri"]
 
     /// `docker network create -d calico --ipam-driver calico extra... name`; the network ID.
     pub fn calico_network(&self, name: &str, extra: &[&str]) -> String {
+        self.docker_ok(&Self::calico_network_args(name, extra))
+    }
+
+    /// The arguments of `docker network create -d calico --ipam-driver calico extra... name`.
+    pub fn calico_network_args<'a>(name: &'a str, extra: &[&'a str]) -> Vec<&'a str> {
         let mut args = vec![
             "network",
             "create",
@@ -729,7 +585,7 @@ disabled_plugins = ["io.containerd.grpc.v1.cri"]
         ];
         args.extend_from_slice(extra);
         args.push(name);
-        self.docker_ok(&args)
+        args
     }
 
     /// `docker run -d --name name extra... image sleep 600`.
@@ -787,7 +643,7 @@ disabled_plugins = ["io.containerd.grpc.v1.cri"]
         }
         std::fs::copy("/bin/busybox", bin.join("busybox"))
             .expect("copy /bin/busybox (install busybox-static)");
-        let applets = host_ok("/bin/busybox", &["--list"]);
+        let applets = run_ok("/bin/busybox", &["--list"]);
         for a in applets.lines().map(str::trim) {
             if a.is_empty() || a == "busybox" || a.contains('/') {
                 continue;
@@ -796,7 +652,7 @@ disabled_plugins = ["io.containerd.grpc.v1.cri"]
         }
         std::fs::write(root.join("etc/passwd"), "root:x:0:0:root:/root:/bin/sh\n").unwrap();
         std::fs::write(root.join("etc/group"), "root:x:0:\n").unwrap();
-        let tar = host_cmd("tar", &["-C", &root.display().to_string(), "-cf", "-", "."])
+        let tar = output("tar", &["-C", &root.display().to_string(), "-cf", "-", "."])
             .unwrap_or_else(|e| panic!("{e}"));
         assert!(
             tar.status.success(),
@@ -886,7 +742,7 @@ disabled_plugins = ["io.containerd.grpc.v1.cri"]
         stop_child(&mut dockerd, libc::SIGTERM, Duration::from_secs(20));
         for b in bridges.iter().filter(|b| link_exists(b)) {
             eprintln!("deleting bridge {b} left by our dockerd");
-            let _ = host_cmd("ip", &["link", "del", b]);
+            let _ = output("ip", &["link", "del", b]);
         }
         if let Some(mut c) = self.containerd.take() {
             stop_child(&mut c, libc::SIGTERM, Duration::from_secs(10));
@@ -903,7 +759,7 @@ disabled_plugins = ["io.containerd.grpc.v1.cri"]
         let exclusive = other_dockerds(Some(pid)).is_empty();
         self.host.restore(exclusive);
         if link_exists(BRIDGE) {
-            if let Ok(o) = host_cmd("ip", &["link", "del", BRIDGE]) {
+            if let Ok(o) = output("ip", &["link", "del", BRIDGE]) {
                 if !o.status.success() {
                     eprintln!(
                         "ip link del {BRIDGE}: {}",

@@ -1,7 +1,6 @@
 //! A real etcd (Debian's `etcd-server`) on free loopback ports with its own data directory.
 
-use std::os::unix::process::CommandExt;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
 use calico_libnetwork::datastore::etcd::{EtcdConfig, EtcdStore};
@@ -75,11 +74,6 @@ impl Etcd {
         let scheme = if tls.is_some() { "https" } else { "http" };
         let client_url = format!("{scheme}://127.0.0.1:{port}");
         let peer_url = format!("http://127.0.0.1:{peer}");
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(dir.path().join("etcd.log"))
-            .unwrap();
         let mut cmd = Command::new("etcd");
         cmd.arg("--name")
             .arg("test")
@@ -110,20 +104,14 @@ impl Etcd {
                     t.ca.clone().into_os_string(),
                     "--client-cert-auth".into(),
                 ]
-            }))
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().unwrap())
-            .stderr(log);
+            }));
         // Dies with the test thread if the test process is killed before Drop runs.
-        unsafe {
-            cmd.pre_exec(|| {
-                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
-                Ok(())
-            });
-        }
-        let child = cmd
-            .spawn()
-            .expect("start etcd (install Debian's etcd-server package)");
+        let child = super::host::spawn_logged(
+            cmd,
+            &dir.path().join("etcd.log"),
+            libc::SIGKILL,
+            "etcd (install Debian's etcd-server package)",
+        );
         self.child = Some(child);
         self.wait_ready();
     }

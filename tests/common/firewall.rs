@@ -1,31 +1,14 @@
-//! Host commands and the clean-up of the plugin's forward chain, for the Docker tests.
+//! The clean-up of the plugin's forward chain, for the Docker tests.
 
-use std::process::Command;
+pub use super::host::run as host;
 
 /// The chain the plugin jumps to from FORWARD (see `src/dataplane/firewall.rs`).
 pub const CHAIN: &str = "CALICO-LIBNETWORK-FORWARD";
 
-/// Runs a host program (Debian's binaries first on PATH); success and stdout+stderr.
-pub fn host(prog: &str, args: &[&str]) -> (bool, String) {
-    let o = Command::new(prog)
-        .args(args)
-        .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
-        .output()
-        .unwrap_or_else(|e| panic!("run {prog}: {e}"));
-    (
-        o.status.success(),
-        format!(
-            "{}{}",
-            String::from_utf8_lossy(&o.stdout),
-            String::from_utf8_lossy(&o.stderr)
-        ),
-    )
-}
-
 /// Every rule the plugin owns on this host now, as `<tool> -t <table>: <line>`.
 /// In every iptables variant this host has (legacy and nf_tables).
 pub fn owned_rules() -> Vec<String> {
-    use calico_libnetwork::dataplane::standalone::{backends, list_owned_in, Family, TABLES};
+    use calico_libnetwork::dataplane::iptables::{backends, list_owned_in, Family, TABLES};
     let mut out = Vec::new();
     for b in backends() {
         for family in [Family::V4, Family::V6] {
@@ -82,7 +65,7 @@ impl HostCleanup {
                 stale.len(),
                 stale.join("\n")
             );
-            calico_libnetwork::dataplane::standalone::remove_all()
+            calico_libnetwork::dataplane::iptables::remove_all()
                 .unwrap_or_else(|e| panic!("remove stale plugin rules: {e}"));
         }
         HostCleanup {
@@ -114,7 +97,7 @@ impl Drop for HostCleanup {
             }
         }
         // Everything the plugin owns (filter and nat, both families).
-        if let Err(e) = calico_libnetwork::dataplane::standalone::remove_all() {
+        if let Err(e) = calico_libnetwork::dataplane::iptables::remove_all() {
             eprintln!("!!!!! remove the plugin's firewall rules after the test: {e}");
         }
     }

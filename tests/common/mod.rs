@@ -1,12 +1,18 @@
 //! Test harness: real components started per test and stopped by PID.
 #![allow(dead_code)]
 
+pub mod backends;
 pub mod client;
 pub mod docker;
 pub mod etcd;
 pub mod firewall;
+pub mod host;
+pub mod netns;
+pub mod outside;
 pub mod plugin;
 pub mod server;
+
+use std::time::{Duration, Instant};
 
 /// Fails loudly when not root, unless CALICO_TEST_ALLOW_SKIP=1 (then says it skipped).
 /// Returns false when the caller should skip.
@@ -89,4 +95,51 @@ pub fn block_on<F: std::future::Future>(f: F) -> F::Output {
         .build()
         .unwrap()
         .block_on(f)
+}
+
+/// What a polled check says: `true`, `Some(v)` or `Ok(v)` when the wait is over.
+pub trait Ready {
+    type Out;
+    /// `Err(why)` while not ready.
+    fn ready(self) -> Result<Self::Out, String>;
+}
+
+impl Ready for bool {
+    type Out = ();
+    fn ready(self) -> Result<(), String> {
+        if self {
+            Ok(())
+        } else {
+            Err("still false".into())
+        }
+    }
+}
+
+impl<T> Ready for Option<T> {
+    type Out = T;
+    fn ready(self) -> Result<T, String> {
+        self.ok_or_else(|| "still nothing".into())
+    }
+}
+
+impl<T, E: std::fmt::Display> Ready for Result<T, E> {
+    type Out = T;
+    fn ready(self) -> Result<T, String> {
+        self.map_err(|e| e.to_string())
+    }
+}
+
+/// Polls `check` (every 50 ms) until it is ready and returns what it gave; panics after
+/// `timeout` naming `what` and the check's last complaint.
+pub fn wait_until<R: Ready>(what: &str, timeout: Duration, mut check: impl FnMut() -> R) -> R::Out {
+    let deadline = Instant::now() + timeout;
+    loop {
+        match check().ready() {
+            Ok(v) => return v,
+            Err(e) if Instant::now() >= deadline => {
+                panic!("{what}: not within {timeout:?}: {e}")
+            }
+            Err(_) => std::thread::sleep(Duration::from_millis(50)),
+        }
+    }
 }

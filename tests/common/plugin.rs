@@ -6,14 +6,14 @@
 
 use std::io::{Read, Write as _};
 use std::os::unix::net::UnixStream;
-use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
+use super::docker::Dockerd;
 pub use super::docker::{assert_locked, lock, HostLock};
-use super::docker::{log_tail, stop_child, Dockerd};
 use super::etcd::Etcd;
+use super::host::{log_tail, spawn_logged, stop_child, PATH};
 
 /// The plugin binary under test.
 pub const BINARY: &str = env!("CARGO_BIN_EXE_calico-libnetwork");
@@ -182,29 +182,12 @@ impl Plugin {
     fn spawn(&mut self) {
         assert!(self.child.is_none(), "plugin already running");
         claim_socket(self.socket());
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(self.log_path())
-            .unwrap_or_else(|e| panic!("open {}: {e}", self.log_path().display()));
         let mut cmd = Command::new(BINARY);
         cmd.env_clear()
-            .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
+            .env("PATH", PATH)
             .env("RUST_BACKTRACE", "1")
-            .envs(self.env.iter().map(|(k, v)| (k, v)))
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().unwrap())
-            .stderr(log);
-        unsafe {
-            cmd.pre_exec(|| {
-                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
-                Ok(())
-            });
-        }
-        self.child = Some(
-            cmd.spawn()
-                .unwrap_or_else(|e| panic!("start {BINARY}: {e}")),
-        );
+            .envs(self.env.iter().map(|(k, v)| (k, v)));
+        self.child = Some(spawn_logged(cmd, &self.log_path(), libc::SIGKILL, BINARY));
         self.wait_ready();
     }
 
@@ -273,46 +256,233 @@ impl Drop for Plugin {
     }
 }
 
-/// A whole Docker test setup: the host lock, a datastore, the plugin and our own dockerd.
+/// One request the plugin logged: a line with `request method="…"` (and `address`,
+/// `outcome`, `duration_ms`, ...).
+#[derive(Clone, Debug)]
+pub struct Call {
+    pub line: String,
+}
+
+impl Call {
+    /// The value of ` key=` on the line (quoted or bare).
+    pub fn field(&self, key: &str) -> Option<&str> {
+        let pat = format!(" {key}=");
+        let rest = &self.line[self.line.find(&pat)? + pat.len()..];
+        Some(match rest.strip_prefix('"') {
+            Some(quoted) => quoted.split('"').next().unwrap_or(""),
+            None => rest.split_whitespace().next().unwrap_or(""),
+        })
+    }
+
+    pub fn method(&self) -> &str {
+        self.field("method").unwrap_or("")
+    }
+
+    pub fn duration_ms(&self) -> Option<f64> {
+        self.field("duration_ms")?.parse().ok()
+    }
+
+    /// `method address outcome`, for a test's record of what Docker sent.
+    pub fn summary(&self) -> String {
+        let f = |k| self.field(k).unwrap_or("");
+        format!("{} {} {}", f("method"), f("address"), f("outcome"))
+    }
+}
+
+/// The requests logged in `log`, in order.
+pub fn calls(log: &str) -> Vec<Call> {
+    log.lines()
+        .filter(|l| l.contains("request method="))
+        .map(|l| Call {
+            line: l.to_string(),
+        })
+        .collect()
+}
+
+impl Plugin {
+    /// The requests the plugin logged after byte `offset` of its log (take the offset with
+    /// `plugin.log().len()` before the step of interest).
+    pub fn calls_since(&self, offset: usize) -> Vec<Call> {
+        calls(&self.log()[offset..])
+    }
+}
+
+/// A whole Docker test setup, made by [`DockerEnv::builder`]: the host lock, a datastore
+/// (a fresh etcd, or the plugin's embedded store), the plugin and our own dockerd.
+///
 /// Dropped in field order: dockerd first (its containers are removed while the plugin still
-/// answers), then the plugin, then etcd, then the lock.
+/// answers), then the plugin (which stops, and then its [`super::firewall::HostCleanup`]
+/// removes, and reports, any rule or veth it left: the one firewall clean-up), then etcd,
+/// then the lock. Fields a test adds next to it (an outside namespace, ...) go in a local
+/// declared *after* the env, so they drop before it.
 pub struct DockerEnv {
     pub docker: Dockerd,
     pub plugin: Plugin,
     pub etcd: Option<Etcd>,
+    /// The busybox image ([`DockerEnvBuilder::busybox`]).
+    image: Option<&'static str>,
     _lock: HostLock,
 }
 
-impl DockerEnv {
-    /// Lock, a fresh etcd, the plugin on it, then dockerd.
-    pub fn with_etcd() -> DockerEnv {
+/// Options of a [`DockerEnv`]; [`DockerEnvBuilder::start`] starts it.
+#[must_use]
+pub struct DockerEnvBuilder {
+    etcd: bool,
+    docker_api: bool,
+    plugin_env: Vec<(String, String)>,
+    busybox: bool,
+    forward_drop: bool,
+}
+
+impl DockerEnvBuilder {
+    /// The plugin on a fresh etcd (the default).
+    pub fn etcd(mut self) -> Self {
+        self.etcd = true;
+        self
+    }
+
+    /// The plugin on the embedded store, in a file of its temp dir ([`Plugin::store_path`]).
+    pub fn local_store(mut self) -> Self {
+        self.etcd = false;
+        self
+    }
+
+    /// The plugin gets our dockerd's API (`CALICO_LIBNETWORK_DOCKER_HOST`): dockerd starts
+    /// first. A `plugin_env` of that variable overrides it.
+    pub fn docker_api(mut self) -> Self {
+        self.docker_api = true;
+        self
+    }
+
+    /// An environment variable of the plugin (on top of the harness's defaults).
+    pub fn plugin_env(mut self, key: &str, value: &str) -> Self {
+        self.plugin_env.push((key.to_string(), value.to_string()));
+        self
+    }
+
+    /// Environment variables of the plugin ([`Self::plugin_env`] for each).
+    pub fn plugin_envs(mut self, env: &[(&str, &str)]) -> Self {
+        for (k, v) in env {
+            self = self.plugin_env(k, v);
+        }
+        self
+    }
+
+    /// Imports the busybox image ([`DockerEnv::image`]).
+    pub fn busybox(mut self) -> Self {
+        self.busybox = true;
+        self
+    }
+
+    /// Puts iptables FORWARD at DROP if Docker did not (Docker's own default when it turns
+    /// on forwarding), so a test passes only through the plugin's rules.
+    pub fn forward_drop(mut self) -> Self {
+        self.forward_drop = true;
+        self
+    }
+
+    /// [`Self::start`] when we are root; `None` (after saying loudly that `test` is skipped,
+    /// or panicking: see [`super::require_root`]) when not.
+    pub fn start_if_root(self, test: &str) -> Option<DockerEnv> {
+        super::require_root(test).then(|| self.start())
+    }
+
+    /// Takes the host lock, then starts etcd, the plugin and dockerd (dockerd before the
+    /// plugin with [`Self::docker_api`]), then imports busybox and sets FORWARD to DROP.
+    pub fn start(self) -> DockerEnv {
         let lock = lock();
-        let etcd = Etcd::start();
-        let plugin = Plugin::with_etcd(&etcd);
-        let docker = Dockerd::start();
+        let etcd = self.etcd.then(Etcd::start);
+        let early = self.docker_api.then(Dockerd::start);
+        let mut plugin = Plugin::new(&[]);
+        match &etcd {
+            Some(etcd) => {
+                plugin.set_env("DATASTORE_TYPE", "etcdv3");
+                plugin.set_env("ETCD_ENDPOINTS", &etcd.endpoint());
+            }
+            None => {
+                let store = plugin.store_path().display().to_string();
+                plugin.set_env("DATASTORE_TYPE", "local");
+                plugin.set_env("CALICO_LIBNETWORK_STORE", &store);
+            }
+        }
+        if let Some(d) = &early {
+            plugin.set_env("CALICO_LIBNETWORK_DOCKER_HOST", &d.host());
+        }
+        for (k, v) in &self.plugin_env {
+            plugin.set_env(k, v);
+        }
+        plugin.spawn();
+        let mut docker = early.unwrap_or_else(Dockerd::start);
+        let image = self.busybox.then(|| docker.import_busybox());
+        if self.forward_drop {
+            docker.force_forward_drop();
+        }
         DockerEnv {
             docker,
             plugin,
-            etcd: Some(etcd),
+            etcd,
+            image,
             _lock: lock,
         }
+    }
+}
+
+impl DockerEnv {
+    /// Options, starting from: etcd, no Docker API for the plugin, no busybox, FORWARD as
+    /// dockerd left it.
+    pub fn builder() -> DockerEnvBuilder {
+        DockerEnvBuilder {
+            etcd: true,
+            docker_api: false,
+            plugin_env: Vec::new(),
+            busybox: false,
+            forward_drop: false,
+        }
+    }
+
+    /// Lock, a fresh etcd, the plugin on it, then dockerd.
+    pub fn with_etcd() -> DockerEnv {
+        Self::builder().etcd().start()
     }
 
     /// Lock, the plugin on a fresh embedded store, then dockerd.
     pub fn with_local_store() -> DockerEnv {
-        let lock = lock();
-        let plugin = Plugin::with_local_store();
-        let docker = Dockerd::start();
-        DockerEnv {
-            docker,
-            plugin,
-            etcd: None,
-            _lock: lock,
-        }
+        Self::builder().local_store().start()
     }
 
     /// The etcd (panics for a local-store setup).
     pub fn etcd(&self) -> &Etcd {
         self.etcd.as_ref().expect("this DockerEnv has no etcd")
+    }
+
+    /// The etcd, to stop and restart it (panics for a local-store setup).
+    pub fn etcd_mut(&mut self) -> &mut Etcd {
+        self.etcd.as_mut().expect("this DockerEnv has no etcd")
+    }
+
+    /// Our dockerd.
+    pub fn d(&self) -> &Dockerd {
+        &self.docker
+    }
+
+    /// The busybox image (panics unless built with [`DockerEnvBuilder::busybox`]).
+    pub fn image(&self) -> &'static str {
+        self.image
+            .expect("this DockerEnv has no busybox: DockerEnv::builder().busybox()")
+    }
+
+    /// Every key under `prefix` in etcd, its value parsed as JSON.
+    pub fn list(&self, prefix: &str) -> Vec<(String, serde_json::Value)> {
+        self.etcd().list_json(prefix)
+    }
+
+    /// `docker network create -d calico --ipam-driver calico extra... name`; the network ID.
+    pub fn network(&self, name: &str, extra: &[&str]) -> String {
+        self.docker.calico_network(name, extra)
+    }
+
+    /// `docker run -d --name name extra... busybox sleep 600`.
+    pub fn run(&self, name: &str, extra: &[&str]) {
+        self.docker.sleeper(self.image(), name, extra)
     }
 }

@@ -20,7 +20,7 @@ use crate::model::{NumOrString, WorkloadEndpoint};
 mod keeper;
 mod ports;
 
-pub use crate::dataplane::iptables::DataplaneMode;
+use crate::dataplane::iptables::DataplaneMode;
 use ports::{held_by_host, proto_name};
 pub use ports::{parse_portmap, wep_ports};
 

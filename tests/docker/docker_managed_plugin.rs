@@ -5,7 +5,7 @@
 //!
 //! Needs root; holds the host lock. The harness's `Plugin` (the legacy socket) is not used.
 
-mod common;
+use crate::common;
 
 use common::block_on;
 

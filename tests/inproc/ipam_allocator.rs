@@ -8,16 +8,15 @@
 //! After every scenario [`check_consistent`] reads the raw IPAM keys and checks the data
 //! invariants Calico relies on (see [`check_consistent`]).
 
-mod common;
+use crate::common;
+
+use common::backends::{backends, Store};
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::net::IpAddr;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use calico_libnetwork::datastore::local::LocalStore;
-use calico_libnetwork::datastore::resources as kv;
-use calico_libnetwork::datastore::Datastore;
+use calico_libnetwork::datastore::resources;
 use calico_libnetwork::ipam::{default_attrs, AssignIp, AutoAssign, Ipam};
 use calico_libnetwork::model::{
     keys, AllocationBlock, BlockAffinity, IpFamily, IpPool, IpPoolSpec, IpamConfig, IpamHandle,
@@ -25,8 +24,6 @@ use calico_libnetwork::model::{
 };
 use ipnet::IpNet;
 use serde_json::Value;
-
-type Store = Arc<dyn Datastore>;
 
 // ------------------------------------------------------------------ helpers
 
@@ -923,7 +920,7 @@ async fn node_selector_picks_pool(s: Store) {
     node.metadata
         .labels
         .insert("foo".to_string(), "bar".to_string());
-    kv::create(s.as_ref(), &mut node).await.unwrap();
+    resources::create(s.as_ref(), &mut node).await.unwrap();
     calico_libnetwork::driver::init::ensure_node(ipam.store().as_ref(), "host-b")
         .await
         .unwrap();
@@ -1381,63 +1378,32 @@ async fn eight_hosts_allocate_800_then_release_all(s: Store) {
 
 // ------------------------------------------------------------------ backends
 
-macro_rules! on_backend {
-    ($backend:ident, $make:expr, [$($name:ident),* $(,)?]) => {
-        mod $backend {
-            use super::*;
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-                async fn $name() {
-                    let (store, _guard) = $make;
-                    tokio::time::timeout(Duration::from_secs(60), super::$name(store))
-                        .await
-                        .expect("test timed out");
-                }
-            )*
-        }
-    };
-}
-
-macro_rules! on_both_backends {
-    ($($name:ident),* $(,)?) => {
-        on_backend!(etcd, etcd_backend(), [$($name),*]);
-        on_backend!(local, local_backend(), [$($name),*]);
-    };
-}
-
-fn etcd_backend() -> (Store, common::etcd::Etcd) {
-    let etcd = common::etcd::Etcd::start();
-    (Arc::new(etcd.store()), etcd)
-}
-
-fn local_backend() -> (Store, tempfile::TempDir) {
-    let dir = tempfile::tempdir().unwrap();
-    let store = LocalStore::open(dir.path().join("store.redb")).unwrap();
-    (Arc::new(store), dir)
-}
-
-on_both_backends!(
-    first_ip_claims_confirmed_affine_block,
-    explicit_pool_until_exhausted,
-    borrowing_with_strict_off,
-    strict_affinity_stops_at_affine_blocks,
-    pool_exhausted_v4_and_v6,
-    per_request_block_limit,
-    assign_ip_cases,
-    release_ips_results,
-    full_pool_double_release,
-    handle_lifecycle,
-    release_affinity_needs_empty_block,
-    empty_affine_blocks_survive,
-    pool_deleted_releases_affinities,
-    borrowing_versus_strict,
-    global_block_limit,
-    node_selector_picks_pool,
-    requested_pool_lists,
-    claim_affinity_cases,
-    ipam_config_rules,
-    sequence_numbers_stay_below_block_sequence,
-    race_many_hosts,
-    race_one_host,
-    eight_hosts_allocate_800_then_release_all,
+backends!(
+    threads = 4,
+    timeout = Some(Duration::from_secs(60)),
+    [
+        first_ip_claims_confirmed_affine_block,
+        explicit_pool_until_exhausted,
+        borrowing_with_strict_off,
+        strict_affinity_stops_at_affine_blocks,
+        pool_exhausted_v4_and_v6,
+        per_request_block_limit,
+        assign_ip_cases,
+        release_ips_results,
+        full_pool_double_release,
+        handle_lifecycle,
+        release_affinity_needs_empty_block,
+        empty_affine_blocks_survive,
+        pool_deleted_releases_affinities,
+        borrowing_versus_strict,
+        global_block_limit,
+        node_selector_picks_pool,
+        requested_pool_lists,
+        claim_affinity_cases,
+        ipam_config_rules,
+        sequence_numbers_stay_below_block_sequence,
+        race_many_hosts,
+        race_one_host,
+        eight_hosts_allocate_800_then_release_all,
+    ]
 );

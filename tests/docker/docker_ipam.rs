@@ -4,7 +4,7 @@
 //! Needs root. Every test holds the host lock (through `DockerEnv` or `lock()`), so they run
 //! one at a time whatever `--test-threads` says.
 
-mod common;
+use crate::common;
 
 use common::{block_on, POOLS_PREFIX};
 
@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use calico_libnetwork::datastore::Datastore;
 use common::docker::{self, Dockerd};
 use common::etcd::Etcd;
-use common::plugin::DockerEnv;
+use common::plugin::{DockerEnv, DockerEnvBuilder};
 
 const DEFAULT_POOL: &str = "192.168.0.0/16";
 
@@ -44,27 +44,29 @@ fn pool_with_cidr(etcd: &Etcd, cidr: &str) -> Option<String> {
 
 /// The plugin creates the default pool in the background after it starts serving: wait for it.
 fn wait_default_pool(etcd: &Etcd) -> String {
-    let deadline = Instant::now() + Duration::from_secs(15);
-    loop {
-        if let Some(name) = pool_with_cidr(etcd, DEFAULT_POOL) {
-            return name;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the plugin created no default pool {DEFAULT_POOL} within 15 s; pools: {:?}",
-            pools(etcd)
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    common::wait_until(
+        &format!("the plugin's default pool {DEFAULT_POOL}"),
+        Duration::from_secs(15),
+        || pool_with_cidr(etcd, DEFAULT_POOL).ok_or_else(|| format!("pools: {:?}", pools(etcd))),
+    )
 }
 
+/// Root, then etcd, the plugin and dockerd; the env and when the test started.
 fn setup(test: &str) -> Option<(DockerEnv, Instant)> {
+    setup_on(test, DockerEnv::builder().etcd())
+}
+
+/// Root, then the env `builder` makes; the env and when the test started.
+fn setup_on(test: &str, builder: DockerEnvBuilder) -> Option<(DockerEnv, Instant)> {
     if !common::require_root(test) {
         return None;
     }
     let t0 = Instant::now();
-    let env = DockerEnv::with_etcd();
-    eprintln!("{test}: etcd + plugin + dockerd up in {:?}", t0.elapsed());
+    let env = builder.start();
+    eprintln!(
+        "{test}: datastore + plugin + dockerd up in {:?}",
+        t0.elapsed()
+    );
     Some((env, t0))
 }
 
@@ -203,16 +205,7 @@ fn refused_options_show_plugin_message_and_leave_nothing() {
         (&["--subnet", "192.168.5.0/24"], "overlaps"),
     ];
     for (opts, want) in cases {
-        let mut args = vec![
-            "network",
-            "create",
-            "-d",
-            "calico",
-            "--ipam-driver",
-            "calico",
-        ];
-        args.extend_from_slice(opts);
-        args.push("refused");
+        let args = Dockerd::calico_network_args("refused", opts);
         let err = d.docker_err(&args);
         eprintln!("docker {}:\n  {err}", args.join(" "));
         assert!(
@@ -266,11 +259,12 @@ fn plugin_restart_between_create_and_rm() {
 /// The same flow on the embedded (local) datastore.
 #[test]
 fn network_create_and_rm_on_local_datastore() {
-    if !common::require_root("network_create_and_rm_on_local_datastore") {
+    let Some((env, t0)) = setup_on(
+        "network_create_and_rm_on_local_datastore",
+        DockerEnv::builder().local_store(),
+    ) else {
         return;
-    }
-    let t0 = Instant::now();
-    let env = DockerEnv::with_local_store();
+    };
     let d = &env.docker;
     d.calico_network("netl", &["--subnet", "10.77.2.0/24"]);
     assert_eq!(
@@ -281,17 +275,10 @@ fn network_create_and_rm_on_local_datastore() {
         ),
         "calico calico 10.77.2.0/24"
     );
-    let err = d.docker_err(&[
-        "network",
-        "create",
-        "-d",
-        "calico",
-        "--ipam-driver",
-        "calico",
-        "--subnet",
-        "10.77.2.0/25",
+    let err = d.docker_err(&Dockerd::calico_network_args(
         "netl2",
-    ]);
+        &["--subnet", "10.77.2.0/25"],
+    ));
     assert!(err.contains("overlaps"), "{err}");
     d.docker_ok(&["network", "rm", "netl"]);
     assert_no_network(d, "netl");

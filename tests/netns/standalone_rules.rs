@@ -1,20 +1,12 @@
 //! The standalone rule set applied to a real kernel, in a private network namespace.
 
-mod common;
+use crate::common;
 
-use calico_libnetwork::dataplane::standalone::{
+use common::netns;
+
+use calico_libnetwork::dataplane::iptables::{
     apply, remove_all, Applier, EndpointRules, Family, Mode, PoolRules, PortMap, RuleState,
 };
-
-/// Runs `f` on a thread of its own in a fresh network namespace (iptables children inherit it).
-fn in_netns<F: FnOnce() + Send + 'static>(f: F) {
-    std::thread::spawn(move || {
-        assert_eq!(unsafe { libc::unshare(libc::CLONE_NEWNET) }, 0, "unshare");
-        f()
-    })
-    .join()
-    .unwrap();
-}
 
 fn save(table: &str) -> String {
     let out = std::process::Command::new("iptables")
@@ -39,7 +31,7 @@ fn apply_is_idempotent_and_removes_what_went_away() {
     if !common::require_root("apply_is_idempotent_and_removes_what_went_away") {
         return;
     }
-    in_netns(|| {
+    netns::fresh(|| {
         let mut s = RuleState::default();
         s.endpoints.insert(
             "a".repeat(64),
@@ -177,20 +169,17 @@ fn small_updates_end_where_a_fresh_apply_does() {
     s.endpoints.clear();
     steps.push(("all endpoints removed", s.clone()));
 
-    in_netns(move || {
+    netns::fresh(move || {
         let mut ap = Applier::default();
         for (what, state) in steps {
             ap.apply(&state, Family::V4, Mode::Standalone)
                 .unwrap_or_else(|e| panic!("{what}: {e}"));
             let updated = (by_chain("filter"), by_chain("nat"));
             // The same state applied from nothing, in a namespace of its own.
-            let fresh = std::thread::spawn(move || {
-                assert_eq!(unsafe { libc::unshare(libc::CLONE_NEWNET) }, 0, "unshare");
+            let fresh = netns::fresh(move || {
                 apply(&state, Family::V4, Mode::Standalone).unwrap();
                 (by_chain("filter"), by_chain("nat"))
-            })
-            .join()
-            .unwrap();
+            });
             assert_eq!(updated.0, fresh.0, "filter after {what}");
             assert_eq!(updated.1, fresh.1, "nat after {what}");
         }

@@ -5,7 +5,7 @@
 //!
 //! Needs root. Every test holds the host lock, so they run one at a time.
 
-mod common;
+use crate::common;
 
 use common::{
     BLOCKS_PREFIXES, HANDLES_PREFIX, HOST_MAC, POOLS_PREFIX, PROFILES_PREFIX, WEPS_PREFIX,
@@ -17,153 +17,114 @@ use std::process::Command;
 use std::time::Instant;
 
 use calico_libnetwork::model::keys;
-use common::docker::{self, Dockerd, HostLock};
-use common::etcd::Etcd;
-use common::firewall::{self, host, HostCleanup};
-use common::plugin::{Plugin, BINARY};
+use common::docker::{self, Dockerd};
+use common::firewall::{self, host};
+use common::plugin::{DockerEnv, BINARY};
 use ipnet::IpNet;
 use serde_json::Value;
 
-/// Lock, firewall clean-up, etcd, plugin, dockerd; dropped in reverse (dockerd first, so its
-/// containers are removed while the plugin still answers; the lock last).
-struct Env {
-    docker: Dockerd,
-    plugin: Plugin,
-    etcd: Etcd,
-    image: &'static str,
-    _fw: HostCleanup,
-    _lock: HostLock,
+/// Root (or `None`: skipped, loudly), then the lock, etcd, the plugin, dockerd with busybox
+/// and FORWARD at DROP; the env and when the test started.
+fn start(test: &str) -> Option<(DockerEnv, Instant)> {
+    if !common::require_root(test) {
+        return None;
+    }
+    let t0 = Instant::now();
+    let env = DockerEnv::builder().etcd().busybox().forward_drop().start();
+    Some((env, t0))
 }
 
-impl Env {
-    fn start() -> Env {
-        let lock = docker::lock();
-        let fw = HostCleanup::new();
-        let etcd = Etcd::start();
-        let plugin = Plugin::with_etcd(&etcd);
-        let mut docker = Dockerd::start();
-        let image = docker.import_busybox();
-        docker.force_forward_drop();
-        Env {
-            docker,
-            plugin,
-            etcd,
-            image,
-            _fw: fw,
-            _lock: lock,
+fn pool_cidrs(env: &DockerEnv) -> BTreeMap<String, String> {
+    env.list(POOLS_PREFIX)
+        .into_iter()
+        .map(|(_, p)| {
+            (
+                p["metadata"]["name"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_string(),
+                p["spec"]["cidr"].as_str().unwrap_or_default().to_string(),
+            )
+        })
+        .collect()
+}
+
+/// `calico-libnetwork args...` on our etcd; stdout+stderr, asserting success.
+fn cli_ok(env: &DockerEnv, args: &[&str]) -> String {
+    let o = Command::new(BINARY)
+        .args(args)
+        .env_clear()
+        .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
+        .env("ETCD_ENDPOINTS", env.etcd().endpoint())
+        .env("NODENAME", common::plugin::NODENAME)
+        .output()
+        .unwrap_or_else(|e| panic!("run {BINARY}: {e}"));
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
+    assert!(o.status.success(), "calico-libnetwork {args:?}: {text}");
+    text
+}
+
+/// Pings `to` from container `from`, asserting that nothing answers.
+fn no_ping(env: &DockerEnv, from: &str, to: IpAddr) {
+    let ping = if to.is_ipv6() { "ping6" } else { "ping" };
+    let out = env
+        .d()
+        .docker(&["exec", from, ping, "-c", "1", "-W", "2", &to.to_string()]);
+    assert!(
+        !out.status.success(),
+        "ping {from} -> {to} must fail across networks: {}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+}
+
+/// Pings `to` from container `from` (`ping` or `ping6`), asserting success.
+fn ping(env: &DockerEnv, from: &str, to: IpAddr) {
+    let out = env.d().docker(&[
+        "exec",
+        from,
+        if to.is_ipv6() { "ping6" } else { "ping" },
+        "-c",
+        "1",
+        "-W",
+        "3",
+        &to.to_string(),
+    ]);
+    assert!(
+        out.status.success(),
+        "ping {from} -> {to}: {}{}\nroutes in {from}:\n{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+        exec(env, from, &["ip", "route"]),
+        exec(env, from, &["ip", "-6", "route"]),
+    );
+}
+
+/// `docker exec c args...` expecting success; stdout.
+fn exec(env: &DockerEnv, c: &str, args: &[&str]) -> String {
+    let mut a = vec!["exec", c];
+    a.extend_from_slice(args);
+    env.d().docker_ok(&a)
+}
+
+/// Nothing of ours left in etcd: no WorkloadEndpoint, allocation or handle.
+fn assert_no_endpoints_or_allocations(env: &DockerEnv, what: &str) {
+    let weps = env.list(WEPS_PREFIX);
+    assert!(weps.is_empty(), "{what}: WorkloadEndpoints left: {weps:?}");
+    for prefix in BLOCKS_PREFIXES {
+        for (key, b) in env.list(prefix) {
+            let allocs = b["allocations"].as_array().cloned().unwrap_or_default();
+            assert!(
+                allocs.iter().all(Value::is_null),
+                "{what}: {key}: allocations left: {b}"
+            );
         }
     }
-
-    fn d(&self) -> &Dockerd {
-        &self.docker
-    }
-
-    fn list(&self, prefix: &str) -> Vec<(String, Value)> {
-        self.etcd.list_json(prefix)
-    }
-
-    fn pool_cidrs(&self) -> BTreeMap<String, String> {
-        self.list(POOLS_PREFIX)
-            .into_iter()
-            .map(|(_, p)| {
-                (
-                    p["metadata"]["name"]
-                        .as_str()
-                        .unwrap_or_default()
-                        .to_string(),
-                    p["spec"]["cidr"].as_str().unwrap_or_default().to_string(),
-                )
-            })
-            .collect()
-    }
-
-    /// `calico-libnetwork args...` on our etcd; stdout+stderr, asserting success.
-    fn cli_ok(&self, args: &[&str]) -> String {
-        let o = Command::new(BINARY)
-            .args(args)
-            .env_clear()
-            .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
-            .env("ETCD_ENDPOINTS", self.etcd.endpoint())
-            .env("NODENAME", common::plugin::NODENAME)
-            .output()
-            .unwrap_or_else(|e| panic!("run {BINARY}: {e}"));
-        let text = format!(
-            "{}{}",
-            String::from_utf8_lossy(&o.stdout),
-            String::from_utf8_lossy(&o.stderr)
-        );
-        assert!(o.status.success(), "calico-libnetwork {args:?}: {text}");
-        text
-    }
-
-    /// `docker network create -d calico --ipam-driver calico extra... name`; the network ID.
-    fn network(&self, name: &str, extra: &[&str]) -> String {
-        self.d().calico_network(name, extra)
-    }
-
-    /// `docker run -d --name name extra... image sleep 600`.
-    fn run(&self, name: &str, extra: &[&str]) {
-        self.d().sleeper(self.image, name, extra)
-    }
-
-    /// Pings `to` from container `from`, asserting that nothing answers.
-    fn no_ping(&self, from: &str, to: IpAddr) {
-        let ping = if to.is_ipv6() { "ping6" } else { "ping" };
-        let out = self
-            .d()
-            .docker(&["exec", from, ping, "-c", "1", "-W", "2", &to.to_string()]);
-        assert!(
-            !out.status.success(),
-            "ping {from} -> {to} must fail across networks: {}",
-            String::from_utf8_lossy(&out.stdout)
-        );
-    }
-
-    /// Pings `to` from container `from` (`ping` or `ping6`), asserting success.
-    fn ping(&self, from: &str, to: IpAddr) {
-        let out = self.d().docker(&[
-            "exec",
-            from,
-            if to.is_ipv6() { "ping6" } else { "ping" },
-            "-c",
-            "1",
-            "-W",
-            "3",
-            &to.to_string(),
-        ]);
-        assert!(
-            out.status.success(),
-            "ping {from} -> {to}: {}{}\nroutes in {from}:\n{}\n{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr),
-            self.exec(from, &["ip", "route"]),
-            self.exec(from, &["ip", "-6", "route"]),
-        );
-    }
-
-    /// `docker exec c args...` expecting success; stdout.
-    fn exec(&self, c: &str, args: &[&str]) -> String {
-        let mut a = vec!["exec", c];
-        a.extend_from_slice(args);
-        self.d().docker_ok(&a)
-    }
-
-    /// Nothing of ours left in etcd: no WorkloadEndpoint, allocation or handle.
-    fn assert_no_endpoints_or_allocations(&self, what: &str) {
-        let weps = self.list(WEPS_PREFIX);
-        assert!(weps.is_empty(), "{what}: WorkloadEndpoints left: {weps:?}");
-        for prefix in BLOCKS_PREFIXES {
-            for (key, b) in self.list(prefix) {
-                let allocs = b["allocations"].as_array().cloned().unwrap_or_default();
-                assert!(
-                    allocs.iter().all(Value::is_null),
-                    "{what}: {key}: allocations left: {b}"
-                );
-            }
-        }
-        let handles = self.list(HANDLES_PREFIX);
-        assert!(handles.is_empty(), "{what}: handles left: {handles:?}");
-    }
+    let handles = env.list(HANDLES_PREFIX);
+    assert!(handles.is_empty(), "{what}: handles left: {handles:?}");
 }
 
 /// One container's endpoint on one network, from `docker inspect`.
@@ -243,7 +204,7 @@ fn assert_no_cali_links() {
 
 /// Containers gone and the plugin stopped gracefully: the plugin itself removed its rules
 /// (checked before the harness's clean-up, which would hide a leak; the lock is still held).
-fn finish(test: &str, mut env: Env, t0: Instant) {
+fn finish(test: &str, mut env: DockerEnv, t0: Instant) {
     env.docker.shutdown();
     env.plugin.stop();
     firewall::assert_no_chain();
@@ -255,25 +216,23 @@ fn finish(test: &str, mut env: Env, t0: Instant) {
 #[test]
 fn subnets_fixed_address_and_ipv6() {
     const T: &str = "subnets_fixed_address_and_ipv6";
-    if !common::require_root(T) {
+    let Some((env, t0)) = start(T) else {
         return;
-    }
-    let t0 = Instant::now();
-    let env = Env::start();
+    };
     let d = env.d();
 
     // A pool made with our CLI; a network whose --subnet is exactly that pool uses it.
-    env.cli_ok(&["pool", "add", "p1", "10.81.0.0/24"]);
+    cli_ok(&env, &["pool", "add", "p1", "10.81.0.0/24"]);
     env.network("n81", &["--subnet", "10.81.0.0/24"]);
     env.run("c81", &["--net", "n81"]);
     let ip81 = ipv4_of(d, "c81", "n81");
     assert!(in_net(ip81, "10.81.0.0/24"), "c81 got {ip81}");
-    let eth0 = env.exec("c81", &["ip", "-4", "-o", "addr", "show", "eth0"]);
+    let eth0 = exec(&env, "c81", &["ip", "-4", "-o", "addr", "show", "eth0"]);
     assert!(eth0.contains(&format!("inet {ip81}/")), "c81 eth0: {eth0}");
 
     // A --subnet no pool has: the plugin creates one; --ip gets exactly that address.
     env.network("n82", &["--subnet", "10.82.0.0/24"]);
-    let pools = env.pool_cidrs();
+    let pools = pool_cidrs(&env);
     assert_eq!(
         pools.get("libnetwork-10-82-0-0-24").map(String::as_str),
         Some("10.82.0.0/24"),
@@ -282,7 +241,7 @@ fn subnets_fixed_address_and_ipv6() {
     env.run("c82", &["--net", "n82", "--ip", "10.82.0.50"]);
     let ip82 = ipv4_of(d, "c82", "n82");
     assert_eq!(ip82.to_string(), "10.82.0.50");
-    let eth0 = env.exec("c82", &["ip", "-4", "-o", "addr", "show", "eth0"]);
+    let eth0 = exec(&env, "c82", &["ip", "-4", "-o", "addr", "show", "eth0"]);
     assert!(eth0.contains("inet 10.82.0.50/"), "c82 eth0: {eth0}");
     // The address is taken now: a second container asking for it is told so.
     let err = d.docker_err(&[
@@ -294,7 +253,7 @@ fn subnets_fixed_address_and_ipv6() {
         "n82",
         "--ip",
         "10.82.0.50",
-        env.image,
+        env.image(),
         "true",
     ]);
     assert!(err.contains("already"), "second --ip 10.82.0.50: {err}");
@@ -302,11 +261,11 @@ fn subnets_fixed_address_and_ipv6() {
     // Positive controls: each reaches a peer on its own network ...
     env.run("c81p", &["--net", "n81"]);
     env.run("c82p", &["--net", "n82"]);
-    env.ping("c81", ipv4_of(d, "c81p", "n81"));
-    env.ping("c82", ipv4_of(d, "c82p", "n82"));
+    ping(&env, "c81", ipv4_of(d, "c81p", "n81"));
+    ping(&env, "c82", ipv4_of(d, "c82p", "n82"));
     // ... and different networks are isolated by their profiles (standalone mode).
-    env.no_ping("c81", ip82);
-    env.no_ping("c82", ip81);
+    no_ping(&env, "c81", ip82);
+    no_ping(&env, "c82", ip81);
     eprintln!("{T}: subnets and --ip ok ({:?})", t0.elapsed());
 
     // IPv6: a --subnet network, two containers ping6 each other.
@@ -324,22 +283,22 @@ fn subnets_fixed_address_and_ipv6() {
                 .ipv6
                 .unwrap_or_else(|| panic!("{c}: no IPv6 address: {a:?}"));
             assert!(in_net(ip6, "fd82::/64"), "{c} got {ip6}");
-            let addrs = env.exec(c, &["ip", "-6", "-o", "addr", "show", "eth0"]);
+            let addrs = exec(&env, c, &["ip", "-6", "-o", "addr", "show", "eth0"]);
             assert!(
                 addrs.contains(&format!("inet6 {ip6}/")),
                 "{c} eth0: {addrs}"
             );
-            let routes = env.exec(c, &["ip", "-6", "route"]);
+            let routes = exec(&env, c, &["ip", "-6", "route"]);
             assert!(
                 routes.lines().any(|l| l.starts_with("default via fe80::")),
                 "{c}: no IPv6 default route via the host link-local:\n{routes}"
             );
             v6.push((c, a));
         }
-        env.ping("c6a", v6[1].1.ipv6.unwrap());
-        env.ping("c6b", v6[0].1.ipv6.unwrap());
+        ping(&env, "c6a", v6[1].1.ipv6.unwrap());
+        ping(&env, "c6b", v6[0].1.ipv6.unwrap());
         // And IPv4 alongside, from Calico's default pool.
-        env.ping("c6a", v6[1].1.ipv4.unwrap());
+        ping(&env, "c6a", v6[1].1.ipv4.unwrap());
         // A second IPv6 network on c6a: every host veth has the same link-local gateway, so
         // its connected /128 route must be given only once (else "file exists").
         env.network("n6b", &["--ipv6", "--subnet", "fd83::/64"]);
@@ -349,14 +308,14 @@ fn subnets_fixed_address_and_ipv6() {
             .ipv6
             .unwrap_or_else(|| panic!("c6a: no IPv6 address on n6b: {b:?}"));
         assert!(in_net(ip6b, "fd83::/64"), "c6a got {ip6b} on n6b");
-        let addrs = env.exec("c6a", &["ip", "-6", "-o", "addr", "show", "eth1"]);
+        let addrs = exec(&env, "c6a", &["ip", "-6", "-o", "addr", "show", "eth1"]);
         assert!(
             addrs.contains(&format!("inet6 {ip6b}/")),
             "c6a eth1: {addrs}"
         );
-        env.ping("c6a", v6[1].1.ipv6.unwrap());
+        ping(&env, "c6a", v6[1].1.ipv6.unwrap());
         // c6b is not on n6b: isolated from c6a's n6b address, while reaching its n6 one.
-        env.no_ping("c6b", ip6b);
+        no_ping(&env, "c6b", ip6b);
         d.docker_ok(&["network", "disconnect", "n6b", "c6a"]);
         assert_host_clean(ip6b, &b.host_veth());
         d.docker_ok(&["network", "rm", "n6b"]);
@@ -380,9 +339,9 @@ fn subnets_fixed_address_and_ipv6() {
             assert_host_clean(*ip, &a.host_veth());
         }
     }
-    env.assert_no_endpoints_or_allocations(T);
+    assert_no_endpoints_or_allocations(&env, T);
     // The pool the plugin made goes with its network; the operator's pool stays.
-    let pools = env.pool_cidrs();
+    let pools = pool_cidrs(&env);
     assert!(!pools.contains_key("libnetwork-10-82-0-0-24"), "{pools:?}");
     assert!(!pools.contains_key("libnetwork-fd82---64"), "{pools:?}");
     assert_eq!(pools.get("p1").map(String::as_str), Some("10.81.0.0/24"));
@@ -395,11 +354,9 @@ fn subnets_fixed_address_and_ipv6() {
 #[test]
 fn container_on_several_networks() {
     const T: &str = "container_on_several_networks";
-    if !common::require_root(T) {
+    let Some((env, t0)) = start(T) else {
         return;
-    }
-    let t0 = Instant::now();
-    let env = Env::start();
+    };
     let d = env.d();
 
     // na: all of Calico's pools (only the default 192.168.0.0/16 exists yet; once the
@@ -425,13 +382,13 @@ fn container_on_several_networks() {
     assert!(in_net(ip_c, "10.85.0.0/24"), "{ip_c}");
     // Each interface has its address (Docker names them eth0, eth1, eth2 in connect order).
     for (dev, ip) in [("eth0", ip_a), ("eth1", ip_b), ("eth2", ip_c)] {
-        let addrs = env.exec("multi", &["ip", "-4", "-o", "addr", "show", dev]);
+        let addrs = exec(&env, "multi", &["ip", "-4", "-o", "addr", "show", dev]);
         assert!(
             addrs.contains(&format!("inet {ip}/")),
             "multi {dev}: {addrs}"
         );
     }
-    let routes = env.exec("multi", &["ip", "-4", "route"]);
+    let routes = exec(&env, "multi", &["ip", "-4", "route"]);
     let lines: HashSet<&str> = routes.lines().map(str::trim_end).collect();
     for want in [
         "default via 169.254.1.1 dev eth0",
@@ -447,17 +404,18 @@ fn container_on_several_networks() {
 
     for (peer, net) in [("ca", "na"), ("cb", "nb"), ("cc", "nc")] {
         let ip = ipv4_of(d, peer, net);
-        env.ping("multi", ip);
-        env.ping(peer, on[net].ipv4.unwrap());
+        ping(&env, "multi", ip);
+        ping(&env, peer, on[net].ipv4.unwrap());
     }
     // Traffic to nb's containers leaves by eth1, and the host veth behind eth1 answered ARP
     // for 169.254.1.2 (proxy ARP) with Calico's MAC.
-    let get = env.exec(
+    let get = exec(
+        &env,
         "multi",
         &["ip", "route", "get", &ipv4_of(d, "cb", "nb").to_string()],
     );
     assert!(get.contains("via 169.254.1.2 dev eth1"), "{get}");
-    let neigh = env.exec("multi", &["ip", "neigh", "show", "169.254.1.2"]);
+    let neigh = exec(&env, "multi", &["ip", "neigh", "show", "169.254.1.2"]);
     assert!(
         neigh.contains(&format!("dev eth1 lladdr {HOST_MAC}")),
         "no ARP entry for 169.254.1.2 on eth1: {neigh:?}"
@@ -473,15 +431,15 @@ fn container_on_several_networks() {
     assert_host_clean(ip_b, &on["nb"].host_veth());
     d.docker_ok(&["network", "connect", "nb", "multi"]);
     let again = attachment(d, "multi", "nb");
-    let routes = env.exec("multi", &["ip", "-4", "route"]);
+    let routes = exec(&env, "multi", &["ip", "-4", "route"]);
     assert!(
         routes
             .lines()
             .any(|l| l.trim_end() == "10.84.0.0/24 via 169.254.1.2 dev eth3"),
         "after reconnect:\n{routes}"
     );
-    env.ping("multi", ipv4_of(d, "cb", "nb"));
-    env.ping("cb", again.ipv4.unwrap());
+    ping(&env, "multi", ipv4_of(d, "cb", "nb"));
+    ping(&env, "cb", again.ipv4.unwrap());
     eprintln!("{T}: pings ok ({:?})", t0.elapsed());
 
     let mut all: Vec<Attachment> = vec![again];
@@ -497,7 +455,7 @@ fn container_on_several_networks() {
         assert_host_clean(a.ipv4.unwrap(), &a.host_veth());
     }
     assert_no_cali_links();
-    env.assert_no_endpoints_or_allocations(T);
+    assert_no_endpoints_or_allocations(&env, T);
     finish(T, env, t0);
 }
 
@@ -506,11 +464,9 @@ fn container_on_several_networks() {
 #[test]
 fn twenty_at_once_and_restart() {
     const T: &str = "twenty_at_once_and_restart";
-    if !common::require_root(T) {
+    let Some((mut env, t0)) = start(T) else {
         return;
-    }
-    let t0 = Instant::now();
-    let mut env = Env::start();
+    };
     env.network("many", &[]);
     let names: Vec<String> = (0..20).map(|i| format!("m{i:02}")).collect();
     std::thread::scope(|s| {
@@ -533,7 +489,7 @@ fn twenty_at_once_and_restart() {
             format!("ping -c 1 -W 3 {ip} >/dev/null || echo unreachable {ip}; ")
         })
         .collect();
-    let out = env.exec("m00", &["sh", "-c", &script]);
+    let out = exec(&env, "m00", &["sh", "-c", &script]);
     assert!(out.trim().is_empty(), "from m00: {out}");
     // And m00 from the host, through its host route.
     let (ok, out) = host(
@@ -550,7 +506,7 @@ fn twenty_at_once_and_restart() {
         assert_host_clean(a.ipv4.unwrap(), &a.host_veth());
     }
     assert_no_cali_links();
-    env.assert_no_endpoints_or_allocations("after rm -f of 20");
+    assert_no_endpoints_or_allocations(&env, "after rm -f of 20");
     eprintln!("{T}: 20 removed ({:?})", t0.elapsed());
 
     // The plugin restarted between run and rm: the teardown still finds everything.
@@ -561,14 +517,14 @@ fn twenty_at_once_and_restart() {
     assert_ne!(env.plugin.pid(), pid);
     env.d().docker_ok(&["rm", "-f", "r1"]);
     assert_host_clean(r1.ipv4.unwrap(), &r1.host_veth());
-    env.assert_no_endpoints_or_allocations("after restart and rm -f");
+    assert_no_endpoints_or_allocations(&env, "after restart and rm -f");
     // And a new container after the restart works as before.
     env.run("r2", &["--net", "many"]);
     env.run("r3", &["--net", "many"]);
-    env.ping("r2", ipv4_of(env.d(), "r3", "many"));
+    ping(&env, "r2", ipv4_of(env.d(), "r3", "many"));
     env.d().docker_ok(&["rm", "-f", "r2", "r3"]);
     env.d().docker_ok(&["network", "rm", "many"]);
-    env.assert_no_endpoints_or_allocations("end");
+    assert_no_endpoints_or_allocations(&env, "end");
     finish(T, env, t0);
 }
 
@@ -576,13 +532,11 @@ fn twenty_at_once_and_restart() {
 #[test]
 fn refusals_are_explained_and_leave_nothing() {
     const T: &str = "refusals_are_explained_and_leave_nothing";
-    if !common::require_root(T) {
+    let Some((env, t0)) = start(T) else {
         return;
-    }
-    let t0 = Instant::now();
-    let env = Env::start();
+    };
     let d = env.d();
-    let pools_before = env.pool_cidrs();
+    let pools_before = pool_cidrs(&env);
     let networks_before = d.networks();
 
     let cases: [(&[&str], &str); 3] = [
@@ -612,18 +566,28 @@ fn refusals_are_explained_and_leave_nothing() {
     assert_eq!(d.networks(), networks_before);
     assert!(env.list(&keys::networks_prefix()).is_empty());
     assert!(env.list(PROFILES_PREFIX).is_empty(), "profiles left");
-    assert_eq!(env.pool_cidrs(), pools_before);
-    env.assert_no_endpoints_or_allocations("refused networks");
+    assert_eq!(pool_cidrs(&env), pools_before);
+    assert_no_endpoints_or_allocations(&env, "refused networks");
 
     env.network("ok", &[]);
     let err = d.docker_err(&[
-        "run", "-d", "--name", "pub", "--net", "ok", "-p", "80", env.image, "sleep", "600",
+        "run",
+        "-d",
+        "--name",
+        "pub",
+        "--net",
+        "ok",
+        "-p",
+        "80",
+        env.image(),
+        "sleep",
+        "600",
     ]);
     assert!(err.contains("explicit host port"), "-p: {err}");
     eprintln!("{T}: -p -> {err}");
     let state = d.docker_ok(&["inspect", "-f", "{{.State.Running}}", "pub"]);
     assert_eq!(state, "false");
-    env.assert_no_endpoints_or_allocations("refused -p");
+    assert_no_endpoints_or_allocations(&env, "refused -p");
     assert_no_cali_links();
     d.docker_ok(&["rm", "-f", "pub"]);
     d.docker_ok(&["network", "rm", "ok"]);

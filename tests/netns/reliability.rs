@@ -1,5 +1,5 @@
 //! Reliability under faults, against real components (no Docker here; see
-//! tests/docker_reliability.rs for the Docker scenarios):
+//! tests/docker/docker_reliability.rs for the Docker scenarios):
 //!
 //! - two plugin instances (in-process servers with different node names, each with its own
 //!   etcd connection) allocating concurrently from one small pool: no address handed out twice,
@@ -11,7 +11,7 @@
 //!
 //! `CALICO_LONG_TESTS=1` runs longer versions (more allocations, more kills).
 
-mod common;
+use crate::common;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::io::{BufRead, BufReader};
@@ -173,7 +173,7 @@ async fn two_nodes_concurrent_allocations_never_duplicate() {
 const CHILD_ENV: &str = "CALICO_RELIABILITY_CHILD_STORE";
 
 /// Not a test on its own (hence ignored): the writer the kill test starts, re-running this
-/// test binary with `--ignored --exact`. Allocates one address at a time on the embedded
+/// test binary with `--ignored --exact reliability::child_store_writer`. Allocates one address at a time on the embedded
 /// store and prints `COMMITTED <ip> <handle>` after each allocation returned, before
 /// starting the next.
 #[tokio::test]
@@ -213,6 +213,12 @@ async fn local_store_survives_sigkill() {
     }
     let kills = if long() { 12 } else { 4 };
     let exe = std::env::current_exe().unwrap();
+    // The test's path in this binary (`reliability::child_store_writer`): libtest names
+    // tests by their module path without the crate.
+    let writer = format!(
+        "{}::child_store_writer",
+        module_path!().split_once("::").unwrap().1
+    );
     let mut committed: Vec<(IpAddr, String)> = Vec::new();
     let started = Instant::now();
     for k in 0..kills {
@@ -223,7 +229,7 @@ async fn local_store_survives_sigkill() {
             .args([
                 "--ignored",
                 "--exact",
-                "child_store_writer",
+                &writer,
                 "--nocapture",
                 "--test-threads=1",
             ])
@@ -308,6 +314,17 @@ fn rand_u64() -> u64 {
     h.finish()
 }
 
+/// `#[test] fn $name()` running `$body` in a private network namespace
+/// ([`in_private_netns`]).
+macro_rules! netns_test {
+    ($name:ident, $body:ident) => {
+        #[test]
+        fn $name() {
+            in_private_netns(stringify!($name), $body);
+        }
+    };
+}
+
 /// Runs `body` on a thread of its own in a fresh network namespace (with etcd started from
 /// it, so inside it too): the reconciliation lists and deletes `cali*` veths, and must see
 /// only this test's, never the host's.
@@ -318,24 +335,10 @@ fn in_private_netns<Fut: std::future::Future<Output = ()> + 'static>(
     if !common::require_root(test) {
         return;
     }
-    let outcome = std::thread::Builder::new()
-        .name(test.to_string())
-        .spawn(move || {
-            // SAFETY: unshare(CLONE_NEWNET) only changes this thread's namespace membership
-            // (threads and processes started from it inherit it).
-            assert_eq!(unsafe { libc::unshare(libc::CLONE_NEWNET) }, 0, "unshare");
-            assert!(ip_link(&["set", "lo", "up"]));
-            tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .unwrap()
-                .block_on(body());
-        })
-        .unwrap()
-        .join();
-    if let Err(p) = outcome {
-        std::panic::resume_unwind(p);
-    }
+    common::netns::fresh_async(move || {
+        assert!(ip_link(&["set", "lo", "up"]));
+        body()
+    });
 }
 
 fn ip_link(args: &[&str]) -> bool {
@@ -397,10 +400,7 @@ async fn endpoint(d: &Arc<Driver>, net: &str, ep: &str, ip: IpAddr) {
     .unwrap();
 }
 
-#[test]
-fn reconcile_removes_only_own_stale_records() {
-    in_private_netns("reconcile_removes_only_own_stale_records", reconcile_body);
-}
+netns_test!(reconcile_removes_only_own_stale_records, reconcile_body);
 
 async fn reconcile_body() {
     let etcd = Etcd::start();
@@ -519,13 +519,10 @@ async fn reconcile_body() {
     ip_link(&["del", &foreign_veth]);
 }
 
-#[test]
-fn requested_address_taken_over_only_from_dead_owner() {
-    in_private_netns(
-        "requested_address_taken_over_only_from_dead_owner",
-        takeover_body,
-    );
-}
+netns_test!(
+    requested_address_taken_over_only_from_dead_owner,
+    takeover_body
+);
 
 async fn takeover_body() {
     let grace = Duration::from_millis(1500);
@@ -582,13 +579,10 @@ async fn takeover_body() {
     assert_eq!(allocations(&ipam).await.len(), 3);
 }
 
-#[test]
-fn an_address_given_out_again_is_never_released_by_reconciliation() {
-    in_private_netns(
-        "an_address_given_out_again_is_never_released_by_reconciliation",
-        reuse_body,
-    );
-}
+netns_test!(
+    an_address_given_out_again_is_never_released_by_reconciliation,
+    reuse_body
+);
 
 /// A DeleteEndpoint that etcd's outage makes fail; Docker forgets the endpoint and releases
 /// its address anyway, and the address goes to a new container (`--ip`). Reconciliation then
@@ -651,13 +645,10 @@ async fn reuse_body() {
     assert!(weps[0].ends_with(&new_ep), "{weps:?}");
 }
 
-#[test]
-fn a_create_endpoint_cut_by_the_deadline_leaves_no_record() {
-    in_private_netns(
-        "a_create_endpoint_cut_by_the_deadline_leaves_no_record",
-        deadline_body,
-    );
-}
+netns_test!(
+    a_create_endpoint_cut_by_the_deadline_leaves_no_record,
+    deadline_body
+);
 
 /// etcd, with reads made slow once a WorkloadEndpoint has been written: the latency of a
 /// busy cluster, at the one point where it matters here (between CreateEndpoint's write and
@@ -753,10 +744,7 @@ async fn deadline_body() {
     }
 }
 
-#[test]
-fn damaged_records_give_errors_not_panics() {
-    in_private_netns("damaged_records_give_errors_not_panics", damaged_body);
-}
+netns_test!(damaged_records_give_errors_not_panics, damaged_body);
 
 /// A block whose allocations do not match its size, a pool with an impossible block size and
 /// an endpoint record whose ID is not ASCII (each written by hand or by a buggy tool): the
@@ -766,40 +754,32 @@ async fn damaged_body() {
     let (_etcd, store, me) =
         node_on_etcd("rel-damaged", Duration::from_millis(500), "10.72.0.0/16").await;
     let bad_block = "/calico/ipam/v2/assignment/ipv4/block/10.72.200.0-26";
-    store
-        .put(
+    for (key, record) in [
+        (
             bad_block,
             json!({"cidr": "10.72.200.0/26", "affinity": "host:rel-damaged", "allocations": [null],
-                   "unallocated": [], "attributes": [], "strictAffinity": false})
-            .to_string()
-            .into_bytes(),
-        )
-        .await
-        .unwrap();
-    store
-        .put(
+                   "unallocated": [], "attributes": [], "strictAffinity": false}),
+        ),
+        (
             "/calico/resources/v3/projectcalico.org/ippools/broken",
             json!({"kind": "IPPool", "apiVersion": "projectcalico.org/v3",
                    "metadata": {"name": "broken"},
-                   "spec": {"cidr": "10.73.0.0/16", "blockSize": 40}})
-            .to_string()
-            .into_bytes(),
-        )
-        .await
-        .unwrap();
-    store
-        .put(
+                   "spec": {"cidr": "10.73.0.0/16", "blockSize": 40}}),
+        ),
+        (
             "/calico/resources/v3/projectcalico.org/workloadendpoints/libnetwork/rel--damaged-libnetwork-libnetwork-x",
             json!({"kind": "WorkloadEndpoint", "apiVersion": "projectcalico.org/v3",
                    "metadata": {"name": "rel--damaged-libnetwork-libnetwork-x", "namespace": "libnetwork",
                                 "creationTimestamp": "2020-01-01T00:00:00Z"},
                    "spec": {"node": "rel-damaged", "orchestrator": "libnetwork", "endpoint": "ééééééééééééé",
-                            "interfaceName": "caliééééé", "ipNetworks": ["10.72.0.99/32"]}})
-            .to_string()
-            .into_bytes(),
-        )
-        .await
-        .unwrap();
+                            "interfaceName": "caliééééé", "ipNetworks": ["10.72.0.99/32"]}}),
+        ),
+    ] {
+        store
+            .put(key, record.to_string().into_bytes())
+            .await
+            .unwrap();
+    }
     // An address in the damaged block: an error that names it.
     let err = request(&me, Some("10.72.200.5".parse().unwrap()))
         .await
@@ -815,13 +795,10 @@ async fn damaged_body() {
     me.reconcile_with(None).await.unwrap();
 }
 
-#[test]
-fn two_machines_under_one_node_name_delete_nothing_of_each_other() {
-    in_private_netns(
-        "two_machines_under_one_node_name_delete_nothing_of_each_other",
-        twins_body,
-    );
-}
+netns_test!(
+    two_machines_under_one_node_name_delete_nothing_of_each_other,
+    twins_body
+);
 
 /// Cloned VMs keep one hostname, so two machines run under one node name: each one's
 /// endpoints look stale to the other (its Docker does not know them). The Node records the
@@ -881,13 +858,10 @@ async fn twins_body() {
     assert_eq!(weps().await, 0);
 }
 
-#[test]
-fn an_address_docker_gave_to_another_drivers_container_stays() {
-    in_private_netns(
-        "an_address_docker_gave_to_another_drivers_container_stays",
-        other_driver_body,
-    );
-}
+netns_test!(
+    an_address_docker_gave_to_another_drivers_container_stays,
+    other_driver_body
+);
 
 /// `docker network create -d macvlan --ipam-driver calico`: Docker takes addresses from
 /// Calico IPAM for containers that never get a WorkloadEndpoint (another driver serves the

@@ -1,15 +1,14 @@
 //! One conformance suite, run against both backends: a real etcd and the embedded store.
 
-mod common;
+use crate::common;
 
-use std::sync::Arc;
+use common::backends::{backends, Store};
+
 use std::time::{Duration, Instant};
 
 use calico_libnetwork::datastore::local::LocalStore;
 use calico_libnetwork::datastore::{Datastore, Write};
 use calico_libnetwork::Error;
-
-type Store = Arc<dyn Datastore>;
 
 async fn get_create_update_delete(s: Store) {
     assert!(s.get("/t/k").await.unwrap().is_none());
@@ -216,41 +215,19 @@ async fn large_lists_are_complete(s: Store) {
     assert_eq!(all[1259].key, "/big/s01199");
 }
 
-macro_rules! conformance {
-    ($backend:ident, $make:expr) => {
-        mod $backend {
-            use super::*;
-            conformance!(@test $make, get_create_update_delete);
-            conformance!(@test $make, prefix_listing_is_by_directory);
-            conformance!(@test $make, transactions_are_all_or_nothing);
-            conformance!(@test $make, concurrent_cas_loses_no_update);
-            conformance!(@test $make, stats_count_round_trips);
-            conformance!(@test $make, get_many_answers_in_key_order);
-            conformance!(@test $make, large_lists_are_complete);
-        }
-    };
-    (@test $make:expr, $name:ident) => {
-        #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-        async fn $name() {
-            let (store, _guard) = $make;
-            super::$name(store).await;
-        }
-    };
-}
-
-fn etcd_backend() -> (Store, common::etcd::Etcd) {
-    let etcd = common::etcd::Etcd::start();
-    (Arc::new(etcd.store()), etcd)
-}
-
-fn local_backend() -> (Store, tempfile::TempDir) {
-    let dir = tempfile::tempdir().unwrap();
-    let store = LocalStore::open(dir.path().join("store.redb")).unwrap();
-    (Arc::new(store), dir)
-}
-
-conformance!(etcd, etcd_backend());
-conformance!(local, local_backend());
+backends!(
+    threads = 4,
+    timeout = None,
+    [
+        get_create_update_delete,
+        prefix_listing_is_by_directory,
+        transactions_are_all_or_nothing,
+        concurrent_cas_loses_no_update,
+        stats_count_round_trips,
+        get_many_answers_in_key_order,
+        large_lists_are_complete,
+    ]
+);
 
 #[tokio::test]
 async fn local_store_reopen_keeps_data_and_revisions() {

@@ -6,8 +6,9 @@
 //! Needs root (CAP_NET_ADMIN + CAP_SYS_ADMIN). Without it the tests fail, unless
 //! `CALICO_TEST_ALLOW_SKIP=1`, in which case they print a loud SKIPPED line and pass.
 
+use crate::common;
+
 use std::future::Future;
-use std::io::Write;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::process::Command;
 
@@ -27,47 +28,19 @@ where
     F: FnOnce(Netlink) -> Fut + Send + 'static,
     Fut: Future<Output = ()>,
 {
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } != 0 {
-        if std::env::var("CALICO_TEST_ALLOW_SKIP").as_deref() == Ok("1") {
-            // Straight to fd 2: libtest captures eprintln! of passing tests.
-            let _ = writeln!(
-                std::io::stderr(),
-                "\n!!!!!!!!!! SKIPPED {test}: requires root !!!!!!!!!!\n"
-            );
-            return;
+    if !common::require_root(test) {
+        return;
+    }
+    common::netns::fresh_async(move || {
+        // Guard: a fresh namespace has nothing but lo; never touch the host's.
+        let links = ip_json(&["link", "show"]);
+        assert_eq!(links.len(), 1, "not in a fresh netns: {links:?}");
+        assert_eq!(links[0]["ifname"], "lo");
+        async move {
+            let nl = Netlink::new().expect("open netlink");
+            body(nl).await;
         }
-        panic!("{test} requires root (set CALICO_TEST_ALLOW_SKIP=1 to skip the root tests)");
-    }
-    let outcome = std::thread::Builder::new()
-        .name(test.to_string())
-        .spawn(move || {
-            // SAFETY: unshare(CLONE_NEWNET) only changes this thread's namespace membership.
-            let rc = unsafe { libc::unshare(libc::CLONE_NEWNET) };
-            assert_eq!(
-                rc,
-                0,
-                "unshare(CLONE_NEWNET): {}",
-                std::io::Error::last_os_error()
-            );
-            // Guard: a fresh namespace has nothing but lo; never touch the host's.
-            let links = ip_json(&["link", "show"]);
-            assert_eq!(links.len(), 1, "not in a fresh netns: {links:?}");
-            assert_eq!(links[0]["ifname"], "lo");
-            let runtime = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .expect("build runtime");
-            runtime.block_on(async move {
-                let nl = Netlink::new().expect("open netlink");
-                body(nl).await;
-            });
-        })
-        .expect("spawn test thread")
-        .join();
-    if let Err(panic) = outcome {
-        std::panic::resume_unwind(panic);
-    }
+    });
 }
 
 /// `ip -j <args>`; an empty array when ip fails (e.g. the device does not exist).

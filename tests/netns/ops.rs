@@ -2,7 +2,7 @@
 //! `ipam check [--repair]` (inconsistencies planted in etcd and a real host veth), the
 //! request log line and the Prometheus metrics endpoint.
 
-mod common;
+use crate::common;
 
 use common::block_on;
 
@@ -40,16 +40,7 @@ fn bin(etcd: &Etcd) -> Command {
 
 /// (exit code, stdout, stderr).
 fn run(etcd: &Etcd, socket: &Path, args: &[&str]) -> (i32, String, String) {
-    let out = bin(etcd)
-        .env("CALICO_LIBNETWORK_SOCKET", socket)
-        .args(args)
-        .output()
-        .unwrap();
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).to_string(),
-        String::from_utf8_lossy(&out.stderr).to_string(),
-    )
+    common::host::code_out_err(bin(etcd).env("CALICO_LIBNETWORK_SOCKET", socket).args(args))
 }
 
 fn run_json(etcd: &Etcd, socket: &Path, args: &[&str]) -> (i32, Value) {
@@ -99,19 +90,16 @@ fn start_plugin_with(
         .spawn()
         .unwrap();
     let r = Running { child, log };
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        if let Ok((200, _)) = common::plugin::call(&socket, "Plugin.Activate", "") {
-            // The plugin prepares the datastore before listening: Node and pool exist now.
-            return r;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "plugin did not come up: {}",
-            std::fs::read_to_string(&r.log).unwrap_or_default()
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    common::wait_until(
+        "the plugin comes up",
+        Duration::from_secs(20),
+        || match common::plugin::call(&socket, "Plugin.Activate", "") {
+            Ok((200, _)) => Ok(()),
+            _ => Err(std::fs::read_to_string(&r.log).unwrap_or_default()),
+        },
+    );
+    // The plugin prepares the datastore before listening: Node and pool exist now.
+    r
 }
 
 fn plugin_ok(socket: &Path, method: &str, body: Value) -> Value {
@@ -536,11 +524,14 @@ fn periodic_reconciliation_releases_a_leaked_address() {
     );
     let log = || std::fs::read_to_string(&plugin.log).unwrap_or_default();
     let wait_for = |what: &str, f: &dyn Fn(&str) -> bool| {
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while !f(&log()) {
-            assert!(Instant::now() < deadline, "{what}; log:\n{}", log());
-            std::thread::sleep(Duration::from_millis(100));
-        }
+        common::wait_until(what, Duration::from_secs(20), || {
+            let l = log();
+            if f(&l) {
+                Ok(())
+            } else {
+                Err(format!("log:\n{l}"))
+            }
+        });
     };
     // The start-up passes are over (the second one runs after the grace period).
     wait_for("no second reconciliation pass", &|l| {

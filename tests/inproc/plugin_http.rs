@@ -1,6 +1,6 @@
 //! The plugin server over a real unix socket, spoken to as Docker speaks.
 
-mod common;
+use crate::common;
 
 use std::sync::Arc;
 
@@ -45,46 +45,44 @@ async fn capabilities_and_address_spaces() {
     s.stop().await;
 }
 
+/// Sends `body` to `method`, asserting the answer is `status` with an Err; the Err.
+async fn refused(c: &PluginClient, method: &str, body: &str, status: u16) -> String {
+    let (got, v) = c.raw(method, body).await;
+    assert_eq!(got, status, "{method} {body:?} -> {v}");
+    v["Err"]
+        .as_str()
+        .unwrap_or_else(|| panic!("{method}: no Err in {v}"))
+        .to_string()
+}
+
 #[tokio::test]
 async fn unknown_method_is_404_with_err() {
     let (s, _dir) = start().await;
-    let (status, v) = s.client.raw("NetworkDriver.Frobnicate", "{}").await;
-    assert_eq!(status, 404);
-    assert!(v["Err"]
-        .as_str()
-        .unwrap()
-        .contains("NetworkDriver.Frobnicate"));
+    let msg = refused(&s.client, "NetworkDriver.Frobnicate", "{}", 404).await;
+    assert!(msg.contains("NetworkDriver.Frobnicate"), "{msg}");
     s.stop().await;
 }
 
 #[tokio::test]
 async fn malformed_body_is_400_naming_the_problem() {
     let (s, _dir) = start().await;
+    let c = &s.client;
     // What Docker sends when it retries a call a plugin restart cut short: no body.
-    let (status, v) = s.client.raw("NetworkDriver.CreateEndpoint", "").await;
-    assert_eq!(status, 400);
-    assert!(v["Err"].as_str().unwrap().contains("empty body"), "{v}");
+    let msg = refused(c, "NetworkDriver.CreateEndpoint", "", 400).await;
+    assert!(msg.contains("empty body"), "{msg}");
 
-    let (status, v) = s.client.raw("NetworkDriver.Join", "{not json").await;
-    assert_eq!(status, 400);
-    assert!(v["Err"]
-        .as_str()
-        .unwrap()
-        .starts_with("decode NetworkDriver.Join request"));
+    let msg = refused(c, "NetworkDriver.Join", "{not json", 400).await;
+    assert!(
+        msg.starts_with("decode NetworkDriver.Join request"),
+        "{msg}"
+    );
 
-    let (status, v) = s
-        .client
-        .call("NetworkDriver.Join", json!({"EndpointID": "ab"}))
-        .await;
-    assert_eq!(status, 400);
-    assert!(v["Err"].as_str().unwrap().contains("NetworkID"), "{v}");
+    // As Docker's Go encoder sends JSON (a trailing newline; see PluginClient::call).
+    let msg = refused(c, "NetworkDriver.Join", "{\"EndpointID\":\"ab\"}\n", 400).await;
+    assert!(msg.contains("NetworkID"), "{msg}");
 
-    let (status, v) = s
-        .client
-        .call("IpamDriver.ReleaseAddress", json!({"PoolID": "x"}))
-        .await;
-    assert_eq!(status, 400);
-    assert!(v["Err"].as_str().unwrap().contains("Address"), "{v}");
+    let msg = refused(c, "IpamDriver.ReleaseAddress", "{\"PoolID\":\"x\"}\n", 400).await;
+    assert!(msg.contains("Address"), "{msg}");
     s.stop().await;
 }
 

@@ -1,7 +1,7 @@
 //! The binary as users start it: flags, environment, refusal of bad configuration,
 //! the socket it serves and its graceful stop.
 
-mod common;
+use crate::common;
 
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -98,28 +98,18 @@ fn invalid_configuration_stops_at_start_naming_the_variable() {
         ],
         "ETCD_SCHEME",
     );
-    refuses(&[("LOG_LEVEL", "loud")], "LOG_LEVEL");
-    refuses(
-        &[("CALICO_LIBNETWORK_REQUEST_TIMEOUT", "soon")],
-        "CALICO_LIBNETWORK_REQUEST_TIMEOUT",
-    );
-    refuses(
-        &[("CALICO_IPV4POOL_CIDR", "10.0.0.0/33")],
-        "CALICO_IPV4POOL_CIDR",
-    );
-    refuses(
-        &[("CALICO_LIBNETWORK_DOCKER_HOST", "/var/run/docker.sock")],
-        "CALICO_LIBNETWORK_DOCKER_HOST",
-    );
-    refuses(&[("DOCKER_HOST", "ssh://somewhere")], "DOCKER_HOST");
-    refuses(
-        &[("CALICO_LIBNETWORK_LABEL_ENDPOINTS", "maybe")],
-        "CALICO_LIBNETWORK_LABEL_ENDPOINTS",
-    );
-    refuses(
-        &[("CALICO_LIBNETWORK_LABEL_POLL_TIMEOUT", "0s")],
-        "CALICO_LIBNETWORK_LABEL_POLL_TIMEOUT",
-    );
+    // One variable, refused by its own name.
+    for (var, value) in [
+        ("LOG_LEVEL", "loud"),
+        ("CALICO_LIBNETWORK_REQUEST_TIMEOUT", "soon"),
+        ("CALICO_IPV4POOL_CIDR", "10.0.0.0/33"),
+        ("CALICO_LIBNETWORK_DOCKER_HOST", "/var/run/docker.sock"),
+        ("DOCKER_HOST", "ssh://somewhere"),
+        ("CALICO_LIBNETWORK_LABEL_ENDPOINTS", "maybe"),
+        ("CALICO_LIBNETWORK_LABEL_POLL_TIMEOUT", "0s"),
+    ] {
+        refuses(&[(var, value)], var);
+    }
 }
 
 struct Running {
@@ -147,11 +137,9 @@ fn start(envs: &[(&str, &str)]) -> Running {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while std::os::unix::net::UnixStream::connect(&sock).is_err() {
-        assert!(Instant::now() < deadline, "plugin socket never came up");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    common::wait_until("plugin socket up", Duration::from_secs(20), || {
+        std::os::unix::net::UnixStream::connect(&sock).map(drop)
+    });
     Running {
         child,
         sock,
@@ -231,16 +219,7 @@ async fn calico_prefixed_etcd_variables_select_etcd() {
 
 /// Runs an operator command against a datastore given by `envs`; returns (exit code, stdout, stderr).
 fn op(envs: &[(&str, &str)], args: &[&str]) -> (i32, String, String) {
-    let out = bin()
-        .envs(envs.iter().copied())
-        .args(args)
-        .output()
-        .unwrap();
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).to_string(),
-        String::from_utf8_lossy(&out.stderr).to_string(),
-    )
+    common::host::code_out_err(bin().envs(envs.iter().copied()).args(args))
 }
 
 fn pool_and_ipam_commands(envs: &[(&str, &str)]) {
@@ -393,14 +372,16 @@ fn plugin_bin() -> Command {
 
 /// Waits (up to 20 s) until the plugin answers `Plugin.Activate` on `sock`.
 fn wait_serving(sock: &std::path::Path) {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while !matches!(
-        common::plugin::call(sock, "Plugin.Activate", ""),
-        Ok((200, _))
-    ) {
-        assert!(Instant::now() < deadline, "plugin socket never came up");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    common::wait_until(
+        "plugin answers Plugin.Activate",
+        Duration::from_secs(20),
+        || {
+            matches!(
+                common::plugin::call(sock, "Plugin.Activate", ""),
+                Ok((200, _))
+            )
+        },
+    );
 }
 
 /// Starts the binary as `scripts/run-local.sh` does (embedded store, the default firewall
@@ -449,21 +430,17 @@ impl HostTest {
 
 /// Waits (up to 10 s) for the plugin's jump from FORWARD.
 fn wait_for_forward_jump() {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
+    common::wait_until("the jump from FORWARD", Duration::from_secs(10), || {
         let rules = common::firewall::owned_rules();
         if rules
             .iter()
             .any(|l| l.ends_with("-A FORWARD -j CALICO-LIBNETWORK-FORWARD"))
         {
-            return;
+            Ok(())
+        } else {
+            Err(format!("no jump from FORWARD: {rules:#?}"))
         }
-        assert!(
-            Instant::now() < deadline,
-            "no jump from FORWARD: {rules:#?}"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    });
 }
 
 /// Stops the plugin with `sig` (SIGINT is Ctrl-C) and returns its output.
@@ -784,36 +761,22 @@ fn iptables_variant_and_a_held_xtables_lock() {
     assert!(ok, "{out}");
     let dir = tempfile::tempdir().unwrap();
     let sock = dir.path().join("calico.sock");
-    let mut child = Command::new("ip")
-        .args(["netns", "exec", &ns.0, BIN])
-        .env_clear()
-        .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
-        .env("DATASTORE_TYPE", "local")
-        .env("CALICO_LIBNETWORK_STORE", dir.path().join("store.redb"))
-        .env("CALICO_LIBNETWORK_SOCKET", &sock)
-        .env("NODENAME", "cli-backend-host")
-        .env(
-            "CALICO_LIBNETWORK_DOCKER_HOST",
-            "unix:///nonexistent/docker.sock",
-        )
-        .stdout(std::fs::File::create(dir.path().join("log")).unwrap())
-        .stderr(Stdio::null())
-        .spawn()
-        .map(common::ChildGuard::new)
-        .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let (_, legacy) = ns.run("iptables-legacy", &["-w", "-S", "FORWARD"]);
-        if legacy.contains("-j CALICO-LIBNETWORK-FORWARD") {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "no jump in iptables-legacy: {legacy}\n{}",
-            std::fs::read_to_string(dir.path().join("log")).unwrap_or_default()
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    let mut child = serve_in(&ns, dir.path(), "cli-backend-host", &[]);
+    common::wait_until(
+        "the jump in iptables-legacy",
+        Duration::from_secs(20),
+        || {
+            let (_, legacy) = ns.run("iptables-legacy", &["-w", "-S", "FORWARD"]);
+            if legacy.contains("-j CALICO-LIBNETWORK-FORWARD") {
+                Ok(())
+            } else {
+                Err(format!(
+                    "no jump in iptables-legacy: {legacy}\n{}",
+                    std::fs::read_to_string(dir.path().join("log")).unwrap_or_default()
+                ))
+            }
+        },
+    );
     let (_, nft) = ns.run("iptables-nft", &["-w", "-S"]);
     assert!(
         !nft.contains("CALICO-LIBNETWORK"),
@@ -874,6 +837,34 @@ fn iptables_variant_and_a_held_xtables_lock() {
     );
 }
 
+/// The plugin serving in namespace `ns` on the embedded store, with its store, socket
+/// (`calico.sock`) and log (`log`) in `dir`, as node `node`, with `extra` settings.
+fn serve_in(
+    ns: &Netns,
+    dir: &std::path::Path,
+    node: &str,
+    extra: &[(&str, &str)],
+) -> common::ChildGuard {
+    Command::new("ip")
+        .args(["netns", "exec", &ns.0, BIN])
+        .env_clear()
+        .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
+        .env("DATASTORE_TYPE", "local")
+        .env("CALICO_LIBNETWORK_STORE", dir.join("store.redb"))
+        .env("CALICO_LIBNETWORK_SOCKET", dir.join("calico.sock"))
+        .envs(extra.iter().copied())
+        .env("NODENAME", node)
+        .env(
+            "CALICO_LIBNETWORK_DOCKER_HOST",
+            "unix:///nonexistent/docker.sock",
+        )
+        .stdout(std::fs::File::create(dir.join("log")).unwrap())
+        .stderr(Stdio::null())
+        .spawn()
+        .map(common::ChildGuard::new)
+        .unwrap()
+}
+
 /// `auto` looks for Felix at every rules check, not only at start: Felix starting on the host
 /// later takes filtering over (our filter chains go, the published-port NAT stays), and
 /// standalone mode comes back when it goes.
@@ -884,39 +875,25 @@ fn auto_mode_follows_felix_coming_and_going() {
     }
     let ns = Netns::new("fx");
     let dir = tempfile::tempdir().unwrap();
-    let mut child = Command::new("ip")
-        .args(["netns", "exec", &ns.0, BIN])
-        .env_clear()
-        .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
-        .env("DATASTORE_TYPE", "local")
-        .env("CALICO_LIBNETWORK_STORE", dir.path().join("store.redb"))
-        .env("CALICO_LIBNETWORK_SOCKET", dir.path().join("calico.sock"))
-        .env("CALICO_LIBNETWORK_RULES_CHECK_INTERVAL", "1s")
-        .env("NODENAME", "cli-felix-host")
-        .env(
-            "CALICO_LIBNETWORK_DOCKER_HOST",
-            "unix:///nonexistent/docker.sock",
-        )
-        .stdout(std::fs::File::create(dir.path().join("log")).unwrap())
-        .stderr(Stdio::null())
-        .spawn()
-        .map(common::ChildGuard::new)
-        .unwrap();
+    let mut child = serve_in(
+        &ns,
+        dir.path(),
+        "cli-felix-host",
+        &[("CALICO_LIBNETWORK_RULES_CHECK_INTERVAL", "1s")],
+    );
     let wait_for = |what: &str, check: &dyn Fn(&str, &str) -> bool| {
-        let deadline = Instant::now() + Duration::from_secs(15);
-        loop {
+        common::wait_until(what, Duration::from_secs(15), || {
             let (_, filter) = ns.run("iptables", &["-w", "-S"]);
             let (_, nat) = ns.run("iptables", &["-w", "-t", "nat", "-S"]);
             if check(&filter, &nat) {
-                return;
+                Ok(())
+            } else {
+                Err(format!(
+                    "\n{filter}\n{nat}\n{}",
+                    std::fs::read_to_string(dir.path().join("log")).unwrap_or_default()
+                ))
             }
-            assert!(
-                Instant::now() < deadline,
-                "{what}:\n{filter}\n{nat}\n{}",
-                std::fs::read_to_string(dir.path().join("log")).unwrap_or_default()
-            );
-            std::thread::sleep(Duration::from_millis(100));
-        }
+        });
     };
     let forward = "-A FORWARD -j CALICO-LIBNETWORK-FORWARD";
     let dnat = "-j CALICO-LIBNETWORK-DNAT";

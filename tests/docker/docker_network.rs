@@ -5,48 +5,25 @@
 //!
 //! Needs root. Every test holds the host lock, so they run one at a time.
 
-mod common;
+use crate::common;
 
 use common::{BLOCKS_PREFIXES, HANDLES_PREFIX, HOST_MAC, PROFILES_PREFIX, WEPS_PREFIX};
 
 use std::net::Ipv4Addr;
 use std::time::Instant;
 
-use common::docker::{self, Dockerd, HostLock};
+use common::docker::{self, Dockerd};
 use common::etcd::Etcd;
-use common::firewall::{forward_policy, host, HostCleanup, CHAIN};
-use common::plugin::Plugin;
+use common::firewall::{forward_policy, host, CHAIN};
+use common::plugin::DockerEnv;
 use serde_json::Value;
 
-/// Lock, datastore, plugin, dockerd; dropped as dockerd, plugin, etcd, firewall clean-up,
-/// lock (the clean-up runs while the lock is still held).
-struct Env {
-    docker: Dockerd,
-    plugin: Plugin,
-    etcd: Option<Etcd>,
-    _fw: HostCleanup,
-    _lock: HostLock,
-}
-
-impl Env {
-    fn start(local: bool) -> Env {
-        let lock = docker::lock();
-        let fw = HostCleanup::new();
-        let (etcd, plugin) = if local {
-            (None, Plugin::with_local_store())
-        } else {
-            let etcd = Etcd::start();
-            let plugin = Plugin::with_etcd(&etcd);
-            (Some(etcd), plugin)
-        };
-        let docker = Dockerd::start();
-        Env {
-            docker,
-            plugin,
-            etcd,
-            _fw: fw,
-            _lock: lock,
-        }
+/// Lock, a datastore (etcd, or the embedded store when `local`), the plugin, dockerd.
+fn start(local: bool) -> DockerEnv {
+    if local {
+        DockerEnv::with_local_store()
+    } else {
+        DockerEnv::with_etcd()
     }
 }
 
@@ -109,7 +86,7 @@ fn host_link_mac(name: &str) -> Option<String> {
 }
 
 /// The whole flow on one setup; `etcd` adds the datastore checks.
-fn scenario(test: &str, env: &mut Env) {
+fn scenario(test: &str, env: &mut DockerEnv) {
     let t0 = Instant::now();
     let image = env.docker.import_busybox();
     let d = &env.docker;
@@ -275,40 +252,35 @@ fn scenario(test: &str, env: &mut Env) {
 /// Two containers on a Calico network reach each other (etcd datastore).
 #[test]
 fn containers_ping_each_other_on_etcd() {
-    if !common::require_root("containers_ping_each_other_on_etcd") {
-        return;
-    }
-    let t0 = Instant::now();
-    let mut env = Env::start(false);
-    scenario("containers_ping_each_other_on_etcd", &mut env);
-    assert_plugin_leaves_no_rule(&mut env);
-    eprintln!(
-        "containers_ping_each_other_on_etcd total: {:?}",
-        t0.elapsed()
-    );
+    ping_test("containers_ping_each_other_on_etcd", false);
 }
 
 /// The same on the embedded store (only container- and host-visible checks).
 #[test]
 fn containers_ping_each_other_on_local_store() {
-    if !common::require_root("containers_ping_each_other_on_local_store") {
+    ping_test("containers_ping_each_other_on_local_store", true);
+}
+
+/// [`scenario`] on a fresh env (`local`: on the embedded store), then the plugin's own
+/// clean-up checked.
+fn ping_test(test: &str, local: bool) {
+    if !common::require_root(test) {
         return;
     }
     let t0 = Instant::now();
-    let mut env = Env::start(true);
-    scenario("containers_ping_each_other_on_local_store", &mut env);
-    assert!(env.plugin.store_path().exists());
+    let mut env = start(local);
+    scenario(test, &mut env);
+    if local {
+        assert!(env.plugin.store_path().exists());
+    }
     assert_plugin_leaves_no_rule(&mut env);
-    eprintln!(
-        "containers_ping_each_other_on_local_store total: {:?}",
-        t0.elapsed()
-    );
+    eprintln!("{test} total: {:?}", t0.elapsed());
 }
 
 /// Containers gone (dockerd stopped) and the plugin stopped gracefully: the plugin itself
 /// removed every rule it had (checked before the harness's own clean-up, which would hide
 /// a leak, and under the lock, so no other test's plugin can have added rules meanwhile).
-fn assert_plugin_leaves_no_rule(env: &mut Env) {
+fn assert_plugin_leaves_no_rule(env: &mut DockerEnv) {
     env.docker.shutdown();
     env.plugin.stop();
     common::firewall::assert_no_chain();

@@ -8,7 +8,7 @@
 //! its veth there, not on the host. Failures found are kept in
 //! tests/fuzz-corpus/regressions.txt and replayed first.
 
-mod common;
+use crate::common;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -174,9 +174,8 @@ fn fuzz_every_route() {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(3000);
-    std::thread::spawn(move || {
-        // Joins that the fuzzer reaches create veths in this namespace only.
-        assert_eq!(unsafe { libc::unshare(libc::CLONE_NEWNET) }, 0, "unshare");
+    // Joins that the fuzzer reaches create veths in this namespace only.
+    common::netns::fresh(move || {
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
@@ -267,7 +266,5 @@ fn fuzz_every_route() {
         if let Err(e) = result {
             panic!("{e}");
         }
-    })
-    .join()
-    .unwrap();
+    });
 }

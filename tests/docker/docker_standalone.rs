@@ -12,21 +12,21 @@
 //!
 //! Needs root. Holds the host lock for the whole test.
 
-mod common;
+use crate::common;
 
 use common::WEPS_PREFIX;
 
-use std::net::{IpAddr, SocketAddr, TcpStream, UdpSocket};
-use std::os::fd::AsRawFd;
-use std::os::unix::process::CommandExt;
-use std::process::{Child, Command, Stdio};
+use std::net::{IpAddr, UdpSocket};
 use std::time::{Duration, Instant};
 
 use calico_libnetwork::datastore::Datastore;
-use common::docker::{self, stop_child, Dockerd, HostLock};
-use common::etcd::Etcd;
-use common::firewall::{self, host, HostCleanup};
-use common::plugin::Plugin;
+use common::docker::Dockerd;
+use common::firewall;
+use common::host::{run as host, run_ok as host_ok};
+use common::netns;
+use common::outside::{udp_ask, Outside, UdpEcho, NS_PREFIX};
+use common::plugin::DockerEnv;
+use common::wait_until;
 use serde_json::Value;
 
 /// Host port published by the web container.
@@ -34,354 +34,109 @@ const WEB_PORT: &str = "18080";
 /// Host port published over UDP, and the container port behind it.
 const UDP_PORT: u16 = 18053;
 const UDP_INNER: u16 = 5353;
-/// Port of the outside HTTP server (in its own namespace: cannot clash with the host).
-const OUTSIDE_PORT: u16 = 8080;
-
-// ---------------------------------------------------------------------------------------------
-// The "outside": a network namespace joined to the host by a veth pair, with an HTTP server.
-
-/// A network namespace `cln-out-<pid>` joined to the host by veth `clnout<pid>`
-/// (10.250.X.1/24 on the host, 10.250.X.2/24 inside), running `python3 -m http.server`.
-/// Everything is removed on drop, by PID and by name.
-struct Outside {
-    ns: String,
-    host_if: String,
-    /// The third octet X.
-    x: u8,
-    server: Option<Child>,
-    dir: tempfile::TempDir,
-}
-
-const NS_PREFIX: &str = "cln-out-";
-const IF_PREFIX: &str = "clnout";
-
-fn host_ok(prog: &str, args: &[&str]) -> String {
-    let (ok, out) = host(prog, args);
-    assert!(ok, "{prog} {}: {out}", args.join(" "));
-    out
-}
-
-/// Deletes namespaces and veths of earlier runs whose process is gone (we hold the lock).
-fn sweep_leftovers() {
-    let (_, list) = host("ip", &["netns", "list"]);
-    for name in list.lines().filter_map(|l| l.split_whitespace().next()) {
-        let Some(pid) = name.strip_prefix(NS_PREFIX) else {
-            continue;
-        };
-        if pid.parse::<u32>().is_err() || std::path::Path::new("/proc").join(pid).exists() {
-            continue;
-        }
-        eprintln!("deleting leftover namespace {name}");
-        let _ = host("ip", &["netns", "del", name]);
-        let _ = host("ip", &["link", "del", &format!("{IF_PREFIX}{pid}")]);
-    }
-}
-
-/// A third octet X such that nothing on the host uses 10.250.X.0/24.
-fn free_octet() -> u8 {
-    let (_, addrs) = host("ip", &["-4", "-o", "addr", "show"]);
-    let (_, routes) = host("ip", &["-4", "route", "show", "table", "all"]);
-    let start = (std::process::id() % 200) as u8;
-    (0..200u8)
-        .map(|i| 20 + (start + i) % 200)
-        .find(|x| {
-            let net = format!("10.250.{x}.");
-            !addrs.contains(&net) && !routes.contains(&net) && !routes.contains("10.250.0.0/16")
-        })
-        .expect("no free 10.250.X.0/24 on this host")
-}
-
-impl Outside {
-    fn start() -> Outside {
-        sweep_leftovers();
-        let pid = std::process::id();
-        let mut o = Outside {
-            ns: format!("{NS_PREFIX}{pid}"),
-            host_if: format!("{IF_PREFIX}{pid}"),
-            x: free_octet(),
-            server: None,
-            dir: tempfile::Builder::new()
-                .prefix("cln-out-")
-                .tempdir_in("/tmp")
-                .expect("outside temp dir"),
-        };
-        let (ns, hif) = (o.ns.clone(), o.host_if.clone());
-        host_ok("ip", &["netns", "add", &ns]);
-        host_ok(
-            "ip",
-            &[
-                "link", "add", &hif, "type", "veth", "peer", "name", "eth0", "netns", &ns,
-            ],
-        );
-        host_ok(
-            "ip",
-            &["addr", "add", &format!("{}/24", o.host_addr()), "dev", &hif],
-        );
-        host_ok("ip", &["link", "set", &hif, "up"]);
-        host_ok(
-            "ip",
-            &[
-                "-n",
-                &ns,
-                "addr",
-                "add",
-                &format!("{}/24", o.addr()),
-                "dev",
-                "eth0",
-            ],
-        );
-        host_ok("ip", &["-n", &ns, "link", "set", "eth0", "up"]);
-        host_ok("ip", &["-n", &ns, "link", "set", "lo", "up"]);
-
-        std::fs::write(o.dir.path().join("index.html"), "outside-ok\n").unwrap();
-        let log = std::fs::File::create(o.log_path()).unwrap();
-        let mut cmd = Command::new("/usr/sbin/ip");
-        cmd.args([
-            "netns",
-            "exec",
-            &ns,
-            "/usr/bin/python3",
-            "-u",
-            "-m",
-            "http.server",
-        ])
-        .arg(OUTSIDE_PORT.to_string())
-        .args(["--bind", &o.addr(), "--directory"])
-        .arg(o.dir.path())
-        .env_clear()
-        .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
-        .stdin(Stdio::null())
-        .stdout(log.try_clone().unwrap())
-        .stderr(log);
-        // `ip netns exec` execs python in place: this PID is the server's.
-        unsafe {
-            cmd.pre_exec(|| {
-                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
-                Ok(())
-            });
-        }
-        o.server = Some(cmd.spawn().expect("start python3 http.server"));
-        // Ready when it accepts a connection (a bare connect logs no request).
-        let sa: SocketAddr = format!("{}:{OUTSIDE_PORT}", o.addr()).parse().unwrap();
-        let deadline = Instant::now() + Duration::from_secs(15);
-        while TcpStream::connect_timeout(&sa, Duration::from_millis(200)).is_err() {
-            if let Some(Ok(Some(s))) = o.server.as_mut().map(|c| c.try_wait()) {
-                panic!("http.server exited ({s}): {}", o.log());
-            }
-            assert!(
-                Instant::now() < deadline,
-                "http.server not listening on {sa}: {}",
-                o.log()
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        o
-    }
-
-    /// The host's address on the veth.
-    fn host_addr(&self) -> String {
-        format!("10.250.{}.1", self.x)
-    }
-
-    /// The outside namespace's (and the server's) address.
-    fn addr(&self) -> String {
-        format!("10.250.{}.2", self.x)
-    }
-
-    fn url(&self, tag: &str) -> String {
-        format!("http://{}:{OUTSIDE_PORT}/?from={tag}", self.addr())
-    }
-
-    fn log_path(&self) -> std::path::PathBuf {
-        self.dir.path().join("server.log")
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(self.log_path()).unwrap_or_default()
-    }
-
-    /// The client address the server logged for the request tagged `tag`.
-    fn client_of(&self, tag: &str) -> String {
-        let needle = format!("GET /?from={tag} ");
-        let log = self.log();
-        log.lines()
-            .find(|l| l.contains(&needle))
-            .and_then(|l| l.split_whitespace().next())
-            .unwrap_or_else(|| panic!("no request {tag:?} in the server log:\n{log}"))
-            .to_string()
-    }
-
-    /// Runs a command in the outside namespace.
-    fn exec(&self, args: &[&str]) -> (bool, String) {
-        let mut a = vec!["netns", "exec", &self.ns];
-        a.extend_from_slice(args);
-        host("ip", &a)
-    }
-}
-
-impl Drop for Outside {
-    fn drop(&mut self) {
-        if let Some(mut c) = self.server.take() {
-            stop_child(&mut c, libc::SIGTERM, Duration::from_secs(5));
-        }
-        if std::thread::panicking() {
-            eprintln!("----- outside server log -----\n{}\n-----", self.log());
-        }
-        let _ = host("ip", &["netns", "del", &self.ns]);
-        if std::path::Path::new("/sys/class/net")
-            .join(&self.host_if)
-            .exists()
-        {
-            let _ = host("ip", &["link", "del", &self.host_if]);
-        }
-    }
-}
 
 // ---------------------------------------------------------------------------------------------
 // The Docker setup.
 
-/// Lock, firewall clean-up, etcd, dockerd, the plugin (pointed at that dockerd), the outside
-/// namespace; dropped as outside, dockerd (containers removed while the plugin answers),
-/// plugin, etcd, firewall clean-up, lock.
-struct Env {
-    outside: Outside,
-    docker: Dockerd,
-    plugin: Plugin,
-    _etcd: Etcd,
-    image: &'static str,
-    _fw: HostCleanup,
-    _lock: HostLock,
+/// Root (or `None`: skipped, loudly), then etcd, dockerd, the plugin (pointed at that
+/// dockerd, with `plugin_env`), busybox and FORWARD at DROP. A test that needs the outside
+/// namespace starts an [`Outside`] after this, so that it goes first.
+fn start(test: &str, plugin_env: &[(&str, &str)]) -> Option<DockerEnv> {
+    DockerEnv::builder()
+        .etcd()
+        .docker_api()
+        .busybox()
+        .forward_drop()
+        .plugin_envs(plugin_env)
+        .start_if_root(test)
 }
 
-impl Env {
-    fn start() -> Env {
-        let lock = docker::lock();
-        let fw = HostCleanup::new();
-        let etcd = Etcd::start();
-        let mut docker = Dockerd::start();
-        let endpoint = etcd.endpoint();
-        let ours = docker.host();
-        let plugin = Plugin::start(&[
-            ("DATASTORE_TYPE", "etcdv3"),
-            ("ETCD_ENDPOINTS", endpoint.as_str()),
-            ("CALICO_LIBNETWORK_DOCKER_HOST", ours.as_str()),
-        ]);
-        let image = docker.import_busybox();
-        docker.force_forward_drop();
-        let outside = Outside::start();
-        Env {
-            outside,
-            docker,
-            plugin,
-            _etcd: etcd,
-            image,
-            _fw: fw,
-            _lock: lock,
-        }
-    }
+/// [`start`], with the plugin checking its rules every `interval`.
+fn start_checking_rules_every(test: &str, interval: &str) -> Option<DockerEnv> {
+    start(
+        test,
+        &[("CALICO_LIBNETWORK_RULES_CHECK_INTERVAL", interval)],
+    )
+}
 
-    /// [`Env::start`], with the plugin checking its rules every `interval`.
-    fn start_checking_rules_every(interval: &str) -> Env {
-        let mut env = Env::start();
-        env.plugin
-            .set_env("CALICO_LIBNETWORK_RULES_CHECK_INTERVAL", interval);
-        env.plugin.restart();
-        env
-    }
+/// `docker run -d --name name --net net extra...` of busybox's httpd answering `body`
+/// on port 80.
+fn httpd(env: &DockerEnv, name: &str, net: &str, extra: &[&str], body: &str) {
+    let script =
+        format!("mkdir -p /www && echo {body} > /www/index.html && exec httpd -f -p 80 -h /www");
+    let mut args = vec!["run", "-d", "--name", name, "--net", net];
+    args.extend_from_slice(extra);
+    args.extend_from_slice(&[env.image(), "sh", "-c", &script]);
+    env.d().docker_ok(&args);
+}
 
-    fn d(&self) -> &Dockerd {
-        &self.docker
-    }
+/// The profiles of the WorkloadEndpoint of `a`, from etcd.
+fn wep_profiles(env: &DockerEnv, a: &Attachment) -> Vec<String> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let kvs = rt
+        .block_on(env.etcd().store().list(WEPS_PREFIX))
+        .unwrap_or_else(|e| panic!("list {WEPS_PREFIX}: {e}"));
+    kvs.iter()
+        .filter_map(|kv| serde_json::from_slice::<Value>(&kv.value).ok())
+        .find(|w| w["spec"]["endpoint"] == a.endpoint_id.as_str())
+        .map(|w| {
+            w["spec"]["profiles"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|p| p.as_str().map(str::to_string))
+                .collect()
+        })
+        .unwrap_or_else(|| panic!("no WorkloadEndpoint for {}", a.endpoint_id))
+}
 
-    fn network(&self, name: &str, extra: &[&str]) {
-        self.d().calico_network(name, extra);
-    }
+fn network_id(env: &DockerEnv, name: &str) -> String {
+    env.d()
+        .docker_ok(&["network", "inspect", "-f", "{{.Id}}", name])
+}
 
-    /// `docker run -d --name name extra... image sleep 600`.
-    fn run(&self, name: &str, extra: &[&str]) {
-        self.d().sleeper(self.image, name, extra)
-    }
+fn exec(env: &DockerEnv, c: &str, args: &[&str]) -> std::process::Output {
+    let mut a = vec!["exec", c];
+    a.extend_from_slice(args);
+    env.d().docker(&a)
+}
 
-    /// `docker run -d --name name --net net extra...` of busybox's httpd answering `body`
-    /// on port 80.
-    fn httpd(&self, name: &str, net: &str, extra: &[&str], body: &str) {
-        let script = format!(
-            "mkdir -p /www && echo {body} > /www/index.html && exec httpd -f -p 80 -h /www"
-        );
-        let mut args = vec!["run", "-d", "--name", name, "--net", net];
-        args.extend_from_slice(extra);
-        args.extend_from_slice(&[self.image, "sh", "-c", &script]);
-        self.d().docker_ok(&args);
-    }
+fn ping(env: &DockerEnv, from: &str, to: IpAddr) {
+    let out = exec(env, from, &["ping", "-c", "1", "-W", "3", &to.to_string()]);
+    assert!(
+        out.status.success(),
+        "ping {from} -> {to}: {}{}\nroutes in {from}:\n{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+        String::from_utf8_lossy(&exec(env, from, &["ip", "route"]).stdout),
+        our_rules("filter").join("\n"),
+    );
+}
 
-    /// The profiles of the WorkloadEndpoint of `a`, from etcd.
-    fn wep_profiles(&self, a: &Attachment) -> Vec<String> {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        let kvs = rt
-            .block_on(self._etcd.store().list(WEPS_PREFIX))
-            .unwrap_or_else(|e| panic!("list {WEPS_PREFIX}: {e}"));
-        kvs.iter()
-            .filter_map(|kv| serde_json::from_slice::<Value>(&kv.value).ok())
-            .find(|w| w["spec"]["endpoint"] == a.endpoint_id.as_str())
-            .map(|w| {
-                w["spec"]["profiles"]
-                    .as_array()
-                    .into_iter()
-                    .flatten()
-                    .filter_map(|p| p.as_str().map(str::to_string))
-                    .collect()
-            })
-            .unwrap_or_else(|| panic!("no WorkloadEndpoint for {}", a.endpoint_id))
-    }
+fn no_ping(env: &DockerEnv, from: &str, to: IpAddr) {
+    let out = exec(env, from, &["ping", "-c", "1", "-W", "1", &to.to_string()]);
+    assert!(
+        !out.status.success(),
+        "ping {from} -> {to} must fail across networks: {}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+}
 
-    fn network_id(&self, name: &str) -> String {
-        self.d()
-            .docker_ok(&["network", "inspect", "-f", "{{.Id}}", name])
-    }
-
-    fn exec(&self, c: &str, args: &[&str]) -> std::process::Output {
-        let mut a = vec!["exec", c];
-        a.extend_from_slice(args);
-        self.d().docker(&a)
-    }
-
-    fn ping(&self, from: &str, to: IpAddr) {
-        let out = self.exec(from, &["ping", "-c", "1", "-W", "3", &to.to_string()]);
-        assert!(
-            out.status.success(),
-            "ping {from} -> {to}: {}{}\nroutes in {from}:\n{}\n{}",
+/// `wget -qO- url` in container `c` (killed after 10 s): success and body or error.
+/// (Debian's busybox 1.35 `wget -T` crashes: `timeout` bounds it instead.)
+fn wget(env: &DockerEnv, c: &str, url: &str) -> (bool, String) {
+    let out = exec(env, c, &["timeout", "10", "wget", "-qO-", url]);
+    (
+        out.status.success(),
+        format!(
+            "{}{}",
             String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr),
-            String::from_utf8_lossy(&self.exec(from, &["ip", "route"]).stdout),
-            our_rules("filter").join("\n"),
-        );
-    }
-
-    fn no_ping(&self, from: &str, to: IpAddr) {
-        let out = self.exec(from, &["ping", "-c", "1", "-W", "1", &to.to_string()]);
-        assert!(
-            !out.status.success(),
-            "ping {from} -> {to} must fail across networks: {}",
-            String::from_utf8_lossy(&out.stdout)
-        );
-    }
-
-    /// `wget -qO- url` in container `c` (killed after 10 s): success and body or error.
-    /// (Debian's busybox 1.35 `wget -T` crashes: `timeout` bounds it instead.)
-    fn wget(&self, c: &str, url: &str) -> (bool, String) {
-        let out = self.exec(c, &["timeout", "10", "wget", "-qO-", url]);
-        (
-            out.status.success(),
-            format!(
-                "{}{}",
-                String::from_utf8_lossy(&out.stdout),
-                String::from_utf8_lossy(&out.stderr)
-            ),
-        )
-    }
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    )
 }
 
 /// One container's endpoint on one network.
@@ -395,108 +150,6 @@ impl Attachment {
     /// The endpoint's `CLN-TW-` chain (named after its host veth).
     fn tw_chain(&self) -> String {
         format!("CLN-TW-{}", &self.endpoint_id[..11])
-    }
-}
-
-/// Runs `f` on a fresh thread inside the network namespace at `ns` (a `/proc/PID/ns/net`
-/// or `/run/netns/NAME` path); sockets made there stay in that namespace.
-fn in_netns<T: Send + 'static>(ns: &str, f: impl FnOnce() -> T + Send + 'static) -> T {
-    let ns = ns.to_string();
-    std::thread::spawn(move || {
-        let file = std::fs::File::open(&ns).unwrap_or_else(|e| panic!("open {ns}: {e}"));
-        // setns changes only this thread's namespace; the thread ends with `f`.
-        let rc = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
-        assert_eq!(rc, 0, "setns {ns}: {}", std::io::Error::last_os_error());
-        f()
-    })
-    .join()
-    .expect("thread in netns")
-}
-
-/// A UDP echo server on 0.0.0.0:`port` in a network namespace: answers `echo <payload>`
-/// and records every sender. Stops on drop.
-struct UdpEcho {
-    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
-    seen: std::sync::Arc<std::sync::Mutex<Vec<SocketAddr>>>,
-    thread: Option<std::thread::JoinHandle<()>>,
-}
-
-impl UdpEcho {
-    fn start(ns: &str, port: u16) -> UdpEcho {
-        let sock = in_netns(ns, move || UdpSocket::bind(("0.0.0.0", port)))
-            .unwrap_or_else(|e| panic!("bind udp :{port} in {ns}: {e}"));
-        sock.set_read_timeout(Some(Duration::from_millis(100)))
-            .unwrap();
-        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
-        let (st, se) = (stop.clone(), seen.clone());
-        let thread = std::thread::spawn(move || {
-            let mut buf = [0u8; 1500];
-            while !st.load(std::sync::atomic::Ordering::Relaxed) {
-                if let Ok((n, from)) = sock.recv_from(&mut buf) {
-                    se.lock().unwrap().push(from);
-                    let mut reply = b"echo ".to_vec();
-                    reply.extend_from_slice(&buf[..n]);
-                    let _ = sock.send_to(&reply, from);
-                }
-            }
-        });
-        UdpEcho {
-            stop,
-            seen,
-            thread: Some(thread),
-        }
-    }
-
-    fn senders(&self) -> Vec<SocketAddr> {
-        self.seen.lock().unwrap().clone()
-    }
-}
-
-impl Drop for UdpEcho {
-    fn drop(&mut self) {
-        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
-    }
-}
-
-/// Sends `msg` over UDP to `to` from namespace `ns` (None: the host's) and returns the
-/// answer; retries for a few seconds, as a datagram may be lost while rules settle.
-fn udp_ask(ns: Option<&str>, to: &str, msg: &str) -> Result<String, String> {
-    let bind = || UdpSocket::bind("0.0.0.0:0");
-    let sock = match ns {
-        Some(ns) => in_netns(ns, bind),
-        None => bind(),
-    }
-    .map_err(|e| format!("bind udp client: {e}"))?;
-    sock.set_read_timeout(Some(Duration::from_millis(300)))
-        .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(5);
-    let mut buf = [0u8; 1500];
-    loop {
-        sock.send_to(msg.as_bytes(), to)
-            .map_err(|e| format!("send to {to}: {e}"))?;
-        match sock.recv_from(&mut buf) {
-            Ok((n, _)) => return Ok(String::from_utf8_lossy(&buf[..n]).into_owned()),
-            Err(e) if Instant::now() >= deadline => {
-                return Err(format!("no answer from {to}: {e}"))
-            }
-            Err(_) => {}
-        }
-    }
-}
-
-/// Polls `check` for up to 5 s; panics with its last complaint.
-fn wait_until(what: &str, check: impl Fn() -> Result<(), String>) {
-    let deadline = Instant::now() + Duration::from_secs(5);
-    loop {
-        match check() {
-            Ok(()) => return,
-            Err(e) if Instant::now() >= deadline => panic!("{what}: {e}"),
-            Err(_) => std::thread::sleep(Duration::from_millis(50)),
-        }
     }
 }
 
@@ -567,22 +220,26 @@ fn assert_forward_drop(what: &str) {
 #[test]
 fn standalone_isolation_nat_ports_restart_and_felix_mode() {
     const T: &str = "standalone_isolation_nat_ports_restart_and_felix_mode";
-    if !common::require_root(T) {
-        return;
-    }
     let t0 = Instant::now();
-    let mut env = Env::start();
+    let Some(mut env) = start(T, &[]) else {
+        return;
+    };
+    let outside = Outside::start();
     let lap = |what: &str| eprintln!("{T}: {what} ({:?})", t0.elapsed());
     lap("started");
     assert_forward_drop("at start");
-    wait_until("auto mode chooses standalone", || {
-        let log = env.plugin.log();
-        if log.contains("mode=\"standalone\"") || log.contains("mode=standalone") {
-            Ok(())
-        } else {
-            Err(log)
-        }
-    });
+    wait_until(
+        "auto mode chooses standalone",
+        Duration::from_secs(5),
+        || {
+            let log = env.plugin.log();
+            if log.contains("mode=\"standalone\"") || log.contains("mode=standalone") {
+                Ok(())
+            } else {
+                Err(log)
+            }
+        },
+    );
 
     // ---- 1. Forwarding on the default pool, despite FORWARD DROP.
     env.network("net1", &[]);
@@ -591,8 +248,8 @@ fn standalone_isolation_nat_ports_restart_and_felix_mode() {
     let c1 = attachment(env.d(), "c1", "net1");
     let c2 = attachment(env.d(), "c2", "net1");
     assert!(in_net(c1.ip, "192.168.0.0/16"), "c1 got {}", c1.ip);
-    env.ping("c1", c2.ip);
-    env.ping("c2", c1.ip);
+    ping(&env, "c1", c2.ip);
+    ping(&env, "c2", c1.ip);
     assert_forward_drop("after pings on net1");
     lap("net1 pings ok");
 
@@ -608,22 +265,22 @@ fn standalone_isolation_nat_ports_restart_and_felix_mode() {
     env.network("late", &[]);
     env.run("l1", &["--net", "late"]);
     let l1 = attachment(env.d(), "l1", "late");
-    assert_eq!(env.wep_profiles(&l1), vec![env.network_id("late")]);
+    assert_eq!(wep_profiles(&env, &l1), vec![network_id(&env, "late")]);
     env.plugin.set_env("CALICO_LIBNETWORK_DOCKER_HOST", &ours);
     env.plugin.restart();
     let deadline = Instant::now() + Duration::from_secs(20);
-    while env.wep_profiles(&l1) != ["late"] {
+    while wep_profiles(&env, &l1) != ["late"] {
         assert!(
             Instant::now() < deadline,
             "l1 not moved to profile late: {:?}",
-            env.wep_profiles(&l1)
+            wep_profiles(&env, &l1)
         );
         std::thread::sleep(Duration::from_millis(100));
     }
     env.run("l2", &["--net", "late"]);
     let l2 = attachment(env.d(), "l2", "late");
-    env.ping("l2", l1.ip);
-    env.ping("l1", l2.ip);
+    ping(&env, "l2", l1.ip);
+    ping(&env, "l1", l2.ip);
     env.d().docker_ok(&["rm", "-f", "l1", "l2"]);
     env.d().docker_ok(&["network", "rm", "late"]);
     lap("profile move followed");
@@ -638,25 +295,25 @@ fn standalone_isolation_nat_ports_restart_and_felix_mode() {
     let a2 = attachment(env.d(), "a2", "neta");
     let b1 = attachment(env.d(), "b1", "netb");
     assert!(in_net(a1.ip, "10.86.0.0/24") && in_net(b1.ip, "10.87.0.0/24"));
-    env.ping("a1", a2.ip);
-    env.no_ping("a1", b1.ip);
-    env.no_ping("b1", a1.ip);
+    ping(&env, "a1", a2.ip);
+    no_ping(&env, "a1", b1.ip);
+    no_ping(&env, "b1", a1.ip);
     // net1 and neta are isolated too.
-    env.no_ping("c1", a1.ip);
+    no_ping(&env, "c1", a1.ip);
     env.d().docker_ok(&["network", "connect", "netb", "a1"]);
     let a1b = attachment(env.d(), "a1", "netb");
     assert!(in_net(a1b.ip, "10.87.0.0/24"), "a1 on netb got {}", a1b.ip);
-    env.ping("a1", a2.ip);
-    env.ping("a1", b1.ip);
-    env.ping("b1", a1b.ip);
+    ping(&env, "a1", a2.ip);
+    ping(&env, "a1", b1.ip);
+    ping(&env, "b1", a1b.ip);
     // b1 still reaches nothing of neta, not even a1's neta address; a2 not b1.
-    env.no_ping("b1", a1.ip);
-    env.no_ping("a2", b1.ip);
+    no_ping(&env, "b1", a1.ip);
+    no_ping(&env, "a2", b1.ip);
     lap("isolation ok");
 
     // ---- 3. NAT outgoing: the default pool masquerades, a nat-outgoing=false pool does not.
-    let o = &env.outside;
-    let (ok, body) = env.wget("c1", &o.url("natout"));
+    let o = &outside;
+    let (ok, body) = wget(&env, "c1", &o.url("natout"));
     assert!(ok, "c1 -> outside: {body}");
     assert_eq!(body.trim(), "outside-ok");
     assert_eq!(
@@ -688,7 +345,7 @@ fn standalone_isolation_nat_ports_restart_and_felix_mode() {
             &o.host_addr(),
         ],
     );
-    let (ok, body) = env.wget("q1", &o.url("natoff"));
+    let (ok, body) = wget(&env, "q1", &o.url("natoff"));
     assert!(ok, "q1 -> outside: {body}");
     assert_eq!(
         o.client_of("natoff"),
@@ -707,7 +364,7 @@ fn standalone_isolation_nat_ports_restart_and_felix_mode() {
         &format!("{WEB_PORT}:80"),
         "--net",
         "net1",
-        env.image,
+        env.image(),
         "sh",
         "-c",
         "mkdir -p /www && echo hello-calico > /www/index.html && exec httpd -f -p 80 -h /www",
@@ -716,7 +373,7 @@ fn standalone_isolation_nat_ports_restart_and_felix_mode() {
     // httpd listening: from a peer on net1, directly.
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
-        let (ok, body) = env.wget("c2", &format!("http://{}:80/", web.ip));
+        let (ok, body) = wget(&env, "c2", &format!("http://{}:80/", web.ip));
         if ok && body.trim() == "hello-calico" {
             break;
         }
@@ -738,7 +395,7 @@ fn standalone_isolation_nat_ports_restart_and_felix_mode() {
         our_rules("nat").join("\n")
     );
     // Not published to containers of other networks beyond the port: b1 cannot reach web.
-    env.no_ping("b1", web.ip);
+    no_ping(&env, "b1", web.ip);
     assert_forward_drop("after published ports");
     lap("published port ok");
 
@@ -754,7 +411,7 @@ fn standalone_isolation_nat_ports_restart_and_felix_mode() {
         &format!("{UDP_PORT}:{UDP_INNER}/udp"),
         "--net",
         "net1",
-        env.image,
+        env.image(),
         "sleep",
         "600",
     ]);
@@ -795,12 +452,16 @@ fn standalone_isolation_nat_ports_restart_and_felix_mode() {
     env.d().docker_ok(&["rm", "-f", "udp"]);
     drop(echo);
     let dnat = format!("--dport {UDP_PORT} -j DNAT");
-    wait_until("the UDP DNAT goes with its container", || {
-        let nat = our_rules("nat");
-        (!nat.iter().any(|l| l.contains(&dnat)))
-            .then_some(())
-            .ok_or(nat.join("\n"))
-    });
+    wait_until(
+        "the UDP DNAT goes with its container",
+        Duration::from_secs(5),
+        || {
+            let nat = our_rules("nat");
+            (!nat.iter().any(|l| l.contains(&dnat)))
+                .then_some(())
+                .ok_or(nat.join("\n"))
+        },
+    );
     lap("published UDP port ok");
 
     // ---- 5. Rules go with their container; restarts leave the rule set as it was.
@@ -812,18 +473,22 @@ fn standalone_isolation_nat_ports_restart_and_felix_mode() {
     env.d().docker_ok(&["rm", "-f", "web"]);
     // Removals are applied just after DeleteEndpoint answers.
     let ip_marks = [format!("{}/", web.ip), format!("{}:", web.ip)];
-    wait_until("the rules of the removed container go", || {
-        for table in ["filter", "nat"] {
-            let (_, all) = host("iptables", &["-w", "-t", table, "-S"]);
-            if let Some(l) = all
-                .lines()
-                .find(|l| l.contains(&tw) || ip_marks.iter().any(|m| l.contains(m.as_str())))
-            {
-                return Err(format!("{table}: rule left: {l}\n{all}"));
+    wait_until(
+        "the rules of the removed container go",
+        Duration::from_secs(5),
+        || {
+            for table in ["filter", "nat"] {
+                let (_, all) = host("iptables", &["-w", "-t", table, "-S"]);
+                if let Some(l) = all
+                    .lines()
+                    .find(|l| l.contains(&tw) || ip_marks.iter().any(|m| l.contains(m.as_str())))
+                {
+                    return Err(format!("{table}: rule left: {l}\n{all}"));
+                }
             }
-        }
-        Ok(())
-    });
+            Ok(())
+        },
+    );
     assert_one_jump_each("before restart");
     let before = (our_rules("filter"), our_rules("nat"));
     for i in 1..=2 {
@@ -846,8 +511,8 @@ fn standalone_isolation_nat_ports_restart_and_felix_mode() {
         assert_one_jump_each(&format!("after restart {i}"));
     }
     // Still working after the restarts.
-    env.ping("c1", c2.ip);
-    env.no_ping("a2", b1.ip);
+    ping(&env, "c1", c2.ip);
+    no_ping(&env, "a2", b1.ip);
     assert_forward_drop("after restarts");
     lap("removal and restarts ok");
 
@@ -855,7 +520,17 @@ fn standalone_isolation_nat_ports_restart_and_felix_mode() {
     env.plugin.set_env("CALICO_LIBNETWORK_DATAPLANE", "felix");
     env.plugin.restart();
     env.d().docker_ok(&[
-        "run", "-d", "--name", "fx", "-p", "18081:80", "--net", "net1", env.image, "sleep", "600",
+        "run",
+        "-d",
+        "--name",
+        "fx",
+        "-p",
+        "18081:80",
+        "--net",
+        "net1",
+        env.image(),
+        "sleep",
+        "600",
     ]);
     let fx = attachment(env.d(), "fx", "net1");
     // Felix filters; ours is only the loopback guard (Felix does not drop what a workload
@@ -892,6 +567,8 @@ fn standalone_isolation_nat_ports_restart_and_felix_mode() {
     env.docker.shutdown();
     env.plugin.stop();
     firewall::assert_no_chain();
+    // The outside namespace first, as a local declared after the env would go.
+    drop(outside);
     drop(env);
     let (_, ns) = host("ip", &["netns", "list"]);
     assert!(
@@ -947,7 +624,7 @@ fn udp_packet(
 /// its `eth0` to Calico's gateway MAC `ee:ee:ee:ee:ee:ee`, as a process with CAP_NET_RAW (which
 /// Docker grants by default) can: no route of the container is consulted.
 fn send_raw_frame(ns: &str, packet: Vec<u8>) {
-    in_netns(ns, move || {
+    netns::enter(ns, move || {
         let proto = (libc::ETH_P_IP as u16).to_be();
         // SAFETY: plain socket/sendto calls on a socket this function owns and closes.
         unsafe {
@@ -990,10 +667,9 @@ fn send_raw_frame(ns: &str, packet: Vec<u8>) {
 /// still work (`standalone_isolation_nat_ports_restart_and_felix_mode`).
 #[test]
 fn a_container_cannot_reach_the_hosts_loopback_services() {
-    if !common::require_root("a_container_cannot_reach_the_hosts_loopback_services") {
+    let Some(env) = start("a_container_cannot_reach_the_hosts_loopback_services", &[]) else {
         return;
-    }
-    let env = Env::start();
+    };
     env.network("lonet", &[]);
     env.run("lo1", &["--net", "lonet"]);
     let a = attachment(env.d(), "lo1", "lonet");
@@ -1046,12 +722,12 @@ fn a_container_cannot_reach_the_hosts_loopback_services() {
 /// with its own endpoint alone).
 #[test]
 fn an_undecodable_record_at_restart_never_takes_running_containers_rules_away() {
-    if !common::require_root(
+    let Some(mut env) = start(
         "an_undecodable_record_at_restart_never_takes_running_containers_rules_away",
-    ) {
+        &[],
+    ) else {
         return;
-    }
-    let mut env = Env::start();
+    };
     env.network("rbnet", &[]);
     for c in ["rb1", "rb2"] {
         env.run(c, &["--net", "rbnet"]);
@@ -1060,11 +736,11 @@ fn an_undecodable_record_at_restart_never_takes_running_containers_rules_away() 
         attachment(env.d(), "rb1", "rbnet"),
         attachment(env.d(), "rb2", "rbnet"),
     );
-    env.ping("rb1", a2.ip);
+    ping(&env, "rb1", a2.ip);
     env.plugin.stop();
     // One of this node's records, as no version of Calico would write it.
     let bad_key = format!("{WEPS_PREFIX}calico--test--node-libnetwork-libnetwork-broken");
-    common::block_on(env._etcd.store().put(
+    common::block_on(env.etcd().store().put(
         &bad_key,
         br#"{"kind":"WorkloadEndpoint","spec":{"node":7}}"#.to_vec(),
     ))
@@ -1072,10 +748,10 @@ fn an_undecodable_record_at_restart_never_takes_running_containers_rules_away() 
     env.plugin.restart();
     env.run("rb3", &["--net", "rbnet"]);
     let a3 = attachment(env.d(), "rb3", "rbnet");
-    env.ping("rb1", a2.ip);
-    env.ping("rb2", a1.ip);
-    env.ping("rb3", a1.ip);
-    env.ping("rb1", a3.ip);
+    ping(&env, "rb1", a2.ip);
+    ping(&env, "rb2", a1.ip);
+    ping(&env, "rb3", a1.ip);
+    ping(&env, "rb1", a3.ip);
     let filter = our_rules("filter");
     for a in [&a1, &a2, &a3] {
         assert!(
@@ -1093,7 +769,7 @@ fn an_undecodable_record_at_restart_never_takes_running_containers_rules_away() 
             .contains("skipping a WorkloadEndpoint that does not decode"),
         "the bad record is logged"
     );
-    common::block_on(env._etcd.store().delete(&bad_key, None)).unwrap();
+    common::block_on(env.etcd().store().delete(&bad_key, None)).unwrap();
 }
 
 /// Rules removed behind the plugin's back (a firewall reload, `netfilter-persistent reload`,
@@ -1102,16 +778,17 @@ fn an_undecodable_record_at_restart_never_takes_running_containers_rules_away() 
 /// own chains are touched here (other software's rules on this host are not ours to flush).
 #[test]
 fn rules_removed_behind_the_plugins_back_come_back() {
-    if !common::require_root("rules_removed_behind_the_plugins_back_come_back") {
+    let Some(env) =
+        start_checking_rules_every("rules_removed_behind_the_plugins_back_come_back", "2s")
+    else {
         return;
-    }
-    let env = Env::start_checking_rules_every("2s");
+    };
     env.network("flnet", &[]);
     env.run("fl1", &["--net", "flnet"]);
-    env.httpd("flweb", "flnet", &["-p", "18090:80"], "hello-again");
+    httpd(&env, "flweb", "flnet", &["-p", "18090:80"], "hello-again");
     let web = attachment(env.d(), "flweb", "flnet");
-    let works = |env: &Env| -> Result<(), String> {
-        let (ok, body) = env.wget("fl1", &format!("http://{}:80/", web.ip));
+    let works = |env: &DockerEnv| -> Result<(), String> {
+        let (ok, body) = wget(env, "fl1", &format!("http://{}:80/", web.ip));
         if !(ok && body.trim() == "hello-again") {
             return Err(format!("fl1 -> flweb:80: {body}"));
         }
@@ -1130,7 +807,7 @@ fn rules_removed_behind_the_plugins_back_come_back() {
         }
         Ok(())
     };
-    wait_until("before", || works(&env));
+    wait_until("before", Duration::from_secs(5), || works(&env));
 
     for (what, undo) in [
         ("all our chains and jumps removed", None),
@@ -1141,14 +818,14 @@ fn rules_removed_behind_the_plugins_back_come_back() {
     ] {
         match undo {
             None => {
-                calico_libnetwork::dataplane::standalone::remove_all().unwrap();
+                calico_libnetwork::dataplane::iptables::remove_all().unwrap();
             }
             Some(chain) => {
                 host_ok("iptables", &["-w", "-F", chain]);
             }
         }
         // Positive control: the removal did break the path.
-        env.no_ping("fl1", web.ip);
+        no_ping(&env, "fl1", web.ip);
         let deadline = Instant::now() + Duration::from_secs(15);
         loop {
             match works(&env) {
@@ -1176,15 +853,16 @@ fn rules_removed_behind_the_plugins_back_come_back() {
 /// `--internal` network's, and the administrator's `DOCKER-USER` rules apply to it.
 #[test]
 fn dockers_bridges_and_docker_user_keep_their_say() {
-    if !common::require_root("dockers_bridges_and_docker_user_keep_their_say") {
+    let Some(env) =
+        start_checking_rules_every("dockers_bridges_and_docker_user_keep_their_say", "1s")
+    else {
         return;
-    }
-    let env = Env::start_checking_rules_every("1s");
+    };
     env.network("dbnet", &[]);
     env.run("db1", &["--net", "dbnet"]);
     let me = attachment(env.d(), "db1", "dbnet");
     let web = |name: &str, net: &str, extra: &[&str]| -> IpAddr {
-        env.httpd(name, net, extra, "bridged");
+        httpd(&env, name, net, extra, "bridged");
         let ip = env.d().docker_ok(&[
             "inspect",
             "-f",
@@ -1207,7 +885,7 @@ fn dockers_bridges_and_docker_user_keep_their_say() {
         "iptables",
         &["-w", "-D", "FORWARD", "-j", "CALICO-LIBNETWORK-FORWARD"],
     );
-    wait_until("our FORWARD jump back", || {
+    wait_until("our FORWARD jump back", Duration::from_secs(5), || {
         let (_, rules) = host("iptables", &["-w", "-S", "FORWARD"]);
         if rules.contains("-j CALICO-LIBNETWORK-FORWARD") {
             Ok(())
@@ -1228,14 +906,16 @@ fn dockers_bridges_and_docker_user_keep_their_say() {
         ],
         "DOCKER-USER first:\n{forward}"
     );
-    let get = |ip: IpAddr| env.wget("db1", &format!("http://{ip}:80/"));
+    let get = |ip: IpAddr| wget(&env, "db1", &format!("http://{ip}:80/"));
     // Positive control: a published port of a bridge container, straight to its address.
-    wait_until("db1 -> published bridge container", || {
-        match get(published) {
+    wait_until(
+        "db1 -> published bridge container",
+        Duration::from_secs(5),
+        || match get(published) {
             (true, body) if body.trim() == "bridged" => Ok(()),
             (_, body) => Err(body),
-        }
-    });
+        },
+    );
     // An --internal network is out of reach (Docker's isolation rule sees the packet).
     let (ok, body) = get(internal);
     assert!(
@@ -1255,12 +935,14 @@ fn dockers_bridges_and_docker_user_keep_their_say() {
         !ok,
         "DOCKER-USER's DROP did not apply to a calico container: {body}"
     );
-    wait_until("db1 -> published bridge container again", || {
-        match get(published) {
+    wait_until(
+        "db1 -> published bridge container again",
+        Duration::from_secs(5),
+        || match get(published) {
             (true, body) if body.trim() == "bridged" => Ok(()),
             (_, body) => Err(body),
-        }
-    });
+        },
+    );
 }
 
 /// A published port is one owner's: a second container asking for it, or one a program of
@@ -1268,26 +950,47 @@ fn dockers_bridges_and_docker_user_keep_their_say() {
 /// takes localhost (127.0.0.1) but not the host's other loopback services.
 #[test]
 fn published_ports_have_one_owner() {
-    if !common::require_root("published_ports_have_one_owner") {
+    let Some(env) = start("published_ports_have_one_owner", &[]) else {
         return;
-    }
-    let env = Env::start();
+    };
     env.network("ponet", &[]);
-    env.httpd("po1", "ponet", &["-p", "18097:80"], "from-container");
+    httpd(&env, "po1", "ponet", &["-p", "18097:80"], "from-container");
     let err = env.d().docker_err(&[
-        "run", "-d", "--name", "po2", "--net", "ponet", "-p", "18097:80", env.image, "sleep", "600",
+        "run",
+        "-d",
+        "--name",
+        "po2",
+        "--net",
+        "ponet",
+        "-p",
+        "18097:80",
+        env.image(),
+        "sleep",
+        "600",
     ]);
     assert!(err.contains("port is already allocated"), "{err}");
     // A host program holds a port: refused too.
     let held = std::net::TcpListener::bind("0.0.0.0:18098").unwrap();
     let err = env.d().docker_err(&[
-        "run", "-d", "--name", "po3", "--net", "ponet", "-p", "18098:80", env.image, "sleep", "600",
+        "run",
+        "-d",
+        "--name",
+        "po3",
+        "--net",
+        "ponet",
+        "-p",
+        "18098:80",
+        env.image(),
+        "sleep",
+        "600",
     ]);
     assert!(err.contains("port is already allocated"), "{err}");
     drop(held);
     // po1's 18097 answers on localhost ...
-    wait_until("host -> 127.0.0.1:18097", || {
-        match host(
+    wait_until(
+        "host -> 127.0.0.1:18097",
+        Duration::from_secs(5),
+        || match host(
             "timeout",
             &[
                 "5",
@@ -1299,8 +1002,8 @@ fn published_ports_have_one_owner() {
         ) {
             (true, body) if body.trim() == "from-container" => Ok(()),
             (_, body) => Err(body),
-        }
-    });
+        },
+    );
     // ... but a host service on another loopback address keeps its own port.
     let local = std::net::TcpListener::bind("127.0.0.2:18097").unwrap();
     local.set_nonblocking(false).unwrap();

@@ -2,7 +2,7 @@
 //! username/password auth: what works, what is refused with a clear message, and that no
 //! secret ever shows up in an error or a log line.
 
-mod common;
+use crate::common;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};

@@ -15,7 +15,7 @@
 //!
 //! Needs root. Every test holds the host lock, so they run one at a time.
 
-mod common;
+use crate::common;
 
 use common::block_on;
 
@@ -24,10 +24,9 @@ use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
 use calico_libnetwork::datastore::Datastore;
-use common::docker::{self, Dockerd, HostLock};
-use common::etcd::Etcd;
-use common::firewall::{host, HostCleanup};
-use common::plugin::{Plugin, NODENAME};
+use common::docker;
+use common::firewall::host;
+use common::plugin::{DockerEnv, Plugin, NODENAME};
 use serde_json::Value;
 
 const WEPS_PREFIX: &str = "/calico/resources/v3/projectcalico.org/workloadendpoints/";
@@ -39,16 +38,6 @@ fn long() -> bool {
     std::env::var("CALICO_LONG_TESTS").as_deref() == Ok("1")
 }
 
-/// Lock, firewall clean-up, etcd, plugin, dockerd; dropped dockerd first.
-struct Env {
-    docker: Dockerd,
-    plugin: Plugin,
-    etcd: Etcd,
-    image: &'static str,
-    _fw: HostCleanup,
-    _lock: HostLock,
-}
-
 /// What the datastore says about this node.
 #[derive(Debug, Default)]
 struct State {
@@ -58,201 +47,189 @@ struct State {
     allocs: BTreeMap<IpAddr, String>,
 }
 
-impl Env {
-    /// The plugin is started with the Docker API of our dockerd, a short grace period and
-    /// `extra` settings.
-    fn start(extra: &[(&str, &str)]) -> Env {
-        let lock = docker::lock();
-        let fw = HostCleanup::new();
-        let etcd = Etcd::start();
-        let mut plugin = Plugin::with_etcd(&etcd);
-        let mut docker = Dockerd::start();
-        let image = docker.import_busybox();
-        plugin.set_env("CALICO_LIBNETWORK_DOCKER_HOST", &docker.host());
-        plugin.set_env("CALICO_LIBNETWORK_RECONCILE_GRACE", GRACE);
-        for (k, v) in extra {
-            plugin.set_env(k, v);
+/// What Docker sent the plugin after byte `log_from` of its log, as `method address outcome`
+/// (the successful calls, without the handshake).
+fn docker_calls(plugin: &Plugin, log_from: usize) -> Vec<String> {
+    plugin
+        .calls_since(log_from)
+        .iter()
+        .filter(|c| c.line.contains("INFO"))
+        .filter(|c| !c.method().contains("Activate") && !c.method().contains("GetCapabilities"))
+        .map(|c| c.summary())
+        .collect()
+}
+
+/// Root (or `None`: skipped, loudly), then the lock, etcd, dockerd with busybox, then the
+/// plugin with our dockerd's API, a short grace period and `extra` settings.
+fn start(test: &str, extra: &[(&str, &str)]) -> Option<DockerEnv> {
+    DockerEnv::builder()
+        .etcd()
+        .docker_api()
+        .busybox()
+        .plugin_env("CALICO_LIBNETWORK_RECONCILE_GRACE", GRACE)
+        .plugin_envs(extra)
+        .start_if_root(test)
+}
+
+/// Lists a prefix, retrying a few times (a fresh connection on a loaded host may be
+/// refused once).
+fn list_kv(env: &DockerEnv, prefix: &str) -> Vec<calico_libnetwork::datastore::KeyValue> {
+    let mut last = String::new();
+    for _ in 0..20 {
+        match block_on(env.etcd().store().list(prefix)) {
+            Ok(kvs) => return kvs,
+            Err(e) => last = e.to_string(),
         }
-        plugin.restart();
-        Env {
-            docker,
-            plugin,
-            etcd,
-            image,
-            _fw: fw,
-            _lock: lock,
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    panic!("list {prefix}: {last}");
+}
+
+fn state(env: &DockerEnv) -> State {
+    let mut st = State::default();
+    for kv in list_kv(env, WEPS_PREFIX) {
+        let v: Value = serde_json::from_slice(&kv.value).unwrap();
+        if v["spec"]["node"] != NODENAME {
+            continue;
         }
+        let ips = v["spec"]["ipNetworks"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default()
+            .iter()
+            .filter_map(|n| n.as_str()?.split('/').next()?.parse().ok())
+            .collect();
+        st.weps
+            .insert(v["spec"]["endpoint"].as_str().unwrap().to_string(), ips);
     }
-
-    fn d(&self) -> &Dockerd {
-        &self.docker
-    }
-
-    fn network(&self, name: &str, extra: &[&str]) {
-        self.d().calico_network(name, extra);
-    }
-
-    /// Lists a prefix, retrying a few times (a fresh connection on a loaded host may be
-    /// refused once).
-    fn list(&self, prefix: &str) -> Vec<calico_libnetwork::datastore::KeyValue> {
-        let mut last = String::new();
-        for _ in 0..20 {
-            match block_on(self.etcd.store().list(prefix)) {
-                Ok(kvs) => return kvs,
-                Err(e) => last = e.to_string(),
-            }
-            std::thread::sleep(Duration::from_millis(200));
-        }
-        panic!("list {prefix}: {last}");
-    }
-
-    fn state(&self) -> State {
-        let mut st = State::default();
-        for kv in self.list(WEPS_PREFIX) {
-            let v: Value = serde_json::from_slice(&kv.value).unwrap();
-            if v["spec"]["node"] != NODENAME {
+    for kv in list_kv(env, BLOCKS_PREFIX) {
+        let b: calico_libnetwork::model::block::AllocationBlock =
+            serde_json::from_slice(&kv.value).unwrap();
+        for ip in b.allocated_ips() {
+            let a = b.attribute_of(&ip).unwrap();
+            if a.released_at.is_some()
+                || a.secondary.get("node").map(String::as_str) != Some(NODENAME)
+            {
                 continue;
             }
-            let ips = v["spec"]["ipNetworks"]
-                .as_array()
-                .cloned()
-                .unwrap_or_default()
-                .iter()
-                .filter_map(|n| n.as_str()?.split('/').next()?.parse().ok())
-                .collect();
-            st.weps
-                .insert(v["spec"]["endpoint"].as_str().unwrap().to_string(), ips);
+            assert!(
+                st.allocs
+                    .insert(ip, a.handle().unwrap_or_default().to_string())
+                    .is_none(),
+                "{ip} allocated twice"
+            );
         }
-        for kv in self.list(BLOCKS_PREFIX) {
-            let b: calico_libnetwork::model::block::AllocationBlock =
-                serde_json::from_slice(&kv.value).unwrap();
-            for ip in b.allocated_ips() {
-                let a = b.attribute_of(&ip).unwrap();
-                if a.released_at.is_some()
-                    || a.secondary.get("node").map(String::as_str) != Some(NODENAME)
-                {
-                    continue;
-                }
-                assert!(
-                    st.allocs
-                        .insert(ip, a.handle().unwrap_or_default().to_string())
-                        .is_none(),
-                    "{ip} allocated twice"
-                );
+    }
+    st
+}
+
+/// `docker inspect` of a container: (running, endpoint ID → address) on Calico networks.
+fn inspect(env: &DockerEnv, c: &str) -> Option<(bool, BTreeMap<String, IpAddr>)> {
+    let out = env.d().docker(&["inspect", c]);
+    if !out.status.success() {
+        return None;
+    }
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let running = v[0]["State"]["Running"].as_bool().unwrap_or(false);
+    let mut eps = BTreeMap::new();
+    if let Some(nets) = v[0]["NetworkSettings"]["Networks"].as_object() {
+        for n in nets.values() {
+            let ep = n["EndpointID"].as_str().unwrap_or_default();
+            if let (false, Ok(ip)) = (ep.is_empty(), n["IPAddress"].as_str().unwrap_or("").parse())
+            {
+                eps.insert(ep.to_string(), ip);
             }
         }
-        st
     }
+    Some((running, eps))
+}
 
-    /// `docker inspect` of a container: (running, endpoint ID → address) on Calico networks.
-    fn inspect(&self, c: &str) -> Option<(bool, BTreeMap<String, IpAddr>)> {
-        let out = self.d().docker(&["inspect", c]);
-        if !out.status.success() {
-            return None;
-        }
-        let v: Value = serde_json::from_slice(&out.stdout).unwrap();
-        let running = v[0]["State"]["Running"].as_bool().unwrap_or(false);
+/// Host `cali*` veths.
+fn host_veths() -> BTreeSet<String> {
+    let (_, out) = host("ip", &["-o", "link", "show", "type", "veth"]);
+    out.lines()
+        .filter_map(|l| l.split(": ").nth(1))
+        .map(|n| n.split('@').next().unwrap().to_string())
+        .filter(|n| n.starts_with("cali"))
+        .collect()
+}
+
+/// Host routes through `cali*` veths: address → device.
+fn host_routes() -> BTreeMap<IpAddr, String> {
+    let (_, out) = host("ip", &["-4", "route", "show"]);
+    out.lines()
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            let dev = f.iter().position(|w| *w == "dev").map(|i| f[i + 1])?;
+            // Our veths (`cali` + 11), not the test bridge `calitestbr0`.
+            if !dev.starts_with("cali") || dev.len() != 15 || dev == docker::BRIDGE {
+                return None;
+            }
+            Some((f[0].split('/').next()?.parse().ok()?, dev.to_string()))
+        })
+        .collect()
+}
+
+fn ping(env: &DockerEnv, from: &str, to: IpAddr) -> bool {
+    env.d()
+        .docker(&["exec", from, "ping", "-c", "1", "-W", "3", &to.to_string()])
+        .status
+        .success()
+}
+
+/// The records match the running containers exactly: a WorkloadEndpoint, an allocation,
+/// a veth and a route for each of their endpoints, nothing else. Waits up to `within`
+/// (the plugin's reconciliation may still be on its way); panics with the difference.
+fn assert_consistent(
+    env: &DockerEnv,
+    containers: &[String],
+    within: Duration,
+) -> BTreeMap<String, IpAddr> {
+    let deadline = Instant::now() + within;
+    loop {
         let mut eps = BTreeMap::new();
-        if let Some(nets) = v[0]["NetworkSettings"]["Networks"].as_object() {
-            for n in nets.values() {
-                let ep = n["EndpointID"].as_str().unwrap_or_default();
-                if let (false, Ok(ip)) =
-                    (ep.is_empty(), n["IPAddress"].as_str().unwrap_or("").parse())
-                {
-                    eps.insert(ep.to_string(), ip);
-                }
+        for c in containers {
+            if let Some((true, e)) = inspect(env, c) {
+                eps.extend(e);
             }
         }
-        Some((running, eps))
-    }
-
-    /// Host `cali*` veths.
-    fn host_veths(&self) -> BTreeSet<String> {
-        let (_, out) = host("ip", &["-o", "link", "show", "type", "veth"]);
-        out.lines()
-            .filter_map(|l| l.split(": ").nth(1))
-            .map(|n| n.split('@').next().unwrap().to_string())
-            .filter(|n| n.starts_with("cali"))
-            .collect()
-    }
-
-    /// Host routes through `cali*` veths: address → device.
-    fn host_routes(&self) -> BTreeMap<IpAddr, String> {
-        let (_, out) = host("ip", &["-4", "route", "show"]);
-        out.lines()
-            .filter_map(|l| {
-                let f: Vec<&str> = l.split_whitespace().collect();
-                let dev = f.iter().position(|w| *w == "dev").map(|i| f[i + 1])?;
-                // Our veths (`cali` + 11), not the test bridge `calitestbr0`.
-                if !dev.starts_with("cali") || dev.len() != 15 || dev == docker::BRIDGE {
-                    return None;
-                }
-                Some((f[0].split('/').next()?.parse().ok()?, dev.to_string()))
-            })
-            .collect()
-    }
-
-    fn ping(&self, from: &str, to: IpAddr) -> bool {
-        self.d()
-            .docker(&["exec", from, "ping", "-c", "1", "-W", "3", &to.to_string()])
-            .status
-            .success()
-    }
-
-    /// The records match the running containers exactly: a WorkloadEndpoint, an allocation,
-    /// a veth and a route for each of their endpoints, nothing else. Waits up to `within`
-    /// (the plugin's reconciliation may still be on its way); panics with the difference.
-    fn assert_consistent(
-        &self,
-        containers: &[String],
-        within: Duration,
-    ) -> BTreeMap<String, IpAddr> {
-        let deadline = Instant::now() + within;
-        loop {
-            let mut eps = BTreeMap::new();
-            for c in containers {
-                if let Some((true, e)) = self.inspect(c) {
-                    eps.extend(e);
-                }
-            }
-            let st = self.state();
-            let want_ips: BTreeSet<IpAddr> = eps.values().copied().collect();
-            let want_veths: BTreeSet<String> =
-                eps.keys().map(|e| format!("cali{}", &e[..11])).collect();
-            let want_weps: BTreeMap<String, BTreeSet<IpAddr>> = eps
-                .iter()
-                .map(|(e, ip)| (e.clone(), BTreeSet::from([*ip])))
-                .collect();
-            let routes = self.host_routes();
-            let problems = [
-                (st.weps != want_weps).then(|| {
-                    format!(
-                        "WorkloadEndpoints {:?} != running endpoints {want_weps:?}",
-                        st.weps
-                    )
-                }),
-                (st.allocs.keys().copied().collect::<BTreeSet<_>>() != want_ips).then(|| {
-                    format!(
-                        "allocations {:?} != running addresses {want_ips:?}",
-                        st.allocs
-                    )
-                }),
-                (self.host_veths() != want_veths)
-                    .then(|| format!("veths {:?} != {want_veths:?}", self.host_veths())),
-                (routes.keys().copied().collect::<BTreeSet<_>>() != want_ips)
-                    .then(|| format!("routes {routes:?} != {want_ips:?}")),
-            ]
-            .into_iter()
-            .flatten()
-            .collect::<Vec<_>>();
-            if problems.is_empty() {
-                return eps;
-            }
-            if Instant::now() > deadline {
-                panic!("inconsistent after {within:?}:\n{}", problems.join("\n"));
-            }
-            std::thread::sleep(Duration::from_millis(500));
+        let st = state(env);
+        let want_ips: BTreeSet<IpAddr> = eps.values().copied().collect();
+        let want_veths: BTreeSet<String> =
+            eps.keys().map(|e| format!("cali{}", &e[..11])).collect();
+        let want_weps: BTreeMap<String, BTreeSet<IpAddr>> = eps
+            .iter()
+            .map(|(e, ip)| (e.clone(), BTreeSet::from([*ip])))
+            .collect();
+        let routes = host_routes();
+        let problems = [
+            (st.weps != want_weps).then(|| {
+                format!(
+                    "WorkloadEndpoints {:?} != running endpoints {want_weps:?}",
+                    st.weps
+                )
+            }),
+            (st.allocs.keys().copied().collect::<BTreeSet<_>>() != want_ips).then(|| {
+                format!(
+                    "allocations {:?} != running addresses {want_ips:?}",
+                    st.allocs
+                )
+            }),
+            (host_veths() != want_veths)
+                .then(|| format!("veths {:?} != {want_veths:?}", host_veths())),
+            (routes.keys().copied().collect::<BTreeSet<_>>() != want_ips)
+                .then(|| format!("routes {routes:?} != {want_ips:?}")),
+        ]
+        .into_iter()
+        .flatten()
+        .collect::<Vec<_>>();
+        if problems.is_empty() {
+            return eps;
         }
+        if Instant::now() > deadline {
+            panic!("inconsistent after {within:?}:\n{}", problems.join("\n"));
+        }
+        std::thread::sleep(Duration::from_millis(500));
     }
 }
 
@@ -260,16 +237,15 @@ impl Env {
 
 #[test]
 fn plugin_sigkill_during_parallel_runs() {
-    if !common::require_root("plugin_sigkill_during_parallel_runs") {
-        return;
-    }
     let started = Instant::now();
-    let mut env = Env::start(&[]);
+    let Some(mut env) = start("plugin_sigkill_during_parallel_runs", &[]) else {
+        return;
+    };
     env.network("relnet", &[]);
     let n = 20;
     let names: Vec<String> = (0..n).map(|i| format!("rel-kill-{i}")).collect();
     let host = env.d().host();
-    let image = env.image;
+    let image = env.image();
     let runs: Vec<_> = names
         .iter()
         .map(|name| {
@@ -289,10 +265,10 @@ fn plugin_sigkill_during_parallel_runs() {
         .collect();
     // Kill the plugin once some endpoints exist (the others are mid-flight).
     let t0 = Instant::now();
-    while env.state().weps.len() < 4 && t0.elapsed() < Duration::from_secs(20) {
+    while state(&env).weps.len() < 4 && t0.elapsed() < Duration::from_secs(20) {
         std::thread::sleep(Duration::from_millis(20));
     }
-    let at_kill = env.state();
+    let at_kill = state(&env);
     // The fault must hit runs in flight, or this is a plain restart test.
     let in_flight = runs.iter().filter(|r| !r.is_finished()).count();
     assert!(
@@ -328,10 +304,10 @@ fn plugin_sigkill_during_parallel_runs() {
     }
     // Failed containers are left as Docker leaves them (created, not running); the
     // records must match the running ones once the reconciliation's second pass ran.
-    let eps = env.assert_consistent(&names, Duration::from_secs(30));
+    let eps = assert_consistent(&env, &names, Duration::from_secs(30));
     let running: Vec<&String> = names
         .iter()
-        .filter(|c| matches!(env.inspect(c), Some((true, _))))
+        .filter(|c| matches!(inspect(&env, c), Some((true, _))))
         .collect();
     assert_eq!(
         running.len(),
@@ -341,16 +317,16 @@ fn plugin_sigkill_during_parallel_runs() {
     // Every running container reaches every other.
     if let Some(first) = running.first() {
         for ip in eps.values() {
-            assert!(env.ping(first, *ip), "{first} -> {ip}");
+            assert!(ping(&env, first, *ip), "{first} -> {ip}");
         }
     }
     // Those that failed start again, now that the plugin is back.
     for (n, _, _) in &failed {
-        if matches!(env.inspect(n), Some((false, _))) {
+        if matches!(inspect(&env, n), Some((false, _))) {
             env.d().docker_ok(&["start", n]);
         }
     }
-    let eps = env.assert_consistent(&names, Duration::from_secs(30));
+    let eps = assert_consistent(&env, &names, Duration::from_secs(30));
     assert_eq!(
         eps.len(),
         n,
@@ -372,15 +348,17 @@ fn plugin_sigkill_during_parallel_runs() {
 
 #[test]
 fn dockerd_restart_keeps_restart_always_containers_networked() {
-    if !common::require_root("dockerd_restart_keeps_restart_always_containers_networked") {
-        return;
-    }
     let started = Instant::now();
-    let mut env = Env::start(&[]);
+    let Some(mut env) = start(
+        "dockerd_restart_keeps_restart_always_containers_networked",
+        &[],
+    ) else {
+        return;
+    };
     env.network("relrst", &["--subnet", "10.99.0.0/24"]);
     let fixed: IpAddr = "10.99.0.50".parse().unwrap();
     let names = vec!["rel-rst-auto".to_string(), "rel-rst-ip".to_string()];
-    let image = env.image;
+    let image = env.image();
     env.d().docker_ok(&[
         "run",
         "-d",
@@ -407,7 +385,7 @@ fn dockerd_restart_keeps_restart_always_containers_networked() {
         "sleep",
         "600",
     ]);
-    let before = env.assert_consistent(&names, Duration::from_secs(10));
+    let before = assert_consistent(&env, &names, Duration::from_secs(10));
     assert!(before.values().any(|ip| *ip == fixed));
     for crash in [false, true] {
         // Older than the grace period: a dead owner's records may be reclaimed.
@@ -419,7 +397,7 @@ fn dockerd_restart_keeps_restart_always_containers_networked() {
         loop {
             let up = names
                 .iter()
-                .all(|c| matches!(env.inspect(c), Some((true, e)) if !e.is_empty()));
+                .all(|c| matches!(inspect(&env, c), Some((true, e)) if !e.is_empty()));
             if up {
                 break;
             }
@@ -427,17 +405,18 @@ fn dockerd_restart_keeps_restart_always_containers_networked() {
                 panic!(
                     "containers not back after dockerd {}: {:?}\n{}",
                     if crash { "crash" } else { "restart" },
-                    names.iter().map(|c| env.inspect(c)).collect::<Vec<_>>(),
+                    names.iter().map(|c| inspect(&env, c)).collect::<Vec<_>>(),
                     docker::log_tail(&env.d().log_path(), 40)
                 );
             }
             std::thread::sleep(Duration::from_millis(300));
         }
-        let eps = env.assert_consistent(&names, Duration::from_secs(20));
+        let eps = assert_consistent(&env, &names, Duration::from_secs(20));
         assert!(eps.values().any(|ip| *ip == fixed), "--ip kept: {eps:?}");
         let ips: Vec<IpAddr> = eps.values().copied().collect();
-        assert!(env.ping("rel-rst-auto", fixed));
-        assert!(env.ping(
+        assert!(ping(&env, "rel-rst-auto", fixed));
+        assert!(ping(
+            &env,
             "rel-rst-ip",
             ips.iter().copied().find(|i| *i != fixed).unwrap()
         ));
@@ -449,26 +428,7 @@ fn dockerd_restart_keeps_restart_always_containers_networked() {
         );
         // What Docker sent us around the restart (for the record: the order of teardown
         // and re-request decides whether a `--ip` is re-requested while still allocated).
-        let calls: Vec<String> = env.plugin.log()[log_from..]
-            .lines()
-            .filter(|l| l.contains("INFO") && l.contains("request method="))
-            .filter(|l| !l.contains("Activate") && !l.contains("GetCapabilities"))
-            .map(|l| {
-                let field = |k: &str| {
-                    l.split(&format!("{k}=\""))
-                        .nth(1)
-                        .and_then(|r| r.split('"').next())
-                        .unwrap_or("")
-                        .to_string()
-                };
-                format!(
-                    "{} {} {}",
-                    field("method"),
-                    field("address"),
-                    field("outcome")
-                )
-            })
-            .collect();
+        let calls = docker_calls(&env.plugin, log_from);
         eprintln!("  plugin calls: {}", calls.join(" | "));
     }
     // dockerd SIGKILLed while the plugin is down too (a host crash with the plugin coming
@@ -488,7 +448,7 @@ fn dockerd_restart_keeps_restart_always_containers_networked() {
     loop {
         let down: Vec<&String> = names
             .iter()
-            .filter(|c| !matches!(env.inspect(c), Some((true, e)) if !e.is_empty()))
+            .filter(|c| !matches!(inspect(&env, c), Some((true, e)) if !e.is_empty()))
             .collect();
         if down.is_empty() {
             break;
@@ -513,31 +473,12 @@ fn dockerd_restart_keeps_restart_always_containers_networked() {
         restarted_by_hand.len() < names.len(),
         "Docker restarted none of the --restart=always containers by itself: {restarted_by_hand:?}"
     );
-    let eps = env.assert_consistent(&names, Duration::from_secs(20));
+    let eps = assert_consistent(&env, &names, Duration::from_secs(20));
     assert!(eps.values().any(|ip| *ip == fixed), "--ip kept: {eps:?}");
     let other = eps.values().copied().find(|i| *i != fixed).unwrap();
-    assert!(env.ping("rel-rst-auto", fixed));
-    assert!(env.ping("rel-rst-ip", other));
-    let calls: Vec<String> = env.plugin.log()[log_from..]
-        .lines()
-        .filter(|l| l.contains("INFO") && l.contains("request method="))
-        .filter(|l| !l.contains("Activate") && !l.contains("GetCapabilities"))
-        .map(|l| {
-            let field = |k: &str| {
-                l.split(&format!("{k}=\""))
-                    .nth(1)
-                    .and_then(|r| r.split('"').next())
-                    .unwrap_or("")
-                    .to_string()
-            };
-            format!(
-                "{} {} {}",
-                field("method"),
-                field("address"),
-                field("outcome")
-            )
-        })
-        .collect();
+    assert!(ping(&env, "rel-rst-auto", fixed));
+    assert!(ping(&env, "rel-rst-ip", other));
+    let calls = docker_calls(&env.plugin, log_from);
     eprintln!(
         "dockerd SIGKILLed with the plugin down: containers back in {:?} (by hand: \
          {restarted_by_hand:?}); endpoints {eps:?}\n  plugin calls: {}",
@@ -558,18 +499,20 @@ fn dockerd_restart_keeps_restart_always_containers_networked() {
 
 #[test]
 fn etcd_outage_fails_fast_and_recovers() {
-    if !common::require_root("etcd_outage_fails_fast_and_recovers") {
-        return;
-    }
     let started = Instant::now();
     // A request deadline of 6 s over etcd calls of 2 s: Docker hears within ~6 s.
     let deadline = Duration::from_secs(6);
-    let mut env = Env::start(&[
-        ("CALICO_LIBNETWORK_REQUEST_TIMEOUT", "6s"),
-        ("CALICO_LIBNETWORK_DATASTORE_TIMEOUT", "2s"),
-    ]);
+    let Some(mut env) = start(
+        "etcd_outage_fails_fast_and_recovers",
+        &[
+            ("CALICO_LIBNETWORK_REQUEST_TIMEOUT", "6s"),
+            ("CALICO_LIBNETWORK_DATASTORE_TIMEOUT", "2s"),
+        ],
+    ) else {
+        return;
+    };
     env.network("relout", &[]);
-    let image = env.image;
+    let image = env.image();
     let mut names = Vec::new();
     for i in 0..3 {
         let n = format!("rel-out-pre{i}");
@@ -578,11 +521,11 @@ fn etcd_outage_fails_fast_and_recovers() {
         ]);
         names.push(n);
     }
-    env.assert_consistent(&names, Duration::from_secs(10));
+    assert_consistent(&env, &names, Duration::from_secs(10));
     let outage = Duration::from_secs(if long() { 30 } else { 8 });
     // First half: etcd frozen (SIGSTOP: connections hang, only deadlines help); second
     // half: etcd gone (SIGKILL: connections refused).
-    let pid = env.etcd.pid().unwrap() as i32;
+    let pid = env.etcd().pid().unwrap() as i32;
     unsafe {
         libc::kill(pid, libc::SIGSTOP);
     }
@@ -594,7 +537,7 @@ fn etcd_outage_fails_fast_and_recovers() {
     // Start and stop containers while etcd is away.
     while down.elapsed() < outage {
         if frozen && down.elapsed() >= outage / 2 {
-            env.etcd.stop();
+            env.etcd_mut().stop();
             frozen = false;
         }
         let n = format!("rel-out-{i}");
@@ -648,9 +591,9 @@ fn etcd_outage_fails_fast_and_recovers() {
         }
     }
     if frozen {
-        env.etcd.stop();
+        env.etcd_mut().stop();
     }
-    env.etcd.restart();
+    env.etcd_mut().restart();
     eprintln!("etcd back after {:?}", down.elapsed());
     // Everything works again: a new container gets networking.
     env.d().docker_ok(&[
@@ -665,12 +608,12 @@ fn etcd_outage_fails_fast_and_recovers() {
         "600",
     ]);
     names.push("rel-out-after".to_string());
-    let after = env.inspect("rel-out-after").unwrap().1;
+    let after = inspect(&env, "rel-out-after").unwrap().1;
     let ip = *after.values().next().unwrap();
-    assert!(env.ping("rel-out-pre1", ip), "new container reachable");
+    assert!(ping(&env, "rel-out-pre1", ip), "new container reachable");
     // Consistent: every WEP's addresses allocated; every allocation of this node in a WEP
     // (a stop whose DeleteEndpoint failed may leave its endpoint and address: both, then).
-    let st = env.state();
+    let st = state(&env);
     for (ep, ips) in &st.weps {
         for a in ips {
             assert!(
@@ -690,7 +633,7 @@ fn etcd_outage_fails_fast_and_recovers() {
     // runs, whatever the outage left behind.
     env.plugin.restart();
     std::thread::sleep(Duration::from_secs(5));
-    env.assert_consistent(&names, Duration::from_secs(30));
+    assert_consistent(&env, &names, Duration::from_secs(30));
     eprintln!(
         "etcd outage of {outage:?}: {calls} Docker calls, {failed_in_time} failed within the \
          deadline naming the datastore, none hung; {:?} in all",

@@ -1,15 +1,11 @@
 //! Docker's IPAM call sequences through the plugin socket, on both datastores.
 
-mod common;
+use crate::common;
 
-use std::sync::Arc;
+use common::backends::{backends, Store};
 
-use calico_libnetwork::datastore::local::LocalStore;
-use calico_libnetwork::datastore::Datastore;
 use common::server::Server;
 use serde_json::{json, Value};
-
-type Store = Arc<dyn Datastore>;
 
 const DEFAULT_V4: &str = "10.90.0.0/16";
 const DEFAULT_V6: &str = "fd90::/64";
@@ -86,11 +82,7 @@ async fn default_pool_sequence(store: Store) {
         .unwrap()
         .trim_end_matches("/32")
         .to_string();
-    c.ok(
-        "IpamDriver.ReleaseAddress",
-        json!({"PoolID": "CalicoPoolIPv4", "Address": extra}),
-    )
-    .await;
+    c.release_address("CalicoPoolIPv4", &extra).await;
     addrs.sort();
     addrs.dedup();
     assert_eq!(addrs.len(), 3, "distinct addresses");
@@ -101,24 +93,12 @@ async fn default_pool_sequence(store: Store) {
 
     for a in &addrs {
         let ip = a.trim_end_matches("/32");
-        c.ok(
-            "IpamDriver.ReleaseAddress",
-            json!({"PoolID": "CalicoPoolIPv4", "Address": ip}),
-        )
-        .await;
+        c.release_address("CalicoPoolIPv4", ip).await;
         // Idempotent: Docker may release twice after errors.
-        c.ok(
-            "IpamDriver.ReleaseAddress",
-            json!({"PoolID": "CalicoPoolIPv4", "Address": ip}),
-        )
-        .await;
+        c.release_address("CalicoPoolIPv4", ip).await;
     }
     // Docker releases the pool data gateway too.
-    c.ok(
-        "IpamDriver.ReleaseAddress",
-        json!({"PoolID": "CalicoPoolIPv4", "Address": "0.0.0.0"}),
-    )
-    .await;
+    c.release_address("CalicoPoolIPv4", "0.0.0.0").await;
     c.ok(
         "IpamDriver.ReleasePool",
         json!({"PoolID": "CalicoPoolIPv4"}),
@@ -148,22 +128,8 @@ async fn subnet_sequences(store: Store) {
         .await;
     assert_eq!(p["PoolID"], "default-ipv4-ippool");
     assert_eq!(p["Pool"], DEFAULT_V4);
-    let a = c
-        .ok(
-            "IpamDriver.RequestAddress",
-            json!({"PoolID": "default-ipv4-ippool", "Address": ""}),
-        )
-        .await;
-    let ip = a["Address"]
-        .as_str()
-        .unwrap()
-        .trim_end_matches("/32")
-        .to_string();
-    c.ok(
-        "IpamDriver.ReleaseAddress",
-        json!({"PoolID": "default-ipv4-ippool", "Address": ip}),
-    )
-    .await;
+    let ip = c.request_any_address("default-ipv4-ippool").await;
+    c.release_address("default-ipv4-ippool", &ip).await;
     c.ok(
         "IpamDriver.ReleasePool",
         json!({"PoolID": "default-ipv4-ippool"}),
@@ -186,13 +152,7 @@ async fn subnet_sequences(store: Store) {
         )
         .await;
     let id = p["PoolID"].as_str().unwrap().to_string();
-    let kv = store
-        .get(&format!(
-            "/calico/resources/v3/projectcalico.org/ippools/{id}"
-        ))
-        .await
-        .unwrap()
-        .expect("pool created");
+    let kv = pool_record(&store, &id).await.expect("pool created");
     let pool: Value = serde_json::from_slice(&kv.value).unwrap();
     assert_eq!(pool["spec"]["cidr"], "10.91.0.0/24");
     assert_eq!(pool["spec"]["blockSize"], 28);
@@ -202,26 +162,12 @@ async fn subnet_sequences(store: Store) {
     );
     // Only its own network allocates from a pool created for --subnet.
     assert_eq!(pool["spec"]["assignmentMode"], "Manual", "{pool}");
-    let a = c
-        .ok(
-            "IpamDriver.RequestAddress",
-            json!({"PoolID": "CalicoPoolIPv4", "Address": ""}),
-        )
-        .await;
-    let auto = a["Address"]
-        .as_str()
-        .unwrap()
-        .trim_end_matches("/32")
-        .to_string();
+    let auto = c.request_any_address("CalicoPoolIPv4").await;
     assert!(
         auto.starts_with("10.90."),
         "all-pools networks skip the created pool: {auto}"
     );
-    c.ok(
-        "IpamDriver.ReleaseAddress",
-        json!({"PoolID": "CalicoPoolIPv4", "Address": auto}),
-    )
-    .await;
+    c.release_address("CalicoPoolIPv4", &auto).await;
     // --ip inside it, then the same --ip again: in use.
     let a = c
         .ok(
@@ -230,50 +176,32 @@ async fn subnet_sequences(store: Store) {
         )
         .await;
     assert_eq!(a["Address"], "10.91.0.7/32");
-    let (_, msg) = c
-        .err(
-            "IpamDriver.RequestAddress",
-            json!({"PoolID": id, "Address": "10.91.0.7"}),
-        )
-        .await;
-    assert!(msg.contains("already in use"), "{msg}");
-    let (_, msg) = c
-        .err(
-            "IpamDriver.RequestAddress",
-            json!({"PoolID": id, "Address": "10.92.0.7"}),
-        )
-        .await;
-    assert!(msg.contains("not in the network's Calico pool"), "{msg}");
+    for (address, want) in [
+        ("10.91.0.7", "already in use"),
+        ("10.92.0.7", "not in the network's Calico pool"),
+    ] {
+        let (_, msg) = c
+            .err(
+                "IpamDriver.RequestAddress",
+                json!({"PoolID": id, "Address": address}),
+            )
+            .await;
+        assert!(msg.contains(want), "{msg}");
+    }
     // A second network on the same subnet shares the pool.
     let p2 = c
         .ok("IpamDriver.RequestPool", json!({"Pool": "10.91.0.0/24"}))
         .await;
     assert_eq!(p2["PoolID"], id.as_str());
-    c.ok(
-        "IpamDriver.ReleaseAddress",
-        json!({"PoolID": id, "Address": "10.91.0.7"}),
-    )
-    .await;
+    c.release_address(&id, "10.91.0.7").await;
     c.ok("IpamDriver.ReleasePool", json!({"PoolID": id})).await;
     assert!(
-        store
-            .get(&format!(
-                "/calico/resources/v3/projectcalico.org/ippools/{id}"
-            ))
-            .await
-            .unwrap()
-            .is_some(),
+        pool_record(&store, &id).await.is_some(),
         "still referenced by the second network"
     );
     c.ok("IpamDriver.ReleasePool", json!({"PoolID": id})).await;
     assert!(
-        store
-            .get(&format!(
-                "/calico/resources/v3/projectcalico.org/ippools/{id}"
-            ))
-            .await
-            .unwrap()
-            .is_none(),
+        pool_record(&store, &id).await.is_none(),
         "created pool removed with its last reference"
     );
     assert!(keys_under(&store, "/calico/libnetwork/v1/pools/")
@@ -328,24 +256,20 @@ async fn options_ipv6_and_errors(store: Store) {
         .err("IpamDriver.RequestPool", json!({"Pool": "10.1.2.3/33"}))
         .await;
     assert!(msg.contains("CIDR"), "{msg}");
-    let (_, msg) = c
-        .err("IpamDriver.RequestAddress", json!({"PoolID": "CalicoPoolIPv4", "Address": "10.90.0.1", "Options": {"RequestAddressType": "com.docker.network.gateway"}}))
-        .await;
-    assert!(msg.contains("gateway"), "{msg}");
-    let (_, msg) = c
-        .err(
-            "IpamDriver.RequestAddress",
-            json!({"PoolID": "no-such-pool", "Address": ""}),
-        )
-        .await;
-    assert!(msg.contains("deleted"), "{msg}");
-    let (_, msg) = c
-        .err(
-            "IpamDriver.RequestAddress",
+    for (request, want) in [
+        (
+            json!({"PoolID": "CalicoPoolIPv4", "Address": "10.90.0.1", "Options": {"RequestAddressType": "com.docker.network.gateway"}}),
+            "gateway",
+        ),
+        (json!({"PoolID": "no-such-pool", "Address": ""}), "deleted"),
+        (
             json!({"PoolID": "CalicoPoolIPv4", "Address": "1.1.1.1"}),
-        )
-        .await;
-    assert!(msg.contains("not in any enabled Calico IP pool"), "{msg}");
+            "not in any enabled Calico IP pool",
+        ),
+    ] {
+        let (_, msg) = c.err("IpamDriver.RequestAddress", request).await;
+        assert!(msg.contains(want), "{msg}");
+    }
 
     // Pool by name.
     let p = c
@@ -378,11 +302,7 @@ async fn options_ipv6_and_errors(store: Store) {
     let a = a["Address"].as_str().unwrap();
     assert!(a.starts_with("fd90::") && a.ends_with("/128"), "{a}");
     let ip = a.trim_end_matches("/128");
-    c.ok(
-        "IpamDriver.ReleaseAddress",
-        json!({"PoolID": "CalicoPoolIPv6", "Address": ip}),
-    )
-    .await;
+    c.release_address("CalicoPoolIPv6", ip).await;
     let a = c
         .ok(
             "IpamDriver.RequestAddress",
@@ -390,11 +310,7 @@ async fn options_ipv6_and_errors(store: Store) {
         )
         .await;
     assert_eq!(a["Address"], "fd90::abcd/128");
-    c.ok(
-        "IpamDriver.ReleaseAddress",
-        json!({"PoolID": "CalicoPoolIPv6", "Address": "fd90::abcd"}),
-    )
-    .await;
+    c.release_address("CalicoPoolIPv6", "fd90::abcd").await;
     assert_eq!(allocated(&store).await, 0);
     s.stop().await;
 }
@@ -436,8 +352,8 @@ async fn exhausted_pool(store: Store) {
 /// four and removes the record and the unused profile; a profile that does not decode is
 /// left alone, and the record still goes.
 async fn network_round_trips_and_unreadable_profile(store: Store) {
-    use calico_libnetwork::driver::profiles::fallback_profile;
     use calico_libnetwork::model::keys;
+    use calico_libnetwork::model::libnetwork::fallback_profile;
     let s = Server::start(store.clone(), "host-a", &[DEFAULT_V4]).await;
     let c = &s.client;
     let hex = |n: u8| format!("{n:02x}").repeat(32);
@@ -514,35 +430,24 @@ async fn network_round_trips_and_unreadable_profile(store: Store) {
     s.stop().await;
 }
 
-macro_rules! both {
-    ($($name:ident),*) => {
-        mod etcd {
-            use super::*;
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $name() {
-                    let etcd = common::etcd::Etcd::start();
-                    super::$name(Arc::new(etcd.store())).await;
-                }
-            )*
-        }
-        mod local {
-            use super::*;
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $name() {
-                    let dir = tempfile::tempdir().unwrap();
-                    super::$name(Arc::new(LocalStore::open(dir.path().join("s.redb")).unwrap())).await;
-                }
-            )*
-        }
-    };
-}
-
-both!(
-    default_pool_sequence,
-    subnet_sequences,
-    options_ipv6_and_errors,
-    exhausted_pool,
-    network_round_trips_and_unreadable_profile
+backends!(
+    threads = 2,
+    timeout = None,
+    [
+        default_pool_sequence,
+        subnet_sequences,
+        options_ipv6_and_errors,
+        exhausted_pool,
+        network_round_trips_and_unreadable_profile,
+    ]
 );
+
+/// The stored IPPool `name`, if any.
+async fn pool_record(store: &Store, name: &str) -> Option<calico_libnetwork::datastore::KeyValue> {
+    store
+        .get(&format!(
+            "/calico/resources/v3/projectcalico.org/ippools/{name}"
+        ))
+        .await
+        .unwrap()
+}

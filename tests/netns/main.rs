@@ -1,0 +1,11 @@
+//! Tier 2, the kernel: needs root. Most tests run in a network namespace of their own;
+//! those touching host-wide state (the host's firewall, the xtables lock) hold the host lock.
+
+#[path = "../common/mod.rs"]
+mod common;
+
+mod dataplane;
+mod fuzz_http;
+mod ops;
+mod reliability;
+mod standalone_rules;
