@@ -160,6 +160,7 @@ type Part = fn(&Cfg, &mut Report);
 
 fn main() {
     // `cargo bench` passes `--bench`; a filter argument is not supported (use BENCH_PARTS).
+    // SAFETY: geteuid has no preconditions and cannot fail.
     if unsafe { libc::geteuid() } != 0 {
         eprintln!("the benchmark (benches/plugin) needs root (network namespaces, veths, dockerd)");
         std::process::exit(1);

@@ -84,8 +84,10 @@ pub fn lock() -> HostLock {
         .open(LOCK_FILE)
         .unwrap_or_else(|e| panic!("open {LOCK_FILE}: {e}"));
     let fd = file.as_raw_fd();
+    // SAFETY: `fd` belongs to `file`, which is open for the whole call.
     if unsafe { libc::flock(fd, libc::LOCK_EX | libc::LOCK_NB) } != 0 {
         eprintln!("waiting for {LOCK_FILE}: another test process is using Docker");
+        // SAFETY: as above.
         if unsafe { libc::flock(fd, libc::LOCK_EX) } != 0 {
             panic!("flock {LOCK_FILE}: {}", std::io::Error::last_os_error());
         }
@@ -100,6 +102,7 @@ pub fn lock() -> HostLock {
 impl Drop for HostLock {
     fn drop(&mut self) {
         HELD.store(false, Ordering::SeqCst);
+        // SAFETY: the descriptor belongs to `self.file`, still open here.
         unsafe {
             libc::flock(self.file.as_raw_fd(), libc::LOCK_UN);
         }
@@ -751,9 +754,7 @@ disabled_plugins = ["io.containerd.grpc.v1.cri"]
         let needle = self.dir.path().display().to_string();
         for p in pids_with_cmdline(&needle) {
             eprintln!("killing leftover process {p} of our dockerd");
-            unsafe {
-                libc::kill(p, libc::SIGKILL);
-            }
+            super::host::signal_pid(p, libc::SIGKILL);
         }
         self.unmount_all();
         let exclusive = other_dockerds(Some(pid)).is_empty();
@@ -841,6 +842,7 @@ disabled_plugins = ["io.containerd.grpc.v1.cri"]
             points.sort_by_key(|p| std::cmp::Reverse(p.len()));
             for p in points {
                 let c = std::ffi::CString::new(p.clone()).unwrap();
+                // SAFETY: `c` is a NUL-terminated path that outlives the call.
                 if unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) } != 0 {
                     eprintln!("umount {p}: {}", std::io::Error::last_os_error());
                 }

@@ -189,9 +189,7 @@ impl Etcd {
     /// Stops etcd now (SIGKILL by PID) and waits for it.
     pub fn stop(&mut self) {
         if let Some(mut c) = self.child.take() {
-            unsafe {
-                libc::kill(c.id() as i32, libc::SIGKILL);
-            }
+            super::host::signal(&c, libc::SIGKILL);
             let _ = c.wait();
         }
     }

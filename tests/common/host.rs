@@ -155,14 +155,24 @@ pub fn run_with_timeout(
     })
 }
 
+/// Sends `sig` to process `pid`: one the test started, or found by its command line.
+pub fn signal_pid(pid: i32, sig: i32) -> bool {
+    // SAFETY: kill(2) takes plain integers and touches no memory of ours; a wrong PID only
+    // makes it fail.
+    unsafe { libc::kill(pid, sig) == 0 }
+}
+
+/// Sends `sig` to `child` (not yet reaped, so its PID cannot belong to another process).
+pub fn signal(child: &Child, sig: i32) -> bool {
+    signal_pid(child.id() as i32, sig)
+}
+
 /// Sends `sig` to `pid` if it is still our child, then waits up to `grace`, then SIGKILLs.
 pub fn stop_child(child: &mut Child, sig: i32, grace: Duration) -> Option<ExitStatus> {
     if let Ok(Some(s)) = child.try_wait() {
         return Some(s);
     }
-    unsafe {
-        libc::kill(child.id() as i32, sig);
-    }
+    signal(child, sig);
     let deadline = Instant::now() + grace;
     while Instant::now() < deadline {
         if let Ok(Some(s)) = child.try_wait() {

@@ -17,6 +17,7 @@ use std::time::{Duration, Instant};
 /// Fails loudly when not root, unless CALICO_TEST_ALLOW_SKIP=1 (then says it skipped).
 /// Returns false when the caller should skip.
 pub fn require_root(test: &str) -> bool {
+    // SAFETY: geteuid has no preconditions and cannot fail.
     if unsafe { libc::geteuid() } == 0 {
         return true;
     }

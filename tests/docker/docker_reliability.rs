@@ -526,9 +526,7 @@ fn etcd_outage_fails_fast_and_recovers() {
     // First half: etcd frozen (SIGSTOP: connections hang, only deadlines help); second
     // half: etcd gone (SIGKILL: connections refused).
     let pid = env.etcd().pid().unwrap() as i32;
-    unsafe {
-        libc::kill(pid, libc::SIGSTOP);
-    }
+    crate::common::host::signal_pid(pid, libc::SIGSTOP);
     let mut frozen = true;
     let down = Instant::now();
     let mut calls = 0;

@@ -148,9 +148,7 @@ fn start(envs: &[(&str, &str)]) -> Running {
 }
 
 fn sigterm_and_wait(r: &mut Running) -> std::process::Output {
-    unsafe {
-        libc::kill(r.child.id() as i32, libc::SIGTERM);
-    }
+    crate::common::host::signal(&r.child, libc::SIGTERM);
     let child = std::mem::replace(&mut r.child, Command::new("true").spawn().unwrap());
     child.wait_with_output().unwrap()
 }
@@ -445,9 +443,7 @@ fn wait_for_forward_jump() {
 
 /// Stops the plugin with `sig` (SIGINT is Ctrl-C) and returns its output.
 fn stop_with(r: &mut Running, sig: i32) -> std::process::Output {
-    unsafe {
-        libc::kill(r.child.id() as i32, sig);
-    }
+    crate::common::host::signal(&r.child, sig);
     let child = std::mem::replace(&mut r.child, Command::new("true").spawn().unwrap());
     child.wait_with_output().unwrap()
 }
@@ -797,10 +793,8 @@ fn iptables_variant_and_a_held_xtables_lock() {
         .unwrap();
     use std::os::fd::AsRawFd;
     // SAFETY: flock on a file this test opened.
-    assert_eq!(
-        unsafe { libc::flock(lockfile.as_raw_fd(), libc::LOCK_EX) },
-        0
-    );
+    let locked = unsafe { libc::flock(lockfile.as_raw_fd(), libc::LOCK_EX) };
+    assert_eq!(locked, 0);
     let show = || {
         let t = Instant::now();
         let o = Command::new("ip")

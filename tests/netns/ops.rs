@@ -56,9 +56,7 @@ struct Running {
 
 impl Drop for Running {
     fn drop(&mut self) {
-        unsafe {
-            libc::kill(self.child.id() as i32, libc::SIGTERM);
-        }
+        crate::common::host::signal(&self.child, libc::SIGTERM);
         let _ = self.child.wait();
     }
 }

@@ -249,9 +249,7 @@ async fn local_store_survives_sigkill() {
             committed.push((ip.parse().unwrap(), handle.to_string()));
             n += 1;
             if n >= stop_after {
-                unsafe {
-                    libc::kill(child.id() as i32, libc::SIGKILL);
-                }
+                crate::common::host::signal(&child, libc::SIGKILL);
                 break;
             }
         }
