@@ -100,13 +100,4 @@ impl Dataplane for Recording {
             .map(|l| (l.clone(), true))
             .collect())
     }
-
-    async fn list_veths(&self, prefix: &str) -> Result<Vec<String>> {
-        Ok(self
-            .list_veths_marked(prefix)
-            .await?
-            .into_iter()
-            .map(|(l, _)| l)
-            .collect())
-    }
 }

@@ -230,7 +230,10 @@ pub trait Dataplane: Send + Sync {
     /// Veths whose name starts with `prefix`, each with whether it carries [`VETH_ALIAS`].
     async fn list_veths_marked(&self, prefix: &str) -> Result<Vec<(String, bool)>>;
     /// Veths whose name starts with `prefix`.
-    async fn list_veths(&self, prefix: &str) -> Result<Vec<String>>;
+    async fn list_veths(&self, prefix: &str) -> Result<Vec<String>> {
+        let veths = self.list_veths_marked(prefix).await?;
+        Ok(veths.into_iter().map(|(name, _)| name).collect())
+    }
 }
 
 /// The Linux dataplane: one netlink socket, opened on first use (IPAM-only use never needs
@@ -263,9 +266,6 @@ impl Dataplane for Linux {
     }
     async fn list_veths_marked(&self, prefix: &str) -> Result<Vec<(String, bool)>> {
         self.netlink()?.list_veths_marked(prefix).await
-    }
-    async fn list_veths(&self, prefix: &str) -> Result<Vec<String>> {
-        self.netlink()?.list_veths(prefix).await
     }
 }
 

@@ -324,18 +324,8 @@ impl Netlink {
         Ok((messages.iter().find_map(usable_link_local), up))
     }
 
-    /// Names of the veth links in this namespace whose name starts with `prefix`.
-    pub async fn list_veths(&self, prefix: &str) -> Result<Vec<String>> {
-        Ok(self
-            .list_veths_marked(prefix)
-            .await?
-            .into_iter()
-            .map(|(name, _)| name)
-            .collect())
-    }
-
-    /// Like [`Netlink::list_veths`], with whether each carries our mark
-    /// ([`super::VETH_ALIAS`]): only marked ones were made by this plugin.
+    /// The veth links in this namespace whose name starts with `prefix`, with whether each
+    /// carries our mark ([`super::VETH_ALIAS`]): only marked ones were made by this plugin.
     pub async fn list_veths_marked(&self, prefix: &str) -> Result<Vec<(String, bool)>> {
         use rtnetlink::packet_route::link::{InfoKind, LinkInfo};
         let mut links = self.handle.link().get().execute();

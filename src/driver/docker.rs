@@ -105,23 +105,30 @@ impl DockerApi {
         *self.client.lock().await = None;
     }
 
+    /// Runs one API call under the deadline: `None` for Docker's 404; after any other
+    /// failure the connection is forgotten, so the next call connects afresh.
+    async fn call<T>(
+        &self,
+        what: &str,
+        fut: impl std::future::Future<Output = std::result::Result<T, bollard::errors::Error>>,
+    ) -> Result<Option<T>> {
+        let failed = match self.bounded(what, fut).await {
+            Ok(Ok(v)) => return Ok(Some(v)),
+            Ok(Err(e)) if is_not_found(&e) => return Ok(None),
+            Ok(Err(e)) => docker_err(what, e),
+            Err(e) => e,
+        };
+        self.reset().await;
+        Err(failed)
+    }
+
     async fn inspect_network(&self, id: &str) -> Result<Option<bollard::models::NetworkInspect>> {
         let c = self.client().await?;
-        match self
-            .bounded("inspect network", c.inspect_network(id, None))
-            .await
-        {
-            Ok(Ok(n)) => Ok(Some(n)),
-            Ok(Err(e)) if is_not_found(&e) => Ok(None),
-            Ok(Err(e)) => {
-                self.reset().await;
-                Err(docker_err(&format!("inspect network {id}"), e))
-            }
-            Err(e) => {
-                self.reset().await;
-                Err(e)
-            }
-        }
+        self.call(
+            &format!("inspect network {id}"),
+            c.inspect_network(id, None),
+        )
+        .await
     }
 
     /// The name of network `id`, `None` while Docker does not know it (yet).
@@ -158,27 +165,19 @@ impl DockerApi {
     /// The labels of container `id`; `None` if Docker does not know it.
     pub async fn container_labels(&self, id: &str) -> Result<Option<BTreeMap<String, String>>> {
         let c = self.client().await?;
-        match self
-            .bounded("inspect container", c.inspect_container(id, None))
-            .await
-        {
-            Ok(Ok(ctr)) => Ok(Some(
-                ctr.config
-                    .and_then(|c| c.labels)
-                    .unwrap_or_default()
-                    .into_iter()
-                    .collect(),
-            )),
-            Ok(Err(e)) if is_not_found(&e) => Ok(None),
-            Ok(Err(e)) => {
-                self.reset().await;
-                Err(docker_err(&format!("inspect container {id}"), e))
-            }
-            Err(e) => {
-                self.reset().await;
-                Err(e)
-            }
-        }
+        let ctr = self
+            .call(
+                &format!("inspect container {id}"),
+                c.inspect_container(id, None),
+            )
+            .await?;
+        Ok(ctr.map(|ctr| {
+            ctr.config
+                .and_then(|c| c.labels)
+                .unwrap_or_default()
+                .into_iter()
+                .collect()
+        }))
     }
 }
 
@@ -197,23 +196,8 @@ impl DockerApi {
     /// --ipam-driver calico`, whose endpoints have no WorkloadEndpoint).
     pub async fn view(&self) -> Result<DockerView> {
         let c = self.client().await?;
-        let nets = match self
-            .bounded(
-                "list networks",
-                c.list_networks(None::<bollard::query_parameters::ListNetworksOptions>),
-            )
-            .await
-        {
-            Ok(Ok(n)) => n,
-            Ok(Err(e)) => {
-                self.reset().await;
-                return Err(docker_err("list networks", e));
-            }
-            Err(e) => {
-                self.reset().await;
-                return Err(e);
-            }
-        };
+        let list = c.list_networks(None::<bollard::query_parameters::ListNetworksOptions>);
+        let nets = self.call("list networks", list).await?.unwrap_or_default();
         let mut out = DockerView::default();
         for n in nets {
             let Some(id) = n.id else { continue };

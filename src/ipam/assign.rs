@@ -167,6 +167,26 @@ impl Ipam {
         Ok(out)
     }
 
+    /// Assigns from block `cidr` what `out` still lacks of `args.num` (see
+    /// `assign_from_block`); returns how many it added.
+    async fn fill(
+        &self,
+        cidr: &IpNet,
+        first: Option<BlockKv>,
+        handle: &str,
+        args: &AutoAssign,
+        affine_to: Option<&str>,
+        out: &mut Assigned,
+    ) -> Result<usize> {
+        let need = args.num - out.ips.len();
+        let got = self
+            .assign_from_block(cidr, first, need, handle, &args.attrs, affine_to)
+            .await?;
+        let n = got.len();
+        out.ips.extend(got);
+        Ok(n)
+    }
+
     /// Assigns `args.num` addresses: this host's affine blocks first, then newly claimed
     /// blocks, then (strict affinity off) free addresses in other hosts' blocks.
     pub async fn auto_assign(&self, args: &AutoAssign) -> Result<Assigned> {
@@ -211,11 +231,9 @@ impl Ipam {
             if need == 0 {
                 break;
             }
-            let got = self
-                .assign_from_block(&cidr, Some(block), need, &handle, &args.attrs, Some(host))
+            need -= self
+                .fill(&cidr, Some(block), &handle, args, Some(host), &mut out)
                 .await?;
-            need -= got.len();
-            out.ips.extend(got);
         }
         if need == 0 {
             return Ok(out);
@@ -268,11 +286,9 @@ impl Ipam {
             if block.block.free_count() == 0 {
                 continue;
             }
-            let got = self
-                .assign_from_block(&cidr, Some(block), need, &handle, &args.attrs, Some(host))
+            need -= self
+                .fill(&cidr, Some(block), &handle, args, Some(host), &mut out)
                 .await?;
-            need -= got.len();
-            out.ips.extend(got);
         }
 
         // 2. New blocks.
@@ -332,11 +348,9 @@ impl Ipam {
             if counted.insert(cidr) {
                 owned += 1;
             }
-            let got = self
-                .assign_from_block(&cidr, block, need, &handle, &args.attrs, Some(host))
+            need -= self
+                .fill(&cidr, block, &handle, args, Some(host), &mut out)
                 .await?;
-            need -= got.len();
-            out.ips.extend(got);
         }
 
         // 3. Borrow from other hosts' blocks.
@@ -355,11 +369,9 @@ impl Ipam {
                         if !pool.contains(&cidr) || b.free_count() == 0 {
                             continue;
                         }
-                        let got = self
-                            .assign_from_block(&cidr, None, need, &handle, &args.attrs, None)
+                        need -= self
+                            .fill(&cidr, None, &handle, args, None, &mut out)
                             .await?;
-                        need -= got.len();
-                        out.ips.extend(got);
                     }
                 }
                 if need > 0 {

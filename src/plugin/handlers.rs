@@ -15,6 +15,12 @@ pub fn check_id(what: &str, id: &str) -> Result<()> {
     crate::model::libnetwork::DockerId::parse(what, id).map(drop)
 }
 
+/// Both IDs of an endpoint call.
+fn check_endpoint_ids(network_id: &str, endpoint_id: &str) -> Result<()> {
+    check_id("NetworkID", network_id)?;
+    check_id("EndpointID", endpoint_id)
+}
+
 fn parse_cidr(what: &str, s: &str) -> Result<Option<IpNet>> {
     let s = s.trim();
     if s.is_empty() {
@@ -103,8 +109,7 @@ pub async fn create_endpoint(
     d: Arc<Driver>,
     req: CreateEndpointRequest,
 ) -> Result<CreateEndpointResponse> {
-    check_id("NetworkID", &req.network_id)?;
-    check_id("EndpointID", &req.endpoint_id)?;
+    check_endpoint_ids(&req.network_id, &req.endpoint_id)?;
     let ipv4 = parse_cidr("Interface.Address", &req.interface.address)?;
     let ipv6 = parse_cidr("Interface.AddressIPv6", &req.interface.address_ipv6)?;
     let mac = req.interface.mac_address.trim();
@@ -131,8 +136,7 @@ pub async fn create_endpoint(
 }
 
 pub async fn delete_endpoint(d: Arc<Driver>, req: EndpointRequest) -> Result<Empty> {
-    check_id("NetworkID", &req.network_id)?;
-    check_id("EndpointID", &req.endpoint_id)?;
+    check_endpoint_ids(&req.network_id, &req.endpoint_id)?;
     d.delete_endpoint(&req.network_id, &req.endpoint_id).await?;
     Ok(Empty {})
 }
@@ -141,8 +145,7 @@ pub async fn endpoint_oper_info(
     d: Arc<Driver>,
     req: EndpointRequest,
 ) -> Result<EndpointInfoResponse> {
-    check_id("NetworkID", &req.network_id)?;
-    check_id("EndpointID", &req.endpoint_id)?;
+    check_endpoint_ids(&req.network_id, &req.endpoint_id)?;
     Ok(EndpointInfoResponse {
         value: d
             .endpoint_oper_info(&req.network_id, &req.endpoint_id)
@@ -151,8 +154,7 @@ pub async fn endpoint_oper_info(
 }
 
 pub async fn join(d: Arc<Driver>, req: JoinRequest) -> Result<JoinResponse> {
-    check_id("NetworkID", &req.network_id)?;
-    check_id("EndpointID", &req.endpoint_id)?;
+    check_endpoint_ids(&req.network_id, &req.endpoint_id)?;
     let j = d
         .join(&req.network_id, &req.endpoint_id, &req.sandbox_key)
         .await?;
@@ -181,8 +183,7 @@ pub async fn join(d: Arc<Driver>, req: JoinRequest) -> Result<JoinResponse> {
 }
 
 pub async fn leave(d: Arc<Driver>, req: EndpointRequest) -> Result<Empty> {
-    check_id("NetworkID", &req.network_id)?;
-    check_id("EndpointID", &req.endpoint_id)?;
+    check_endpoint_ids(&req.network_id, &req.endpoint_id)?;
     d.leave(&req.network_id, &req.endpoint_id).await?;
     Ok(Empty {})
 }
@@ -195,16 +196,14 @@ pub async fn program_external_connectivity(
     d: Arc<Driver>,
     req: ProgramExternalConnectivityRequest,
 ) -> Result<Empty> {
-    check_id("NetworkID", &req.network_id)?;
-    check_id("EndpointID", &req.endpoint_id)?;
+    check_endpoint_ids(&req.network_id, &req.endpoint_id)?;
     d.program_external_connectivity(&req.network_id, &req.endpoint_id, &req.options)
         .await?;
     Ok(Empty {})
 }
 
 pub async fn revoke_external_connectivity(d: Arc<Driver>, req: EndpointRequest) -> Result<Empty> {
-    check_id("NetworkID", &req.network_id)?;
-    check_id("EndpointID", &req.endpoint_id)?;
+    check_endpoint_ids(&req.network_id, &req.endpoint_id)?;
     d.revoke_external_connectivity(&req.network_id, &req.endpoint_id)
         .await?;
     Ok(Empty {})

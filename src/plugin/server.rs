@@ -125,34 +125,24 @@ where
     };
     let elapsed = start.elapsed();
     let ms = elapsed.as_secs_f64() * 1000.0;
+    // The one log line of a request: the same fields at info (ok) or warn (error).
+    macro_rules! request_line {
+        ($level:ident, $($outcome:tt)*) => {
+            tracing::$level!(
+                method, network_id, endpoint_id, pool_id, address,
+                duration_ms = format!("{ms:.2}"), $($outcome)* "request"
+            )
+        };
+    }
     match result {
         Ok(resp) => {
             crate::metrics::request(method, "ok", elapsed);
-            tracing::info!(
-                method,
-                network_id,
-                endpoint_id,
-                pool_id,
-                address,
-                duration_ms = format!("{ms:.2}"),
-                outcome = "ok",
-                "request"
-            );
+            request_line!(info, outcome = "ok",);
             (StatusCode::OK, Json(resp)).into_response()
         }
         Err(e) => {
             crate::metrics::request(method, "error", elapsed);
-            tracing::warn!(
-                method,
-                network_id,
-                endpoint_id,
-                pool_id,
-                address,
-                duration_ms = format!("{ms:.2}"),
-                outcome = "error",
-                error = %e,
-                "request"
-            );
+            request_line!(warn, outcome = "error", error = %e,);
             // Docker treats every non-200 alike; 400 marks input that can never succeed.
             let status = if e.is_invalid() {
                 StatusCode::BAD_REQUEST
