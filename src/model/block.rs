@@ -23,7 +23,7 @@ use serde::{Deserialize, Deserializer, Serialize};
 use serde_json::{Map, Value};
 
 use super::gotime::{opt_time, trunc_secs};
-use super::omitempty::null_default;
+use super::omitempty::{null_default, omitempty};
 use crate::error::{Error, Result};
 
 /// Handle Windows hosts use to reserve addresses; such allocations don't make a block non-empty.
@@ -49,22 +49,16 @@ const MAX_BLOCK_HOST_BITS: u8 = 12;
 #[serde(default, rename_all = "camelCase")]
 pub struct AllocationAttribute {
     /// The handle (`libnetwork.<endpointID>`); legacy data may hold `null`.
-    #[serde(rename = "handle_id", skip_serializing_if = "Option::is_none")]
+    #[serde(rename = "handle_id", skip_serializing_if = "omitempty")]
     pub handle_id: Option<String>,
     /// Owner attributes (`node`, `timestamp`, ...); empty means absent.
-    #[serde(
-        deserialize_with = "null_default",
-        skip_serializing_if = "BTreeMap::is_empty"
-    )]
+    #[serde(deserialize_with = "null_default", skip_serializing_if = "omitempty")]
     pub secondary: BTreeMap<String, String>,
     /// Attributes of an alternate owner (live migration).
-    #[serde(
-        deserialize_with = "null_default",
-        skip_serializing_if = "BTreeMap::is_empty"
-    )]
+    #[serde(deserialize_with = "null_default", skip_serializing_if = "omitempty")]
     pub alternate_owner_attrs: BTreeMap<String, String>,
     /// Set on the shared attribute of released ordinals still in cooldown.
-    #[serde(with = "opt_time", skip_serializing_if = "Option::is_none")]
+    #[serde(with = "opt_time", skip_serializing_if = "omitempty")]
     pub released_at: Option<DateTime<Utc>>,
     /// Fields this version does not know, kept on rewrite.
     #[serde(flatten)]
@@ -191,7 +185,7 @@ pub struct AllocationBlock {
         rename = "affinity_claim_time",
         default,
         with = "opt_time",
-        skip_serializing_if = "Option::is_none"
+        skip_serializing_if = "omitempty"
     )]
     pub affinity_claim_time: Option<DateTime<Utc>>,
     /// Per ordinal: index into `attributes`, or `None` when free.

@@ -5,7 +5,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
-use super::omitempty::{is_false, is_zero};
+use super::omitempty::omitempty;
 use crate::error::{Error, Result};
 
 /// The global IPAM configuration at `/calico/ipam/v2/config`; every field is `omitempty`.
@@ -18,27 +18,27 @@ use crate::error::{Error, Result};
 #[serde(rename_all = "camelCase")]
 pub struct IpamConfig {
     /// Only allocate from blocks affine to the host (no borrowing).
-    #[serde(rename = "strict_affinity", default, skip_serializing_if = "is_false")]
+    #[serde(rename = "strict_affinity", default, skip_serializing_if = "omitempty")]
     pub strict_affinity: bool,
     /// Claim new blocks when affine ones are full.
     #[serde(
         rename = "auto_allocate_blocks",
         default,
-        skip_serializing_if = "is_false"
+        skip_serializing_if = "omitempty"
     )]
     pub auto_allocate_blocks: bool,
     /// Most blocks a host may own (0 = no global limit).
-    #[serde(default, skip_serializing_if = "is_zero")]
+    #[serde(default, skip_serializing_if = "omitempty")]
     pub max_blocks_per_host: u32,
     /// `Enabled` or `Disabled`.
     #[serde(
         rename = "kubeVirtVMAddressPersistence",
         default,
-        skip_serializing_if = "Option::is_none"
+        skip_serializing_if = "omitempty"
     )]
     pub kube_virt_vm_address_persistence: Option<String>,
     /// Seconds a released address stays unusable (0 = immediate).
-    #[serde(default, skip_serializing_if = "is_zero")]
+    #[serde(default, skip_serializing_if = "omitempty")]
     pub ip_cooldown_seconds: i64,
     /// Fields this version does not know, kept on rewrite.
     #[serde(flatten)]

@@ -7,7 +7,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
 use super::keys;
-use super::omitempty::{is_false, is_zero, null_default};
+use super::omitempty::{null_default, omitempty};
 use super::resources::{Resource, Spec};
 use super::selector::Selector;
 use super::IpFamily;
@@ -43,37 +43,34 @@ pub struct IpPoolSpec {
     /// The pool's CIDR (strictly masked, canonical form).
     pub cidr: String,
     /// `Never`, `Always` or `CrossSubnet`.
-    #[serde(skip_serializing_if = "String::is_empty")]
+    #[serde(skip_serializing_if = "omitempty")]
     pub vxlan_mode: String,
     /// `Never`, `Always` or `CrossSubnet`.
-    #[serde(skip_serializing_if = "String::is_empty")]
+    #[serde(skip_serializing_if = "omitempty")]
     pub ipip_mode: String,
     /// Masquerade traffic leaving the pool.
-    #[serde(skip_serializing_if = "is_false")]
+    #[serde(skip_serializing_if = "omitempty")]
     pub nat_outgoing: bool,
     /// No new allocations.
-    #[serde(skip_serializing_if = "is_false")]
+    #[serde(skip_serializing_if = "omitempty")]
     pub disabled: bool,
     /// Don't advertise over BGP.
-    #[serde(rename = "disableBGPExport", skip_serializing_if = "is_false")]
+    #[serde(rename = "disableBGPExport", skip_serializing_if = "omitempty")]
     pub disable_bgp_export: bool,
     /// Block prefix length (0 = unset).
-    #[serde(skip_serializing_if = "is_zero")]
+    #[serde(skip_serializing_if = "omitempty")]
     pub block_size: u8,
     /// Which nodes may use the pool.
-    #[serde(skip_serializing_if = "String::is_empty")]
+    #[serde(skip_serializing_if = "omitempty")]
     pub node_selector: String,
     /// Which namespaces may use the pool.
-    #[serde(skip_serializing_if = "String::is_empty")]
+    #[serde(skip_serializing_if = "omitempty")]
     pub namespace_selector: String,
     /// `Workload`, `Tunnel`, `LoadBalancer`.
-    #[serde(
-        deserialize_with = "null_default",
-        skip_serializing_if = "Vec::is_empty"
-    )]
+    #[serde(deserialize_with = "null_default", skip_serializing_if = "omitempty")]
     pub allowed_uses: Vec<String>,
     /// `Automatic` or `Manual` (a pointer in Go; `None` = unset).
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(skip_serializing_if = "omitempty")]
     pub assignment_mode: Option<String>,
     /// Fields this version does not know (deprecated `ipip`, `nat-outgoing`, ...).
     #[serde(flatten)]

@@ -12,12 +12,8 @@ where
     Ok(Option::<T>::deserialize(d)?.unwrap_or_default())
 }
 
-/// `omitempty` for bools.
-pub(crate) fn is_false(b: &bool) -> bool {
-    !*b
-}
-
-/// `omitempty` for integers.
-pub(crate) fn is_zero<T: Default + PartialEq>(n: &T) -> bool {
-    *n == T::default()
+/// Go's `omitempty`: true for the type's zero value (`""`, `0`, `false`, an empty slice or
+/// map, `nil`), which Go leaves out of the JSON.
+pub(crate) fn omitempty<T: Default + PartialEq>(v: &T) -> bool {
+    *v == T::default()
 }

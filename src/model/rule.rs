@@ -7,7 +7,7 @@
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
-use super::omitempty::null_default;
+use super::omitempty::{null_default, omitempty};
 
 /// Calico's `numorstring` values (protocols and ports): a number or a string such as
 /// `"TCP"`, `"80:90"` or a named port.
@@ -34,19 +34,19 @@ pub struct Rule {
     /// `Allow`, `Deny`, `Log` or `Pass` (always written).
     pub action: String,
     /// 4 or 6.
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(skip_serializing_if = "omitempty")]
     pub ip_version: Option<u8>,
     /// Protocol name or number.
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(skip_serializing_if = "omitempty")]
     pub protocol: Option<NumOrString>,
     /// ICMP type/code match, verbatim.
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(skip_serializing_if = "omitempty")]
     pub icmp: Option<Value>,
     /// Negated protocol.
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(skip_serializing_if = "omitempty")]
     pub not_protocol: Option<NumOrString>,
     /// Negated ICMP match, verbatim.
-    #[serde(rename = "notICMP", skip_serializing_if = "Option::is_none")]
+    #[serde(rename = "notICMP", skip_serializing_if = "omitempty")]
     pub not_icmp: Option<Value>,
     /// Source match.
     #[serde(
@@ -61,10 +61,10 @@ pub struct Rule {
     )]
     pub destination: EntityRule,
     /// HTTP match, verbatim.
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(skip_serializing_if = "omitempty")]
     pub http: Option<Value>,
     /// Rule metadata (annotations), verbatim.
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(skip_serializing_if = "omitempty")]
     pub metadata: Option<Value>,
     /// Fields this version does not know, kept on rewrite.
     #[serde(flatten)]
@@ -86,43 +86,31 @@ impl Rule {
 #[serde(default, rename_all = "camelCase")]
 pub struct EntityRule {
     /// CIDRs to match.
-    #[serde(
-        deserialize_with = "null_default",
-        skip_serializing_if = "Vec::is_empty"
-    )]
+    #[serde(deserialize_with = "null_default", skip_serializing_if = "omitempty")]
     pub nets: Vec<String>,
     /// Label selector.
-    #[serde(skip_serializing_if = "String::is_empty")]
+    #[serde(skip_serializing_if = "omitempty")]
     pub selector: String,
     /// Namespace selector.
-    #[serde(skip_serializing_if = "String::is_empty")]
+    #[serde(skip_serializing_if = "omitempty")]
     pub namespace_selector: String,
     /// Service match, verbatim.
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(skip_serializing_if = "omitempty")]
     pub services: Option<Value>,
     /// Ports (numbers, ranges or names).
-    #[serde(
-        deserialize_with = "null_default",
-        skip_serializing_if = "Vec::is_empty"
-    )]
+    #[serde(deserialize_with = "null_default", skip_serializing_if = "omitempty")]
     pub ports: Vec<NumOrString>,
     /// Negated CIDRs.
-    #[serde(
-        deserialize_with = "null_default",
-        skip_serializing_if = "Vec::is_empty"
-    )]
+    #[serde(deserialize_with = "null_default", skip_serializing_if = "omitempty")]
     pub not_nets: Vec<String>,
     /// Negated selector.
-    #[serde(skip_serializing_if = "String::is_empty")]
+    #[serde(skip_serializing_if = "omitempty")]
     pub not_selector: String,
     /// Negated ports.
-    #[serde(
-        deserialize_with = "null_default",
-        skip_serializing_if = "Vec::is_empty"
-    )]
+    #[serde(deserialize_with = "null_default", skip_serializing_if = "omitempty")]
     pub not_ports: Vec<NumOrString>,
     /// Service account match, verbatim.
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(skip_serializing_if = "omitempty")]
     pub service_accounts: Option<Value>,
     /// Fields this version does not know, kept on rewrite.
     #[serde(flatten)]

@@ -5,6 +5,7 @@ use serde_json::{Map, Value};
 
 use super::{Resource, Spec};
 use crate::model::keys;
+use crate::model::omitempty::omitempty;
 
 /// ClusterInformation (Felix waits for `default` with `datastoreReady: true`).
 pub type ClusterInformation = Resource<ClusterInformationSpec>;
@@ -14,19 +15,19 @@ pub type ClusterInformation = Resource<ClusterInformationSpec>;
 #[serde(default, rename_all = "camelCase")]
 pub struct ClusterInformationSpec {
     /// Random cluster GUID.
-    #[serde(rename = "clusterGUID", skip_serializing_if = "String::is_empty")]
+    #[serde(rename = "clusterGUID", skip_serializing_if = "omitempty")]
     pub cluster_guid: String,
     /// Comma-separated cluster types.
-    #[serde(skip_serializing_if = "String::is_empty")]
+    #[serde(skip_serializing_if = "omitempty")]
     pub cluster_type: String,
     /// Calico version string.
-    #[serde(skip_serializing_if = "String::is_empty")]
+    #[serde(skip_serializing_if = "omitempty")]
     pub calico_version: String,
     /// Whether the datastore is ready for Felix.
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(skip_serializing_if = "omitempty")]
     pub datastore_ready: Option<bool>,
     /// Product variant.
-    #[serde(skip_serializing_if = "String::is_empty")]
+    #[serde(skip_serializing_if = "omitempty")]
     pub variant: String,
     /// Fields this version does not know, kept on rewrite.
     #[serde(flatten)]

@@ -18,7 +18,7 @@ use serde_json::{Map, Value};
 
 use super::gotime::{opt_time, trunc_secs};
 use super::keys;
-use super::omitempty::null_default;
+use super::omitempty::{null_default, omitempty};
 use crate::error::{Error, Result};
 
 mod cluster_information;
@@ -52,34 +52,28 @@ pub trait Spec: Serialize + DeserializeOwned + Default + Clone + PartialEq + Deb
 #[serde(default, rename_all = "camelCase")]
 pub struct ObjectMeta {
     /// Resource name.
-    #[serde(skip_serializing_if = "String::is_empty")]
+    #[serde(skip_serializing_if = "omitempty")]
     pub name: String,
     /// Namespace (namespaced kinds only).
-    #[serde(skip_serializing_if = "String::is_empty")]
+    #[serde(skip_serializing_if = "omitempty")]
     pub namespace: String,
     /// Random UUID set on create.
-    #[serde(skip_serializing_if = "String::is_empty")]
+    #[serde(skip_serializing_if = "omitempty")]
     pub uid: String,
     /// The datastore revision as a decimal string; read-only, never serialized.
     #[serde(skip_serializing)]
     pub resource_version: String,
     /// Creation time (RFC3339, UTC, seconds).
-    #[serde(with = "opt_time", skip_serializing_if = "Option::is_none")]
+    #[serde(with = "opt_time", skip_serializing_if = "omitempty")]
     pub creation_timestamp: Option<DateTime<Utc>>,
     /// Set when a k8s-style deletion is pending; IPAM skips such pools.
-    #[serde(with = "opt_time", skip_serializing_if = "Option::is_none")]
+    #[serde(with = "opt_time", skip_serializing_if = "omitempty")]
     pub deletion_timestamp: Option<DateTime<Utc>>,
     /// Labels, stored verbatim.
-    #[serde(
-        deserialize_with = "null_default",
-        skip_serializing_if = "BTreeMap::is_empty"
-    )]
+    #[serde(deserialize_with = "null_default", skip_serializing_if = "omitempty")]
     pub labels: BTreeMap<String, String>,
     /// Annotations, stored verbatim.
-    #[serde(
-        deserialize_with = "null_default",
-        skip_serializing_if = "BTreeMap::is_empty"
-    )]
+    #[serde(deserialize_with = "null_default", skip_serializing_if = "omitempty")]
     pub annotations: BTreeMap<String, String>,
     /// Fields this version does not know, kept on rewrite.
     #[serde(flatten)]
@@ -134,7 +128,7 @@ pub struct Resource<S> {
     #[serde(default)]
     pub spec: S,
     /// Top-level status (IPPool, Node), kept verbatim.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "omitempty")]
     pub status: Option<Value>,
     /// Fields this version does not know, kept on rewrite.
     #[serde(flatten)]

@@ -5,7 +5,7 @@ use serde_json::{Map, Value};
 
 use super::{Resource, Spec};
 use crate::model::keys;
-use crate::model::omitempty::null_default;
+use crate::model::omitempty::{null_default, omitempty};
 
 /// A Node (stored as `projectcalico.org/v3`); its top-level `status` is kept verbatim.
 pub type Node = Resource<NodeSpec>;
@@ -15,46 +15,28 @@ pub type Node = Resource<NodeSpec>;
 #[serde(default, rename_all = "camelCase")]
 pub struct NodeSpec {
     /// BGP settings.
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(skip_serializing_if = "omitempty")]
     pub bgp: Option<NodeBgpSpec>,
     /// VXLAN tunnel address (v4).
-    #[serde(
-        rename = "ipv4VXLANTunnelAddr",
-        skip_serializing_if = "String::is_empty"
-    )]
+    #[serde(rename = "ipv4VXLANTunnelAddr", skip_serializing_if = "omitempty")]
     pub ipv4_vxlan_tunnel_addr: String,
     /// VXLAN tunnel MAC (v4).
-    #[serde(
-        rename = "vxlanTunnelMACAddr",
-        skip_serializing_if = "String::is_empty"
-    )]
+    #[serde(rename = "vxlanTunnelMACAddr", skip_serializing_if = "omitempty")]
     pub vxlan_tunnel_mac_addr: String,
     /// VXLAN tunnel address (v6).
-    #[serde(
-        rename = "ipv6VXLANTunnelAddr",
-        skip_serializing_if = "String::is_empty"
-    )]
+    #[serde(rename = "ipv6VXLANTunnelAddr", skip_serializing_if = "omitempty")]
     pub ipv6_vxlan_tunnel_addr: String,
     /// VXLAN tunnel MAC (v6).
-    #[serde(
-        rename = "vxlanTunnelMACAddrV6",
-        skip_serializing_if = "String::is_empty"
-    )]
+    #[serde(rename = "vxlanTunnelMACAddrV6", skip_serializing_if = "omitempty")]
     pub vxlan_tunnel_mac_addr_v6: String,
     /// Orchestrator references.
-    #[serde(
-        deserialize_with = "null_default",
-        skip_serializing_if = "Vec::is_empty"
-    )]
+    #[serde(deserialize_with = "null_default", skip_serializing_if = "omitempty")]
     pub orch_refs: Vec<OrchRef>,
     /// WireGuard settings, verbatim.
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(skip_serializing_if = "omitempty")]
     pub wireguard: Option<Value>,
     /// Node addresses.
-    #[serde(
-        deserialize_with = "null_default",
-        skip_serializing_if = "Vec::is_empty"
-    )]
+    #[serde(deserialize_with = "null_default", skip_serializing_if = "omitempty")]
     pub addresses: Vec<NodeAddress>,
     /// Fields this version does not know (`interfaces`, ...), kept on rewrite.
     #[serde(flatten)]
@@ -66,25 +48,19 @@ pub struct NodeSpec {
 #[serde(default, rename_all = "camelCase")]
 pub struct NodeBgpSpec {
     /// AS number (number, or dotted string on input), verbatim.
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(skip_serializing_if = "omitempty")]
     pub as_number: Option<Value>,
     /// IPv4 address with prefix (`192.0.2.10/24`).
-    #[serde(skip_serializing_if = "String::is_empty")]
+    #[serde(skip_serializing_if = "omitempty")]
     pub ipv4_address: String,
     /// IPv6 address with prefix.
-    #[serde(skip_serializing_if = "String::is_empty")]
+    #[serde(skip_serializing_if = "omitempty")]
     pub ipv6_address: String,
     /// IPIP tunnel address.
-    #[serde(
-        rename = "ipv4IPIPTunnelAddr",
-        skip_serializing_if = "String::is_empty"
-    )]
+    #[serde(rename = "ipv4IPIPTunnelAddr", skip_serializing_if = "omitempty")]
     pub ipv4_ipip_tunnel_addr: String,
     /// Route reflector cluster ID.
-    #[serde(
-        rename = "routeReflectorClusterID",
-        skip_serializing_if = "String::is_empty"
-    )]
+    #[serde(rename = "routeReflectorClusterID", skip_serializing_if = "omitempty")]
     pub route_reflector_cluster_id: String,
     /// Fields this version does not know, kept on rewrite.
     #[serde(flatten)]
@@ -96,7 +72,7 @@ pub struct NodeBgpSpec {
 #[serde(default, rename_all = "camelCase")]
 pub struct OrchRef {
     /// The orchestrator's name for the node.
-    #[serde(skip_serializing_if = "String::is_empty")]
+    #[serde(skip_serializing_if = "omitempty")]
     pub node_name: String,
     /// The orchestrator (always written).
     pub orchestrator: String,
@@ -109,7 +85,7 @@ pub struct NodeAddress {
     /// The address (always written).
     pub address: String,
     /// Address type.
-    #[serde(rename = "type", skip_serializing_if = "String::is_empty")]
+    #[serde(rename = "type", skip_serializing_if = "omitempty")]
     pub kind: String,
 }
 

@@ -7,7 +7,7 @@ use serde_json::{Map, Value};
 
 use super::{Resource, Spec};
 use crate::model::keys;
-use crate::model::omitempty::null_default;
+use crate::model::omitempty::{null_default, omitempty};
 use crate::model::rule::{EntityRule, Rule};
 
 /// A Profile.
@@ -18,22 +18,13 @@ pub type Profile = Resource<ProfileSpec>;
 #[serde(default, rename_all = "camelCase")]
 pub struct ProfileSpec {
     /// Inbound rules.
-    #[serde(
-        deserialize_with = "null_default",
-        skip_serializing_if = "Vec::is_empty"
-    )]
+    #[serde(deserialize_with = "null_default", skip_serializing_if = "omitempty")]
     pub ingress: Vec<Rule>,
     /// Outbound rules.
-    #[serde(
-        deserialize_with = "null_default",
-        skip_serializing_if = "Vec::is_empty"
-    )]
+    #[serde(deserialize_with = "null_default", skip_serializing_if = "omitempty")]
     pub egress: Vec<Rule>,
     /// Labels applied to every endpoint using the profile.
-    #[serde(
-        deserialize_with = "null_default",
-        skip_serializing_if = "BTreeMap::is_empty"
-    )]
+    #[serde(deserialize_with = "null_default", skip_serializing_if = "omitempty")]
     pub labels_to_apply: BTreeMap<String, String>,
     /// Fields this version does not know, kept on rewrite.
     #[serde(flatten)]

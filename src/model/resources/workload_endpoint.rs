@@ -8,7 +8,7 @@ use super::{Resource, Spec};
 use crate::error::{Error, Result};
 use crate::model::keys;
 use crate::model::names::workload_endpoint_name;
-use crate::model::omitempty::null_default;
+use crate::model::omitempty::{null_default, omitempty};
 use crate::model::rule::NumOrString;
 
 /// Label clientv3 adds to every WorkloadEndpoint: its namespace.
@@ -26,71 +26,59 @@ pub type WorkloadEndpoint = Resource<WorkloadEndpointSpec>;
 #[serde(default, rename_all = "camelCase")]
 pub struct WorkloadEndpointSpec {
     /// `libnetwork`, `cni`, `k8s`, ...
-    #[serde(skip_serializing_if = "String::is_empty")]
+    #[serde(skip_serializing_if = "omitempty")]
     pub orchestrator: String,
     /// Workload name (`libnetwork` for Docker).
-    #[serde(skip_serializing_if = "String::is_empty")]
+    #[serde(skip_serializing_if = "omitempty")]
     pub workload: String,
     /// The node (host) name.
-    #[serde(skip_serializing_if = "String::is_empty")]
+    #[serde(skip_serializing_if = "omitempty")]
     pub node: String,
     /// Container ID (CNI).
-    #[serde(rename = "containerID", skip_serializing_if = "String::is_empty")]
+    #[serde(rename = "containerID", skip_serializing_if = "omitempty")]
     pub container_id: String,
     /// Pod name (k8s).
-    #[serde(skip_serializing_if = "String::is_empty")]
+    #[serde(skip_serializing_if = "omitempty")]
     pub pod: String,
     /// Endpoint name (the Docker EndpointID for us).
-    #[serde(skip_serializing_if = "String::is_empty")]
+    #[serde(skip_serializing_if = "omitempty")]
     pub endpoint: String,
     /// k8s service account.
-    #[serde(skip_serializing_if = "String::is_empty")]
+    #[serde(skip_serializing_if = "omitempty")]
     pub service_account_name: String,
     /// Host networks (`/32` or `/128`).
-    #[serde(
-        deserialize_with = "null_default",
-        skip_serializing_if = "Vec::is_empty"
-    )]
+    #[serde(deserialize_with = "null_default", skip_serializing_if = "omitempty")]
     pub ip_networks: Vec<String>,
     /// 1:1 NAT mappings.
     #[serde(
         rename = "ipNATs",
         deserialize_with = "null_default",
-        skip_serializing_if = "Vec::is_empty"
+        skip_serializing_if = "omitempty"
     )]
     pub ip_nats: Vec<IpNat>,
     /// IPv4 gateway.
-    #[serde(skip_serializing_if = "String::is_empty")]
+    #[serde(skip_serializing_if = "omitempty")]
     pub ipv4_gateway: String,
     /// IPv6 gateway.
-    #[serde(skip_serializing_if = "String::is_empty")]
+    #[serde(skip_serializing_if = "omitempty")]
     pub ipv6_gateway: String,
     /// Profiles applied to the endpoint.
-    #[serde(
-        deserialize_with = "null_default",
-        skip_serializing_if = "Vec::is_empty"
-    )]
+    #[serde(deserialize_with = "null_default", skip_serializing_if = "omitempty")]
     pub profiles: Vec<String>,
     /// Host-side interface name (`cali...`).
-    #[serde(skip_serializing_if = "String::is_empty")]
+    #[serde(skip_serializing_if = "omitempty")]
     pub interface_name: String,
     /// Container-side MAC.
-    #[serde(skip_serializing_if = "String::is_empty")]
+    #[serde(skip_serializing_if = "omitempty")]
     pub mac: String,
     /// Named ports.
-    #[serde(
-        deserialize_with = "null_default",
-        skip_serializing_if = "Vec::is_empty"
-    )]
+    #[serde(deserialize_with = "null_default", skip_serializing_if = "omitempty")]
     pub ports: Vec<WorkloadEndpointPort>,
     /// Source prefixes the workload may spoof.
-    #[serde(
-        deserialize_with = "null_default",
-        skip_serializing_if = "Vec::is_empty"
-    )]
+    #[serde(deserialize_with = "null_default", skip_serializing_if = "omitempty")]
     pub allow_spoofed_source_prefixes: Vec<String>,
     /// QoS controls, verbatim.
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(skip_serializing_if = "omitempty")]
     pub qos_controls: Option<Value>,
     /// Fields this version does not know, kept on rewrite.
     #[serde(flatten)]
