@@ -117,6 +117,28 @@ pub struct IpamDriver {
     /// affine blocks, so one at a time they never fail each other's compare-and-swap (what
     /// Calico's CNI plugin does with a host-wide lock). Other hosts still race through CAS.
     serial: tokio::sync::Mutex<()>,
+    /// When the recent IPv6 `RequestPool`s without `--subnet` came (see [`V6_LOOP_CALLS`]).
+    v6_requests: std::sync::Mutex<std::collections::VecDeque<std::time::Instant>>,
+}
+
+/// dockerd checks a pool it did not ask for against the networks it reserves (its
+/// nameservers) and, on overlap, asks again without releasing, forever (only `0.0.0.0/0` is
+/// exempt: moby/libnetwork#1386). This many IPv6 `RequestPool`s without `--subnet` within
+/// [`V6_LOOP_WINDOW`] is taken for that loop and refused, which ends it.
+const V6_LOOP_CALLS: usize = 16;
+/// See [`V6_LOOP_CALLS`].
+const V6_LOOP_WINDOW: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// The smallest prefix holding every one of `nets` (all of one family), `None` for none.
+fn covering(nets: &[IpNet]) -> Option<IpNet> {
+    let first = nets.first()?.trunc();
+    nets.iter().skip(1).try_fold(first, |acc, n| {
+        let mut acc = acc;
+        while !acc.contains(n) {
+            acc = acc.supernet()?;
+        }
+        Some(acc)
+    })
 }
 
 impl IpamDriver {
@@ -127,6 +149,7 @@ impl IpamDriver {
             ipam,
             nodename: nodename.to_string(),
             serial: Default::default(),
+            v6_requests: Default::default(),
         }
     }
 
@@ -205,16 +228,63 @@ impl IpamDriver {
                     )));
                 }
             }
+            let pool = if req.v6 {
+                self.v6_pool_answer(Some(&names)).await?
+            } else {
+                any
+            };
             return Ok(PoolGrant {
                 pool_id: names.join(","),
-                pool: any,
+                pool,
                 data,
             });
         }
+        let pool = if req.v6 {
+            self.v6_pool_answer(None).await?
+        } else {
+            any
+        };
         Ok(PoolGrant {
             pool_id: if req.v6 { POOL_ID_V6 } else { POOL_ID_V4 }.to_string(),
-            pool: any,
+            pool,
             data,
+        })
+    }
+
+    /// The `Pool` to answer an IPv6 `RequestPool` without `--subnet`: the smallest prefix
+    /// holding the chosen pools (`names`, else every enabled IPv6 pool). Not `::/0`, which
+    /// dockerd would check against its IPv6 nameservers and, overlapping them, ask again
+    /// forever (see [`V6_LOOP_CALLS`], which still ends that loop if the pools overlap one).
+    async fn v6_pool_answer(&self, names: Option<&[&str]>) -> Result<IpNet> {
+        {
+            let now = std::time::Instant::now();
+            let mut recent = self.v6_requests.lock().unwrap();
+            recent.retain(|t| now.duration_since(*t) < V6_LOOP_WINDOW);
+            recent.push_back(now);
+            if recent.len() >= V6_LOOP_CALLS {
+                recent.clear();
+                return Err(Error::invalid(format!(
+                    "request IPv6 pool: Docker asked {V6_LOOP_CALLS} times within {V6_LOOP_WINDOW:?}: \
+                     the Calico IPv6 pools overlap a network dockerd reserves (an IPv6 nameserver \
+                     in its resolv.conf?); pass --subnet with a Calico pool's CIDR"
+                )));
+            }
+        }
+        let nets: Vec<IpNet> = self
+            .ipam
+            .list_pools()
+            .await?
+            .iter()
+            .filter(|p| match names {
+                Some(names) => names.contains(&p.metadata.name.as_str()),
+                None => !p.spec.disabled && p.spec.family() == Some(IpFamily::V6),
+            })
+            .filter_map(|p| p.spec.cidr_net().ok())
+            .collect();
+        covering(&nets).ok_or_else(|| {
+            Error::invalid(
+                "request IPv6 pool: no enabled Calico IPv6 pool: add one (calico-libnetwork pool add NAME CIDR) or pass --subnet",
+            )
         })
     }
 
@@ -599,5 +669,58 @@ mod tests {
             .await
             .unwrap_err();
         assert!(e.to_string().starts_with("assign address 10.99.0.1"), "{e}");
+    }
+
+    #[test]
+    fn covering_prefix_of_pools() {
+        let n = |s: &str| s.parse::<IpNet>().unwrap();
+        assert_eq!(covering(&[]), None);
+        assert_eq!(covering(&[n("fd90::/64")]), Some(n("fd90::/64")));
+        assert_eq!(
+            covering(&[n("fd90::/64"), n("fd90:0:0:1::/64")]),
+            Some(n("fd90::/63"))
+        );
+        assert_eq!(
+            covering(&[n("fd90::/64"), n("fd91::/64")]),
+            Some(n("fd90::/15"))
+        );
+    }
+
+    #[tokio::test]
+    async fn ipv6_pool_without_subnet_is_the_pools_and_a_request_loop_ends() {
+        let (_dir, d) = ipam_driver().await;
+        let v6 = PoolRequest {
+            v6: true,
+            ..Default::default()
+        };
+        let e = d.request_pool(v6.clone()).await.unwrap_err().to_string();
+        assert!(e.contains("no enabled Calico IPv6 pool"), "{e}");
+        let pool = crate::model::IpPool::new(
+            "v6",
+            IpPoolSpec {
+                cidr: "fd90::/64".into(),
+                ..Default::default()
+            },
+        );
+        d.ipam.create_pool(pool).await.unwrap();
+        let g = d.request_pool(v6.clone()).await.unwrap();
+        assert_eq!(g.pool_id, POOL_ID_V6);
+        assert_eq!(g.pool, "fd90::/64".parse::<IpNet>().unwrap());
+        assert_eq!(g.data[GATEWAY_DATA_KEY], "::/0");
+        // dockerd's endless re-ask (its nameservers overlap the answer) is cut off.
+        let mut refused = None;
+        for i in 0..V6_LOOP_CALLS {
+            if let Err(e) = d.request_pool(v6.clone()).await {
+                refused = Some((i, e.to_string()));
+                break;
+            }
+        }
+        let (i, e) = refused.expect("the loop is refused");
+        // Two requests came before the loop: the loop's call number V6_LOOP_CALLS - 2 is the
+        // one refused.
+        assert_eq!(i + 3, V6_LOOP_CALLS, "{e}");
+        assert!(e.contains("overlap a network dockerd reserves"), "{e}");
+        // After the refusal a new request is served again.
+        assert!(d.request_pool(v6).await.is_ok());
     }
 }
