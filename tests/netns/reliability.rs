@@ -84,13 +84,7 @@ async fn two_nodes_concurrent_allocations_never_duplicate() {
                 tasks.push(tokio::spawn(async move {
                     let mut got = Vec::with_capacity(n);
                     for _ in 0..n {
-                        let v = client
-                            .ok(
-                                "IpamDriver.RequestAddress",
-                                json!({"PoolID": "CalicoPoolIPv4", "Address": "", "Options": null}),
-                            )
-                            .await;
-                        let s = v["Address"].as_str().unwrap().to_string();
+                        let s = client.request_address("CalicoPoolIPv4").await;
                         let ip: IpAddr = s.trim_end_matches("/32").parse().unwrap();
                         got.push((ip, node));
                     }
