@@ -64,18 +64,24 @@ impl PluginClient {
         (status, msg)
     }
 
-    /// `IpamDriver.RequestAddress` of any address of `pool`: the address, without its
-    /// prefix length.
-    pub async fn request_any_address(&self, pool: &str) -> String {
+    /// `IpamDriver.RequestAddress` of any address of `pool` as Docker asks it (`Options`
+    /// null), asserting success: the address as answered, with its prefix length.
+    pub async fn request_address(&self, pool: &str) -> String {
         let a = self
             .ok(
                 "IpamDriver.RequestAddress",
-                serde_json::json!({"PoolID": pool, "Address": ""}),
+                serde_json::json!({"PoolID": pool, "Address": "", "Options": null}),
             )
             .await;
-        let a = a["Address"]
+        a["Address"]
             .as_str()
-            .unwrap_or_else(|| panic!("RequestAddress from {pool}: no Address in {a}"));
+            .unwrap_or_else(|| panic!("RequestAddress from {pool}: no Address in {a}"))
+            .to_string()
+    }
+
+    /// [`Self::request_address`] without its prefix length.
+    pub async fn request_any_address(&self, pool: &str) -> String {
+        let a = self.request_address(pool).await;
         a.split('/').next().unwrap().to_string()
     }
 

@@ -99,6 +99,16 @@ pub fn lock() -> HostLock {
     }
 }
 
+/// Root (see [`super::require_root`]: `None` after a loud skip), then [`lock`]: the lock and
+/// when the test started (before it waited for the lock).
+pub fn lock_if_root(test: &str) -> Option<(HostLock, Instant)> {
+    if !super::require_root(test) {
+        return None;
+    }
+    let t0 = Instant::now();
+    Some((lock(), t0))
+}
+
 impl Drop for HostLock {
     fn drop(&mut self) {
         HELD.store(false, Ordering::SeqCst);

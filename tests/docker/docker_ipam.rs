@@ -51,23 +51,23 @@ fn wait_default_pool(etcd: &Etcd) -> String {
     )
 }
 
-/// Root, then etcd, the plugin and dockerd; the env and when the test started.
-fn setup(test: &str) -> Option<(DockerEnv, Instant)> {
-    setup_on(test, DockerEnv::builder().etcd())
-}
-
-/// Root, then the env `builder` makes; the env and when the test started.
-fn setup_on(test: &str, builder: DockerEnvBuilder) -> Option<(DockerEnv, Instant)> {
-    if !common::require_root(test) {
-        return None;
-    }
+/// Root, then the env `builder` makes; runs `body` on it and says how long the test took.
+fn run_on(test: &str, builder: DockerEnvBuilder, body: impl FnOnce(&mut DockerEnv)) {
     let t0 = Instant::now();
-    let env = builder.start();
+    let Some(mut env) = builder.start_if_root(test) else {
+        return;
+    };
     eprintln!(
         "{test}: datastore + plugin + dockerd up in {:?}",
         t0.elapsed()
     );
-    Some((env, t0))
+    body(&mut env);
+    eprintln!("{test}: {:?}", t0.elapsed());
+}
+
+/// [`run_on`] with etcd, the plugin and dockerd.
+fn run(test: &str, body: impl FnOnce(&mut DockerEnv)) {
+    run_on(test, DockerEnv::builder().etcd(), body)
 }
 
 fn inspect(d: &Dockerd, net: &str, format: &str) -> String {
@@ -82,152 +82,136 @@ fn assert_no_network(d: &Dockerd, net: &str) {
     );
 }
 
+/// `net`'s network and IPAM drivers are Calico's, and its subnet is `subnet`.
+fn assert_calico_network(d: &Dockerd, net: &str, subnet: &str) {
+    assert_eq!(
+        inspect(d, net, "{{.Driver}} {{.IPAM.Driver}}"),
+        "calico calico"
+    );
+    assert_eq!(
+        inspect(d, net, "{{range .IPAM.Config}}{{.Subnet}}{{end}}"),
+        subnet
+    );
+}
+
+/// `docker network rm net`, and the network is gone.
+fn network_rm(d: &Dockerd, net: &str) {
+    d.docker_ok(&["network", "rm", net]);
+    assert_no_network(d, net);
+}
+
 /// (a) A Calico network with Calico IPAM and no subnet.
 #[test]
 fn network_create_with_calico_driver_and_ipam() {
-    let Some((env, t0)) = setup("network_create_with_calico_driver_and_ipam") else {
-        return;
-    };
-    let d = &env.docker;
-    let id = d.calico_network("net1", &[]);
-    assert_eq!(id.len(), 64, "network ID: {id}");
-    assert_eq!(
-        inspect(d, "net1", "{{.Driver}} {{.IPAM.Driver}}"),
-        "calico calico"
-    );
-    // RequestPool answered 0.0.0.0/0 (no --subnet), with the dummy gateway in the pool data.
-    assert_eq!(
-        inspect(d, "net1", "{{range .IPAM.Config}}{{.Subnet}}{{end}}"),
-        "0.0.0.0/0"
-    );
-    d.docker_ok(&["network", "rm", "net1"]);
-    assert_no_network(d, "net1");
-    eprintln!(
-        "network_create_with_calico_driver_and_ipam: {:?}",
-        t0.elapsed()
-    );
+    run("network_create_with_calico_driver_and_ipam", |env| {
+        let d = &env.docker;
+        let id = d.calico_network("net1", &[]);
+        assert_eq!(id.len(), 64, "network ID: {id}");
+        // RequestPool answered 0.0.0.0/0 (no --subnet), with the dummy gateway in the pool data.
+        assert_calico_network(d, "net1", "0.0.0.0/0");
+        network_rm(d, "net1");
+    });
 }
 
 /// (b) `--subnet` of no existing pool: the plugin creates a Calico pool for it, and
 /// `docker network rm` deletes that pool again.
 #[test]
 fn subnet_creates_pool_and_network_rm_deletes_it() {
-    let Some((env, t0)) = setup("subnet_creates_pool_and_network_rm_deletes_it") else {
-        return;
-    };
-    let (d, etcd) = (&env.docker, env.etcd());
-    wait_default_pool(etcd);
-    assert_eq!(pool_with_cidr(etcd, "10.77.0.0/24"), None);
-    d.calico_network("net77", &["--subnet", "10.77.0.0/24"]);
-    let name = pool_with_cidr(etcd, "10.77.0.0/24").unwrap_or_else(|| {
-        panic!(
-            "no Calico pool 10.77.0.0/24 after network create: {:?}",
-            pools(etcd)
-        )
-    });
-    let key = format!("{POOLS_PREFIX}{name}");
-    assert!(block_on(etcd.store().get(&key)).unwrap().is_some());
-    assert_eq!(
-        inspect(d, "net77", "{{.Driver}} {{.IPAM.Driver}}"),
-        "calico calico"
-    );
-    assert_eq!(
-        inspect(d, "net77", "{{range .IPAM.Config}}{{.Subnet}}{{end}}"),
-        "10.77.0.0/24"
-    );
+    run("subnet_creates_pool_and_network_rm_deletes_it", |env| {
+        let (d, etcd) = (&env.docker, env.etcd());
+        wait_default_pool(etcd);
+        assert_eq!(pool_with_cidr(etcd, "10.77.0.0/24"), None);
+        d.calico_network("net77", &["--subnet", "10.77.0.0/24"]);
+        let name = pool_with_cidr(etcd, "10.77.0.0/24").unwrap_or_else(|| {
+            panic!(
+                "no Calico pool 10.77.0.0/24 after network create: {:?}",
+                pools(etcd)
+            )
+        });
+        let key = format!("{POOLS_PREFIX}{name}");
+        assert!(block_on(etcd.store().get(&key)).unwrap().is_some());
+        assert_calico_network(d, "net77", "10.77.0.0/24");
 
-    d.docker_ok(&["network", "rm", "net77"]);
-    assert_no_network(d, "net77");
-    assert!(
-        block_on(etcd.store().get(&key)).unwrap().is_none(),
-        "pool {name} still in etcd after network rm: {:?}",
-        pools(etcd)
-    );
-    assert_eq!(
-        pools(etcd).values().cloned().collect::<Vec<_>>(),
-        vec![DEFAULT_POOL.to_string()]
-    );
-    eprintln!(
-        "subnet_creates_pool_and_network_rm_deletes_it: {:?}",
-        t0.elapsed()
-    );
+        network_rm(d, "net77");
+        assert!(
+            block_on(etcd.store().get(&key)).unwrap().is_none(),
+            "pool {name} still in etcd after network rm: {:?}",
+            pools(etcd)
+        );
+        assert_eq!(
+            pools(etcd).values().cloned().collect::<Vec<_>>(),
+            vec![DEFAULT_POOL.to_string()]
+        );
+    });
 }
 
 /// (c) `--subnet` equal to an existing pool's CIDR uses that pool and leaves it in place.
 #[test]
 fn subnet_of_existing_pool_uses_and_keeps_it() {
-    let Some((env, t0)) = setup("subnet_of_existing_pool_uses_and_keeps_it") else {
-        return;
-    };
-    let (d, etcd) = (&env.docker, env.etcd());
-    let default = wait_default_pool(etcd);
-    let before = pools(etcd);
-    d.calico_network("netdef", &["--subnet", DEFAULT_POOL]);
-    assert_eq!(pools(etcd), before, "no pool created for an existing CIDR");
-    assert_eq!(
-        inspect(d, "netdef", "{{range .IPAM.Config}}{{.Subnet}}{{end}}"),
-        DEFAULT_POOL
-    );
-    d.docker_ok(&["network", "rm", "netdef"]);
-    assert_no_network(d, "netdef");
-    assert_eq!(
-        pools(etcd),
-        before,
-        "network rm must keep pool {default}, which the plugin did not create for it"
-    );
-    eprintln!(
-        "subnet_of_existing_pool_uses_and_keeps_it: {:?}",
-        t0.elapsed()
-    );
+    run("subnet_of_existing_pool_uses_and_keeps_it", |env| {
+        let (d, etcd) = (&env.docker, env.etcd());
+        let default = wait_default_pool(etcd);
+        let before = pools(etcd);
+        d.calico_network("netdef", &["--subnet", DEFAULT_POOL]);
+        assert_eq!(pools(etcd), before, "no pool created for an existing CIDR");
+        assert_eq!(
+            inspect(d, "netdef", "{{range .IPAM.Config}}{{.Subnet}}{{end}}"),
+            DEFAULT_POOL
+        );
+        network_rm(d, "netdef");
+        assert_eq!(
+            pools(etcd),
+            before,
+            "network rm must keep pool {default}, which the plugin did not create for it"
+        );
+    });
 }
 
 /// (d) Options Calico refuses: Docker's error carries the plugin's message, and nothing is
 /// left behind (no network, no pool).
 #[test]
 fn refused_options_show_plugin_message_and_leave_nothing() {
-    let Some((env, t0)) = setup("refused_options_show_plugin_message_and_leave_nothing") else {
-        return;
-    };
-    let (d, etcd) = (&env.docker, env.etcd());
-    wait_default_pool(etcd);
-    let before = pools(etcd);
-    let nets_before = d.networks();
-    let cases: &[(&[&str], &str)] = &[
-        (
-            &["--subnet", "10.79.0.0/24", "--ip-range", "10.79.0.0/25"],
-            "--ip-range",
-        ),
-        (
-            &["--gateway", "10.78.0.5", "--subnet", "10.78.0.0/24"],
-            "gateway",
-        ),
-        (&["--ipam-opt", "foo=bar"], "foo"),
-        (&["--subnet", "192.168.5.0/24"], "overlaps"),
-    ];
-    for (opts, want) in cases {
-        let args = Dockerd::calico_network_args("refused", opts);
-        let err = d.docker_err(&args);
-        eprintln!("docker {}:\n  {err}", args.join(" "));
-        assert!(
-            err.contains(want),
-            "docker {}: error should mention {want:?}: {err}",
-            args.join(" ")
-        );
-        assert!(
-            err.contains("IpamDriver."),
-            "the refusal should come from the plugin's IPAM driver: {err}"
-        );
-        assert_no_network(d, "refused");
-        assert_eq!(d.networks(), nets_before);
-        assert_eq!(
-            pools(etcd),
-            before,
-            "after refusing {opts:?} the pools must be as before"
-        );
-    }
-    eprintln!(
-        "refused_options_show_plugin_message_and_leave_nothing: {:?}",
-        t0.elapsed()
+    run(
+        "refused_options_show_plugin_message_and_leave_nothing",
+        |env| {
+            let (d, etcd) = (&env.docker, env.etcd());
+            wait_default_pool(etcd);
+            let before = pools(etcd);
+            let nets_before = d.networks();
+            let cases: &[(&[&str], &str)] = &[
+                (
+                    &["--subnet", "10.79.0.0/24", "--ip-range", "10.79.0.0/25"],
+                    "--ip-range",
+                ),
+                (
+                    &["--gateway", "10.78.0.5", "--subnet", "10.78.0.0/24"],
+                    "gateway",
+                ),
+                (&["--ipam-opt", "foo=bar"], "foo"),
+                (&["--subnet", "192.168.5.0/24"], "overlaps"),
+            ];
+            for (opts, want) in cases {
+                let args = Dockerd::calico_network_args("refused", opts);
+                let err = d.docker_err(&args);
+                eprintln!("docker {}:\n  {err}", args.join(" "));
+                assert!(
+                    err.contains(want),
+                    "docker {}: error should mention {want:?}: {err}",
+                    args.join(" ")
+                );
+                assert!(
+                    err.contains("IpamDriver."),
+                    "the refusal should come from the plugin's IPAM driver: {err}"
+                );
+                assert_no_network(d, "refused");
+                assert_eq!(d.networks(), nets_before);
+                assert_eq!(
+                    pools(etcd),
+                    before,
+                    "after refusing {opts:?} the pools must be as before"
+                );
+            }
+        },
     );
 }
 
@@ -235,68 +219,58 @@ fn refused_options_show_plugin_message_and_leave_nothing() {
 /// socket and the plugin finds the pool it created in etcd.
 #[test]
 fn plugin_restart_between_create_and_rm() {
-    let Some((mut env, t0)) = setup("plugin_restart_between_create_and_rm") else {
-        return;
-    };
-    wait_default_pool(env.etcd());
-    env.docker
-        .calico_network("netr", &["--subnet", "10.77.1.0/24"]);
-    assert!(pool_with_cidr(env.etcd(), "10.77.1.0/24").is_some());
-    let old = env.plugin.pid();
-    env.plugin.restart();
-    assert_ne!(env.plugin.pid(), old);
-    env.docker.docker_ok(&["network", "rm", "netr"]);
-    assert_no_network(&env.docker, "netr");
-    assert_eq!(
-        pool_with_cidr(env.etcd(), "10.77.1.0/24"),
-        None,
-        "pool kept after network rm: {:?}",
-        pools(env.etcd())
-    );
-    eprintln!("plugin_restart_between_create_and_rm: {:?}", t0.elapsed());
+    run("plugin_restart_between_create_and_rm", |env| {
+        wait_default_pool(env.etcd());
+        env.docker
+            .calico_network("netr", &["--subnet", "10.77.1.0/24"]);
+        assert!(pool_with_cidr(env.etcd(), "10.77.1.0/24").is_some());
+        let old = env.plugin.pid();
+        env.plugin.restart();
+        assert_ne!(env.plugin.pid(), old);
+        network_rm(&env.docker, "netr");
+        assert_eq!(
+            pool_with_cidr(env.etcd(), "10.77.1.0/24"),
+            None,
+            "pool kept after network rm: {:?}",
+            pools(env.etcd())
+        );
+    });
 }
 
 /// The same flow on the embedded (local) datastore.
 #[test]
 fn network_create_and_rm_on_local_datastore() {
-    let Some((env, t0)) = setup_on(
+    run_on(
         "network_create_and_rm_on_local_datastore",
         DockerEnv::builder().local_store(),
-    ) else {
-        return;
-    };
-    let d = &env.docker;
-    d.calico_network("netl", &["--subnet", "10.77.2.0/24"]);
-    assert_eq!(
-        inspect(
-            d,
-            "netl",
-            "{{.Driver}} {{.IPAM.Driver}} {{range .IPAM.Config}}{{.Subnet}}{{end}}"
-        ),
-        "calico calico 10.77.2.0/24"
-    );
-    let err = d.docker_err(&Dockerd::calico_network_args(
-        "netl2",
-        &["--subnet", "10.77.2.0/25"],
-    ));
-    assert!(err.contains("overlaps"), "{err}");
-    d.docker_ok(&["network", "rm", "netl"]);
-    assert_no_network(d, "netl");
-    assert!(env.plugin.store_path().exists());
-    eprintln!(
-        "network_create_and_rm_on_local_datastore: {:?}",
-        t0.elapsed()
+        |env| {
+            let d = &env.docker;
+            d.calico_network("netl", &["--subnet", "10.77.2.0/24"]);
+            assert_eq!(
+                inspect(
+                    d,
+                    "netl",
+                    "{{.Driver}} {{.IPAM.Driver}} {{range .IPAM.Config}}{{.Subnet}}{{end}}"
+                ),
+                "calico calico 10.77.2.0/24"
+            );
+            let err = d.docker_err(&Dockerd::calico_network_args(
+                "netl2",
+                &["--subnet", "10.77.2.0/25"],
+            ));
+            assert!(err.contains("overlaps"), "{err}");
+            network_rm(d, "netl");
+            assert!(env.plugin.store_path().exists());
+        },
     );
 }
 
 /// Harness check: the busybox image runs on the default bridge of our dockerd.
 #[test]
 fn harness_busybox_runs_on_default_bridge() {
-    if !common::require_root("harness_busybox_runs_on_default_bridge") {
+    let Some((_lock, t0)) = docker::lock_if_root("harness_busybox_runs_on_default_bridge") else {
         return;
-    }
-    let t0 = Instant::now();
-    let _lock = docker::lock();
+    };
     let mut d = Dockerd::start();
     let image = d.import_busybox();
     let out = d.docker_ok(&[
@@ -371,11 +345,9 @@ fn host_state() -> HostState {
 /// twice in a row.
 #[test]
 fn harness_leaves_nothing_behind() {
-    if !common::require_root("harness_leaves_nothing_behind") {
+    let Some((_lock, t0)) = docker::lock_if_root("harness_leaves_nothing_behind") else {
         return;
-    }
-    let t0 = Instant::now();
-    let _lock = docker::lock();
+    };
     let before = host_state();
     for round in 1..=2 {
         {

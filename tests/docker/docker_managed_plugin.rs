@@ -11,7 +11,7 @@ use common::block_on;
 
 use std::path::Path;
 use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use calico_libnetwork::datastore::Datastore;
 use common::docker::{self, Dockerd};
@@ -57,11 +57,10 @@ impl Drop for PluginCleanup<'_> {
 
 #[test]
 fn managed_plugin_serves_a_network_and_containers() {
-    if !common::require_root("managed_plugin_serves_a_network_and_containers") {
+    let Some((_lock, t0)) = docker::lock_if_root("managed_plugin_serves_a_network_and_containers")
+    else {
         return;
-    }
-    let t0 = Instant::now();
-    let _lock = docker::lock();
+    };
     let _fw = HostCleanup::new();
     let etcd = Etcd::start();
     let mut d = Dockerd::start();

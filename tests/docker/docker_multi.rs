@@ -23,15 +23,20 @@ use common::plugin::{DockerEnv, BINARY};
 use ipnet::IpNet;
 use serde_json::Value;
 
-/// Root (or `None`: skipped, loudly), then the lock, etcd, the plugin, dockerd with busybox
-/// and FORWARD at DROP; the env and when the test started.
-fn start(test: &str) -> Option<(DockerEnv, Instant)> {
-    if !common::require_root(test) {
-        return None;
-    }
+/// Root (else a loud skip), then the lock, etcd, the plugin, dockerd with busybox and FORWARD
+/// at DROP; runs `body` on that env (with when the test started), then [`finish`].
+fn run(test: &str, body: impl FnOnce(&mut DockerEnv, Instant)) {
     let t0 = Instant::now();
-    let env = DockerEnv::builder().etcd().busybox().forward_drop().start();
-    Some((env, t0))
+    let Some(mut env) = DockerEnv::builder()
+        .etcd()
+        .busybox()
+        .forward_drop()
+        .start_if_root(test)
+    else {
+        return;
+    };
+    body(&mut env, t0);
+    finish(test, env, t0);
 }
 
 fn pool_cidrs(env: &DockerEnv) -> BTreeMap<String, String> {
@@ -216,136 +221,134 @@ fn finish(test: &str, mut env: DockerEnv, t0: Instant) {
 #[test]
 fn subnets_fixed_address_and_ipv6() {
     const T: &str = "subnets_fixed_address_and_ipv6";
-    let Some((env, t0)) = start(T) else {
-        return;
-    };
-    let d = env.d();
+    run(T, |env, t0| {
+        let d = env.d();
 
-    // A pool made with our CLI; a network whose --subnet is exactly that pool uses it.
-    cli_ok(&env, &["pool", "add", "p1", "10.81.0.0/24"]);
-    env.network("n81", &["--subnet", "10.81.0.0/24"]);
-    env.run("c81", &["--net", "n81"]);
-    let ip81 = ipv4_of(d, "c81", "n81");
-    assert!(in_net(ip81, "10.81.0.0/24"), "c81 got {ip81}");
-    let eth0 = exec(&env, "c81", &["ip", "-4", "-o", "addr", "show", "eth0"]);
-    assert!(eth0.contains(&format!("inet {ip81}/")), "c81 eth0: {eth0}");
+        // A pool made with our CLI; a network whose --subnet is exactly that pool uses it.
+        cli_ok(env, &["pool", "add", "p1", "10.81.0.0/24"]);
+        env.network("n81", &["--subnet", "10.81.0.0/24"]);
+        env.run("c81", &["--net", "n81"]);
+        let ip81 = ipv4_of(d, "c81", "n81");
+        assert!(in_net(ip81, "10.81.0.0/24"), "c81 got {ip81}");
+        let eth0 = exec(env, "c81", &["ip", "-4", "-o", "addr", "show", "eth0"]);
+        assert!(eth0.contains(&format!("inet {ip81}/")), "c81 eth0: {eth0}");
 
-    // A --subnet no pool has: the plugin creates one; --ip gets exactly that address.
-    env.network("n82", &["--subnet", "10.82.0.0/24"]);
-    let pools = pool_cidrs(&env);
-    assert_eq!(
-        pools.get("libnetwork-10-82-0-0-24").map(String::as_str),
-        Some("10.82.0.0/24"),
-        "{pools:?}"
-    );
-    env.run("c82", &["--net", "n82", "--ip", "10.82.0.50"]);
-    let ip82 = ipv4_of(d, "c82", "n82");
-    assert_eq!(ip82.to_string(), "10.82.0.50");
-    let eth0 = exec(&env, "c82", &["ip", "-4", "-o", "addr", "show", "eth0"]);
-    assert!(eth0.contains("inet 10.82.0.50/"), "c82 eth0: {eth0}");
-    // The address is taken now: a second container asking for it is told so.
-    let err = d.docker_err(&[
-        "run",
-        "-d",
-        "--name",
-        "c82b",
-        "--net",
-        "n82",
-        "--ip",
-        "10.82.0.50",
-        env.image(),
-        "true",
-    ]);
-    assert!(err.contains("already"), "second --ip 10.82.0.50: {err}");
-    let _ = d.docker(&["rm", "-f", "c82b"]);
-    // Positive controls: each reaches a peer on its own network ...
-    env.run("c81p", &["--net", "n81"]);
-    env.run("c82p", &["--net", "n82"]);
-    ping(&env, "c81", ipv4_of(d, "c81p", "n81"));
-    ping(&env, "c82", ipv4_of(d, "c82p", "n82"));
-    // ... and different networks are isolated by their profiles (standalone mode).
-    no_ping(&env, "c81", ip82);
-    no_ping(&env, "c82", ip81);
-    eprintln!("{T}: subnets and --ip ok ({:?})", t0.elapsed());
-
-    // IPv6: a --subnet network, two containers ping6 each other.
-    let mut v6 = Vec::new();
-    if !std::path::Path::new("/proc/sys/net/ipv6").exists() {
-        common::say_skipped(&format!(
-            "{T}: the IPv6 part: this kernel has no IPv6 (/proc/sys/net/ipv6 missing)"
-        ));
-    } else {
-        env.network("n6", &["--ipv6", "--subnet", "fd82::/64"]);
-        for c in ["c6a", "c6b"] {
-            env.run(c, &["--net", "n6"]);
-            let a = attachment(d, c, "n6");
-            let ip6 = a
-                .ipv6
-                .unwrap_or_else(|| panic!("{c}: no IPv6 address: {a:?}"));
-            assert!(in_net(ip6, "fd82::/64"), "{c} got {ip6}");
-            let addrs = exec(&env, c, &["ip", "-6", "-o", "addr", "show", "eth0"]);
-            assert!(
-                addrs.contains(&format!("inet6 {ip6}/")),
-                "{c} eth0: {addrs}"
-            );
-            let routes = exec(&env, c, &["ip", "-6", "route"]);
-            assert!(
-                routes.lines().any(|l| l.starts_with("default via fe80::")),
-                "{c}: no IPv6 default route via the host link-local:\n{routes}"
-            );
-            v6.push((c, a));
-        }
-        ping(&env, "c6a", v6[1].1.ipv6.unwrap());
-        ping(&env, "c6b", v6[0].1.ipv6.unwrap());
-        // And IPv4 alongside, from Calico's default pool.
-        ping(&env, "c6a", v6[1].1.ipv4.unwrap());
-        // A second IPv6 network on c6a: every host veth has the same link-local gateway, so
-        // its connected /128 route must be given only once (else "file exists").
-        env.network("n6b", &["--ipv6", "--subnet", "fd83::/64"]);
-        d.docker_ok(&["network", "connect", "n6b", "c6a"]);
-        let b = attachment(d, "c6a", "n6b");
-        let ip6b = b
-            .ipv6
-            .unwrap_or_else(|| panic!("c6a: no IPv6 address on n6b: {b:?}"));
-        assert!(in_net(ip6b, "fd83::/64"), "c6a got {ip6b} on n6b");
-        let addrs = exec(&env, "c6a", &["ip", "-6", "-o", "addr", "show", "eth1"]);
-        assert!(
-            addrs.contains(&format!("inet6 {ip6b}/")),
-            "c6a eth1: {addrs}"
+        // A --subnet no pool has: the plugin creates one; --ip gets exactly that address.
+        env.network("n82", &["--subnet", "10.82.0.0/24"]);
+        let pools = pool_cidrs(env);
+        assert_eq!(
+            pools.get("libnetwork-10-82-0-0-24").map(String::as_str),
+            Some("10.82.0.0/24"),
+            "{pools:?}"
         );
-        ping(&env, "c6a", v6[1].1.ipv6.unwrap());
-        // c6b is not on n6b: isolated from c6a's n6b address, while reaching its n6 one.
-        no_ping(&env, "c6b", ip6b);
-        d.docker_ok(&["network", "disconnect", "n6b", "c6a"]);
-        assert_host_clean(ip6b, &b.host_veth());
-        d.docker_ok(&["network", "rm", "n6b"]);
-        eprintln!("{T}: IPv6 ok ({:?})", t0.elapsed());
-    }
+        env.run("c82", &["--net", "n82", "--ip", "10.82.0.50"]);
+        let ip82 = ipv4_of(d, "c82", "n82");
+        assert_eq!(ip82.to_string(), "10.82.0.50");
+        let eth0 = exec(env, "c82", &["ip", "-4", "-o", "addr", "show", "eth0"]);
+        assert!(eth0.contains("inet 10.82.0.50/"), "c82 eth0: {eth0}");
+        // The address is taken now: a second container asking for it is told so.
+        let err = d.docker_err(&[
+            "run",
+            "-d",
+            "--name",
+            "c82b",
+            "--net",
+            "n82",
+            "--ip",
+            "10.82.0.50",
+            env.image(),
+            "true",
+        ]);
+        assert!(err.contains("already"), "second --ip 10.82.0.50: {err}");
+        let _ = d.docker(&["rm", "-f", "c82b"]);
+        // Positive controls: each reaches a peer on its own network ...
+        env.run("c81p", &["--net", "n81"]);
+        env.run("c82p", &["--net", "n82"]);
+        ping(env, "c81", ipv4_of(d, "c81p", "n81"));
+        ping(env, "c82", ipv4_of(d, "c82p", "n82"));
+        // ... and different networks are isolated by their profiles (standalone mode).
+        no_ping(env, "c81", ip82);
+        no_ping(env, "c82", ip81);
+        eprintln!("{T}: subnets and --ip ok ({:?})", t0.elapsed());
 
-    let a81 = attachment(d, "c81", "n81");
-    let a82 = attachment(d, "c82", "n82");
-    d.docker_ok(&["rm", "-f", "c81", "c82", "c81p", "c82p"]);
-    for (c, _) in &v6 {
-        d.docker_ok(&["rm", "-f", c]);
-    }
-    for net in ["n81", "n82"] {
-        d.docker_ok(&["network", "rm", net]);
-    }
-    if !v6.is_empty() {
-        d.docker_ok(&["network", "rm", "n6"]);
-    }
-    for a in [&a81, &a82].into_iter().chain(v6.iter().map(|(_, a)| a)) {
-        for ip in a.ipv4.iter().chain(a.ipv6.iter()) {
-            assert_host_clean(*ip, &a.host_veth());
+        // IPv6: a --subnet network, two containers ping6 each other.
+        let mut v6 = Vec::new();
+        if !std::path::Path::new("/proc/sys/net/ipv6").exists() {
+            common::say_skipped(&format!(
+                "{T}: the IPv6 part: this kernel has no IPv6 (/proc/sys/net/ipv6 missing)"
+            ));
+        } else {
+            env.network("n6", &["--ipv6", "--subnet", "fd82::/64"]);
+            for c in ["c6a", "c6b"] {
+                env.run(c, &["--net", "n6"]);
+                let a = attachment(d, c, "n6");
+                let ip6 = a
+                    .ipv6
+                    .unwrap_or_else(|| panic!("{c}: no IPv6 address: {a:?}"));
+                assert!(in_net(ip6, "fd82::/64"), "{c} got {ip6}");
+                let addrs = exec(env, c, &["ip", "-6", "-o", "addr", "show", "eth0"]);
+                assert!(
+                    addrs.contains(&format!("inet6 {ip6}/")),
+                    "{c} eth0: {addrs}"
+                );
+                let routes = exec(env, c, &["ip", "-6", "route"]);
+                assert!(
+                    routes.lines().any(|l| l.starts_with("default via fe80::")),
+                    "{c}: no IPv6 default route via the host link-local:\n{routes}"
+                );
+                v6.push((c, a));
+            }
+            ping(env, "c6a", v6[1].1.ipv6.unwrap());
+            ping(env, "c6b", v6[0].1.ipv6.unwrap());
+            // And IPv4 alongside, from Calico's default pool.
+            ping(env, "c6a", v6[1].1.ipv4.unwrap());
+            // A second IPv6 network on c6a: every host veth has the same link-local gateway, so
+            // its connected /128 route must be given only once (else "file exists").
+            env.network("n6b", &["--ipv6", "--subnet", "fd83::/64"]);
+            d.docker_ok(&["network", "connect", "n6b", "c6a"]);
+            let b = attachment(d, "c6a", "n6b");
+            let ip6b = b
+                .ipv6
+                .unwrap_or_else(|| panic!("c6a: no IPv6 address on n6b: {b:?}"));
+            assert!(in_net(ip6b, "fd83::/64"), "c6a got {ip6b} on n6b");
+            let addrs = exec(env, "c6a", &["ip", "-6", "-o", "addr", "show", "eth1"]);
+            assert!(
+                addrs.contains(&format!("inet6 {ip6b}/")),
+                "c6a eth1: {addrs}"
+            );
+            ping(env, "c6a", v6[1].1.ipv6.unwrap());
+            // c6b is not on n6b: isolated from c6a's n6b address, while reaching its n6 one.
+            no_ping(env, "c6b", ip6b);
+            d.docker_ok(&["network", "disconnect", "n6b", "c6a"]);
+            assert_host_clean(ip6b, &b.host_veth());
+            d.docker_ok(&["network", "rm", "n6b"]);
+            eprintln!("{T}: IPv6 ok ({:?})", t0.elapsed());
         }
-    }
-    assert_no_endpoints_or_allocations(&env, T);
-    // The pool the plugin made goes with its network; the operator's pool stays.
-    let pools = pool_cidrs(&env);
-    assert!(!pools.contains_key("libnetwork-10-82-0-0-24"), "{pools:?}");
-    assert!(!pools.contains_key("libnetwork-fd82---64"), "{pools:?}");
-    assert_eq!(pools.get("p1").map(String::as_str), Some("10.81.0.0/24"));
-    finish(T, env, t0);
+
+        let a81 = attachment(d, "c81", "n81");
+        let a82 = attachment(d, "c82", "n82");
+        d.docker_ok(&["rm", "-f", "c81", "c82", "c81p", "c82p"]);
+        for (c, _) in &v6 {
+            d.docker_ok(&["rm", "-f", c]);
+        }
+        for net in ["n81", "n82"] {
+            d.docker_ok(&["network", "rm", net]);
+        }
+        if !v6.is_empty() {
+            d.docker_ok(&["network", "rm", "n6"]);
+        }
+        for a in [&a81, &a82].into_iter().chain(v6.iter().map(|(_, a)| a)) {
+            for ip in a.ipv4.iter().chain(a.ipv6.iter()) {
+                assert_host_clean(*ip, &a.host_veth());
+            }
+        }
+        assert_no_endpoints_or_allocations(env, T);
+        // The pool the plugin made goes with its network; the operator's pool stays.
+        let pools = pool_cidrs(env);
+        assert!(!pools.contains_key("libnetwork-10-82-0-0-24"), "{pools:?}");
+        assert!(!pools.contains_key("libnetwork-fd82---64"), "{pools:?}");
+        assert_eq!(pools.get("p1").map(String::as_str), Some("10.81.0.0/24"));
+    });
 }
 
 /// One container on three Calico networks: every endpoint gets its own gateway, each network
@@ -354,109 +357,107 @@ fn subnets_fixed_address_and_ipv6() {
 #[test]
 fn container_on_several_networks() {
     const T: &str = "container_on_several_networks";
-    let Some((env, t0)) = start(T) else {
-        return;
-    };
-    let d = env.d();
+    run(T, |env, t0| {
+        let d = env.d();
 
-    // na: all of Calico's pools (only the default 192.168.0.0/16 exists yet; once the
-    // --subnet pools exist, Calico's AutoAssign may take na's addresses from them too, as it
-    // prefers blocks already affine to this host).
-    env.network("na", &[]);
-    env.run("ca", &["--net", "na"]);
-    env.run("multi", &["--net", "na"]);
-    env.network("nb", &["--subnet", "10.84.0.0/24"]);
-    env.network("nc", &["--subnet", "10.85.0.0/24"]);
-    env.run("cb", &["--net", "nb"]);
-    env.run("cc", &["--net", "nc"]);
-    d.docker_ok(&["network", "connect", "nb", "multi"]);
-    d.docker_ok(&["network", "connect", "nc", "multi"]);
+        // na: all of Calico's pools (only the default 192.168.0.0/16 exists yet; once the
+        // --subnet pools exist, Calico's AutoAssign may take na's addresses from them too, as it
+        // prefers blocks already affine to this host).
+        env.network("na", &[]);
+        env.run("ca", &["--net", "na"]);
+        env.run("multi", &["--net", "na"]);
+        env.network("nb", &["--subnet", "10.84.0.0/24"]);
+        env.network("nc", &["--subnet", "10.85.0.0/24"]);
+        env.run("cb", &["--net", "nb"]);
+        env.run("cc", &["--net", "nc"]);
+        d.docker_ok(&["network", "connect", "nb", "multi"]);
+        d.docker_ok(&["network", "connect", "nc", "multi"]);
 
-    let on = attachments(d, "multi");
-    assert_eq!(on.len(), 3, "{on:?}");
-    let ip_a = on["na"].ipv4.unwrap();
-    let ip_b = on["nb"].ipv4.unwrap();
-    let ip_c = on["nc"].ipv4.unwrap();
-    assert!(in_net(ip_a, "192.168.0.0/16"), "{ip_a}");
-    assert!(in_net(ip_b, "10.84.0.0/24"), "{ip_b}");
-    assert!(in_net(ip_c, "10.85.0.0/24"), "{ip_c}");
-    // Each interface has its address (Docker names them eth0, eth1, eth2 in connect order).
-    for (dev, ip) in [("eth0", ip_a), ("eth1", ip_b), ("eth2", ip_c)] {
-        let addrs = exec(&env, "multi", &["ip", "-4", "-o", "addr", "show", dev]);
-        assert!(
-            addrs.contains(&format!("inet {ip}/")),
-            "multi {dev}: {addrs}"
+        let on = attachments(d, "multi");
+        assert_eq!(on.len(), 3, "{on:?}");
+        let ip_a = on["na"].ipv4.unwrap();
+        let ip_b = on["nb"].ipv4.unwrap();
+        let ip_c = on["nc"].ipv4.unwrap();
+        assert!(in_net(ip_a, "192.168.0.0/16"), "{ip_a}");
+        assert!(in_net(ip_b, "10.84.0.0/24"), "{ip_b}");
+        assert!(in_net(ip_c, "10.85.0.0/24"), "{ip_c}");
+        // Each interface has its address (Docker names them eth0, eth1, eth2 in connect order).
+        for (dev, ip) in [("eth0", ip_a), ("eth1", ip_b), ("eth2", ip_c)] {
+            let addrs = exec(env, "multi", &["ip", "-4", "-o", "addr", "show", dev]);
+            assert!(
+                addrs.contains(&format!("inet {ip}/")),
+                "multi {dev}: {addrs}"
+            );
+        }
+        let routes = exec(env, "multi", &["ip", "-4", "route"]);
+        let lines: HashSet<&str> = routes.lines().map(str::trim_end).collect();
+        for want in [
+            "default via 169.254.1.1 dev eth0",
+            "169.254.1.1 dev eth0 scope link",
+            "169.254.1.2 dev eth1 scope link",
+            "10.84.0.0/24 via 169.254.1.2 dev eth1",
+            "169.254.1.3 dev eth2 scope link",
+            "10.85.0.0/24 via 169.254.1.3 dev eth2",
+        ] {
+            assert!(lines.contains(want), "multi: no route {want:?}:\n{routes}");
+        }
+        eprintln!("{T}: three networks joined ({:?})", t0.elapsed());
+
+        for (peer, net) in [("ca", "na"), ("cb", "nb"), ("cc", "nc")] {
+            let ip = ipv4_of(d, peer, net);
+            ping(env, "multi", ip);
+            ping(env, peer, on[net].ipv4.unwrap());
+        }
+        // Traffic to nb's containers leaves by eth1, and the host veth behind eth1 answered ARP
+        // for 169.254.1.2 (proxy ARP) with Calico's MAC.
+        let get = exec(
+            env,
+            "multi",
+            &["ip", "route", "get", &ipv4_of(d, "cb", "nb").to_string()],
         );
-    }
-    let routes = exec(&env, "multi", &["ip", "-4", "route"]);
-    let lines: HashSet<&str> = routes.lines().map(str::trim_end).collect();
-    for want in [
-        "default via 169.254.1.1 dev eth0",
-        "169.254.1.1 dev eth0 scope link",
-        "169.254.1.2 dev eth1 scope link",
-        "10.84.0.0/24 via 169.254.1.2 dev eth1",
-        "169.254.1.3 dev eth2 scope link",
-        "10.85.0.0/24 via 169.254.1.3 dev eth2",
-    ] {
-        assert!(lines.contains(want), "multi: no route {want:?}:\n{routes}");
-    }
-    eprintln!("{T}: three networks joined ({:?})", t0.elapsed());
+        assert!(get.contains("via 169.254.1.2 dev eth1"), "{get}");
+        let neigh = exec(env, "multi", &["ip", "neigh", "show", "169.254.1.2"]);
+        assert!(
+            neigh.contains(&format!("dev eth1 lladdr {HOST_MAC}")),
+            "no ARP entry for 169.254.1.2 on eth1: {neigh:?}"
+        );
+        for a in on.values() {
+            let mac = std::fs::read_to_string(format!("/sys/class/net/{}/address", a.host_veth()))
+                .unwrap_or_default();
+            assert_eq!(mac.trim(), HOST_MAC, "{}", a.host_veth());
+        }
 
-    for (peer, net) in [("ca", "na"), ("cb", "nb"), ("cc", "nc")] {
-        let ip = ipv4_of(d, peer, net);
-        ping(&env, "multi", ip);
-        ping(&env, peer, on[net].ipv4.unwrap());
-    }
-    // Traffic to nb's containers leaves by eth1, and the host veth behind eth1 answered ARP
-    // for 169.254.1.2 (proxy ARP) with Calico's MAC.
-    let get = exec(
-        &env,
-        "multi",
-        &["ip", "route", "get", &ipv4_of(d, "cb", "nb").to_string()],
-    );
-    assert!(get.contains("via 169.254.1.2 dev eth1"), "{get}");
-    let neigh = exec(&env, "multi", &["ip", "neigh", "show", "169.254.1.2"]);
-    assert!(
-        neigh.contains(&format!("dev eth1 lladdr {HOST_MAC}")),
-        "no ARP entry for 169.254.1.2 on eth1: {neigh:?}"
-    );
-    for a in on.values() {
-        let mac = std::fs::read_to_string(format!("/sys/class/net/{}/address", a.host_veth()))
-            .unwrap_or_default();
-        assert_eq!(mac.trim(), HOST_MAC, "{}", a.host_veth());
-    }
+        // Leave nb and join it again: the freed gateway is given out again, without clashes.
+        d.docker_ok(&["network", "disconnect", "nb", "multi"]);
+        assert_host_clean(ip_b, &on["nb"].host_veth());
+        d.docker_ok(&["network", "connect", "nb", "multi"]);
+        let again = attachment(d, "multi", "nb");
+        let routes = exec(env, "multi", &["ip", "-4", "route"]);
+        assert!(
+            routes
+                .lines()
+                .any(|l| l.trim_end() == "10.84.0.0/24 via 169.254.1.2 dev eth3"),
+            "after reconnect:\n{routes}"
+        );
+        ping(env, "multi", ipv4_of(d, "cb", "nb"));
+        ping(env, "cb", again.ipv4.unwrap());
+        eprintln!("{T}: pings ok ({:?})", t0.elapsed());
 
-    // Leave nb and join it again: the freed gateway is given out again, without clashes.
-    d.docker_ok(&["network", "disconnect", "nb", "multi"]);
-    assert_host_clean(ip_b, &on["nb"].host_veth());
-    d.docker_ok(&["network", "connect", "nb", "multi"]);
-    let again = attachment(d, "multi", "nb");
-    let routes = exec(&env, "multi", &["ip", "-4", "route"]);
-    assert!(
-        routes
-            .lines()
-            .any(|l| l.trim_end() == "10.84.0.0/24 via 169.254.1.2 dev eth3"),
-        "after reconnect:\n{routes}"
-    );
-    ping(&env, "multi", ipv4_of(d, "cb", "nb"));
-    ping(&env, "cb", again.ipv4.unwrap());
-    eprintln!("{T}: pings ok ({:?})", t0.elapsed());
-
-    let mut all: Vec<Attachment> = vec![again];
-    all.extend(on.into_values());
-    for (c, net) in [("ca", "na"), ("cb", "nb"), ("cc", "nc")] {
-        all.push(attachment(d, c, net));
-    }
-    d.docker_ok(&["rm", "-f", "multi", "ca", "cb", "cc"]);
-    for net in ["na", "nb", "nc"] {
-        d.docker_ok(&["network", "rm", net]);
-    }
-    for a in &all {
-        assert_host_clean(a.ipv4.unwrap(), &a.host_veth());
-    }
-    assert_no_cali_links();
-    assert_no_endpoints_or_allocations(&env, T);
-    finish(T, env, t0);
+        let mut all: Vec<Attachment> = vec![again];
+        all.extend(on.into_values());
+        for (c, net) in [("ca", "na"), ("cb", "nb"), ("cc", "nc")] {
+            all.push(attachment(d, c, net));
+        }
+        d.docker_ok(&["rm", "-f", "multi", "ca", "cb", "cc"]);
+        for net in ["na", "nb", "nc"] {
+            d.docker_ok(&["network", "rm", net]);
+        }
+        for a in &all {
+            assert_host_clean(a.ipv4.unwrap(), &a.host_veth());
+        }
+        assert_no_cali_links();
+        assert_no_endpoints_or_allocations(env, T);
+    });
 }
 
 /// Twenty `docker run -d` at once on one network: twenty distinct addresses, all reachable;
@@ -464,133 +465,129 @@ fn container_on_several_networks() {
 #[test]
 fn twenty_at_once_and_restart() {
     const T: &str = "twenty_at_once_and_restart";
-    let Some((mut env, t0)) = start(T) else {
-        return;
-    };
-    env.network("many", &[]);
-    let names: Vec<String> = (0..20).map(|i| format!("m{i:02}")).collect();
-    std::thread::scope(|s| {
-        for n in &names {
-            let env = &env;
-            s.spawn(move || env.run(n, &["--net", "many"]));
+    run(T, |env, t0| {
+        env.network("many", &[]);
+        let names: Vec<String> = (0..20).map(|i| format!("m{i:02}")).collect();
+        std::thread::scope(|s| {
+            for n in &names {
+                let env = &env;
+                s.spawn(move || env.run(n, &["--net", "many"]));
+            }
+        });
+        eprintln!("{T}: 20 started ({:?})", t0.elapsed());
+        let d = env.d();
+        let ats: Vec<Attachment> = names.iter().map(|n| attachment(d, n, "many")).collect();
+        let ips: HashSet<IpAddr> = ats.iter().map(|a| a.ipv4.unwrap()).collect();
+        assert_eq!(ips.len(), 20, "addresses not distinct: {ats:?}");
+        assert_eq!(env.list(WEPS_PREFIX).len(), 20);
+        // From m00 to every other one, in one exec.
+        let script: String = ats[1..]
+            .iter()
+            .map(|a| {
+                let ip = a.ipv4.unwrap();
+                format!("ping -c 1 -W 3 {ip} >/dev/null || echo unreachable {ip}; ")
+            })
+            .collect();
+        let out = exec(env, "m00", &["sh", "-c", &script]);
+        assert!(out.trim().is_empty(), "from m00: {out}");
+        // And m00 from the host, through its host route.
+        let (ok, out) = host(
+            "ping",
+            &["-c", "1", "-W", "3", &ats[0].ipv4.unwrap().to_string()],
+        );
+        assert!(ok, "host -> m00: {out}");
+        eprintln!("{T}: 20 reachable ({:?})", t0.elapsed());
+
+        let mut rm = vec!["rm", "-f"];
+        rm.extend(names.iter().map(String::as_str));
+        d.docker_ok(&rm);
+        for a in &ats {
+            assert_host_clean(a.ipv4.unwrap(), &a.host_veth());
         }
+        assert_no_cali_links();
+        assert_no_endpoints_or_allocations(env, "after rm -f of 20");
+        eprintln!("{T}: 20 removed ({:?})", t0.elapsed());
+
+        // The plugin restarted between run and rm: the teardown still finds everything.
+        env.run("r1", &["--net", "many"]);
+        let r1 = attachment(env.d(), "r1", "many");
+        let pid = env.plugin.pid();
+        env.plugin.restart();
+        assert_ne!(env.plugin.pid(), pid);
+        env.d().docker_ok(&["rm", "-f", "r1"]);
+        assert_host_clean(r1.ipv4.unwrap(), &r1.host_veth());
+        assert_no_endpoints_or_allocations(env, "after restart and rm -f");
+        // And a new container after the restart works as before.
+        env.run("r2", &["--net", "many"]);
+        env.run("r3", &["--net", "many"]);
+        ping(env, "r2", ipv4_of(env.d(), "r3", "many"));
+        env.d().docker_ok(&["rm", "-f", "r2", "r3"]);
+        env.d().docker_ok(&["network", "rm", "many"]);
+        assert_no_endpoints_or_allocations(env, "end");
     });
-    eprintln!("{T}: 20 started ({:?})", t0.elapsed());
-    let d = env.d();
-    let ats: Vec<Attachment> = names.iter().map(|n| attachment(d, n, "many")).collect();
-    let ips: HashSet<IpAddr> = ats.iter().map(|a| a.ipv4.unwrap()).collect();
-    assert_eq!(ips.len(), 20, "addresses not distinct: {ats:?}");
-    assert_eq!(env.list(WEPS_PREFIX).len(), 20);
-    // From m00 to every other one, in one exec.
-    let script: String = ats[1..]
-        .iter()
-        .map(|a| {
-            let ip = a.ipv4.unwrap();
-            format!("ping -c 1 -W 3 {ip} >/dev/null || echo unreachable {ip}; ")
-        })
-        .collect();
-    let out = exec(&env, "m00", &["sh", "-c", &script]);
-    assert!(out.trim().is_empty(), "from m00: {out}");
-    // And m00 from the host, through its host route.
-    let (ok, out) = host(
-        "ping",
-        &["-c", "1", "-W", "3", &ats[0].ipv4.unwrap().to_string()],
-    );
-    assert!(ok, "host -> m00: {out}");
-    eprintln!("{T}: 20 reachable ({:?})", t0.elapsed());
-
-    let mut rm = vec!["rm", "-f"];
-    rm.extend(names.iter().map(String::as_str));
-    d.docker_ok(&rm);
-    for a in &ats {
-        assert_host_clean(a.ipv4.unwrap(), &a.host_veth());
-    }
-    assert_no_cali_links();
-    assert_no_endpoints_or_allocations(&env, "after rm -f of 20");
-    eprintln!("{T}: 20 removed ({:?})", t0.elapsed());
-
-    // The plugin restarted between run and rm: the teardown still finds everything.
-    env.run("r1", &["--net", "many"]);
-    let r1 = attachment(env.d(), "r1", "many");
-    let pid = env.plugin.pid();
-    env.plugin.restart();
-    assert_ne!(env.plugin.pid(), pid);
-    env.d().docker_ok(&["rm", "-f", "r1"]);
-    assert_host_clean(r1.ipv4.unwrap(), &r1.host_veth());
-    assert_no_endpoints_or_allocations(&env, "after restart and rm -f");
-    // And a new container after the restart works as before.
-    env.run("r2", &["--net", "many"]);
-    env.run("r3", &["--net", "many"]);
-    ping(&env, "r2", ipv4_of(env.d(), "r3", "many"));
-    env.d().docker_ok(&["rm", "-f", "r2", "r3"]);
-    env.d().docker_ok(&["network", "rm", "many"]);
-    assert_no_endpoints_or_allocations(&env, "end");
-    finish(T, env, t0);
 }
 
 /// What the plugin refuses reaches the user in Docker's error, and leaves nothing behind.
 #[test]
 fn refusals_are_explained_and_leave_nothing() {
     const T: &str = "refusals_are_explained_and_leave_nothing";
-    let Some((env, t0)) = start(T) else {
-        return;
-    };
-    let d = env.d();
-    let pools_before = pool_cidrs(&env);
-    let networks_before = d.networks();
+    run(T, |env, _| {
+        let d = env.d();
+        let pools_before = pool_cidrs(env);
+        let networks_before = d.networks();
 
-    let cases: [(&[&str], &str); 3] = [
-        (
-            &["-d", "calico", "--ipam-driver", "calico", "--internal"],
-            "--internal",
-        ),
-        (
-            &["-d", "calico", "--ipam-driver", "calico", "-o", "foo=bar"],
-            "foo",
-        ),
-        (&["-d", "calico"], "--ipam-driver calico"),
-    ];
-    for (i, (flags, needle)) in cases.iter().enumerate() {
-        let name = format!("bad{i}");
-        let mut args = vec!["network", "create"];
-        args.extend_from_slice(flags);
-        args.push(&name);
-        let err = d.docker_err(&args);
-        assert!(err.contains(needle), "{flags:?}: want {needle:?} in: {err}");
-        assert!(
-            err.contains("NetworkDriver.CreateNetwork"),
-            "{flags:?}: {err}"
-        );
-        eprintln!("{T}: {flags:?} -> {err}");
-    }
-    assert_eq!(d.networks(), networks_before);
-    assert!(env.list(&keys::networks_prefix()).is_empty());
-    assert!(env.list(PROFILES_PREFIX).is_empty(), "profiles left");
-    assert_eq!(pool_cidrs(&env), pools_before);
-    assert_no_endpoints_or_allocations(&env, "refused networks");
+        let cases: [(&[&str], &str); 3] = [
+            (
+                &["-d", "calico", "--ipam-driver", "calico", "--internal"],
+                "--internal",
+            ),
+            (
+                &["-d", "calico", "--ipam-driver", "calico", "-o", "foo=bar"],
+                "foo",
+            ),
+            (&["-d", "calico"], "--ipam-driver calico"),
+        ];
+        for (i, (flags, needle)) in cases.iter().enumerate() {
+            let name = format!("bad{i}");
+            let mut args = vec!["network", "create"];
+            args.extend_from_slice(flags);
+            args.push(&name);
+            let err = d.docker_err(&args);
+            assert!(err.contains(needle), "{flags:?}: want {needle:?} in: {err}");
+            assert!(
+                err.contains("NetworkDriver.CreateNetwork"),
+                "{flags:?}: {err}"
+            );
+            eprintln!("{T}: {flags:?} -> {err}");
+        }
+        assert_eq!(d.networks(), networks_before);
+        assert!(env.list(&keys::networks_prefix()).is_empty());
+        assert!(env.list(PROFILES_PREFIX).is_empty(), "profiles left");
+        assert_eq!(pool_cidrs(env), pools_before);
+        assert_no_endpoints_or_allocations(env, "refused networks");
 
-    env.network("ok", &[]);
-    let err = d.docker_err(&[
-        "run",
-        "-d",
-        "--name",
-        "pub",
-        "--net",
-        "ok",
-        "-p",
-        "80",
-        env.image(),
-        "sleep",
-        "600",
-    ]);
-    assert!(err.contains("explicit host port"), "-p: {err}");
-    eprintln!("{T}: -p -> {err}");
-    let state = d.docker_ok(&["inspect", "-f", "{{.State.Running}}", "pub"]);
-    assert_eq!(state, "false");
-    assert_no_endpoints_or_allocations(&env, "refused -p");
-    assert_no_cali_links();
-    d.docker_ok(&["rm", "-f", "pub"]);
-    d.docker_ok(&["network", "rm", "ok"]);
-    assert!(env.list(&keys::networks_prefix()).is_empty());
-    finish(T, env, t0);
+        env.network("ok", &[]);
+        let err = d.docker_err(&[
+            "run",
+            "-d",
+            "--name",
+            "pub",
+            "--net",
+            "ok",
+            "-p",
+            "80",
+            env.image(),
+            "sleep",
+            "600",
+        ]);
+        assert!(err.contains("explicit host port"), "-p: {err}");
+        eprintln!("{T}: -p -> {err}");
+        let state = d.docker_ok(&["inspect", "-f", "{{.State.Running}}", "pub"]);
+        assert_eq!(state, "false");
+        assert_no_endpoints_or_allocations(env, "refused -p");
+        assert_no_cali_links();
+        d.docker_ok(&["rm", "-f", "pub"]);
+        d.docker_ok(&["network", "rm", "ok"]);
+        assert!(env.list(&keys::networks_prefix()).is_empty());
+    });
 }

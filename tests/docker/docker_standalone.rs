@@ -139,6 +139,12 @@ fn wget(env: &DockerEnv, c: &str, url: &str) -> (bool, String) {
     )
 }
 
+/// `wget -qO- url` on the host with Debian's busybox (killed after 5 s): success and body or
+/// error.
+fn host_wget(url: &str) -> (bool, String) {
+    host("timeout", &["5", "/bin/busybox", "wget", "-qO-", url])
+}
+
 /// One container's endpoint on one network.
 #[derive(Clone, Debug)]
 struct Attachment {
@@ -792,16 +798,7 @@ fn rules_removed_behind_the_plugins_back_come_back() {
         if !(ok && body.trim() == "hello-again") {
             return Err(format!("fl1 -> flweb:80: {body}"));
         }
-        let (ok, body) = host(
-            "timeout",
-            &[
-                "5",
-                "/bin/busybox",
-                "wget",
-                "-qO-",
-                "http://127.0.0.1:18090/",
-            ],
-        );
+        let (ok, body) = host_wget("http://127.0.0.1:18090/");
         if !(ok && body.trim() == "hello-again") {
             return Err(format!("host -> 127.0.0.1:18090: {body}"));
         }
@@ -945,6 +942,26 @@ fn dockers_bridges_and_docker_user_keep_their_say() {
     );
 }
 
+/// `docker run` of container `name` on ponet publishing host port `port` is refused: the
+/// port is already allocated.
+fn assert_port_refused(env: &DockerEnv, name: &str, port: &str) {
+    let publish = format!("{port}:80");
+    let err = env.d().docker_err(&[
+        "run",
+        "-d",
+        "--name",
+        name,
+        "--net",
+        "ponet",
+        "-p",
+        &publish,
+        env.image(),
+        "sleep",
+        "600",
+    ]);
+    assert!(err.contains("port is already allocated"), "{name}: {err}");
+}
+
 /// A published port is one owner's: a second container asking for it, or one a program of
 /// the host holds, is refused in Docker's words; and a port published on all addresses
 /// takes localhost (127.0.0.1) but not the host's other loopback services.
@@ -955,51 +972,16 @@ fn published_ports_have_one_owner() {
     };
     env.network("ponet", &[]);
     httpd(&env, "po1", "ponet", &["-p", "18097:80"], "from-container");
-    let err = env.d().docker_err(&[
-        "run",
-        "-d",
-        "--name",
-        "po2",
-        "--net",
-        "ponet",
-        "-p",
-        "18097:80",
-        env.image(),
-        "sleep",
-        "600",
-    ]);
-    assert!(err.contains("port is already allocated"), "{err}");
+    assert_port_refused(&env, "po2", "18097");
     // A host program holds a port: refused too.
     let held = std::net::TcpListener::bind("0.0.0.0:18098").unwrap();
-    let err = env.d().docker_err(&[
-        "run",
-        "-d",
-        "--name",
-        "po3",
-        "--net",
-        "ponet",
-        "-p",
-        "18098:80",
-        env.image(),
-        "sleep",
-        "600",
-    ]);
-    assert!(err.contains("port is already allocated"), "{err}");
+    assert_port_refused(&env, "po3", "18098");
     drop(held);
     // po1's 18097 answers on localhost ...
     wait_until(
         "host -> 127.0.0.1:18097",
         Duration::from_secs(5),
-        || match host(
-            "timeout",
-            &[
-                "5",
-                "/bin/busybox",
-                "wget",
-                "-qO-",
-                "http://127.0.0.1:18097/",
-            ],
-        ) {
+        || match host_wget("http://127.0.0.1:18097/") {
             (true, body) if body.trim() == "from-container" => Ok(()),
             (_, body) => Err(body),
         },
@@ -1014,16 +996,7 @@ fn published_ports_have_one_owner() {
         let _ = c.read(&mut buf);
         let _ = c.write_all(b"HTTP/1.0 200 OK\r\nContent-Length: 8\r\n\r\nfrom-host");
     });
-    let (ok, body) = host(
-        "timeout",
-        &[
-            "5",
-            "/bin/busybox",
-            "wget",
-            "-qO-",
-            "http://127.0.0.2:18097/",
-        ],
-    );
+    let (ok, body) = host_wget("http://127.0.0.2:18097/");
     assert!(
         ok && body.starts_with("from-hos"),
         "127.0.0.2:18097 went elsewhere: {body}"

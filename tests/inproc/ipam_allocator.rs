@@ -17,7 +17,7 @@ use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
 use calico_libnetwork::datastore::resources;
-use calico_libnetwork::ipam::{default_attrs, AssignIp, AutoAssign, Ipam};
+use calico_libnetwork::ipam::{default_attrs, AssignIp, Assigned, AutoAssign, Ipam};
 use calico_libnetwork::model::{
     keys, AllocationBlock, BlockAffinity, IpFamily, IpPool, IpPoolSpec, IpamConfig, IpamHandle,
     Node, NodeSpec,
@@ -72,6 +72,13 @@ fn req(n: usize, host: &str, handle: &str) -> AutoAssign {
 }
 
 /// An IPv4 AutoAssign request restricted to `pools`.
+/// AutoAssign of `n` addresses for `host` under `handle`, asserting that it gave all `n`.
+async fn assign_all(ipam: &Ipam, n: usize, host: &str, handle: &str) -> Assigned {
+    let a = ipam.auto_assign(&req(n, host, handle)).await.unwrap();
+    assert_eq!(a.ips.len(), n, "{a:?}");
+    a
+}
+
 fn req_pools(n: usize, host: &str, handle: &str, pools: &[&str]) -> AutoAssign {
     let mut r = req(n, host, handle);
     r.pools = pools.iter().map(|p| net(p)).collect();
@@ -438,9 +445,8 @@ async fn explicit_pool_until_exhausted(s: Store) {
 async fn borrowing_with_strict_off(s: Store) {
     let ipam = setup(&s, &["host-a", "host-b"]).await;
     add_pool(&ipam, "pool1", "10.0.0.0/25", 0).await;
-    let a = ipam.auto_assign(&req(1, "host-a", "ha")).await.unwrap();
-    let b = ipam.auto_assign(&req(1, "host-b", "hb")).await.unwrap();
-    assert_eq!((a.ips.len(), b.ips.len()), (1, 1));
+    let a = assign_all(&ipam, 1, "host-a", "ha").await;
+    let b = assign_all(&ipam, 1, "host-b", "hb").await;
     let (ba, bb) = (a.ips[0].trunc(), b.ips[0].trunc());
     assert_ne!(ba, bb, "each host claims its own block");
     assert_eq!(affine_blocks(&s, "host-a").await, BTreeSet::from([ba]));
@@ -536,30 +542,38 @@ async fn pool_exhausted_v4_and_v6(s: Store) {
 
 // ------------------------------------------------------------------ case 8
 
+/// AutoAssign of 256 addresses for `host` with a per-request limit of `max_blocks` blocks:
+/// asserts that it gave `got`, that `block_limit` says the limit stopped it, and that `host`
+/// has `max_blocks` affine blocks.
+async fn assign_to_block_limit(
+    ipam: &Ipam,
+    s: &Store,
+    host: &str,
+    handle: &str,
+    max_blocks: usize,
+    got: usize,
+) -> Assigned {
+    let mut r = req(256, host, handle);
+    r.max_blocks = Some(max_blocks);
+    let a = ipam.auto_assign(&r).await.unwrap();
+    assert_eq!(a.ips.len(), got);
+    assert_eq!(
+        a.block_limit,
+        Some(format!(
+            "Need to allocate an IPAM block but could not - limit of {max_blocks} blocks reached for this node"
+        ))
+    );
+    assert_eq!(affine_blocks(s, host).await.len(), max_blocks);
+    a
+}
+
 /// Case 8: a per-request block limit stops the assignment with `block_limit` set.
 async fn per_request_block_limit(s: Store) {
     let ipam = setup(&s, &["host-a", "host-b"]).await;
     add_pool(&ipam, "pool1", "10.0.0.0/24", 0).await;
 
-    let mut r = req(256, "host-a", "ha");
-    r.max_blocks = Some(1);
-    let a = ipam.auto_assign(&r).await.unwrap();
-    assert_eq!(a.ips.len(), 64);
-    assert_eq!(
-        a.block_limit.as_deref(),
-        Some("Need to allocate an IPAM block but could not - limit of 1 blocks reached for this node")
-    );
-    assert_eq!(affine_blocks(&s, "host-a").await.len(), 1);
-
-    let mut r = req(256, "host-b", "hb");
-    r.max_blocks = Some(2);
-    let b = ipam.auto_assign(&r).await.unwrap();
-    assert_eq!(b.ips.len(), 128);
-    assert_eq!(
-        b.block_limit.as_deref(),
-        Some("Need to allocate an IPAM block but could not - limit of 2 blocks reached for this node")
-    );
-    assert_eq!(affine_blocks(&s, "host-b").await.len(), 2);
+    let a = assign_to_block_limit(&ipam, &s, "host-a", "ha", 1, 64).await;
+    let b = assign_to_block_limit(&ipam, &s, "host-b", "hb", 2, 128).await;
     let mut all = a.ips.clone();
     all.extend(&b.ips);
     assert_eq!(distinct(&all), 192);
@@ -641,8 +655,7 @@ async fn release_ips_results(s: Store) {
         "the emptied handle is deleted"
     );
 
-    let a = ipam.auto_assign(&req(66, "host-a", "h2")).await.unwrap();
-    assert_eq!(a.ips.len(), 66);
+    let a = assign_all(&ipam, 66, "host-a", "h2").await;
     let used: BTreeSet<IpNet> = a.ips.iter().map(|n| n.trunc()).collect();
     assert_eq!(used.len(), 2, "66 addresses take two /26 blocks");
     check_consistent(&s, true).await;
@@ -666,8 +679,7 @@ async fn release_ips_results(s: Store) {
 async fn full_pool_double_release(s: Store) {
     let ipam = setup(&s, &["host-a"]).await;
     add_pool(&ipam, "pool1", "10.0.0.0/26", 0).await;
-    let a = ipam.auto_assign(&req(64, "host-a", "h")).await.unwrap();
-    assert_eq!(a.ips.len(), 64);
+    let a = assign_all(&ipam, 64, "host-a", "h").await;
     let x = a.ips[10].addr();
 
     let un = ipam.release_ips(&[x, x]).await.unwrap();
@@ -763,8 +775,7 @@ async fn release_affinity_needs_empty_block(s: Store) {
 async fn empty_affine_blocks_survive(s: Store) {
     let ipam = setup(&s, &["host-a"]).await;
     add_pool(&ipam, "pool1", "10.0.0.0/24", 30).await;
-    let a = ipam.auto_assign(&req(12, "host-a", "h")).await.unwrap();
-    assert_eq!(a.ips.len(), 12);
+    let a = assign_all(&ipam, 12, "host-a", "h").await;
     let used: BTreeSet<IpNet> = a.ips.iter().map(|n| n.trunc()).collect();
     assert_eq!(used.len(), 3, "12 addresses take three /30 blocks");
     assert!(a.ips.iter().all(|n| n.prefix_len() == 30));
@@ -796,8 +807,7 @@ async fn empty_affine_blocks_survive(s: Store) {
 async fn pool_deleted_releases_affinities(s: Store) {
     let ipam = setup(&s, &["host-a", "host-b"]).await;
     add_pool(&ipam, "pool1", "10.0.0.0/24", 30).await;
-    let a = ipam.auto_assign(&req(12, "host-a", "ha")).await.unwrap();
-    assert_eq!(a.ips.len(), 12);
+    assign_all(&ipam, 12, "host-a", "ha").await;
     assert_eq!(affine_blocks(&s, "host-a").await.len(), 3);
 
     ipam.delete_pool("pool1").await.unwrap();
@@ -836,9 +846,8 @@ async fn pool_deleted_releases_affinities(s: Store) {
 async fn borrowing_versus_strict(s: Store) {
     let ipam = setup(&s, &["host1", "host2"]).await;
     add_pool(&ipam, "pool1", "10.0.0.0/28", 28).await;
-    let a = ipam.auto_assign(&req(1, "host1", "h1")).await.unwrap();
-    let b = ipam.auto_assign(&req(1, "host2", "h2")).await.unwrap();
-    assert_eq!((a.ips.len(), b.ips.len()), (1, 1));
+    let a = assign_all(&ipam, 1, "host1", "h1").await;
+    let b = assign_all(&ipam, 1, "host2", "h2").await;
     assert_eq!(a.ips[0].trunc(), net("10.0.0.0/28"));
     assert_eq!(b.ips[0].trunc(), net("10.0.0.0/28"), "host2 borrows");
     assert_ne!(a.ips[0], b.ips[0]);

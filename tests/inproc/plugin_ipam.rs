@@ -52,13 +52,7 @@ async fn default_pool_sequence(store: Store) {
 
     let mut addrs = Vec::new();
     for _ in 0..3 {
-        let a = c
-            .ok(
-                "IpamDriver.RequestAddress",
-                json!({"PoolID": "CalicoPoolIPv4", "Address": "", "Options": null}),
-            )
-            .await;
-        let a = a["Address"].as_str().unwrap().to_string();
+        let a = c.request_address("CalicoPoolIPv4").await;
         assert!(a.ends_with("/32"), "{a}");
         let ip: std::net::IpAddr = a.trim_end_matches("/32").parse().unwrap();
         assert!(
@@ -69,19 +63,10 @@ async fn default_pool_sequence(store: Store) {
     }
     // Steady state (an affine block with room): the pool list and one transaction.
     let before = store.stats().snapshot();
-    let a = c
-        .ok(
-            "IpamDriver.RequestAddress",
-            json!({"PoolID": "CalicoPoolIPv4", "Address": "", "Options": null}),
-        )
-        .await;
+    let a = c.request_address("CalicoPoolIPv4").await;
     let rt = store.stats().snapshot().since(&before);
     assert!(rt.round_trips <= 2, "RequestAddress made {rt:?}");
-    let extra = a["Address"]
-        .as_str()
-        .unwrap()
-        .trim_end_matches("/32")
-        .to_string();
+    let extra = a.trim_end_matches("/32").to_string();
     c.release_address("CalicoPoolIPv4", &extra).await;
     addrs.sort();
     addrs.dedup();

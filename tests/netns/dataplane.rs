@@ -120,6 +120,22 @@ fn endpoint() -> EndpointVeth {
     }
 }
 
+/// [`endpoint`] with these workload IPv4 addresses.
+fn endpoint_v4(ips: &[&str]) -> EndpointVeth {
+    EndpointVeth {
+        ipv4: ips.iter().map(|ip| ip.parse().unwrap()).collect(),
+        ..endpoint()
+    }
+}
+
+/// [`endpoint`] with these workload IPv6 addresses.
+fn endpoint_v6(ips: &[&str]) -> EndpointVeth {
+    EndpointVeth {
+        ipv6: ips.iter().map(|ip| ip.parse().unwrap()).collect(),
+        ..endpoint()
+    }
+}
+
 #[test]
 fn ipv4_endpoint_is_wired_like_calico() {
     in_private_netns("ipv4_endpoint_is_wired_like_calico", |nl| async move {
@@ -208,9 +224,8 @@ fn dual_stack_endpoint_gets_ipv6_knobs_route_and_link_local() {
             let info = setup_endpoint_veth(
                 &nl,
                 EndpointVeth {
-                    ipv4: vec!["10.65.0.7".parse().unwrap()],
                     ipv6: vec![v6],
-                    ..endpoint()
+                    ..endpoint_v4(&["10.65.0.7"])
                 },
             )
             .await
@@ -260,9 +275,8 @@ fn requested_container_mac_is_honoured() {
         let info = setup_endpoint_veth(
             &nl,
             EndpointVeth {
-                ipv4: vec!["10.65.0.8".parse().unwrap()],
                 container_mac: Some(mac),
-                ..endpoint()
+                ..endpoint_v4(&["10.65.0.8"])
             },
         )
         .await
@@ -294,15 +308,9 @@ fn failed_setup_leaves_nothing_behind() {
         ]);
         ip(&["-6", "route", "add", "fd00:65::9/128", "dev", "othr0"]);
 
-        let err = setup_endpoint_veth(
-            &nl,
-            EndpointVeth {
-                ipv4: vec!["10.65.0.10".parse().unwrap(), "10.65.0.9".parse().unwrap()],
-                ..endpoint()
-            },
-        )
-        .await
-        .expect_err("route owned by othr0");
+        let err = setup_endpoint_veth(&nl, endpoint_v4(&["10.65.0.10", "10.65.0.9"]))
+            .await
+            .expect_err("route owned by othr0");
         assert!(err.is_exists(), "{err}");
         let text = err.to_string();
         assert!(
@@ -320,15 +328,9 @@ fn failed_setup_leaves_nothing_behind() {
         assert!(!has_route("-4", "10.65.0.10", HOST));
         assert!(has_route("-4", "10.65.0.9", "othr0"));
 
-        let err = setup_endpoint_veth(
-            &nl,
-            EndpointVeth {
-                ipv6: vec!["fd00:65::9".parse().unwrap()],
-                ..endpoint()
-            },
-        )
-        .await
-        .expect_err("ipv6 route owned by othr0");
+        let err = setup_endpoint_veth(&nl, endpoint_v6(&["fd00:65::9"]))
+            .await
+            .expect_err("ipv6 route owned by othr0");
         assert!(
             err.to_string()
                 .contains("already exists for an interface other than"),
@@ -407,15 +409,9 @@ fn stale_host_veth_is_replaced() {
         ip(&[
             "link", "add", HOST, "type", "veth", "peer", "name", "stale0",
         ]);
-        setup_endpoint_veth(
-            &nl,
-            EndpointVeth {
-                ipv4: vec!["10.65.0.11".parse().unwrap()],
-                ..endpoint()
-            },
-        )
-        .await
-        .expect("setup over a stale veth");
+        setup_endpoint_veth(&nl, endpoint_v4(&["10.65.0.11"]))
+            .await
+            .expect("setup over a stale veth");
         assert!(link("stale0").is_none(), "{:?}", link_names());
         assert!(link(TEMP).is_some());
         teardown_endpoint_veth(&nl, HOST).await.unwrap();
@@ -537,9 +533,8 @@ fn no_route_localnet_without_the_loopback_guard() {
             setup_endpoint_veth(
                 &nl,
                 EndpointVeth {
-                    ipv4: vec!["10.65.0.7".parse().unwrap()],
                     no_route_localnet: true,
-                    ..endpoint()
+                    ..endpoint_v4(&["10.65.0.7"])
                 },
             )
             .await

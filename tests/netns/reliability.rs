@@ -22,6 +22,7 @@ use std::time::{Duration, Instant};
 
 use calico_libnetwork::datastore::local::LocalStore;
 use calico_libnetwork::datastore::{Datastore, KeyValue, Write};
+use calico_libnetwork::driver::reconcile::ReconcileReport;
 use calico_libnetwork::driver::{Driver, DriverSettings, EndpointSpec, NetworkSpec};
 use calico_libnetwork::ipam::{AutoAssign, Ipam};
 use calico_libnetwork::model::IpFamily;
@@ -84,13 +85,7 @@ async fn two_nodes_concurrent_allocations_never_duplicate() {
                 tasks.push(tokio::spawn(async move {
                     let mut got = Vec::with_capacity(n);
                     for _ in 0..n {
-                        let v = client
-                            .ok(
-                                "IpamDriver.RequestAddress",
-                                json!({"PoolID": "CalicoPoolIPv4", "Address": "", "Options": null}),
-                            )
-                            .await;
-                        let s = v["Address"].as_str().unwrap().to_string();
+                        let s = client.request_address("CalicoPoolIPv4").await;
                         let ip: IpAddr = s.trim_end_matches("/32").parse().unwrap();
                         got.push((ip, node));
                     }
@@ -312,15 +307,28 @@ fn rand_u64() -> u64 {
     h.finish()
 }
 
-/// `#[test] fn $name()` running `$body` in a private network namespace
+/// For each `name: body`, `#[test] fn name()` running `body` in a private network namespace
 /// ([`in_private_netns`]).
-macro_rules! netns_test {
-    ($name:ident, $body:ident) => {
-        #[test]
-        fn $name() {
-            in_private_netns(stringify!($name), $body);
-        }
+macro_rules! netns_tests {
+    ($($name:ident: $body:ident),* $(,)?) => {
+        $(
+            #[test]
+            fn $name() {
+                in_private_netns(stringify!($name), $body);
+            }
+        )*
     };
+}
+
+// The tests of this module that need a namespace of their own; each body is below.
+netns_tests! {
+    reconcile_removes_only_own_stale_records: reconcile_body,
+    requested_address_taken_over_only_from_dead_owner: takeover_body,
+    an_address_given_out_again_is_never_released_by_reconciliation: reuse_body,
+    a_create_endpoint_cut_by_the_deadline_leaves_no_record: deadline_body,
+    damaged_records_give_errors_not_panics: damaged_body,
+    two_machines_under_one_node_name_delete_nothing_of_each_other: twins_body,
+    an_address_docker_gave_to_another_drivers_container_stays: other_driver_body,
 }
 
 /// Runs `body` on a thread of its own in a fresh network namespace (with etcd started from
@@ -398,7 +406,26 @@ async fn endpoint(d: &Arc<Driver>, net: &str, ep: &str, ip: IpAddr) {
     .unwrap();
 }
 
-netns_test!(reconcile_removes_only_own_stale_records, reconcile_body);
+/// A veth pair `name`/`peer` in this namespace: whether `ip link add` succeeded.
+fn add_veth(name: &str, peer: &str) -> bool {
+    ip_link(&["add", name, "type", "veth", "peer", "name", peer])
+}
+
+/// An endpoint `endpoint_id(tag)` on `net` of `d` with an address `d` gives out: its ID and
+/// address.
+async fn new_endpoint(d: &Arc<Driver>, net: &str, tag: &str) -> (String, IpAddr) {
+    let ep = endpoint_id(tag);
+    let ip = request(d, None).await.unwrap();
+    endpoint(d, net, &ep, ip).await;
+    (ep, ip)
+}
+
+/// `d`'s reconciliation with Docker knowing the one endpoint `known`.
+async fn reconcile_knowing(d: &Driver, known: &str) -> ReconcileReport {
+    d.reconcile_with(Some(&HashSet::from([known.to_string()])))
+        .await
+        .unwrap()
+}
 
 async fn reconcile_body() {
     let etcd = Etcd::start();
@@ -415,32 +442,16 @@ async fn reconcile_body() {
     // Of this node: a leaked address (no endpoint), an endpoint without veth that Docker
     // does not know, an endpoint Docker knows, and one with a live veth.
     let leaked = request(&me, None).await.unwrap();
-    let dead_ep = endpoint_id("dead");
-    let dead_ip = request(&me, None).await.unwrap();
-    endpoint(&me, &net, &dead_ep, dead_ip).await;
-    let known_ep = endpoint_id("known");
-    let known_ip = request(&me, None).await.unwrap();
-    endpoint(&me, &net, &known_ep, known_ip).await;
-    let live_ep = endpoint_id("live");
-    let live_ip = request(&me, None).await.unwrap();
-    endpoint(&me, &net, &live_ep, live_ip).await;
+    let (dead_ep, dead_ip) = new_endpoint(&me, &net, "dead").await;
+    let (known_ep, known_ip) = new_endpoint(&me, &net, "known").await;
+    let (live_ep, live_ip) = new_endpoint(&me, &net, "live").await;
     let live_veth = format!("cali{}", &live_ep[..11]);
     let _ = ip_link(&["del", &live_veth]);
-    assert!(ip_link(&[
-        "add", &live_veth, "type", "veth", "peer", "name", "relpeer0"
-    ]));
+    assert!(add_veth(&live_veth, "relpeer0"));
     // A veth of ours no endpoint names (a crashed Join after DeleteEndpoint), marked as the
     // plugin marks its own ...
     let orphan_veth = format!("cali{}", &endpoint_id("orph")[..11]);
-    assert!(ip_link(&[
-        "add",
-        &orphan_veth,
-        "type",
-        "veth",
-        "peer",
-        "name",
-        "relpeer1"
-    ]));
+    assert!(add_veth(&orphan_veth, "relpeer1"));
     assert!(ip_link(&[
         "set",
         &orphan_veth,
@@ -449,26 +460,13 @@ async fn reconcile_body() {
     ]));
     // ... and another program's (Calico CNI names pod veths the same way): never ours.
     let foreign_veth = format!("cali{}", &endpoint_id("frgn")[..11]);
-    assert!(ip_link(&[
-        "add",
-        &foreign_veth,
-        "type",
-        "veth",
-        "peer",
-        "name",
-        "relpeer3"
-    ]));
+    assert!(add_veth(&foreign_veth, "relpeer3"));
     // Of the other node: a leaked address and a dead endpoint; never touched by us.
     let other_leaked = request(&other, None).await.unwrap();
-    let other_ep = endpoint_id("othr");
-    let other_ip = request(&other, None).await.unwrap();
-    endpoint(&other, &net, &other_ep, other_ip).await;
+    let (_, other_ip) = new_endpoint(&other, &net, "othr").await;
 
     // Young records: nothing of any endpoint or allocation goes, only the orphan veth.
-    let r = me
-        .reconcile_with(Some(&HashSet::from([known_ep.clone()])))
-        .await
-        .unwrap();
+    let r = reconcile_knowing(&me, &known_ep).await;
     assert_eq!(r.veths_removed, vec![orphan_veth.clone()], "{r:?}");
     assert!(
         r.endpoints_removed.is_empty() && r.addresses_released.is_empty(),
@@ -482,10 +480,7 @@ async fn reconcile_body() {
     assert_eq!(r.addresses_released, vec![leaked], "{r:?}");
 
     // With it: the dead endpoint and its address go; the known and live ones stay.
-    let r = me
-        .reconcile_with(Some(&HashSet::from([known_ep.clone()])))
-        .await
-        .unwrap();
+    let r = reconcile_knowing(&me, &known_ep).await;
     assert_eq!(r.endpoints_removed.len(), 1, "{r:?}");
     assert!(r.endpoints_removed[0].ends_with(&dead_ep), "{r:?}");
     assert_eq!(r.addresses_released, vec![dead_ip], "{r:?}");
@@ -497,10 +492,7 @@ async fn reconcile_body() {
         "what remains allocated"
     );
     // Idempotent.
-    let r = me
-        .reconcile_with(Some(&HashSet::from([known_ep.clone()])))
-        .await
-        .unwrap();
+    let r = reconcile_knowing(&me, &known_ep).await;
     assert!(
         r.veths_removed.is_empty()
             && r.endpoints_removed.is_empty()
@@ -517,11 +509,6 @@ async fn reconcile_body() {
     ip_link(&["del", &foreign_veth]);
 }
 
-netns_test!(
-    requested_address_taken_over_only_from_dead_owner,
-    takeover_body
-);
-
 async fn takeover_body() {
     let grace = Duration::from_millis(1500);
     let (_etcd, store, me) = node_on_etcd("rel-ip-me", grace, "10.65.0.0/24").await;
@@ -536,9 +523,7 @@ async fn takeover_body() {
     endpoint(&me, &net, &ep1, ip).await;
     let veth1 = format!("cali{}", &ep1[..11]);
     let _ = ip_link(&["del", &veth1]);
-    assert!(ip_link(&[
-        "add", &veth1, "type", "veth", "peer", "name", "relpeer2"
-    ]));
+    assert!(add_veth(&veth1, "relpeer2"));
     assert_eq!(request(&me, Some(ip2)).await.unwrap(), ip2);
     // Young: both refused.
     for a in [ip, ip2] {
@@ -577,11 +562,6 @@ async fn takeover_body() {
     assert_eq!(allocations(&ipam).await.len(), 3);
 }
 
-netns_test!(
-    an_address_given_out_again_is_never_released_by_reconciliation,
-    reuse_body
-);
-
 /// A DeleteEndpoint that etcd's outage makes fail; Docker forgets the endpoint and releases
 /// its address anyway, and the address goes to a new container (`--ip`). Reconciliation then
 /// removes the dead endpoint's record, but never the new owner's allocation (before, it
@@ -618,10 +598,7 @@ async fn reuse_body() {
     let new_handle = owner(allocations(&ipam).await).expect("allocated to the new owner");
 
     tokio::time::sleep(grace + Duration::from_millis(200)).await;
-    let r = me
-        .reconcile_with(Some(&HashSet::from([new_ep.clone()])))
-        .await
-        .unwrap();
+    let r = reconcile_knowing(&me, &new_ep).await;
     // The dead endpoint's record goes ...
     assert_eq!(r.endpoints_removed.len(), 1, "{r:?}");
     assert!(r.endpoints_removed[0].ends_with(&old_ep), "{r:?}");
@@ -642,11 +619,6 @@ async fn reuse_body() {
     assert_eq!(weps.len(), 1, "{weps:?}");
     assert!(weps[0].ends_with(&new_ep), "{weps:?}");
 }
-
-netns_test!(
-    a_create_endpoint_cut_by_the_deadline_leaves_no_record,
-    deadline_body
-);
 
 /// etcd, with reads made slow once a WorkloadEndpoint has been written: the latency of a
 /// busy cluster, at the one point where it matters here (between CreateEndpoint's write and
@@ -742,8 +714,6 @@ async fn deadline_body() {
     }
 }
 
-netns_test!(damaged_records_give_errors_not_panics, damaged_body);
-
 /// A block whose allocations do not match its size, a pool with an impossible block size and
 /// an endpoint record whose ID is not ASCII (each written by hand or by a buggy tool): the
 /// requests that meet them get errors naming the key, the others work, and reconciliation
@@ -792,11 +762,6 @@ async fn damaged_body() {
     me.reconcile_with(Some(&HashSet::new())).await.unwrap();
     me.reconcile_with(None).await.unwrap();
 }
-
-netns_test!(
-    two_machines_under_one_node_name_delete_nothing_of_each_other,
-    twins_body
-);
 
 /// Cloned VMs keep one hostname, so two machines run under one node name: each one's
 /// endpoints look stale to the other (its Docker does not know them). The Node records the
@@ -855,11 +820,6 @@ async fn twins_body() {
     assert_eq!(r.endpoints_removed.len(), 1, "{r:?}");
     assert_eq!(weps().await, 0);
 }
-
-netns_test!(
-    an_address_docker_gave_to_another_drivers_container_stays,
-    other_driver_body
-);
 
 /// `docker network create -d macvlan --ipam-driver calico`: Docker takes addresses from
 /// Calico IPAM for containers that never get a WorkloadEndpoint (another driver serves the
