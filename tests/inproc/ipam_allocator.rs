@@ -1,6 +1,7 @@
 //! Black-box tests of the IPAM allocator (`calico_libnetwork::ipam`), adapted from Calico's
-//! upstream IPAM acceptance cases (reference §5), each run against a real etcd and against
-//! the embedded local store.
+//! own IPAM tests (libcalico-go `lib/ipam/ipam_test.go`: AutoAssign, AssignIP, ReleaseIPs,
+//! affinities, borrowing, handles; the case numbers below follow that file's order), each
+//! run against a real etcd and against the embedded local store.
 //!
 //! Our block order is not Calico's Go-RNG walk (we start at an FNV-1 offset of the host
 //! name), so no test asserts a block CIDR that depends on it: tests assert properties (the
@@ -313,7 +314,7 @@ async fn check_consistent(s: &Store, require_handles: bool) {
     );
 }
 
-// ------------------------------------------------------------------ §5 case 2, 3
+// ------------------------------------------------------------------ cases 2, 3
 
 /// Cases 2 and 3: the first address claims a block (affinity `host:host-a`, affinity key
 /// confirmed, with Calico's key shapes); the next address comes from the same block.
