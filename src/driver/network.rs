@@ -24,6 +24,12 @@ fn option_flag(options: &BTreeMap<String, Value>, key: &str) -> bool {
     }
 }
 
+/// `-o` options Docker itself acts on, accepted without a word.
+const DOCKER_OWN_OPTIONS: &[&str] = &[
+    "com.docker.network.enable_ipv4",
+    "com.docker.network.enable_ipv6",
+];
+
 impl Driver {
     pub(super) async fn network_record(&self, network_id: &str) -> Result<Option<NetworkRecord>> {
         if let Some(r) = self.settled_records.lock().unwrap().get(network_id) {
@@ -52,8 +58,14 @@ impl Driver {
             ));
         }
         if let Some(Value::Object(generic)) = spec.options.get("com.docker.network.generic") {
-            if !generic.is_empty() {
-                let mut flags: Vec<String> = generic.keys().cloned().collect();
+            // Docker acts on these itself (they mirror --ipv4/--ipv6, and Docker 28 documents
+            // them as -o options): nothing for the driver to do, so nothing to refuse.
+            let mut flags: Vec<String> = generic
+                .keys()
+                .filter(|k| !DOCKER_OWN_OPTIONS.contains(&k.as_str()))
+                .cloned()
+                .collect();
+            if !flags.is_empty() {
                 flags.sort();
                 return Err(Error::invalid(format!(
                     "Calico driver does not support the flag{} {} (-o/--opt).",

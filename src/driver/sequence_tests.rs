@@ -173,3 +173,37 @@ async fn delete_endpoint_carries_on_past_a_failed_veth_removal_and_says_so() {
         "the endpoint is forgotten"
     );
 }
+
+#[tokio::test]
+async fn docker_own_network_options_are_accepted_others_refused_by_name() {
+    let env = env().await;
+    let create = |generic: serde_json::Value, id: char| {
+        let driver = env.driver.clone();
+        async move {
+            let mut options = BTreeMap::new();
+            options.insert("com.docker.network.generic".to_string(), generic);
+            driver
+                .create_network(NetworkSpec {
+                    network_id: id.to_string().repeat(64),
+                    options,
+                    ipv4_data: vec![("CalicoPoolIPv4".into(), "0.0.0.0/0".into())],
+                    ..Default::default()
+                })
+                .await
+        }
+    };
+    let own = serde_json::json!({
+        "com.docker.network.enable_ipv4": "true",
+        "com.docker.network.enable_ipv6": "false",
+    });
+    create(own, '1').await.unwrap();
+    let mixed = serde_json::json!({"com.docker.network.enable_ipv6": "true", "mtu": "1400"});
+    let e = create(mixed, '2').await.unwrap_err().to_string();
+    assert_eq!(e, "Calico driver does not support the flag mtu (-o/--opt).");
+    assert!(env
+        .store
+        .get(&keys::network_key(&"2".repeat(64)))
+        .await
+        .unwrap()
+        .is_none());
+}
