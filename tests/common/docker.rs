@@ -407,12 +407,22 @@ pub struct Dockerd {
     host: HostSnapshot,
     /// Whether the busybox image has been imported.
     busybox: bool,
+    /// Whether dockerd runs in its own mount namespace with our `resolv.conf`.
+    resolv_conf: bool,
 }
 
 impl Dockerd {
     /// Starts containerd and dockerd and waits until the API answers (at most 60 s).
     /// The caller must hold [`lock`].
     pub fn start() -> Dockerd {
+        Self::start_with(None)
+    }
+
+    /// [`Dockerd::start`], with dockerd in a mount namespace of its own where `resolv_conf`
+    /// (the file's text), when given, is bind-mounted over `/etc/resolv.conf`: the
+    /// nameservers dockerd sees (it checks the subnets of new networks against them). Only
+    /// dockerd's view changes; the host's file and containerd's are left alone.
+    pub fn start_with(resolv_conf: Option<&str>) -> Dockerd {
         assert_locked("Dockerd::start");
         let e = engine();
         for prog in [&e.dockerd, &e.docker, &e.containerd] {
@@ -434,7 +444,11 @@ impl Dockerd {
             dir,
             host,
             busybox: false,
+            resolv_conf: resolv_conf.is_some(),
         };
+        if let Some(text) = resolv_conf {
+            std::fs::write(d.path("resolv.conf"), text).unwrap();
+        }
         for sub in ["data", "x", "ctd", "ctds", "opt", "cli"] {
             std::fs::create_dir_all(d.path(sub)).unwrap();
         }
@@ -586,8 +600,49 @@ disabled_plugins = ["io.containerd.grpc.v1.cri"]
             "--cgroup-parent".into(),
             format!("/{CGROUP_PARENT}"),
         ];
-        let cmd = Self::engine_command(&engine().dockerd, &args);
+        let cmd = if self.resolv_conf {
+            self.resolv_conf_command(&args)
+        } else {
+            Self::engine_command(&engine().dockerd, &args)
+        };
         self.dockerd = Some(self.spawn(cmd, "dockerd.log", "dockerd"));
+    }
+
+    /// dockerd in a mount namespace of its own (`unshare --mount`, which execs: the PID we
+    /// get is dockerd's) where our `resolv.conf` is bind-mounted over `/etc/resolv.conf`.
+    /// Mounts dockerd makes under our directory (the network namespaces in its exec root,
+    /// which runc opens from the host's namespace) must still reach the host: our directory
+    /// is made a shared mount point first, and in the new namespace every other mount is
+    /// made private, so the bind over `/etc/resolv.conf` stays dockerd's alone.
+    fn resolv_conf_command(&self, args: &[String]) -> Command {
+        let dir = self.dir.path().display().to_string();
+        if !mount_points_under(&dir).contains(&dir) {
+            run_ok("mount", &["--bind", &dir, &dir]);
+        }
+        run_ok("mount", &["--make-shared", &dir]);
+        let script = r#"set -e
+dir=$1 conf=$2 dockerd=$3
+shift 3
+awk '{ print $5 }' /proc/self/mountinfo | while read -r m; do
+    case $m in "$dir"|"$dir"/*) ;; *) mount --make-private "$m" 2>/dev/null || true ;; esac
+done
+mount --bind "$conf" /etc/resolv.conf
+exec "$dockerd" "$@"
+"#;
+        let mut all = vec![
+            "--mount".to_string(),
+            "--propagation".into(),
+            "unchanged".into(),
+            "/bin/sh".into(),
+            "-c".into(),
+            script.into(),
+            "sh".into(),
+            dir.clone(),
+            self.path("resolv.conf").display().to_string(),
+            engine().dockerd.display().to_string(),
+        ];
+        all.extend(args.iter().cloned());
+        Self::engine_command(Path::new("/usr/bin/unshare"), &all)
     }
 
     /// Waits (at most 60 s) until the dockerd just spawned answers `docker version`.
