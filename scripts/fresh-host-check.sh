@@ -11,7 +11,7 @@
 #      then stops it with SIGTERM;
 #   2. runs the dependency step of the README's test command (scripts/test-deps.sh, which
 #      scripts/test.sh runs first) and checks that etcd, dockerd, busybox, iptables and ip
-#      are there afterwards.
+#      are there afterwards, and sid's engine in its cache (scripts/fetch-docker-engine.sh).
 #
 # Run as root on Debian 12 (chroot, mounts):  bash scripts/fresh-host-check.sh
 # Takes a while: the release build alone is several minutes on 2 cores.
@@ -301,7 +301,11 @@ in_root bash -c 'cd /root/calico-libnetwork && bash scripts/test-deps.sh' >"$wor
 for b in etcd etcdctl dockerd containerd busybox iptables ip; do
     in_root sh -c "command -v $b" >/dev/null || fail "no $b in the root after scripts/test-deps.sh"
 done
-say "test.sh's dependency step done in $((SECONDS - t)) s: etcd, etcdctl, dockerd, containerd, busybox, iptables, ip present"
+sid_root=/var/cache/calico-libnetwork-test/engines/sid
+for b in usr/sbin/dockerd usr/bin/docker usr/bin/containerd; do
+    [ -x "$root$sid_root/$b" ] || fail "no $sid_root/$b in the root after scripts/test-deps.sh (scripts/fetch-docker-engine.sh)"
+done
+say "test.sh's dependency step done in $((SECONDS - t)) s: etcd, etcdctl, dockerd, containerd, busybox, iptables, ip and sid's engine present"
 
 passed=1
 exit 0 # cleanup (the EXIT trap) removes the root and prints the verdict

@@ -1,6 +1,12 @@
 //! A real Docker engine of our own: Debian's `docker.io` 20.10 (`/usr/sbin/dockerd`) with its
 //! own containerd, data root, exec root, API socket, cgroup parent and bridge.
 //!
+//! Which engine: [`ENGINE_VAR`] (`CALICO_TEST_DOCKER_ENGINE`): `20.10` (the default) is Debian
+//! 12's `docker.io` and `containerd`; any other value names a Debian suite whose `docker.io`,
+//! `docker-cli` and `containerd` `scripts/fetch-docker-engine.sh <suite>` unpacked into its
+//! cache (`sid`: Docker 28 with containerd 2.1). See [`engine`]. The harness prints the
+//! engine's versions once per test process.
+//!
 //! It never touches `/var/run/docker.sock`, `/var/lib/docker`, `/run/containerd/containerd.sock`
 //! or any process it did not start. It keeps Docker's default firewall settings as on users'
 //! hosts (`--iptables`, `--ip-forward`, `--ip-masq` on): the default `bridge` network uses a
@@ -35,7 +41,7 @@ use std::process::{Child, Command, Output};
 pub use super::host::{log_tail, run_with_timeout, stop_child};
 use super::host::{output, run_ok, spawn_logged, PATH};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Mutex, MutexGuard};
+use std::sync::{Mutex, MutexGuard, Once, OnceLock};
 use std::time::{Duration, Instant};
 
 /// Debian's dockerd.
@@ -60,6 +66,76 @@ pub const CGROUP_PARENT: &str = "calico-libnetwork-test";
 pub const LOCK_FILE: &str = "/run/docker/plugins/.calico-test.lock";
 /// Deadline of one `docker` command.
 pub const COMMAND_TIMEOUT: Duration = Duration::from_secs(90);
+/// Chooses the engine: `20.10` (Debian 12's, the default) or a Debian suite fetched by
+/// `scripts/fetch-docker-engine.sh` (`sid`).
+pub const ENGINE_VAR: &str = "CALICO_TEST_DOCKER_ENGINE";
+/// The engine of Debian 12 (installed), the default.
+pub const DEBIAN_ENGINE: &str = "20.10";
+/// Where `scripts/fetch-docker-engine.sh` unpacks a suite's engine (`<cache>/<suite>`), unless
+/// `CALICO_TEST_ENGINE_CACHE` says otherwise.
+pub const ENGINE_CACHE: &str = "/var/cache/calico-libnetwork-test/engines";
+
+/// The Docker engine the harness starts: its programs and the PATH they run with.
+pub struct Engine {
+    /// [`DEBIAN_ENGINE`] or a Debian suite (`sid`).
+    pub name: String,
+    pub dockerd: PathBuf,
+    pub docker: PathBuf,
+    pub containerd: PathBuf,
+    /// PATH of dockerd, containerd and the client: the engine's directories first, so that
+    /// containerd finds the engine's shim (`containerd-shim-runc-v2`) and dockerd its
+    /// `docker-proxy` and `docker-init`; then Debian 12's (its `runc` for every engine: sid's
+    /// runc 1.3 needs a newer glibc).
+    pub path: String,
+}
+
+impl Engine {
+    /// Whether this is Debian 12's Docker 20.10.
+    pub fn is_debian(&self) -> bool {
+        self.name == DEBIAN_ENGINE
+    }
+}
+
+/// The engine chosen by [`ENGINE_VAR`] (read once per process). Panics, saying how to fetch
+/// it, when a suite's engine is not in the cache.
+pub fn engine() -> &'static Engine {
+    static ENGINE: OnceLock<Engine> = OnceLock::new();
+    ENGINE.get_or_init(|| {
+        let name = std::env::var(ENGINE_VAR)
+            .ok()
+            .filter(|v| !v.is_empty())
+            .unwrap_or_else(|| DEBIAN_ENGINE.to_string());
+        if name == DEBIAN_ENGINE {
+            return Engine {
+                name,
+                dockerd: DOCKERD.into(),
+                docker: DOCKER.into(),
+                containerd: CONTAINERD.into(),
+                path: PATH.to_string(),
+            };
+        }
+        let cache =
+            std::env::var("CALICO_TEST_ENGINE_CACHE").unwrap_or_else(|_| ENGINE_CACHE.to_string());
+        let root = Path::new(&cache).join(&name);
+        let e = Engine {
+            dockerd: root.join("usr/sbin/dockerd"),
+            docker: root.join("usr/bin/docker"),
+            containerd: root.join("usr/bin/containerd"),
+            path: format!("{r}/usr/sbin:{r}/usr/bin:{PATH}", r = root.display()),
+            name,
+        };
+        for prog in [&e.dockerd, &e.docker, &e.containerd] {
+            assert!(
+                prog.exists(),
+                "{ENGINE_VAR}={}: {} missing: run `bash scripts/fetch-docker-engine.sh {}`",
+                e.name,
+                prog.display(),
+                e.name
+            );
+        }
+        e
+    })
+}
 
 static LOCK: Mutex<()> = Mutex::new(());
 static HELD: AtomicBool = AtomicBool::new(false);
@@ -341,17 +417,29 @@ pub struct Dockerd {
     host: HostSnapshot,
     /// Whether the busybox image has been imported.
     busybox: bool,
+    /// Whether dockerd runs in its own mount namespace with our `resolv.conf`.
+    resolv_conf: bool,
 }
 
 impl Dockerd {
     /// Starts containerd and dockerd and waits until the API answers (at most 60 s).
     /// The caller must hold [`lock`].
     pub fn start() -> Dockerd {
+        Self::start_with(None)
+    }
+
+    /// [`Dockerd::start`], with dockerd in a mount namespace of its own where `resolv_conf`
+    /// (the file's text), when given, is bind-mounted over `/etc/resolv.conf`: the
+    /// nameservers dockerd sees (it checks the subnets of new networks against them). Only
+    /// dockerd's view changes; the host's file and containerd's are left alone.
+    pub fn start_with(resolv_conf: Option<&str>) -> Dockerd {
         assert_locked("Dockerd::start");
-        for prog in [DOCKERD, DOCKER, CONTAINERD] {
+        let e = engine();
+        for prog in [&e.dockerd, &e.docker, &e.containerd] {
             assert!(
-                Path::new(prog).exists(),
-                "{prog} missing: install Debian's docker.io and containerd"
+                prog.exists(),
+                "{} missing: install Debian's docker.io and containerd",
+                prog.display()
             );
         }
         // Short: unix socket paths are limited to 108 bytes.
@@ -366,7 +454,11 @@ impl Dockerd {
             dir,
             host,
             busybox: false,
+            resolv_conf: resolv_conf.is_some(),
         };
+        if let Some(text) = resolv_conf {
+            std::fs::write(d.path("resolv.conf"), text).unwrap();
+        }
         for sub in ["data", "x", "ctd", "ctds", "opt", "cli"] {
             std::fs::create_dir_all(d.path(sub)).unwrap();
         }
@@ -382,6 +474,7 @@ impl Dockerd {
 
         d.start_containerd();
         d.start_dockerd();
+        print_versions(&d);
         d
     }
 
@@ -420,11 +513,16 @@ impl Dockerd {
         self.dockerd.as_ref().map(|c| c.id())
     }
 
-    fn spawn(&self, prog: &str, args: &[String], log: &str) -> Child {
-        let mut cmd = Command::new(prog);
-        cmd.args(args).env_clear().env("PATH", PATH);
+    fn spawn(&self, cmd: Command, log: &str, what: &str) -> Child {
         // Stopped gracefully if the test process dies before Drop runs.
-        spawn_logged(cmd, &self.path(log), libc::SIGTERM, prog)
+        spawn_logged(cmd, &self.path(log), libc::SIGTERM, what)
+    }
+
+    /// `prog args...` with the engine's PATH and nothing else of our environment.
+    fn engine_command(prog: &Path, args: &[String]) -> Command {
+        let mut cmd = Command::new(prog);
+        cmd.args(args).env_clear().env("PATH", &engine().path);
+        cmd
     }
 
     fn containerd_socket(&self) -> PathBuf {
@@ -454,7 +552,8 @@ disabled_plugins = ["io.containerd.grpc.v1.cri"]
             "--config".to_string(),
             self.path("containerd.toml").display().to_string(),
         ];
-        self.containerd = Some(self.spawn(CONTAINERD, &args, "containerd.log"));
+        let cmd = Self::engine_command(&engine().containerd, &args);
+        self.containerd = Some(self.spawn(cmd, "containerd.log", "containerd"));
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
             if std::os::unix::net::UnixStream::connect(self.containerd_socket()).is_ok() {
@@ -511,7 +610,49 @@ disabled_plugins = ["io.containerd.grpc.v1.cri"]
             "--cgroup-parent".into(),
             format!("/{CGROUP_PARENT}"),
         ];
-        self.dockerd = Some(self.spawn(DOCKERD, &args, "dockerd.log"));
+        let cmd = if self.resolv_conf {
+            self.resolv_conf_command(&args)
+        } else {
+            Self::engine_command(&engine().dockerd, &args)
+        };
+        self.dockerd = Some(self.spawn(cmd, "dockerd.log", "dockerd"));
+    }
+
+    /// dockerd in a mount namespace of its own (`unshare --mount`, which execs: the PID we
+    /// get is dockerd's) where our `resolv.conf` is bind-mounted over `/etc/resolv.conf`.
+    /// Mounts dockerd makes under our directory (the network namespaces in its exec root,
+    /// which runc opens from the host's namespace) must still reach the host: our directory
+    /// is made a shared mount point first, and in the new namespace every other mount is
+    /// made private, so the bind over `/etc/resolv.conf` stays dockerd's alone.
+    fn resolv_conf_command(&self, args: &[String]) -> Command {
+        let dir = self.dir.path().display().to_string();
+        if !mount_points_under(&dir).contains(&dir) {
+            run_ok("mount", &["--bind", &dir, &dir]);
+        }
+        run_ok("mount", &["--make-shared", &dir]);
+        let script = r#"set -e
+dir=$1 conf=$2 dockerd=$3
+shift 3
+awk '{ print $5 }' /proc/self/mountinfo | while read -r m; do
+    case $m in "$dir"|"$dir"/*) ;; *) mount --make-private "$m" 2>/dev/null || true ;; esac
+done
+mount --bind "$conf" /etc/resolv.conf
+exec "$dockerd" "$@"
+"#;
+        let mut all = vec![
+            "--mount".to_string(),
+            "--propagation".into(),
+            "unchanged".into(),
+            "/bin/sh".into(),
+            "-c".into(),
+            script.into(),
+            "sh".into(),
+            dir.clone(),
+            self.path("resolv.conf").display().to_string(),
+            engine().dockerd.display().to_string(),
+        ];
+        all.extend(args.iter().cloned());
+        Self::engine_command(Path::new("/usr/bin/unshare"), &all)
     }
 
     /// Waits (at most 60 s) until the dockerd just spawned answers `docker version`.
@@ -539,22 +680,22 @@ disabled_plugins = ["io.containerd.grpc.v1.cri"]
     }
 
     fn docker_command(&self, args: &[&str]) -> Command {
-        let mut cmd = Command::new(DOCKER);
+        let mut cmd = Command::new(&engine().docker);
         cmd.arg("-H")
             .arg(self.host())
             .args(args)
             .env_clear()
-            .env("PATH", PATH)
+            .env("PATH", &engine().path)
             .env("DOCKER_CONFIG", self.path("cli"));
         cmd
     }
 
-    /// Runs `/usr/bin/docker -H <ours> args...` with a deadline.
+    /// Runs the engine's `docker -H <ours> args...` with a deadline.
     pub fn docker_timeout(&self, args: &[&str], timeout: Duration) -> Result<Output, String> {
         run_with_timeout(self.docker_command(args), None, timeout)
     }
 
-    /// Runs `/usr/bin/docker -H <ours> args...` (panics only if it hangs past
+    /// Runs the engine's `docker -H <ours> args...` (panics only if it hangs past
     /// [`COMMAND_TIMEOUT`]).
     pub fn docker(&self, args: &[&str]) -> Output {
         self.docker_timeout(args, COMMAND_TIMEOUT)
@@ -840,12 +981,7 @@ disabled_plugins = ["io.containerd.grpc.v1.cri"]
     fn unmount_all(&self) {
         let root = self.dir.path().display().to_string();
         for _ in 0..5 {
-            let mut points: Vec<String> = std::fs::read_to_string("/proc/self/mountinfo")
-                .unwrap_or_default()
-                .lines()
-                .filter_map(|l| l.split(' ').nth(4).map(unescape_mount))
-                .filter(|p| p == &root || p.starts_with(&format!("{root}/")))
-                .collect();
+            let mut points = mount_points_under(&root);
             if points.is_empty() {
                 return;
             }
@@ -859,6 +995,42 @@ disabled_plugins = ["io.containerd.grpc.v1.cri"]
             }
         }
     }
+}
+
+/// Mount points (in our mount namespace) at or under `root`.
+fn mount_points_under(root: &str) -> Vec<String> {
+    std::fs::read_to_string("/proc/self/mountinfo")
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| l.split(' ').nth(4).map(unescape_mount))
+        .filter(|p| p == root || p.starts_with(&format!("{root}/")))
+        .collect()
+}
+
+/// Prints, once per test process, which engine runs: `docker version`'s server (with its
+/// components: containerd, runc, docker-init) and client.
+fn print_versions(d: &Dockerd) {
+    static ONCE: Once = Once::new();
+    ONCE.call_once(|| {
+        let format = "server {{.Server.Version}} (API {{.Server.APIVersion}}; \
+                      {{range $i, $c := .Server.Components}}{{if $i}}, {{end}}{{$c.Name}} {{$c.Version}}{{end}}), \
+                      client {{.Client.Version}} (API {{.Client.APIVersion}})";
+        let v = match d.docker_timeout(&["version", "--format", format], Duration::from_secs(30)) {
+            Ok(o) => format!(
+                "{}{}",
+                String::from_utf8_lossy(&o.stdout).trim(),
+                String::from_utf8_lossy(&o.stderr).trim()
+            ),
+            Err(e) => e,
+        };
+        use std::io::Write;
+        let _ = writeln!(
+            std::io::stderr(),
+            "===== Docker engine {}={}: {v} =====",
+            ENGINE_VAR,
+            engine().name
+        );
+    });
 }
 
 /// Decodes the octal escapes of /proc/self/mountinfo paths.

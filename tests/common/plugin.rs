@@ -332,6 +332,7 @@ pub struct DockerEnvBuilder {
     plugin_env: Vec<(String, String)>,
     busybox: bool,
     forward_drop: bool,
+    resolv_conf: Option<String>,
 }
 
 impl DockerEnvBuilder {
@@ -381,6 +382,13 @@ impl DockerEnvBuilder {
         self
     }
 
+    /// dockerd in a mount namespace of its own that sees `text` as `/etc/resolv.conf`
+    /// ([`Dockerd::start_with`]).
+    pub fn resolv_conf(mut self, text: &str) -> Self {
+        self.resolv_conf = Some(text.to_string());
+        self
+    }
+
     /// [`Self::start`] when we are root; `None` (after saying loudly that `test` is skipped,
     /// or panicking: see [`super::require_root`]) when not.
     pub fn start_if_root(self, test: &str) -> Option<DockerEnv> {
@@ -392,7 +400,8 @@ impl DockerEnvBuilder {
     pub fn start(self) -> DockerEnv {
         let lock = lock();
         let etcd = self.etcd.then(Etcd::start);
-        let early = self.docker_api.then(Dockerd::start);
+        let resolv_conf = self.resolv_conf.as_deref();
+        let early = self.docker_api.then(|| Dockerd::start_with(resolv_conf));
         let mut plugin = Plugin::new(&[]);
         match &etcd {
             Some(etcd) => {
@@ -412,7 +421,7 @@ impl DockerEnvBuilder {
             plugin.set_env(k, v);
         }
         plugin.spawn();
-        let mut docker = early.unwrap_or_else(Dockerd::start);
+        let mut docker = early.unwrap_or_else(|| Dockerd::start_with(resolv_conf));
         let image = self.busybox.then(|| docker.import_busybox());
         if self.forward_drop {
             docker.force_forward_drop();
@@ -437,6 +446,7 @@ impl DockerEnv {
             plugin_env: Vec::new(),
             busybox: false,
             forward_drop: false,
+            resolv_conf: None,
         }
     }
 

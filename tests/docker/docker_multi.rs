@@ -432,12 +432,26 @@ fn container_on_several_networks() {
         assert_host_clean(ip_b, &on["nb"].host_veth());
         d.docker_ok(&["network", "connect", "nb", "multi"]);
         let again = attachment(d, "multi", "nb");
+        // The new interface's name is Docker's choice: eth3 on 20.10; Docker 28 gives eth3 or
+        // the freed eth1 from one run to the next. Whichever holds the new address.
+        let ip_again = again.ipv4.expect("multi: no IPv4 on nb after reconnect");
+        let addrs = exec(env, "multi", &["ip", "-4", "-o", "addr", "show"]);
+        let dev = addrs
+            .lines()
+            .find(|l| l.contains(&format!(" inet {ip_again}/")))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .unwrap_or_else(|| panic!("multi: no interface has {ip_again}:\n{addrs}"))
+            .to_string();
+        assert!(
+            !["eth0", "eth2"].contains(&dev.as_str()),
+            "nb's new address {ip_again} is on {dev}, na's or nc's interface:\n{addrs}"
+        );
         let routes = exec(env, "multi", &["ip", "-4", "route"]);
         assert!(
             routes
                 .lines()
-                .any(|l| l.trim_end() == "10.84.0.0/24 via 169.254.1.2 dev eth3"),
-            "after reconnect:\n{routes}"
+                .any(|l| l.trim_end() == format!("10.84.0.0/24 via 169.254.1.2 dev {dev}")),
+            "after reconnect ({ip_again} on {dev}):\n{routes}"
         );
         ping(env, "multi", ipv4_of(d, "cb", "nb"));
         ping(env, "cb", again.ipv4.unwrap());
@@ -590,4 +604,134 @@ fn refusals_are_explained_and_leave_nothing() {
         d.docker_ok(&["network", "rm", "ok"]);
         assert!(env.list(&keys::networks_prefix()).is_empty());
     });
+}
+
+/// The IPv6 pool of [`ipv6_without_subnet_beside_ipv6_nameservers`] (the plugin's
+/// `CALICO_IPV6POOL_CIDR`).
+const V6_POOL: &str = "fd86::/64";
+
+/// The env of [`ipv6_without_subnet_beside_ipv6_nameservers`]: dockerd sees `resolv_conf`.
+fn start_v6(resolv_conf: &str) -> DockerEnv {
+    DockerEnv::builder()
+        .etcd()
+        .busybox()
+        .forward_drop()
+        .plugin_env("CALICO_IPV6POOL_CIDR", V6_POOL)
+        .resolv_conf(resolv_conf)
+        .start()
+}
+
+/// `docker network create --ipv6 -d calico --ipam-driver calico v6net`, without `--subnet`,
+/// under a deadline: (how long it took, the output). Panics (with both logs) if it hangs.
+fn create_v6net(env: &DockerEnv) -> (std::time::Duration, std::process::Output) {
+    let t = Instant::now();
+    let out = env
+        .d()
+        .docker_timeout(
+            &Dockerd::calico_network_args("v6net", &["--ipv6"]),
+            std::time::Duration::from_secs(30),
+        )
+        .unwrap_or_else(|e| {
+            panic!(
+                "network create --ipv6 without --subnet hung: {e}\nRequestPool calls: {}\ndockerd log:\n{}",
+                request_pools(env),
+                docker::log_tail(&env.d().log_path(), 40)
+            )
+        });
+    (t.elapsed(), out)
+}
+
+/// How many `RequestPool` calls the plugin answered so far.
+fn request_pools(env: &DockerEnv) -> usize {
+    env.plugin
+        .calls_since(0)
+        .iter()
+        .filter(|c| c.method() == "IpamDriver.RequestPool")
+        .count()
+}
+
+/// `--ipv6` without `--subnet` with IPv6 nameservers in dockerd's resolv.conf (issue 15;
+/// dockerd checks the pool the IPAM driver answers against its nameservers and asks again
+/// while they overlap, forever for the `::/0` the plugin once answered): (a) with a
+/// nameserver outside the Calico IPv6 pool, the network is made at once and a container on it
+/// gets an IPv6 address of the pool; (b) with one inside the pool, the create fails within
+/// seconds with the plugin's explanation, after dockerd's repeated RequestPools (the fault
+/// hit), and leaves no network.
+#[test]
+fn ipv6_without_subnet_beside_ipv6_nameservers() {
+    const T: &str = "ipv6_without_subnet_beside_ipv6_nameservers";
+    if !common::require_root(T) {
+        return;
+    }
+    if !std::path::Path::new("/proc/sys/net/ipv6").exists() {
+        common::say_skipped(&format!(
+            "{T}: this kernel has no IPv6 (/proc/sys/net/ipv6 missing)"
+        ));
+        return;
+    }
+
+    // (a) A nameserver outside the pool.
+    let t0 = Instant::now();
+    let env = start_v6("nameserver 2001:db8::53\n");
+    let (took, out) = create_v6net(&env);
+    assert!(
+        out.status.success(),
+        "network create --ipv6 (nameserver 2001:db8::53): {}",
+        String::from_utf8_lossy(&out.stderr).trim()
+    );
+    assert!(took.as_secs() < 5, "network create --ipv6 took {took:?}");
+    // The control of (b)'s count: without an overlap, dockerd asks once per family.
+    let asked_a = request_pools(&env);
+    assert!(asked_a < 16, "{asked_a} RequestPools without an overlap");
+    let d = env.d();
+    for c in ["v6a", "v6b"] {
+        env.run(c, &["--net", "v6net"]);
+    }
+    let a = attachment(d, "v6a", "v6net");
+    let ip6 = a
+        .ipv6
+        .unwrap_or_else(|| panic!("v6a: no IPv6 address: {a:?}"));
+    assert!(in_net(ip6, V6_POOL), "v6a got {ip6}, not from {V6_POOL}");
+    let addrs = exec(&env, "v6a", &["ip", "-6", "-o", "addr", "show", "eth0"]);
+    assert!(
+        addrs.contains(&format!("inet6 {ip6}/")),
+        "v6a eth0: {addrs}"
+    );
+    let b6 = attachment(d, "v6b", "v6net").ipv6.expect("v6b: no IPv6");
+    ping(&env, "v6a", b6);
+    d.docker_ok(&["rm", "-f", "v6a", "v6b"]);
+    d.docker_ok(&["network", "rm", "v6net"]);
+    assert_no_endpoints_or_allocations(&env, "after (a)");
+    eprintln!(
+        "{T}: (a) created in {took:?} after {asked_a} RequestPools ({:?})",
+        t0.elapsed()
+    );
+    finish(T, env, t0);
+
+    // (b) A nameserver inside the pool: dockerd asks again and again; the plugin ends it.
+    let t0 = Instant::now();
+    let env = start_v6("nameserver fd86::53\n");
+    let (took, out) = create_v6net(&env);
+    let err = String::from_utf8_lossy(&out.stderr).trim().to_string();
+    assert!(
+        !out.status.success(),
+        "network create --ipv6 with nameserver fd86::53 in the pool succeeded: {}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    assert!(
+        err.contains("overlap a network dockerd reserves"),
+        "network create --ipv6 (nameserver fd86::53): {err}"
+    );
+    assert!(took.as_secs() < 10, "refused only after {took:?}: {err}");
+    let asked = request_pools(&env);
+    assert!(
+        asked >= 16,
+        "dockerd asked RequestPool only {asked} times: did it see nameserver fd86::53?"
+    );
+    assert!(
+        !env.d().networks().iter().any(|n| n == "v6net"),
+        "v6net exists after the refusal"
+    );
+    eprintln!("{T}: (b) refused in {took:?} after {asked} RequestPools: {err}");
+    finish(T, env, t0);
 }

@@ -252,7 +252,7 @@ fn plugin_sigkill_during_parallel_runs() {
             let (name, host) = (name.clone(), host.clone());
             std::thread::spawn(move || {
                 let t = Instant::now();
-                let out = std::process::Command::new(docker::DOCKER)
+                let out = std::process::Command::new(&docker::engine().docker)
                     .args(["-H", &host, "run", "-d", "--name", &name, "--net", "relnet"])
                     .args([image, "sleep", "600"])
                     .env_clear()
