@@ -67,13 +67,26 @@ impl Drop for ChildGuard {
     }
 }
 
-/// A free TCP port on 127.0.0.1 (bound then released).
+/// Ports [`free_port`] hands out: below the kernel's ephemeral range (32768-60999 by
+/// default), so that no outgoing connection is given one between the check and the server's
+/// bind (or while a stopped etcd is restarted on it).
+const TEST_PORTS: std::ops::Range<u16> = 20000..32000;
+
+/// A free TCP port on 127.0.0.1 (bound then released), never the same twice in a process.
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .expect("bind a free port")
-        .local_addr()
-        .unwrap()
-        .port()
+    use std::sync::atomic::{AtomicU16, Ordering};
+    static NEXT: AtomicU16 = AtomicU16::new(0);
+    let span = TEST_PORTS.end - TEST_PORTS.start;
+    // Each process starts at its own place, so two test binaries rarely meet.
+    let base = (std::process::id() % u32::from(span)) as u16;
+    for _ in 0..span {
+        let offset = (base + NEXT.fetch_add(1, Ordering::Relaxed) % span) % span;
+        let port = TEST_PORTS.start + offset;
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free port in {TEST_PORTS:?}")
 }
 
 /// Key prefixes the Docker tests read (Calico's layout).
