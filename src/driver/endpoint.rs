@@ -10,7 +10,9 @@ use super::{Driver, EndpointSpec, JoinInfo};
 use crate::dataplane::{self, EndpointVeth};
 use crate::datastore::resources;
 use crate::error::{Error, Result, ResultExt};
-use crate::model::libnetwork::{host_veth_name, short_id, temp_veth_name, WEP_NAMESPACE};
+use crate::model::libnetwork::{
+    host_veth_name, short_id, temp_veth_name, SANDBOX_ANNOTATION, WEP_NAMESPACE,
+};
 use crate::model::resources::{WorkloadEndpointSpec, ORCHESTRATOR_LIBNETWORK};
 use crate::model::{keys, WorkloadEndpoint};
 
@@ -168,6 +170,8 @@ impl Driver {
                 ips,
                 profiles: wep.spec.profiles.clone(),
                 ports,
+                // Known at Join.
+                sandbox: String::new(),
             },
         )
         .await?;
@@ -299,6 +303,9 @@ impl Driver {
             })
             .await
             .ctx(format!("join endpoint {}", short_id(endpoint_id)))?;
+        // Its container's other endpoints share their networks' membership with it (and it
+        // with them) from this apply on.
+        self.rules().set_sandbox(endpoint_id, sandbox).await;
         // The host firewall for this endpoint (forwarding past Docker's FORWARD DROP,
         // isolation, published ports). Without it the endpoint's traffic is dropped (ours
         // drops unknown cali interfaces) and its ports go nowhere: fail, so Docker rolls the
@@ -325,6 +332,7 @@ impl Driver {
             Ok(plan) => plan,
             Err(e) => return Err(self.undo_join(endpoint_id, e).await),
         };
+        self.record_sandbox(endpoint_id, sandbox).await;
         Ok(JoinInfo {
             src_name: temp_veth_name(endpoint_id),
             dst_prefix: self.settings.ifprefix.clone(),
@@ -338,6 +346,9 @@ impl Driver {
     /// answering.
     pub async fn leave(&self, _network_id: &str, endpoint_id: &str) -> Result<()> {
         self.sandboxes.leave(endpoint_id);
+        if self.rules().set_sandbox(endpoint_id, "").await {
+            self.rules().apply_soon();
+        }
         // Leave comes before Docker moves the interface back, so delete via the host end.
         // Deleting a link waits for an RCU grace period (about 10 ms) and nothing Docker does
         // next needs it gone: it moves the container end back or finds it gone, and
@@ -379,6 +390,34 @@ impl Driver {
             errors.push(e.context(format!("delete veth {veth}")));
         }
         Error::from_list(errors)
+    }
+
+    /// Records on the endpoint's WorkloadEndpoint the sandbox it joined
+    /// ([`SANDBOX_ANNOTATION`]), so that the membership it gives survives a plugin restart.
+    /// Best effort: the rules in memory have it already, and a failure is logged.
+    async fn record_sandbox(&self, endpoint_id: &str, sandbox: &str) {
+        if sandbox.is_empty() {
+            return;
+        }
+        let key = match self.wep_name(endpoint_id) {
+            Ok(name) => keys::workload_endpoint_key(WEP_NAMESPACE, &name),
+            Err(_) => return,
+        };
+        let res =
+            resources::update_with::<WorkloadEndpointSpec, _>(self.store.as_ref(), &key, |w| {
+                let old = w
+                    .metadata
+                    .annotations
+                    .insert(SANDBOX_ANNOTATION.to_string(), sandbox.to_string());
+                old.as_deref() != Some(sandbox)
+            })
+            .await;
+        if let Err(e) = res {
+            tracing::warn!(
+                endpoint = %short_id(endpoint_id), error = %e,
+                "join: record the container sandbox on the WorkloadEndpoint; after a plugin restart its other networks' peers may not reach it until it joins again"
+            );
+        }
     }
 
     /// Join failed after the veth was made: removes it again and returns `cause`, with the

@@ -207,3 +207,40 @@ async fn docker_own_network_options_are_accepted_others_refused_by_name() {
         .unwrap()
         .is_none());
 }
+
+/// Join records the container's sandbox on the WorkloadEndpoint (an annotation), so the reach
+/// a container on several networks has survives a plugin restart; a Join again (Docker
+/// retrying) writes nothing new.
+#[tokio::test]
+async fn join_records_the_sandbox_on_the_workload_endpoint() {
+    let env = env().await;
+    let ep = ep_id('e');
+    env.endpoint(&ep).await;
+    let name =
+        crate::model::workload_endpoint_name("seq-host", "libnetwork", "libnetwork", &ep).unwrap();
+    let key = keys::workload_endpoint_key(WEP_NAMESPACE, &name);
+    let before = env.store.get(&key).await.unwrap().unwrap();
+    env.driver
+        .join(&env.net, &ep, "/var/run/docker/netns/5b1c")
+        .await
+        .unwrap();
+    let after = env.store.get(&key).await.unwrap().unwrap();
+    let wep: serde_json::Value = serde_json::from_slice(&after.value).unwrap();
+    assert_eq!(
+        wep["metadata"]["annotations"][crate::model::libnetwork::SANDBOX_ANNOTATION],
+        "/var/run/docker/netns/5b1c",
+        "{wep}"
+    );
+    assert_ne!(before.revision, after.revision);
+    env.driver
+        .join(&env.net, &ep, "/var/run/docker/netns/5b1c")
+        .await
+        .unwrap();
+    let again = env.store.get(&key).await.unwrap().unwrap();
+    assert_eq!(
+        again.revision, after.revision,
+        "an unchanged sandbox is not written again"
+    );
+    env.driver.leave(&env.net, &ep).await.unwrap();
+    env.driver.delete_endpoint(&env.net, &ep).await.unwrap();
+}

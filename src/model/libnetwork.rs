@@ -11,6 +11,12 @@ pub const WEP_NAMESPACE: &str = "libnetwork";
 /// Prefix of the IPAM handles the plugin records its addresses under.
 pub const HANDLE_PREFIX: &str = "libnetwork.";
 
+/// WorkloadEndpoint annotation naming the container sandbox (Docker's `SandboxKey`) the
+/// endpoint joined: the endpoints of one container on several networks share it, so that
+/// its addresses count as members of each of those networks (Docker's reach). An annotation,
+/// not a label: Calico's policy never selects on it, and it survives calicoctl round trips.
+pub const SANDBOX_ANNOTATION: &str = "calico-libnetwork/sandbox";
+
 /// Prefix of host-side veth names (Calico's `cali` interface prefix, which Felix matches).
 pub const HOST_VETH_PREFIX: &str = "cali";
 

@@ -408,6 +408,9 @@ fn container_on_several_networks() {
             ping(env, "multi", ip);
             ping(env, peer, on[net].ipv4.unwrap());
         }
+        // The containers on one network only still do not reach each other.
+        no_ping(env, "ca", ipv4_of(d, "cb", "nb"));
+        no_ping(env, "cb", ipv4_of(d, "cc", "nc"));
         // Traffic to nb's containers leaves by eth1, and the host veth behind eth1 answered ARP
         // for 169.254.1.2 (proxy ARP) with Calico's MAC.
         let get = exec(
@@ -468,6 +471,69 @@ fn container_on_several_networks() {
         }
         for a in &all {
             assert_host_clean(a.ipv4.unwrap(), &a.host_veth());
+        }
+        assert_no_cali_links();
+        assert_no_endpoints_or_allocations(env, T);
+    });
+}
+
+/// Docker's reach on several networks, with networks on the same (default) pools: a container
+/// on na and nb reaches na's and nb's containers and each of them reaches it, although its
+/// packets to nb's containers leave by its na interface with its na address; containers on
+/// only na and only nb still cannot reach each other. It holds across a plugin restart (the
+/// sandbox is recorded on the WorkloadEndpoints) and ends with `network disconnect`.
+#[test]
+fn container_on_two_networks_sharing_pools_reaches_both() {
+    const T: &str = "container_on_two_networks_sharing_pools_reaches_both";
+    run(T, |env, t0| {
+        env.network("sa", &[]);
+        env.network("sb", &[]);
+        env.run("pa", &["--net", "sa"]);
+        env.run("pb", &["--net", "sb"]);
+        env.run("both", &["--net", "sa"]);
+        env.d().docker_ok(&["network", "connect", "sb", "both"]);
+        let d = env.d();
+        let (pa, pb) = (ipv4_of(d, "pa", "sa"), ipv4_of(d, "pb", "sb"));
+        let (both_a, both_b) = (ipv4_of(d, "both", "sa"), ipv4_of(d, "both", "sb"));
+        // One pool for both networks: no route sends sb's traffic by eth1.
+        let get = exec(env, "both", &["ip", "route", "get", &pb.to_string()]);
+        assert!(get.contains("dev eth0"), "both -> pb leaves by eth0: {get}");
+        let check = |env: &DockerEnv, when: &str| {
+            ping(env, "both", pa);
+            ping(env, "both", pb);
+            ping(env, "pa", both_a);
+            ping(env, "pb", both_b);
+            no_ping(env, "pa", pb);
+            no_ping(env, "pb", pa);
+            eprintln!(
+                "{T}: {when}: both reaches pa and pb, pa and pb not each other ({:?})",
+                t0.elapsed()
+            );
+        };
+        check(env, "connected");
+
+        // After a plugin restart the rules are rebuilt from the datastore alone.
+        let pid = env.plugin.pid();
+        env.plugin.restart();
+        assert_ne!(env.plugin.pid(), pid);
+        // A new container on sb makes the plugin apply its whole rule set again.
+        env.run("pb2", &["--net", "sb"]);
+        let pb2 = ipv4_of(env.d(), "pb2", "sb");
+        check(env, "after a plugin restart");
+        ping(env, "both", pb2);
+        ping(env, "pb2", both_b);
+
+        // Disconnected from sb: its sa address is no member of sb any more.
+        let sb_ep = attachment(env.d(), "both", "sb");
+        env.d().docker_ok(&["network", "disconnect", "sb", "both"]);
+        assert_host_clean(both_b, &sb_ep.host_veth());
+        ping(env, "both", pa);
+        no_ping(env, "both", pb);
+        no_ping(env, "both", pb2);
+
+        env.d().docker_ok(&["rm", "-f", "both", "pa", "pb", "pb2"]);
+        for net in ["sa", "sb"] {
+            env.d().docker_ok(&["network", "rm", net]);
         }
         assert_no_cali_links();
         assert_no_endpoints_or_allocations(env, T);

@@ -23,6 +23,7 @@ fn ep(iface: &str, ip: &str, profile: &str, ports: Vec<PortMap>) -> EndpointRule
         ips: vec![ip.parse().unwrap()],
         profiles: vec![profile.into()],
         ports,
+        sandbox: String::new(),
     }
 }
 

@@ -121,6 +121,10 @@ pub struct EndpointRules {
     pub profiles: Vec<String>,
     /// Published ports.
     pub ports: Vec<PortMap>,
+    /// The container sandbox (Docker's `SandboxKey`) it is joined to; empty when not known.
+    /// A container on several networks is one host to its peers: its addresses count as
+    /// members of every profile of its endpoints (see [`render`]).
+    pub sandbox: String,
 }
 
 /// What the rules need of one IP pool.

@@ -113,13 +113,30 @@ pub fn render(state: &RuleState, family: Family, mode: Mode) -> Rendered {
 
         // Published ports: Docker's own bridge does the same with ctstate DNAT.
         rules.push(format!("-A {TO_WL} -m conntrack --ctstate DNAT -j ACCEPT"));
-        let mut members: BTreeMap<&str, Vec<&IpAddr>> = BTreeMap::new();
-        for (_, e, ips) in &eps {
-            for p in &e.profiles {
-                members
-                    .entry(p.as_str())
+        // Docker's reach on several networks: a container on networks A and B sends to B's
+        // containers from whichever interface its routes pick (with a pool shared by A and
+        // B, A's, with A's address), so each of its addresses is a member of the profiles of
+        // all its endpoints. The profiles' ingress is unchanged: a container on A only still
+        // cannot reach one on B only.
+        let mut sandbox_profiles: BTreeMap<&str, BTreeSet<&str>> = BTreeMap::new();
+        for e in state.endpoints.values() {
+            if !e.sandbox.is_empty() {
+                sandbox_profiles
+                    .entry(e.sandbox.as_str())
                     .or_default()
-                    .extend(ips.iter().copied());
+                    .extend(e.profiles.iter().map(String::as_str));
+            }
+        }
+        let mut members: BTreeMap<&str, BTreeSet<&IpAddr>> = BTreeMap::new();
+        for (_, e, ips) in &eps {
+            let shared = sandbox_profiles.get(e.sandbox.as_str());
+            for p in e
+                .profiles
+                .iter()
+                .map(String::as_str)
+                .chain(shared.into_iter().flatten().copied())
+            {
+                members.entry(p).or_default().extend(ips.iter().copied());
             }
         }
         for (_, e, _) in &eps {

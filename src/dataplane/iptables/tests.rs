@@ -22,6 +22,7 @@ fn state() -> RuleState {
                 host_port: 18080,
                 port: 80,
             }],
+            sandbox: String::new(),
         },
     );
     s.endpoints.insert(
@@ -31,6 +32,7 @@ fn state() -> RuleState {
             ips: vec!["10.0.0.2".parse().unwrap()],
             profiles: vec!["net2".into()],
             ports: vec![],
+            sandbox: String::new(),
         },
     );
     s.pools = vec![
@@ -82,6 +84,7 @@ fn ipv4_only_endpoint_leaves_ipv6_rules_unchanged() {
             ips: vec!["10.0.0.3".parse().unwrap()],
             profiles: vec!["net1".into()],
             ports: vec![],
+            sandbox: String::new(),
         },
     );
     let after = render(&s, Family::V6, Mode::Standalone);
@@ -210,6 +213,7 @@ fn adding_an_endpoint_only_inserts_removing_rewrites() {
             ips: vec!["10.65.0.9".parse().unwrap()],
             profiles: vec!["net1".into()],
             ports: vec![],
+            sandbox: String::new(),
         },
     );
     let tables = |s: &RuleState| {
@@ -237,5 +241,59 @@ fn adding_an_endpoint_only_inserts_removing_rewrites() {
     assert!(
         rm.trim_end().ends_with("-X CLN-TW-cccccccccc1\nCOMMIT"),
         "{rm}"
+    );
+}
+
+/// Docker's reach on several networks: a container with endpoints on net1 and net2 (one
+/// sandbox) has each address accepted by both networks' members; an endpoint on net2 only
+/// still does not reach net1's.
+#[test]
+fn a_container_on_two_networks_is_a_member_of_both() {
+    let mut s = state();
+    let pro1 = profile_chain("net1");
+    let pro2 = profile_chain("net2");
+    let before = render(&s, Family::V4, Mode::Standalone).filter;
+    assert!(!before.contains(&format!("-A {pro2} -s 10.0.0.1/32 -j ACCEPT")));
+    // Container X: its net1 endpoint (10.0.0.1) and a net2 endpoint (10.0.0.3).
+    s.endpoints.get_mut(&"a".repeat(64)).unwrap().sandbox = "/var/run/docker/netns/x".into();
+    s.endpoints.insert(
+        "c".repeat(64),
+        EndpointRules {
+            iface: "caliccccccccccc".into(),
+            ips: vec!["10.0.0.3".parse().unwrap()],
+            profiles: vec!["net2".into()],
+            ports: vec![],
+            sandbox: "/var/run/docker/netns/x".into(),
+        },
+    );
+    let f = render(&s, Family::V4, Mode::Standalone).filter;
+    for (chain, ip) in [
+        (&pro1, "10.0.0.1"),
+        (&pro1, "10.0.0.3"),
+        (&pro2, "10.0.0.1"),
+        (&pro2, "10.0.0.3"),
+        (&pro2, "10.0.0.2"),
+    ] {
+        assert!(
+            f.contains(&format!("-A {chain} -s {ip}/32 -j ACCEPT")),
+            "{chain} {ip}:\n{f}"
+        );
+    }
+    // 10.0.0.2 (net2 only, another sandbox) is no member of net1.
+    assert!(
+        !f.contains(&format!("-A {pro1} -s 10.0.0.2/32 -j ACCEPT")),
+        "{f}"
+    );
+    // Each endpoint's ingress is still its own profile only.
+    assert!(f.contains(&format!("-A CLN-TW-aaaaaaaaaaa -j {pro1}")));
+    assert!(
+        !f.contains(&format!("-A CLN-TW-aaaaaaaaaaa -j {pro2}")),
+        "{f}"
+    );
+    // The IPv6 address of the net1 endpoint joins net2 as well.
+    let f6 = render(&s, Family::V6, Mode::Standalone).filter;
+    assert!(
+        f6.contains(&format!("-A {pro2} -s fd00::1/128 -j ACCEPT")),
+        "{f6}"
     );
 }

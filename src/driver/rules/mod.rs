@@ -198,6 +198,19 @@ impl Rules {
         }
     }
 
+    /// Records the sandbox `endpoint_id` joined (`""` after Leave). True when it changed;
+    /// the caller applies. An endpoint not in the state (firewall off) is no change.
+    pub(crate) async fn set_sandbox(&self, endpoint_id: &str, sandbox: &str) -> bool {
+        let mut state = self.inner.state.lock().await;
+        match state.endpoints.get_mut(endpoint_id) {
+            Some(e) if e.sandbox != sandbox => {
+                e.sandbox = sandbox.to_string();
+                true
+            }
+            _ => false,
+        }
+    }
+
     /// Takes the profiles of the endpoints it knows from their WorkloadEndpoints (this
     /// host's), and applies in the background if any changed. Endpoints it does not know
     /// are left alone: one being created may not be in the state yet.
@@ -455,6 +468,12 @@ fn rules_of(wep: &WorkloadEndpoint) -> Option<EndpointRules> {
             .collect(),
         profiles: wep.spec.profiles.clone(),
         ports,
+        sandbox: wep
+            .metadata
+            .annotations
+            .get(crate::model::libnetwork::SANDBOX_ANNOTATION)
+            .cloned()
+            .unwrap_or_default(),
     })
 }
 
