@@ -9,7 +9,9 @@ use crate::config::Config;
 use crate::datastore::resources;
 use crate::datastore::Datastore;
 use crate::error::Result;
-use crate::model::libnetwork::{fallback_profile, NetworkRecord, WEP_NAMESPACE};
+use crate::model::libnetwork::{
+    fallback_profile, NetworkRecord, CONTAINER_ANNOTATION, WEP_NAMESPACE,
+};
 use crate::model::{keys, WorkloadEndpoint};
 
 use super::open_datastore_for_command;
@@ -17,7 +19,7 @@ use super::open_datastore_for_command;
 /// `endpoint` subcommands.
 #[derive(clap::Subcommand, Debug)]
 pub(crate) enum EndpointCommand {
-    /// Endpoint, network/profile, addresses, interface, container MAC.
+    /// Endpoint, container name (Docker 29+), network/profile, addresses, interface, container MAC.
     List {
         /// Every host's endpoints, not only this node's.
         #[arg(long)]
@@ -35,6 +37,8 @@ pub(crate) struct EndpointRow {
     pub(crate) endpoint: String,
     /// The WorkloadEndpoint's name.
     pub(crate) name: String,
+    /// The container's name, when Docker gave it (Docker 29 and later).
+    pub(crate) container: Option<String>,
     /// The node it is on.
     pub(crate) node: String,
     /// The Docker network (name once known, else its ID), when profiles tell.
@@ -81,6 +85,7 @@ pub(crate) async fn endpoints(
                 .find_map(|p| by_profile.get(p).cloned()),
             endpoint: w.spec.endpoint.clone(),
             name: w.name().to_string(),
+            container: w.metadata.annotations.get(CONTAINER_ANNOTATION).cloned(),
             node: w.spec.node.clone(),
             profiles: w.spec.profiles.clone(),
             addresses: w.spec.ip_networks.clone(),
@@ -118,6 +123,7 @@ async fn networks_by_profile(store: &dyn Datastore) -> Result<HashMap<String, St
 fn table_rows(rows: Vec<EndpointRow>, all_hosts: bool) -> Vec<Vec<String>> {
     let mut head = vec![
         "ENDPOINT",
+        "CONTAINER",
         "NETWORK",
         "PROFILES",
         "ADDRESSES",
@@ -132,6 +138,10 @@ fn table_rows(rows: Vec<EndpointRow>, all_hosts: bool) -> Vec<Vec<String>> {
         let short = r.endpoint.chars().take(12).collect::<String>();
         let mut row = vec![
             short,
+            // Stored text: shown escaped, so a record cannot write to the terminal.
+            r.container
+                .map(|c| c.escape_default().to_string())
+                .unwrap_or_else(|| "-".to_string()),
             r.network.unwrap_or_else(|| "-".to_string()),
             if r.profiles.is_empty() {
                 "-".to_string()

@@ -11,7 +11,8 @@ use crate::dataplane::{self, EndpointVeth};
 use crate::datastore::resources;
 use crate::error::{Error, Result, ResultExt};
 use crate::model::libnetwork::{
-    host_veth_name, short_id, temp_veth_name, SANDBOX_ANNOTATION, WEP_NAMESPACE,
+    host_veth_name, short_id, temp_veth_name, CONTAINER_ANNOTATION, SANDBOX_ANNOTATION,
+    WEP_NAMESPACE,
 };
 use crate::model::resources::{WorkloadEndpointSpec, ORCHESTRATOR_LIBNETWORK};
 use crate::model::{keys, WorkloadEndpoint};
@@ -154,6 +155,13 @@ impl Driver {
             },
         );
         wep.apply_calico_labels();
+        let mut addrs: Vec<IpAddr> = ipv4.iter().map(|a| IpAddr::V4(*a)).collect();
+        addrs.extend(ipv6.iter().map(|a| IpAddr::V6(*a)));
+        if let Some(name) = self.take_container_name(&addrs) {
+            wep.metadata
+                .annotations
+                .insert(CONTAINER_ANNOTATION.to_string(), name);
+        }
         // From here on a failure (or the deadline) undoes the write: a put or create that
         // errored may still have been applied.
         *written = true;

@@ -533,6 +533,15 @@ impl IpamDriver {
         let _serial = self.ipam_turn().await;
         let host = self.nodename.clone();
         let handle = crate::model::libnetwork::new_handle();
+        let mut attrs = default_attrs(&host);
+        // Docker 29 names the container: recorded beside Calico's attributes, so
+        // `calicoctl ipam show --ip` names it.
+        if let Some(name) = crate::model::libnetwork::container_name(options) {
+            attrs.insert(
+                crate::model::libnetwork::CONTAINER_ATTRIBUTE.to_string(),
+                name,
+            );
+        }
         let prefix = match family {
             IpFamily::V4 => 32,
             IpFamily::V6 => 128,
@@ -558,7 +567,7 @@ impl IpamDriver {
             let args = AssignIp {
                 ip,
                 handle,
-                attrs: default_attrs(&host),
+                attrs,
                 host,
                 intended_use: crate::ipam::USE_WORKLOAD.to_string(),
             };
@@ -579,6 +588,7 @@ impl IpamDriver {
         }
         let mut args = AutoAssign::new(1, family, &host, &handle);
         args.pools = pools;
+        args.attrs = attrs;
         let got = self
             .ipam
             .auto_assign(&args)
@@ -722,5 +732,47 @@ mod tests {
         assert!(e.contains("overlap a network dockerd reserves"), "{e}");
         // After the refusal a new request is served again.
         assert!(d.request_pool(v6).await.is_ok());
+    }
+
+    /// Docker 29's container name (`com.docker.network.endpoint.name`) is recorded on the
+    /// allocation beside Calico's `node` and `timestamp`; a name Docker could not have made
+    /// is ignored, and the address is given all the same.
+    #[tokio::test]
+    async fn docker_29_container_name_is_an_allocation_attribute() {
+        let (_dir, d) = ipam_driver().await;
+        d.request_pool(PoolRequest::default()).await.unwrap();
+        let mut opts = BTreeMap::new();
+        opts.insert(
+            "com.docker.network.endpoint.name".to_string(),
+            "/web-1".to_string(),
+        );
+        let named = d
+            .request_address(POOL_ID_V4, None, &opts, |_| async { false })
+            .await
+            .unwrap();
+        opts.insert(
+            "com.docker.network.endpoint.name".to_string(),
+            "x\n\u{1b}[2J".to_string(),
+        );
+        let hostile = d
+            .request_address(POOL_ID_V4, None, &opts, |_| async { false })
+            .await
+            .unwrap();
+        let attrs_of = |blocks: &[(crate::model::AllocationBlock, i64)], ip: IpAddr| {
+            blocks
+                .iter()
+                .find_map(|(b, _)| {
+                    let ord = b.ordinal_of(&ip)?;
+                    let idx = b.allocations.get(ord).copied().flatten()?;
+                    Some(b.attributes[idx as usize].secondary.clone())
+                })
+                .unwrap()
+        };
+        let blocks = d.ipam.list_blocks(None).await.unwrap();
+        let a = attrs_of(&blocks, named.addr());
+        assert_eq!(a.get("container").map(String::as_str), Some("web-1"), "{a:?}");
+        assert_eq!(a.get("node").map(String::as_str), Some("ipam-host"), "{a:?}");
+        let b = attrs_of(&blocks, hostile.addr());
+        assert!(!b.contains_key("container"), "{b:?}");
     }
 }

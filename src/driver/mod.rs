@@ -161,6 +161,9 @@ pub struct JoinInfo {
 
 pub use crate::dataplane::{format_mac, parse_mac};
 
+/// At most this many container names wait for their CreateEndpoint.
+const CONTAINER_NAMES_KEPT: usize = 4096;
+
 /// The network and IPAM driver.
 pub struct Driver {
     store: Arc<dyn Datastore>,
@@ -182,6 +185,8 @@ pub struct Driver {
     ipam_driver: ipam::IpamDriver,
     /// Gateways and routes given to the endpoints of each container sandbox (see `sandbox`).
     sandboxes: sandbox::Sandboxes,
+    /// Container names from RequestAddress (Docker 29+), by address, until CreateEndpoint.
+    container_names: std::sync::Mutex<std::collections::HashMap<IpAddr, String>>,
     /// The Docker API, for background tasks only (never awaited by a handler).
     docker: Option<Arc<docker::DockerApi>>,
     /// The machine ID another machine recorded on this node's Node (see
@@ -247,6 +252,7 @@ impl Driver {
             network_pools: Default::default(),
             settled_records: Default::default(),
             sandboxes: Default::default(),
+            container_names: Default::default(),
         }
     }
 
@@ -269,14 +275,39 @@ impl Driver {
         address: Option<IpAddr>,
         options: &BTreeMap<String, String>,
     ) -> Result<IpNet> {
-        self.ipam_driver
+        let got = self
+            .ipam_driver
             .request_address(pool_id, address, options, |ip| async move {
                 self.reclaim_stale_address(ip).await.unwrap_or_else(|e| {
                     tracing::warn!(address = %ip, error = %e, "check stale owner of requested address");
                     false
                 })
             })
-            .await
+            .await?;
+        // Docker 29 names the container here, and not in CreateEndpoint: kept for the
+        // CreateEndpoint that comes with this address.
+        if let Some(name) = crate::model::libnetwork::container_name(options) {
+            let mut names = self.container_names.lock().unwrap();
+            // Addresses whose CreateEndpoint never came (Docker failed in between) must not
+            // pile up: the names only label things.
+            if names.len() >= CONTAINER_NAMES_KEPT {
+                names.clear();
+            }
+            names.insert(got.addr(), name);
+        }
+        Ok(got)
+    }
+
+    /// The container name Docker gave with one of `addrs` in RequestAddress, taken out.
+    pub(crate) fn take_container_name(&self, addrs: &[IpAddr]) -> Option<String> {
+        let mut names = self.container_names.lock().unwrap();
+        let mut found = None;
+        for a in addrs {
+            if let Some(n) = names.remove(a) {
+                found.get_or_insert(n);
+            }
+        }
+        found
     }
 
     /// Handles for a background task that uses the Docker API; `None` without one.

@@ -17,6 +17,29 @@ pub const HANDLE_PREFIX: &str = "libnetwork.";
 /// not a label: Calico's policy never selects on it, and it survives calicoctl round trips.
 pub const SANDBOX_ANNOTATION: &str = "calico-libnetwork/sandbox";
 
+/// WorkloadEndpoint annotation, and IPAM allocation attribute, with the name of the container
+/// an endpoint belongs to, where Docker says it (29 and later, in RequestAddress's options).
+pub const CONTAINER_ANNOTATION: &str = "calico-libnetwork/container";
+
+/// The allocation attribute (Calico's `attrSecondary`) naming the container, beside Calico's
+/// own `node` and `timestamp`.
+pub const CONTAINER_ATTRIBUTE: &str = "container";
+
+/// The container's name from Docker's RequestAddress options (`com.docker.network.endpoint.name`,
+/// Docker 29+), when it is one Docker could have made: `[a-zA-Z0-9][a-zA-Z0-9_.-]*`, at most
+/// 255 characters, a leading `/` dropped. Anything else is ignored (it only names things).
+pub fn container_name(options: &std::collections::BTreeMap<String, String>) -> Option<String> {
+    let raw = options.get("com.docker.network.endpoint.name")?;
+    let name = raw.strip_prefix('/').unwrap_or(raw);
+    let ok = !name.is_empty()
+        && name.len() <= 255
+        && name.as_bytes()[0].is_ascii_alphanumeric()
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'));
+    ok.then(|| name.to_string())
+}
+
 /// Prefix of host-side veth names (Calico's `cali` interface prefix, which Felix matches).
 pub const HOST_VETH_PREFIX: &str = "cali";
 

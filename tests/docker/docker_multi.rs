@@ -801,3 +801,61 @@ fn ipv6_without_subnet_beside_ipv6_nameservers() {
     eprintln!("{T}: (b) refused in {took:?} after {asked} RequestPools: {err}");
     finish(T, env, t0);
 }
+
+/// Docker 28's IPv6-only networks (`--ipv4=false --ipv6`, no `--subnet`): dockerd asks for an
+/// IPv6 pool only; the network is made, its containers get an IPv6 address of the Calico pool
+/// and no IPv4 one, reach each other over IPv6, and leave nothing behind. Docker 20.10 has no
+/// `--ipv4` flag: there this test says it skips.
+#[test]
+fn ipv6_only_network_on_docker_28() {
+    const T: &str = "ipv6_only_network_on_docker_28";
+    if !common::require_root(T) {
+        return;
+    }
+    if docker::engine().is_debian() {
+        common::say_skipped(&format!(
+            "{T}: Docker 20.10 has no IPv6-only networks (--ipv4=false); run with {}=sid",
+            docker::ENGINE_VAR
+        ));
+        return;
+    }
+    if !std::path::Path::new("/proc/sys/net/ipv6").exists() {
+        common::say_skipped(&format!(
+            "{T}: this kernel has no IPv6 (/proc/sys/net/ipv6 missing)"
+        ));
+        return;
+    }
+    let t0 = Instant::now();
+    let env = start_v6("nameserver 192.0.2.53\n");
+    let d = env.d();
+    let out = d
+        .docker_timeout(
+            &Dockerd::calico_network_args("v6only", &["--ipv4=false", "--ipv6"]),
+            std::time::Duration::from_secs(30),
+        )
+        .expect("network create --ipv4=false --ipv6 hung");
+    assert!(
+        out.status.success(),
+        "network create --ipv4=false --ipv6: {}",
+        String::from_utf8_lossy(&out.stderr).trim()
+    );
+    for c in ["o6a", "o6b"] {
+        env.run(c, &["--net", "v6only"]);
+    }
+    let a = attachment(d, "o6a", "v6only");
+    assert_eq!(a.ipv4, None, "o6a has IPv4 on an IPv6-only network: {a:?}");
+    let ip6 = a
+        .ipv6
+        .unwrap_or_else(|| panic!("o6a: no IPv6 address: {a:?}"));
+    assert!(in_net(ip6, V6_POOL), "o6a got {ip6}, not from {V6_POOL}");
+    let v4 = exec(&env, "o6a", &["ip", "-4", "-o", "addr", "show", "eth0"]);
+    assert!(v4.trim().is_empty(), "o6a eth0 has IPv4: {v4}");
+    let b6 = attachment(d, "o6b", "v6only").ipv6.expect("o6b: no IPv6");
+    ping(&env, "o6a", b6);
+    ping(&env, "o6b", ip6);
+    d.docker_ok(&["rm", "-f", "o6a", "o6b"]);
+    d.docker_ok(&["network", "rm", "v6only"]);
+    assert_no_endpoints_or_allocations(&env, T);
+    eprintln!("{T}: made, used and removed ({:?})", t0.elapsed());
+    finish(T, env, t0);
+}

@@ -467,7 +467,8 @@ fn network_and_endpoint(sock: &std::path::Path) {
     let addr = plugin_ok(
         sock,
         "IpamDriver.RequestAddress",
-        serde_json::json!({"PoolID": pool["PoolID"], "Address": "", "Options": {}}),
+        // As Docker 29 asks: with the container's name.
+        serde_json::json!({"PoolID": pool["PoolID"], "Address": "", "Options": {"com.docker.network.endpoint.name": "web-1"}}),
     );
     plugin_ok(
         sock,
@@ -624,6 +625,14 @@ fn operator_commands_while_serving(envs: &[(&str, &str)], sock: &std::path::Path
     assert_eq!(code, 0, "{out}{err}");
     let eps: serde_json::Value = serde_json::from_str(&out).unwrap();
     assert_eq!(eps[0]["endpoint"], EP_ID, "{eps:#}");
+    // Docker 29's container name, from RequestAddress, names the endpoint.
+    assert_eq!(eps[0]["container"], "web-1", "{eps:#}");
+    let (code, out, err) = op(&all, &["endpoint", "list"]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(
+        out.lines().next().unwrap_or("").contains("CONTAINER") && out.contains(" web-1 "),
+        "{out}"
+    );
     let (code, out, err) = op(&all, &["ipam", "check", "--no-veths"]);
     assert_eq!(code, 0, "{out}{err}");
     assert!(out.contains("0 inconsistencies found"), "{out}");
