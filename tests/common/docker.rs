@@ -582,7 +582,9 @@ disabled_plugins = ["io.containerd.grpc.v1.cri"]
     }
 
     fn spawn_dockerd(&mut self) {
-        std::fs::write(self.path("daemon.json"), "{}\n").unwrap();
+        if !self.path("daemon.json").exists() {
+            std::fs::write(self.path("daemon.json"), "{}\n").unwrap();
+        }
         let p = |n: &str| self.path(n).display().to_string();
         let args: Vec<String> = vec![
             "--debug".into(),
@@ -831,6 +833,12 @@ exec "$dockerd" "$@"
         let _ = std::fs::remove_dir_all(&root);
         self.busybox = true;
         BUSYBOX_IMAGE
+    }
+
+    /// Replaces dockerd's configuration file (`daemon.json`, ours, never the host's): in
+    /// effect from the next [`Dockerd::restart_dockerd`].
+    pub fn set_daemon_config(&mut self, json: &str) {
+        std::fs::write(self.path("daemon.json"), json).unwrap();
     }
 
     /// Stops dockerd alone, gracefully (SIGTERM, as `systemctl restart docker`) or as a

@@ -540,6 +540,88 @@ fn container_on_two_networks_sharing_pools_reaches_both() {
     });
 }
 
+/// dockerd with `live-restore`: restarted while containers run on a Calico network, it keeps
+/// them running without a Leave or DeleteEndpoint; afterwards one of them joins a second
+/// Calico network and a new container starts, and everything reaches what it should. Nothing
+/// leaks once they are removed.
+#[test]
+fn live_restore_keeps_containers_through_a_dockerd_restart() {
+    const T: &str = "live_restore_keeps_containers_through_a_dockerd_restart";
+    run(T, |env, t0| {
+        env.docker.set_daemon_config("{\"live-restore\": true}\n");
+        env.docker.restart_dockerd(false);
+        let on = env
+            .d()
+            .docker_ok(&["info", "-f", "{{.LiveRestoreEnabled}}"]);
+        assert_eq!(on.trim(), "true", "live-restore is not on");
+        env.network("lr1", &[]);
+        env.network("lr2", &[]);
+        env.run("la", &["--net", "lr1"]);
+        env.run("lb", &["--net", "lr1"]);
+        let pid_of = |env: &DockerEnv, c: &str| {
+            env.d()
+                .docker_ok(&["inspect", "-f", "{{.State.Pid}}", c])
+                .trim()
+                .to_string()
+        };
+        let pids = (pid_of(env, "la"), pid_of(env, "lb"));
+        let (la, lb) = (ipv4_of(env.d(), "la", "lr1"), ipv4_of(env.d(), "lb", "lr1"));
+        let weps_before = env.list(WEPS_PREFIX).len();
+        let calls_from = env.plugin.calls_since(0).len();
+
+        env.docker.restart_dockerd(false);
+        eprintln!("{T}: dockerd restarted ({:?})", t0.elapsed());
+        assert_eq!(
+            (pid_of(env, "la"), pid_of(env, "lb")),
+            pids,
+            "live-restore kept the containers"
+        );
+        let torn: Vec<String> = env
+            .plugin
+            .calls_since(calls_from)
+            .iter()
+            .filter(|c| {
+                matches!(
+                    c.method(),
+                    "NetworkDriver.Leave"
+                        | "NetworkDriver.DeleteEndpoint"
+                        | "IpamDriver.ReleaseAddress"
+                )
+            })
+            .map(|c| c.summary())
+            .collect();
+        assert!(
+            torn.is_empty(),
+            "a live-restore restart tore endpoints down: {torn:?}"
+        );
+        assert_eq!(env.list(WEPS_PREFIX).len(), weps_before);
+        ping(env, "la", lb);
+        ping(env, "lb", la);
+
+        env.d().docker_ok(&["network", "connect", "lr2", "la"]);
+        env.run("lc", &["--net", "lr2"]);
+        env.run("ld", &["--net", "lr1"]);
+        let (la2, lc) = (ipv4_of(env.d(), "la", "lr2"), ipv4_of(env.d(), "lc", "lr2"));
+        let ld = ipv4_of(env.d(), "ld", "lr1");
+        ping(env, "la", lc);
+        ping(env, "lc", la2);
+        ping(env, "ld", la);
+        ping(env, "la", ld);
+        no_ping(env, "lc", lb);
+        eprintln!(
+            "{T}: connect and run after the restart work ({:?})",
+            t0.elapsed()
+        );
+
+        env.d().docker_ok(&["rm", "-f", "la", "lb", "lc", "ld"]);
+        for net in ["lr1", "lr2"] {
+            env.d().docker_ok(&["network", "rm", net]);
+        }
+        assert_no_cali_links();
+        assert_no_endpoints_or_allocations(env, T);
+    });
+}
+
 /// Twenty `docker run -d` at once on one network: twenty distinct addresses, all reachable;
 /// after `docker rm -f` nothing is left. Then a plugin restart between run and removal.
 #[test]
