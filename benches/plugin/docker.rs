@@ -140,7 +140,8 @@ pub(crate) fn plugin_calls(calls: &[common::plugin::Call]) -> BTreeMap<String, V
 pub(crate) fn part_docker(cfg: &Cfg, rep: &mut Report) {
     rep.h(2, "1. Container start and removal through Docker");
     rep.p(&format!(
-        "`docker run --rm --net <net> busybox true` (Debian's docker client → our own dockerd), \
+        "Docker engine `{}={}`. `docker run --rm --net <net> busybox true` (the engine's docker \
+         client → our own dockerd), \
          {} runs per network, the four networks (calico; `benchbr`, a user-defined network of \
          Docker's bridge driver; the default `bridge`; `none`) alternated in rotating order, after \
          2 warm-up runs each; then {} containers `docker run -d ... sleep 600` started in parallel \
@@ -150,6 +151,8 @@ pub(crate) fn part_docker(cfg: &Cfg, rep: &mut Report) {
          `LOG_LEVEL=info`, dataplane mode `{}`; `auto`, the default, means standalone firewall \
          rules: an endpoint's are inserted before Join answers and removed after DeleteEndpoint \
          answers).",
+        common::docker::ENGINE_VAR,
+        common::docker::engine().name,
         cfg.docker_runs,
         cfg.parallel,
         cfg.parallel_reps,

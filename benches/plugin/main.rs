@@ -109,7 +109,11 @@ impl Cfg {
             scale_n: env_usize("BENCH_SCALE_N", 10_000),
             hosts: env_usize("BENCH_HOSTS", 8),
             per_host: env_usize("BENCH_PER_HOST", 250),
-            out: Path::new(env!("CARGO_MANIFEST_DIR")).join("bench-results"),
+            // BENCH_OUT: another results directory (scripts/bench.sh gives each further
+            // Docker engine its own).
+            out: std::env::var_os("BENCH_OUT")
+                .map(std::path::PathBuf::from)
+                .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("bench-results")),
         }
     }
     fn part(&self, p: &str) -> bool {
@@ -135,8 +139,19 @@ fn machine(rep: &mut Report, cfg: &Cfg) {
         vec!["memory".into(), sh("awk '/MemTotal/ {printf \"%.1f GiB\", $2/1048576}' /proc/meminfo")],
         vec!["kernel".into(), sh("uname -r")],
         vec!["OS".into(), sh(". /etc/os-release; echo $PRETTY_NAME")],
-        vec!["Docker".into(), sh("/usr/sbin/dockerd --version")],
-        vec!["containerd".into(), sh("/usr/bin/containerd --version")],
+        vec![
+            "Docker".into(),
+            format!(
+                "{} ({}={})",
+                sh(&format!("{} --version", common::docker::engine().dockerd.display())),
+                common::docker::ENGINE_VAR,
+                common::docker::engine().name
+            ),
+        ],
+        vec![
+            "containerd".into(),
+            sh(&format!("{} --version", common::docker::engine().containerd.display())),
+        ],
         vec!["etcd".into(), sh("etcd --version | head -1")],
         vec!["CNI plugins".into(), sh("dpkg-query -W -f='${Version}' containernetworking-plugins")],
         vec!["Rust".into(), sh("rustc --version")],
