@@ -33,6 +33,30 @@ where
     S: Spec + Serialize + DeserializeOwned,
 {
     let kvs = store.list(&Resource::<S>::list_prefix(namespace)).await?;
+    // As Calico's client lists (`convertListResponse` in libcalico-go's etcdv3 backend): a
+    // record that does not decode is logged and skipped, never a reason to list nothing.
+    Ok(kvs
+        .iter()
+        .filter_map(|kv| match decode(kv) {
+            Ok(r) => Some(r),
+            Err(e) => {
+                tracing::warn!(key = %kv.key, error = %e, "skipping a {} that does not decode", S::KIND);
+                None
+            }
+        })
+        .collect())
+}
+
+/// [`list`], but failing on the first record that does not decode: for decisions that
+/// must see every record (what `ipam check --repair` releases as unused).
+pub async fn list_strict<S>(
+    store: &dyn Datastore,
+    namespace: Option<&str>,
+) -> Result<Vec<Resource<S>>>
+where
+    S: Spec + Serialize + DeserializeOwned,
+{
+    let kvs = store.list(&Resource::<S>::list_prefix(namespace)).await?;
     kvs.iter().map(decode).collect()
 }
 
@@ -92,4 +116,41 @@ where
         "update {} {key}: still conflicting after {UPDATE_ATTEMPTS} attempts",
         S::KIND
     )))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::datastore::local::LocalStore;
+    use crate::model::{keys, WorkloadEndpoint};
+
+    /// A record that does not decode is skipped by [`list`], as Calico's client skips it
+    /// (`convertListResponse` in libcalico-go/lib/backend/etcdv3/conversion.go), and fails
+    /// [`list_strict`], naming its key.
+    #[tokio::test]
+    async fn lists_skip_what_does_not_decode_unless_strict() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = LocalStore::open(dir.path().join("s.redb")).unwrap();
+        let good = serde_json::json!({"kind": "WorkloadEndpoint", "apiVersion": "projectcalico.org/v3",
+            "metadata": {"name": "h-libnetwork-libnetwork-aa", "namespace": "libnetwork"},
+            "spec": {"node": "h", "endpoint": "aa", "ipNetworks": ["10.0.0.1/32"]}});
+        let good_key = keys::workload_endpoint_key("libnetwork", "h-libnetwork-libnetwork-aa");
+        let bad_key = keys::workload_endpoint_key("libnetwork", "h-libnetwork-libnetwork-bb");
+        store
+            .put(&good_key, good.to_string().into_bytes())
+            .await
+            .unwrap();
+        store
+            .put(&bad_key, b"{\"spec\": 42".to_vec())
+            .await
+            .unwrap();
+        let listed: Vec<WorkloadEndpoint> = list(&store, Some("libnetwork")).await.unwrap();
+        assert_eq!(listed.len(), 1);
+        assert_eq!(listed[0].spec.endpoint, "aa");
+        let e = list_strict::<crate::model::resources::WorkloadEndpointSpec>(&store, None)
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains(&bad_key), "{e}");
+    }
 }

@@ -186,8 +186,16 @@ impl Driver {
         match resources::create(self.store.as_ref(), &mut wep).await {
             Ok(_) => {}
             Err(e) if e.is_exists() => {
-                // Docker retrying the same endpoint: replace what an earlier attempt wrote.
+                // Docker retrying the same endpoint: replace what an earlier attempt wrote,
+                // keeping its identity (clientv3 never changes `uid` or `creationTimestamp`
+                // on an update).
                 let key = wep.key()?;
+                if let Ok(Some(old)) =
+                    resources::get::<WorkloadEndpointSpec>(self.store.as_ref(), &key).await
+                {
+                    wep.metadata.uid = old.metadata.uid;
+                    wep.metadata.creation_timestamp = old.metadata.creation_timestamp;
+                }
                 wep.metadata.stamp_create();
                 self.store
                     .put(&key, wep.to_json()?)

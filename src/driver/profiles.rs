@@ -71,7 +71,7 @@ pub(crate) async fn profile_delete_writes(
             tracing::info!(profile = %name, "profile does not decode; left in place");
             continue;
         };
-        if p.spec != ProfileSpec::for_network(name) {
+        if !p.spec.is_for_network(name) {
             tracing::info!(profile = %name, "profile differs from the one the plugin creates; left in place");
             continue;
         }
@@ -92,8 +92,24 @@ pub(crate) async fn unused_profiles(
         .filter(|n| !n.is_empty() && !records.iter().any(|r| &r.profile == n))
         .collect();
     if !left.is_empty() {
-        let weps = resources::list::<WorkloadEndpointSpec>(store, Some(WEP_NAMESPACE)).await?;
-        left.retain(|n| !weps.iter().any(|w| w.spec.profiles.contains(n)));
+        // Every namespace: Calico's CNI plugin gives a network's endpoints (namespace
+        // `default` or a pod's) the same-named profile of the same shape, and never deletes it.
+        let kvs = store
+            .list(&keys::resource_prefix(
+                keys::PLURAL_WORKLOAD_ENDPOINTS,
+                None,
+            ))
+            .await?;
+        for kv in &kvs {
+            match resources::decode::<WorkloadEndpointSpec>(kv) {
+                Ok(w) => left.retain(|n| !w.spec.profiles.contains(n)),
+                // One that does not decode may use any profile its text names: those stay.
+                Err(_) => {
+                    let text = String::from_utf8_lossy(&kv.value);
+                    left.retain(|n| !text.contains(&format!("\"{n}\"")));
+                }
+            }
+        }
     }
     Ok(left)
 }
@@ -435,6 +451,20 @@ mod tests {
             crate::model::Selector::parse(&sel).unwrap_or_else(|e| panic!("{sel}: {e}"));
         }
         assert_eq!(fallback_profile(&"ab".repeat(32)), "ab".repeat(32));
+        // Every profile's label key is one calicoctl accepts (Calico's `validateLabels`, in
+        // libcalico-go/lib/validator/v3/validator.go): the fallback's 64-character network
+        // ID and a 253-character network name too; the selector uses the same key.
+        for name in [
+            fallback_profile(&"ab".repeat(32)),
+            named_profile(&long),
+            "net1".into(),
+        ] {
+            let spec = ProfileSpec::for_network(&name);
+            let key = spec.labels_to_apply.keys().next().unwrap().clone();
+            assert!(crate::model::names::is_label_name(&key), "{name} -> {key}");
+            assert_eq!(spec.ingress[0].source.selector, format!("has({key})"));
+            assert!(spec.is_for_network(&name));
+        }
     }
 
     #[test]

@@ -244,3 +244,33 @@ async fn join_records_the_sandbox_on_the_workload_endpoint() {
     env.driver.leave(&env.net, &ep).await.unwrap();
     env.driver.delete_endpoint(&env.net, &ep).await.unwrap();
 }
+
+/// Docker retrying a CreateEndpoint rewrites the WorkloadEndpoint but keeps its `uid` and
+/// `creationTimestamp`, as Calico's clientv3 does on every update (libcalico-go's
+/// `resources.go` update path never sets them).
+#[tokio::test]
+async fn create_endpoint_again_keeps_the_workload_endpoint_uid() {
+    let env = env().await;
+    let ep = ep_id('f');
+    let name =
+        crate::model::workload_endpoint_name("seq-host", "libnetwork", "libnetwork", &ep).unwrap();
+    let key = keys::workload_endpoint_key(WEP_NAMESPACE, &name);
+    let meta = |v: &[u8]| -> (String, String) {
+        let w: serde_json::Value = serde_json::from_slice(v).unwrap();
+        (
+            w["metadata"]["uid"].as_str().unwrap().to_string(),
+            w["metadata"]["creationTimestamp"]
+                .as_str()
+                .unwrap()
+                .to_string(),
+        )
+    };
+    env.endpoint(&ep).await;
+    let first = meta(&env.store.get(&key).await.unwrap().unwrap().value);
+    assert_eq!(first.0.len(), 36);
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    env.endpoint(&ep).await;
+    let again = env.store.get(&key).await.unwrap().unwrap();
+    assert_eq!(meta(&again.value), first);
+    env.driver.delete_endpoint(&env.net, &ep).await.unwrap();
+}

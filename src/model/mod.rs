@@ -63,7 +63,7 @@ pub use gotime::{format_time, go_time_string, parse_go_time, parse_time};
 pub use handle::IpamHandle;
 pub use ipam_config::IpamConfig;
 pub use ippool::{IpPool, IpPoolSpec};
-pub use names::{resource_name_from, validate_resource_name, workload_endpoint_name};
+pub use names::{label_key, resource_name_from, validate_resource_name, workload_endpoint_name};
 pub use resources::{
     ClusterInformation, ClusterInformationSpec, Node, NodeSpec, ObjectMeta, Profile, ProfileSpec,
     Resource, Spec, WorkloadEndpoint, WorkloadEndpointSpec, API_VERSION,

@@ -155,6 +155,56 @@ pub fn resource_name_from(s: &str) -> String {
     format!("{base}-{suffix}")
 }
 
+/// Calico's limit on a label key's name part (Kubernetes' `IsQualifiedName`).
+pub const MAX_LABEL_NAME_LEN: usize = 63;
+
+/// Whether `s` is a label key Calico's validator accepts without a prefix
+/// (`validateLabels` → Kubernetes' `IsQualifiedName`: at most 63 characters of
+/// `[A-Za-z0-9_.-]`, beginning and ending with a letter or digit).
+pub fn is_label_name(s: &str) -> bool {
+    let b = s.as_bytes();
+    !b.is_empty()
+        && b.len() <= MAX_LABEL_NAME_LEN
+        && b[0].is_ascii_alphanumeric()
+        && b[b.len() - 1].is_ascii_alphanumeric()
+        && b.iter()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'-' | b'_' | b'.'))
+}
+
+/// The label key a network profile applies to its endpoints (its `labelsToApply` key and
+/// `has()` selector): the profile's name when Calico accepts it as a label key, else (a
+/// fallback profile's 64-character network ID, a long network name) its first characters,
+/// `-` and 8 hex digits of a hash of the whole name, 63 characters at most: calicoctl
+/// refuses to re-apply a profile with a longer key (Calico's `validateLabels`).
+pub fn label_key(profile: &str) -> String {
+    if is_label_name(profile) {
+        return profile.to_string();
+    }
+    let suffix = format!("{:08x}", fnv1a32(profile.as_bytes()));
+    let mut base: String = profile
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.') {
+                c
+            } else {
+                '-'
+            }
+        })
+        .take(MAX_LABEL_NAME_LEN - suffix.len() - 1)
+        .collect();
+    while base.ends_with(|c: char| !c.is_ascii_alphanumeric()) {
+        base.pop();
+    }
+    while base.starts_with(|c: char| !c.is_ascii_alphanumeric()) {
+        base.remove(0);
+    }
+    if base.is_empty() {
+        suffix
+    } else {
+        format!("{base}-{suffix}")
+    }
+}
+
 /// 32-bit FNV-1a.
 fn fnv1a32(bytes: &[u8]) -> u32 {
     bytes.iter().fold(0x811c_9dc5u32, |h, &b| {
@@ -294,5 +344,29 @@ mod tests {
     fn fnv1a_known_value() {
         assert_eq!(fnv1a32(b""), 0x811c9dc5);
         assert_eq!(fnv1a32(b"a"), 0xe40c292c);
+    }
+
+    /// A profile's label key stays within Calico's label validation (`validateLabels` in
+    /// libcalico-go/lib/validator/v3/validator.go: `IsQualifiedName`, 63 characters).
+    #[test]
+    fn label_keys_are_qualified_names() {
+        assert_eq!(label_key("net1"), "net1");
+        assert_eq!(label_key("my-net.1-0badf00d"), "my-net.1-0badf00d");
+        let id = "0123456789abcdef".repeat(4);
+        let k = label_key(&id);
+        assert_eq!(k.len(), 63, "{k}");
+        assert!(k.starts_with(&id[..54]), "{k}");
+        assert!(is_label_name(&k), "{k}");
+        let long = format!("{}.x", "a".repeat(250));
+        let k2 = label_key(&long);
+        assert!(is_label_name(&k2) && k2 != k, "{k2}");
+        // Distinct long names keep distinct keys.
+        assert_ne!(label_key(&"ab".repeat(32)), label_key(&"ba".repeat(32)));
+        for ok in ["a", "A-b_c.d", &"x".repeat(63)] {
+            assert!(is_label_name(ok), "{ok}");
+        }
+        for bad in ["", "-a", "a-", "a/b", &"x".repeat(64), "ä"] {
+            assert!(!is_label_name(bad), "{bad}");
+        }
     }
 }

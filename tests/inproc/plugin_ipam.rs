@@ -417,6 +417,101 @@ async fn network_round_trips_and_unreadable_profile(store: Store) {
     s.stop().await;
 }
 
+/// Profiles as Calico validates and shares them: the fallback profile (named after the
+/// 64-character network ID) applies a label key calicoctl accepts (at most 63 characters:
+/// `validateLabels` in libcalico-go/lib/validator/v3/validator.go) and selects on that same
+/// key; and `docker network rm` leaves a same-named profile that Calico CNI endpoints in
+/// another namespace still use (the CNI plugin, cni-plugin/pkg/plugin/plugin.go, makes the
+/// same profile shape for its network name and never deletes it).
+async fn profiles_within_calico_validation_and_shared_with_cni(store: Store) {
+    use calico_libnetwork::model::keys;
+    use calico_libnetwork::model::libnetwork::fallback_profile;
+    let s = Server::start(store.clone(), "host-a", &[DEFAULT_V4]).await;
+    let c = &s.client;
+    let net = "c3".repeat(32);
+    c.ok(
+        "NetworkDriver.CreateNetwork",
+        json!({"NetworkID": net, "Options": {"com.docker.network.generic": {}},
+               "IPv4Data": [{"AddressSpace": "CalicoLocalAddressSpace", "Pool": "0.0.0.0/0", "Gateway": "0.0.0.0/0"}],
+               "IPv6Data": []}),
+    )
+    .await;
+    let fallback = fallback_profile(&net);
+    assert_eq!(fallback.len(), 64);
+    let kv = store
+        .get(&keys::profile_key(&fallback))
+        .await
+        .unwrap()
+        .expect("fallback profile");
+    let p: Value = serde_json::from_slice(&kv.value).unwrap();
+    let labels = p["spec"]["labelsToApply"].as_object().unwrap();
+    assert_eq!(labels.len(), 1, "{p}");
+    let key = labels.keys().next().unwrap();
+    assert!(
+        key.len() <= 63,
+        "label key of {} characters: {p}",
+        key.len()
+    );
+    assert_eq!(
+        p["spec"]["ingress"][0]["source"]["selector"],
+        format!("has({key})"),
+        "{p}"
+    );
+
+    // The network learned its name, `shared`; Calico's CNI plugin has a network of that name
+    // too, with an endpoint in namespace `default` on the (identical) profile.
+    let rkey = keys::network_key(&net);
+    let kv = store.get(&rkey).await.unwrap().unwrap();
+    let mut rec: Value = serde_json::from_slice(&kv.value).unwrap();
+    rec["name"] = json!("shared");
+    rec["profile"] = json!("shared");
+    store
+        .put(&rkey, rec.to_string().into_bytes())
+        .await
+        .unwrap();
+    let profile = json!({"kind": "Profile", "apiVersion": "projectcalico.org/v3",
+        "metadata": {"name": "shared"},
+        "spec": {"ingress": [{"action": "Allow", "source": {"selector": "has(shared)"}}],
+                 "egress": [{"action": "Allow"}], "labelsToApply": {"shared": ""}}});
+    store
+        .put(
+            &keys::profile_key("shared"),
+            profile.to_string().into_bytes(),
+        )
+        .await
+        .unwrap();
+    let wep_key = keys::workload_endpoint_key("default", "host--b-cni-0123456789ab-eth0");
+    let wep = json!({"kind": "WorkloadEndpoint", "apiVersion": "projectcalico.org/v3",
+        "metadata": {"name": "host--b-cni-0123456789ab-eth0", "namespace": "default"},
+        "spec": {"orchestrator": "cni", "workload": "", "node": "host-b", "containerID": "0123456789ab",
+                 "endpoint": "eth0", "ipNetworks": ["10.90.9.9/32"], "profiles": ["shared"],
+                 "interfaceName": "cali0123456789a"}});
+    store
+        .put(&wep_key, wep.to_string().into_bytes())
+        .await
+        .unwrap();
+    c.ok("NetworkDriver.DeleteNetwork", json!({"NetworkID": net}))
+        .await;
+    assert!(store.get(&rkey).await.unwrap().is_none(), "record left");
+    assert!(
+        store
+            .get(&keys::profile_key("shared"))
+            .await
+            .unwrap()
+            .is_some(),
+        "the profile a CNI endpoint uses was deleted"
+    );
+    assert!(
+        store
+            .get(&keys::profile_key(&fallback))
+            .await
+            .unwrap()
+            .is_none(),
+        "unused fallback profile left"
+    );
+    s.stop().await;
+}
+
 backends!(
     threads = 2,
     timeout = None,
@@ -426,6 +521,7 @@ backends!(
         options_ipv6_and_errors,
         exhausted_pool,
         network_round_trips_and_unreadable_profile,
+        profiles_within_calico_validation_and_shared_with_cni,
     ]
 );
 

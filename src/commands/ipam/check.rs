@@ -62,7 +62,8 @@ pub(crate) async fn ipam_check(
         None
     };
     let allocs = all_allocations(&check.ipam).await?;
-    let weps: Vec<WorkloadEndpoint> = resources::list(check.store, None).await?;
+    // Strict: an endpoint skipped here would make its address look unused to --repair.
+    let weps: Vec<WorkloadEndpoint> = resources::list_strict(check.store, None).await?;
     // Handles first: releasing an orphan below then counts down a correct handle.
     check.handles(&allocs, &mut report).await?;
     check

@@ -38,15 +38,27 @@ impl Spec for ProfileSpec {
 
 impl ProfileSpec {
     /// The per-network profile Calico's CNI plugin writes: members may talk to each other
-    /// and anywhere out. `{"ingress":[{"action":"Allow","source":{"selector":"has(<name>)"}}],
-    /// "egress":[{"action":"Allow"}],"labelsToApply":{"<name>":""}}`.
+    /// and anywhere out. `{"ingress":[{"action":"Allow","source":{"selector":"has(<key>)"}}],
+    /// "egress":[{"action":"Allow"}],"labelsToApply":{"<key>":""}}`, where the key is the
+    /// name when Calico accepts it as a label key (see [`crate::model::label_key`]).
     pub fn for_network(name: &str) -> Self {
+        Self::with_label(&crate::model::names::label_key(name))
+    }
+
+    /// Whether this is the profile the plugin creates for `name`: today's shape, or the one
+    /// earlier versions wrote with the whole name as the label key (so those are still
+    /// recognised as ours when their network goes).
+    pub fn is_for_network(&self, name: &str) -> bool {
+        *self == Self::for_network(name) || *self == Self::with_label(name)
+    }
+
+    fn with_label(key: &str) -> Self {
         let mut allow_members = Rule::action("Allow");
-        allow_members.source = EntityRule::selector(format!("has({name})"));
+        allow_members.source = EntityRule::selector(format!("has({key})"));
         ProfileSpec {
             ingress: vec![allow_members],
             egress: vec![Rule::action("Allow")],
-            labels_to_apply: BTreeMap::from([(name.to_string(), String::new())]),
+            labels_to_apply: BTreeMap::from([(key.to_string(), String::new())]),
             extra: Map::new(),
         }
     }
