@@ -31,6 +31,19 @@ pub const GATEWAY_DATA_KEY: &str = "com.docker.network.gateway";
 /// `RequestAddressType` value Docker uses when it asks for a gateway address.
 const GATEWAY_REQUEST: &str = "com.docker.network.gateway";
 
+// The original plugins' refusals (Calico's Go libnetwork-plugin, and its tests, match these
+// sentences): ours start with them, so users searching for them find their cause, and add
+// what to do instead.
+/// `--ip-range` (RequestPool's `SubPool`).
+pub const ORIGINAL_SUB_POOL: &str = "Calico IPAM does not support sub pool configuration on 'docker create network'. Calico IP Pools should be configured first and IP assignment is from those pre-configured pools.";
+/// An `--ipam-opt` it does not know.
+pub const ORIGINAL_OPTIONS: &str = "Arbitrary options are not supported";
+/// A `--subnet` that is not a Calico pool's CIDR (here: one overlapping a pool).
+pub const ORIGINAL_SUBNET: &str =
+    "The requested subnet must match the CIDR of a configured Calico IP Pool.";
+/// `--gateway`.
+pub const ORIGINAL_GATEWAY: &str = "Calico IPAM does not support specifying a gateway.";
+
 /// `--ipam-opt` keys understood, and what they do.
 pub const IPAM_OPTIONS: &[(&str, &str)] = &[
     (
@@ -157,13 +170,13 @@ impl IpamDriver {
     pub async fn request_pool(&self, req: PoolRequest) -> Result<PoolGrant> {
         if let Some(sub) = req.sub_pool {
             return Err(Error::invalid(format!(
-                "Calico IPAM does not support --ip-range ({sub}): create a Calico IP pool with that CIDR and pass it as --subnet"
+                "{ORIGINAL_SUB_POOL} (--ip-range {sub}: create a Calico IP pool with that CIDR and pass it as --subnet)"
             )));
         }
         for k in req.options.keys() {
             if !IPAM_OPTIONS.iter().any(|(o, _)| o == k) {
                 return Err(Error::invalid(format!(
-                    "Calico IPAM does not support --ipam-opt {k}; supported: {}",
+                    "{ORIGINAL_OPTIONS}: Calico IPAM does not support --ipam-opt {k}; supported: {}",
                     supported_options()
                 )));
             }
@@ -302,7 +315,7 @@ impl IpamDriver {
                 found = Some(p);
             } else if c.contains(&subnet.network()) || subnet.contains(&c.network()) {
                 return Err(Error::invalid(format!(
-                    "--subnet {subnet} overlaps Calico IP pool {} ({c}); use exactly that pool's CIDR or a subnet that overlaps no pool",
+                    "{ORIGINAL_SUBNET} --subnet {subnet} overlaps Calico IP pool {} ({c}); use exactly that pool's CIDR or a subnet that overlaps no pool",
                     p.name()
                 )));
             }
@@ -525,9 +538,9 @@ impl IpamDriver {
         Fut: Future<Output = bool>,
     {
         if options.get("RequestAddressType").map(String::as_str) == Some(GATEWAY_REQUEST) {
-            return Err(Error::invalid(
-                "Calico IPAM does not support specifying a gateway (--gateway): containers on Calico networks route through 169.254.1.1",
-            ));
+            return Err(Error::invalid(format!(
+                "{ORIGINAL_GATEWAY} Containers on Calico networks route through 169.254.1.1: drop --gateway"
+            )));
         }
         let (family, pools, names) = self.resolve_pool_id(pool_id).await?;
         let _serial = self.ipam_turn().await;

@@ -79,7 +79,7 @@ impl Driver {
             // Docker's own IPAM, whose subnets Calico does not know.
             if gw != "0.0.0.0/0" && gw != "::/0" {
                 return Err(Error::invalid(format!(
-                    "calico networks need Calico IPAM: add --ipam-driver calico (pool {pool}, gateway {gw} came from another IPAM driver)"
+                    "Non-Calico IPAM driver is used. calico networks need Calico IPAM: add --ipam-driver calico (pool {pool}, gateway {gw} came from another IPAM driver)"
                 )));
             }
         }

@@ -178,17 +178,25 @@ fn refused_options_show_plugin_message_and_leave_nothing() {
             wait_default_pool(etcd);
             let before = pools(etcd);
             let nets_before = d.networks();
+            // Each refusal starts with the original plugin's sentence (its own tests' strings),
+            // then says what to do instead.
             let cases: &[(&[&str], &str)] = &[
                 (
                     &["--subnet", "10.79.0.0/24", "--ip-range", "10.79.0.0/25"],
-                    "--ip-range",
+                    "IpamDriver.RequestPool: Calico IPAM does not support sub pool configuration on 'docker create network'. Calico IP Pools should be configured first and IP assignment is from those pre-configured pools. (--ip-range 10.79.0.0/25",
                 ),
                 (
                     &["--gateway", "10.78.0.5", "--subnet", "10.78.0.0/24"],
-                    "gateway",
+                    "IpamDriver.RequestAddress: Calico IPAM does not support specifying a gateway. Containers",
                 ),
-                (&["--ipam-opt", "foo=bar"], "foo"),
-                (&["--subnet", "192.168.5.0/24"], "overlaps"),
+                (
+                    &["--ipam-opt", "foo=bar"],
+                    "IpamDriver.RequestPool: Arbitrary options are not supported: Calico IPAM does not support --ipam-opt foo",
+                ),
+                (
+                    &["--subnet", "192.168.5.0/24"],
+                    "IpamDriver.RequestPool: The requested subnet must match the CIDR of a configured Calico IP Pool. --subnet 192.168.5.0/24 overlaps",
+                ),
             ];
             for (opts, want) in cases {
                 let args = Dockerd::calico_network_args("refused", opts);

@@ -567,7 +567,7 @@ fn live_restore_keeps_containers_through_a_dockerd_restart() {
         let pids = (pid_of(env, "la"), pid_of(env, "lb"));
         let (la, lb) = (ipv4_of(env.d(), "la", "lr1"), ipv4_of(env.d(), "lb", "lr1"));
         let weps_before = env.list(WEPS_PREFIX).len();
-        let calls_from = env.plugin.calls_since(0).len();
+        let calls_from = env.plugin.log().len();
 
         env.docker.restart_dockerd(false);
         eprintln!("{T}: dockerd restarted ({:?})", t0.elapsed());
@@ -698,16 +698,20 @@ fn refusals_are_explained_and_leave_nothing() {
         let pools_before = pool_cidrs(env);
         let networks_before = d.networks();
 
+        // The original plugin's sentences first (its tests' strings), then our guidance.
         let cases: [(&[&str], &str); 3] = [
             (
                 &["-d", "calico", "--ipam-driver", "calico", "--internal"],
-                "--internal",
+                "NetworkDriver.CreateNetwork: Calico driver does not support the flag --internal.",
             ),
             (
                 &["-d", "calico", "--ipam-driver", "calico", "-o", "foo=bar"],
-                "foo",
+                "NetworkDriver.CreateNetwork: Calico driver does not support the flag foo",
             ),
-            (&["-d", "calico"], "--ipam-driver calico"),
+            (
+                &["-d", "calico"],
+                "NetworkDriver.CreateNetwork: Non-Calico IPAM driver is used. calico networks need Calico IPAM: add --ipam-driver calico",
+            ),
         ];
         for (i, (flags, needle)) in cases.iter().enumerate() {
             let name = format!("bad{i}");
