@@ -91,6 +91,17 @@ pub(crate) async fn run_server(config: Config) -> Result<()> {
     // restart): learn their names from the Docker API, in the background.
     driver.resolve_network_names_in_background();
     let listener = plugin::bind(&config.socket)?;
+    // The Go plugin's IPAM name: best effort, the main socket serves either way.
+    let alias = config
+        .ipam_alias_socket
+        .as_ref()
+        .and_then(|path| match plugin::bind(path) {
+            Ok(l) => Some((l, path.clone())),
+            Err(e) => {
+                tracing::warn!(error = %e, "not serving the calico-ipam socket");
+                None
+            }
+        });
     // The firewall rules: loaded from the datastore (retried until it answers) and kept in
     // place, in the background: iptables waits for its lock, and Docker waits for the socket.
     driver.keep_rules_in_background();
@@ -109,7 +120,28 @@ pub(crate) async fn run_server(config: Config) -> Result<()> {
         driver: driver.clone(),
         timeout: config.request_timeout,
     });
-    plugin::serve(listener, config.socket.clone(), state, shutdown_signal()).await?;
+    // One stop signal for both sockets.
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let alias_task = alias.map(|(l, path)| {
+        tracing::info!(socket = %path.display(), "serving the IPAM driver as calico-ipam too");
+        let mut rx = stop_rx.clone();
+        tokio::spawn(plugin::serve_ipam(l, path, state.clone(), async move {
+            let _ = rx.wait_for(|stop| *stop).await;
+        }))
+    });
+    let res = plugin::serve(listener, config.socket.clone(), state, async move {
+        shutdown_signal().await;
+        let _ = stop_tx.send(true);
+    })
+    .await;
+    if let Some(task) = alias_task {
+        match task.await {
+            Ok(Err(e)) => tracing::warn!(error = %e, "calico-ipam socket"),
+            Err(e) => tracing::warn!(error = %e, "calico-ipam socket task"),
+            Ok(Ok(())) => {}
+        }
+    }
+    res?;
     if let Some(task) = init {
         task.abort();
     }

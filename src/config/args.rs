@@ -42,6 +42,11 @@ pub struct ConfigArgs {
     /// Plugin socket Docker connects to.
     #[arg(long, env = "CALICO_LIBNETWORK_SOCKET", global = true, default_value = DEFAULT_SOCKET)]
     pub socket: PathBuf,
+    /// Second socket serving the IPAM driver alone under the Go plugin's IPAM name
+    /// (`--ipam-driver calico-ipam`): a path, or `off`. Default: `calico-ipam.sock` beside
+    /// the plugin socket.
+    #[arg(long, env = "CALICO_LIBNETWORK_IPAM_ALIAS_SOCKET", global = true)]
+    pub ipam_alias_socket: Option<String>,
     /// This host's Calico node name (default: $HOSTNAME, then the kernel hostname).
     #[arg(long, env = "NODENAME", global = true)]
     pub nodename: Option<String>,

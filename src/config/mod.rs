@@ -30,6 +30,9 @@ use values::{parse_bool, parse_duration};
 
 /// Default path of the plugin socket, where Docker discovers the `calico` plugin.
 pub const DEFAULT_SOCKET: &str = "/run/docker/plugins/calico.sock";
+/// File name of the IPAM-only socket beside the plugin socket: the Go plugin served its
+/// IPAM driver as `calico-ipam` (Docker names a plugin after its socket file).
+pub const IPAM_ALIAS_SOCKET_NAME: &str = "calico-ipam.sock";
 /// Default path of the embedded store.
 pub const DEFAULT_STORE: &str = "/var/lib/calico-libnetwork/store.redb";
 
@@ -58,6 +61,8 @@ pub struct Config {
     pub datastore: DatastoreConfig,
     /// The plugin socket path.
     pub socket: PathBuf,
+    /// The IPAM-only socket under the Go plugin's name `calico-ipam`; `None`: off.
+    pub ipam_alias_socket: Option<PathBuf>,
     /// This host's node name.
     pub nodename: String,
     /// tracing filter directive (`info`, `debug`, ...).
@@ -127,6 +132,7 @@ impl ConfigArgs {
         let create_profiles =
             parse_bool("CALICO_LIBNETWORK_CREATE_PROFILES", &self.create_profiles)?;
         let ifprefix = self.resolve_ifprefix()?;
+        let ipam_alias_socket = self.resolve_ipam_alias_socket()?;
         let veth_mtu = self.resolve_veth_mtu()?;
         let scope = self.resolve_scope()?;
         let docker_host = self.resolve_docker_host(vars)?;
@@ -148,6 +154,7 @@ impl ConfigArgs {
         Ok(Config {
             datastore,
             socket: self.socket.clone(),
+            ipam_alias_socket,
             nodename,
             log_level,
             log_format,

@@ -1,12 +1,13 @@
 //! The sections after the datastore: node name, logging, serving (metrics), default pools,
 //! the driver (interfaces, scope, Docker API, firewall) and its background timers.
 
+use std::path::PathBuf;
 use std::time::Duration;
 
 use ipnet::IpNet;
 
 use super::values::{bad, check_docker_host, nonempty, parse_bool, parse_duration};
-use super::{kernel_hostname, ConfigArgs, LogFormat, Vars};
+use super::{kernel_hostname, ConfigArgs, LogFormat, Vars, IPAM_ALIAS_SOCKET_NAME};
 use crate::dataplane::iptables::BackendChoice;
 use crate::dataplane::iptables::DataplaneMode;
 use crate::error::Result;
@@ -115,6 +116,37 @@ impl ConfigArgs {
     }
 
     /// The container interface prefix: 1 to 12 characters (Docker appends a number).
+    /// `CALICO_LIBNETWORK_IPAM_ALIAS_SOCKET`: `off` (or empty) turns it off; unset means
+    /// `calico-ipam.sock` beside the plugin socket; a path must be absolute and differ from
+    /// the plugin socket.
+    pub(super) fn resolve_ipam_alias_socket(&self) -> Result<Option<PathBuf>> {
+        let var = "CALICO_LIBNETWORK_IPAM_ALIAS_SOCKET";
+        let path = match self.ipam_alias_socket.as_deref().map(str::trim) {
+            None => self.socket.with_file_name(IPAM_ALIAS_SOCKET_NAME),
+            Some("") => return Ok(None),
+            Some(v) if v.eq_ignore_ascii_case("off") || v.eq_ignore_ascii_case("false") => {
+                return Ok(None)
+            }
+            Some(v) => PathBuf::from(v),
+        };
+        if !path.is_absolute() {
+            return Err(bad(
+                var,
+                format!("'{}' must be an absolute path, or off", path.display()),
+            ));
+        }
+        if path == self.socket {
+            return Err(bad(
+                var,
+                format!(
+                    "'{}' is the plugin socket itself (CALICO_LIBNETWORK_SOCKET)",
+                    path.display()
+                ),
+            ));
+        }
+        Ok(Some(path))
+    }
+
     pub(super) fn resolve_ifprefix(&self) -> Result<String> {
         let ifprefix = self.ifprefix.trim().to_string();
         if ifprefix.is_empty()

@@ -517,3 +517,36 @@ fn docker_host_addresses() {
         assert!(e.contains(why), "{e}");
     }
 }
+
+/// The IPAM-only `calico-ipam` socket: beside the plugin socket by default, anywhere
+/// absolute, or off.
+#[test]
+fn ipam_alias_socket_defaults_beside_the_plugin_socket() {
+    assert_eq!(
+        ok(&[]).ipam_alias_socket,
+        Some(PathBuf::from("/run/docker/plugins/calico-ipam.sock"))
+    );
+    assert_eq!(
+        ok(&["--socket", "/tmp/x/calico.sock"]).ipam_alias_socket,
+        Some(PathBuf::from("/tmp/x/calico-ipam.sock"))
+    );
+    for off in ["off", "OFF", "", "false"] {
+        assert_eq!(
+            ok(&["--ipam-alias-socket", off]).ipam_alias_socket,
+            None,
+            "{off:?}"
+        );
+    }
+    assert_eq!(
+        ok(&["--ipam-alias-socket", "/run/x.sock"]).ipam_alias_socket,
+        Some(PathBuf::from("/run/x.sock"))
+    );
+    assert!(err(&["--ipam-alias-socket", "rel.sock"], &[]).contains(
+        "CALICO_LIBNETWORK_IPAM_ALIAS_SOCKET: 'rel.sock' must be an absolute path, or off"
+    ));
+    assert!(err(
+        &["--ipam-alias-socket", "/run/docker/plugins/calico.sock"],
+        &[]
+    )
+    .contains("is the plugin socket itself"));
+}

@@ -55,6 +55,13 @@ pub async fn activate(_: Arc<Driver>, _: Empty0) -> Result<ActivateResponse> {
     })
 }
 
+/// `Plugin.Activate` on the IPAM-only socket (`calico-ipam`, the Go plugin's IPAM name).
+pub async fn activate_ipam(_: Arc<Driver>, _: Empty0) -> Result<ActivateResponse> {
+    Ok(ActivateResponse {
+        implements: vec!["IpamDriver".into()],
+    })
+}
+
 /// Calls without arguments accept any body (Docker sends none; `null` and `{}` are fine).
 pub type Empty0 = serde::de::IgnoredAny;
 

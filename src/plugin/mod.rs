@@ -4,4 +4,4 @@ pub mod handlers;
 pub mod server;
 pub mod wire;
 
-pub use server::{bind, router, serve, AppState};
+pub use server::{bind, ipam_router, router, serve, serve_ipam, AppState};

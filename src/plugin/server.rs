@@ -199,6 +199,23 @@ pub fn router(state: Arc<AppState>) -> Router {
         .with_state(state)
 }
 
+/// The IPAM driver alone, for the `calico-ipam` socket: networks made with the Go plugin's
+/// `--ipam-driver calico-ipam` keep their IPAM driver. Same driver, same state.
+pub fn ipam_router(state: Arc<AppState>) -> Router {
+    let r = routes!(Router::new(),
+        "Plugin.Activate" => handlers::activate_ipam,
+        "IpamDriver.GetCapabilities" => handlers::ipam_capabilities,
+        "IpamDriver.GetDefaultAddressSpaces" => handlers::default_address_spaces,
+        "IpamDriver.RequestPool" => handlers::request_pool,
+        "IpamDriver.ReleasePool" => handlers::release_pool,
+        "IpamDriver.RequestAddress" => handlers::request_address,
+        "IpamDriver.ReleaseAddress" => handlers::release_address,
+    );
+    r.fallback(unknown)
+        .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY))
+        .with_state(state)
+}
+
 /// Who called, from the socket's peer credentials.
 #[derive(Clone, Copy, Debug)]
 pub struct Caller {
@@ -293,7 +310,26 @@ pub async fn serve(
     state: Arc<AppState>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<()> {
-    let app = router(state).into_make_service_with_connect_info::<Caller>();
+    serve_router(listener, socket_path, router(state), shutdown).await
+}
+
+/// [`serve`] with the IPAM-only router ([`ipam_router`]).
+pub async fn serve_ipam(
+    listener: UnixListener,
+    socket_path: PathBuf,
+    state: Arc<AppState>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<()> {
+    serve_router(listener, socket_path, ipam_router(state), shutdown).await
+}
+
+async fn serve_router(
+    listener: UnixListener,
+    socket_path: PathBuf,
+    router: Router,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<()> {
+    let app = router.into_make_service_with_connect_info::<Caller>();
     let result = axum::serve(listener, app)
         .with_graceful_shutdown(shutdown)
         .await

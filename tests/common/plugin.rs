@@ -19,6 +19,8 @@ use super::host::{log_tail, spawn_logged, stop_child, PATH};
 pub const BINARY: &str = env!("CARGO_BIN_EXE_calico-libnetwork");
 /// Where dockerd looks for the `calico` plugin.
 pub const SOCKET: &str = "/run/docker/plugins/calico.sock";
+/// The IPAM-only socket the plugin serves beside [`SOCKET`] (the Go plugin's `calico-ipam`).
+pub const IPAM_SOCKET: &str = "/run/docker/plugins/calico-ipam.sock";
 /// The Calico node name the plugin runs as.
 pub const NODENAME: &str = "calico-test-node";
 
@@ -226,6 +228,7 @@ impl Plugin {
             stop_child(&mut c, libc::SIGTERM, Duration::from_secs(10));
         }
         let _ = std::fs::remove_file(SOCKET);
+        let _ = std::fs::remove_file(IPAM_SOCKET);
     }
 
     /// Kills the plugin with SIGKILL (a crash: the socket file stays behind).

@@ -167,6 +167,66 @@ fn subnet_of_existing_pool_uses_and_keeps_it() {
     });
 }
 
+/// Networks made with the Go plugin's IPAM name, `--ipam-driver calico-ipam`, work: the
+/// plugin also serves its IPAM driver on `calico-ipam.sock`, which answers Activate with the
+/// IPAM driver alone. Containers on such a network get Calico addresses and reach each
+/// other; removing it leaves nothing.
+#[test]
+fn go_plugin_ipam_name_calico_ipam_works() {
+    let builder = DockerEnv::builder().etcd().busybox().forward_drop();
+    run_on("go_plugin_ipam_name_calico_ipam_works", builder, |env| {
+        let (code, body) = common::plugin::call(
+            std::path::Path::new(common::plugin::IPAM_SOCKET),
+            "Plugin.Activate",
+            "",
+        )
+        .expect("calico-ipam socket");
+        assert_eq!(
+            (code, body.trim()),
+            (200, r#"{"Implements":["IpamDriver"]}"#)
+        );
+        let d = &env.docker;
+        d.docker_ok(&[
+            "network",
+            "create",
+            "-d",
+            "calico",
+            "--ipam-driver",
+            "calico-ipam",
+            "gonet",
+        ]);
+        assert_eq!(inspect(d, "gonet", "{{.IPAM.Driver}}"), "calico-ipam");
+        for c in ["go1", "go2"] {
+            env.run(c, &["--net", "gonet"]);
+        }
+        let ip = |c: &str| {
+            d.docker_ok(&[
+                "inspect",
+                "-f",
+                "{{range .NetworkSettings.Networks}}{{.IPAddress}}{{end}}",
+                c,
+            ])
+            .trim()
+            .to_string()
+        };
+        let (a, b) = (ip("go1"), ip("go2"));
+        assert!(
+            a.starts_with("192.168."),
+            "go1 got {a}, not from the default Calico pool"
+        );
+        let out = d.docker(&["exec", "go1", "ping", "-c", "1", "-W", "3", &b]);
+        assert!(out.status.success(), "go1 -> go2 ({b}): {out:?}");
+        assert_eq!(env.list(common::WEPS_PREFIX).len(), 2);
+        d.docker_ok(&["rm", "-f", "go1", "go2"]);
+        d.docker_ok(&["network", "rm", "gonet"]);
+        assert!(env.list(common::WEPS_PREFIX).is_empty());
+        assert!(
+            env.list(common::HANDLES_PREFIX).is_empty(),
+            "addresses left"
+        );
+    });
+}
+
 /// (d) Options Calico refuses: Docker's error carries the plugin's message, and nothing is
 /// left behind (no network, no pool).
 #[test]
