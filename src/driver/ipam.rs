@@ -770,8 +770,16 @@ mod tests {
         };
         let blocks = d.ipam.list_blocks(None).await.unwrap();
         let a = attrs_of(&blocks, named.addr());
-        assert_eq!(a.get("container").map(String::as_str), Some("web-1"), "{a:?}");
-        assert_eq!(a.get("node").map(String::as_str), Some("ipam-host"), "{a:?}");
+        assert_eq!(
+            a.get("container").map(String::as_str),
+            Some("web-1"),
+            "{a:?}"
+        );
+        assert_eq!(
+            a.get("node").map(String::as_str),
+            Some("ipam-host"),
+            "{a:?}"
+        );
         let b = attrs_of(&blocks, hostile.addr());
         assert!(!b.contains_key("container"), "{b:?}");
     }
