@@ -330,7 +330,9 @@ fn compose_project_on_docker_28() {
     let (ok, out) = p.up();
     assert!(!ok, "compose up with driver_opts foo: bar succeeded: {out}");
     assert!(
-        out.contains("Calico driver does not support the flag foo"),
+        out.contains(
+            "Calico driver does not support the flag foo (-o/--opt; Compose: driver_opts)"
+        ),
         "compose up with driver_opts foo: bar: {out}"
     );
     eprintln!("{T}: (c) driver_opts foo: bar -> {}", out.trim());
