@@ -2,7 +2,7 @@
 //! Docker 28, fetched by `scripts/fetch-docker-engine.sh`) with networks of `driver: calico`
 //! and `ipam: driver: calico`: services reach each other by service name, `docker compose
 //! down` leaves nothing, `ipam.config` subnets become pools of their own, and `driver_opts`
-//! the plugin does not support are refused with its error. Our own dockerd, a real etcd and
+//! the plugin does not support (and `internal: true`) are refused with its error. Our own dockerd, a real etcd and
 //! the real `calico-libnetwork` binary (with our dockerd's API, for network names); iptables
 //! FORWARD stays at DROP throughout.
 //!
@@ -193,7 +193,8 @@ fn assert_nothing_left(env: &DockerEnv, p: &Project, what: &str) {
 /// Compose's network name (`<project>_appnet`, made a valid Calico name); `down` leaves no
 /// endpoint, address, profile or veth. Then a network with `ipam.config` (a subnet: a pool of
 /// its own, gone with the network) and a fixed `ipv4_address`; then `driver_opts` the plugin
-/// does not support: `up` fails with the plugin's error and leaves nothing.
+/// does not support, and `internal: true`: `up` fails with the plugin's error and leaves
+/// nothing.
 #[test]
 fn compose_project_on_docker_28() {
     const T: &str = "compose_project_on_docker_28";
@@ -320,26 +321,35 @@ fn compose_project_on_docker_28() {
         t0.elapsed()
     );
 
-    // (c) `driver_opts` the plugin does not support: `up` fails with its error; nothing made.
+    // (c) What the plugin refuses: `driver_opts` it does not support, and `internal: true`
+    // (`--internal`). `up` fails with its error; nothing is made.
     let pools_before = pool_cidrs(&env);
-    let yaml = format!(
-        "services:\n{}networks:\n  bad:\n    driver: calico\n    driver_opts:\n      foo: bar\n    ipam:\n      driver: calico\n",
-        service(image, "x", "[bad]"),
-    );
-    let mut p = Project::new(d, "calico-compose-bad", &yaml);
-    let (ok, out) = p.up();
-    assert!(!ok, "compose up with driver_opts foo: bar succeeded: {out}");
-    assert!(
-        out.contains(
-            "Calico driver does not support the flag foo (-o/--opt; Compose: driver_opts)"
+    let cases = [
+        (
+            "driver_opts foo: bar",
+            "    driver_opts:\n      foo: bar\n",
+            "Calico driver does not support the flag foo (-o/--opt; Compose: driver_opts)",
         ),
-        "compose up with driver_opts foo: bar: {out}"
-    );
-    eprintln!("{T}: (c) driver_opts foo: bar -> {}", out.trim());
-    assert_nothing_left(&env, &p, "after (c)");
-    assert_eq!(pool_cidrs(&env), pools_before);
-    p.down();
-    drop(p);
+        (
+            "internal: true",
+            "    internal: true\n",
+            "Calico driver does not support the flag --internal",
+        ),
+    ];
+    for (what, extra, needle) in cases {
+        let yaml = format!(
+            "services:\n{}networks:\n  bad:\n    driver: calico\n{extra}    ipam:\n      driver: calico\n",
+            service(image, "x", "[bad]"),
+        );
+        let mut p = Project::new(d, "calico-compose-bad", &yaml);
+        let (ok, out) = p.up();
+        assert!(!ok, "compose up with {what} succeeded: {out}");
+        assert!(out.contains(needle), "compose up with {what}: {out}");
+        eprintln!("{T}: (c) {what} -> {}", out.trim().replace('\n', " | "));
+        assert_nothing_left(&env, &p, &format!("after (c) {what}"));
+        assert_eq!(pool_cidrs(&env), pools_before);
+        p.down();
+    }
 
     finish(T, env, t0);
 }
