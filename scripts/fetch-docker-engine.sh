@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
 # Fetches a Docker engine of another Debian suite for the Docker test tier, without installing
-# it: downloads the .deb files of docker.io, docker-cli, containerd and tini-static (docker.io's
-# docker-init) from the suite (default: sid) of the machine's own Debian sources, with a private apt
+# it: downloads the .deb files of docker.io, docker-cli, containerd, tini-static (docker.io's
+# docker-init) and docker-compose (Compose v2, the `docker compose` CLI plugin) from the suite
+# (default: sid) of the machine's own Debian sources, with a private apt
 # configuration (its own sources list, package lists and archive directory: the system's apt
 # state is left untouched), and unpacks them with `dpkg-deb -x` into a cache directory.
-# Prints the unpacked root (its usr/sbin/dockerd, usr/bin/docker, ...) on stdout.
+# Prints the unpacked root (its usr/sbin/dockerd, usr/bin/docker,
+# usr/libexec/docker/cli-plugins/docker-compose, ...) on stdout.
 #
 # No runc: sid's (1.3) needs glibc 2.38 and does not run on Debian 12, so the engine runs
 # containers with Debian 12's runc (scripts/test-deps.sh installs it with docker.io), which
@@ -12,7 +14,8 @@
 #
 #   bash scripts/fetch-docker-engine.sh [suite]
 #
-# Idempotent: does nothing when the root already has the binaries. Needs apt-get, dpkg-deb
+# Idempotent: does nothing when the root already has the binaries; a root that lacks one (say,
+# one fetched before docker-compose was added) is fetched again whole. Needs apt-get, dpkg-deb
 # and debian-archive-keyring (all on a bare Debian 12; scripts/test-deps.sh makes sure).
 # Environment:
 #   CALICO_TEST_ENGINE_CACHE   where roots go (default /var/cache/calico-libnetwork-test/engines);
@@ -24,10 +27,10 @@ set -euo pipefail
 suite=${1:-sid}
 cache=${CALICO_TEST_ENGINE_CACHE:-/var/cache/calico-libnetwork-test/engines}
 root=$cache/$suite
-packages=(docker.io docker-cli containerd tini-static)
+packages=(docker.io docker-cli containerd tini-static docker-compose)
 # What the test harness (tests/common/docker.rs) runs from the root.
 binaries=(usr/sbin/dockerd usr/bin/docker usr/bin/containerd usr/bin/containerd-shim-runc-v2
-    usr/bin/tini-static)
+    usr/bin/tini-static usr/libexec/docker/cli-plugins/docker-compose)
 
 say() { printf 'fetch-docker-engine: %s\n' "$*" >&2; }
 fail() {

@@ -302,10 +302,10 @@ for b in etcd etcdctl dockerd containerd busybox iptables ip; do
     in_root sh -c "command -v $b" >/dev/null || fail "no $b in the root after scripts/test-deps.sh"
 done
 sid_root=/var/cache/calico-libnetwork-test/engines/sid
-for b in usr/sbin/dockerd usr/bin/docker usr/bin/containerd; do
+for b in usr/sbin/dockerd usr/bin/docker usr/bin/containerd usr/libexec/docker/cli-plugins/docker-compose; do
     [ -x "$root$sid_root/$b" ] || fail "no $sid_root/$b in the root after scripts/test-deps.sh (scripts/fetch-docker-engine.sh)"
 done
-say "test.sh's dependency step done in $((SECONDS - t)) s: etcd, etcdctl, dockerd, containerd, busybox, iptables, ip and sid's engine present"
+say "test.sh's dependency step done in $((SECONDS - t)) s: etcd, etcdctl, dockerd, containerd, busybox, iptables, ip and sid's engine (with Compose) present"
 
 passed=1
 exit 0 # cleanup (the EXIT trap) removes the root and prints the verdict

@@ -68,7 +68,7 @@ impl Driver {
             if !flags.is_empty() {
                 flags.sort();
                 return Err(Error::invalid(format!(
-                    "Calico driver does not support the flag{} {} (-o/--opt).",
+                    "Calico driver does not support the flag{} {} (-o/--opt; Compose: driver_opts).",
                     if flags.len() > 1 { "s" } else { "" },
                     flags.join(", ")
                 )));

@@ -199,7 +199,10 @@ async fn docker_own_network_options_are_accepted_others_refused_by_name() {
     create(own, '1').await.unwrap();
     let mixed = serde_json::json!({"com.docker.network.enable_ipv6": "true", "mtu": "1400"});
     let e = create(mixed, '2').await.unwrap_err().to_string();
-    assert_eq!(e, "Calico driver does not support the flag mtu (-o/--opt).");
+    assert_eq!(
+        e,
+        "Calico driver does not support the flag mtu (-o/--opt; Compose: driver_opts)."
+    );
     assert!(env
         .store
         .get(&keys::network_key(&"2".repeat(64)))

@@ -4,8 +4,9 @@
 //! Which engine: [`ENGINE_VAR`] (`CALICO_TEST_DOCKER_ENGINE`): `20.10` (the default) is Debian
 //! 12's `docker.io` and `containerd`; any other value names a Debian suite whose `docker.io`,
 //! `docker-cli` and `containerd` `scripts/fetch-docker-engine.sh <suite>` unpacked into its
-//! cache (`sid`: Docker 28 with containerd 2.1). See [`engine`]. The harness prints the
-//! engine's versions once per test process.
+//! cache (`sid`: Docker 28 with containerd 2.1, and Compose v2, sid's `docker-compose`, as the
+//! client's `docker compose`). See [`engine`]. The harness prints the engine's versions once
+//! per test process.
 //!
 //! It never touches `/var/run/docker.sock`, `/var/lib/docker`, `/run/containerd/containerd.sock`
 //! or any process it did not start. It keeps Docker's default firewall settings as on users'
@@ -87,12 +88,24 @@ pub struct Engine {
     /// `docker-proxy` and `docker-init`; then Debian 12's (its `runc` for every engine: sid's
     /// runc 1.3 needs a newer glibc).
     pub path: String,
+    /// The directory of the client's CLI plugins (sid's `docker-compose` unpacked:
+    /// `usr/libexec/docker/cli-plugins`), when the engine has one: the client of
+    /// [`Dockerd`] finds them there (`cliPluginsExtraDirs` of its config file). Debian 12's
+    /// engine has none (its `docker-compose` is the Python Compose v1, not a plugin).
+    pub cli_plugins: Option<PathBuf>,
 }
 
 impl Engine {
     /// Whether this is Debian 12's Docker 20.10.
     pub fn is_debian(&self) -> bool {
         self.name == DEBIAN_ENGINE
+    }
+
+    /// Whether the client has Compose v2 (`docker compose`).
+    pub fn has_compose(&self) -> bool {
+        self.cli_plugins
+            .as_ref()
+            .is_some_and(|d| d.join("docker-compose").exists())
     }
 }
 
@@ -112,6 +125,7 @@ pub fn engine() -> &'static Engine {
                 docker: DOCKER.into(),
                 containerd: CONTAINERD.into(),
                 path: PATH.to_string(),
+                cli_plugins: None,
             };
         }
         let cache =
@@ -122,6 +136,7 @@ pub fn engine() -> &'static Engine {
             docker: root.join("usr/bin/docker"),
             containerd: root.join("usr/bin/containerd"),
             path: format!("{r}/usr/sbin:{r}/usr/bin:{PATH}", r = root.display()),
+            cli_plugins: Some(root.join("usr/libexec/docker/cli-plugins")).filter(|d| d.is_dir()),
             name,
         };
         for prog in [&e.dockerd, &e.docker, &e.containerd] {
@@ -461,6 +476,11 @@ impl Dockerd {
         }
         for sub in ["data", "x", "ctd", "ctds", "opt", "cli"] {
             std::fs::create_dir_all(d.path(sub)).unwrap();
+        }
+        // The client's config (DOCKER_CONFIG): where the engine's CLI plugins are.
+        if let Some(dir) = &e.cli_plugins {
+            let config = serde_json::json!({ "cliPluginsExtraDirs": [dir] });
+            std::fs::write(d.path("cli/config.json"), config.to_string()).unwrap();
         }
 
         // Our bridge. A leftover one is from a run that was killed (we hold the lock).
@@ -1016,7 +1036,7 @@ fn mount_points_under(root: &str) -> Vec<String> {
 }
 
 /// Prints, once per test process, which engine runs: `docker version`'s server (with its
-/// components: containerd, runc, docker-init) and client.
+/// components: containerd, runc, docker-init) and client, and the client's Compose v2.
 fn print_versions(d: &Dockerd) {
     static ONCE: Once = Once::new();
     ONCE.call_once(|| {
@@ -1031,10 +1051,21 @@ fn print_versions(d: &Dockerd) {
             ),
             Err(e) => e,
         };
+        let compose = if engine().has_compose() {
+            match d.docker_timeout(&["compose", "version", "--short"], Duration::from_secs(30)) {
+                Ok(o) if o.status.success() => {
+                    format!(", compose {}", String::from_utf8_lossy(&o.stdout).trim())
+                }
+                Ok(o) => format!(", compose: {}", String::from_utf8_lossy(&o.stderr).trim()),
+                Err(e) => format!(", compose: {e}"),
+            }
+        } else {
+            String::new()
+        };
         use std::io::Write;
         let _ = writeln!(
             std::io::stderr(),
-            "===== Docker engine {}={}: {v} =====",
+            "===== Docker engine {}={}: {v}{compose} =====",
             ENGINE_VAR,
             engine().name
         );

@@ -39,7 +39,7 @@ fn run(test: &str, body: impl FnOnce(&mut DockerEnv, Instant)) {
     finish(test, env, t0);
 }
 
-fn pool_cidrs(env: &DockerEnv) -> BTreeMap<String, String> {
+pub(super) fn pool_cidrs(env: &DockerEnv) -> BTreeMap<String, String> {
     env.list(POOLS_PREFIX)
         .into_iter()
         .map(|(_, p)| {
@@ -109,14 +109,14 @@ fn ping(env: &DockerEnv, from: &str, to: IpAddr) {
 }
 
 /// `docker exec c args...` expecting success; stdout.
-fn exec(env: &DockerEnv, c: &str, args: &[&str]) -> String {
+pub(super) fn exec(env: &DockerEnv, c: &str, args: &[&str]) -> String {
     let mut a = vec!["exec", c];
     a.extend_from_slice(args);
     env.d().docker_ok(&a)
 }
 
 /// Nothing of ours left in etcd: no WorkloadEndpoint, allocation or handle.
-fn assert_no_endpoints_or_allocations(env: &DockerEnv, what: &str) {
+pub(super) fn assert_no_endpoints_or_allocations(env: &DockerEnv, what: &str) {
     let weps = env.list(WEPS_PREFIX);
     assert!(weps.is_empty(), "{what}: WorkloadEndpoints left: {weps:?}");
     for prefix in BLOCKS_PREFIXES {
@@ -134,20 +134,20 @@ fn assert_no_endpoints_or_allocations(env: &DockerEnv, what: &str) {
 
 /// One container's endpoint on one network, from `docker inspect`.
 #[derive(Clone, Debug)]
-struct Attachment {
-    endpoint_id: String,
-    ipv4: Option<IpAddr>,
-    ipv6: Option<IpAddr>,
+pub(super) struct Attachment {
+    pub(super) endpoint_id: String,
+    pub(super) ipv4: Option<IpAddr>,
+    pub(super) ipv6: Option<IpAddr>,
 }
 
 impl Attachment {
-    fn host_veth(&self) -> String {
+    pub(super) fn host_veth(&self) -> String {
         format!("cali{}", &self.endpoint_id[..11])
     }
 }
 
 /// A container's endpoints by network name.
-fn attachments(d: &Dockerd, c: &str) -> BTreeMap<String, Attachment> {
+pub(super) fn attachments(d: &Dockerd, c: &str) -> BTreeMap<String, Attachment> {
     let out = d.docker_ok(&["inspect", "-f", "{{json .NetworkSettings.Networks}}", c]);
     let v: Value = serde_json::from_str(&out).unwrap_or_else(|e| panic!("{c}: {e}: {out}"));
     let ip = |s: &Value| {
@@ -171,7 +171,7 @@ fn attachments(d: &Dockerd, c: &str) -> BTreeMap<String, Attachment> {
         .collect()
 }
 
-fn attachment(d: &Dockerd, c: &str, net: &str) -> Attachment {
+pub(super) fn attachment(d: &Dockerd, c: &str, net: &str) -> Attachment {
     attachments(d, c)
         .remove(net)
         .unwrap_or_else(|| panic!("{c} is not on {net}"))
@@ -183,7 +183,7 @@ fn ipv4_of(d: &Dockerd, c: &str, net: &str) -> IpAddr {
         .unwrap_or_else(|| panic!("{c}: no IPv4 address on {net}"))
 }
 
-fn in_net(ip: IpAddr, net: &str) -> bool {
+pub(super) fn in_net(ip: IpAddr, net: &str) -> bool {
     net.parse::<IpNet>().unwrap().contains(&ip)
 }
 
@@ -198,7 +198,7 @@ fn assert_host_clean(ip: IpAddr, veth: &str) {
     assert!(route.trim().is_empty(), "host route to {ip} left: {route}");
 }
 
-fn assert_no_cali_links() {
+pub(super) fn assert_no_cali_links() {
     let (_, links) = host("ip", &["-o", "link", "show"]);
     let left: Vec<&str> = links
         .lines()
@@ -209,7 +209,7 @@ fn assert_no_cali_links() {
 
 /// Containers gone and the plugin stopped gracefully: the plugin itself removed its rules
 /// (checked before the harness's clean-up, which would hide a leak; the lock is still held).
-fn finish(test: &str, mut env: DockerEnv, t0: Instant) {
+pub(super) fn finish(test: &str, mut env: DockerEnv, t0: Instant) {
     env.docker.shutdown();
     env.plugin.stop();
     firewall::assert_no_chain();

@@ -4,6 +4,7 @@
 #[path = "../common/mod.rs"]
 mod common;
 
+mod docker_compose;
 mod docker_ipam;
 mod docker_managed_plugin;
 mod docker_multi;
