@@ -88,12 +88,6 @@ impl Driver {
         spec: &EndpointSpec,
         written: &mut bool,
     ) -> Result<Option<String>> {
-        let rec = self.network_record(&spec.network_id).await?.ok_or_else(|| {
-            Error::msg(format!(
-                "create endpoint: network {} is not known to calico-libnetwork (was it created with -d calico?)",
-                spec.network_id
-            ))
-        })?;
         let ipv4: Vec<std::net::Ipv4Addr> = spec
             .ipv4
             .iter()
@@ -115,6 +109,16 @@ impl Driver {
                 "create endpoint: no address assigned for endpoint",
             ));
         }
+        let rec = match self.network_record(&spec.network_id).await? {
+            Some(rec) => rec,
+            // Docker never calls CreateNetwork again for a network it has: one we have no
+            // record of (lost store, another datastore, the original plugins) is adopted.
+            None => {
+                let mut addrs: Vec<IpAddr> = ipv4.iter().map(|a| IpAddr::V4(*a)).collect();
+                addrs.extend(ipv6.iter().map(|a| IpAddr::V6(*a)));
+                self.adopt_network(&spec.network_id, &addrs).await?
+            }
+        };
         // Docker's port mapper belongs to its bridge driver: for a remote driver nothing
         // publishes `-p` unless we do (DNAT rules, see `rules`), so with the plugin's
         // firewall off, refuse rather than silently ignore it.

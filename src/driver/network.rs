@@ -187,6 +187,87 @@ impl Driver {
         )))
     }
 
+    /// The record of a network Docker knows and we have no record of (the datastore was
+    /// lost or switched, or the network was made by the original plugins): made as
+    /// CreateNetwork would make it, from the endpoint's addresses. An address in a pool that
+    /// only explicit requests use (a `--subnet` pool) gives that pool; any other, all of
+    /// Calico's pools (what `0.0.0.0/0` means in CreateNetwork's data). Created only if
+    /// still missing: two endpoints adopting one network at once agree on one record. The
+    /// profile is the network-ID fallback until the name is learned in the background, as
+    /// for a new network. Nothing here waits on Docker.
+    pub(super) async fn adopt_network(
+        &self,
+        network_id: &str,
+        addrs: &[std::net::IpAddr],
+    ) -> Result<NetworkRecord> {
+        let pools = self.ipam.list_pools().await?;
+        let pool_of = |ip: &std::net::IpAddr, all: &str| -> String {
+            pools
+                .iter()
+                .filter(|p| !p.spec.is_automatic())
+                .find(|p| p.spec.contains(ip))
+                .map(|p| p.spec.cidr.clone())
+                .unwrap_or_else(|| all.to_string())
+        };
+        let mut ipv4_pools: Vec<String> = addrs
+            .iter()
+            .filter(|a| a.is_ipv4())
+            .map(|a| pool_of(a, "0.0.0.0/0"))
+            .collect();
+        let mut ipv6_pools: Vec<String> = addrs
+            .iter()
+            .filter(|a| a.is_ipv6())
+            .map(|a| pool_of(a, "::/0"))
+            .collect();
+        ipv4_pools.dedup();
+        ipv6_pools.dedup();
+        let profile = if self.settings.create_profiles {
+            let name = fallback_profile(network_id);
+            super::profiles::ensure_profile(self.store.as_ref(), &name).await?;
+            name
+        } else {
+            String::new()
+        };
+        let rec = NetworkRecord {
+            network_id: network_id.to_string(),
+            profile,
+            name: String::new(),
+            ipv4_pools,
+            ipv6_pools,
+        };
+        let value = serde_json::to_vec(&rec)
+            .map_err(|e| Error::msg(format!("encode network record: {e}")))?;
+        match self
+            .store
+            .create(&keys::network_key(network_id), value)
+            .await
+        {
+            Ok(_) => {
+                tracing::info!(
+                    network = %network_id,
+                    ipv4_pools = ?rec.ipv4_pools,
+                    ipv6_pools = ?rec.ipv6_pools,
+                    "adopted a network Docker knows but calico-libnetwork had no record of (datastore lost or switched, or made by the original plugins)"
+                );
+                if let Some(bg) = self.background() {
+                    let id = network_id.to_string();
+                    tokio::spawn(async move {
+                        bg.learn_network_name(&id, super::profiles::NAME_LOOKUP_WINDOW, false)
+                            .await
+                    });
+                }
+                Ok(rec)
+            }
+            // Adopted meanwhile by another request: theirs.
+            Err(e) if e.is_exists() => self.network_record(network_id).await?.ok_or_else(|| {
+                Error::msg(format!(
+                    "adopt network {network_id}: its record came and went"
+                ))
+            }),
+            Err(e) => Err(e.context(format!("adopt network {network_id}"))),
+        }
+    }
+
     /// Pools of a network as recorded, for tools.
     pub async fn network_pools(&self, network_id: &str) -> Result<Vec<IpNet>> {
         let rec = self.network_record(network_id).await?.unwrap_or_default();

@@ -156,6 +156,14 @@ impl Plugin {
     }
 
     /// Changes an environment variable for the next (re)start.
+    /// The value of setting `key` the plugin runs with, if set.
+    pub fn env_value(&self, key: &str) -> Option<&str> {
+        self.env
+            .iter()
+            .find(|(k, _)| k == key)
+            .map(|(_, v)| v.as_str())
+    }
+
     pub fn set_env(&mut self, key: &str, value: &str) {
         self.env.retain(|(k, _)| k != key);
         self.env.push((key.to_string(), value.to_string()));

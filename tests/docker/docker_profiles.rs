@@ -11,6 +11,7 @@ use common::{PROFILES_PREFIX, WEPS_PREFIX};
 
 use std::time::{Duration, Instant};
 
+use calico_libnetwork::datastore::Datastore;
 use calico_libnetwork::model::resource_name_from;
 use common::plugin::DockerEnv;
 use common::wait_until;
@@ -261,4 +262,144 @@ fn fallback_profile_without_docker_api_and_profiles_off() {
     assert_nothing_left(&mut env);
     drop(env);
     eprintln!("total {:?}", t0.elapsed());
+}
+
+/// Networks the plugin has no record of (issue 19): Docker keeps its networks and never calls
+/// CreateNetwork for them again. (a) etcd: the network's record is deleted while a container
+/// runs on it; after a plugin restart a new container starts on it, both end on the same
+/// profile as before (named after the network) and reach each other. (b) The embedded store
+/// file is removed (what `docker plugin rm` of a managed plugin does): after a plugin restart,
+/// new containers on the old network start, on the same profile, and reach each other.
+#[test]
+fn networks_without_a_record_are_adopted() {
+    const T: &str = "networks_without_a_record_are_adopted";
+    if !common::require_root(T) {
+        return;
+    }
+    let t0 = Instant::now();
+    for local in [false, true] {
+        let b = DockerEnv::builder().docker_api().busybox().forward_drop();
+        let mut env = if local { b.local_store() } else { b.etcd() }.start();
+        let what = if local {
+            "embedded store removed"
+        } else {
+            "record deleted"
+        };
+        let net_id = env.network("keep", &[]);
+        env.run("c1", &["--net", "keep"]);
+        wait_until("c1 on profile keep", Duration::from_secs(10), || {
+            (endpoint_profiles(&env, "c1") == json!(["keep"])).then_some(())
+        });
+        if local {
+            // Nothing of the old store survives: its containers go first (their addresses
+            // would be handed out again).
+            env.docker.docker_ok(&["rm", "-f", "c1"]);
+            env.plugin.stop();
+            std::fs::remove_file(env.plugin.store_path()).unwrap();
+            env.plugin.restart();
+        } else {
+            let key = format!("{NETWORKS_PREFIX}{net_id}");
+            common::block_on(env.etcd().store().delete(&key, None)).unwrap();
+            env.plugin.restart();
+        }
+        env.run("c2", &["--net", "keep"]);
+        env.run("c3", &["--net", "keep"]);
+        if !local {
+            let rec = record(&env, &net_id);
+            assert_eq!(rec["ipv4Pools"], json!(["0.0.0.0/0"]), "{what}: {rec}");
+        }
+        let peers: &[&str] = if local {
+            &["c2", "c3"]
+        } else {
+            &["c1", "c2", "c3"]
+        };
+        for c in peers {
+            wait_until(
+                &format!("{what}: {c} on profile keep"),
+                Duration::from_secs(15),
+                || (endpoint_profiles(&env, c) == json!(["keep"])).then_some(()),
+            );
+        }
+        let ip = |c: &str| {
+            env.docker
+                .docker_ok(&[
+                    "inspect",
+                    "-f",
+                    "{{range .NetworkSettings.Networks}}{{.IPAddress}}{{end}}",
+                    c,
+                ])
+                .trim()
+                .to_string()
+        };
+        for (from, to) in [("c2", "c3"), ("c3", "c2")].into_iter().chain(
+            (!local)
+                .then_some([("c1", "c2"), ("c2", "c1")])
+                .into_iter()
+                .flatten(),
+        ) {
+            let out = env
+                .docker
+                .docker(&["exec", from, "ping", "-c", "1", "-W", "3", &ip(to)]);
+            assert!(out.status.success(), "{what}: {from} -> {to}: {out:?}");
+        }
+        assert!(
+            env.plugin.log().contains("adopted a network"),
+            "{what}: the adoption is not logged"
+        );
+        eprintln!(
+            "{T}: {what}: adopted, containers reach each other ({:?})",
+            t0.elapsed()
+        );
+        let mut rm = vec!["rm", "-f", "c2", "c3"];
+        if !local {
+            rm.push("c1");
+        }
+        env.docker.docker_ok(&rm);
+        env.docker.docker_ok(&["network", "rm", "keep"]);
+        if local {
+            let left = endpoint_list(&env);
+            assert_eq!(left, json!([]), "{what}: endpoints left");
+        } else {
+            assert!(env.list(NETWORKS_PREFIX).is_empty());
+            assert!(profiles(&env).is_empty(), "{:?}", profiles(&env));
+            assert_nothing_left(&mut env);
+        }
+    }
+}
+
+/// `calico-libnetwork endpoint list -o json` on the env's datastore (through the running
+/// plugin for the embedded store, whose file it holds).
+fn endpoint_list(env: &DockerEnv) -> Value {
+    let mut cmd = std::process::Command::new(common::plugin::BINARY);
+    cmd.args(["endpoint", "list", "-o", "json"])
+        .env_clear()
+        .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
+        .env("NODENAME", common::plugin::NODENAME)
+        .env("CALICO_LIBNETWORK_SOCKET", common::plugin::SOCKET);
+    match env.plugin.env_value("CALICO_LIBNETWORK_STORE") {
+        Some(store) => cmd
+            .env("DATASTORE_TYPE", "local")
+            .env("CALICO_LIBNETWORK_STORE", store),
+        None => cmd.env("ETCD_ENDPOINTS", env.etcd().endpoint()),
+    };
+    let o = cmd.output().expect("run calico-libnetwork endpoint list");
+    assert!(o.status.success(), "endpoint list: {o:?}");
+    serde_json::from_slice(&o.stdout).expect("endpoint list JSON")
+}
+
+/// The profiles of container `c`'s endpoint, from `endpoint list`.
+fn endpoint_profiles(env: &DockerEnv, c: &str) -> Value {
+    let ep = env.docker.docker_ok(&[
+        "inspect",
+        "-f",
+        "{{range .NetworkSettings.Networks}}{{.EndpointID}}{{end}}",
+        c,
+    ]);
+    endpoint_list(env)
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["endpoint"] == ep.trim())
+        .map(|r| r["profiles"].clone())
+        .unwrap_or(Value::Null)
 }

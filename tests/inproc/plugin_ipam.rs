@@ -512,6 +512,94 @@ async fn profiles_within_calico_validation_and_shared_with_cni(store: Store) {
     s.stop().await;
 }
 
+/// A network Docker knows and the plugin has no record of (its datastore was lost or
+/// switched, or the original plugins made it): its first CreateEndpoint adopts it, as
+/// CreateNetwork would have recorded it: all of Calico's pools for an address of an automatic
+/// pool, the `--subnet` pool for an address of one, the network-ID profile until the name is
+/// learned. Two endpoints adopting at once agree on one record.
+async fn unknown_networks_are_adopted(store: Store) {
+    use calico_libnetwork::model::keys;
+    use calico_libnetwork::model::libnetwork::fallback_profile;
+    let s = Server::start(store.clone(), "host-a", &[DEFAULT_V4]).await;
+    let c = &s.client;
+    let address = |pool: Value| async move {
+        c.ok(
+            "IpamDriver.RequestAddress",
+            json!({"PoolID": pool, "Address": "", "Options": {}}),
+        )
+        .await["Address"]
+            .clone()
+    };
+    let endpoint = |net: String, ep: String, addr: Value| async move {
+        c.ok(
+            "NetworkDriver.CreateEndpoint",
+            json!({"NetworkID": net, "EndpointID": ep,
+                   "Interface": {"Address": addr, "AddressIPv6": "", "MacAddress": ""},
+                   "Options": {}}),
+        )
+        .await
+    };
+    let record = |net: &str| {
+        let store = store.clone();
+        let key = keys::network_key(net);
+        async move {
+            let kv = store.get(&key).await.unwrap().expect("network record");
+            serde_json::from_slice::<Value>(&kv.value).unwrap()
+        }
+    };
+
+    // On the default pool, two endpoints at once.
+    let pool = c.ok("IpamDriver.RequestPool", json!({"Pool": ""})).await["PoolID"].clone();
+    let net = "d4".repeat(32);
+    let (a1, a2) = (address(pool.clone()).await, address(pool.clone()).await);
+    let (r1, r2) = tokio::join!(
+        endpoint(net.clone(), "e1".repeat(32), a1),
+        endpoint(net.clone(), "e2".repeat(32), a2)
+    );
+    assert!(r1.is_object() && r2.is_object());
+    let rec = record(&net).await;
+    assert_eq!(rec["ipv4Pools"], json!(["0.0.0.0/0"]), "{rec}");
+    assert_eq!(rec["profile"], fallback_profile(&net), "{rec}");
+    assert!(store
+        .get(&keys::profile_key(&fallback_profile(&net)))
+        .await
+        .unwrap()
+        .is_some());
+    let weps = keys_under(&store, common::WEPS_PREFIX).await;
+    assert_eq!(weps.len(), 2, "{weps:?}");
+    for k in &weps {
+        let w: Value = serde_json::from_slice(&store.get(k).await.unwrap().unwrap().value).unwrap();
+        assert_eq!(
+            w["spec"]["profiles"],
+            json!([fallback_profile(&net)]),
+            "{w}"
+        );
+    }
+
+    // On a --subnet pool (assignmentMode Manual): the network's pool is that one.
+    let sub = c
+        .ok("IpamDriver.RequestPool", json!({"Pool": "10.92.0.0/24"}))
+        .await["PoolID"]
+        .clone();
+    let net2 = "d5".repeat(32);
+    endpoint(net2.clone(), "e3".repeat(32), address(sub).await).await;
+    assert_eq!(record(&net2).await["ipv4Pools"], json!(["10.92.0.0/24"]));
+    // Gone with DeleteNetwork like any other.
+    for (n, eps) in [(&net, vec!["e1", "e2"]), (&net2, vec!["e3"])] {
+        for e in eps {
+            c.ok(
+                "NetworkDriver.DeleteEndpoint",
+                json!({"NetworkID": n, "EndpointID": e.repeat(32)}),
+            )
+            .await;
+        }
+        c.ok("NetworkDriver.DeleteNetwork", json!({"NetworkID": n}))
+            .await;
+        assert!(store.get(&keys::network_key(n)).await.unwrap().is_none());
+    }
+    s.stop().await;
+}
+
 backends!(
     threads = 2,
     timeout = None,
@@ -522,6 +610,7 @@ backends!(
         exhausted_pool,
         network_round_trips_and_unreadable_profile,
         profiles_within_calico_validation_and_shared_with_cni,
+        unknown_networks_are_adopted,
     ]
 );
 
