@@ -90,6 +90,8 @@ pub(crate) async fn run_server(config: Config) -> Result<()> {
     // Networks recorded without a name (older records, or a lookup cut short by a
     // restart): learn their names from the Docker API, in the background.
     driver.resolve_network_names_in_background();
+    // Container labels follow Docker's events (container start), polling only without them.
+    driver.follow_docker_events_in_background();
     let listener = plugin::bind(&config.socket)?;
     // The Go plugin's IPAM name: best effort, the main socket serves either way.
     let alias = config

@@ -181,6 +181,110 @@ impl DockerApi {
     }
 }
 
+/// Docker's container events as the label tasks see them: a counter that moves at every
+/// container start and network connect, and whether the event stream is open. While it is,
+/// a label task waits for the next event instead of polling (see
+/// `super::profiles::Background::label_endpoint`).
+#[derive(Debug)]
+pub struct DockerEvents {
+    seen: tokio::sync::watch::Sender<u64>,
+    open: std::sync::atomic::AtomicBool,
+}
+
+impl Default for DockerEvents {
+    fn default() -> Self {
+        DockerEvents {
+            seen: tokio::sync::watch::channel(0).0,
+            open: Default::default(),
+        }
+    }
+}
+
+impl DockerEvents {
+    /// A receiver that sees each later event.
+    pub fn subscribe(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.seen.subscribe()
+    }
+
+    /// Whether the event stream is open (else: poll).
+    pub fn is_open(&self) -> bool {
+        self.open.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    fn set_open(&self, open: bool) {
+        self.open.store(open, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    fn event(&self) {
+        self.seen.send_modify(|n| *n = n.wrapping_add(1));
+    }
+}
+
+impl DockerApi {
+    /// Follows Docker's events (container start, network connect) into `events` for as long
+    /// as the process runs: reconnects after a failure (1 s, doubling up to 10 s), and marks
+    /// the stream closed meanwhile, so that waiting tasks poll.
+    pub async fn follow_events(&self, events: &DockerEvents) {
+        use futures::StreamExt;
+        let mut delay = Duration::from_secs(1);
+        loop {
+            let opened = async {
+                let c = self.client().await?;
+                // The stream itself has no deadline; a ping proves dockerd answers first.
+                self.call("ping", c.ping()).await?;
+                Ok::<_, Error>(c)
+            }
+            .await;
+            match opened {
+                Ok(c) => {
+                    let filters = std::collections::HashMap::from([
+                        (
+                            "type".to_string(),
+                            vec!["container".to_string(), "network".to_string()],
+                        ),
+                        (
+                            "event".to_string(),
+                            vec!["start".to_string(), "connect".to_string()],
+                        ),
+                    ]);
+                    let mut stream = c.events(Some(bollard::query_parameters::EventsOptions {
+                        filters: Some(filters),
+                        ..Default::default()
+                    }));
+                    events.set_open(true);
+                    // Something may have started while the stream was down.
+                    events.event();
+                    tracing::debug!(host = %self.host, "following Docker's events");
+                    loop {
+                        match stream.next().await {
+                            Some(Ok(_)) => {
+                                events.event();
+                                delay = Duration::from_secs(1);
+                            }
+                            Some(Err(e)) => {
+                                tracing::debug!(error = %e, "Docker event stream failed; polling meanwhile");
+                                break;
+                            }
+                            None => {
+                                tracing::debug!("Docker event stream ended; polling meanwhile");
+                                break;
+                            }
+                        }
+                    }
+                    events.set_open(false);
+                    self.reset().await;
+                }
+                Err(e) => {
+                    events.set_open(false);
+                    tracing::debug!(error = %e, retry_in = ?delay, "Docker event stream not open; polling meanwhile");
+                }
+            }
+            tokio::time::sleep(delay).await;
+            delay = (delay * 2).min(Duration::from_secs(10));
+        }
+    }
+}
+
 impl DockerApi {
     /// Every endpoint ID Docker holds, on any of its networks (the containers attached to
     /// each, per network inspect). For the start-up reconciliation: an endpoint absent here

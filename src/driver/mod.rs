@@ -189,6 +189,8 @@ pub struct Driver {
     container_names: std::sync::Mutex<std::collections::HashMap<IpAddr, String>>,
     /// The Docker API, for background tasks only (never awaited by a handler).
     docker: Option<Arc<docker::DockerApi>>,
+    /// Docker's events, followed in the background (see `follow_docker_events_in_background`).
+    docker_events: Arc<docker::DockerEvents>,
     /// The machine ID another machine recorded on this node's Node (see
     /// [`DriverSettings::machine_id`]): while set, reconciliation deletes nothing.
     foreign_owner: std::sync::Mutex<Option<String>>,
@@ -253,6 +255,7 @@ impl Driver {
             settled_records: Default::default(),
             sandboxes: Default::default(),
             container_names: Default::default(),
+            docker_events: Default::default(),
         }
     }
 
@@ -317,7 +320,22 @@ impl Driver {
             docker: self.docker.clone()?,
             settings: self.settings.clone(),
             rules: self.rules(),
+            events: self.docker_events.clone(),
         })
+    }
+
+    /// With container labels on (`label_endpoints`) and a Docker API: follows Docker's
+    /// events in the background, so labels are copied as soon as a container starts. Returns
+    /// at once.
+    pub fn follow_docker_events_in_background(&self) {
+        let (Some(docker), true) = (self.docker.clone(), self.settings.label_endpoints) else {
+            return;
+        };
+        let events = self.docker_events.clone();
+        supervise("docker-events", move || {
+            let (docker, events) = (docker.clone(), events.clone());
+            async move { docker.follow_events(&events).await }
+        });
     }
 
     /// Starts learning, in the background, the names of networks recorded without one

@@ -38,6 +38,8 @@ pub(crate) struct Background {
     pub docker: Arc<DockerApi>,
     pub settings: DriverSettings,
     pub rules: super::rules::Rules,
+    /// Docker's events, which wake the label tasks.
+    pub events: Arc<super::docker::DockerEvents>,
 }
 
 pub(crate) fn decode_record(kv: &KeyValue) -> Result<NetworkRecord> {
@@ -349,7 +351,9 @@ impl Background {
         let deadline = Instant::now() + self.settings.label_poll_timeout;
         let mut delay = Duration::from_millis(100);
         let mut last_err = None;
+        let mut woken = self.events.subscribe();
         let labels = loop {
+            woken.borrow_and_update();
             match self
                 .docker
                 .endpoint_container(network_id, endpoint_id)
@@ -375,8 +379,14 @@ impl Background {
                 );
                 return;
             }
-            tokio::time::sleep(delay).await;
-            delay = (delay * 2).min(Duration::from_secs(1));
+            if self.events.is_open() {
+                // Docker says when a container starts or joins a network: wait for that (with
+                // a slow look now and then, should an event be missed), not a poll.
+                let _ = tokio::time::timeout(Duration::from_secs(5), woken.changed()).await;
+            } else {
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(1));
+            }
         };
         let (wanted, refused) = super::docker::calico_labels(&labels);
         if !refused.is_empty() {
@@ -527,6 +537,7 @@ mod tests {
                 crate::ipam::Ipam::new(store.clone()),
                 "h",
             ),
+            events: Default::default(),
         };
         bg.apply_network_name(&id, "My_Net.1").await.unwrap();
         let named = named_profile("My_Net.1");

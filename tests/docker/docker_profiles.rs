@@ -403,3 +403,51 @@ fn endpoint_profiles(env: &DockerEnv, c: &str) -> Value {
         .map(|r| r["profiles"].clone())
         .unwrap_or(Value::Null)
 }
+
+/// Labels follow Docker's events (issue 19): with `CALICO_LIBNETWORK_LABEL_ENDPOINTS=true`,
+/// a container's `org.projectcalico.label.*` labels are on its WorkloadEndpoint when read
+/// once, 1 s after `docker run -d` returns, in 20 runs of 20 (the original plugin's own test
+/// read the endpoint once, 1 s after `docker run`).
+#[test]
+fn labels_are_on_the_endpoint_a_second_after_docker_run() {
+    const T: &str = "labels_are_on_the_endpoint_a_second_after_docker_run";
+    if !common::require_root(T) {
+        return;
+    }
+    let t0 = Instant::now();
+    let mut env = start(None, &[("CALICO_LIBNETWORK_LABEL_ENDPOINTS", "true")]);
+    let image = env.docker.import_busybox();
+    env.network("lbl", &[]);
+    let mut missed = Vec::new();
+    for i in 0..20 {
+        let name = format!("l{i:02}");
+        let label = format!("org.projectcalico.label.run=r{i}");
+        env.docker.docker_ok(&[
+            "run", "-d", "--net", "lbl", "--name", &name, "--label", &label, image, "sleep", "600",
+        ]);
+        let returned = Instant::now();
+        std::thread::sleep(Duration::from_secs(1).saturating_sub(returned.elapsed()));
+        let w = wep(&env, &name);
+        if w["metadata"]["labels"]["run"] != format!("r{i}").as_str() {
+            missed.push(format!("{name}: {}", w["metadata"]["labels"]));
+        }
+    }
+    assert!(
+        missed.is_empty(),
+        "labels not on the endpoint 1 s after docker run returned, in {} of 20: {missed:?}",
+        missed.len()
+    );
+    let log = env.plugin.log();
+    assert!(log.contains("labelled WorkloadEndpoint"), "no labelling logged");
+    assert!(
+        log.contains("following Docker's events"),
+        "the plugin did not follow Docker's events"
+    );
+    eprintln!("{T}: 20 of 20 labelled within 1 s ({:?})", t0.elapsed());
+    let mut rm: Vec<String> = vec!["rm".into(), "-f".into()];
+    rm.extend((0..20).map(|i| format!("l{i:02}")));
+    env.docker
+        .docker_ok(&rm.iter().map(String::as_str).collect::<Vec<_>>());
+    env.docker.docker_ok(&["network", "rm", "lbl"]);
+    assert_nothing_left(&mut env);
+}
