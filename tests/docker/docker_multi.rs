@@ -187,6 +187,19 @@ pub(super) fn in_net(ip: IpAddr, net: &str) -> bool {
     net.parse::<IpNet>().unwrap().contains(&ip)
 }
 
+/// Removes `containers` and `networks`, then checks nothing of them is left: no `cali`
+/// link, endpoint, allocation or handle.
+fn remove_and_check(env: &DockerEnv, containers: &[&str], networks: &[&str], what: &str) {
+    let mut rm = vec!["rm", "-f"];
+    rm.extend_from_slice(containers);
+    env.d().docker_ok(&rm);
+    for net in networks {
+        env.d().docker_ok(&["network", "rm", net]);
+    }
+    assert_no_cali_links();
+    assert_no_endpoints_or_allocations(env, what);
+}
+
 /// The host has no route to `ip` and no link `veth`.
 fn assert_host_clean(ip: IpAddr, veth: &str) {
     assert!(
@@ -531,12 +544,7 @@ fn container_on_two_networks_sharing_pools_reaches_both() {
         no_ping(env, "both", pb);
         no_ping(env, "both", pb2);
 
-        env.d().docker_ok(&["rm", "-f", "both", "pa", "pb", "pb2"]);
-        for net in ["sa", "sb"] {
-            env.d().docker_ok(&["network", "rm", net]);
-        }
-        assert_no_cali_links();
-        assert_no_endpoints_or_allocations(env, T);
+        remove_and_check(env, &["both", "pa", "pb", "pb2"], &["sa", "sb"], T);
     });
 }
 
@@ -613,12 +621,7 @@ fn live_restore_keeps_containers_through_a_dockerd_restart() {
             t0.elapsed()
         );
 
-        env.d().docker_ok(&["rm", "-f", "la", "lb", "lc", "ld"]);
-        for net in ["lr1", "lr2"] {
-            env.d().docker_ok(&["network", "rm", net]);
-        }
-        assert_no_cali_links();
-        assert_no_endpoints_or_allocations(env, T);
+        remove_and_check(env, &["la", "lb", "lc", "ld"], &["lr1", "lr2"], T);
     });
 }
 

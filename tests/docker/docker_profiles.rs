@@ -438,7 +438,10 @@ fn labels_are_on_the_endpoint_a_second_after_docker_run() {
         missed.len()
     );
     let log = env.plugin.log();
-    assert!(log.contains("labelled WorkloadEndpoint"), "no labelling logged");
+    assert!(
+        log.contains("labelled WorkloadEndpoint"),
+        "no labelling logged"
+    );
     assert!(
         log.contains("following Docker's events"),
         "the plugin did not follow Docker's events"
