@@ -6,8 +6,8 @@
 # benches/plugin/); e.g. a quick run: BENCH_N=100 BENCH_DOCKER_RUNS=5 bash scripts/bench.sh
 #
 # The Docker part runs first on Debian 12's engine (20.10), in the run above, then once more
-# on each engine of BENCH_ENGINES (default: sid, Docker 28, fetched by
-# scripts/fetch-docker-engine.sh; empty: none), each with its own results directory,
+# on each engine of BENCH_ENGINES (default: those of scripts/engines.sh, i.e. sid's Docker 28,
+# fetched by scripts/fetch-docker-engine.sh; empty: none), each with its own results directory,
 # bench-results/engine-<suite>/.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -17,7 +17,8 @@ cargo build --release --locked --bin calico-libnetwork
 cargo bench --locked --bench plugin "$@"
 parts=${BENCH_PARTS:-docker,plugin,rtt,ipam,footprint}
 case ",$parts," in *,docker,* | *,all,*) ;; *) exit 0 ;; esac
-for suite in ${BENCH_ENGINES-sid}; do
+. scripts/engines.sh
+for suite in ${BENCH_ENGINES-$EXTRA_DOCKER_ENGINES}; do
   bash scripts/fetch-docker-engine.sh "$suite" >/dev/null
   CALICO_TEST_DOCKER_ENGINE=$suite BENCH_PARTS=docker BENCH_OUT="$PWD/bench-results/engine-$suite" \
     cargo bench --locked --bench plugin "$@"

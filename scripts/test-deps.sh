@@ -10,4 +10,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/deps.sh etcd-server etcd-client docker.io containerd runc busybox-static openssl python3 \
   iproute2 iptables nftables iputils-ping curl procps kmod debian-archive-keyring
-bash scripts/fetch-docker-engine.sh sid >/dev/null
+. scripts/engines.sh
+for suite in $EXTRA_DOCKER_ENGINES; do
+  bash scripts/fetch-docker-engine.sh "$suite" >/dev/null
+done

@@ -11,4 +11,7 @@ cargo clippy --locked --all-targets -- -D warnings
 RUSTDOCFLAGS="-D warnings" cargo doc --no-deps --locked --quiet
 bash scripts/unused-deps.sh
 cargo test --locked "$@"
-CALICO_TEST_DOCKER_ENGINE=sid cargo test --locked --test docker
+. scripts/engines.sh
+for suite in $EXTRA_DOCKER_ENGINES; do
+  CALICO_TEST_DOCKER_ENGINE=$suite cargo test --locked --test docker
+done
