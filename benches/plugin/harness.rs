@@ -166,6 +166,7 @@ impl Proc {
             .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
             .env("CALICO_LIBNETWORK_SOCKET", &socket)
             .env("NODENAME", NODE)
+            .env("CALICO_NODENAME_FILE", common::NO_NODENAME_FILE)
             .env("LOG_LEVEL", "info")
             .env("CALICO_LIBNETWORK_DATAPLANE", "off")
             // No Docker API here: the network-name lookup fails fast in the background.

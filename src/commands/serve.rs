@@ -64,6 +64,7 @@ pub(crate) fn build_driver(config: &Config, store: Arc<dyn Datastore>) -> Arc<Dr
         reconcile_interval: config.reconcile_interval,
         rules_check_interval: config.rules_check_interval,
         machine_id: crate::model::machine_id(),
+        nodename_file: Some(config.nodename_file.clone()),
     };
     Arc::new(Driver::new(store, settings))
 }

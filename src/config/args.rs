@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 use clap::Args;
 
-use super::{DEFAULT_SOCKET, DEFAULT_STORE};
+use super::{DEFAULT_NODENAME_FILE, DEFAULT_SOCKET, DEFAULT_STORE};
 
 /// The raw settings as flags and environment give them.
 #[derive(Args, Clone, Debug, Default)]
@@ -47,9 +47,19 @@ pub struct ConfigArgs {
     /// the plugin socket.
     #[arg(long, env = "CALICO_LIBNETWORK_IPAM_ALIAS_SOCKET", global = true)]
     pub ipam_alias_socket: Option<String>,
-    /// This host's Calico node name (default: $HOSTNAME, then the kernel hostname).
+    /// This host's Calico node name (default: the nodename file, then $HOSTNAME lowercased,
+    /// then the kernel hostname lowercased, as calico-node does).
     #[arg(long, env = "NODENAME", global = true)]
     pub nodename: Option<String>,
+    /// The file calico-node keeps its node name in: read when NODENAME is unset, written at
+    /// start when the plugin creates this host's Node and the file does not exist.
+    #[arg(
+        long,
+        env = "CALICO_NODENAME_FILE",
+        global = true,
+        default_value = DEFAULT_NODENAME_FILE
+    )]
+    pub nodename_file: PathBuf,
     /// Log level: error, warn, info, debug or trace (CALICO_DEBUG set means debug).
     #[arg(long, env = "LOG_LEVEL", global = true)]
     pub log_level: Option<String>,

@@ -33,6 +33,8 @@ pub const DEFAULT_SOCKET: &str = "/run/docker/plugins/calico.sock";
 /// File name of the IPAM-only socket beside the plugin socket: the Go plugin served its
 /// IPAM driver as `calico-ipam` (Docker names a plugin after its socket file).
 pub const IPAM_ALIAS_SOCKET_NAME: &str = "calico-ipam.sock";
+/// Where calico-node keeps the node name it determined (`CALICO_NODENAME_FILE` overrides it).
+pub const DEFAULT_NODENAME_FILE: &str = "/var/lib/calico/nodename";
 /// Default path of the embedded store.
 pub const DEFAULT_STORE: &str = "/var/lib/calico-libnetwork/store.redb";
 
@@ -65,6 +67,9 @@ pub struct Config {
     pub ipam_alias_socket: Option<PathBuf>,
     /// This host's node name.
     pub nodename: String,
+    /// calico-node's nodename file (`CALICO_NODENAME_FILE`), written when the plugin
+    /// creates this host's Node and the file is missing.
+    pub nodename_file: PathBuf,
     /// tracing filter directive (`info`, `debug`, ...).
     pub log_level: String,
     /// Log format.
@@ -156,6 +161,7 @@ impl ConfigArgs {
             socket: self.socket.clone(),
             ipam_alias_socket,
             nodename,
+            nodename_file: self.nodename_file.clone(),
             log_level,
             log_format,
             request_timeout,

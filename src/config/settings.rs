@@ -1,7 +1,7 @@
 //! The sections after the datastore: node name, logging, serving (metrics), default pools,
 //! the driver (interfaces, scope, Docker API, firewall) and its background timers.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use ipnet::IpNet;
@@ -13,14 +13,15 @@ use crate::dataplane::iptables::DataplaneMode;
 use crate::error::Result;
 
 impl ConfigArgs {
-    /// `NODENAME`, else `HOSTNAME`, else the kernel's hostname.
+    /// The node name in calico-node's order (`DetermineNodeName`): `NODENAME`, else the
+    /// nodename file, else `HOSTNAME` lowercased, else the kernel's hostname lowercased.
     pub(super) fn resolve_nodename(&self, vars: Vars<'_>) -> Result<String> {
-        let nodename = self
-            .nodename
-            .clone()
-            .or_else(|| nonempty(vars, "HOSTNAME"))
-            .unwrap_or_else(kernel_hostname);
-        let nodename = nodename.trim().to_string();
+        let nodename = determine_nodename(
+            self.nodename.as_deref(),
+            || nodename_from_file(&self.nodename_file),
+            nonempty(vars, "HOSTNAME"),
+            kernel_hostname,
+        )?;
         if nodename.is_empty()
             || nodename.len() > 253
             || nodename.chars().any(|c| c.is_whitespace() || c == '/')
@@ -245,5 +246,43 @@ impl ConfigArgs {
             "0" => Ok(Duration::ZERO),
             s => parse_duration("CALICO_LIBNETWORK_RECONCILE_INTERVAL", s),
         }
+    }
+}
+
+/// calico-node's order of sources for the node name, each tried only when the ones before it
+/// give nothing: `nodename` trimmed (kept as given), the nodename file, `hostname` trimmed and
+/// lowercased, the kernel's hostname trimmed and lowercased (`names.Hostname`).
+pub(super) fn determine_nodename(
+    nodename: Option<&str>,
+    file: impl FnOnce() -> Result<Option<String>>,
+    hostname: Option<String>,
+    kernel: impl FnOnce() -> String,
+) -> Result<String> {
+    if let Some(n) = nodename.map(str::trim).filter(|n| !n.is_empty()) {
+        return Ok(n.to_string());
+    }
+    if let Some(n) = file()? {
+        return Ok(n);
+    }
+    if let Some(h) = hostname
+        .map(|h| h.trim().to_lowercase())
+        .filter(|h| !h.is_empty())
+    {
+        return Ok(h);
+    }
+    Ok(kernel().trim().to_lowercase())
+}
+
+/// The node name in calico-node's nodename file, trimmed; `None` when the file is missing or
+/// empty. Any other read error stops the program, as it stops calico-node.
+fn nodename_from_file(path: &Path) -> Result<Option<String>> {
+    match std::fs::read_to_string(path) {
+        // calico-node writes the bare name, but a file written by hand often ends in a newline.
+        Ok(s) => Ok(Some(s.trim().to_string()).filter(|s| !s.is_empty())),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(bad(
+            "CALICO_NODENAME_FILE",
+            format!("cannot read {}: {e}", path.display()),
+        )),
     }
 }

@@ -68,6 +68,7 @@ fn defaults() {
     );
     assert_eq!(c.socket, PathBuf::from(DEFAULT_SOCKET));
     assert_eq!(c.nodename, "node-1");
+    assert_eq!(c.nodename_file, PathBuf::from("/var/lib/calico/nodename"));
     assert_eq!(c.log_level, "info");
     assert_eq!(c.log_format, LogFormat::Text);
     assert_eq!(c.request_timeout, Duration::from_secs(10));
@@ -276,12 +277,72 @@ fn unreadable_certificate_files_are_named() {
     );
 }
 
+/// The node name `flags` and `env` give, with the nodename file at `file` (which may not
+/// exist), and nothing else of the host's.
+fn nodename(flags: &[&str], file: &std::path::Path, env: &[(&str, &str)]) -> Result<String> {
+    let env: HashMap<String, String> = env
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    let file = file.to_str().unwrap();
+    args(&[flags, &["--nodename-file", file]].concat())
+        .resolve_with(&|name: &str| env.get(name).cloned())
+        .map(|c| c.nodename)
+}
+
+// calico-node's order (node/pkg/lifecycle/utils/utils.go, DetermineNodeName): NODENAME, then
+// the nodename file, then HOSTNAME lowercased, then the kernel hostname lowercased.
 #[test]
-fn nodename_falls_back_to_hostname_and_is_checked() {
-    let c = args(&[])
-        .resolve_with(&|n: &str| (n == "HOSTNAME").then(|| " host-a ".to_string()))
-        .unwrap();
-    assert_eq!(c.nodename, "host-a");
+fn nodename_in_calico_nodes_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("nodename");
+    let host = [("HOSTNAME", " Docker-01 ")];
+    // Nothing but HOSTNAME: lowercased and trimmed (names.Hostname's rule).
+    assert_eq!(nodename(&[], &file, &host).unwrap(), "docker-01");
+    // The file comes before HOSTNAME, trimmed, as written.
+    std::fs::write(&file, "stored-name\n").unwrap();
+    assert_eq!(nodename(&[], &file, &host).unwrap(), "stored-name");
+    // NODENAME comes before the file, trimmed but not lowercased.
+    assert_eq!(
+        nodename(&["--nodename", " Explicit-1 "], &file, &host).unwrap(),
+        "Explicit-1"
+    );
+    // An empty file counts as none.
+    std::fs::write(&file, " \n").unwrap();
+    assert_eq!(nodename(&[], &file, &host).unwrap(), "docker-01");
+    // A file that cannot be read stops the program, as it stops calico-node.
+    let e = nodename(&[], dir.path(), &host).unwrap_err().to_string();
+    assert!(
+        e.starts_with(&format!(
+            "invalid configuration: CALICO_NODENAME_FILE: cannot read {}: ",
+            dir.path().display()
+        )),
+        "{e}"
+    );
+}
+
+// libcalico-go/lib/names/hostname.go, Hostname: the kernel hostname, trimmed and lowercased.
+#[test]
+fn nodename_from_the_kernel_hostname_is_lowercased() {
+    let none = || Ok(None);
+    let kernel = || " Docker-01\n".to_string();
+    assert_eq!(
+        super::settings::determine_nodename(None, none, None, kernel).unwrap(),
+        "docker-01"
+    );
+    assert_eq!(
+        super::settings::determine_nodename(Some(" "), none, Some(String::new()), kernel).unwrap(),
+        "docker-01"
+    );
+}
+
+#[test]
+fn nodename_is_checked() {
+    let file = std::path::Path::new("/nonexistent/nodename");
+    assert_eq!(
+        nodename(&[], file, &[("HOSTNAME", " host-a ")]).unwrap(),
+        "host-a"
+    );
     assert_eq!(
         err(&["--nodename", "a b"], &[]),
         "invalid configuration: NODENAME: 'a b' is not a valid node name"

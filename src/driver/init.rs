@@ -18,6 +18,9 @@ impl Driver {
         let host = &self.settings.nodename;
         if ensure_node(self.store.as_ref(), host).await? {
             tracing::info!(node = %host, "created Calico Node resource");
+            if let Some(path) = &self.settings.nodename_file {
+                write_nodename_file(path, host);
+            }
         }
         if let Some(mine) = &self.settings.machine_id {
             if let Some(other) = claim_node(self.store.as_ref(), host, mine).await? {
@@ -61,6 +64,33 @@ pub async fn ensure_node(store: &dyn Datastore, host: &str) -> Result<bool> {
         Ok(_) => Ok(true),
         Err(e) if e.is_exists() => Ok(false),
         Err(e) => Err(e.context(format!("create Node {host}"))),
+    }
+}
+
+/// Writes `host` to calico-node's nodename file, as calico-node does at start
+/// (`WriteNodeConfig`: the bare name, mode 0644), unless the file exists (never overwritten)
+/// or its directory does not (calico-node creates neither: `/var/lib/calico` is its mount).
+/// Calico's CNI plugin and a later calico-node then use the same name. Failures are logged.
+fn write_nodename_file(path: &std::path::Path, host: &str) {
+    use std::io::Write as _;
+    use std::os::unix::fs::OpenOptionsExt as _;
+    let written = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o644)
+        .open(path)
+        .and_then(|mut f| f.write_all(host.as_bytes()));
+    match written {
+        Ok(()) => {
+            tracing::info!(node = %host, file = %path.display(), "wrote the node name to calico-node's nodename file")
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            tracing::debug!(file = %path.display(), "no directory for calico-node's nodename file; not written")
+        }
+        Err(e) => {
+            tracing::warn!(file = %path.display(), error = %e, "write calico-node's nodename file")
+        }
     }
 }
 

@@ -65,6 +65,9 @@ pub struct DriverSettings {
     /// This machine's ID (`/etc/machine-id`), recorded on its Node: another machine under
     /// the same node name turns destructive clean-up off. `None`: not checked.
     pub machine_id: Option<String>,
+    /// calico-node's nodename file (`CALICO_NODENAME_FILE`): written with the node name when
+    /// [`Driver::init`] creates this host's Node and the file does not exist. `None`: never.
+    pub nodename_file: Option<std::path::PathBuf>,
 }
 
 impl DriverSettings {
@@ -86,6 +89,7 @@ impl DriverSettings {
             reconcile_interval: std::time::Duration::ZERO,
             rules_check_interval: std::time::Duration::from_secs(30),
             machine_id: None,
+            nodename_file: None,
         }
     }
 }

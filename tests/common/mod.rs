@@ -14,6 +14,10 @@ pub mod server;
 
 use std::time::{Duration, Instant};
 
+/// `CALICO_NODENAME_FILE` for every plugin a test starts: a file that cannot exist, so no test
+/// reads the host's `/var/lib/calico/nodename` or writes one there.
+pub const NO_NODENAME_FILE: &str = "/nonexistent/calico-libnetwork-test/nodename";
+
 /// Fails loudly when not root, unless CALICO_TEST_ALLOW_SKIP=1 (then says it skipped).
 /// Returns false when the caller should skip.
 pub fn require_root(test: &str) -> bool {

@@ -126,6 +126,7 @@ impl Plugin {
         };
         p.set_env("CALICO_LIBNETWORK_SOCKET", SOCKET);
         p.set_env("NODENAME", NODENAME);
+        p.set_env("CALICO_NODENAME_FILE", super::NO_NODENAME_FILE);
         p.set_env("LOG_LEVEL", "debug");
         for (k, v) in env {
             p.set_env(k, v);

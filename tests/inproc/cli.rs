@@ -33,6 +33,7 @@ fn bin() -> Command {
     }
     // These tests exercise start-up and configuration, not the host firewall.
     c.env("CALICO_LIBNETWORK_DATAPLANE", "off");
+    c.env("CALICO_NODENAME_FILE", common::NO_NODENAME_FILE);
     c
 }
 
@@ -213,6 +214,78 @@ async fn calico_prefixed_etcd_variables_select_etcd() {
     let out = sigterm_and_wait(&mut r);
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(stdout.contains("\"datastore\":\"etcdv3\""), "{stdout}");
+}
+
+/// Serves once on the embedded store `store` with `envs` (no NODENAME unless given), until
+/// answered, then stops with SIGTERM.
+async fn serve_once(store: &std::path::Path, envs: &[(&str, &str)]) {
+    let dir = tempfile::tempdir().unwrap();
+    let sock = dir.path().join("calico.sock");
+    let child = bin()
+        .env_remove("HOSTNAME")
+        .envs(envs.iter().copied())
+        .env("CALICO_LIBNETWORK_SOCKET", &sock)
+        .env("CALICO_LIBNETWORK_STORE", store)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut r = Running {
+        child,
+        sock,
+        _dir: dir,
+    };
+    wait_serving(&r.sock);
+    assert!(sigterm_and_wait(&mut r).status.success());
+}
+
+/// The Node resources in the embedded store `store` (the plugin stopped).
+async fn node_names(store: &std::path::Path) -> Vec<String> {
+    use calico_libnetwork::datastore::Datastore;
+    let db = calico_libnetwork::datastore::local::LocalStore::open(store).unwrap();
+    let prefix = "/calico/resources/v3/projectcalico.org/nodes/";
+    let mut names: Vec<String> = db
+        .list(prefix)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|kv| kv.key[prefix.len()..].to_string())
+        .collect();
+    names.sort();
+    names
+}
+
+// calico-node names its node NODENAME, else its nodename file, else HOSTNAME lowercased
+// (node/pkg/lifecycle/utils/utils.go, DetermineNodeName), and writes the name to that file
+// at start (WriteNodeConfig: the bare name, mode 0644).
+#[tokio::test]
+async fn the_node_is_named_like_calico_node_and_its_nodename_file_written() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = dir.path().join("store.redb");
+    let file = dir.path().join("nodename");
+    let file_var = ("CALICO_NODENAME_FILE", file.to_str().unwrap());
+    // An uppercase host name, no file: Node `docker-01`, and the file says so.
+    serve_once(&store, &[file_var, ("HOSTNAME", "Docker-01")]).await;
+    assert_eq!(node_names(&store).await, ["docker-01"]);
+    assert_eq!(std::fs::read_to_string(&file).unwrap(), "docker-01");
+    let mode = std::os::unix::fs::PermissionsExt::mode(&file.metadata().unwrap().permissions());
+    assert_eq!(mode & 0o777 & !0o644, 0, "at most 0644: {mode:o}");
+    assert_eq!(mode & 0o600, 0o600, "{mode:o}");
+    // The Node exists already: nothing written.
+    std::fs::remove_file(&file).unwrap();
+    serve_once(&store, &[file_var, ("HOSTNAME", "Docker-01")]).await;
+    assert!(!file.exists(), "written although the Node was not created");
+    // The file's name wins over HOSTNAME (its Node is created); the file stays as it was.
+    std::fs::write(&file, "stored-name\n").unwrap();
+    serve_once(&store, &[file_var, ("HOSTNAME", "Docker-01")]).await;
+    assert_eq!(node_names(&store).await, ["docker-01", "stored-name"]);
+    // NODENAME wins over the file, which is never overwritten.
+    serve_once(&store, &[file_var, ("NODENAME", "explicit")]).await;
+    assert_eq!(
+        node_names(&store).await,
+        ["docker-01", "explicit", "stored-name"]
+    );
+    assert_eq!(std::fs::read_to_string(&file).unwrap(), "stored-name\n");
 }
 
 /// Runs an operator command against a datastore given by `envs`; returns (exit code, stdout, stderr).
@@ -857,6 +930,7 @@ fn serve_in(
         .env("CALICO_LIBNETWORK_SOCKET", dir.join("calico.sock"))
         .envs(extra.iter().copied())
         .env("NODENAME", node)
+        .env("CALICO_NODENAME_FILE", common::NO_NODENAME_FILE)
         .env(
             "CALICO_LIBNETWORK_DOCKER_HOST",
             "unix:///nonexistent/docker.sock",

@@ -30,6 +30,7 @@ fn bin(etcd: &Etcd) -> Command {
         .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
         .env("ETCD_ENDPOINTS", etcd.endpoint())
         .env("NODENAME", NODE)
+        .env("CALICO_NODENAME_FILE", common::NO_NODENAME_FILE)
         .env("CALICO_LIBNETWORK_DATAPLANE", "off")
         .env(
             "CALICO_LIBNETWORK_DOCKER_HOST",
