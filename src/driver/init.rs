@@ -31,7 +31,8 @@ impl Driver {
                 *self.foreign_owner.lock().unwrap() = Some(other);
             }
         }
-        if ensure_cluster_information(self.store.as_ref()).await? {
+        let ci = ensure_cluster_information(self.store.as_ref()).await?;
+        if ci == ClusterInfo::Created {
             tracing::info!("created ClusterInformation default");
         }
         for name in self.ipam.ensure_default_pools(default_pools).await? {
@@ -127,25 +128,82 @@ pub async fn claim_node(
     Ok(other)
 }
 
-/// Creates ClusterInformation `default` (which Felix waits for) if it is missing.
-pub async fn ensure_cluster_information(store: &dyn Datastore) -> Result<bool> {
+/// Whose ClusterInformation `default` is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ClusterInfo {
+    /// Created just now, by this call.
+    Created,
+    /// Created by this plugin (its cluster type, no Calico version): Calico's own
+    /// initialisation has not run on this datastore.
+    Ours,
+    /// Written or taken over by Calico (calico-node writes its version), or unreadable.
+    Calicos,
+}
+
+/// The cluster type this plugin writes in the ClusterInformation it creates.
+const CLUSTER_TYPE: &str = "libnetwork";
+
+/// How earlier builds of this plugin filled `calicoVersion`, which calicoctl reads as
+/// version "calico" and refuses to work with.
+const OLD_VERSION_PREFIX: &str = "calico-libnetwork-";
+
+/// Creates ClusterInformation `default` (which Felix waits for) if it is missing, with
+/// `datastoreReady: true` and no `calicoVersion`: calicoctl compares that with its own version
+/// and refuses every command on a mismatch, but skips the check when it is empty. One that
+/// exists (calico-node's, or locked by `calicoctl datastore migrate lock`) is never changed,
+/// except that the `calicoVersion` earlier builds of this plugin wrote is emptied.
+pub async fn ensure_cluster_information(store: &dyn Datastore) -> Result<ClusterInfo> {
     let key = keys::cluster_information_key("default");
-    if store.get(&key).await?.is_some() {
-        return Ok(false);
+    if let Some(kv) = store.get(&key).await? {
+        return match resources::decode::<ClusterInformationSpec>(&kv) {
+            Ok(ci) if ours(&ci) && ci.spec.calico_version.starts_with(OLD_VERSION_PREFIX) => {
+                clear_old_version(store, &key).await?;
+                Ok(ClusterInfo::Ours)
+            }
+            Ok(ci) if ours(&ci) && ci.spec.calico_version.is_empty() => Ok(ClusterInfo::Ours),
+            Ok(_) => Ok(ClusterInfo::Calicos),
+            Err(e) => {
+                tracing::warn!(error = %e, "ClusterInformation default does not decode; left as it is");
+                Ok(ClusterInfo::Calicos)
+            }
+        };
     }
     let mut ci = ClusterInformation::new(
         "default",
         ClusterInformationSpec {
             cluster_guid: uuid::Uuid::new_v4().simple().to_string(),
-            cluster_type: "libnetwork".to_string(),
-            calico_version: format!("calico-libnetwork-{}", env!("CARGO_PKG_VERSION")),
+            cluster_type: CLUSTER_TYPE.to_string(),
             datastore_ready: Some(true),
             ..Default::default()
         },
     );
     match resources::create(store, &mut ci).await {
-        Ok(_) => Ok(true),
-        Err(e) if e.is_exists() => Ok(false),
+        Ok(_) => Ok(ClusterInfo::Created),
+        // Another host (or calico-node) created it meanwhile: whose it is decides.
+        Err(e) if e.is_exists() => Box::pin(ensure_cluster_information(store)).await,
         Err(e) => Err(e.context("create ClusterInformation default")),
     }
+}
+
+/// Whether this plugin created `ci` (its cluster type; calico-node adds its own types).
+fn ours(ci: &ClusterInformation) -> bool {
+    ci.spec.cluster_type == CLUSTER_TYPE
+}
+
+/// Empties the `calicoVersion` an earlier build of this plugin wrote (compare-and-swap, every
+/// other field kept); a version calico-node wrote meanwhile stays.
+async fn clear_old_version(store: &dyn Datastore, key: &str) -> Result<()> {
+    let cleared = resources::update_with::<ClusterInformationSpec, _>(store, key, |ci| {
+        let old = ci.spec.calico_version.starts_with(OLD_VERSION_PREFIX);
+        if old {
+            ci.spec.calico_version.clear();
+        }
+        old
+    })
+    .await
+    .map_err(|e| e.context("clear this plugin's calicoVersion in ClusterInformation default"))?;
+    if cleared {
+        tracing::info!("emptied the calicoVersion an earlier build of this plugin wrote in ClusterInformation default (calicoctl refused to work with it)");
+    }
+    Ok(())
 }

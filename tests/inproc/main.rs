@@ -14,3 +14,4 @@ mod etcd_security;
 mod ipam_allocator;
 mod plugin_http;
 mod plugin_ipam;
+mod startup;

@@ -1,0 +1,107 @@
+//! The plugin's start-up preparation of the datastore (`Driver::init`), checked against what
+//! Calico's own initialisation (calico-node, clientv3's `EnsureInitialized`) leaves there, on
+//! both datastores.
+
+use crate::common;
+
+use calico_libnetwork::driver::{Driver, DriverSettings};
+use common::backends::{backends, Store};
+use serde_json::{json, Value};
+
+const CI_KEY: &str = "/calico/resources/v3/projectcalico.org/clusterinformations/default";
+
+/// Runs the start-up preparation of node `host-a` with the IPv4 default pool 10.80.0.0/16.
+async fn init(store: &Store) {
+    let driver = Driver::new(store.clone(), DriverSettings::new("host-a"));
+    let pools = ["10.80.0.0/16".parse().unwrap()];
+    driver.init(&pools).await.unwrap();
+}
+
+/// The stored JSON at `key`, if any.
+async fn stored(store: &Store, key: &str) -> Option<Value> {
+    let kv = store.get(key).await.unwrap()?;
+    Some(serde_json::from_slice(&kv.value).unwrap())
+}
+
+// calicoctl/calicoctl/commands/common/version_mismatch.go, CheckVersionMismatch: an empty
+// calicoVersion skips the check; Go's omitempty leaves the empty string out.
+async fn fresh_cluster_information_has_no_calico_version(store: Store) {
+    init(&store).await;
+    let ci = stored(&store, CI_KEY).await.expect("ClusterInformation");
+    let spec = ci["spec"].as_object().unwrap();
+    assert!(!spec.contains_key("calicoVersion"), "{ci}");
+    assert_eq!(spec["datastoreReady"], true, "{ci}");
+    let guid = spec["clusterGUID"].as_str().unwrap();
+    assert!(
+        guid.len() == 32 && guid.chars().all(|c| c.is_ascii_hexdigit()),
+        "{ci}"
+    );
+    // A second start changes nothing.
+    let rev = store.get(CI_KEY).await.unwrap().unwrap().revision;
+    init(&store).await;
+    assert_eq!(store.get(CI_KEY).await.unwrap().unwrap().revision, rev);
+}
+
+// libcalico-go/lib/clientv3/client.go, ensureClusterInformation: calico-node's
+// ClusterInformation keeps its version and GUID, and a false datastoreReady stays false.
+async fn an_existing_cluster_information_is_left_as_it_is(store: Store) {
+    let calicos = json!({
+        "kind": "ClusterInformation",
+        "apiVersion": "projectcalico.org/v3",
+        "metadata": {"name": "default", "uid": "5c2f8a36-6e0e-4f5e-9d3c-1f0e7c1b2a44", "creationTimestamp": "2025-06-01T12:00:00Z"},
+        "spec": {"clusterGUID": "0123456789abcdef0123456789abcdef", "clusterType": "k8s,bgp", "calicoVersion": "v3.30.0", "datastoreReady": false}
+    });
+    let bytes = serde_json::to_vec(&calicos).unwrap();
+    store.put(CI_KEY, bytes.clone()).await.unwrap();
+    let before = store.get(CI_KEY).await.unwrap().unwrap();
+    init(&store).await;
+    let after = store.get(CI_KEY).await.unwrap().unwrap();
+    assert_eq!(after, before, "ClusterInformation rewritten");
+    assert_eq!(after.value, bytes);
+    // The plugin did prepare the rest: its Node and the default pool.
+    assert!(stored(
+        &store,
+        "/calico/resources/v3/projectcalico.org/nodes/host-a"
+    )
+    .await
+    .is_some());
+    assert!(stored(
+        &store,
+        "/calico/resources/v3/projectcalico.org/ippools/default-ipv4-ippool"
+    )
+    .await
+    .is_some());
+}
+
+// calicoctl/calicoctl/commands/common/version_mismatch.go, CheckVersionMismatch: the
+// "calico-libnetwork-0.1.0" earlier builds wrote reads as version "calico", a mismatch
+// with every calicoctl; it is emptied, every other field kept.
+async fn this_plugins_former_calico_version_is_emptied(store: Store) {
+    let old = json!({
+        "kind": "ClusterInformation",
+        "apiVersion": "projectcalico.org/v3",
+        "metadata": {"name": "default", "uid": "u-1", "creationTimestamp": "2025-06-01T12:00:00Z"},
+        "spec": {"clusterGUID": "0123456789abcdef0123456789abcdef", "clusterType": "libnetwork", "calicoVersion": "calico-libnetwork-0.1.0", "datastoreReady": true}
+    });
+    store
+        .put(CI_KEY, serde_json::to_vec(&old).unwrap())
+        .await
+        .unwrap();
+    init(&store).await;
+    let mut expected = old.clone();
+    expected["spec"]
+        .as_object_mut()
+        .unwrap()
+        .remove("calicoVersion");
+    assert_eq!(stored(&store, CI_KEY).await.unwrap(), expected);
+}
+
+backends!(
+    threads = 2,
+    timeout = Some(std::time::Duration::from_secs(60)),
+    [
+        fresh_cluster_information_has_no_calico_version,
+        an_existing_cluster_information_is_left_as_it_is,
+        this_plugins_former_calico_version_is_emptied,
+    ]
+);
