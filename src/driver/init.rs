@@ -1,6 +1,6 @@
 //! Start-up preparation of the datastore for this host: its Calico Node resource (tied to
-//! this machine), ClusterInformation `default` (which Felix waits for) and the default IP
-//! pools when none exists. Every step creates only what is missing and never overwrites.
+//! this machine), ClusterInformation `default` (which Felix waits for) with Calico's Tiers,
+//! and the default IP pools. Every step creates only what is missing and never overwrites.
 
 use ipnet::IpNet;
 
@@ -9,7 +9,7 @@ use crate::datastore::{resources, Datastore};
 use crate::error::Result;
 use crate::model::keys;
 use crate::model::resources::{ClusterInformationSpec, NodeSpec, OrchRef};
-use crate::model::{ClusterInformation, Node};
+use crate::model::{ClusterInformation, Node, Tier};
 
 impl Driver {
     /// Prepares the datastore for this host: its Node resource, ClusterInformation, and
@@ -34,6 +34,14 @@ impl Driver {
         let ci = ensure_cluster_information(self.store.as_ref()).await?;
         if ci == ClusterInfo::Created {
             tracing::info!("created ClusterInformation default");
+        }
+        // A datastore Calico has not initialised: the Tiers it creates with ClusterInformation,
+        // so that policies can be created before calico-node ever ran (also after a start cut
+        // short between the two).
+        if ci != ClusterInfo::Calicos {
+            for name in ensure_tiers(self.store.as_ref()).await? {
+                tracing::info!(tier = %name, "created Tier");
+            }
         }
         for name in self.ipam.ensure_default_pools(default_pools).await? {
             tracing::info!(pool = %name, "created default IP pool (no pool existed)");
@@ -206,4 +214,19 @@ async fn clear_old_version(store: &dyn Datastore, key: &str) -> Result<()> {
         tracing::info!("emptied the calicoVersion an earlier build of this plugin wrote in ClusterInformation default (calicoctl refused to work with it)");
     }
     Ok(())
+}
+
+/// Creates each Tier of [`Tier::calico_defaults`] that is missing (never changing one that
+/// exists). Returns the names created.
+pub async fn ensure_tiers(store: &dyn Datastore) -> Result<Vec<String>> {
+    let mut created = Vec::new();
+    for mut tier in Tier::calico_defaults() {
+        let name = tier.name().to_string();
+        match resources::create(store, &mut tier).await {
+            Ok(_) => created.push(name),
+            Err(e) if e.is_exists() => {}
+            Err(e) => return Err(e.context(format!("create Tier {name}"))),
+        }
+    }
+    Ok(created)
 }

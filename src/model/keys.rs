@@ -27,6 +27,8 @@ pub const PLURAL_IP_POOLS: &str = "ippools";
 pub const PLURAL_NODES: &str = "nodes";
 /// Plural of ClusterInformation (the one instance is named `default`).
 pub const PLURAL_CLUSTER_INFORMATIONS: &str = "clusterinformations";
+/// Plural of Tier.
+pub const PLURAL_TIERS: &str = "tiers";
 
 /// Root of Calico's IPAM keys.
 pub const IPAM_PREFIX: &str = "/calico/ipam/v2";
@@ -114,6 +116,11 @@ pub fn node_key(name: &str) -> String {
 /// `/calico/resources/v3/projectcalico.org/clusterinformations/<name>` (normally `default`).
 pub fn cluster_information_key(name: &str) -> String {
     resource_key(PLURAL_CLUSTER_INFORMATIONS, None, name)
+}
+
+/// `/calico/resources/v3/projectcalico.org/tiers/<name>`.
+pub fn tier_key(name: &str) -> String {
+    resource_key(PLURAL_TIERS, None, name)
 }
 
 // ---- CIDR segments ----

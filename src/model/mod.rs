@@ -66,7 +66,7 @@ pub use ippool::{IpPool, IpPoolSpec};
 pub use names::{label_key, resource_name_from, validate_resource_name, workload_endpoint_name};
 pub use resources::{
     ClusterInformation, ClusterInformationSpec, Node, NodeSpec, ObjectMeta, Profile, ProfileSpec,
-    Resource, Spec, WorkloadEndpoint, WorkloadEndpointSpec, API_VERSION,
+    Resource, Spec, Tier, TierSpec, WorkloadEndpoint, WorkloadEndpointSpec, API_VERSION,
 };
 pub use rule::{EntityRule, NumOrString, Rule};
 pub use selector::Selector;

@@ -195,6 +195,39 @@ fn cluster_information_json() {
     );
 }
 
+// Go's v3 Tier (api/pkg/apis/projectcalico/v3/tier.go, Tier and TierSpec): `order` and
+// `defaultAction` omitempty pointers, a float64 order written without a fraction, the
+// non-pointer `status` always written; the three of clientv3/client.go, EnsureInitialized.
+#[test]
+fn tier_json() {
+    let [default, admin, baseline] = <[Tier; 3]>::try_from(Tier::calico_defaults()).unwrap();
+    check(
+        &default,
+        r#"{"kind":"Tier","apiVersion":"projectcalico.org/v3","metadata":{"name":"default"},"spec":{"order":1000000,"defaultAction":"Deny"},"status":{}}"#,
+    );
+    check(
+        &admin,
+        r#"{"kind":"Tier","apiVersion":"projectcalico.org/v3","metadata":{"name":"kube-admin"},"spec":{"order":1000,"defaultAction":"Pass"},"status":{}}"#,
+    );
+    check(
+        &baseline,
+        r#"{"kind":"Tier","apiVersion":"projectcalico.org/v3","metadata":{"name":"kube-baseline"},"spec":{"order":10000000,"defaultAction":"Pass"},"status":{}}"#,
+    );
+    assert_eq!(
+        default.key().unwrap(),
+        "/calico/resources/v3/projectcalico.org/tiers/default"
+    );
+    let spec = TierSpec {
+        order: Some(100.5),
+        default_action: None,
+        extra: extra("futureSpec"),
+    };
+    check(
+        &Tier::new("t", spec),
+        r#"{"kind":"Tier","apiVersion":"projectcalico.org/v3","metadata":{"name":"t"},"spec":{"order":100.5,"futureSpec":1}}"#,
+    );
+}
+
 #[test]
 fn ip_pool_json() {
     let spec = IpPoolSpec {
@@ -301,6 +334,7 @@ fn absent_fields_read_as_zero_values() {
     reads_empty_as_default::<OrchRef>();
     reads_empty_as_default::<NodeAddress>();
     reads_empty_as_default::<ClusterInformationSpec>();
+    reads_empty_as_default::<TierSpec>();
     reads_empty_as_default::<Rule>();
     reads_empty_as_default::<EntityRule>();
     reads_empty_as_default::<IpPoolSpec>();

@@ -9,6 +9,7 @@ use common::backends::{backends, Store};
 use serde_json::{json, Value};
 
 const CI_KEY: &str = "/calico/resources/v3/projectcalico.org/clusterinformations/default";
+const TIERS: &str = "/calico/resources/v3/projectcalico.org/tiers/";
 
 /// Runs the start-up preparation of node `host-a` with the IPv4 default pool 10.80.0.0/16.
 async fn init(store: &Store) {
@@ -21,6 +22,17 @@ async fn init(store: &Store) {
 async fn stored(store: &Store, key: &str) -> Option<Value> {
     let kv = store.get(key).await.unwrap()?;
     Some(serde_json::from_slice(&kv.value).unwrap())
+}
+
+/// Each stored Tier's name and spec.
+async fn tiers(store: &Store) -> Vec<(String, Value)> {
+    let mut out = Vec::new();
+    for kv in store.list(TIERS).await.unwrap() {
+        let v: Value = serde_json::from_slice(&kv.value).unwrap();
+        out.push((kv.key[TIERS.len()..].to_string(), v["spec"].clone()));
+    }
+    out.sort_by(|a, b| a.0.cmp(&b.0));
+    out
 }
 
 // calicoctl/calicoctl/commands/common/version_mismatch.go, CheckVersionMismatch: an empty
@@ -58,6 +70,8 @@ async fn an_existing_cluster_information_is_left_as_it_is(store: Store) {
     let after = store.get(CI_KEY).await.unwrap().unwrap();
     assert_eq!(after, before, "ClusterInformation rewritten");
     assert_eq!(after.value, bytes);
+    // Calico's initialisation ran here (it wrote its version): its Tiers are its business.
+    assert_eq!(tiers(&store).await, []);
     // The plugin did prepare the rest: its Node and the default pool.
     assert!(stored(
         &store,
@@ -94,6 +108,58 @@ async fn this_plugins_former_calico_version_is_emptied(store: Store) {
         .unwrap()
         .remove("calicoVersion");
     assert_eq!(stored(&store, CI_KEY).await.unwrap(), expected);
+    // Calico's initialisation never ran: its Tiers are created.
+    assert_eq!(tiers(&store).await.len(), 3);
+}
+
+// libcalico-go/lib/clientv3/client.go, EnsureInitialized and ensureTierExists: with
+// ClusterInformation come the Tiers default (Deny, order 1e6), kube-admin (Pass, 1e3) and
+// kube-baseline (Pass, 1e7).
+async fn a_fresh_datastore_gets_calicos_tiers(store: Store) {
+    init(&store).await;
+    assert_eq!(
+        tiers(&store).await,
+        [
+            (
+                "default".to_string(),
+                json!({"order": 1000000, "defaultAction": "Deny"})
+            ),
+            (
+                "kube-admin".to_string(),
+                json!({"order": 1000, "defaultAction": "Pass"})
+            ),
+            (
+                "kube-baseline".to_string(),
+                json!({"order": 10000000, "defaultAction": "Pass"})
+            ),
+        ]
+    );
+    // Stored as clientv3 stores a resource it creates: uid, creation time, an empty status.
+    let admin = stored(&store, &format!("{TIERS}kube-admin")).await.unwrap();
+    assert_eq!(admin["kind"], "Tier");
+    assert_eq!(admin["apiVersion"], "projectcalico.org/v3");
+    assert_eq!(admin["metadata"]["name"], "kube-admin");
+    assert_eq!(admin["metadata"]["uid"].as_str().unwrap().len(), 36);
+    assert!(admin["metadata"]["creationTimestamp"].is_string());
+    assert_eq!(admin["status"], json!({}));
+}
+
+// libcalico-go/lib/clientv3/client.go, ensureTierExists: a Tier that exists is left alone
+// (Create, AlreadyExists ignored).
+async fn an_existing_tier_is_never_changed(store: Store) {
+    let own = json!({
+        "kind": "Tier",
+        "apiVersion": "projectcalico.org/v3",
+        "metadata": {"name": "default"},
+        "spec": {"order": 7}
+    });
+    let own_bytes = serde_json::to_vec(&own).unwrap();
+    let key = format!("{TIERS}default");
+    store.put(&key, own_bytes.clone()).await.unwrap();
+    init(&store).await;
+    assert_eq!(store.get(&key).await.unwrap().unwrap().value, own_bytes);
+    let names: Vec<String> = tiers(&store).await.into_iter().map(|t| t.0).collect();
+    assert_eq!(names, ["default", "kube-admin", "kube-baseline"]);
 }
 
 backends!(
@@ -103,5 +169,7 @@ backends!(
         fresh_cluster_information_has_no_calico_version,
         an_existing_cluster_information_is_left_as_it_is,
         this_plugins_former_calico_version_is_emptied,
+        a_fresh_datastore_gets_calicos_tiers,
+        an_existing_tier_is_never_changed,
     ]
 );

@@ -1,5 +1,5 @@
 //! The v3 resource envelope and the specs of the kinds we read or write, one file per kind
-//! (WorkloadEndpoint, Profile, Node, ClusterInformation; IPPool is in [`super::ippool`]).
+//! (WorkloadEndpoint, Profile, Node, ClusterInformation, Tier; IPPool is in [`super::ippool`]).
 //!
 //! A stored resource is `{"kind":..,"apiVersion":"projectcalico.org/v3","metadata":{..},
 //! "spec":{..}}` (plus a top-level `status` for some kinds). [`Resource<S>`] is that envelope
@@ -24,11 +24,13 @@ use crate::error::{Error, Result};
 mod cluster_information;
 mod node;
 mod profile;
+mod tier;
 mod workload_endpoint;
 
 pub use cluster_information::{ClusterInformation, ClusterInformationSpec};
 pub use node::{Node, NodeAddress, NodeBgpSpec, NodeSpec, OrchRef};
 pub use profile::{Profile, ProfileSpec};
+pub use tier::{Tier, TierSpec, TIER_DEFAULT, TIER_KUBE_ADMIN, TIER_KUBE_BASELINE};
 pub use workload_endpoint::{
     IpNat, WorkloadEndpoint, WorkloadEndpointPort, WorkloadEndpointSpec, LABEL_NAMESPACE,
     LABEL_ORCHESTRATOR, ORCHESTRATOR_LIBNETWORK,
