@@ -4,7 +4,11 @@ use super::*;
 
 pub(crate) async fn driver_on(store: Arc<dyn Datastore>, node: &str) -> (Arc<Driver>, String) {
     let d = Arc::new(Driver::new(store, DriverSettings::new(node)));
-    d.init(&["192.168.0.0/16".parse().unwrap()]).await.unwrap();
+    d.init(&[calico_libnetwork::ipam::default_pool(
+        &"192.168.0.0/16".parse().unwrap(),
+    )])
+    .await
+    .unwrap();
     let g = d
         .ipam_driver()
         .request_pool(PoolRequest::default())

@@ -176,7 +176,7 @@ fn prepare_host(config: &Config) {
 /// the background task that keeps retrying (500 ms doubling up to 10 s).
 async fn prepare_datastore(
     driver: &Arc<Driver>,
-    pools: Vec<ipnet::IpNet>,
+    pools: Vec<crate::model::IpPool>,
 ) -> Option<JoinHandle<()>> {
     match driver.init(&pools).await {
         Ok(()) => {

@@ -82,7 +82,7 @@ pub struct ConfigArgs {
         default_value = "5s"
     )]
     pub datastore_timeout: String,
-    /// IPv4 pool created at start when no IP pool exists at all.
+    /// IPv4 pool created at start when no IPv4 pool exists (`none`: no IPv4 pool).
     #[arg(
         long,
         env = "CALICO_IPV4POOL_CIDR",
@@ -90,9 +90,42 @@ pub struct ConfigArgs {
         default_value = "192.168.0.0/16"
     )]
     pub ipv4_pool_cidr: String,
-    /// IPv6 pool created at start when no IP pool exists at all (none by default).
+    /// IPv6 pool created at start when no IPv6 pool exists (none by default).
     #[arg(long, env = "CALICO_IPV6POOL_CIDR", global = true)]
     pub ipv6_pool_cidr: Option<String>,
+    /// IPIP mode of the default IPv4 pool: Never, Always or CrossSubnet.
+    #[arg(long, env = "CALICO_IPV4POOL_IPIP", global = true)]
+    pub ipv4_pool_ipip: Option<String>,
+    /// VXLAN mode of the default IPv4 pool: Never, Always or CrossSubnet.
+    #[arg(long, env = "CALICO_IPV4POOL_VXLAN", global = true)]
+    pub ipv4_pool_vxlan: Option<String>,
+    /// VXLAN mode of the default IPv6 pool: Never, Always or CrossSubnet.
+    #[arg(long, env = "CALICO_IPV6POOL_VXLAN", global = true)]
+    pub ipv6_pool_vxlan: Option<String>,
+    /// NAT outgoing of the default IPv4 pool (default true).
+    #[arg(long, env = "CALICO_IPV4POOL_NAT_OUTGOING", global = true)]
+    pub ipv4_pool_nat_outgoing: Option<String>,
+    /// NAT outgoing of the default IPv6 pool (default false).
+    #[arg(long, env = "CALICO_IPV6POOL_NAT_OUTGOING", global = true)]
+    pub ipv6_pool_nat_outgoing: Option<String>,
+    /// Block size of the default IPv4 pool, 20 to 32 (default 26).
+    #[arg(long, env = "CALICO_IPV4POOL_BLOCK_SIZE", global = true)]
+    pub ipv4_pool_block_size: Option<String>,
+    /// Block size of the default IPv6 pool, 116 to 128 (default 122).
+    #[arg(long, env = "CALICO_IPV6POOL_BLOCK_SIZE", global = true)]
+    pub ipv6_pool_block_size: Option<String>,
+    /// Node selector of the default IPv4 pool (default all()).
+    #[arg(long, env = "CALICO_IPV4POOL_NODE_SELECTOR", global = true)]
+    pub ipv4_pool_node_selector: Option<String>,
+    /// Node selector of the default IPv6 pool (default all()).
+    #[arg(long, env = "CALICO_IPV6POOL_NODE_SELECTOR", global = true)]
+    pub ipv6_pool_node_selector: Option<String>,
+    /// Whether BGP leaves the default IPv4 pool's routes out (default false).
+    #[arg(long, env = "CALICO_IPV4POOL_DISABLE_BGP_EXPORT", global = true)]
+    pub ipv4_pool_disable_bgp_export: Option<String>,
+    /// Whether BGP leaves the default IPv6 pool's routes out (default false).
+    #[arg(long, env = "CALICO_IPV6POOL_DISABLE_BGP_EXPORT", global = true)]
+    pub ipv6_pool_disable_bgp_export: Option<String>,
     /// Create a Calico profile per network (true/false).
     #[arg(
         long,

@@ -5,18 +5,18 @@
 //! ...), so we do too: the plain name wins when both are set.
 //!
 //! [`ConfigArgs::resolve`] checks one section after another, each in its own resolver
-//! (`resolve_datastore`, `resolve_log_level`, `resolve_docker_host`, ...: `datastore.rs`
-//! and `settings.rs`); the first bad value stops it with an error naming its variable.
+//! (`resolve_datastore`, `resolve_log_level`, `resolve_default_pools`, ...: `datastore.rs`,
+//! `settings.rs` and `pools.rs`); the first bad value stops it with an error naming its
+//! variable.
 
 mod args;
 mod datastore;
+mod pools;
 mod settings;
 mod values;
 
 use std::path::PathBuf;
 use std::time::Duration;
-
-use ipnet::IpNet;
 
 pub use args::ConfigArgs;
 
@@ -76,8 +76,8 @@ pub struct Config {
     pub log_format: LogFormat,
     /// Deadline for each Docker request.
     pub request_timeout: Duration,
-    /// Default pools created when none exists.
-    pub default_pools: Vec<IpNet>,
+    /// Default pools, each created at start when its family has no pool.
+    pub default_pools: Vec<crate::model::IpPool>,
     /// Create a profile per network.
     pub create_profiles: bool,
     /// Container interface prefix.

@@ -1,10 +1,9 @@
-//! The sections after the datastore: node name, logging, serving (metrics), default pools,
-//! the driver (interfaces, scope, Docker API, firewall) and its background timers.
+//! The sections after the datastore: node name, logging, serving (metrics), the driver
+//! (interfaces, scope, Docker API, firewall) and its background timers; the default pools
+//! are in `pools.rs`.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
-
-use ipnet::IpNet;
 
 use super::values::{bad, check_docker_host, nonempty, parse_bool, parse_duration};
 use super::{kernel_hostname, ConfigArgs, LogFormat, Vars, IPAM_ALIAS_SOCKET_NAME};
@@ -80,40 +79,6 @@ impl ConfigArgs {
                 )
             }),
         }
-    }
-
-    /// The pools created at start when none exists: the IPv4 one, and the IPv6 one when
-    /// set; none with `NO_DEFAULT_POOLS`.
-    pub(super) fn resolve_default_pools(&self) -> Result<Vec<IpNet>> {
-        let mut default_pools = Vec::new();
-        if parse_bool("NO_DEFAULT_POOLS", &self.no_default_pools)? {
-            return Ok(default_pools);
-        }
-        let v4: IpNet = self.ipv4_pool_cidr.trim().parse().map_err(|e| {
-            bad(
-                "CALICO_IPV4POOL_CIDR",
-                format!("invalid CIDR '{}': {e}", self.ipv4_pool_cidr),
-            )
-        })?;
-        if !matches!(v4, IpNet::V4(_)) {
-            return Err(bad("CALICO_IPV4POOL_CIDR", "must be an IPv4 CIDR"));
-        }
-        default_pools.push(v4.trunc());
-        if let Some(v6) = self
-            .ipv6_pool_cidr
-            .as_deref()
-            .filter(|s| !s.trim().is_empty())
-        {
-            let n: IpNet = v6
-                .trim()
-                .parse()
-                .map_err(|e| bad("CALICO_IPV6POOL_CIDR", format!("invalid CIDR '{v6}': {e}")))?;
-            if !matches!(n, IpNet::V6(_)) {
-                return Err(bad("CALICO_IPV6POOL_CIDR", "must be an IPv6 CIDR"));
-            }
-            default_pools.push(n.trunc());
-        }
-        Ok(default_pools)
     }
 
     /// The container interface prefix: 1 to 12 characters (Docker appends a number).

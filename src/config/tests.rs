@@ -73,8 +73,11 @@ fn defaults() {
     assert_eq!(c.log_format, LogFormat::Text);
     assert_eq!(c.request_timeout, Duration::from_secs(10));
     assert_eq!(
-        c.default_pools,
-        vec!["192.168.0.0/16".parse::<IpNet>().unwrap()]
+        pools_json(&c),
+        [(
+            "default-ipv4-ippool".to_string(),
+            serde_json::json!({"cidr": "192.168.0.0/16", "vxlanMode": "Never", "ipipMode": "Never", "natOutgoing": true, "blockSize": 26})
+        )]
     );
     assert!(c.create_profiles);
     assert_eq!(c.ifprefix, "eth");
@@ -408,36 +411,203 @@ fn durations() {
     );
 }
 
+/// Each default pool's name and spec, as stored.
+fn pools_json(c: &Config) -> Vec<(String, serde_json::Value)> {
+    c.default_pools
+        .iter()
+        .map(|p| (p.name().to_string(), serde_json::to_value(&p.spec).unwrap()))
+        .collect()
+}
+
+// calico-node's default pools (node/pkg/lifecycle/startup/startup.go, configureIPPools and
+// createIPPool): IPv4 NAT outgoing on, IPv6 off, no encapsulation, blocks /26 and /122, the
+// variables' values where set.
 #[test]
-fn default_pools() {
-    let pools = |flags: &[&str]| ok(flags).default_pools;
+fn default_pools_like_calico_nodes() {
+    let v6 = ["--ipv6-pool-cidr", "fd00::5/64"];
     assert_eq!(
-        pools(&[
-            "--ipv4-pool-cidr",
-            "10.1.2.3/16",
-            "--ipv6-pool-cidr",
-            "fd00::5/64"
-        ]),
-        vec![
-            "10.1.0.0/16".parse::<IpNet>().unwrap(),
-            "fd00::/64".parse().unwrap()
+        pools_json(&ok(
+            &[&["--ipv4-pool-cidr", "10.1.2.3/16"], &v6[..]].concat()
+        )),
+        [
+            (
+                "default-ipv4-ippool".to_string(),
+                serde_json::json!({"cidr": "10.1.0.0/16", "vxlanMode": "Never", "ipipMode": "Never", "natOutgoing": true, "blockSize": 26})
+            ),
+            (
+                "default-ipv6-ippool".to_string(),
+                serde_json::json!({"cidr": "fd00::/64", "vxlanMode": "Never", "ipipMode": "Never", "blockSize": 122})
+            ),
         ]
     );
-    assert!(pools(&["--no-default-pools", "yes", "--ipv4-pool-cidr", "junk"]).is_empty());
+    let c = ok(&[
+        &v6[..],
+        &[
+            "--ipv4-pool-ipip",
+            "cross-subnet",
+            "--ipv4-pool-nat-outgoing",
+            "F",
+        ],
+        &[
+            "--ipv4-pool-block-size",
+            "28",
+            "--ipv4-pool-node-selector",
+            "zone == 'a'",
+        ],
+        &[
+            "--ipv4-pool-disable-bgp-export",
+            "true",
+            "--ipv6-pool-vxlan",
+            "Always",
+        ],
+        &[
+            "--ipv6-pool-nat-outgoing",
+            "yes",
+            "--ipv6-pool-block-size",
+            "120",
+        ],
+        &[
+            "--ipv6-pool-node-selector",
+            "has(v6)",
+            "--ipv6-pool-disable-bgp-export",
+            "0",
+        ],
+    ]
+    .concat());
     assert_eq!(
-        err(&["--ipv4-pool-cidr", "fd00::/64"], &[]),
+        pools_json(&c),
+        [
+            (
+                "default-ipv4-ippool".to_string(),
+                serde_json::json!({"cidr": "192.168.0.0/16", "vxlanMode": "Never", "ipipMode": "CrossSubnet", "disableBGPExport": true, "blockSize": 28, "nodeSelector": "zone == 'a'"})
+            ),
+            (
+                "default-ipv6-ippool".to_string(),
+                serde_json::json!({"cidr": "fd00::/64", "vxlanMode": "Always", "ipipMode": "Never", "natOutgoing": true, "blockSize": 120, "nodeSelector": "has(v6)"})
+            ),
+        ]
+    );
+    // calico-node's spellings of the modes: any case, `off`, `cross-subnet`.
+    let c = ok(&[
+        "--ipv4-pool-vxlan",
+        "CrossSubnet",
+        "--ipv4-pool-ipip",
+        "OFF",
+    ]);
+    assert_eq!(c.default_pools[0].spec.vxlan_mode, "CrossSubnet");
+    assert_eq!(c.default_pools[0].spec.ipip_mode, "Never");
+    // A pool smaller than a block gets blocks of its own size unless one is set.
+    assert_eq!(
+        ok(&["--ipv4-pool-cidr", "10.9.0.0/28"]).default_pools[0]
+            .spec
+            .block_size,
+        28
+    );
+    // `none` turns one family off; NO_DEFAULT_POOLS both.
+    assert!(ok(&["--ipv4-pool-cidr", "none"]).default_pools.is_empty());
+    let c = ok(&[&["--ipv4-pool-cidr", "none"], &v6[..]].concat());
+    assert_eq!(pools_json(&c)[0].0, "default-ipv6-ippool");
+    assert!(
+        ok(&["--no-default-pools", "yes", "--ipv4-pool-cidr", "junk"])
+            .default_pools
+            .is_empty()
+    );
+}
+
+// calico-node stops at start on each of these (startup.go: createIPPool's "Unrecognized IPIP
+// mode", validateBlockSize's "Invalid blocksize", validateNodeSelector's "Invalid node
+// selector", and clientv3's pool validation when it creates the pool); we stop naming the
+// variable.
+#[test]
+fn bad_default_pool_settings_name_their_variable() {
+    let bad = |flags: &[&str]| err(flags, &[]);
+    assert_eq!(
+        bad(&["--ipv4-pool-cidr", "fd00::/64"]),
         "invalid configuration: CALICO_IPV4POOL_CIDR: must be an IPv4 CIDR"
     );
     assert_eq!(
-        err(&["--ipv6-pool-cidr", "10.0.0.0/8"], &[]),
+        bad(&["--ipv6-pool-cidr", "10.0.0.0/8"]),
         "invalid configuration: CALICO_IPV6POOL_CIDR: must be an IPv6 CIDR"
     );
-    assert!(err(&["--ipv4-pool-cidr", "10.0.0.0"], &[])
+    assert!(bad(&["--ipv4-pool-cidr", "10.0.0.0"])
         .starts_with("invalid configuration: CALICO_IPV4POOL_CIDR: invalid CIDR '10.0.0.0': "));
     assert_eq!(
-        err(&["--no-default-pools", "maybe"], &[]),
+        bad(&["--no-default-pools", "maybe"]),
         "invalid configuration: NO_DEFAULT_POOLS: expected true or false, got 'maybe'"
     );
+    assert_eq!(
+        bad(&["--ipv4-pool-ipip", "sometimes"]),
+        "invalid configuration: CALICO_IPV4POOL_IPIP: unrecognized IPIP mode 'sometimes' \
+         (expected Never, Always or CrossSubnet)"
+    );
+    assert_eq!(
+        bad(&["--ipv6-pool-vxlan", "on"]),
+        "invalid configuration: CALICO_IPV6POOL_VXLAN: unrecognized VXLAN mode 'on' (expected \
+         Never, Always or CrossSubnet)"
+    );
+    assert_eq!(
+        bad(&[
+            "--ipv4-pool-ipip",
+            "Always",
+            "--ipv4-pool-vxlan",
+            "CrossSubnet"
+        ]),
+        "invalid configuration: CALICO_IPV4POOL_VXLAN: cannot be CrossSubnet while \
+         CALICO_IPV4POOL_IPIP is Always (a Calico pool uses IPIP or VXLAN, not both)"
+    );
+    assert_eq!(
+        bad(&["--ipv4-pool-nat-outgoing", "maybe"]),
+        "invalid configuration: CALICO_IPV4POOL_NAT_OUTGOING: expected true or false, got \
+         'maybe'"
+    );
+    assert_eq!(
+        bad(&["--ipv6-pool-disable-bgp-export", "off"]),
+        "invalid configuration: CALICO_IPV6POOL_DISABLE_BGP_EXPORT: expected true or false, \
+         got 'off'"
+    );
+    assert_eq!(
+        bad(&["--ipv4-pool-block-size", "26x"]),
+        "invalid configuration: CALICO_IPV4POOL_BLOCK_SIZE: unable to convert blocksize '26x' \
+         to int"
+    );
+    assert_eq!(
+        bad(&["--ipv4-pool-block-size", "33"]),
+        "invalid configuration: CALICO_IPV4POOL_BLOCK_SIZE: invalid blocksize 33 for version 4 \
+         (expected 20 to 32)"
+    );
+    // Checked even without CALICO_IPV6POOL_CIDR, as calico-node checks it.
+    assert_eq!(
+        bad(&["--ipv6-pool-block-size", "115"]),
+        "invalid configuration: CALICO_IPV6POOL_BLOCK_SIZE: invalid blocksize 115 for version \
+         6 (expected 116 to 128)"
+    );
+    assert_eq!(
+        bad(&[
+            "--ipv4-pool-cidr",
+            "10.9.0.0/28",
+            "--ipv4-pool-block-size",
+            "26"
+        ]),
+        "invalid configuration: CALICO_IPV4POOL_BLOCK_SIZE: blocks of /26 do not fit in the \
+         pool 10.9.0.0/28 (CALICO_IPV4POOL_CIDR): use a block size of at least 28"
+    );
+    let e = bad(&["--ipv4-pool-node-selector", "has(zone"]);
+    assert!(
+        e.starts_with(
+            "invalid configuration: CALICO_IPV4POOL_NODE_SELECTOR: invalid node selector \
+             'has(zone': "
+        ),
+        "{e}"
+    );
+    let e = bad(&["--ipv4-pool-cidr", "169.254.0.0/16"]);
+    assert!(
+        e.starts_with("invalid configuration: CALICO_IPV4POOL_CIDR: ") && e.contains("link-local"),
+        "{e}"
+    );
+    // A family turned off is not checked further.
+    assert!(ok(&["--ipv4-pool-cidr", "none", "--ipv4-pool-ipip", "x"])
+        .default_pools
+        .is_empty());
 }
 
 #[test]

@@ -1,20 +1,19 @@
 //! Start-up preparation of the datastore for this host: its Calico Node resource (tied to
 //! this machine), ClusterInformation `default` (which Felix waits for) with Calico's Tiers,
-//! and the default IP pools. Every step creates only what is missing and never overwrites.
-
-use ipnet::IpNet;
+//! and the default IP pool of each family that has none. Every step creates only what is missing and never overwrites.
 
 use super::Driver;
 use crate::datastore::{resources, Datastore};
 use crate::error::Result;
 use crate::model::keys;
 use crate::model::resources::{ClusterInformationSpec, NodeSpec, OrchRef};
-use crate::model::{ClusterInformation, Node, Tier};
+use crate::model::{ClusterInformation, IpPool, Node, Tier};
 
 impl Driver {
     /// Prepares the datastore for this host: its Node resource, ClusterInformation, and
-    /// the default pools when no pool exists at all. Idempotent; never overwrites.
-    pub async fn init(&self, default_pools: &[IpNet]) -> Result<()> {
+    /// each of `default_pools` whose family has no pool (see [`crate::ipam::default_pool`]).
+    /// Idempotent; never overwrites.
+    pub async fn init(&self, default_pools: &[IpPool]) -> Result<()> {
         let host = &self.settings.nodename;
         if ensure_node(self.store.as_ref(), host).await? {
             tracing::info!(node = %host, "created Calico Node resource");
@@ -44,7 +43,7 @@ impl Driver {
             }
         }
         for name in self.ipam.ensure_default_pools(default_pools).await? {
-            tracing::info!(pool = %name, "created default IP pool (no pool existed)");
+            tracing::info!(pool = %name, "created default IP pool (no pool of its family existed)");
         }
         // The firewall rules are rebuilt by `keep_rules_in_background`, after the socket is
         // up: until then the rules of the running containers stay as they are.

@@ -641,7 +641,7 @@ mod tests {
         let store: Arc<dyn Datastore> =
             Arc::new(LocalStore::open(dir.path().join("s.redb")).unwrap());
         let ipam = Ipam::new(store.clone());
-        ipam.ensure_default_pools(&["10.12.0.0/24".parse().unwrap()])
+        ipam.ensure_default_pools(&[crate::ipam::default_pool(&"10.12.0.0/24".parse().unwrap())])
             .await
             .unwrap();
         (dir, IpamDriver::new(store, ipam, "ipam-host"))

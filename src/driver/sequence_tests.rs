@@ -33,7 +33,7 @@ async fn env() -> Env {
         dp.clone(),
     ));
     driver
-        .init(&["10.11.0.0/24".parse().unwrap()])
+        .init(&[crate::ipam::default_pool(&"10.11.0.0/24".parse().unwrap())])
         .await
         .unwrap();
     let net = "ab".repeat(32);

@@ -31,7 +31,7 @@ use crate::model::IpFamily;
 use crate::model::{IpamConfig, IpamHandle};
 
 pub use affinity::block_order;
-pub use pools::PoolSummary;
+pub use pools::{default_pool, PoolSummary};
 
 /// How many times a lost compare-and-swap is retried (Calico's `datastoreRetries`).
 pub const RETRIES: usize = 100;

@@ -6,7 +6,24 @@ use super::Ipam;
 use crate::datastore::resources;
 use crate::error::{Error, Result};
 use crate::model::keys;
-use crate::model::{IpPool, IpPoolSpec};
+use crate::model::{IpFamily, IpPool, IpPoolSpec};
+
+/// calico-node's default pool for `cidr` (`createIPPool`): named `default-ipv4-ippool` or
+/// `default-ipv6-ippool`, NAT outgoing on for IPv4 and off for IPv6, no encapsulation, the
+/// family's default block size (or the pool's own size when it is smaller than a block), on
+/// every node. The settings (`CALICO_IPV4POOL_IPIP`, ...) change the fields.
+pub fn default_pool(cidr: &IpNet) -> IpPool {
+    let family = IpFamily::of_net(cidr);
+    let name = match family {
+        IpFamily::V4 => "default-ipv4-ippool",
+        IpFamily::V6 => "default-ipv6-ippool",
+    };
+    let mut spec = IpPoolSpec::with_cidr(&cidr.trunc());
+    spec.nat_outgoing = family == IpFamily::V4;
+    // A pool smaller than the default block gets blocks of its own size.
+    spec.block_size = family.default_block_size().max(cidr.prefix_len());
+    IpPool::new(name, spec)
+}
 
 /// One pool with its block usage, for `ipam show`.
 #[derive(Clone, Debug, serde::Serialize)]
@@ -128,25 +145,26 @@ impl Ipam {
         self.store.delete(&keys::ip_pool_key(name), rev).await
     }
 
-    /// If no IP pool exists at all, creates the default pools (Calico's names and
-    /// settings: NAT outgoing on, block size 26/122). Returns the names created.
-    pub async fn ensure_default_pools(&self, cidrs: &[IpNet]) -> Result<Vec<String>> {
-        if !self.list_pools().await?.is_empty() {
-            return Ok(Vec::new());
-        }
+    /// Creates each of `defaults` (see [`default_pool`]) whose family has no IP pool yet, as
+    /// calico-node does (`configureIPPools`: a pool per missing family); one created meanwhile
+    /// by another host is fine. Returns the names created.
+    pub async fn ensure_default_pools(&self, defaults: &[IpPool]) -> Result<Vec<String>> {
+        // Every pool whose CIDR parses counts, usable or not, as in calico-node.
+        let present: Vec<Option<IpFamily>> = self
+            .store
+            .list(&IpPool::list_prefix(None))
+            .await?
+            .iter()
+            .filter_map(|kv| resources::decode::<IpPoolSpec>(kv).ok())
+            .map(|p| p.spec.family())
+            .collect();
         let mut created = Vec::new();
-        for cidr in cidrs {
-            let name = match cidr {
-                IpNet::V4(_) => "default-ipv4-ippool",
-                IpNet::V6(_) => "default-ipv6-ippool",
-            };
-            let mut spec = IpPoolSpec::with_cidr(cidr);
-            spec.nat_outgoing = true;
-            // A pool smaller than the default block gets blocks of its own size.
-            let default_bs = crate::model::IpFamily::of_net(cidr).default_block_size();
-            spec.block_size = default_bs.max(cidr.prefix_len());
-            match self.create_pool(IpPool::new(name, spec)).await {
-                Ok(_) => created.push(name.to_string()),
+        for pool in defaults {
+            if present.contains(&pool.spec.family()) {
+                continue;
+            }
+            match self.create_pool(pool.clone()).await {
+                Ok(p) => created.push(p.name().to_string()),
                 Err(e) if e.is_exists() => {}
                 Err(e) => return Err(e),
             }

@@ -24,7 +24,10 @@ impl Server {
         let dir = tempfile::tempdir().unwrap();
         let sock = dir.path().join("plugins/calico.sock");
         let driver = Arc::new(Driver::new(store, DriverSettings::new(node)));
-        let pools: Vec<ipnet::IpNet> = default_pools.iter().map(|p| p.parse().unwrap()).collect();
+        let pools: Vec<_> = default_pools
+            .iter()
+            .map(|p| calico_libnetwork::ipam::default_pool(&p.parse().unwrap()))
+            .collect();
         driver.init(&pools).await.unwrap();
         let listener = plugin::bind(&sock).unwrap();
         let state = Arc::new(AppState {

@@ -5,17 +5,24 @@
 use crate::common;
 
 use calico_libnetwork::driver::{Driver, DriverSettings};
+use calico_libnetwork::ipam::default_pool;
+use calico_libnetwork::model::IpPool;
 use common::backends::{backends, Store};
 use serde_json::{json, Value};
 
 const CI_KEY: &str = "/calico/resources/v3/projectcalico.org/clusterinformations/default";
 const TIERS: &str = "/calico/resources/v3/projectcalico.org/tiers/";
+const POOLS: &str = "/calico/resources/v3/projectcalico.org/ippools/";
 
 /// Runs the start-up preparation of node `host-a` with the IPv4 default pool 10.80.0.0/16.
 async fn init(store: &Store) {
+    init_with(store, &[default_pool(&"10.80.0.0/16".parse().unwrap())]).await;
+}
+
+/// Runs the start-up preparation of node `host-a` with `pools` as the default pools.
+async fn init_with(store: &Store, pools: &[IpPool]) {
     let driver = Driver::new(store.clone(), DriverSettings::new("host-a"));
-    let pools = ["10.80.0.0/16".parse().unwrap()];
-    driver.init(&pools).await.unwrap();
+    driver.init(pools).await.unwrap();
 }
 
 /// The stored JSON at `key`, if any.
@@ -162,6 +169,83 @@ async fn an_existing_tier_is_never_changed(store: Store) {
     assert_eq!(names, ["default", "kube-admin", "kube-baseline"]);
 }
 
+/// Each stored IPPool's name and spec.
+async fn pools(store: &Store) -> Vec<(String, Value)> {
+    let mut out = Vec::new();
+    for kv in store.list(POOLS).await.unwrap() {
+        let v: Value = serde_json::from_slice(&kv.value).unwrap();
+        out.push((kv.key[POOLS.len()..].to_string(), v["spec"].clone()));
+    }
+    out
+}
+
+/// An IPPool as an operator would create it with calicoctl.
+async fn put_pool(store: &Store, name: &str, cidr: &str) {
+    let pool = json!({
+        "kind": "IPPool",
+        "apiVersion": "projectcalico.org/v3",
+        "metadata": {"name": name},
+        "spec": {"cidr": cidr, "nodeSelector": "all()"}
+    });
+    store
+        .put(
+            &format!("{POOLS}{name}"),
+            serde_json::to_vec(&pool).unwrap(),
+        )
+        .await
+        .unwrap();
+}
+
+/// Starts with the IPv4 and IPv6 defaults where pool `name` (`cidr`) exists: the pools then.
+async fn defaults_beside(store: &Store, name: &str, cidr: &str) -> Vec<String> {
+    put_pool(store, name, cidr).await;
+    let v4 = default_pool(&"10.80.0.0/16".parse().unwrap());
+    let v6 = default_pool(&"fd80::/64".parse().unwrap());
+    init_with(store, &[v4, v6]).await;
+    pools(store).await.into_iter().map(|p| p.0).collect()
+}
+
+// node/pkg/lifecycle/startup/startup.go, configureIPPools: a default pool for each family
+// that has no pool ("Ensure there are pools created for each IP version").
+async fn an_ipv4_pool_leaves_the_ipv6_default(store: Store) {
+    assert_eq!(
+        defaults_beside(&store, "operators-v4", "10.81.0.0/16").await,
+        ["default-ipv6-ippool", "operators-v4"]
+    );
+}
+
+// node/pkg/lifecycle/startup/startup.go, configureIPPools: likewise for IPv4.
+async fn an_ipv6_pool_leaves_the_ipv4_default(store: Store) {
+    assert_eq!(
+        defaults_beside(&store, "operators-v6", "fd81::/64").await,
+        ["default-ipv4-ippool", "operators-v6"]
+    );
+}
+
+// node/pkg/lifecycle/startup/startup.go, createIPPool: the settings as given, stored with
+// clientv3's defaults (libcalico-go/lib/clientv3/ippool.go, Create); IPv6 NAT outgoing off.
+async fn default_pools_are_stored_like_calico_nodes(store: Store) {
+    let mut v4 = default_pool(&"10.80.0.0/16".parse().unwrap());
+    v4.spec.vxlan_mode = "CrossSubnet".into();
+    v4.spec.block_size = 28;
+    v4.spec.node_selector = "zone == 'a'".into();
+    let v6 = default_pool(&"fd80::/64".parse().unwrap());
+    init_with(&store, &[v4, v6]).await;
+    assert_eq!(
+        pools(&store).await,
+        [
+            (
+                "default-ipv4-ippool".to_string(),
+                json!({"cidr": "10.80.0.0/16", "vxlanMode": "CrossSubnet", "ipipMode": "Never", "natOutgoing": true, "blockSize": 28, "nodeSelector": "zone == 'a'", "allowedUses": ["Workload", "Tunnel"], "assignmentMode": "Automatic"})
+            ),
+            (
+                "default-ipv6-ippool".to_string(),
+                json!({"cidr": "fd80::/64", "vxlanMode": "Never", "ipipMode": "Never", "blockSize": 122, "nodeSelector": "all()", "allowedUses": ["Workload", "Tunnel"], "assignmentMode": "Automatic"})
+            ),
+        ]
+    );
+}
+
 backends!(
     threads = 2,
     timeout = Some(std::time::Duration::from_secs(60)),
@@ -171,5 +255,8 @@ backends!(
         this_plugins_former_calico_version_is_emptied,
         a_fresh_datastore_gets_calicos_tiers,
         an_existing_tier_is_never_changed,
+        an_ipv4_pool_leaves_the_ipv6_default,
+        an_ipv6_pool_leaves_the_ipv4_default,
+        default_pools_are_stored_like_calico_nodes,
     ]
 );

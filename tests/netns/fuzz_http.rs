@@ -184,8 +184,10 @@ fn fuzz_every_route() {
         let store: Arc<dyn Datastore> =
             Arc::new(LocalStore::open(dir.path().join("store.redb")).unwrap());
         let driver = Arc::new(Driver::new(store.clone(), DriverSettings::new("fuzz-host")));
-        rt.block_on(driver.init(&["10.66.0.0/16".parse().unwrap()]))
-            .unwrap();
+        rt.block_on(driver.init(&[calico_libnetwork::ipam::default_pool(
+            &"10.66.0.0/16".parse().unwrap(),
+        )]))
+        .unwrap();
         let app = plugin::router(Arc::new(AppState {
             driver,
             timeout: Duration::from_secs(5),

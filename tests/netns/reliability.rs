@@ -24,7 +24,7 @@ use calico_libnetwork::datastore::local::LocalStore;
 use calico_libnetwork::datastore::{Datastore, KeyValue, Write};
 use calico_libnetwork::driver::reconcile::ReconcileReport;
 use calico_libnetwork::driver::{Driver, DriverSettings, EndpointSpec, NetworkSpec};
-use calico_libnetwork::ipam::{AutoAssign, Ipam};
+use calico_libnetwork::ipam::{default_pool, AutoAssign, Ipam};
 use calico_libnetwork::model::IpFamily;
 use common::etcd::Etcd;
 use common::server::Server;
@@ -204,7 +204,9 @@ async fn local_store_survives_sigkill() {
         calico_libnetwork::driver::init::ensure_node(ipam.store().as_ref(), "rel-local")
             .await
             .unwrap();
-        ipam.ensure_default_pools(&[net]).await.unwrap();
+        ipam.ensure_default_pools(&[default_pool(&net)])
+            .await
+            .unwrap();
     }
     let kills = if long() { 12 } else { 4 };
     let exe = std::env::current_exe().unwrap();
@@ -375,7 +377,9 @@ async fn node_on_etcd(
     let etcd = Etcd::start();
     let store: Arc<dyn Datastore> = Arc::new(etcd.store());
     let me = driver(store.clone(), node, grace);
-    me.init(&[pool.parse().unwrap()]).await.unwrap();
+    me.init(&[default_pool(&pool.parse().unwrap())])
+        .await
+        .unwrap();
     (etcd, store, me)
 }
 
@@ -434,7 +438,9 @@ async fn reconcile_body() {
     let grace = Duration::from_millis(1500);
     let me = driver(store.clone(), "rel-rec-me", grace);
     let other = driver(store.clone(), "rel-rec-other", grace);
-    me.init(&["10.66.0.0/24".parse().unwrap()]).await.unwrap();
+    me.init(&[default_pool(&"10.66.0.0/24".parse().unwrap())])
+        .await
+        .unwrap();
     other.init(&[]).await.unwrap();
     let net = "ab".repeat(32);
     for d in [&me, &other] {
@@ -572,7 +578,9 @@ async fn reuse_body() {
     let store: Arc<dyn Datastore> = Arc::new(etcd.store_with_timeout(Duration::from_secs(1)));
     let grace = Duration::from_millis(1500);
     let me = driver(store.clone(), "rel-reuse", grace);
-    me.init(&["10.69.0.0/24".parse().unwrap()]).await.unwrap();
+    me.init(&[default_pool(&"10.69.0.0/24".parse().unwrap())])
+        .await
+        .unwrap();
     let net = "cd".repeat(32);
     network(&me, &net).await;
     let old_ep = endpoint_id("old");
@@ -671,7 +679,9 @@ async fn deadline_body() {
         written: Default::default(),
     });
     let me = driver(store.clone(), "rel-deadline", Duration::from_secs(60));
-    me.init(&["10.71.0.0/24".parse().unwrap()]).await.unwrap();
+    me.init(&[default_pool(&"10.71.0.0/24".parse().unwrap())])
+        .await
+        .unwrap();
     let net = "ef".repeat(32);
     network(&me, &net).await;
     let ip = request(&me, None).await.unwrap();
@@ -780,7 +790,7 @@ async fn twins_body() {
     };
     let first = twin("0123456789abcdef0123456789abcdef");
     first
-        .init(&["10.74.0.0/24".parse().unwrap()])
+        .init(&[default_pool(&"10.74.0.0/24".parse().unwrap())])
         .await
         .unwrap();
     let net = "ab".repeat(32);
