@@ -60,6 +60,14 @@ pub enum Error {
         #[source]
         source: serde_json::Error,
     },
+    /// `datastoreReady` is false in ClusterInformation `default` (a migration or upgrade
+    /// lock): the sentence is Calico's CNI plugin's, so that one search finds both.
+    #[error(
+        "Calico is currently not ready to process requests (datastoreReady is false in \
+         ClusterInformation default: a datastore migration or upgrade lock is set; \
+         `calicoctl datastore migrate unlock` lifts it)"
+    )]
+    NotReady,
     /// Invalid configuration found at start.
     #[error("invalid configuration: {0}")]
     Config(String),

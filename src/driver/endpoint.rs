@@ -388,14 +388,19 @@ impl Driver {
         let name = self.wep_name(endpoint_id)?;
         // Every step runs whatever an earlier one said; the errors are reported together.
         let mut errors = Vec::new();
-        match self
-            .store
-            .delete(&keys::workload_endpoint_key(WEP_NAMESPACE, &name), None)
-            .await
-        {
-            Ok(()) => {}
-            Err(e) if e.is_not_found() => {}
-            Err(e) => errors.push(e.context(format!("delete WorkloadEndpoint {name}"))),
+        // While Calico's datastore is locked the record stays, for reconciliation.
+        if let Err(e) = self.check_ready().await {
+            errors.push(e);
+        } else {
+            match self
+                .store
+                .delete(&keys::workload_endpoint_key(WEP_NAMESPACE, &name), None)
+                .await
+            {
+                Ok(()) => {}
+                Err(e) if e.is_not_found() => {}
+                Err(e) => errors.push(e.context(format!("delete WorkloadEndpoint {name}"))),
+            }
         }
         // The local state goes whatever the datastore said: Docker forgets the endpoint and
         // releases its address even when this call fails, so rules left here would follow

@@ -17,6 +17,7 @@ pub mod init;
 pub mod ipam;
 pub mod network;
 pub mod profiles;
+pub mod ready;
 pub mod reconcile;
 pub mod rules;
 pub mod sandbox;
@@ -198,6 +199,8 @@ pub struct Driver {
     /// The machine ID another machine recorded on this node's Node (see
     /// [`DriverSettings::machine_id`]): while set, reconciliation deletes nothing.
     foreign_owner: std::sync::Mutex<Option<String>>,
+    /// Whether Calico lets us write (`datastoreReady`; see `ready`).
+    ready: ready::ReadyGate,
 }
 
 /// Runs the future `make` gives on a task of its own and, when it panics (a bug: stored data
@@ -248,6 +251,7 @@ impl Driver {
         Driver {
             ipam_driver: ipam::IpamDriver::new(store.clone(), ipam.clone(), &settings.nodename),
             rules: rules::Rules::new(settings.dataplane, ipam.clone(), &settings.nodename),
+            ready: ready::ReadyGate::new(store.clone(), ready::READY_TTL),
             ipam,
             store,
             docker,
@@ -349,6 +353,12 @@ impl Driver {
         if let Some(bg) = self.background() {
             tokio::spawn(async move { bg.resolve_unnamed_networks().await });
         }
+    }
+
+    /// `Ok` unless Calico's `datastoreReady` is false (a migration or upgrade lock), when
+    /// nothing may be written: [`crate::Error::NotReady`]. Read at most once a second.
+    pub async fn check_ready(&self) -> Result<()> {
+        self.ready.check().await
     }
 
     /// The datastore.

@@ -251,6 +251,8 @@ impl Driver {
         docker_addresses: &HashSet<IpAddr>,
     ) -> Result<ReconcileReport> {
         self.check_node_owner()?;
+        // Nothing is cleaned up while Calico's datastore is locked: the next pass does it.
+        self.check_ready().await?;
         let me = self.settings.nodename.clone();
         let grace = self.settings.reconcile_grace;
         let mut report = ReconcileReport {

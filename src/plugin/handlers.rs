@@ -1,4 +1,11 @@
 //! One function per plugin method: check the request, call the driver, shape the answer.
+//!
+//! Every call that writes the datastore first asks [`Driver::check_ready`], and is refused
+//! while Calico's `datastoreReady` is false, as Calico's CNI plugin refuses ADD and DEL:
+//! RequestPool, ReleasePool, RequestAddress, ReleaseAddress, CreateNetwork, DeleteNetwork,
+//! CreateEndpoint, Join; DeleteEndpoint still removes what is on this host (Docker forgets
+//! the endpoint whatever it hears) but leaves the WorkloadEndpoint. Leave and the read-only
+//! calls go on.
 
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -89,12 +96,14 @@ pub async fn create_network(d: Arc<Driver>, req: CreateNetworkRequest) -> Result
             .map(|x| (x.pool, x.gateway))
             .collect(),
     };
+    d.check_ready().await?;
     d.create_network(spec).await?;
     Ok(Empty {})
 }
 
 pub async fn delete_network(d: Arc<Driver>, req: NetworkIdRequest) -> Result<Empty> {
     check_id("NetworkID", &req.network_id)?;
+    d.check_ready().await?;
     d.delete_network(&req.network_id).await?;
     Ok(Empty {})
 }
@@ -133,6 +142,7 @@ pub async fn create_endpoint(
         mac,
         options: req.options,
     };
+    d.check_ready().await?;
     let filled_mac = d.create_endpoint(spec).await?;
     Ok(CreateEndpointResponse {
         interface: filled_mac.map(|m| EndpointInterface {
@@ -162,6 +172,9 @@ pub async fn endpoint_oper_info(
 
 pub async fn join(d: Arc<Driver>, req: JoinRequest) -> Result<JoinResponse> {
     check_endpoint_ids(&req.network_id, &req.endpoint_id)?;
+    // Part of a container's start, which Calico's CNI plugin refuses as a whole (ADD); it
+    // records the sandbox on the WorkloadEndpoint.
+    d.check_ready().await?;
     let j = d
         .join(&req.network_id, &req.endpoint_id, &req.sandbox_key)
         .await?;
@@ -233,6 +246,9 @@ pub async fn default_address_spaces(_: Arc<Driver>, _: Empty0) -> Result<Address
 pub async fn request_pool(d: Arc<Driver>, req: RequestPoolRequest) -> Result<RequestPoolResponse> {
     let pool = parse_cidr("Pool (--subnet)", &req.pool)?;
     let sub_pool = parse_cidr("SubPool (--ip-range)", &req.sub_pool)?;
+    // It may create a pool for --subnet; and refused here, `docker network create` stops
+    // before anything needs undoing.
+    d.check_ready().await?;
     let grant = d
         .ipam_driver()
         .request_pool(PoolRequest {
@@ -250,6 +266,7 @@ pub async fn request_pool(d: Arc<Driver>, req: RequestPoolRequest) -> Result<Req
 }
 
 pub async fn release_pool(d: Arc<Driver>, req: ReleasePoolRequest) -> Result<Empty> {
+    d.check_ready().await?;
     d.ipam_driver().release_pool(&req.pool_id).await?;
     Ok(Empty {})
 }
@@ -259,6 +276,7 @@ pub async fn request_address(
     req: RequestAddressRequest,
 ) -> Result<RequestAddressResponse> {
     let address = parse_ip("Address", &req.address)?;
+    d.check_ready().await?;
     let net = d
         .request_address(&req.pool_id, address, &req.options)
         .await?;
@@ -272,6 +290,7 @@ pub async fn release_address(d: Arc<Driver>, req: ReleaseAddressRequest) -> Resu
     let Some(address) = parse_ip("Address", &req.address)? else {
         return Err(Error::invalid("ReleaseAddress: Address is empty"));
     };
+    d.check_ready().await?;
     d.ipam_driver()
         .release_address(&req.pool_id, address)
         .await?;

@@ -600,6 +600,131 @@ async fn unknown_networks_are_adopted(store: Store) {
     s.stop().await;
 }
 
+/// Sets `datastoreReady` in ClusterInformation `default`, as `calicoctl datastore migrate
+/// lock` (false) and `unlock` (true) do, and waits out the plugin's reading of it.
+async fn set_datastore_ready(store: &Store, ready: bool) {
+    use calico_libnetwork::driver::ready::READY_TTL;
+    let key = "/calico/resources/v3/projectcalico.org/clusterinformations/default";
+    let kv = store.get(key).await.unwrap().expect("ClusterInformation");
+    let mut ci: Value = serde_json::from_slice(&kv.value).unwrap();
+    ci["spec"]["datastoreReady"] = json!(ready);
+    store
+        .update(key, ci.to_string().into_bytes(), kv.revision)
+        .await
+        .unwrap();
+    // The plugin trusts what it read for READY_TTL: the lock holds after that.
+    tokio::time::sleep(READY_TTL + std::time::Duration::from_millis(100)).await;
+}
+
+// cni-plugin/pkg/plugin/plugin.go, cmdAdd and cmdDel: "Calico is currently not ready to
+// process requests" while ClusterInformation's datastoreReady is false.
+async fn a_datastore_lock_refuses_writes_until_unlocked(store: Store) {
+    let s = Server::start(store.clone(), "host-a", &[DEFAULT_V4]).await;
+    let c = &s.client;
+    let (net, net2) = ("a1".repeat(32), "a2".repeat(32));
+    let (ep, ep2) = ("e1".repeat(32), "e2".repeat(32));
+    let create_network = |id: &str| {
+        json!({"NetworkID": id, "Options": {"com.docker.network.generic": {}},
+               "IPv4Data": [{"AddressSpace": "CalicoLocalAddressSpace", "Pool": "0.0.0.0/0", "Gateway": "0.0.0.0/0"}],
+               "IPv6Data": []})
+    };
+    let create_endpoint = |id: &str, addr: &str| {
+        json!({"NetworkID": net, "EndpointID": id,
+               "Interface": {"Address": addr, "AddressIPv6": "", "MacAddress": ""}, "Options": {}})
+    };
+    // Before the lock: a network with a container.
+    let addr = c.request_address("CalicoPoolIPv4").await;
+    let ip = addr.trim_end_matches("/32").to_string();
+    c.ok("NetworkDriver.CreateNetwork", create_network(&net))
+        .await;
+    c.ok("NetworkDriver.CreateEndpoint", create_endpoint(&ep, &addr))
+        .await;
+
+    set_datastore_ready(&store, false).await;
+    let before = store.list("/calico/").await.unwrap();
+    for (method, body) in [
+        ("IpamDriver.RequestPool", json!({"Pool": "", "V6": false})),
+        (
+            "IpamDriver.RequestPool",
+            json!({"Pool": "10.91.0.0/24", "V6": false}),
+        ),
+        (
+            "IpamDriver.ReleasePool",
+            json!({"PoolID": "CalicoPoolIPv4"}),
+        ),
+        (
+            "IpamDriver.RequestAddress",
+            json!({"PoolID": "CalicoPoolIPv4", "Address": ""}),
+        ),
+        (
+            "IpamDriver.ReleaseAddress",
+            json!({"PoolID": "CalicoPoolIPv4", "Address": ip}),
+        ),
+        ("NetworkDriver.CreateNetwork", create_network(&net2)),
+        (
+            "NetworkDriver.CreateEndpoint",
+            create_endpoint(&ep2, "10.90.255.1/32"),
+        ),
+        (
+            "NetworkDriver.Join",
+            json!({"NetworkID": net, "EndpointID": ep2, "SandboxKey": "/var/run/docker/netns/x"}),
+        ),
+        (
+            "NetworkDriver.DeleteEndpoint",
+            json!({"NetworkID": net, "EndpointID": ep}),
+        ),
+        ("NetworkDriver.DeleteNetwork", json!({"NetworkID": net})),
+    ] {
+        let (status, msg) = c.err(method, body).await;
+        assert_eq!(status, 500, "{method}: {msg}");
+        assert!(
+            msg.starts_with("Calico is currently not ready to process requests (datastoreReady is false in ClusterInformation default"),
+            "{method}: {msg}"
+        );
+        assert!(
+            msg.contains("calicoctl datastore migrate unlock"),
+            "{method}: {msg}"
+        );
+    }
+    // Calls that write nothing go on.
+    c.ok(
+        "NetworkDriver.Leave",
+        json!({"NetworkID": net, "EndpointID": ep}),
+    )
+    .await;
+    c.ok("IpamDriver.GetDefaultAddressSpaces", json!(null))
+        .await;
+    // Reconciliation waits too.
+    let e = s.driver.reconcile_with(None).await.unwrap_err();
+    assert!(matches!(e, calico_libnetwork::Error::NotReady), "{e}");
+    assert_eq!(
+        store.list("/calico/").await.unwrap(),
+        before,
+        "written while locked"
+    );
+
+    // Unlocked: the same calls work.
+    set_datastore_ready(&store, true).await;
+    let wep = format!(
+        "/calico/resources/v3/projectcalico.org/workloadendpoints/libnetwork/host--a-libnetwork-libnetwork-{ep}"
+    );
+    assert!(store.get(&wep).await.unwrap().is_some(), "{wep}");
+    c.ok(
+        "NetworkDriver.DeleteEndpoint",
+        json!({"NetworkID": net, "EndpointID": ep}),
+    )
+    .await;
+    assert!(store.get(&wep).await.unwrap().is_none(), "{wep} left");
+    c.release_address("CalicoPoolIPv4", &ip).await;
+    assert_eq!(allocated(&store).await, 0);
+    c.ok("NetworkDriver.DeleteNetwork", json!({"NetworkID": net}))
+        .await;
+    let again = c.request_address("CalicoPoolIPv4").await;
+    c.release_address("CalicoPoolIPv4", again.trim_end_matches("/32"))
+        .await;
+    s.stop().await;
+}
+
 backends!(
     threads = 2,
     timeout = None,
@@ -611,6 +736,7 @@ backends!(
         network_round_trips_and_unreadable_profile,
         profiles_within_calico_validation_and_shared_with_cni,
         unknown_networks_are_adopted,
+        a_datastore_lock_refuses_writes_until_unlocked,
     ]
 );
 
