@@ -1,6 +1,7 @@
 //! Start-up preparation of the datastore for this host: its Calico Node resource (tied to
 //! this machine), ClusterInformation `default` (which Felix waits for) with Calico's Tiers,
-//! and the default IP pool of each family that has none. Every step creates only what is missing and never overwrites.
+//! and the default IP pool of each family that has none. Every step creates only what is
+//! missing and never overwrites (but for the `calicoVersion` earlier builds wrote).
 
 use super::Driver;
 use crate::datastore::{resources, Datastore};
@@ -12,7 +13,7 @@ use crate::model::{ClusterInformation, IpPool, Node, Tier};
 impl Driver {
     /// Prepares the datastore for this host: its Node resource, ClusterInformation, and
     /// each of `default_pools` whose family has no pool (see [`crate::ipam::default_pool`]).
-    /// Idempotent; never overwrites.
+    /// Idempotent.
     pub async fn init(&self, default_pools: &[IpPool]) -> Result<()> {
         let host = &self.settings.nodename;
         if ensure_node(self.store.as_ref(), host).await? {
