@@ -4,11 +4,15 @@ use crate::common;
 
 use common::backends::{backends, Store};
 
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use calico_libnetwork::datastore::local::LocalStore;
-use calico_libnetwork::datastore::{Datastore, Write};
+use calico_libnetwork::datastore::{Datastore, Event, KeyValue, Revision, WatchStream, Write};
 use calico_libnetwork::Error;
+use futures::StreamExt;
 
 async fn get_create_update_delete(s: Store) {
     assert!(s.get("/t/k").await.unwrap().is_none());
@@ -215,10 +219,169 @@ async fn large_lists_are_complete(s: Store) {
     assert_eq!(all[1259].key, "/big/s01199");
 }
 
+fn put(key: &str, value: &str, revision: Revision) -> Event {
+    Event::Put(KeyValue {
+        key: key.to_string(),
+        value: value.as_bytes().to_vec(),
+        revision,
+    })
+}
+
+fn del(key: &str, revision: Revision) -> Event {
+    Event::Delete {
+        key: key.to_string(),
+        revision,
+    }
+}
+
+/// The next batches of `stream` until they hold `n` events (panics after 10 s without one,
+/// naming what came).
+async fn batches(stream: &mut WatchStream, n: usize) -> Vec<Vec<Event>> {
+    let mut got: Vec<Vec<Event>> = Vec::new();
+    while got.iter().map(Vec::len).sum::<usize>() < n {
+        match tokio::time::timeout(Duration::from_secs(10), stream.next()).await {
+            Ok(Some(Ok(batch))) => {
+                assert!(!batch.is_empty(), "an empty batch after {got:?}");
+                got.push(batch);
+            }
+            Ok(Some(Err(e))) => panic!("watch failed after {got:?}: {e}"),
+            Ok(None) => panic!("watch ended after {got:?}"),
+            Err(_) => panic!("{n} events expected, 10 s without one after {got:?}"),
+        }
+    }
+    got
+}
+
+/// Puts, updates and deletes under a prefix come in revision order, a transaction's events
+/// in one batch, from just after the revision asked; other prefixes' (a sibling sharing
+/// the prefix's name too) never.
+async fn watch_gives_changes_in_order_under_its_prefix(s: Store) {
+    let r0 = s.put("/w/before", b"0".to_vec()).await.unwrap();
+    let from = s.list_with_revision("/w").await.unwrap();
+    assert_eq!(from.kvs.len(), 1);
+    assert!(from.revision >= r0, "{from:?}");
+    let mut w = s.watch("/w", from.revision).await.unwrap();
+    let mut sibling = s.watch("/wx/", from.revision).await.unwrap();
+
+    let r1 = s.put("/w/a", b"1".to_vec()).await.unwrap();
+    let r2 = s.create("/w/b", b"2".to_vec()).await.unwrap();
+    let rx = s.put("/wx/a", b"sibling".to_vec()).await.unwrap();
+    s.put("/other/a", b"elsewhere".to_vec()).await.unwrap();
+    let r3 = s.update("/w/a", b"1b".to_vec(), r1).await.unwrap();
+    let r4 = s
+        .txn(vec![
+            Write::create("/w/c", b"3".to_vec()),
+            Write::delete("/w/b", r2),
+        ])
+        .await
+        .unwrap();
+    let r5 = s.txn(vec![Write::delete("/w/before", r0)]).await.unwrap();
+
+    let got = batches(&mut w, 6).await;
+    assert!(
+        got.iter()
+            .any(|b| b.contains(&put("/w/c", "3", r4)) && b.contains(&del("/w/b", r4))),
+        "one transaction, one batch: {got:?}"
+    );
+    assert_eq!(
+        got.concat(),
+        vec![
+            put("/w/a", "1", r1),
+            put("/w/b", "2", r2),
+            put("/w/a", "1b", r3),
+            put("/w/c", "3", r4),
+            del("/w/b", r4),
+            del("/w/before", r5),
+        ]
+    );
+    // The sibling's write, between r2 and r3, went to its own watch only.
+    assert_eq!(
+        batches(&mut sibling, 1).await.concat(),
+        vec![put("/wx/a", "sibling", rx)]
+    );
+}
+
+/// A list at revision R and a watch from R, while another task writes all along (and one
+/// write lands between the list and the watch): the listed state with every event applied
+/// is exactly the store's state at the end.
+async fn list_then_watch_misses_nothing_under_concurrent_writes(s: Store) {
+    const WRITES: usize = 300;
+    let done = Arc::new(AtomicUsize::new(0));
+    let writer = {
+        let (s, done) = (s.clone(), done.clone());
+        tokio::spawn(async move {
+            for i in 0..WRITES {
+                let key = format!("/lw/k{:02}", i % 17);
+                if i % 5 == 4 {
+                    match s.delete(&key, None).await {
+                        Ok(()) => {}
+                        Err(e) if e.is_not_found() => {}
+                        Err(e) => panic!("delete {key}: {e}"),
+                    }
+                } else {
+                    s.put(&key, i.to_string().into_bytes()).await.unwrap();
+                }
+                done.fetch_add(1, Ordering::SeqCst);
+            }
+        })
+    };
+    while done.load(Ordering::SeqCst) < 10 {
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    let listing = s.list_with_revision("/lw").await.unwrap();
+    let written_at_list = done.load(Ordering::SeqCst);
+    s.put("/lw/gap", b"between the list and the watch".to_vec())
+        .await
+        .unwrap();
+    let mut w = s.watch("/lw", listing.revision).await.unwrap();
+    writer.await.unwrap();
+    let end = s.put("/lw/end", b"end".to_vec()).await.unwrap();
+    assert!(
+        written_at_list < WRITES / 2,
+        "the list was read while the writer wrote ({written_at_list} of {WRITES} done)"
+    );
+
+    let mut state: BTreeMap<String, (Vec<u8>, Revision)> = listing
+        .kvs
+        .into_iter()
+        .map(|kv| (kv.key, (kv.value, kv.revision)))
+        .collect();
+    let (mut last, mut seen) = (listing.revision, 0);
+    while last < end {
+        let batch = batches(&mut w, 1).await.concat();
+        for e in batch {
+            assert!(e.revision() > listing.revision, "{e:?}");
+            assert!(e.revision() >= last, "out of order: {e:?} after {last}");
+            last = e.revision();
+            seen += 1;
+            match e {
+                Event::Put(kv) => {
+                    state.insert(kv.key, (kv.value, kv.revision));
+                }
+                Event::Delete { key, .. } => {
+                    assert!(state.remove(&key).is_some(), "delete of unknown {key}");
+                }
+            }
+        }
+    }
+    assert!(seen > WRITES / 2, "{seen} events");
+    let now: BTreeMap<String, (Vec<u8>, Revision)> = s
+        .list("/lw")
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|kv| (kv.key, (kv.value, kv.revision)))
+        .collect();
+    assert_eq!(state, now);
+    assert!(state.contains_key("/lw/gap"));
+}
+
 backends!(
     threads = 4,
     timeout = None,
     [
+        watch_gives_changes_in_order_under_its_prefix,
+        list_then_watch_misses_nothing_under_concurrent_writes,
         get_create_update_delete,
         prefix_listing_is_by_directory,
         transactions_are_all_or_nothing,
@@ -228,6 +391,25 @@ backends!(
         large_lists_are_complete,
     ]
 );
+
+/// A watch of the embedded store ends, with an error, when the store is closed (it does
+/// not keep the store's file open).
+#[tokio::test]
+async fn local_store_watch_ends_when_the_store_closes() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("store.redb");
+    let s = LocalStore::open(&path).unwrap();
+    let mut w = s.watch("/k", 0).await.unwrap();
+    let r = s.put("/k/a", b"1".to_vec()).await.unwrap();
+    assert_eq!(batches(&mut w, 1).await.concat(), vec![put("/k/a", "1", r)]);
+    drop(s);
+    let reopened = LocalStore::open(&path).expect("the file is free again");
+    match tokio::time::timeout(Duration::from_secs(10), w.next()).await {
+        Ok(Some(Err(e))) => assert!(e.is_unavailable(), "{e}"),
+        other => panic!("{other:?}"),
+    }
+    drop(reopened);
+}
 
 #[tokio::test]
 async fn local_store_reopen_keeps_data_and_revisions() {
