@@ -12,7 +12,7 @@
 //! through the plugin's socket). It costs a bounded copy of the recent changes
 //! ([`HISTORY_CHANGES`], [`HISTORY_BYTES`]), which lets a watch start from a list's
 //! revision of a moment ago; older revisions are compacted, as in etcd, and
-//! the watcher lists again. So consumers need no second code path, and the
+//! [`super::watch::Watcher`] lists again. So consumers need no second code path, and the
 //! conformance suite holds both backends to one meaning of a watch.
 
 use std::collections::VecDeque;

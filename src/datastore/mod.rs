@@ -12,12 +12,15 @@
 //! one conformance suite (`tests/inproc/datastore_conformance.rs`).
 //!
 //! Changes are watched, not polled: [`Datastore::list_with_revision`] reads a prefix at a
-//! revision R, [`Datastore::watch`] gives every change under it after R, in revision order.
+//! revision R, [`Datastore::watch`] gives every change under it after R, in revision order,
+//! and [`watch::Watcher`] keeps that going across compaction and broken streams (a fresh
+//! list, and the difference from what its consumer last saw).
 
 pub mod etcd;
 pub mod local;
 pub mod remote;
 pub mod resources;
+pub mod watch;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -80,7 +83,8 @@ impl Event {
 /// events of one transaction in one batch. An `Err` ends it (nothing follows):
 /// [`Error::Compacted`] when the store no longer keeps the changes asked for,
 /// [`Error::Unavailable`] when the stream broke. Either way the answer is a fresh
-/// [`Datastore::list_with_revision`] and a new watch from its revision.
+/// [`Datastore::list_with_revision`] and a new watch from its revision, which is what
+/// [`watch::Watcher`] does.
 pub type WatchStream = futures::stream::BoxStream<'static, Result<Vec<Event>>>;
 
 /// What must hold of a key for a [`Write`] in a transaction to go ahead.

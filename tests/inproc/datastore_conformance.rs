@@ -5,11 +5,13 @@ use crate::common;
 use common::backends::{backends, Store};
 
 use std::collections::BTreeMap;
+use std::future::Future;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use calico_libnetwork::datastore::local::LocalStore;
+use calico_libnetwork::datastore::local::{LocalStore, HISTORY_BYTES};
+use calico_libnetwork::datastore::watch::{Resync, Update, Watcher};
 use calico_libnetwork::datastore::{Datastore, Event, KeyValue, Revision, WatchStream, Write};
 use calico_libnetwork::Error;
 use futures::StreamExt;
@@ -219,7 +221,7 @@ async fn large_lists_are_complete(s: Store) {
     assert_eq!(all[1259].key, "/big/s01199");
 }
 
-fn put(key: &str, value: &str, revision: Revision) -> Event {
+pub(crate) fn put(key: &str, value: &str, revision: Revision) -> Event {
     Event::Put(KeyValue {
         key: key.to_string(),
         value: value.as_bytes().to_vec(),
@@ -227,7 +229,7 @@ fn put(key: &str, value: &str, revision: Revision) -> Event {
     })
 }
 
-fn del(key: &str, revision: Revision) -> Event {
+pub(crate) fn del(key: &str, revision: Revision) -> Event {
     Event::Delete {
         key: key.to_string(),
         revision,
@@ -250,6 +252,15 @@ async fn batches(stream: &mut WatchStream, n: usize) -> Vec<Vec<Event>> {
         }
     }
     got
+}
+
+/// The next update of `w` (panics after 10 s, or on an error).
+async fn update(w: &mut Watcher) -> Update {
+    match tokio::time::timeout(Duration::from_secs(10), w.next()).await {
+        Ok(Ok(u)) => u,
+        Ok(Err(e)) => panic!("{w:?}: {e}"),
+        Err(_) => panic!("{w:?}: no update in 10 s"),
+    }
 }
 
 /// Puts, updates and deletes under a prefix come in revision order, a transaction's events
@@ -376,12 +387,121 @@ async fn list_then_watch_misses_nothing_under_concurrent_writes(s: Store) {
     assert!(state.contains_key("/lw/gap"));
 }
 
+/// A [`Watcher`] starts with every key, follows changes, and its periodic list finds
+/// nothing missed; it carries on watching after it.
+async fn watcher_follows_and_resyncs_periodically(s: Store) {
+    let ra = s.put("/wr/a", b"a".to_vec()).await.unwrap();
+    s.put("/wrx/a", b"sibling".to_vec()).await.unwrap();
+    let mut w = Watcher::new(s.clone(), "/wr").resync_every(Duration::from_millis(300));
+    match update(&mut w).await {
+        Update::Resynced {
+            reason: Resync::Start,
+            revision,
+            diff,
+        } => {
+            assert_eq!(diff, vec![put("/wr/a", "a", ra)]);
+            assert_eq!(w.revision(), revision);
+        }
+        other => panic!("{other:?}"),
+    }
+    let rb = s.put("/wr/b", b"b".to_vec()).await.unwrap();
+    assert_eq!(
+        update(&mut w).await,
+        Update::Events(vec![put("/wr/b", "b", rb)])
+    );
+    match update(&mut w).await {
+        Update::Resynced {
+            reason: Resync::Periodic,
+            revision,
+            diff,
+        } => {
+            assert!(diff.is_empty(), "nothing was missed: {diff:?}");
+            assert!(revision >= rb);
+        }
+        other => panic!("{other:?}"),
+    }
+    s.delete("/wr/a", None).await.unwrap();
+    match update(&mut w).await {
+        Update::Events(events) => {
+            assert!(
+                matches!(&events[..], [Event::Delete { key, .. }] if key == "/wr/a"),
+                "{events:?}"
+            )
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(
+        (w.len(), w.seen("/wr/b"), w.seen("/wr/a")),
+        (1, Some(rb), None)
+    );
+}
+
+/// A consumer that knew the state at revision R resumes from R after the store compacted
+/// it (`compact`): the watch says so, and the [`Watcher`] lists again and gives what it
+/// missed: a put for the changed and the new key, a delete for the one deleted meanwhile,
+/// nothing for the unchanged one; later writes follow as events.
+pub async fn watcher_resumes_past_compaction<F, Fut>(s: Store, compact: F)
+where
+    F: FnOnce() -> Fut,
+    Fut: Future<Output = ()>,
+{
+    s.put("/rc/keep", b"k".to_vec()).await.unwrap();
+    s.put("/rc/change", b"v1".to_vec()).await.unwrap();
+    s.put("/rc/gone", b"g".to_vec()).await.unwrap();
+    let listing = s.list_with_revision("/rc").await.unwrap();
+    let known: Vec<(String, Revision)> = listing
+        .kvs
+        .iter()
+        .map(|kv| (kv.key.clone(), kv.revision))
+        .collect();
+
+    let r_change = s.put("/rc/change", b"v2".to_vec()).await.unwrap();
+    s.delete("/rc/gone", None).await.unwrap();
+    let r_new = s.put("/rc/new", b"n".to_vec()).await.unwrap();
+    compact().await;
+
+    // The fault: the store no longer has the history after R.
+    let mut raw = s.watch("/rc", listing.revision).await.unwrap();
+    match tokio::time::timeout(Duration::from_secs(10), raw.next()).await {
+        Ok(Some(Err(e))) => {
+            assert!(e.is_compacted(), "{e}");
+            assert!(e.to_string().contains("/rc/"), "names the prefix: {e}");
+        }
+        other => panic!("a compacted watch: {other:?}"),
+    }
+    assert!(raw.next().await.is_none(), "the stream ends with its error");
+
+    let mut w = Watcher::resume(s.clone(), "/rc", known, listing.revision);
+    match update(&mut w).await {
+        Update::Resynced {
+            reason: Resync::Compacted,
+            revision,
+            diff,
+        } => assert_eq!(
+            diff,
+            vec![
+                put("/rc/change", "v2", r_change),
+                put("/rc/new", "n", r_new),
+                del("/rc/gone", revision),
+            ]
+        ),
+        other => panic!("{other:?}"),
+    }
+    let r_later = s.put("/rc/later", b"l".to_vec()).await.unwrap();
+    assert_eq!(
+        update(&mut w).await,
+        Update::Events(vec![put("/rc/later", "l", r_later)])
+    );
+    assert_eq!(w.len(), 4);
+}
+
 backends!(
     threads = 4,
     timeout = None,
     [
         watch_gives_changes_in_order_under_its_prefix,
         list_then_watch_misses_nothing_under_concurrent_writes,
+        watcher_follows_and_resyncs_periodically,
         get_create_update_delete,
         prefix_listing_is_by_directory,
         transactions_are_all_or_nothing,
@@ -391,6 +511,21 @@ backends!(
         large_lists_are_complete,
     ]
 );
+
+/// The embedded store keeps a bounded history (here, one value larger than its byte bound
+/// pushes everything out): an older revision is compacted, as in etcd.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn local_store_watcher_resumes_past_compaction() {
+    let (s, _dir) = common::backends::local();
+    let filler = s.clone();
+    watcher_resumes_past_compaction(s, || async move {
+        filler
+            .put("/filler/big", vec![b'x'; HISTORY_BYTES + 1])
+            .await
+            .unwrap();
+    })
+    .await;
+}
 
 /// A watch of the embedded store ends, with an error, when the store is closed (it does
 /// not keep the store's file open).
