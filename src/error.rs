@@ -26,6 +26,10 @@ pub enum Error {
     /// The datastore could not be reached or did not answer in time.
     #[error("datastore unavailable: {0}")]
     Unavailable(String),
+    /// A watch asked for changes the store no longer keeps (etcd compacted its history, or
+    /// the embedded store's bounded history moved past them): list again, then watch on.
+    #[error("watch {what}: history up to revision {compacted} is compacted")]
+    Compacted { what: String, compacted: i64 },
     /// A resource only one process may hold (the embedded store's file) is held by another.
     #[error("{what}: in use by another process")]
     InUse { what: String },
@@ -169,6 +173,11 @@ impl Error {
     /// True when the datastore was unreachable or slow.
     pub fn is_unavailable(&self) -> bool {
         matches!(self.root(), Error::Unavailable(_) | Error::Timeout { .. })
+    }
+
+    /// True when the root cause is [`Error::Compacted`].
+    pub fn is_compacted(&self) -> bool {
+        matches!(self.root(), Error::Compacted { .. })
     }
 
     /// Shorthand for [`Error::Invalid`].

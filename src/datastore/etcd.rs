@@ -4,17 +4,25 @@
 //! clear error instead of a hang. Conditional writes are one `Txn`: the conditions as
 //! compares, the writes in the success branch, and a `Get` of every key in the failure
 //! branch so the error can say which key failed and why, as Calico's own client does.
+//!
+//! A watch is one gRPC stream of etcd's Watch service per call, with no deadline once open:
+//! HTTP/2 keep-alive pings notice a dead connection, and etcd cancels a watch on a member
+//! that lost its leader (every request asks for one).
 
 use std::time::Duration;
 
 use async_trait::async_trait;
 use etcd_client::{
-    Client, Compare, CompareOp, ConnectOptions, DeleteOptions, GetOptions, KvClient, TxnOp,
-    TxnOpResponse,
+    Client, Compare, CompareOp, ConnectOptions, DeleteOptions, EventType, GetOptions, KvClient,
+    TxnOp, TxnOpResponse, WatchClient, WatchOptions, WatchResponse,
 };
+use futures::StreamExt;
 use tokio::sync::Mutex;
 
-use super::{condition_error, dir_prefix, Datastore, Expect, KeyValue, Revision, Stats, Write};
+use super::{
+    condition_error, dir_prefix, Datastore, Event, Expect, KeyValue, Listing, Revision, Stats,
+    WatchStream, Write,
+};
 use crate::error::{Error, Result};
 
 /// A secret (the etcd password): kept as given, never shown by `Debug`.
@@ -75,8 +83,15 @@ pub struct EtcdConfig {
 /// The etcd v3 store. Connects lazily, so the plugin can start before etcd is up.
 pub struct EtcdStore {
     config: EtcdConfig,
-    kv: Mutex<Option<KvClient>>,
+    clients: Mutex<Option<Clients>>,
     stats: Stats,
+}
+
+/// The services used, on one connection.
+#[derive(Clone)]
+struct Clients {
+    kv: KvClient,
+    watch: WatchClient,
 }
 
 impl EtcdStore {
@@ -87,7 +102,7 @@ impl EtcdStore {
         }
         Ok(EtcdStore {
             config,
-            kv: Mutex::new(None),
+            clients: Mutex::new(None),
             stats: Stats::default(),
         })
     }
@@ -101,7 +116,10 @@ impl EtcdStore {
         let mut opts = ConnectOptions::new()
             .with_timeout(c.timeout)
             .with_connect_timeout(c.timeout)
-            .with_keep_alive(Duration::from_secs(10), c.timeout);
+            .with_keep_alive(Duration::from_secs(10), c.timeout)
+            // A member cut off from its cluster would keep a watch open and silent: with this,
+            // etcd cancels it (and refuses requests) once the member has no leader.
+            .with_require_leader(true);
         if let (Some(u), Some(p)) = (&c.username, &c.password) {
             // etcd's auth tokens expire (simple tokens after 300 s idle by default): without
             // the refresh every call fails from then on, until a restart.
@@ -130,9 +148,13 @@ impl EtcdStore {
     }
 
     async fn client(&self) -> Result<KvClient> {
-        let mut guard = self.kv.lock().await;
-        if let Some(kv) = guard.as_ref() {
-            return Ok(kv.clone());
+        Ok(self.clients().await?.kv)
+    }
+
+    async fn clients(&self) -> Result<Clients> {
+        let mut guard = self.clients.lock().await;
+        if let Some(c) = guard.as_ref() {
+            return Ok(c.clone());
         }
         let opts = self.options()?;
         let connect = Client::connect(&self.config.endpoints, Some(opts));
@@ -141,9 +163,13 @@ impl EtcdStore {
             .map_err(|_| self.unavailable("connect", "no answer"))?
             .map_err(|e| self.unavailable("connect", e))?;
         // One value (a large block) may exceed tonic's default 4 MiB; lists are paged.
-        let kv = client.kv_client().max_decoding_message_size(MAX_MESSAGE);
-        *guard = Some(kv.clone());
-        Ok(kv)
+        let clients = Clients {
+            kv: client.kv_client().max_decoding_message_size(MAX_MESSAGE),
+            // One revision's events come in one message (a transaction of large values).
+            watch: client.watch_client().max_decoding_message_size(MAX_MESSAGE),
+        };
+        *guard = Some(clients.clone());
+        Ok(clients)
     }
 
     fn unavailable(&self, op: &str, e: impl std::fmt::Display) -> Error {
@@ -188,6 +214,40 @@ fn prefix_end(prefix: &str) -> Vec<u8> {
     end
 }
 
+/// The events of one watch response: `None` for one without events (created, progress),
+/// an error for a cancelled watch (compacted history, or refused).
+fn watch_events(prefix: &str, after: Revision, resp: &WatchResponse) -> Result<Option<Vec<Event>>> {
+    // A compacted start revision: etcd cancels the watch and names its compaction revision.
+    if resp.compact_revision() > 0 {
+        return Err(Error::Compacted {
+            what: format!("{prefix} after revision {after}"),
+            compacted: resp.compact_revision(),
+        });
+    }
+    if resp.canceled() {
+        return Err(Error::Unavailable(format!(
+            "watch {prefix}: etcd cancelled it: {}",
+            redact(resp.cancel_reason())
+        )));
+    }
+    if resp.events().is_empty() {
+        return Ok(None);
+    }
+    let mut out = Vec::with_capacity(resp.events().len());
+    for ev in resp.events() {
+        let Some(kv) = ev.kv() else { continue };
+        out.push(match ev.event_type() {
+            EventType::Put => Event::Put(to_kv(kv)?),
+            // A delete event's key-value holds the key and the deletion's revision.
+            EventType::Delete => Event::Delete {
+                key: to_kv(kv)?.key,
+                revision: kv.mod_revision(),
+            },
+        });
+    }
+    Ok(Some(out))
+}
+
 fn to_kv(kv: &etcd_client::KeyValue) -> Result<KeyValue> {
     Ok(KeyValue {
         key: kv
@@ -209,6 +269,10 @@ impl Datastore for EtcdStore {
     }
 
     async fn list(&self, prefix: &str) -> Result<Vec<KeyValue>> {
+        Ok(self.list_with_revision(prefix).await?.kvs)
+    }
+
+    async fn list_with_revision(&self, prefix: &str) -> Result<Listing> {
         let prefix = dir_prefix(prefix);
         let end = prefix_end(&prefix);
         let mut kv = self.client().await?;
@@ -226,9 +290,7 @@ impl Datastore for EtcdStore {
                 opts = opts.with_revision(rev);
             }
             let resp = self.call("list", kv.get(from.clone(), Some(opts))).await?;
-            if at.is_none() {
-                at = resp.header().map(|h| h.revision());
-            }
+            let revision = *at.get_or_insert(resp.header().map(|h| h.revision()).unwrap_or(0));
             for k in resp.kvs() {
                 out.push(to_kv(k)?);
             }
@@ -238,9 +300,57 @@ impl Datastore for EtcdStore {
                     from = last.key().to_vec();
                     from.push(0);
                 }
-                _ => return Ok(out),
+                _ => return Ok(Listing { kvs: out, revision }),
             }
         }
+    }
+
+    async fn watch(&self, prefix: &str, after: Revision) -> Result<WatchStream> {
+        self.stats.read();
+        let prefix = dir_prefix(prefix);
+        let opts = WatchOptions::new()
+            .with_range(prefix_end(&prefix))
+            .with_start_revision(after + 1);
+        let mut client = self.clients().await?.watch;
+        let mut stream = self
+            .call("watch", client.watch(prefix.as_str(), Some(opts)))
+            .await?;
+        // etcd confirms the watch first; a compacted start revision comes after that.
+        match self.call("watch", stream.message()).await? {
+            Some(resp) if resp.created() => {
+                watch_events(&prefix, after, &resp)?;
+            }
+            Some(_) => return Err(self.unavailable("watch", "no confirmation from etcd")),
+            None => return Err(self.unavailable("watch", "etcd closed the stream")),
+        }
+        let where_ = self.where_();
+        let broken = move |prefix: &str, e: &dyn std::fmt::Display| {
+            Error::Unavailable(format!(
+                "watch {prefix} on etcd at {where_}: {}",
+                redact(&e.to_string())
+            ))
+        };
+        Ok(futures::stream::unfold(Some(stream), move |state| {
+            let prefix = prefix.clone();
+            let broken = broken.clone();
+            async move {
+                let mut stream = state?;
+                loop {
+                    let item = match stream.message().await {
+                        Ok(Some(resp)) => match watch_events(&prefix, after, &resp) {
+                            Ok(Some(events)) => return Some((Ok(events), Some(stream))),
+                            Ok(None) => continue,
+                            Err(e) => Err(e),
+                        },
+                        Ok(None) => Err(broken(&prefix, &"etcd closed the stream")),
+                        Err(e) => Err(broken(&prefix, &e)),
+                    };
+                    // An error ends the stream: the watch is over.
+                    return Some((item, None));
+                }
+            }
+        })
+        .boxed())
     }
 
     async fn get_many(&self, keys: &[String]) -> Result<Vec<Option<KeyValue>>> {

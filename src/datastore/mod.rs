@@ -10,11 +10,17 @@
 //! Writes are conditional: create-if-absent, update-if-revision, delete(-if-revision), and a
 //! transaction of several conditional writes that all apply or none do. Both backends pass
 //! one conformance suite (`tests/inproc/datastore_conformance.rs`).
+//!
+//! Changes are watched, not polled: [`Datastore::list_with_revision`] reads a prefix at a
+//! revision R, [`Datastore::watch`] gives every change under it after R, in revision order,
+//! and [`watch::Watcher`] keeps that going across compaction and broken streams (a fresh
+//! list, and the difference from what its consumer last saw).
 
 pub mod etcd;
 pub mod local;
 pub mod remote;
 pub mod resources;
+pub mod watch;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -35,6 +41,51 @@ pub struct KeyValue {
     /// The revision of the last write to this key.
     pub revision: Revision,
 }
+
+/// Every key under a prefix and the store revision they were read at: a watch from that
+/// revision (`after = revision`) misses no change and repeats none.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Listing {
+    /// The keys, in key order, as [`Datastore::list`] gives them.
+    pub kvs: Vec<KeyValue>,
+    /// The store's revision when they were read (at least that of every key listed).
+    pub revision: Revision,
+}
+
+/// One change under a watched prefix.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Event {
+    /// The key was created or replaced: its new value, at the revision of the write.
+    Put(KeyValue),
+    /// The key was deleted at `revision`.
+    Delete { key: String, revision: Revision },
+}
+
+impl Event {
+    /// The key changed.
+    pub fn key(&self) -> &str {
+        match self {
+            Event::Put(kv) => &kv.key,
+            Event::Delete { key, .. } => key,
+        }
+    }
+
+    /// The revision of the change.
+    pub fn revision(&self) -> Revision {
+        match self {
+            Event::Put(kv) => kv.revision,
+            Event::Delete { revision, .. } => *revision,
+        }
+    }
+}
+
+/// What [`Datastore::watch`] gives: batches of events (never empty) in revision order, the
+/// events of one transaction in one batch. An `Err` ends it (nothing follows):
+/// [`Error::Compacted`] when the store no longer keeps the changes asked for,
+/// [`Error::Unavailable`] when the stream broke. Either way the answer is a fresh
+/// [`Datastore::list_with_revision`] and a new watch from its revision, which is what
+/// [`watch::Watcher`] does.
+pub type WatchStream = futures::stream::BoxStream<'static, Result<Vec<Event>>>;
 
 /// What must hold of a key for a [`Write`] in a transaction to go ahead.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -117,7 +168,7 @@ pub struct Stats {
 pub struct StatsSnapshot {
     /// Calls that went to the store (a transaction counts once).
     pub round_trips: u64,
-    /// Gets and lists.
+    /// Gets, lists and watches opened.
     pub reads: u64,
     /// Keys created or replaced.
     pub writes: u64,
@@ -180,6 +231,28 @@ pub trait Datastore: Send + Sync + 'static {
     /// lacks one, so `/a` lists `/a/x` but never `/ab`.
     async fn list(&self, prefix: &str) -> Result<Vec<KeyValue>>;
 
+    /// Like [`Datastore::list`], with the store revision of the snapshot: the `after` of a
+    /// [`Datastore::watch`] that must miss nothing. A backend without watches keeps this
+    /// default, which says so.
+    async fn list_with_revision(&self, prefix: &str) -> Result<Listing> {
+        Err(no_watches(
+            self.kind(),
+            "list",
+            prefix,
+            " with its revision",
+        ))
+    }
+
+    /// Watches every key under `prefix` (a directory, as for [`Datastore::list`]) for changes
+    /// made after revision `after`; see [`WatchStream`]. Fails only when the store cannot
+    /// be reached (or offers no watches: this default); a compacted `after` is the stream's
+    /// first item. Dropping the stream ends the watch.
+    async fn watch(&self, prefix: &str, after: Revision) -> Result<WatchStream> {
+        // Named `after` (not `_after`) for the documentation; nothing to watch from here.
+        let _ = after;
+        Err(no_watches(self.kind(), "watch", prefix, ""))
+    }
+
     /// Applies all `writes` atomically if every condition holds, returning the revision
     /// they were written at. Otherwise nothing is written and the error names the first
     /// key whose condition failed: [`Error::Exists`] (expected absent),
@@ -231,6 +304,13 @@ pub trait Datastore: Send + Sync + 'static {
         };
         self.txn(vec![w]).await.map(|_| ())
     }
+}
+
+/// The error of a backend that offers no watches.
+fn no_watches(kind: &str, op: &str, prefix: &str, what: &str) -> Error {
+    Error::msg(format!(
+        "{op} {prefix}{what}: this {kind} datastore offers no watches"
+    ))
 }
 
 /// Normalises a list prefix so that it ends in `/`.

@@ -12,6 +12,10 @@
 //! [`RemoteStore`] is the client: a [`Datastore`] whose every call is one HTTP request on
 //! the socket, so the commands run the same code, with the same output and exit codes, as
 //! on a store they open themselves.
+//!
+//! It offers no watches ([`Datastore::watch`] and [`Datastore::list_with_revision`] say
+//! so): commands read, change and exit; whatever follows changes runs inside the plugin,
+//! on its own store.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -20,7 +24,7 @@ use async_trait::async_trait;
 use http_body_util::{BodyExt, Full};
 use serde::{Deserialize, Serialize};
 
-use super::{Datastore, Expect, KeyValue, Revision, Stats, Write};
+use super::{Datastore, Expect, KeyValue, Listing, Revision, Stats, WatchStream, Write};
 use crate::error::{Error, Result};
 
 /// The route on the plugin socket (not a Docker method: `/<Kind>.<Method>` names no driver
@@ -336,6 +340,14 @@ impl RemoteStore {
         }
     }
 
+    fn no_watches(&self, op: &str, prefix: &str, what: &str) -> Error {
+        Error::msg(format!(
+            "{op} {prefix}{what}: the plugin's datastore through {} offers no \
+             watches (watch from inside the plugin)",
+            self.socket.display()
+        ))
+    }
+
     async fn kvs(&self, req: &Request) -> Result<Vec<Option<KeyValue>>> {
         match self.call(req).await? {
             Reply::Kvs(kvs) => kvs
@@ -388,6 +400,14 @@ impl Datastore for RemoteStore {
             .into_iter()
             .flatten()
             .collect())
+    }
+
+    async fn list_with_revision(&self, prefix: &str) -> Result<Listing> {
+        Err(self.no_watches("list", prefix, " with its revision"))
+    }
+
+    async fn watch(&self, prefix: &str, _after: Revision) -> Result<WatchStream> {
+        Err(self.no_watches("watch", prefix, ""))
     }
 
     async fn txn(&self, writes: Vec<Write>) -> Result<Revision> {

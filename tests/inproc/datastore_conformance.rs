@@ -4,11 +4,17 @@ use crate::common;
 
 use common::backends::{backends, Store};
 
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use calico_libnetwork::datastore::local::LocalStore;
-use calico_libnetwork::datastore::{Datastore, Write};
+use calico_libnetwork::datastore::local::{LocalStore, HISTORY_BYTES};
+use calico_libnetwork::datastore::watch::{Resync, Update, Watcher};
+use calico_libnetwork::datastore::{Datastore, Event, KeyValue, Revision, WatchStream, Write};
 use calico_libnetwork::Error;
+use futures::StreamExt;
 
 async fn get_create_update_delete(s: Store) {
     assert!(s.get("/t/k").await.unwrap().is_none());
@@ -215,10 +221,287 @@ async fn large_lists_are_complete(s: Store) {
     assert_eq!(all[1259].key, "/big/s01199");
 }
 
+pub(crate) fn put(key: &str, value: &str, revision: Revision) -> Event {
+    Event::Put(KeyValue {
+        key: key.to_string(),
+        value: value.as_bytes().to_vec(),
+        revision,
+    })
+}
+
+pub(crate) fn del(key: &str, revision: Revision) -> Event {
+    Event::Delete {
+        key: key.to_string(),
+        revision,
+    }
+}
+
+/// The next batches of `stream` until they hold `n` events (panics after 10 s without one,
+/// naming what came).
+async fn batches(stream: &mut WatchStream, n: usize) -> Vec<Vec<Event>> {
+    let mut got: Vec<Vec<Event>> = Vec::new();
+    while got.iter().map(Vec::len).sum::<usize>() < n {
+        match tokio::time::timeout(Duration::from_secs(10), stream.next()).await {
+            Ok(Some(Ok(batch))) => {
+                assert!(!batch.is_empty(), "an empty batch after {got:?}");
+                got.push(batch);
+            }
+            Ok(Some(Err(e))) => panic!("watch failed after {got:?}: {e}"),
+            Ok(None) => panic!("watch ended after {got:?}"),
+            Err(_) => panic!("{n} events expected, 10 s without one after {got:?}"),
+        }
+    }
+    got
+}
+
+/// The next update of `w` (panics after 10 s, or on an error).
+async fn update(w: &mut Watcher) -> Update {
+    match tokio::time::timeout(Duration::from_secs(10), w.next()).await {
+        Ok(Ok(u)) => u,
+        Ok(Err(e)) => panic!("{w:?}: {e}"),
+        Err(_) => panic!("{w:?}: no update in 10 s"),
+    }
+}
+
+/// Puts, updates and deletes under a prefix come in revision order, a transaction's events
+/// in one batch, from just after the revision asked; other prefixes' (a sibling sharing
+/// the prefix's name too) never.
+async fn watch_gives_changes_in_order_under_its_prefix(s: Store) {
+    let r0 = s.put("/w/before", b"0".to_vec()).await.unwrap();
+    let from = s.list_with_revision("/w").await.unwrap();
+    assert_eq!(from.kvs.len(), 1);
+    assert!(from.revision >= r0, "{from:?}");
+    let mut w = s.watch("/w", from.revision).await.unwrap();
+    let mut sibling = s.watch("/wx/", from.revision).await.unwrap();
+
+    let r1 = s.put("/w/a", b"1".to_vec()).await.unwrap();
+    let r2 = s.create("/w/b", b"2".to_vec()).await.unwrap();
+    let rx = s.put("/wx/a", b"sibling".to_vec()).await.unwrap();
+    s.put("/other/a", b"elsewhere".to_vec()).await.unwrap();
+    let r3 = s.update("/w/a", b"1b".to_vec(), r1).await.unwrap();
+    let r4 = s
+        .txn(vec![
+            Write::create("/w/c", b"3".to_vec()),
+            Write::delete("/w/b", r2),
+        ])
+        .await
+        .unwrap();
+    let r5 = s.txn(vec![Write::delete("/w/before", r0)]).await.unwrap();
+
+    let got = batches(&mut w, 6).await;
+    assert!(
+        got.iter()
+            .any(|b| b.contains(&put("/w/c", "3", r4)) && b.contains(&del("/w/b", r4))),
+        "one transaction, one batch: {got:?}"
+    );
+    assert_eq!(
+        got.concat(),
+        vec![
+            put("/w/a", "1", r1),
+            put("/w/b", "2", r2),
+            put("/w/a", "1b", r3),
+            put("/w/c", "3", r4),
+            del("/w/b", r4),
+            del("/w/before", r5),
+        ]
+    );
+    // The sibling's write, between r2 and r3, went to its own watch only.
+    assert_eq!(
+        batches(&mut sibling, 1).await.concat(),
+        vec![put("/wx/a", "sibling", rx)]
+    );
+}
+
+/// A list at revision R and a watch from R, while another task writes all along (and one
+/// write lands between the list and the watch): the listed state with every event applied
+/// is exactly the store's state at the end.
+async fn list_then_watch_misses_nothing_under_concurrent_writes(s: Store) {
+    const WRITES: usize = 300;
+    let done = Arc::new(AtomicUsize::new(0));
+    let writer = {
+        let (s, done) = (s.clone(), done.clone());
+        tokio::spawn(async move {
+            for i in 0..WRITES {
+                let key = format!("/lw/k{:02}", i % 17);
+                if i % 5 == 4 {
+                    match s.delete(&key, None).await {
+                        Ok(()) => {}
+                        Err(e) if e.is_not_found() => {}
+                        Err(e) => panic!("delete {key}: {e}"),
+                    }
+                } else {
+                    s.put(&key, i.to_string().into_bytes()).await.unwrap();
+                }
+                done.fetch_add(1, Ordering::SeqCst);
+            }
+        })
+    };
+    while done.load(Ordering::SeqCst) < 10 {
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    let listing = s.list_with_revision("/lw").await.unwrap();
+    let written_at_list = done.load(Ordering::SeqCst);
+    s.put("/lw/gap", b"between the list and the watch".to_vec())
+        .await
+        .unwrap();
+    let mut w = s.watch("/lw", listing.revision).await.unwrap();
+    writer.await.unwrap();
+    let end = s.put("/lw/end", b"end".to_vec()).await.unwrap();
+    assert!(
+        written_at_list < WRITES / 2,
+        "the list was read while the writer wrote ({written_at_list} of {WRITES} done)"
+    );
+
+    let mut state: BTreeMap<String, (Vec<u8>, Revision)> = listing
+        .kvs
+        .into_iter()
+        .map(|kv| (kv.key, (kv.value, kv.revision)))
+        .collect();
+    let (mut last, mut seen) = (listing.revision, 0);
+    while last < end {
+        let batch = batches(&mut w, 1).await.concat();
+        for e in batch {
+            assert!(e.revision() > listing.revision, "{e:?}");
+            assert!(e.revision() >= last, "out of order: {e:?} after {last}");
+            last = e.revision();
+            seen += 1;
+            match e {
+                Event::Put(kv) => {
+                    state.insert(kv.key, (kv.value, kv.revision));
+                }
+                Event::Delete { key, .. } => {
+                    assert!(state.remove(&key).is_some(), "delete of unknown {key}");
+                }
+            }
+        }
+    }
+    assert!(seen > WRITES / 2, "{seen} events");
+    let now: BTreeMap<String, (Vec<u8>, Revision)> = s
+        .list("/lw")
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|kv| (kv.key, (kv.value, kv.revision)))
+        .collect();
+    assert_eq!(state, now);
+    assert!(state.contains_key("/lw/gap"));
+}
+
+/// A [`Watcher`] starts with every key, follows changes, and its periodic list finds
+/// nothing missed; it carries on watching after it.
+async fn watcher_follows_and_resyncs_periodically(s: Store) {
+    let ra = s.put("/wr/a", b"a".to_vec()).await.unwrap();
+    s.put("/wrx/a", b"sibling".to_vec()).await.unwrap();
+    let mut w = Watcher::new(s.clone(), "/wr").resync_every(Duration::from_millis(300));
+    match update(&mut w).await {
+        Update::Resynced {
+            reason: Resync::Start,
+            revision,
+            diff,
+        } => {
+            assert_eq!(diff, vec![put("/wr/a", "a", ra)]);
+            assert_eq!(w.revision(), revision);
+        }
+        other => panic!("{other:?}"),
+    }
+    let rb = s.put("/wr/b", b"b".to_vec()).await.unwrap();
+    assert_eq!(
+        update(&mut w).await,
+        Update::Events(vec![put("/wr/b", "b", rb)])
+    );
+    match update(&mut w).await {
+        Update::Resynced {
+            reason: Resync::Periodic,
+            revision,
+            diff,
+        } => {
+            assert!(diff.is_empty(), "nothing was missed: {diff:?}");
+            assert!(revision >= rb);
+        }
+        other => panic!("{other:?}"),
+    }
+    s.delete("/wr/a", None).await.unwrap();
+    match update(&mut w).await {
+        Update::Events(events) => {
+            assert!(
+                matches!(&events[..], [Event::Delete { key, .. }] if key == "/wr/a"),
+                "{events:?}"
+            )
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(
+        (w.len(), w.seen("/wr/b"), w.seen("/wr/a")),
+        (1, Some(rb), None)
+    );
+}
+
+/// A consumer that knew the state at revision R resumes from R after the store compacted
+/// it (`compact`): the watch says so, and the [`Watcher`] lists again and gives what it
+/// missed: a put for the changed and the new key, a delete for the one deleted meanwhile,
+/// nothing for the unchanged one; later writes follow as events.
+pub async fn watcher_resumes_past_compaction<F, Fut>(s: Store, compact: F)
+where
+    F: FnOnce() -> Fut,
+    Fut: Future<Output = ()>,
+{
+    s.put("/rc/keep", b"k".to_vec()).await.unwrap();
+    s.put("/rc/change", b"v1".to_vec()).await.unwrap();
+    s.put("/rc/gone", b"g".to_vec()).await.unwrap();
+    let listing = s.list_with_revision("/rc").await.unwrap();
+    let known: Vec<(String, Revision)> = listing
+        .kvs
+        .iter()
+        .map(|kv| (kv.key.clone(), kv.revision))
+        .collect();
+
+    let r_change = s.put("/rc/change", b"v2".to_vec()).await.unwrap();
+    s.delete("/rc/gone", None).await.unwrap();
+    let r_new = s.put("/rc/new", b"n".to_vec()).await.unwrap();
+    compact().await;
+
+    // The fault: the store no longer has the history after R.
+    let mut raw = s.watch("/rc", listing.revision).await.unwrap();
+    match tokio::time::timeout(Duration::from_secs(10), raw.next()).await {
+        Ok(Some(Err(e))) => {
+            assert!(e.is_compacted(), "{e}");
+            assert!(e.to_string().contains("/rc/"), "names the prefix: {e}");
+        }
+        other => panic!("a compacted watch: {other:?}"),
+    }
+    assert!(raw.next().await.is_none(), "the stream ends with its error");
+
+    let mut w = Watcher::resume(s.clone(), "/rc", known, listing.revision);
+    match update(&mut w).await {
+        Update::Resynced {
+            reason: Resync::Compacted,
+            revision,
+            diff,
+        } => assert_eq!(
+            diff,
+            vec![
+                put("/rc/change", "v2", r_change),
+                put("/rc/new", "n", r_new),
+                del("/rc/gone", revision),
+            ]
+        ),
+        other => panic!("{other:?}"),
+    }
+    let r_later = s.put("/rc/later", b"l".to_vec()).await.unwrap();
+    assert_eq!(
+        update(&mut w).await,
+        Update::Events(vec![put("/rc/later", "l", r_later)])
+    );
+    assert_eq!(w.len(), 4);
+}
+
 backends!(
     threads = 4,
     timeout = None,
     [
+        watch_gives_changes_in_order_under_its_prefix,
+        list_then_watch_misses_nothing_under_concurrent_writes,
+        watcher_follows_and_resyncs_periodically,
         get_create_update_delete,
         prefix_listing_is_by_directory,
         transactions_are_all_or_nothing,
@@ -228,6 +511,40 @@ backends!(
         large_lists_are_complete,
     ]
 );
+
+/// The embedded store keeps a bounded history (here, one value larger than its byte bound
+/// pushes everything out): an older revision is compacted, as in etcd.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn local_store_watcher_resumes_past_compaction() {
+    let (s, _dir) = common::backends::local();
+    let filler = s.clone();
+    watcher_resumes_past_compaction(s, || async move {
+        filler
+            .put("/filler/big", vec![b'x'; HISTORY_BYTES + 1])
+            .await
+            .unwrap();
+    })
+    .await;
+}
+
+/// A watch of the embedded store ends, with an error, when the store is closed (it does
+/// not keep the store's file open).
+#[tokio::test]
+async fn local_store_watch_ends_when_the_store_closes() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("store.redb");
+    let s = LocalStore::open(&path).unwrap();
+    let mut w = s.watch("/k", 0).await.unwrap();
+    let r = s.put("/k/a", b"1".to_vec()).await.unwrap();
+    assert_eq!(batches(&mut w, 1).await.concat(), vec![put("/k/a", "1", r)]);
+    drop(s);
+    let reopened = LocalStore::open(&path).expect("the file is free again");
+    match tokio::time::timeout(Duration::from_secs(10), w.next()).await {
+        Ok(Some(Err(e))) => assert!(e.is_unavailable(), "{e}"),
+        other => panic!("{other:?}"),
+    }
+    drop(reopened);
+}
 
 #[tokio::test]
 async fn local_store_reopen_keeps_data_and_revisions() {

@@ -11,6 +11,7 @@ mod common;
 mod cli;
 mod datastore_conformance;
 mod etcd_security;
+mod etcd_watch;
 mod ipam_allocator;
 mod plugin_http;
 mod plugin_ipam;
