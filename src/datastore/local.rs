@@ -147,30 +147,43 @@ impl Datastore for LocalStore {
     }
 
     async fn list(&self, prefix: &str) -> Result<Vec<KeyValue>> {
+        Ok(self
+            .list_many(&[prefix.to_string()])
+            .await?
+            .pop()
+            .unwrap_or_default())
+    }
+
+    async fn list_many(&self, prefixes: &[String]) -> Result<Vec<Vec<KeyValue>>> {
+        // One read transaction for all, like etcd's one round trip.
         self.stats.read();
-        let prefix = dir_prefix(prefix);
+        let prefixes: Vec<String> = prefixes.iter().map(|p| dir_prefix(p)).collect();
         self.blocking(move |db, path| {
             let txn = db.begin_read().map_err(|e| storage_err("list", path, e))?;
             let table = txn
                 .open_table(KV)
                 .map_err(|e| storage_err("list", path, e))?;
-            let mut out = Vec::new();
-            for item in table
-                .range(prefix.as_str()..)
-                .map_err(|e| storage_err("list", path, e))?
-            {
-                let (k, v) = item.map_err(|e| storage_err("list", path, e))?;
-                if !k.value().starts_with(&prefix) {
-                    break;
+            let mut all = Vec::with_capacity(prefixes.len());
+            for prefix in &prefixes {
+                let mut out = Vec::new();
+                for item in table
+                    .range(prefix.as_str()..)
+                    .map_err(|e| storage_err("list", path, e))?
+                {
+                    let (k, v) = item.map_err(|e| storage_err("list", path, e))?;
+                    if !k.value().starts_with(prefix.as_str()) {
+                        break;
+                    }
+                    let (revision, value) = split(k.value(), v.value())?;
+                    out.push(KeyValue {
+                        key: k.value().to_string(),
+                        value: value.to_vec(),
+                        revision,
+                    });
                 }
-                let (revision, value) = split(k.value(), v.value())?;
-                out.push(KeyValue {
-                    key: k.value().to_string(),
-                    value: value.to_vec(),
-                    revision,
-                });
+                all.push(out);
             }
-            Ok(out)
+            Ok(all)
         })
         .await
     }
