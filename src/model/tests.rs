@@ -264,7 +264,8 @@ fn allocation_block_json() {
             alternate_owner_attrs: BTreeMap::from([("node".into(), "h2".into())]),
             released_at: Some(Utc.with_ymd_and_hms(2025, 6, 1, 13, 0, 0).unwrap()),
             extra: extra("futureAttr"),
-        }],
+        }]
+        .into(),
         sequence_number: 7,
         sequence_number_for_allocation: BTreeMap::from([("0".into(), 5), ("2".into(), 6)]),
         deleted: true,
