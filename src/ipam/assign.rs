@@ -4,6 +4,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 
 use ipnet::IpNet;
 
+use super::reservations::Reservations;
 use super::{
     block_order, dec, enc, handle_id, AssignIp, Assigned, AutoAssign, BlockKv, HandleState, Ipam,
     DEFAULT_MAX_BLOCKS, FULL_BLOCK_TTL, RETRIES,
@@ -15,18 +16,28 @@ use crate::model::keys;
 use crate::model::BlockAffinity;
 use crate::model::{IpFamily, IpPool};
 
+/// What every block of one AutoAssign is asked for.
+struct Request<'a> {
+    /// The handle, sanitized.
+    handle: &'a str,
+    /// The allocation attributes.
+    attrs: &'a BTreeMap<String, String>,
+    /// The IP reservations, read once for the request.
+    reserved: &'a Reservations,
+}
+
 impl Ipam {
     /// Assigns up to `n` addresses from block `cidr`, writing block and handle together.
     /// `first` is a copy of the block already read, to save a round trip.
-    pub(super) async fn assign_from_block(
+    async fn assign_from_block(
         &self,
         cidr: &IpNet,
         mut first: Option<BlockKv>,
         n: usize,
-        handle: &str,
-        attrs: &BTreeMap<String, String>,
+        req: &Request<'_>,
         affine_to: Option<&str>,
     ) -> Result<Vec<IpNet>> {
+        let (handle, reserved) = (req.handle, req.reserved);
         // A fresh handle is the common case: try creating it before reading it.
         let mut hstate = HandleState::Unknown;
         for _ in 0..RETRIES {
@@ -43,7 +54,12 @@ impl Ipam {
                     return Ok(Vec::new());
                 }
             }
-            let ips = block.assign(n, (!handle.is_empty()).then_some(handle), attrs);
+            // Reserved addresses are skipped and stay queued in place (Calico's block
+            // autoAssign).
+            let ips =
+                block.assign_filtered(n, (!handle.is_empty()).then_some(handle), req.attrs, |ip| {
+                    reserved.matches_ip(ip)
+                });
             if ips.is_empty() {
                 return Ok(Vec::new());
             }
@@ -96,15 +112,16 @@ impl Ipam {
     }
 
     /// Calico's `determinePools`: the explicitly requested pools (each must be enabled),
-    /// or every enabled automatic pool whose node selector selects `host`, in name order.
+    /// or every enabled automatic pool whose node selector selects `host`, in name order,
+    /// from `all` (every pool, as listed).
     pub(super) async fn pools_for(
         &self,
+        all: Vec<IpPool>,
         family: IpFamily,
         requested: &[IpNet],
         host: &str,
         intended_use: &str,
     ) -> Result<Vec<IpPool>> {
-        let all = self.list_pools().await?;
         let enabled: Vec<IpPool> = all
             .into_iter()
             .filter(|p| {
@@ -173,14 +190,14 @@ impl Ipam {
         &self,
         cidr: &IpNet,
         first: Option<BlockKv>,
-        handle: &str,
-        args: &AutoAssign,
+        req: &Request<'_>,
         affine_to: Option<&str>,
+        num: usize,
         out: &mut Assigned,
     ) -> Result<usize> {
-        let need = args.num - out.ips.len();
+        let need = num - out.ips.len();
         let got = self
-            .assign_from_block(cidr, first, need, handle, &args.attrs, affine_to)
+            .assign_from_block(cidr, first, need, req, affine_to)
             .await?;
         let n = got.len();
         out.ips.extend(got);
@@ -188,20 +205,36 @@ impl Ipam {
     }
 
     /// Assigns `args.num` addresses: this host's affine blocks first, then newly claimed
-    /// blocks, then (strict affinity off) free addresses in other hosts' blocks.
+    /// blocks, then (strict affinity off) free addresses in other hosts' blocks. Addresses of
+    /// an IPReservation are never handed out, and a block entirely reserved is neither used
+    /// nor claimed (Calico's `autoAssign`, `findOrClaimBlock`, `findUsableBlock`).
     pub async fn auto_assign(&self, args: &AutoAssign) -> Result<Assigned> {
         let handle = handle_id(&args.handle);
         let host = args.host.as_str();
+        // Pools and reservations in one read, once for the whole request.
+        let (all_pools, reserved) = self.pools_and_reservations().await?;
         let pools = self
-            .pools_for(args.family, &args.pools, host, &args.intended_use)
+            .pools_for(
+                all_pools,
+                args.family,
+                &args.pools,
+                host,
+                &args.intended_use,
+            )
             .await?;
+        let req = Request {
+            handle: &handle,
+            attrs: &args.attrs,
+            reserved: &reserved,
+        };
+        let num = args.num;
         let pool_nets: Vec<(IpNet, u8)> = pools
             .iter()
             .filter_map(|p| Some((p.spec.cidr_net().ok()?, p.spec.block_size_or_default())))
             .collect();
         let in_pools = |b: &IpNet| pool_nets.iter().any(|(p, _)| p.contains(b));
         let mut out = Assigned::default();
-        let mut need = args.num;
+        let mut need = num;
 
         // 0. The steady state: a block of ours, known from an earlier read or write, has room.
         // Its write is a compare-and-swap on the revision we know, so a stale copy costs one
@@ -214,7 +247,7 @@ impl Ipam {
                 IpFamily::of_net(c) == args.family
                     && in_pools(c)
                     && b.block.host_affinity() == Some(host)
-                    && b.block.free_count() > 0
+                    && reserved.free_in(&b.block) > 0
             })
             .map(|(c, b)| {
                 (
@@ -232,7 +265,7 @@ impl Ipam {
                 break;
             }
             need -= self
-                .fill(&cidr, Some(block), &handle, args, Some(host), &mut out)
+                .fill(&cidr, Some(block), &req, Some(host), num, &mut out)
                 .await?;
         }
         if need == 0 {
@@ -251,7 +284,8 @@ impl Ipam {
                 continue;
             };
             owned += 1;
-            if need == 0 || !in_pools(&cidr) {
+            // Calico skips an entirely reserved block before it even reads its affinity.
+            if need == 0 || !in_pools(&cidr) || reserved.matches_whole(&cidr) {
                 continue;
             }
             let aff: BlockAffinity = dec(kv)?;
@@ -283,11 +317,11 @@ impl Ipam {
                     b
                 }
             };
-            if block.block.free_count() == 0 {
+            if reserved.free_in(&block.block) == 0 {
                 continue;
             }
             need -= self
-                .fill(&cidr, Some(block), &handle, args, Some(host), &mut out)
+                .fill(&cidr, Some(block), &req, Some(host), num, &mut out)
                 .await?;
         }
 
@@ -324,11 +358,14 @@ impl Ipam {
             let mut claimed = None;
             'pools: for (pool, bs) in &pool_nets {
                 for cidr in block_order(pool, *bs, host) {
+                    if reserved.matches_whole(&cidr) {
+                        continue;
+                    }
                     match existing.get(&cidr) {
                         // Ours with room: claimed by a concurrent request of this host
                         // since we listed our affinities. Use it, as Calico's
                         // findUsableBlock does, rather than claim yet another block.
-                        Some(b) if b.host_affinity() == Some(host) && b.free_count() > 0 => {
+                        Some(b) if b.host_affinity() == Some(host) && reserved.free_in(b) > 0 => {
                             claimed = Some((cidr, None));
                             break 'pools;
                         }
@@ -349,7 +386,7 @@ impl Ipam {
                 owned += 1;
             }
             need -= self
-                .fill(&cidr, block, &handle, args, Some(host), &mut out)
+                .fill(&cidr, block, &req, Some(host), num, &mut out)
                 .await?;
         }
 
@@ -366,12 +403,11 @@ impl Ipam {
                             break;
                         }
                         let cidr = b.cidr;
-                        if !pool.contains(&cidr) || b.free_count() == 0 {
+                        // An entirely reserved block has nothing free either.
+                        if !pool.contains(&cidr) || reserved.free_in(b) == 0 {
                             continue;
                         }
-                        need -= self
-                            .fill(&cidr, None, &handle, args, None, &mut out)
-                            .await?;
+                        need -= self.fill(&cidr, None, &req, None, num, &mut out).await?;
                     }
                 }
                 if need > 0 {
@@ -389,7 +425,8 @@ impl Ipam {
 
     /// Assigns one specific address. Errors: not in an enabled pool, not allowed for the
     /// use, already assigned ([`Error::Exists`]), or in another host's block under strict
-    /// affinity.
+    /// affinity. As in Calico's `AssignIP`, IP reservations do not apply: they bind
+    /// automatic assignment only, and a specific address asked for overrides them.
     pub async fn assign_ip(&self, args: &AssignIp) -> Result<()> {
         let handle = handle_id(&args.handle);
         let pools = self.list_pools().await?;

@@ -2,11 +2,12 @@
 
 use ipnet::IpNet;
 
+use super::reservations::Reservations;
 use super::Ipam;
-use crate::datastore::resources;
+use crate::datastore::{resources, KeyValue};
 use crate::error::{Error, Result};
 use crate::model::keys;
-use crate::model::{IpFamily, IpPool, IpPoolSpec};
+use crate::model::{IpFamily, IpPool, IpPoolSpec, IpReservation};
 
 /// calico-node's default pool for `cidr` (`createIPPool`): named `default-ipv4-ippool` or
 /// `default-ipv6-ippool`, NAT outgoing on for IPv4 and off for IPv6, no encapsulation, the
@@ -70,6 +71,22 @@ fn net_size(n: &IpNet) -> u128 {
     }
 }
 
+/// Decodes listed pools; see [`Ipam::list_pools`].
+fn decode_pools(kvs: &[KeyValue]) -> Vec<IpPool> {
+    let mut pools = Vec::with_capacity(kvs.len());
+    for kv in kvs {
+        match resources::decode::<crate::model::IpPoolSpec>(kv).and_then(|mut p| {
+            p.spec.set_defaults();
+            p.spec.check_usable()?;
+            Ok(p)
+        }) {
+            Ok(p) => pools.push(p),
+            Err(e) => tracing::warn!(key = %kv.key, error = %e, "skipping an unusable IP pool"),
+        }
+    }
+    pools
+}
+
 impl Ipam {
     /// Every IP pool, in name order (defaults applied as clientv3 applies them on read).
     /// Pools that do not decode, or that no allocator could use (a CIDR that does not parse,
@@ -77,18 +94,17 @@ impl Ipam {
     /// logged, never a reason to fail every request.
     pub async fn list_pools(&self) -> Result<Vec<IpPool>> {
         let kvs = self.store.list(&IpPool::list_prefix(None)).await?;
-        let mut pools = Vec::with_capacity(kvs.len());
-        for kv in &kvs {
-            match resources::decode::<crate::model::IpPoolSpec>(kv).and_then(|mut p| {
-                p.spec.set_defaults();
-                p.spec.check_usable()?;
-                Ok(p)
-            }) {
-                Ok(p) => pools.push(p),
-                Err(e) => tracing::warn!(key = %kv.key, error = %e, "skipping an unusable IP pool"),
-            }
-        }
-        Ok(pools)
+        Ok(decode_pools(&kvs))
+    }
+
+    /// Every IP pool (as [`Ipam::list_pools`]) and every IP reservation, read together in
+    /// one round trip: what an assignment needs to know before it looks at blocks.
+    pub(super) async fn pools_and_reservations(&self) -> Result<(Vec<IpPool>, Reservations)> {
+        let prefixes = [IpPool::list_prefix(None), IpReservation::list_prefix(None)];
+        let mut lists = self.store.list_many(&prefixes).await?.into_iter();
+        let pools = decode_pools(&lists.next().unwrap_or_default());
+        let reservations = Reservations::from_kvs(&lists.next().unwrap_or_default());
+        Ok((pools, reservations))
     }
 
     /// The pool named `name`.

@@ -1386,6 +1386,168 @@ async fn eight_hosts_allocate_800_then_release_all(s: Store) {
     );
 }
 
+// ------------------------------------------------------------------ Calico fidelity
+
+/// Writes `value` at `key` as another Calico component (calicoctl, kube-controllers) would.
+async fn put_json(s: &Store, key: &str, value: Value) {
+    s.put(key, serde_json::to_vec(&value).unwrap())
+        .await
+        .unwrap();
+}
+
+/// An IPReservation `name` of `cidrs`, in the JSON calicoctl stores.
+async fn reserve(s: &Store, name: &str, cidrs: &[&str]) {
+    put_json(
+        s,
+        &format!("/calico/resources/v3/projectcalico.org/ipreservations/{name}"),
+        serde_json::json!({
+            "kind": "IPReservation",
+            "apiVersion": "projectcalico.org/v3",
+            "metadata": {"name": name, "uid": format!("uid-{name}"), "creationTimestamp": "2025-06-01T12:00:00Z"},
+            "spec": {"reservedCIDRs": cidrs},
+        }),
+    )
+    .await;
+}
+
+async fn unreserve(s: &Store, name: &str) {
+    s.delete(
+        &format!("/calico/resources/v3/projectcalico.org/ipreservations/{name}"),
+        None,
+    )
+    .await
+    .unwrap();
+}
+
+/// IP reservations: reserved addresses are never auto-assigned, a block that is entirely
+/// reserved (here by two reservations together) is never claimed, and dropping the
+/// reservation makes both available again.
+async fn reservations_skip_addresses_and_blocks(s: Store) {
+    let ipam = setup(&s, &["host-a"]).await;
+    add_pool(&ipam, "pool1", "10.0.0.0/26", 28).await;
+    // 16 (the whole of 10.0.0.16/28, in two halves) + 1 + 1 + 4 reserved: 42 assignable.
+    reserve(&s, "r1", &["10.0.0.16/29", "10.0.0.1", "10.0.0.48/30"]).await;
+    reserve(&s, "r2", &["10.0.0.24/29", " 10.0.0.35 "]).await;
+    let reserved = |a: &IpAddr| {
+        [
+            "10.0.0.16/28",
+            "10.0.0.1/32",
+            "10.0.0.48/30",
+            "10.0.0.35/32",
+        ]
+        .iter()
+        .any(|c| net(c).contains(a))
+    };
+
+    // libcalico-go ipam/ipam_block.go autoAssign: a reserved address is skipped and stays
+    // queued; ipam_block_reader_writer.go findUsableBlock: an entirely reserved block
+    // (MatchesWholeCIDR) is not claimed.
+    let a = ipam.auto_assign(&req(64, "host-a", "h")).await.unwrap();
+    assert_eq!(a.ips.len(), 42, "{:?}", a.msgs);
+    assert_eq!(distinct(&a.ips), 42);
+    assert!(
+        !a.ips.iter().any(|n| reserved(&n.addr())),
+        "reserved address assigned: {:?}",
+        addrs(&a.ips)
+    );
+    assert_eq!(a.msgs, vec!["No IPs available in pools: [10.0.0.0/26]"]);
+    assert!(
+        block_of(&ipam, &net("10.0.0.16/28")).await.is_none(),
+        "an entirely reserved block is not claimed"
+    );
+    for c in ["10.0.0.0/28", "10.0.0.32/28", "10.0.0.48/28"] {
+        let b = block_of(&ipam, &net(c)).await.expect(c);
+        assert!(
+            b.unallocated
+                .iter()
+                .all(|&o| reserved(&b.ip_of(o as usize).unwrap())),
+            "{c}: only reserved addresses stay free"
+        );
+    }
+    check_consistent(&s, true).await;
+
+    // Reservations only bind new allocations: without them the rest is assignable.
+    unreserve(&s, "r1").await;
+    unreserve(&s, "r2").await;
+    let b = ipam.auto_assign(&req(64, "host-a", "h")).await.unwrap();
+    assert_eq!(b.ips.len(), 22, "{:?}", b.msgs);
+    assert!(b.ips.iter().all(|n| reserved(&n.addr())));
+    assert!(block_of(&ipam, &net("10.0.0.16/28")).await.is_some());
+    check_consistent(&s, true).await;
+}
+
+/// Borrowing from another host's block skips reserved addresses too, and so does this
+/// host's next assignment from its own (cached) block.
+async fn borrowing_skips_reserved(s: Store) {
+    let ipam = setup(&s, &["host-a", "host-b"]).await;
+    add_pool(&ipam, "pool1", "10.0.0.0/28", 28).await;
+    let first = assign_all(&ipam, 1, "host-a", "ha").await;
+    assert_eq!(first.ips[0].addr(), ip("10.0.0.0"));
+    // An allocated address that becomes reserved stays allocated.
+    reserve(&s, "low", &["10.0.0.0/29"]).await;
+
+    // ipam/ipam_block.go autoAssign, called with the request's reservations from both the
+    // affine path and the non-affine (borrowing) path of ipam/ipam.go autoAssign.
+    let own = assign_all(&ipam, 3, "host-a", "ha").await;
+    assert_eq!(
+        addrs(&own.ips),
+        vec![ip("10.0.0.8"), ip("10.0.0.9"), ip("10.0.0.10")]
+    );
+    let b = ipam.auto_assign(&req(16, "host-b", "hb")).await.unwrap();
+    assert_eq!(
+        addrs(&b.ips),
+        [
+            "10.0.0.11",
+            "10.0.0.12",
+            "10.0.0.13",
+            "10.0.0.14",
+            "10.0.0.15"
+        ]
+        .iter()
+        .map(|a| ip(a))
+        .collect::<Vec<_>>(),
+        "{:?}",
+        b.msgs
+    );
+    assert_eq!(b.msgs, vec!["No IPs available in pools: [10.0.0.0/28]"]);
+    assert!(affine_blocks(&s, "host-b").await.is_empty());
+    let blk = block_of(&ipam, &net("10.0.0.0/28")).await.unwrap();
+    assert_eq!(blk.affinity.as_deref(), Some("host:host-a"));
+    assert_eq!(
+        blk.in_use_count(),
+        9,
+        "10.0.0.0 and the eight above the reservation"
+    );
+    check_consistent(&s, true).await;
+}
+
+/// A specific address overrides reservations: Calico's AssignIP consults none (only
+/// automatic assignment does), and its IPReservation reference says annotations that force
+/// an address override them. Docker's `--ip` is that case.
+async fn assign_ip_of_reserved_address(s: Store) {
+    let ipam = setup(&s, &["host-a"]).await;
+    add_pool(&ipam, "pool1", "10.0.0.0/28", 28).await;
+    reserve(&s, "r", &["10.0.0.5", "10.0.0.6"]).await;
+    // libcalico-go ipam/ipam.go AssignIP: no getReservedIPs, unlike autoAssign.
+    ipam.assign_ip(&assign_ip_args("10.0.0.5", "host-a", "manual"))
+        .await
+        .expect("a reserved address asked for by name is assigned");
+    let a = ipam.auto_assign(&req(16, "host-a", "auto")).await.unwrap();
+    assert_eq!(a.ips.len(), 14, "{:?}", a.msgs);
+    assert!(!addrs(&a.ips).contains(&ip("10.0.0.6")), "auto skips it");
+    assert_eq!(
+        block_of(&ipam, &net("10.0.0.0/28"))
+            .await
+            .unwrap()
+            .unallocated,
+        vec![6]
+    );
+    ipam.assign_ip(&assign_ip_args("10.0.0.6", "host-a", "manual"))
+        .await
+        .unwrap();
+    check_consistent(&s, true).await;
+}
+
 // ------------------------------------------------------------------ backends
 
 backends!(
@@ -1415,5 +1577,8 @@ backends!(
         race_many_hosts,
         race_one_host,
         eight_hosts_allocate_800_then_release_all,
+        reservations_skip_addresses_and_blocks,
+        borrowing_skips_reserved,
+        assign_ip_of_reserved_address,
     ]
 );
