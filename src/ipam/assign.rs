@@ -111,9 +111,15 @@ impl Ipam {
         }
     }
 
-    /// Calico's `determinePools`: the explicitly requested pools (each must be enabled),
-    /// or every enabled automatic pool whose node selector selects `host`, in name order,
-    /// from `all` (every pool, as listed).
+    /// The pools an AutoAssign may use, by Calico's rules in Calico's order (libcalico-go
+    /// `ipam/ipam.go`: `determinePools`, then `filterPoolsByUse` in
+    /// `prepareAffinityBlocksForHost`), from `all` (every pool, as listed):
+    /// 1. the enabled pools of `family` ([`IpPool::is_enabled_for`]);
+    /// 2. the `requested` pools, each of which must be enabled, used as given (their selectors
+    ///    and `assignmentMode` are not consulted); with none requested, every `Automatic`
+    ///    pool whose node selector selects `host` and whose namespace selector selects a
+    ///    workload without namespace, in name order;
+    /// 3. of those, the pools whose `allowedUses` include `intended_use`.
     pub(super) async fn pools_for(
         &self,
         all: Vec<IpPool>,
@@ -124,13 +130,15 @@ impl Ipam {
     ) -> Result<Vec<IpPool>> {
         let enabled: Vec<IpPool> = all
             .into_iter()
-            .filter(|p| {
-                p.metadata.deletion_timestamp.is_none()
-                    && !p.spec.disabled
-                    && p.spec.family() == Some(family)
-            })
+            .filter(|p| p.is_enabled_for(family))
             .collect();
-        if !requested.is_empty() {
+        if enabled.is_empty() {
+            return Err(Error::msg(format!(
+                "cannot find a qualified ippool: no enabled IPv{} pool",
+                family.number()
+            )));
+        }
+        let selected: Vec<IpPool> = if !requested.is_empty() {
             let mut out = Vec::new();
             for r in requested {
                 match enabled
@@ -145,43 +153,62 @@ impl Ipam {
                     }
                 }
             }
-            return Ok(out);
-        }
-        let usable: Vec<IpPool> = enabled
-            .into_iter()
-            .filter(|p| p.spec.allows_use(intended_use))
-            .collect();
-        if usable.is_empty() {
-            return Err(Error::msg(format!(
-                "cannot find a qualified ippool, no IPv{} pools match the required use ({intended_use})",
-                family.number()
-            )));
-        }
-        // The Node's labels matter only to a selector other than `all()`: skip the read.
-        let labels = if usable
-            .iter()
-            .any(|p| p.spec.is_automatic() && p.spec.node_selector.trim() != "all()")
-        {
-            self.node_labels(host).await?
+            out
         } else {
-            BTreeMap::new()
-        };
-        let mut out = Vec::new();
-        for p in usable {
-            if !p.spec.is_automatic() {
-                continue;
-            }
-            if p.spec.node_selector()?.matches(&labels) {
+            // The Node's labels matter only to a selector other than `all()`: skip the read.
+            let labels = if enabled
+                .iter()
+                .any(|p| p.spec.is_automatic() && p.spec.node_selector.trim() != "all()")
+            {
+                self.node_labels(host).await?
+            } else {
+                BTreeMap::new()
+            };
+            let mut out = Vec::new();
+            for p in enabled {
+                if !p.spec.is_automatic()
+                    || !p.spec.node_selector()?.matches(&labels)
+                    || !p.spec.selects_no_namespace()?
+                {
+                    continue;
+                }
                 out.push(p);
             }
-        }
-        if out.is_empty() {
-            return Err(Error::msg(format!(
-                "no configured Calico IPv{} pools for node {host}",
+            if out.is_empty() {
+                return Err(Error::msg(format!(
+                    "no configured Calico IPv{} pools for node {host}",
+                    family.number()
+                )));
+            }
+            out
+        };
+        let (usable, refused): (Vec<IpPool>, Vec<IpPool>) = selected
+            .into_iter()
+            .partition(|p| p.spec.allows_use(intended_use));
+        if usable.is_empty() {
+            let mut msg = format!(
+                "cannot find a qualified ippool, no IPv{} pools match the required use ({intended_use})",
                 family.number()
-            )));
+            );
+            // A pool asked for by name is named, with what it is for.
+            if !requested.is_empty() {
+                let why: Vec<String> = refused
+                    .iter()
+                    .map(|p| {
+                        format!(
+                            "pool {} ({}) has allowedUses [{}]",
+                            p.name(),
+                            p.spec.cidr,
+                            p.spec.allowed_uses.join(", ")
+                        )
+                    })
+                    .collect();
+                msg.push_str(": ");
+                msg.push_str(&why.join("; "));
+            }
+            return Err(Error::invalid(msg));
         }
-        Ok(out)
+        Ok(usable)
     }
 
     /// Assigns from block `cidr` what `out` still lacks of `args.num` (see
@@ -423,23 +450,29 @@ impl Ipam {
         Ok(out)
     }
 
-    /// Assigns one specific address. Errors: not in an enabled pool, not allowed for the
-    /// use, already assigned ([`Error::Exists`]), or in another host's block under strict
-    /// affinity. As in Calico's `AssignIP`, IP reservations do not apply: they bind
-    /// automatic assignment only, and a specific address asked for overrides them.
+    /// Assigns one specific address. Errors: not in an enabled pool (a pool marked
+    /// Allocatable=False is not enabled), not allowed for the use, already assigned
+    /// ([`Error::Exists`]), or in another host's block under strict affinity. As in Calico's
+    /// `AssignIP`, IP reservations do not apply: they bind automatic assignment only, and a
+    /// specific address asked for overrides them.
     pub async fn assign_ip(&self, args: &AssignIp) -> Result<()> {
         let handle = handle_id(&args.handle);
         let pools = self.list_pools().await?;
+        let family = IpFamily::of_addr(&args.ip);
         let pool = pools
             .iter()
-            .find(|p| {
-                !p.spec.disabled
-                    && p.metadata.deletion_timestamp.is_none()
-                    && p.spec.contains(&args.ip)
-            })
+            .find(|p| p.is_enabled_for(family) && p.spec.contains(&args.ip))
             .ok_or_else(|| {
+                // Say why when the address is in a pool that is not usable.
+                let why = match pools.iter().find(|p| p.spec.contains(&args.ip)) {
+                    Some(p) if p.marked_not_allocatable() => format!(
+                        " (it is in pool {}, marked Allocatable=False in its status)",
+                        p.name()
+                    ),
+                    _ => String::new(),
+                };
                 Error::invalid(format!(
-                    "address {} is not in any enabled Calico IP pool",
+                    "address {} is not in any enabled Calico IP pool{why}",
                     args.ip
                 ))
             })?;

@@ -1548,6 +1548,166 @@ async fn assign_ip_of_reserved_address(s: Store) {
     check_consistent(&s, true).await;
 }
 
+/// Requested pools go through the allowedUses filter too: a Tunnel- or LoadBalancer-only
+/// pool never gives a Workload address, and the error names it with its allowedUses.
+async fn requested_pools_filtered_by_use(s: Store) {
+    let ipam = setup(&s, &["host-a"]).await;
+    for (name, cidr, uses) in [
+        ("tunnels", "10.1.0.0/24", vec!["Tunnel"]),
+        ("lb", "10.2.0.0/24", vec!["LoadBalancer"]),
+        ("work", "10.3.0.0/24", vec![]),
+    ] {
+        add_pool_spec(
+            &ipam,
+            name,
+            IpPoolSpec {
+                cidr: cidr.into(),
+                allowed_uses: uses.into_iter().map(String::from).collect(),
+                ..Default::default()
+            },
+        )
+        .await;
+    }
+    // libcalico-go ipam/ipam.go prepareAffinityBlocksForHost: filterPoolsByUse runs on what
+    // determinePools returned, requested pools included.
+    for (pool, name, uses) in [
+        ("10.1.0.0/24", "tunnels", "[Tunnel]"),
+        ("10.2.0.0/24", "lb", "[LoadBalancer]"),
+    ] {
+        let e = ipam
+            .auto_assign(&req_pools(1, "host-a", "h", &[pool]))
+            .await
+            .unwrap_err();
+        let m = e.to_string();
+        assert!(
+            m.contains("no IPv4 pools match the required use (Workload)"),
+            "{m}"
+        );
+        assert!(
+            m.contains(&format!("pool {name} ({pool}) has allowedUses {uses}")),
+            "{m}"
+        );
+        assert!(e.is_invalid(), "{e:?}");
+    }
+    assert!(
+        blocks(&ipam).await.is_empty(),
+        "refused requests wrote nothing"
+    );
+    // Of several requested pools, those allowing the use are used.
+    let a = ipam
+        .auto_assign(&req_pools(
+            1,
+            "host-a",
+            "h",
+            &["10.1.0.0/24", "10.3.0.0/24"],
+        ))
+        .await
+        .unwrap();
+    assert!(net("10.3.0.0/24").contains(&a.ips[0].addr()), "{a:?}");
+    // The filter is by use: a Tunnel request may use the Tunnel pool.
+    let mut tunnel = req_pools(1, "host-a", "tunnel-addr", &["10.1.0.0/24"]);
+    tunnel.intended_use = "Tunnel".into();
+    let t = ipam.auto_assign(&tunnel).await.unwrap();
+    assert!(net("10.1.0.0/24").contains(&t.ips[0].addr()), "{t:?}");
+    // With no pool requested, only the Workload pool.
+    let all = ipam.auto_assign(&req(300, "host-a", "h")).await.unwrap();
+    assert_eq!(all.ips.len(), 255);
+    assert!(all
+        .ips
+        .iter()
+        .all(|n| net("10.3.0.0/24").contains(&n.addr())));
+    check_consistent(&s, true).await;
+}
+
+/// A pool's namespaceSelector is evaluated against empty labels (a Docker workload has no
+/// namespace); requested pools skip selectors.
+async fn namespace_selector_without_namespace(s: Store) {
+    let ipam = setup(&s, &["host-a"]).await;
+    for (name, cidr, sel) in [
+        ("team-only", "10.4.0.0/24", "has(team)"),
+        ("no-team", "10.5.0.0/24", "!has(team)"),
+    ] {
+        add_pool_spec(
+            &ipam,
+            name,
+            IpPoolSpec {
+                cidr: cidr.into(),
+                namespace_selector: sel.into(),
+                ..Default::default()
+            },
+        )
+        .await;
+    }
+    // libcalico-go ipam/pools.go SelectsNamespace with a nil namespace, called from
+    // ipam/ipam.go determinePools for unrequested pools only.
+    let a = ipam.auto_assign(&req(300, "host-a", "h")).await.unwrap();
+    assert_eq!(a.ips.len(), 256);
+    assert!(a.ips.iter().all(|n| net("10.5.0.0/24").contains(&n.addr())));
+    assert_eq!(a.msgs, vec!["No IPs available in pools: [10.5.0.0/24]"]);
+    let r = ipam
+        .auto_assign(&req_pools(1, "host-a", "h", &["10.4.0.0/24"]))
+        .await
+        .unwrap();
+    assert!(net("10.4.0.0/24").contains(&r.ips[0].addr()));
+    check_consistent(&s, true).await;
+}
+
+/// A pool whose status carries the condition Allocatable=False (set by Calico's
+/// kube-controllers) gives no address, automatic or specific, until the condition goes.
+async fn allocatable_false_excludes_pool(s: Store) {
+    let ipam = setup(&s, &["host-a"]).await;
+    let held = add_pool(&ipam, "held", "10.6.0.0/24", 0).await;
+    add_pool(&ipam, "open", "10.7.0.0/24", 0).await;
+    let key = keys::ip_pool_key("held");
+    let mut v: Value = serde_json::from_slice(&held.to_json().unwrap()).unwrap();
+    let mark = |v: &mut Value, status: &str| {
+        v["status"] = serde_json::json!({"conditions": [{
+            "type": "Allocatable", "status": status, "reason": "CIDROverlap",
+            "message": "overlaps", "lastTransitionTime": "2025-06-01T12:00:00Z"
+        }]});
+    };
+    mark(&mut v, "False");
+    put_json(&s, &key, v.clone()).await;
+
+    // libcalico-go clientv3/client.go filterIPPool: Allocatable=False is not enabled, for
+    // determinePools and for AssignIP's getPoolForIP alike.
+    let a = ipam.auto_assign(&req(300, "host-a", "h")).await.unwrap();
+    assert_eq!(a.ips.len(), 256);
+    assert!(a.ips.iter().all(|n| net("10.7.0.0/24").contains(&n.addr())));
+    let e = ipam
+        .auto_assign(&req_pools(1, "host-a", "h", &["10.6.0.0/24"]))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        e.to_string(),
+        "the given pool (10.6.0.0/24) does not exist, or is not enabled"
+    );
+    let e = ipam
+        .assign_ip(&assign_ip_args("10.6.0.9", "host-a", "h"))
+        .await
+        .unwrap_err();
+    assert!(
+        e.to_string().contains("held, marked Allocatable=False"),
+        "{e}"
+    );
+    assert!(blocks(&ipam)
+        .await
+        .iter()
+        .all(|b| net("10.7.0.0/24").contains(&b.cidr)));
+
+    mark(&mut v, "True");
+    put_json(&s, &key, v).await;
+    ipam.assign_ip(&assign_ip_args("10.6.0.9", "host-a", "h"))
+        .await
+        .unwrap();
+    let r = ipam
+        .auto_assign(&req_pools(1, "host-a", "h", &["10.6.0.0/24"]))
+        .await
+        .unwrap();
+    assert!(net("10.6.0.0/24").contains(&r.ips[0].addr()));
+    check_consistent(&s, true).await;
+}
+
 // ------------------------------------------------------------------ backends
 
 backends!(
@@ -1580,5 +1740,8 @@ backends!(
         reservations_skip_addresses_and_blocks,
         borrowing_skips_reserved,
         assign_ip_of_reserved_address,
+        requested_pools_filtered_by_use,
+        namespace_selector_without_namespace,
+        allocatable_false_excludes_pool,
     ]
 );

@@ -725,6 +725,48 @@ async fn a_datastore_lock_refuses_writes_until_unlocked(store: Store) {
     s.stop().await;
 }
 
+/// `docker network create` naming a pool that gives no Workload address (a Tunnel- or
+/// LoadBalancer-only pool, by `ipv4-pools=` or by its exact CIDR as `--subnet`) is refused,
+/// naming the pool and its allowedUses.
+async fn named_pool_without_workload_use_refused(store: Store) {
+    let s = Server::start(store.clone(), "host-a", &[DEFAULT_V4]).await;
+    let c = &s.client;
+    // As calicoctl stores a pool for tunnel addresses only.
+    store
+        .put(
+            "/calico/resources/v3/projectcalico.org/ippools/tunnels",
+            serde_json::to_vec(&json!({
+                "kind": "IPPool", "apiVersion": "projectcalico.org/v3",
+                "metadata": {"name": "tunnels"},
+                "spec": {"cidr": "10.95.0.0/24", "blockSize": 26, "allowedUses": ["Tunnel"]}
+            }))
+            .unwrap(),
+        )
+        .await
+        .unwrap();
+    // libcalico-go ipam/ipam.go prepareAffinityBlocksForHost: filterPoolsByUse applies to
+    // requested pools too, so such a network could never get an address.
+    for request in [
+        json!({"Options": {"ipv4-pools": "tunnels"}}),
+        json!({"Pool": "10.95.0.0/24"}),
+    ] {
+        let (status, msg) = c.err("IpamDriver.RequestPool", request.clone()).await;
+        assert_eq!(status, 400, "{request}: {msg}");
+        assert!(
+            msg.contains("pool tunnels") && msg.contains("allowedUses [Tunnel]"),
+            "{request}: {msg}"
+        );
+    }
+    let p = c
+        .ok(
+            "IpamDriver.RequestPool",
+            json!({"Options": {"ipv4-pools": "default-ipv4-ippool"}}),
+        )
+        .await;
+    assert_eq!(p["PoolID"], "default-ipv4-ippool");
+    s.stop().await;
+}
+
 backends!(
     threads = 2,
     timeout = None,
@@ -737,6 +779,7 @@ backends!(
         profiles_within_calico_validation_and_shared_with_cni,
         unknown_networks_are_adopted,
         a_datastore_lock_refuses_writes_until_unlocked,
+        named_pool_without_workload_use_refused,
     ]
 );
 
