@@ -11,7 +11,6 @@ use super::{
 };
 use crate::datastore::{resources, Write};
 use crate::error::{Error, Result};
-use crate::model::block::AllocationBlock;
 use crate::model::keys;
 use crate::model::BlockAffinity;
 use crate::model::{IpFamily, IpPool};
@@ -337,12 +336,14 @@ impl Ipam {
                     owned -= 1;
                     continue;
                 }
-                Some(b) => {
-                    if !aff.is_confirmed() {
-                        self.confirm_affinity(&cidr, host).await?;
+                // Pending or pendingDeletion: rewrite the block and confirm.
+                Some(b) if !aff.is_confirmed() => {
+                    match self.confirm_affinity(&cidr, host, Some(b)).await? {
+                        Some(b) => b,
+                        None => continue,
                     }
-                    b
                 }
+                Some(b) => b,
             };
             if reserved.free_in(&block.block) == 0 {
                 continue;
@@ -376,11 +377,11 @@ impl Ipam {
             if !cfg.auto_allocate_blocks {
                 break;
             }
-            let existing: HashMap<IpNet, AllocationBlock> = self
+            let existing: HashMap<IpNet, BlockKv> = self
                 .list_blocks(Some(args.family))
                 .await?
                 .into_iter()
-                .map(|(b, _)| (b.cidr, b))
+                .map(|(block, rev)| (block.cidr, BlockKv { block, rev }))
                 .collect();
             let mut claimed = None;
             'pools: for (pool, bs) in &pool_nets {
@@ -389,18 +390,30 @@ impl Ipam {
                         continue;
                     }
                     match existing.get(&cidr) {
-                        // Ours with room: claimed by a concurrent request of this host
-                        // since we listed our affinities. Use it, as Calico's
-                        // findUsableBlock does, rather than claim yet another block.
-                        Some(b) if b.host_affinity() == Some(host) && reserved.free_in(b) > 0 => {
-                            claimed = Some((cidr, None));
-                            break 'pools;
+                        // Ours with room: claimed by a concurrent request of this host since
+                        // we listed our affinities, or ours with its affinity key lost. Use
+                        // it, as Calico's findUsableBlock does rather than claim yet another
+                        // block, through its affinity (created or confirmed if need be, as
+                        // Calico's getPendingAffinity and getBlockFromAffinity do).
+                        Some(b)
+                            if b.block.host_affinity() == Some(host)
+                                && reserved.free_in(&b.block) > 0 =>
+                        {
+                            let b = BlockKv {
+                                block: b.block.clone(),
+                                rev: b.rev,
+                            };
+                            if let Some(b) = self.confirm_affinity(&cidr, host, Some(b)).await? {
+                                claimed = Some((cidr, b));
+                                break 'pools;
+                            }
+                            continue;
                         }
                         Some(_) => continue,
                         None => {}
                     }
                     if let Some(b) = self.claim_block(&cidr, host).await? {
-                        claimed = Some((cidr, Some(b)));
+                        claimed = Some((cidr, b));
                         break 'pools;
                     }
                 }
@@ -413,7 +426,7 @@ impl Ipam {
                 owned += 1;
             }
             need -= self
-                .fill(&cidr, block, &req, Some(host), num, &mut out)
+                .fill(&cidr, Some(block), &req, Some(host), num, &mut out)
                 .await?;
         }
 

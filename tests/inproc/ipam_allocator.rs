@@ -1419,6 +1419,24 @@ async fn unreserve(s: &Store, name: &str) {
     .unwrap();
 }
 
+/// The raw stored block at `cidr`: its revision and `sequenceNumber`.
+async fn block_rev_seq(s: &Store, cidr: &IpNet) -> (i64, u64) {
+    let kv = s.get(&keys::block_key(cidr)).await.unwrap().unwrap();
+    let v: Value = serde_json::from_slice(&kv.value).unwrap();
+    (kv.revision, u64_field(&v, "sequenceNumber", &kv.key))
+}
+
+/// Sets `host`'s affinity for `cidr` to `state`, as another Calico process mid-claim (or a
+/// Calico v3.32+ host reclaiming the block) leaves it.
+async fn set_affinity_state(s: &Store, host: &str, cidr: &IpNet, state: &str) {
+    put_json(
+        s,
+        &keys::block_affinity_key(host, cidr),
+        serde_json::json!({"state": state, "deleted": false}),
+    )
+    .await;
+}
+
 /// IP reservations: reserved addresses are never auto-assigned, a block that is entirely
 /// reserved (here by two reservations together) is never claimed, and dropping the
 /// reservation makes both available again.
@@ -1708,6 +1726,91 @@ async fn allocatable_false_excludes_pool(s: Store) {
     check_consistent(&s, true).await;
 }
 
+/// A pending or pendingDeletion affinity for a block affine to this host is confirmed only
+/// with the block rewritten (sequenceNumber + 1, a new revision), so a Calico v3.32+ host
+/// reclaiming the block at the revision it read fails. A fresh allocator each time: one
+/// that starts (or another process) and finds the affinity so.
+async fn unconfirmed_affinity_confirmed_with_block_rewrite(s: Store) {
+    let ipam = setup(&s, &["host-a"]).await;
+    add_pool(&ipam, "pool1", "10.0.0.0/24", 26).await;
+    let a = assign_all(&ipam, 1, "host-a", "h").await;
+    let cidr = a.ips[0].trunc();
+    // libcalico-go ipam/ipam.go getBlockFromAffinity: an unconfirmed affinity goes pending,
+    // then updateBlock (sequenceNumber++, a CAS write), then confirmed; the allocation is a
+    // second updateBlock.
+    for state in ["pending", "pendingDeletion"] {
+        set_affinity_state(&s, "host-a", &cidr, state).await;
+        let (rev, seq) = block_rev_seq(&s, &cidr).await;
+        let got = assign_all(&Ipam::new(s.clone()), 1, "host-a", "h").await;
+        assert_eq!(
+            got.ips[0].trunc(),
+            cidr,
+            "{state}: the affine block is used"
+        );
+        let (rev2, seq2) = block_rev_seq(&s, &cidr).await;
+        assert_eq!(
+            seq2,
+            seq + 2,
+            "{state}: one rewrite to confirm, one to allocate"
+        );
+        assert!(rev2 > rev);
+        check_consistent(&s, true).await;
+    }
+
+    // A full block is rewritten to confirm its affinity all the same (findOrClaimBlock
+    // checks for room after getBlockFromAffinity), then passed over.
+    add_pool(&ipam, "small", "10.9.0.0/30", 30).await;
+    let full = ipam
+        .auto_assign(&req_pools(4, "host-a", "f", &["10.9.0.0/30"]))
+        .await
+        .unwrap();
+    assert_eq!(full.ips.len(), 4);
+    let small = net("10.9.0.0/30");
+    set_affinity_state(&s, "host-a", &small, "pending").await;
+    let before = block_of(&ipam, &small).await.unwrap();
+    let (rev, seq) = block_rev_seq(&s, &small).await;
+    let got = Ipam::new(s.clone())
+        .auto_assign(&req_pools(1, "host-a", "h", &["10.9.0.0/30"]))
+        .await
+        .unwrap();
+    assert_eq!(got.msgs, vec!["No IPs available in pools: [10.9.0.0/30]"]);
+    let (rev2, seq2) = block_rev_seq(&s, &small).await;
+    assert_eq!(
+        (seq2, rev2 > rev),
+        (seq + 1, true),
+        "rewritten once, to confirm"
+    );
+    let after = block_of(&ipam, &small).await.unwrap();
+    assert_eq!(
+        after.allocations, before.allocations,
+        "allocations untouched"
+    );
+    check_consistent(&s, true).await;
+}
+
+/// A block affine to this host whose affinity key is missing is used through its affinity,
+/// created confirmed with the block rewritten: its routes are announced again.
+async fn missing_affinity_recreated(s: Store) {
+    let ipam = setup(&s, &["host-a"]).await;
+    add_pool(&ipam, "pool1", "10.0.0.0/24", 26).await;
+    let a = assign_all(&ipam, 1, "host-a", "h").await;
+    let cidr = a.ips[0].trunc();
+    let aff_key = keys::block_affinity_key("host-a", &cidr);
+    s.delete(&aff_key, None).await.unwrap();
+    let (_, seq) = block_rev_seq(&s, &cidr).await;
+
+    // libcalico-go ipam_block_reader_writer.go findUsableBlock returns a block affine to us
+    // with room; ipam/ipam.go findOrClaimBlock then takes getPendingAffinity (creates it
+    // pending) and getBlockFromAffinity (block rewritten, affinity confirmed).
+    let got = assign_all(&Ipam::new(s.clone()), 1, "host-a", "h").await;
+    assert_eq!(got.ips[0].trunc(), cidr, "the block of ours is used");
+    let aff = s.get(&aff_key).await.unwrap().expect("affinity recreated");
+    assert!(BlockAffinity::from_json(&aff.value).unwrap().is_confirmed());
+    assert_eq!(block_rev_seq(&s, &cidr).await.1, seq + 2);
+    assert_eq!(blocks(&ipam).await.len(), 1, "no second block claimed");
+    check_consistent(&s, true).await;
+}
+
 // ------------------------------------------------------------------ backends
 
 backends!(
@@ -1743,5 +1846,7 @@ backends!(
         requested_pools_filtered_by_use,
         namespace_selector_without_namespace,
         allocatable_false_excludes_pool,
+        unconfirmed_affinity_confirmed_with_block_rewrite,
+        missing_affinity_recreated,
     ]
 );
