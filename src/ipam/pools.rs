@@ -117,8 +117,8 @@ impl Ipam {
         Ok(p)
     }
 
-    /// Creates a pool after Calico's checks; a pool overlapping another is refused with a
-    /// message naming it.
+    /// Creates a pool after Calico's checks; a pool overlapping another, or existing blocks
+    /// of another block size, is refused with a message naming it.
     pub async fn create_pool(&self, mut pool: IpPool) -> Result<IpPool> {
         crate::model::validate_resource_name(pool.name())
             .map_err(|e| Error::invalid(format!("create IP pool {}: {e}", pool.name())))?;
@@ -135,6 +135,22 @@ impl Ipam {
                         other.name()
                     )));
                 }
+            }
+        }
+        // Blocks of another size inside the pool would be looked up at the wrong CIDR by
+        // release and AssignIP (Calico's clientv3 IPPool Create refuses such a pool too).
+        let bs = pool.spec.block_size_or_default();
+        let family = crate::model::IpFamily::of_net(&cidr);
+        for kv in self.store.list(&keys::blocks_prefix(family)).await? {
+            let Some(b) = keys::parse_block_key(&kv.key) else {
+                continue;
+            };
+            if b.prefix_len() != bs && (b.contains(&cidr.network()) || cidr.contains(&b.network()))
+            {
+                return Err(Error::invalid(format!(
+                    "create IP pool {} ({cidr}): IPPool blocksSize conflicts with existing allocations that use a different blockSize (block {b}, the pool's blocks /{bs})",
+                    pool.name()
+                )));
             }
         }
         resources::create(self.store.as_ref(), &mut pool)

@@ -1811,6 +1811,48 @@ async fn missing_affinity_recreated(s: Store) {
     check_consistent(&s, true).await;
 }
 
+/// A pool over existing blocks of another block size is refused with Calico's message; the
+/// same size, or no overlap, is accepted.
+async fn pool_block_size_conflict(s: Store) {
+    let ipam = setup(&s, &["host-a"]).await;
+    add_pool(&ipam, "p1", "10.0.0.0/24", 26).await;
+    assign_all(&ipam, 1, "host-a", "h").await;
+    // The pool goes; its block, still holding the address, stays.
+    ipam.delete_pool("p1").await.unwrap();
+    assert_eq!(blocks(&ipam).await.len(), 1);
+
+    // libcalico-go clientv3/ippool.go Create: a listed block of another size that
+    // overlaps the pool refuses it.
+    for (cidr, bs) in [
+        ("10.0.0.0/24", 28),
+        ("10.0.0.0/25", 27),
+        ("10.0.0.0/16", 24),
+    ] {
+        let e = ipam
+            .create_pool(IpPool::new(
+                "p2",
+                IpPoolSpec {
+                    cidr: cidr.into(),
+                    block_size: bs,
+                    ..Default::default()
+                },
+            ))
+            .await
+            .unwrap_err();
+        assert!(
+            e.to_string().contains(
+                "IPPool blocksSize conflicts with existing allocations that use a different blockSize"
+            ),
+            "{cidr} /{bs}: {e}"
+        );
+        assert!(e.is_invalid(), "{e:?}");
+    }
+    assert!(ipam.list_pools().await.unwrap().is_empty());
+    add_pool(&ipam, "elsewhere", "10.0.1.0/24", 28).await;
+    add_pool(&ipam, "p2", "10.0.0.0/24", 26).await;
+    check_consistent(&s, true).await;
+}
+
 // ------------------------------------------------------------------ backends
 
 backends!(
@@ -1848,5 +1890,6 @@ backends!(
         allocatable_false_excludes_pool,
         unconfirmed_affinity_confirmed_with_block_rewrite,
         missing_affinity_recreated,
+        pool_block_size_conflict,
     ]
 );

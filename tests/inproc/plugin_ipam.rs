@@ -767,6 +767,41 @@ async fn named_pool_without_workload_use_refused(store: Store) {
     s.stop().await;
 }
 
+/// A `--subnet` pool over blocks left in use with another block size is refused with
+/// Calico's message; the same block size is accepted.
+async fn subnet_pool_over_blocks_of_another_size_refused(store: Store) {
+    let s = Server::start(store.clone(), "host-a", &[DEFAULT_V4]).await;
+    let c = &s.client;
+    // A --subnet pool with an address in use; the operator deletes the pool; the block
+    // stays.
+    let p = c
+        .ok("IpamDriver.RequestPool", json!({"Pool": "10.96.0.0/24"}))
+        .await;
+    let id = p["PoolID"].as_str().unwrap().to_string();
+    c.request_address(&id).await;
+    calico_libnetwork::ipam::Ipam::new(store.clone())
+        .delete_pool(&id)
+        .await
+        .unwrap();
+    // libcalico-go clientv3/ippool.go Create refuses a pool over blocks of another size.
+    let (status, msg) = c
+        .err(
+            "IpamDriver.RequestPool",
+            json!({"Pool": "10.96.0.0/24", "Options": {"block-size": "28"}}),
+        )
+        .await;
+    assert_eq!(status, 400, "{msg}");
+    assert!(
+        msg.contains(
+            "IPPool blocksSize conflicts with existing allocations that use a different blockSize"
+        ),
+        "{msg}"
+    );
+    c.ok("IpamDriver.RequestPool", json!({"Pool": "10.96.0.0/24"}))
+        .await;
+    s.stop().await;
+}
+
 backends!(
     threads = 2,
     timeout = None,
@@ -780,6 +815,7 @@ backends!(
         unknown_networks_are_adopted,
         a_datastore_lock_refuses_writes_until_unlocked,
         named_pool_without_workload_use_refused,
+        subnet_pool_over_blocks_of_another_size_refused,
     ]
 );
 
