@@ -145,8 +145,16 @@ async fn subnet_sequences(store: Store) {
         pool["spec"].get("natOutgoing").is_none(),
         "natOutgoing false is omitted: {pool}"
     );
-    // Only its own network allocates from a pool created for --subnet.
+    // Only its own network allocates from a pool created for --subnet: libcalico-go
+    // ipam/ipam.go determinePools skips a non-Automatic pool unless requested
+    // (api/pkg/apis/projectcalico/v3/ippool.go AssignmentMode, from v3.30.0).
     assert_eq!(pool["spec"]["assignmentMode"], "Manual", "{pool}");
+    assert!(
+        std::str::from_utf8(&kv.value)
+            .unwrap()
+            .contains(r#""assignmentMode":"Manual""#),
+        "stored as Calico writes it"
+    );
     let auto = c.request_any_address("CalicoPoolIPv4").await;
     assert!(
         auto.starts_with("10.90."),
