@@ -372,6 +372,44 @@ impl Datastore for EtcdStore {
             .collect()
     }
 
+    async fn list_many(&self, prefixes: &[String]) -> Result<Vec<Vec<KeyValue>>> {
+        if prefixes.len() < 2 {
+            let mut out = Vec::new();
+            for p in prefixes {
+                out.push(self.list(p).await?);
+            }
+            return Ok(out);
+        }
+        self.stats.read();
+        let prefixes: Vec<String> = prefixes.iter().map(|p| dir_prefix(p)).collect();
+        let ops: Vec<TxnOp> = prefixes
+            .iter()
+            .map(|p| {
+                let opts = GetOptions::new()
+                    .with_range(prefix_end(p))
+                    .with_limit(LIST_PAGE);
+                TxnOp::get(p.as_str(), Some(opts))
+            })
+            .collect();
+        let mut kv = self.client().await?;
+        let resp = self
+            .call("list", kv.txn(etcd_client::Txn::new().and_then(ops)))
+            .await?;
+        let mut out = Vec::with_capacity(prefixes.len());
+        for (p, r) in prefixes.iter().zip(resp.op_responses()) {
+            let TxnOpResponse::Get(g) = r else {
+                return Err(Error::msg("list keys: etcd answered a read with a write"));
+            };
+            if g.more() {
+                // More than a page: read this prefix in pages of its own.
+                out.push(self.list(p).await?);
+            } else {
+                out.push(g.kvs().iter().map(to_kv).collect::<Result<Vec<_>>>()?);
+            }
+        }
+        Ok(out)
+    }
+
     async fn txn(&self, writes: Vec<Write>) -> Result<Revision> {
         self.stats.txn(&writes);
         let mut compares = Vec::new();

@@ -300,33 +300,15 @@ impl Datastore for LocalStore {
     }
 
     async fn list_with_revision(&self, prefix: &str) -> Result<Listing> {
-        self.stats.read();
-        let prefix = dir_prefix(prefix);
-        self.blocking(move |db, path| {
-            let txn = db.begin_read().map_err(|e| storage_err("list", path, e))?;
-            let revision = read_revision(&txn, path)?;
-            let table = txn
-                .open_table(KV)
-                .map_err(|e| storage_err("list", path, e))?;
-            let mut out = Vec::new();
-            for item in table
-                .range(prefix.as_str()..)
-                .map_err(|e| storage_err("list", path, e))?
-            {
-                let (k, v) = item.map_err(|e| storage_err("list", path, e))?;
-                if !k.value().starts_with(&prefix) {
-                    break;
-                }
-                let (revision, value) = split(k.value(), v.value())?;
-                out.push(KeyValue {
-                    key: k.value().to_string(),
-                    value: value.to_vec(),
-                    revision,
-                });
-            }
-            Ok(Listing { kvs: out, revision })
+        let (mut all, revision) = self.list_at(&[prefix.to_string()]).await?;
+        Ok(Listing {
+            kvs: all.pop().unwrap_or_default(),
+            revision,
         })
-        .await
+    }
+
+    async fn list_many(&self, prefixes: &[String]) -> Result<Vec<Vec<KeyValue>>> {
+        Ok(self.list_at(prefixes).await?.0)
     }
 
     async fn watch(&self, prefix: &str, after: Revision) -> Result<WatchStream> {
@@ -450,6 +432,44 @@ impl Datastore for LocalStore {
 
     fn kind(&self) -> &'static str {
         "local"
+    }
+}
+
+impl LocalStore {
+    /// Lists several prefixes in one read transaction (like etcd's one round trip), with the
+    /// store's revision at that read.
+    async fn list_at(&self, prefixes: &[String]) -> Result<(Vec<Vec<KeyValue>>, Revision)> {
+        self.stats.read();
+        let prefixes: Vec<String> = prefixes.iter().map(|p| dir_prefix(p)).collect();
+        self.blocking(move |db, path| {
+            let txn = db.begin_read().map_err(|e| storage_err("list", path, e))?;
+            let revision = read_revision(&txn, path)?;
+            let table = txn
+                .open_table(KV)
+                .map_err(|e| storage_err("list", path, e))?;
+            let mut all = Vec::with_capacity(prefixes.len());
+            for prefix in &prefixes {
+                let mut out = Vec::new();
+                for item in table
+                    .range(prefix.as_str()..)
+                    .map_err(|e| storage_err("list", path, e))?
+                {
+                    let (k, v) = item.map_err(|e| storage_err("list", path, e))?;
+                    if !k.value().starts_with(prefix.as_str()) {
+                        break;
+                    }
+                    let (revision, value) = split(k.value(), v.value())?;
+                    out.push(KeyValue {
+                        key: k.value().to_string(),
+                        value: value.to_vec(),
+                        revision,
+                    });
+                }
+                all.push(out);
+            }
+            Ok((all, revision))
+        })
+        .await
     }
 }
 

@@ -269,6 +269,17 @@ pub trait Datastore: Send + Sync + 'static {
         Ok(out)
     }
 
+    /// Lists several prefixes (as [`Datastore::list`] each); the answer is in the order of
+    /// `prefixes`. A backend that can do it in one round trip (etcd: one read-only
+    /// transaction, when each prefix fits in a page) overrides this one-by-one default.
+    async fn list_many(&self, prefixes: &[String]) -> Result<Vec<Vec<KeyValue>>> {
+        let mut out = Vec::with_capacity(prefixes.len());
+        for p in prefixes {
+            out.push(self.list(p).await?);
+        }
+        Ok(out)
+    }
+
     /// Round-trip and conflict counters.
     fn stats(&self) -> &Stats;
 

@@ -240,6 +240,7 @@ impl IpamDriver {
                         "--ipam-opt {sel_key}: pool {n} is disabled"
                     )));
                 }
+                refuse_unless_workload(&pool, &format!("--ipam-opt {sel_key}"))?;
             }
             let pool = if req.v6 {
                 self.v6_pool_answer(Some(&names)).await?
@@ -334,6 +335,7 @@ impl IpamDriver {
                         p.name()
                     )));
                 }
+                refuse_unless_workload(p, &format!("--subnet {subnet}"))?;
                 (p.name().to_string(), false)
             }
             None => {
@@ -629,6 +631,20 @@ impl IpamDriver {
             .ctx(format!("release address {address}"))?;
         Ok(())
     }
+}
+
+/// Refuses, at `docker network create`, a pool whose `allowedUses` leave out Workload: Calico
+/// would give it no container address (`filterPoolsByUse` applies to named pools too).
+fn refuse_unless_workload(pool: &IpPool, what: &str) -> Result<()> {
+    if pool.spec.allows_use(crate::ipam::USE_WORKLOAD) {
+        return Ok(());
+    }
+    Err(Error::invalid(format!(
+        "{what}: pool {} ({}) has allowedUses [{}]: Calico gives container addresses only from pools allowing Workload",
+        pool.name(),
+        pool.spec.cidr,
+        pool.spec.allowed_uses.join(", ")
+    )))
 }
 
 #[cfg(test)]

@@ -88,8 +88,7 @@ impl Ipam {
                         continue;
                     };
                     if existing.block.host_affinity() == Some(host) {
-                        self.confirm_affinity(cidr, host).await?;
-                        return Ok(Some(existing));
+                        return self.confirm_affinity(cidr, host, Some(existing)).await;
                     }
                     // Another host's block: drop any affinity of ours we may have left.
                     if let Some(kv) = self.store.get(&aff_key).await? {
@@ -111,30 +110,58 @@ impl Ipam {
         )))
     }
 
-    pub(super) async fn confirm_affinity(&self, cidr: &IpNet, host: &str) -> Result<()> {
-        let key = keys::block_affinity_key(host, cidr);
+    /// Confirms `host`'s affinity for block `cidr`, a block affine to `host`, as Calico's
+    /// `getBlockFromAffinity` does for an affinity that is pending, pendingDeletion or (through
+    /// `getPendingAffinity`) missing: the block is rewritten with `sequenceNumber + 1` and the
+    /// affinity written `confirmed`. The rewrite changes the block's revision and sequence
+    /// number, so that another host reclaiming the block (Calico v3.32+, which deletes it at
+    /// the revision and sequence number it read) fails instead of deleting a block in use.
+    /// Calico writes pending, then the block, then confirmed; we write the last two in one
+    /// transaction, which leaves no gap for the pending state to guard. A confirmed affinity
+    /// is left alone. `block` is a copy just read, to save a round trip. Returns the block as
+    /// it now stands, or `None` when it is gone or no longer `host`'s.
+    pub(super) async fn confirm_affinity(
+        &self,
+        cidr: &IpNet,
+        host: &str,
+        mut block: Option<BlockKv>,
+    ) -> Result<Option<BlockKv>> {
+        let aff_key = keys::block_affinity_key(host, cidr);
         let confirmed = enc("affinity", &BlockAffinity::confirmed())?;
         for _ in 0..RETRIES {
-            let res = match self.store.get(&key).await? {
-                None => self.store.create(&key, confirmed.clone()).await,
-                Some(kv) => {
-                    let a: BlockAffinity = dec(&kv)?;
-                    if a.is_confirmed() {
-                        return Ok(());
-                    }
-                    self.store
-                        .update(&key, confirmed.clone(), kv.revision)
-                        .await
-                }
+            let aff = self.store.get(&aff_key).await?;
+            let cur = match block.take() {
+                Some(b) => b,
+                None => match self.get_block(cidr).await? {
+                    Some(b) => b,
+                    None => return Ok(None),
+                },
             };
-            match res {
-                Ok(_) => return Ok(()),
+            if cur.block.host_affinity() != Some(host) {
+                return Ok(None);
+            }
+            if let Some(kv) = &aff {
+                if dec::<BlockAffinity>(kv)?.is_confirmed() {
+                    return Ok(Some(cur));
+                }
+            }
+            let mut b = cur.block;
+            b.bump_sequence();
+            let writes = vec![
+                Write::create_or_update(&aff_key, confirmed.clone(), aff.map(|kv| kv.revision)),
+                Write::update(keys::block_key(cidr), enc("block", &b)?, cur.rev),
+            ];
+            match self.store.txn(writes).await {
+                Ok(rev) => {
+                    self.cache_put(cidr, &b, rev);
+                    return Ok(Some(BlockKv { block: b, rev }));
+                }
                 Err(e) if e.is_lost_race() => continue,
-                Err(e) => return Err(e),
+                Err(e) => return Err(e.context(format!("confirm affinity of block {cidr}"))),
             }
         }
         Err(Error::msg(format!(
-            "confirm affinity {cidr}: Max retries hit - excessive concurrent IPAM requests"
+            "confirm affinity of block {cidr}: Max retries hit - excessive concurrent IPAM requests"
         )))
     }
 

@@ -4,29 +4,39 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 
 use ipnet::IpNet;
 
+use super::reservations::Reservations;
 use super::{
     block_order, dec, enc, handle_id, AssignIp, Assigned, AutoAssign, BlockKv, HandleState, Ipam,
     DEFAULT_MAX_BLOCKS, FULL_BLOCK_TTL, RETRIES,
 };
 use crate::datastore::{resources, Write};
 use crate::error::{Error, Result};
-use crate::model::block::AllocationBlock;
 use crate::model::keys;
 use crate::model::BlockAffinity;
 use crate::model::{IpFamily, IpPool};
 
+/// What every block of one AutoAssign is asked for.
+struct Request<'a> {
+    /// The handle, sanitized.
+    handle: &'a str,
+    /// The allocation attributes.
+    attrs: &'a BTreeMap<String, String>,
+    /// The IP reservations, read once for the request.
+    reserved: &'a Reservations,
+}
+
 impl Ipam {
     /// Assigns up to `n` addresses from block `cidr`, writing block and handle together.
     /// `first` is a copy of the block already read, to save a round trip.
-    pub(super) async fn assign_from_block(
+    async fn assign_from_block(
         &self,
         cidr: &IpNet,
         mut first: Option<BlockKv>,
         n: usize,
-        handle: &str,
-        attrs: &BTreeMap<String, String>,
+        req: &Request<'_>,
         affine_to: Option<&str>,
     ) -> Result<Vec<IpNet>> {
+        let (handle, reserved) = (req.handle, req.reserved);
         // A fresh handle is the common case: try creating it before reading it.
         let mut hstate = HandleState::Unknown;
         for _ in 0..RETRIES {
@@ -43,7 +53,12 @@ impl Ipam {
                     return Ok(Vec::new());
                 }
             }
-            let ips = block.assign(n, (!handle.is_empty()).then_some(handle), attrs);
+            // Reserved addresses are skipped and stay queued in place (Calico's block
+            // autoAssign).
+            let ips =
+                block.assign_filtered(n, (!handle.is_empty()).then_some(handle), req.attrs, |ip| {
+                    reserved.matches_ip(ip)
+                });
             if ips.is_empty() {
                 return Ok(Vec::new());
             }
@@ -95,25 +110,34 @@ impl Ipam {
         }
     }
 
-    /// Calico's `determinePools`: the explicitly requested pools (each must be enabled),
-    /// or every enabled automatic pool whose node selector selects `host`, in name order.
+    /// The pools an AutoAssign may use, by Calico's rules in Calico's order (libcalico-go
+    /// `ipam/ipam.go`: `determinePools`, then `filterPoolsByUse` in
+    /// `prepareAffinityBlocksForHost`), from `all` (every pool, as listed):
+    /// 1. the enabled pools of `family` ([`IpPool::is_enabled_for`]);
+    /// 2. the `requested` pools, each of which must be enabled, used as given (their selectors
+    ///    and `assignmentMode` are not consulted); with none requested, every `Automatic`
+    ///    pool whose node selector selects `host` and whose namespace selector selects a
+    ///    workload without namespace, in name order;
+    /// 3. of those, the pools whose `allowedUses` include `intended_use`.
     pub(super) async fn pools_for(
         &self,
+        all: Vec<IpPool>,
         family: IpFamily,
         requested: &[IpNet],
         host: &str,
         intended_use: &str,
     ) -> Result<Vec<IpPool>> {
-        let all = self.list_pools().await?;
         let enabled: Vec<IpPool> = all
             .into_iter()
-            .filter(|p| {
-                p.metadata.deletion_timestamp.is_none()
-                    && !p.spec.disabled
-                    && p.spec.family() == Some(family)
-            })
+            .filter(|p| p.is_enabled_for(family))
             .collect();
-        if !requested.is_empty() {
+        if enabled.is_empty() {
+            return Err(Error::msg(format!(
+                "cannot find a qualified ippool: no enabled IPv{} pool",
+                family.number()
+            )));
+        }
+        let selected: Vec<IpPool> = if !requested.is_empty() {
             let mut out = Vec::new();
             for r in requested {
                 match enabled
@@ -128,43 +152,62 @@ impl Ipam {
                     }
                 }
             }
-            return Ok(out);
-        }
-        let usable: Vec<IpPool> = enabled
-            .into_iter()
-            .filter(|p| p.spec.allows_use(intended_use))
-            .collect();
-        if usable.is_empty() {
-            return Err(Error::msg(format!(
-                "cannot find a qualified ippool, no IPv{} pools match the required use ({intended_use})",
-                family.number()
-            )));
-        }
-        // The Node's labels matter only to a selector other than `all()`: skip the read.
-        let labels = if usable
-            .iter()
-            .any(|p| p.spec.is_automatic() && p.spec.node_selector.trim() != "all()")
-        {
-            self.node_labels(host).await?
+            out
         } else {
-            BTreeMap::new()
-        };
-        let mut out = Vec::new();
-        for p in usable {
-            if !p.spec.is_automatic() {
-                continue;
-            }
-            if p.spec.node_selector()?.matches(&labels) {
+            // The Node's labels matter only to a selector other than `all()`: skip the read.
+            let labels = if enabled
+                .iter()
+                .any(|p| p.spec.is_automatic() && p.spec.node_selector.trim() != "all()")
+            {
+                self.node_labels(host).await?
+            } else {
+                BTreeMap::new()
+            };
+            let mut out = Vec::new();
+            for p in enabled {
+                if !p.spec.is_automatic()
+                    || !p.spec.node_selector()?.matches(&labels)
+                    || !p.spec.selects_no_namespace()?
+                {
+                    continue;
+                }
                 out.push(p);
             }
-        }
-        if out.is_empty() {
-            return Err(Error::msg(format!(
-                "no configured Calico IPv{} pools for node {host}",
+            if out.is_empty() {
+                return Err(Error::msg(format!(
+                    "no configured Calico IPv{} pools for node {host}",
+                    family.number()
+                )));
+            }
+            out
+        };
+        let (usable, refused): (Vec<IpPool>, Vec<IpPool>) = selected
+            .into_iter()
+            .partition(|p| p.spec.allows_use(intended_use));
+        if usable.is_empty() {
+            let mut msg = format!(
+                "cannot find a qualified ippool, no IPv{} pools match the required use ({intended_use})",
                 family.number()
-            )));
+            );
+            // A pool asked for by name is named, with what it is for.
+            if !requested.is_empty() {
+                let why: Vec<String> = refused
+                    .iter()
+                    .map(|p| {
+                        format!(
+                            "pool {} ({}) has allowedUses [{}]",
+                            p.name(),
+                            p.spec.cidr,
+                            p.spec.allowed_uses.join(", ")
+                        )
+                    })
+                    .collect();
+                msg.push_str(": ");
+                msg.push_str(&why.join("; "));
+            }
+            return Err(Error::invalid(msg));
         }
-        Ok(out)
+        Ok(usable)
     }
 
     /// Assigns from block `cidr` what `out` still lacks of `args.num` (see
@@ -173,14 +216,14 @@ impl Ipam {
         &self,
         cidr: &IpNet,
         first: Option<BlockKv>,
-        handle: &str,
-        args: &AutoAssign,
+        req: &Request<'_>,
         affine_to: Option<&str>,
+        num: usize,
         out: &mut Assigned,
     ) -> Result<usize> {
-        let need = args.num - out.ips.len();
+        let need = num - out.ips.len();
         let got = self
-            .assign_from_block(cidr, first, need, handle, &args.attrs, affine_to)
+            .assign_from_block(cidr, first, need, req, affine_to)
             .await?;
         let n = got.len();
         out.ips.extend(got);
@@ -188,20 +231,36 @@ impl Ipam {
     }
 
     /// Assigns `args.num` addresses: this host's affine blocks first, then newly claimed
-    /// blocks, then (strict affinity off) free addresses in other hosts' blocks.
+    /// blocks, then (strict affinity off) free addresses in other hosts' blocks. Addresses of
+    /// an IPReservation are never handed out, and a block entirely reserved is neither used
+    /// nor claimed (Calico's `autoAssign`, `findOrClaimBlock`, `findUsableBlock`).
     pub async fn auto_assign(&self, args: &AutoAssign) -> Result<Assigned> {
         let handle = handle_id(&args.handle);
         let host = args.host.as_str();
+        // Pools and reservations in one read, once for the whole request.
+        let (all_pools, reserved) = self.pools_and_reservations().await?;
         let pools = self
-            .pools_for(args.family, &args.pools, host, &args.intended_use)
+            .pools_for(
+                all_pools,
+                args.family,
+                &args.pools,
+                host,
+                &args.intended_use,
+            )
             .await?;
+        let req = Request {
+            handle: &handle,
+            attrs: &args.attrs,
+            reserved: &reserved,
+        };
+        let num = args.num;
         let pool_nets: Vec<(IpNet, u8)> = pools
             .iter()
             .filter_map(|p| Some((p.spec.cidr_net().ok()?, p.spec.block_size_or_default())))
             .collect();
         let in_pools = |b: &IpNet| pool_nets.iter().any(|(p, _)| p.contains(b));
         let mut out = Assigned::default();
-        let mut need = args.num;
+        let mut need = num;
 
         // 0. The steady state: a block of ours, known from an earlier read or write, has room.
         // Its write is a compare-and-swap on the revision we know, so a stale copy costs one
@@ -214,7 +273,7 @@ impl Ipam {
                 IpFamily::of_net(c) == args.family
                     && in_pools(c)
                     && b.block.host_affinity() == Some(host)
-                    && b.block.free_count() > 0
+                    && reserved.free_in(&b.block) > 0
             })
             .map(|(c, b)| {
                 (
@@ -232,7 +291,7 @@ impl Ipam {
                 break;
             }
             need -= self
-                .fill(&cidr, Some(block), &handle, args, Some(host), &mut out)
+                .fill(&cidr, Some(block), &req, Some(host), num, &mut out)
                 .await?;
         }
         if need == 0 {
@@ -251,7 +310,8 @@ impl Ipam {
                 continue;
             };
             owned += 1;
-            if need == 0 || !in_pools(&cidr) {
+            // Calico skips an entirely reserved block before it even reads its affinity.
+            if need == 0 || !in_pools(&cidr) || reserved.matches_whole(&cidr) {
                 continue;
             }
             let aff: BlockAffinity = dec(kv)?;
@@ -276,18 +336,20 @@ impl Ipam {
                     owned -= 1;
                     continue;
                 }
-                Some(b) => {
-                    if !aff.is_confirmed() {
-                        self.confirm_affinity(&cidr, host).await?;
+                // Pending or pendingDeletion: rewrite the block and confirm.
+                Some(b) if !aff.is_confirmed() => {
+                    match self.confirm_affinity(&cidr, host, Some(b)).await? {
+                        Some(b) => b,
+                        None => continue,
                     }
-                    b
                 }
+                Some(b) => b,
             };
-            if block.block.free_count() == 0 {
+            if reserved.free_in(&block.block) == 0 {
                 continue;
             }
             need -= self
-                .fill(&cidr, Some(block), &handle, args, Some(host), &mut out)
+                .fill(&cidr, Some(block), &req, Some(host), num, &mut out)
                 .await?;
         }
 
@@ -315,28 +377,43 @@ impl Ipam {
             if !cfg.auto_allocate_blocks {
                 break;
             }
-            let existing: HashMap<IpNet, AllocationBlock> = self
+            let existing: HashMap<IpNet, BlockKv> = self
                 .list_blocks(Some(args.family))
                 .await?
                 .into_iter()
-                .map(|(b, _)| (b.cidr, b))
+                .map(|(block, rev)| (block.cidr, BlockKv { block, rev }))
                 .collect();
             let mut claimed = None;
             'pools: for (pool, bs) in &pool_nets {
                 for cidr in block_order(pool, *bs, host) {
+                    if reserved.matches_whole(&cidr) {
+                        continue;
+                    }
                     match existing.get(&cidr) {
-                        // Ours with room: claimed by a concurrent request of this host
-                        // since we listed our affinities. Use it, as Calico's
-                        // findUsableBlock does, rather than claim yet another block.
-                        Some(b) if b.host_affinity() == Some(host) && b.free_count() > 0 => {
-                            claimed = Some((cidr, None));
-                            break 'pools;
+                        // Ours with room: claimed by a concurrent request of this host since
+                        // we listed our affinities, or ours with its affinity key lost. Use
+                        // it, as Calico's findUsableBlock does rather than claim yet another
+                        // block, through its affinity (created or confirmed if need be, as
+                        // Calico's getPendingAffinity and getBlockFromAffinity do).
+                        Some(b)
+                            if b.block.host_affinity() == Some(host)
+                                && reserved.free_in(&b.block) > 0 =>
+                        {
+                            let b = BlockKv {
+                                block: b.block.clone(),
+                                rev: b.rev,
+                            };
+                            if let Some(b) = self.confirm_affinity(&cidr, host, Some(b)).await? {
+                                claimed = Some((cidr, b));
+                                break 'pools;
+                            }
+                            continue;
                         }
                         Some(_) => continue,
                         None => {}
                     }
                     if let Some(b) = self.claim_block(&cidr, host).await? {
-                        claimed = Some((cidr, Some(b)));
+                        claimed = Some((cidr, b));
                         break 'pools;
                     }
                 }
@@ -349,7 +426,7 @@ impl Ipam {
                 owned += 1;
             }
             need -= self
-                .fill(&cidr, block, &handle, args, Some(host), &mut out)
+                .fill(&cidr, Some(block), &req, Some(host), num, &mut out)
                 .await?;
         }
 
@@ -366,12 +443,11 @@ impl Ipam {
                             break;
                         }
                         let cidr = b.cidr;
-                        if !pool.contains(&cidr) || b.free_count() == 0 {
+                        // An entirely reserved block has nothing free either.
+                        if !pool.contains(&cidr) || reserved.free_in(b) == 0 {
                             continue;
                         }
-                        need -= self
-                            .fill(&cidr, None, &handle, args, None, &mut out)
-                            .await?;
+                        need -= self.fill(&cidr, None, &req, None, num, &mut out).await?;
                     }
                 }
                 if need > 0 {
@@ -387,22 +463,29 @@ impl Ipam {
         Ok(out)
     }
 
-    /// Assigns one specific address. Errors: not in an enabled pool, not allowed for the
-    /// use, already assigned ([`Error::Exists`]), or in another host's block under strict
-    /// affinity.
+    /// Assigns one specific address. Errors: not in an enabled pool (a pool marked
+    /// Allocatable=False is not enabled), not allowed for the use, already assigned
+    /// ([`Error::Exists`]), or in another host's block under strict affinity. As in Calico's
+    /// `AssignIP`, IP reservations do not apply: they bind automatic assignment only, and a
+    /// specific address asked for overrides them.
     pub async fn assign_ip(&self, args: &AssignIp) -> Result<()> {
         let handle = handle_id(&args.handle);
         let pools = self.list_pools().await?;
+        let family = IpFamily::of_addr(&args.ip);
         let pool = pools
             .iter()
-            .find(|p| {
-                !p.spec.disabled
-                    && p.metadata.deletion_timestamp.is_none()
-                    && p.spec.contains(&args.ip)
-            })
+            .find(|p| p.is_enabled_for(family) && p.spec.contains(&args.ip))
             .ok_or_else(|| {
+                // Say why when the address is in a pool that is not usable.
+                let why = match pools.iter().find(|p| p.spec.contains(&args.ip)) {
+                    Some(p) if p.marked_not_allocatable() => format!(
+                        " (it is in pool {}, marked Allocatable=False in its status)",
+                        p.name()
+                    ),
+                    _ => String::new(),
+                };
                 Error::invalid(format!(
-                    "address {} is not in any enabled Calico IP pool",
+                    "address {} is not in any enabled Calico IP pool{why}",
                     args.ip
                 ))
             })?;

@@ -15,6 +15,7 @@ use cache::{CachedBlock, FULL_BLOCK_TTL};
 mod handle;
 mod pools;
 mod release;
+mod reservations;
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::IpAddr;

@@ -2,11 +2,12 @@
 
 use ipnet::IpNet;
 
+use super::reservations::Reservations;
 use super::Ipam;
-use crate::datastore::resources;
+use crate::datastore::{resources, KeyValue};
 use crate::error::{Error, Result};
 use crate::model::keys;
-use crate::model::{IpFamily, IpPool, IpPoolSpec};
+use crate::model::{IpFamily, IpPool, IpPoolSpec, IpReservation};
 
 /// calico-node's default pool for `cidr` (`createIPPool`): named `default-ipv4-ippool` or
 /// `default-ipv6-ippool`, NAT outgoing on for IPv4 and off for IPv6, no encapsulation, the
@@ -70,6 +71,22 @@ fn net_size(n: &IpNet) -> u128 {
     }
 }
 
+/// Decodes listed pools; see [`Ipam::list_pools`].
+fn decode_pools(kvs: &[KeyValue]) -> Vec<IpPool> {
+    let mut pools = Vec::with_capacity(kvs.len());
+    for kv in kvs {
+        match resources::decode::<crate::model::IpPoolSpec>(kv).and_then(|mut p| {
+            p.spec.set_defaults();
+            p.spec.check_usable()?;
+            Ok(p)
+        }) {
+            Ok(p) => pools.push(p),
+            Err(e) => tracing::warn!(key = %kv.key, error = %e, "skipping an unusable IP pool"),
+        }
+    }
+    pools
+}
+
 impl Ipam {
     /// Every IP pool, in name order (defaults applied as clientv3 applies them on read).
     /// Pools that do not decode, or that no allocator could use (a CIDR that does not parse,
@@ -77,18 +94,17 @@ impl Ipam {
     /// logged, never a reason to fail every request.
     pub async fn list_pools(&self) -> Result<Vec<IpPool>> {
         let kvs = self.store.list(&IpPool::list_prefix(None)).await?;
-        let mut pools = Vec::with_capacity(kvs.len());
-        for kv in &kvs {
-            match resources::decode::<crate::model::IpPoolSpec>(kv).and_then(|mut p| {
-                p.spec.set_defaults();
-                p.spec.check_usable()?;
-                Ok(p)
-            }) {
-                Ok(p) => pools.push(p),
-                Err(e) => tracing::warn!(key = %kv.key, error = %e, "skipping an unusable IP pool"),
-            }
-        }
-        Ok(pools)
+        Ok(decode_pools(&kvs))
+    }
+
+    /// Every IP pool (as [`Ipam::list_pools`]) and every IP reservation, read together in
+    /// one round trip: what an assignment needs to know before it looks at blocks.
+    pub(super) async fn pools_and_reservations(&self) -> Result<(Vec<IpPool>, Reservations)> {
+        let prefixes = [IpPool::list_prefix(None), IpReservation::list_prefix(None)];
+        let mut lists = self.store.list_many(&prefixes).await?.into_iter();
+        let pools = decode_pools(&lists.next().unwrap_or_default());
+        let reservations = Reservations::from_kvs(&lists.next().unwrap_or_default());
+        Ok((pools, reservations))
     }
 
     /// The pool named `name`.
@@ -101,8 +117,8 @@ impl Ipam {
         Ok(p)
     }
 
-    /// Creates a pool after Calico's checks; a pool overlapping another is refused with a
-    /// message naming it.
+    /// Creates a pool after Calico's checks; a pool overlapping another, or existing blocks
+    /// of another block size, is refused with a message naming it.
     pub async fn create_pool(&self, mut pool: IpPool) -> Result<IpPool> {
         crate::model::validate_resource_name(pool.name())
             .map_err(|e| Error::invalid(format!("create IP pool {}: {e}", pool.name())))?;
@@ -119,6 +135,22 @@ impl Ipam {
                         other.name()
                     )));
                 }
+            }
+        }
+        // Blocks of another size inside the pool would be looked up at the wrong CIDR by
+        // release and AssignIP (Calico's clientv3 IPPool Create refuses such a pool too).
+        let bs = pool.spec.block_size_or_default();
+        let family = crate::model::IpFamily::of_net(&cidr);
+        for kv in self.store.list(&keys::blocks_prefix(family)).await? {
+            let Some(b) = keys::parse_block_key(&kv.key) else {
+                continue;
+            };
+            if b.prefix_len() != bs && (b.contains(&cidr.network()) || cidr.contains(&b.network()))
+            {
+                return Err(Error::invalid(format!(
+                    "create IP pool {} ({cidr}): IPPool blocksSize conflicts with existing allocations that use a different blockSize (block {b}, the pool's blocks /{bs})",
+                    pool.name()
+                )));
             }
         }
         resources::create(self.store.as_ref(), &mut pool)

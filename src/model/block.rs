@@ -4,8 +4,9 @@
 //! `{"cidr","affinity"(null when none),"affinity_claim_time"(omitempty),"allocations"
 //! (attribute index or null per ordinal),"unallocated"(FIFO queue),"attributes",
 //! "sequenceNumber","sequenceNumberForAllocation","deleted"}` plus legacy fields kept verbatim
-//! (`hostAffinity`, `strictAffinity`). Go writes `null` for an empty attribute list of a fresh
-//! block; we write `[]`, and read both.
+//! (`hostAffinity`, `strictAffinity`). `attributes` is `null` where Go's slice is nil (a fresh
+//! block, or one read with `null`, until an attribute comes or goes) and `[]` once emptied,
+//! as Go writes it; both read the same.
 //!
 //! Invariants kept by every method here: each ordinal is either allocated (`allocations[o]`
 //! points at an attribute) or in `unallocated`, never both; every attribute is referenced by
@@ -73,6 +74,70 @@ impl AllocationAttribute {
             .as_deref()
             .map(|h| h.split('\r').next().unwrap_or(h))
             .filter(|h| !h.is_empty())
+    }
+}
+
+/// A block's attribute list, remembering whether Go would hold it as a nil slice: Go's
+/// `newBlock` leaves it nil, written `null`; once an attribute is added (or the list is
+/// compacted) the slice is non-nil, written `[]` even when empty again. Reads as a `Vec`.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Attributes {
+    list: Vec<AllocationAttribute>,
+    nil: bool,
+}
+
+impl Attributes {
+    /// Go's nil slice: no attributes, written `null`.
+    pub fn nil() -> Self {
+        Attributes {
+            list: Vec::new(),
+            nil: true,
+        }
+    }
+
+    /// Appends `attr`, returning its index.
+    pub fn push(&mut self, attr: AllocationAttribute) -> u32 {
+        self.nil = false;
+        self.list.push(attr);
+        (self.list.len() - 1) as u32
+    }
+
+    /// Takes the list out, leaving an empty non-nil one (Go's compaction assigns `[]`).
+    fn take(&mut self) -> Vec<AllocationAttribute> {
+        self.nil = false;
+        std::mem::take(&mut self.list)
+    }
+}
+
+impl From<Vec<AllocationAttribute>> for Attributes {
+    fn from(list: Vec<AllocationAttribute>) -> Self {
+        Attributes { list, nil: false }
+    }
+}
+
+impl std::ops::Deref for Attributes {
+    type Target = Vec<AllocationAttribute>;
+    fn deref(&self) -> &Self::Target {
+        &self.list
+    }
+}
+
+impl Serialize for Attributes {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        if self.nil && self.list.is_empty() {
+            s.serialize_none()
+        } else {
+            self.list.serialize(s)
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for Attributes {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        Ok(match Option::<Vec<AllocationAttribute>>::deserialize(d)? {
+            Some(list) => Attributes { list, nil: false },
+            None => Attributes::nil(),
+        })
     }
 }
 
@@ -194,9 +259,9 @@ pub struct AllocationBlock {
     /// Free ordinals, a FIFO queue.
     #[serde(default, deserialize_with = "null_default")]
     pub unallocated: Vec<u32>,
-    /// Allocation attributes.
-    #[serde(default, deserialize_with = "null_default")]
-    pub attributes: Vec<AllocationAttribute>,
+    /// Allocation attributes (`null` when absent, as Go reads a missing field: nil).
+    #[serde(default = "Attributes::nil")]
+    pub attributes: Attributes,
     /// Bumped on every update write.
     #[serde(default)]
     pub sequence_number: u64,
@@ -238,7 +303,7 @@ impl AllocationBlock {
             affinity_claim_time: affinity_host.map(|_| trunc_secs(now)),
             allocations: vec![None; n as usize],
             unallocated: (0..n).collect(),
-            attributes: Vec::new(),
+            attributes: Attributes::nil(),
             sequence_number: unix_nanos(now),
             sequence_number_for_allocation: BTreeMap::new(),
             deleted: false,
@@ -605,11 +670,10 @@ impl AllocationBlock {
         }
         if used.len() != self.attributes.len() {
             let mut renumber = BTreeMap::new();
-            let old = std::mem::take(&mut self.attributes);
+            let old = self.attributes.take();
             for (i, attr) in old.into_iter().enumerate() {
                 if used.contains(&(i as u32)) {
-                    renumber.insert(i as u32, self.attributes.len() as u32);
-                    self.attributes.push(attr);
+                    renumber.insert(i as u32, self.attributes.push(attr));
                 }
             }
             for a in self.allocations.iter_mut().flatten() {
@@ -638,16 +702,14 @@ impl AllocationBlock {
         if let Some(i) = self.attributes.iter().position(|a| *a == attr) {
             return i as u32;
         }
-        self.attributes.push(attr);
-        (self.attributes.len() - 1) as u32
+        self.attributes.push(attr)
     }
 
     fn add_cooldown_attribute(&mut self, now: DateTime<Utc>) -> u32 {
         self.attributes.push(AllocationAttribute {
             released_at: Some(now),
             ..Default::default()
-        });
-        (self.attributes.len() - 1) as u32
+        })
     }
 
     fn attribute_indexes_for(&self, handle: &str) -> BTreeSet<u32> {
@@ -696,8 +758,7 @@ mod tests {
 
     /// Allocates `ordinals` to a fresh attribute with `handle`, like the upstream test helper.
     fn allocate(b: &mut AllocationBlock, ordinals: &[u32], handle: &str) {
-        let idx = b.attributes.len() as u32;
-        b.attributes.push(AllocationAttribute {
+        let idx = b.attributes.push(AllocationAttribute {
             handle_id: Some(handle.into()),
             ..Default::default()
         });
@@ -762,13 +823,44 @@ mod tests {
         let b = AllocationBlock::new("10.0.0.0/30".parse().unwrap(), Some("host-a"), t0()).unwrap();
         assert_eq!(
             String::from_utf8(b.to_json().unwrap()).unwrap(),
-            r#"{"cidr":"10.0.0.0/30","affinity":"host:host-a","affinity_claim_time":"2025-06-01T12:00:00Z","allocations":[null,null,null,null],"unallocated":[0,1,2,3],"attributes":[],"sequenceNumber":1748779200000000000,"sequenceNumberForAllocation":{},"deleted":false}"#
+            r#"{"cidr":"10.0.0.0/30","affinity":"host:host-a","affinity_claim_time":"2025-06-01T12:00:00Z","allocations":[null,null,null,null],"unallocated":[0,1,2,3],"attributes":null,"sequenceNumber":1748779200000000000,"sequenceNumberForAllocation":{},"deleted":false}"#
         );
         let unaffine = AllocationBlock::new("10.0.0.0/30".parse().unwrap(), None, t0()).unwrap();
         let v: Value = serde_json::from_slice(&unaffine.to_json().unwrap()).unwrap();
         assert_eq!(v["affinity"], Value::Null);
         assert!(v.get("affinity_claim_time").is_none());
         assert!(AllocationBlock::new("10.0.0.0/16".parse().unwrap(), None, t0()).is_err());
+    }
+
+    // ipam_block.go newBlock leaves Attributes nil (`"attributes":null`); an allocation
+    // appends to it, and a release's compaction (garbageCollect) assigns a fresh, non-nil
+    // slice: `[]` once emptied. A block read with `null` or `[]` is written back as read.
+    #[test]
+    fn attributes_null_like_go() {
+        let attrs = |b: &AllocationBlock| -> Value {
+            serde_json::from_slice::<Value>(&b.to_json().unwrap()).unwrap()["attributes"].clone()
+        };
+        let mut b = AllocationBlock::new("10.0.0.0/30".parse().unwrap(), Some("h"), t0()).unwrap();
+        assert_eq!(attrs(&b), Value::Null, "fresh");
+        let ips = b.assign(1, Some("x"), &no_attrs());
+        assert_eq!(attrs(&b), json!([{"handle_id": "x"}]));
+        b.release(&[ReleaseOptions::new(ips[0])]).unwrap();
+        assert!(b.attributes.is_empty());
+        assert_eq!(attrs(&b), json!([]), "emptied by a release");
+        for (read, written) in [("null", Value::Null), ("[]", json!([]))] {
+            let src = format!(
+                r#"{{"cidr":"10.0.0.0/31","affinity":null,"allocations":[null,null],"unallocated":[0,1],"attributes":{read},"sequenceNumber":5,"sequenceNumberForAllocation":{{}},"deleted":false}}"#
+            );
+            let mut b = AllocationBlock::from_json(src.as_bytes()).unwrap();
+            assert_eq!(attrs(&b), written, "read {read}");
+            b.bump_sequence();
+            assert_eq!(attrs(&b), written, "rewritten after {read}");
+        }
+        let missing: AllocationBlock = serde_json::from_value(json!({
+            "cidr": "10.0.0.0/31", "allocations": [null, null], "unallocated": [0, 1]
+        }))
+        .unwrap();
+        assert_eq!(attrs(&missing), Value::Null, "absent reads as Go's nil");
     }
 
     #[test]

@@ -286,6 +286,18 @@ impl IpPoolSpec {
         Selector::parse(&self.node_selector)
     }
 
+    /// Whether the `namespaceSelector` (Calico v3.31+) selects a workload with no namespace,
+    /// as Docker's are: an empty selector selects everything, any other is evaluated against
+    /// empty labels (libcalico-go `ipam/pools.go` `SelectsNamespace` with a nil namespace).
+    pub fn selects_no_namespace(&self) -> Result<bool> {
+        if self.namespace_selector.is_empty() {
+            return Ok(true);
+        }
+        let sel = Selector::parse(&self.namespace_selector)
+            .map_err(|e| e.context(format!("parse namespaceSelector of ip pool {}", self.cidr)))?;
+        Ok(sel.matches(&Default::default()))
+    }
+
     /// Whether `ip` lies in the pool.
     pub fn contains(&self, ip: &IpAddr) -> bool {
         self.cidr_net().is_ok_and(|n| n.contains(ip))
@@ -299,6 +311,39 @@ impl IpPoolSpec {
         IpNet::new(*ip, self.block_size_or_default())
             .ok()
             .map(|n| n.trunc())
+    }
+}
+
+/// The status condition kube-controllers sets to `False` on a pool that must take no new
+/// allocations (Calico v3.32+, `api/pkg/apis/projectcalico/v3/ippool.go`).
+pub const CONDITION_ALLOCATABLE: &str = "Allocatable";
+
+impl IpPool {
+    /// Whether the pool carries `status.conditions[type=Allocatable,status=False]`, which
+    /// makes Calico skip it for every assignment (libcalico-go `clientv3/client.go`
+    /// `filterIPPool`).
+    pub fn marked_not_allocatable(&self) -> bool {
+        let Some(conditions) = self
+            .status
+            .as_ref()
+            .and_then(|s| s.get("conditions"))
+            .and_then(Value::as_array)
+        else {
+            return false;
+        };
+        conditions.iter().any(|c| {
+            c.get("type").and_then(Value::as_str) == Some(CONDITION_ALLOCATABLE)
+                && c.get("status").and_then(Value::as_str) == Some("False")
+        })
+    }
+
+    /// Whether Calico counts the pool as enabled for `family` (`filterIPPool`): no
+    /// deletion pending, not disabled, not marked Allocatable=False, of that family.
+    pub fn is_enabled_for(&self, family: IpFamily) -> bool {
+        self.metadata.deletion_timestamp.is_none()
+            && !self.spec.disabled
+            && !self.marked_not_allocatable()
+            && self.spec.family() == Some(family)
     }
 }
 
@@ -466,6 +511,42 @@ mod tests {
         s.assignment_mode = Some(ASSIGNMENT_MANUAL.into());
         assert!(!s.is_automatic());
         assert!(s.node_selector().unwrap().matches(&Default::default()));
+    }
+
+    #[test]
+    fn allocatable_condition_and_namespace_selector() {
+        // clientv3/client.go filterIPPool: only type Allocatable with status False excludes.
+        let pool = |status: &str| {
+            IpPool::from_json(
+                format!(r#"{{"metadata":{{"name":"p"}},"spec":{{"cidr":"10.0.0.0/24"}},"status":{status}}}"#)
+                    .as_bytes(),
+            )
+            .unwrap()
+        };
+        let no =
+            pool(r#"{"conditions":[{"type":"Allocatable","status":"False","reason":"Overlap"}]}"#);
+        assert!(no.marked_not_allocatable() && !no.is_enabled_for(IpFamily::V4));
+        for ok in [
+            r#"{"conditions":[{"type":"Allocatable","status":"True"}]}"#,
+            r#"{"conditions":[{"type":"Ready","status":"False"}]}"#,
+            r#"{}"#,
+            "null",
+        ] {
+            let p = pool(ok);
+            assert!(!p.marked_not_allocatable(), "{ok}");
+            assert!(p.is_enabled_for(IpFamily::V4) && !p.is_enabled_for(IpFamily::V6));
+        }
+        // ipam/pools.go SelectsNamespace: no namespace means empty labels.
+        let mut s = spec("10.0.0.0/24");
+        assert!(s.selects_no_namespace().unwrap());
+        s.namespace_selector = "all()".into();
+        assert!(s.selects_no_namespace().unwrap());
+        s.namespace_selector = "!has(team)".into();
+        assert!(s.selects_no_namespace().unwrap());
+        s.namespace_selector = "has(team)".into();
+        assert!(!s.selects_no_namespace().unwrap());
+        s.namespace_selector = "team ==".into();
+        assert!(s.selects_no_namespace().is_err());
     }
 
     #[test]

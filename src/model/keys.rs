@@ -29,6 +29,8 @@ pub const PLURAL_NODES: &str = "nodes";
 pub const PLURAL_CLUSTER_INFORMATIONS: &str = "clusterinformations";
 /// Plural of Tier.
 pub const PLURAL_TIERS: &str = "tiers";
+/// Plural of IPReservation.
+pub const PLURAL_IP_RESERVATIONS: &str = "ipreservations";
 
 /// Root of Calico's IPAM keys.
 pub const IPAM_PREFIX: &str = "/calico/ipam/v2";

@@ -7,7 +7,8 @@
 //! - [`keys`]: etcd key paths (v3 resources, IPAM blocks/affinities/handles/config, and our
 //!   own plugin-private records) with parsers for the ones we list.
 //! - [`resources`]: the v3 envelope ([`Resource`], [`ObjectMeta`]) and the specs for
-//!   WorkloadEndpoint, Profile, Node and ClusterInformation; [`rule`] holds policy rules.
+//!   WorkloadEndpoint, Profile, Node, ClusterInformation and IPReservation; [`rule`] holds
+//!   policy rules.
 //! - [`ippool`]: IPPool with clientv3's defaulting and validation.
 //! - [`block`]: [`AllocationBlock`], the per-CIDR allocation table, with assign/release.
 //! - [`affinity`]: [`BlockAffinity`], which host a block belongs to; [`handle`]: [`IpamHandle`],
@@ -65,8 +66,9 @@ pub use ipam_config::IpamConfig;
 pub use ippool::{IpPool, IpPoolSpec};
 pub use names::{label_key, resource_name_from, validate_resource_name, workload_endpoint_name};
 pub use resources::{
-    ClusterInformation, ClusterInformationSpec, Node, NodeSpec, ObjectMeta, Profile, ProfileSpec,
-    Resource, Spec, Tier, TierSpec, WorkloadEndpoint, WorkloadEndpointSpec, API_VERSION,
+    ClusterInformation, ClusterInformationSpec, IpReservation, IpReservationSpec, Node, NodeSpec,
+    ObjectMeta, Profile, ProfileSpec, Resource, Spec, Tier, TierSpec, WorkloadEndpoint,
+    WorkloadEndpointSpec, API_VERSION,
 };
 pub use rule::{EntityRule, NumOrString, Rule};
 pub use selector::Selector;

@@ -229,6 +229,36 @@ fn tier_json() {
 }
 
 #[test]
+fn ip_reservation_json() {
+    // api/pkg/apis/projectcalico/v3/ipreservation.go: `spec` always written, `reservedCIDRs`
+    // omitempty (an address or a CIDR per entry).
+    let spec = IpReservationSpec {
+        reserved_cidrs: vec![
+            "10.0.0.5".into(),
+            "10.0.1.0/30".into(),
+            "cafe:f00d::/123".into(),
+        ],
+        extra: extra("futureSpec"),
+    };
+    check(
+        &IpReservation::new("r", spec),
+        r#"{"kind":"IPReservation","apiVersion":"projectcalico.org/v3","metadata":{"name":"r"},"spec":{"reservedCIDRs":["10.0.0.5","10.0.1.0/30","cafe:f00d::/123"],"futureSpec":1}}"#,
+    );
+    check(
+        &IpReservation::new("empty", IpReservationSpec::default()),
+        r#"{"kind":"IPReservation","apiVersion":"projectcalico.org/v3","metadata":{"name":"empty"},"spec":{}}"#,
+    );
+    let null: IpReservationSpec = serde_json::from_str(r#"{"reservedCIDRs":null}"#).unwrap();
+    assert!(null.reserved_cidrs.is_empty());
+    assert_eq!(
+        IpReservation::new("r", IpReservationSpec::default())
+            .key()
+            .unwrap(),
+        "/calico/resources/v3/projectcalico.org/ipreservations/r"
+    );
+}
+
+#[test]
 fn ip_pool_json() {
     let spec = IpPoolSpec {
         cidr: "10.0.0.0/16".into(),
@@ -264,7 +294,8 @@ fn allocation_block_json() {
             alternate_owner_attrs: BTreeMap::from([("node".into(), "h2".into())]),
             released_at: Some(Utc.with_ymd_and_hms(2025, 6, 1, 13, 0, 0).unwrap()),
             extra: extra("futureAttr"),
-        }],
+        }]
+        .into(),
         sequence_number: 7,
         sequence_number_for_allocation: BTreeMap::from([("0".into(), 5), ("2".into(), 6)]),
         deleted: true,
@@ -335,6 +366,7 @@ fn absent_fields_read_as_zero_values() {
     reads_empty_as_default::<NodeAddress>();
     reads_empty_as_default::<ClusterInformationSpec>();
     reads_empty_as_default::<TierSpec>();
+    reads_empty_as_default::<IpReservationSpec>();
     reads_empty_as_default::<Rule>();
     reads_empty_as_default::<EntityRule>();
     reads_empty_as_default::<IpPoolSpec>();

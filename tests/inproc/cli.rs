@@ -420,6 +420,24 @@ async fn ipam_show_reports_blocks_in_use() {
     assert_eq!(v[0]["blocks"][0]["affinity"], "host:show-host");
     let (_, table, _) = op(&envs, &["ipam", "show"]);
     assert!(table.contains("host:show-host"), "{table}");
+
+    // The pool goes, its block in use stays: a pool over it with another block size is
+    // refused with Calico's words (libcalico-go clientv3/ippool.go Create), the same size
+    // is not.
+    assert_eq!(op(&envs, &["pool", "delete", "p1"]).0, 0);
+    let (code, _, err) = op(
+        &envs,
+        &["pool", "add", "p2", "10.64.0.0/24", "--block-size", "28"],
+    );
+    assert_eq!(code, 1, "{err}");
+    assert!(
+        err.contains(
+            "IPPool blocksSize conflicts with existing allocations that use a different blockSize"
+        ),
+        "{err}"
+    );
+    let (code, out, err) = op(&envs, &["pool", "add", "p2", "10.64.0.0/24"]);
+    assert_eq!(code, 0, "{out}{err}");
 }
 
 #[tokio::test]

@@ -197,6 +197,47 @@ async fn get_many_answers_in_key_order(s: Store) {
     assert!(s.get_many(&[]).await.unwrap().is_empty());
 }
 
+/// Several prefixes in one call: each answered as `list` would (directory semantics, key
+/// order), in the order asked, in one round trip; a prefix past one page is still complete.
+async fn list_many_answers_like_list(s: Store) {
+    for k in ["/lm/a/1", "/lm/a/2", "/lm/b/1", "/lm/ab/1"] {
+        s.put(k, k.as_bytes().to_vec()).await.unwrap();
+    }
+    let prefixes: Vec<String> = ["/lm/b", "/lm/a/", "/lm/none"]
+        .iter()
+        .map(|p| p.to_string())
+        .collect();
+    let before = s.stats().snapshot();
+    let got = s.list_many(&prefixes).await.unwrap();
+    assert_eq!(s.stats().snapshot().since(&before).round_trips, 1);
+    let mut want = Vec::new();
+    for p in &prefixes {
+        want.push(s.list(p).await.unwrap());
+    }
+    assert_eq!(got, want);
+    let keys: Vec<Vec<&str>> = got
+        .iter()
+        .map(|l| l.iter().map(|kv| kv.key.as_str()).collect())
+        .collect();
+    assert_eq!(
+        keys,
+        vec![vec!["/lm/b/1"], vec!["/lm/a/1", "/lm/a/2"], vec![]]
+    );
+
+    for chunk in 0..7 {
+        let writes = (0..100)
+            .map(|i| Write::put(format!("/lm/big/{:04}", chunk * 100 + i), b"v".to_vec()))
+            .collect();
+        s.txn(writes).await.unwrap();
+    }
+    let got = s
+        .list_many(&["/lm/big".to_string(), "/lm/a".to_string()])
+        .await
+        .unwrap();
+    assert_eq!((got[0].len(), got[1].len()), (700, 2));
+    assert_eq!(got[0][699].key, "/lm/big/0699");
+}
+
 /// A list past one page (500 keys) and past gRPC's default 4 MiB message (a cluster's
 /// WorkloadEndpoints or blocks): every key, in order, values intact.
 async fn large_lists_are_complete(s: Store) {
@@ -508,6 +549,7 @@ backends!(
         concurrent_cas_loses_no_update,
         stats_count_round_trips,
         get_many_answers_in_key_order,
+        list_many_answers_like_list,
         large_lists_are_complete,
     ]
 );

@@ -1386,6 +1386,473 @@ async fn eight_hosts_allocate_800_then_release_all(s: Store) {
     );
 }
 
+// ------------------------------------------------------------------ Calico fidelity
+
+/// Writes `value` at `key` as another Calico component (calicoctl, kube-controllers) would.
+async fn put_json(s: &Store, key: &str, value: Value) {
+    s.put(key, serde_json::to_vec(&value).unwrap())
+        .await
+        .unwrap();
+}
+
+/// An IPReservation `name` of `cidrs`, in the JSON calicoctl stores.
+async fn reserve(s: &Store, name: &str, cidrs: &[&str]) {
+    put_json(
+        s,
+        &format!("/calico/resources/v3/projectcalico.org/ipreservations/{name}"),
+        serde_json::json!({
+            "kind": "IPReservation",
+            "apiVersion": "projectcalico.org/v3",
+            "metadata": {"name": name, "uid": format!("uid-{name}"), "creationTimestamp": "2025-06-01T12:00:00Z"},
+            "spec": {"reservedCIDRs": cidrs},
+        }),
+    )
+    .await;
+}
+
+async fn unreserve(s: &Store, name: &str) {
+    s.delete(
+        &format!("/calico/resources/v3/projectcalico.org/ipreservations/{name}"),
+        None,
+    )
+    .await
+    .unwrap();
+}
+
+/// The raw stored block at `cidr`: its revision and `sequenceNumber`.
+async fn block_rev_seq(s: &Store, cidr: &IpNet) -> (i64, u64) {
+    let kv = s.get(&keys::block_key(cidr)).await.unwrap().unwrap();
+    let v: Value = serde_json::from_slice(&kv.value).unwrap();
+    (kv.revision, u64_field(&v, "sequenceNumber", &kv.key))
+}
+
+/// Sets `host`'s affinity for `cidr` to `state`, as another Calico process mid-claim (or a
+/// Calico v3.32+ host reclaiming the block) leaves it.
+async fn set_affinity_state(s: &Store, host: &str, cidr: &IpNet, state: &str) {
+    put_json(
+        s,
+        &keys::block_affinity_key(host, cidr),
+        serde_json::json!({"state": state, "deleted": false}),
+    )
+    .await;
+}
+
+/// IP reservations: reserved addresses are never auto-assigned, a block that is entirely
+/// reserved (here by two reservations together) is never claimed, and dropping the
+/// reservation makes both available again.
+async fn reservations_skip_addresses_and_blocks(s: Store) {
+    let ipam = setup(&s, &["host-a"]).await;
+    add_pool(&ipam, "pool1", "10.0.0.0/26", 28).await;
+    // 16 (the whole of 10.0.0.16/28, in two halves) + 1 + 1 + 4 reserved: 42 assignable.
+    reserve(&s, "r1", &["10.0.0.16/29", "10.0.0.1", "10.0.0.48/30"]).await;
+    reserve(&s, "r2", &["10.0.0.24/29", " 10.0.0.35 "]).await;
+    let reserved = |a: &IpAddr| {
+        [
+            "10.0.0.16/28",
+            "10.0.0.1/32",
+            "10.0.0.48/30",
+            "10.0.0.35/32",
+        ]
+        .iter()
+        .any(|c| net(c).contains(a))
+    };
+
+    // libcalico-go ipam/ipam_block.go autoAssign: a reserved address is skipped and stays
+    // queued; ipam_block_reader_writer.go findUsableBlock: an entirely reserved block
+    // (MatchesWholeCIDR) is not claimed.
+    let a = ipam.auto_assign(&req(64, "host-a", "h")).await.unwrap();
+    assert_eq!(a.ips.len(), 42, "{:?}", a.msgs);
+    assert_eq!(distinct(&a.ips), 42);
+    assert!(
+        !a.ips.iter().any(|n| reserved(&n.addr())),
+        "reserved address assigned: {:?}",
+        addrs(&a.ips)
+    );
+    assert_eq!(a.msgs, vec!["No IPs available in pools: [10.0.0.0/26]"]);
+    assert!(
+        block_of(&ipam, &net("10.0.0.16/28")).await.is_none(),
+        "an entirely reserved block is not claimed"
+    );
+    for c in ["10.0.0.0/28", "10.0.0.32/28", "10.0.0.48/28"] {
+        let b = block_of(&ipam, &net(c)).await.expect(c);
+        assert!(
+            b.unallocated
+                .iter()
+                .all(|&o| reserved(&b.ip_of(o as usize).unwrap())),
+            "{c}: only reserved addresses stay free"
+        );
+    }
+    check_consistent(&s, true).await;
+
+    // Reservations only bind new allocations: without them the rest is assignable.
+    unreserve(&s, "r1").await;
+    unreserve(&s, "r2").await;
+    let b = ipam.auto_assign(&req(64, "host-a", "h")).await.unwrap();
+    assert_eq!(b.ips.len(), 22, "{:?}", b.msgs);
+    assert!(b.ips.iter().all(|n| reserved(&n.addr())));
+    assert!(block_of(&ipam, &net("10.0.0.16/28")).await.is_some());
+    check_consistent(&s, true).await;
+}
+
+/// Borrowing from another host's block skips reserved addresses too, and so does this
+/// host's next assignment from its own (cached) block.
+async fn borrowing_skips_reserved(s: Store) {
+    let ipam = setup(&s, &["host-a", "host-b"]).await;
+    add_pool(&ipam, "pool1", "10.0.0.0/28", 28).await;
+    let first = assign_all(&ipam, 1, "host-a", "ha").await;
+    assert_eq!(first.ips[0].addr(), ip("10.0.0.0"));
+    // An allocated address that becomes reserved stays allocated.
+    reserve(&s, "low", &["10.0.0.0/29"]).await;
+
+    // ipam/ipam_block.go autoAssign, called with the request's reservations from both the
+    // affine path and the non-affine (borrowing) path of ipam/ipam.go autoAssign.
+    let own = assign_all(&ipam, 3, "host-a", "ha").await;
+    assert_eq!(
+        addrs(&own.ips),
+        vec![ip("10.0.0.8"), ip("10.0.0.9"), ip("10.0.0.10")]
+    );
+    let b = ipam.auto_assign(&req(16, "host-b", "hb")).await.unwrap();
+    assert_eq!(
+        addrs(&b.ips),
+        [
+            "10.0.0.11",
+            "10.0.0.12",
+            "10.0.0.13",
+            "10.0.0.14",
+            "10.0.0.15"
+        ]
+        .iter()
+        .map(|a| ip(a))
+        .collect::<Vec<_>>(),
+        "{:?}",
+        b.msgs
+    );
+    assert_eq!(b.msgs, vec!["No IPs available in pools: [10.0.0.0/28]"]);
+    assert!(affine_blocks(&s, "host-b").await.is_empty());
+    let blk = block_of(&ipam, &net("10.0.0.0/28")).await.unwrap();
+    assert_eq!(blk.affinity.as_deref(), Some("host:host-a"));
+    assert_eq!(
+        blk.in_use_count(),
+        9,
+        "10.0.0.0 and the eight above the reservation"
+    );
+    check_consistent(&s, true).await;
+}
+
+/// A specific address overrides reservations: Calico's AssignIP consults none (only
+/// automatic assignment does), and its IPReservation reference says annotations that force
+/// an address override them. Docker's `--ip` is that case.
+async fn assign_ip_of_reserved_address(s: Store) {
+    let ipam = setup(&s, &["host-a"]).await;
+    add_pool(&ipam, "pool1", "10.0.0.0/28", 28).await;
+    reserve(&s, "r", &["10.0.0.5", "10.0.0.6"]).await;
+    // libcalico-go ipam/ipam.go AssignIP: no getReservedIPs, unlike autoAssign.
+    ipam.assign_ip(&assign_ip_args("10.0.0.5", "host-a", "manual"))
+        .await
+        .expect("a reserved address asked for by name is assigned");
+    let a = ipam.auto_assign(&req(16, "host-a", "auto")).await.unwrap();
+    assert_eq!(a.ips.len(), 14, "{:?}", a.msgs);
+    assert!(!addrs(&a.ips).contains(&ip("10.0.0.6")), "auto skips it");
+    assert_eq!(
+        block_of(&ipam, &net("10.0.0.0/28"))
+            .await
+            .unwrap()
+            .unallocated,
+        vec![6]
+    );
+    ipam.assign_ip(&assign_ip_args("10.0.0.6", "host-a", "manual"))
+        .await
+        .unwrap();
+    check_consistent(&s, true).await;
+}
+
+/// Requested pools go through the allowedUses filter too: a Tunnel- or LoadBalancer-only
+/// pool never gives a Workload address, and the error names it with its allowedUses.
+async fn requested_pools_filtered_by_use(s: Store) {
+    let ipam = setup(&s, &["host-a"]).await;
+    for (name, cidr, uses) in [
+        ("tunnels", "10.1.0.0/24", vec!["Tunnel"]),
+        ("lb", "10.2.0.0/24", vec!["LoadBalancer"]),
+        ("work", "10.3.0.0/24", vec![]),
+    ] {
+        add_pool_spec(
+            &ipam,
+            name,
+            IpPoolSpec {
+                cidr: cidr.into(),
+                allowed_uses: uses.into_iter().map(String::from).collect(),
+                ..Default::default()
+            },
+        )
+        .await;
+    }
+    // libcalico-go ipam/ipam.go prepareAffinityBlocksForHost: filterPoolsByUse runs on what
+    // determinePools returned, requested pools included.
+    for (pool, name, uses) in [
+        ("10.1.0.0/24", "tunnels", "[Tunnel]"),
+        ("10.2.0.0/24", "lb", "[LoadBalancer]"),
+    ] {
+        let e = ipam
+            .auto_assign(&req_pools(1, "host-a", "h", &[pool]))
+            .await
+            .unwrap_err();
+        let m = e.to_string();
+        assert!(
+            m.contains("no IPv4 pools match the required use (Workload)"),
+            "{m}"
+        );
+        assert!(
+            m.contains(&format!("pool {name} ({pool}) has allowedUses {uses}")),
+            "{m}"
+        );
+        assert!(e.is_invalid(), "{e:?}");
+    }
+    assert!(
+        blocks(&ipam).await.is_empty(),
+        "refused requests wrote nothing"
+    );
+    // Of several requested pools, those allowing the use are used.
+    let a = ipam
+        .auto_assign(&req_pools(
+            1,
+            "host-a",
+            "h",
+            &["10.1.0.0/24", "10.3.0.0/24"],
+        ))
+        .await
+        .unwrap();
+    assert!(net("10.3.0.0/24").contains(&a.ips[0].addr()), "{a:?}");
+    // The filter is by use: a Tunnel request may use the Tunnel pool.
+    let mut tunnel = req_pools(1, "host-a", "tunnel-addr", &["10.1.0.0/24"]);
+    tunnel.intended_use = "Tunnel".into();
+    let t = ipam.auto_assign(&tunnel).await.unwrap();
+    assert!(net("10.1.0.0/24").contains(&t.ips[0].addr()), "{t:?}");
+    // With no pool requested, only the Workload pool.
+    let all = ipam.auto_assign(&req(300, "host-a", "h")).await.unwrap();
+    assert_eq!(all.ips.len(), 255);
+    assert!(all
+        .ips
+        .iter()
+        .all(|n| net("10.3.0.0/24").contains(&n.addr())));
+    check_consistent(&s, true).await;
+}
+
+/// A pool's namespaceSelector is evaluated against empty labels (a Docker workload has no
+/// namespace); requested pools skip selectors.
+async fn namespace_selector_without_namespace(s: Store) {
+    let ipam = setup(&s, &["host-a"]).await;
+    for (name, cidr, sel) in [
+        ("team-only", "10.4.0.0/24", "has(team)"),
+        ("no-team", "10.5.0.0/24", "!has(team)"),
+    ] {
+        add_pool_spec(
+            &ipam,
+            name,
+            IpPoolSpec {
+                cidr: cidr.into(),
+                namespace_selector: sel.into(),
+                ..Default::default()
+            },
+        )
+        .await;
+    }
+    // libcalico-go ipam/pools.go SelectsNamespace with a nil namespace, called from
+    // ipam/ipam.go determinePools for unrequested pools only.
+    let a = ipam.auto_assign(&req(300, "host-a", "h")).await.unwrap();
+    assert_eq!(a.ips.len(), 256);
+    assert!(a.ips.iter().all(|n| net("10.5.0.0/24").contains(&n.addr())));
+    assert_eq!(a.msgs, vec!["No IPs available in pools: [10.5.0.0/24]"]);
+    let r = ipam
+        .auto_assign(&req_pools(1, "host-a", "h", &["10.4.0.0/24"]))
+        .await
+        .unwrap();
+    assert!(net("10.4.0.0/24").contains(&r.ips[0].addr()));
+    check_consistent(&s, true).await;
+}
+
+/// A pool whose status carries the condition Allocatable=False (set by Calico's
+/// kube-controllers) gives no address, automatic or specific, until the condition goes.
+async fn allocatable_false_excludes_pool(s: Store) {
+    let ipam = setup(&s, &["host-a"]).await;
+    let held = add_pool(&ipam, "held", "10.6.0.0/24", 0).await;
+    add_pool(&ipam, "open", "10.7.0.0/24", 0).await;
+    let key = keys::ip_pool_key("held");
+    let mut v: Value = serde_json::from_slice(&held.to_json().unwrap()).unwrap();
+    let mark = |v: &mut Value, status: &str| {
+        v["status"] = serde_json::json!({"conditions": [{
+            "type": "Allocatable", "status": status, "reason": "CIDROverlap",
+            "message": "overlaps", "lastTransitionTime": "2025-06-01T12:00:00Z"
+        }]});
+    };
+    mark(&mut v, "False");
+    put_json(&s, &key, v.clone()).await;
+
+    // libcalico-go clientv3/client.go filterIPPool: Allocatable=False is not enabled, for
+    // determinePools and for AssignIP's getPoolForIP alike.
+    let a = ipam.auto_assign(&req(300, "host-a", "h")).await.unwrap();
+    assert_eq!(a.ips.len(), 256);
+    assert!(a.ips.iter().all(|n| net("10.7.0.0/24").contains(&n.addr())));
+    let e = ipam
+        .auto_assign(&req_pools(1, "host-a", "h", &["10.6.0.0/24"]))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        e.to_string(),
+        "the given pool (10.6.0.0/24) does not exist, or is not enabled"
+    );
+    let e = ipam
+        .assign_ip(&assign_ip_args("10.6.0.9", "host-a", "h"))
+        .await
+        .unwrap_err();
+    assert!(
+        e.to_string().contains("held, marked Allocatable=False"),
+        "{e}"
+    );
+    assert!(blocks(&ipam)
+        .await
+        .iter()
+        .all(|b| net("10.7.0.0/24").contains(&b.cidr)));
+
+    mark(&mut v, "True");
+    put_json(&s, &key, v).await;
+    ipam.assign_ip(&assign_ip_args("10.6.0.9", "host-a", "h"))
+        .await
+        .unwrap();
+    let r = ipam
+        .auto_assign(&req_pools(1, "host-a", "h", &["10.6.0.0/24"]))
+        .await
+        .unwrap();
+    assert!(net("10.6.0.0/24").contains(&r.ips[0].addr()));
+    check_consistent(&s, true).await;
+}
+
+/// A pending or pendingDeletion affinity for a block affine to this host is confirmed only
+/// with the block rewritten (sequenceNumber + 1, a new revision), so a Calico v3.32+ host
+/// reclaiming the block at the revision it read fails. A fresh allocator each time: one
+/// that starts (or another process) and finds the affinity so.
+async fn unconfirmed_affinity_confirmed_with_block_rewrite(s: Store) {
+    let ipam = setup(&s, &["host-a"]).await;
+    add_pool(&ipam, "pool1", "10.0.0.0/24", 26).await;
+    let a = assign_all(&ipam, 1, "host-a", "h").await;
+    let cidr = a.ips[0].trunc();
+    // libcalico-go ipam/ipam.go getBlockFromAffinity: an unconfirmed affinity goes pending,
+    // then updateBlock (sequenceNumber++, a CAS write), then confirmed; the allocation is a
+    // second updateBlock.
+    for state in ["pending", "pendingDeletion"] {
+        set_affinity_state(&s, "host-a", &cidr, state).await;
+        let (rev, seq) = block_rev_seq(&s, &cidr).await;
+        let got = assign_all(&Ipam::new(s.clone()), 1, "host-a", "h").await;
+        assert_eq!(
+            got.ips[0].trunc(),
+            cidr,
+            "{state}: the affine block is used"
+        );
+        let (rev2, seq2) = block_rev_seq(&s, &cidr).await;
+        assert_eq!(
+            seq2,
+            seq + 2,
+            "{state}: one rewrite to confirm, one to allocate"
+        );
+        assert!(rev2 > rev);
+        check_consistent(&s, true).await;
+    }
+
+    // A full block is rewritten to confirm its affinity all the same (findOrClaimBlock
+    // checks for room after getBlockFromAffinity), then passed over.
+    add_pool(&ipam, "small", "10.9.0.0/30", 30).await;
+    let full = ipam
+        .auto_assign(&req_pools(4, "host-a", "f", &["10.9.0.0/30"]))
+        .await
+        .unwrap();
+    assert_eq!(full.ips.len(), 4);
+    let small = net("10.9.0.0/30");
+    set_affinity_state(&s, "host-a", &small, "pending").await;
+    let before = block_of(&ipam, &small).await.unwrap();
+    let (rev, seq) = block_rev_seq(&s, &small).await;
+    let got = Ipam::new(s.clone())
+        .auto_assign(&req_pools(1, "host-a", "h", &["10.9.0.0/30"]))
+        .await
+        .unwrap();
+    assert_eq!(got.msgs, vec!["No IPs available in pools: [10.9.0.0/30]"]);
+    let (rev2, seq2) = block_rev_seq(&s, &small).await;
+    assert_eq!(
+        (seq2, rev2 > rev),
+        (seq + 1, true),
+        "rewritten once, to confirm"
+    );
+    let after = block_of(&ipam, &small).await.unwrap();
+    assert_eq!(
+        after.allocations, before.allocations,
+        "allocations untouched"
+    );
+    check_consistent(&s, true).await;
+}
+
+/// A block affine to this host whose affinity key is missing is used through its affinity,
+/// created confirmed with the block rewritten: its routes are announced again.
+async fn missing_affinity_recreated(s: Store) {
+    let ipam = setup(&s, &["host-a"]).await;
+    add_pool(&ipam, "pool1", "10.0.0.0/24", 26).await;
+    let a = assign_all(&ipam, 1, "host-a", "h").await;
+    let cidr = a.ips[0].trunc();
+    let aff_key = keys::block_affinity_key("host-a", &cidr);
+    s.delete(&aff_key, None).await.unwrap();
+    let (_, seq) = block_rev_seq(&s, &cidr).await;
+
+    // libcalico-go ipam_block_reader_writer.go findUsableBlock returns a block affine to us
+    // with room; ipam/ipam.go findOrClaimBlock then takes getPendingAffinity (creates it
+    // pending) and getBlockFromAffinity (block rewritten, affinity confirmed).
+    let got = assign_all(&Ipam::new(s.clone()), 1, "host-a", "h").await;
+    assert_eq!(got.ips[0].trunc(), cidr, "the block of ours is used");
+    let aff = s.get(&aff_key).await.unwrap().expect("affinity recreated");
+    assert!(BlockAffinity::from_json(&aff.value).unwrap().is_confirmed());
+    assert_eq!(block_rev_seq(&s, &cidr).await.1, seq + 2);
+    assert_eq!(blocks(&ipam).await.len(), 1, "no second block claimed");
+    check_consistent(&s, true).await;
+}
+
+/// A pool over existing blocks of another block size is refused with Calico's message; the
+/// same size, or no overlap, is accepted.
+async fn pool_block_size_conflict(s: Store) {
+    let ipam = setup(&s, &["host-a"]).await;
+    add_pool(&ipam, "p1", "10.0.0.0/24", 26).await;
+    assign_all(&ipam, 1, "host-a", "h").await;
+    // The pool goes; its block, still holding the address, stays.
+    ipam.delete_pool("p1").await.unwrap();
+    assert_eq!(blocks(&ipam).await.len(), 1);
+
+    // libcalico-go clientv3/ippool.go Create: a listed block of another size that
+    // overlaps the pool refuses it.
+    for (cidr, bs) in [
+        ("10.0.0.0/24", 28),
+        ("10.0.0.0/25", 27),
+        ("10.0.0.0/16", 24),
+    ] {
+        let e = ipam
+            .create_pool(IpPool::new(
+                "p2",
+                IpPoolSpec {
+                    cidr: cidr.into(),
+                    block_size: bs,
+                    ..Default::default()
+                },
+            ))
+            .await
+            .unwrap_err();
+        assert!(
+            e.to_string().contains(
+                "IPPool blocksSize conflicts with existing allocations that use a different blockSize"
+            ),
+            "{cidr} /{bs}: {e}"
+        );
+        assert!(e.is_invalid(), "{e:?}");
+    }
+    assert!(ipam.list_pools().await.unwrap().is_empty());
+    add_pool(&ipam, "elsewhere", "10.0.1.0/24", 28).await;
+    add_pool(&ipam, "p2", "10.0.0.0/24", 26).await;
+    check_consistent(&s, true).await;
+}
+
 // ------------------------------------------------------------------ backends
 
 backends!(
@@ -1415,5 +1882,14 @@ backends!(
         race_many_hosts,
         race_one_host,
         eight_hosts_allocate_800_then_release_all,
+        reservations_skip_addresses_and_blocks,
+        borrowing_skips_reserved,
+        assign_ip_of_reserved_address,
+        requested_pools_filtered_by_use,
+        namespace_selector_without_namespace,
+        allocatable_false_excludes_pool,
+        unconfirmed_affinity_confirmed_with_block_rewrite,
+        missing_affinity_recreated,
+        pool_block_size_conflict,
     ]
 );

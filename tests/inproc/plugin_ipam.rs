@@ -145,8 +145,16 @@ async fn subnet_sequences(store: Store) {
         pool["spec"].get("natOutgoing").is_none(),
         "natOutgoing false is omitted: {pool}"
     );
-    // Only its own network allocates from a pool created for --subnet.
+    // Only its own network allocates from a pool created for --subnet: libcalico-go
+    // ipam/ipam.go determinePools skips a non-Automatic pool unless requested
+    // (api/pkg/apis/projectcalico/v3/ippool.go AssignmentMode, from v3.30.0).
     assert_eq!(pool["spec"]["assignmentMode"], "Manual", "{pool}");
+    assert!(
+        std::str::from_utf8(&kv.value)
+            .unwrap()
+            .contains(r#""assignmentMode":"Manual""#),
+        "stored as Calico writes it"
+    );
     let auto = c.request_any_address("CalicoPoolIPv4").await;
     assert!(
         auto.starts_with("10.90."),
@@ -725,6 +733,83 @@ async fn a_datastore_lock_refuses_writes_until_unlocked(store: Store) {
     s.stop().await;
 }
 
+/// `docker network create` naming a pool that gives no Workload address (a Tunnel- or
+/// LoadBalancer-only pool, by `ipv4-pools=` or by its exact CIDR as `--subnet`) is refused,
+/// naming the pool and its allowedUses.
+async fn named_pool_without_workload_use_refused(store: Store) {
+    let s = Server::start(store.clone(), "host-a", &[DEFAULT_V4]).await;
+    let c = &s.client;
+    // As calicoctl stores a pool for tunnel addresses only.
+    store
+        .put(
+            "/calico/resources/v3/projectcalico.org/ippools/tunnels",
+            serde_json::to_vec(&json!({
+                "kind": "IPPool", "apiVersion": "projectcalico.org/v3",
+                "metadata": {"name": "tunnels"},
+                "spec": {"cidr": "10.95.0.0/24", "blockSize": 26, "allowedUses": ["Tunnel"]}
+            }))
+            .unwrap(),
+        )
+        .await
+        .unwrap();
+    // libcalico-go ipam/ipam.go prepareAffinityBlocksForHost: filterPoolsByUse applies to
+    // requested pools too, so such a network could never get an address.
+    for request in [
+        json!({"Options": {"ipv4-pools": "tunnels"}}),
+        json!({"Pool": "10.95.0.0/24"}),
+    ] {
+        let (status, msg) = c.err("IpamDriver.RequestPool", request.clone()).await;
+        assert_eq!(status, 400, "{request}: {msg}");
+        assert!(
+            msg.contains("pool tunnels") && msg.contains("allowedUses [Tunnel]"),
+            "{request}: {msg}"
+        );
+    }
+    let p = c
+        .ok(
+            "IpamDriver.RequestPool",
+            json!({"Options": {"ipv4-pools": "default-ipv4-ippool"}}),
+        )
+        .await;
+    assert_eq!(p["PoolID"], "default-ipv4-ippool");
+    s.stop().await;
+}
+
+/// A `--subnet` pool over blocks left in use with another block size is refused with
+/// Calico's message; the same block size is accepted.
+async fn subnet_pool_over_blocks_of_another_size_refused(store: Store) {
+    let s = Server::start(store.clone(), "host-a", &[DEFAULT_V4]).await;
+    let c = &s.client;
+    // A --subnet pool with an address in use; the operator deletes the pool; the block
+    // stays.
+    let p = c
+        .ok("IpamDriver.RequestPool", json!({"Pool": "10.96.0.0/24"}))
+        .await;
+    let id = p["PoolID"].as_str().unwrap().to_string();
+    c.request_address(&id).await;
+    calico_libnetwork::ipam::Ipam::new(store.clone())
+        .delete_pool(&id)
+        .await
+        .unwrap();
+    // libcalico-go clientv3/ippool.go Create refuses a pool over blocks of another size.
+    let (status, msg) = c
+        .err(
+            "IpamDriver.RequestPool",
+            json!({"Pool": "10.96.0.0/24", "Options": {"block-size": "28"}}),
+        )
+        .await;
+    assert_eq!(status, 400, "{msg}");
+    assert!(
+        msg.contains(
+            "IPPool blocksSize conflicts with existing allocations that use a different blockSize"
+        ),
+        "{msg}"
+    );
+    c.ok("IpamDriver.RequestPool", json!({"Pool": "10.96.0.0/24"}))
+        .await;
+    s.stop().await;
+}
+
 backends!(
     threads = 2,
     timeout = None,
@@ -737,6 +822,8 @@ backends!(
         profiles_within_calico_validation_and_shared_with_cni,
         unknown_networks_are_adopted,
         a_datastore_lock_refuses_writes_until_unlocked,
+        named_pool_without_workload_use_refused,
+        subnet_pool_over_blocks_of_another_size_refused,
     ]
 );
 

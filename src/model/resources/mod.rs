@@ -1,5 +1,6 @@
 //! The v3 resource envelope and the specs of the kinds we read or write, one file per kind
-//! (WorkloadEndpoint, Profile, Node, ClusterInformation, Tier; IPPool is in [`super::ippool`]).
+//! (WorkloadEndpoint, Profile, Node, ClusterInformation, Tier, IPReservation; IPPool is in
+//! [`super::ippool`]).
 //!
 //! A stored resource is `{"kind":..,"apiVersion":"projectcalico.org/v3","metadata":{..},
 //! "spec":{..}}` (plus a top-level `status` for some kinds). [`Resource<S>`] is that envelope
@@ -22,12 +23,14 @@ use super::omitempty::{null_default, omitempty};
 use crate::error::{Error, Result};
 
 mod cluster_information;
+mod ip_reservation;
 mod node;
 mod profile;
 mod tier;
 mod workload_endpoint;
 
 pub use cluster_information::{ClusterInformation, ClusterInformationSpec};
+pub use ip_reservation::{IpReservation, IpReservationSpec};
 pub use node::{Node, NodeAddress, NodeBgpSpec, NodeSpec, OrchRef};
 pub use profile::{Profile, ProfileSpec};
 pub use tier::{Tier, TierSpec, TIER_DEFAULT, TIER_KUBE_ADMIN, TIER_KUBE_BASELINE};
