@@ -136,8 +136,8 @@ pub struct ConfigArgs {
     /// autodetect, or an address (without a prefix length: /128).
     #[arg(long, env = "IP6", global = true)]
     pub ip6: Option<String>,
-    /// How IP=autodetect finds the address: first-found (default), can-reach=<address or
-    /// name>, interface=<regex,...>, skip-interface=<regex,...> or cidr=<cidr,...>.
+    /// How IP=autodetect finds the address: `first-found` (default), `can-reach=<address
+    /// or name>`, `interface=<regex,...>`, `skip-interface=<regex,...>` or `cidr=<cidr,...>`.
     #[arg(long, env = "IP_AUTODETECTION_METHOD", global = true)]
     pub ip_autodetection_method: Option<String>,
     /// How IP6=autodetect finds the address (as IP_AUTODETECTION_METHOD).
