@@ -65,6 +65,7 @@ pub(crate) fn build_driver(config: &Config, store: Arc<dyn Datastore>) -> Arc<Dr
         rules_check_interval: config.rules_check_interval,
         machine_id: crate::model::machine_id(),
         nodename_file: Some(config.nodename_file.clone()),
+        node_address: config.node_address.clone(),
     };
     Arc::new(Driver::new(store, settings))
 }
@@ -181,6 +182,7 @@ async fn prepare_datastore(
     match driver.init(&pools).await {
         Ok(()) => {
             driver.reconcile_in_background();
+            driver.keep_node_address_in_background();
             None
         }
         Err(e) => {
@@ -193,6 +195,7 @@ async fn prepare_datastore(
                     match driver.init(&pools).await {
                         Ok(()) => {
                             driver.reconcile_in_background();
+                            driver.keep_node_address_in_background();
                             break;
                         }
                         Err(e) => {

@@ -1,5 +1,5 @@
-//! `status`: health of the datastore, this node's Node resource, the pools, the plugin
-//! socket and the endpoints (exit 1 on a problem, one line each saying what to do).
+//! `status`: health of the datastore, this node's Node resource and its address, the pools,
+//! the plugin socket and the endpoints (exit 1 on a problem, one line each saying what to do).
 
 use std::path::Path;
 use std::sync::Arc;
@@ -11,11 +11,12 @@ use crate::commands::output::{header, print_json, table, Output};
 use crate::config::{Config, DatastoreConfig};
 use crate::datastore::resources;
 use crate::datastore::Datastore;
+use crate::driver::node_address::ADDRESS_CONFLICT_ANNOTATION;
 use crate::error::Result;
 use crate::ipam::Ipam;
 use crate::model::keys;
 use crate::model::libnetwork::WEP_NAMESPACE;
-use crate::model::resources::WorkloadEndpointSpec;
+use crate::model::resources::{NodeSpec, WorkloadEndpointSpec};
 
 use super::open_datastore_for_command;
 use super::plugin_socket::{plugin_activate, SOCKET_TIMEOUT};
@@ -31,6 +32,17 @@ pub(crate) struct DatastoreStatus {
     pub(crate) latency_ms: Option<f64>,
     /// Why it could not be read, or why it was not checked.
     pub(crate) error: Option<String>,
+}
+
+/// This host's address on its Node (`spec.bgp`), for [`Status`].
+#[derive(Clone, Debug, Serialize)]
+pub(crate) struct NodeAddressStatus {
+    /// `spec.bgp.ipv4Address` (empty: none).
+    pub(crate) ipv4: String,
+    /// `spec.bgp.ipv6Address` (empty: none).
+    pub(crate) ipv6: String,
+    /// Why the plugin did not write the address it found (another Node has it).
+    pub(crate) conflict: Option<String>,
 }
 
 /// One pool's use, for [`Status`].
@@ -70,6 +82,8 @@ pub(crate) struct Status {
     pub(crate) datastore: DatastoreStatus,
     /// Whether this node's `Node` resource exists (`None`: not checked).
     pub(crate) node_resource: Option<bool>,
+    /// The Node's address (`None`: no Node, or not checked).
+    pub(crate) node_address: Option<NodeAddressStatus>,
     /// Every IP pool with its use.
     pub(crate) pools: Vec<PoolUse>,
     /// The plugin socket.
@@ -126,6 +140,7 @@ pub(crate) async fn status(
             error: None,
         },
         node_resource: None,
+        node_address: None,
         pools: Vec::new(),
         socket: SocketStatus {
             path: socket.display().to_string(),
@@ -190,11 +205,12 @@ async fn check_node(st: &mut Status, store: &dyn Datastore) -> bool {
         Ok(n) => {
             st.datastore.reachable = true;
             st.node_resource = Some(n.is_some());
-            if n.is_none() {
-                st.problems.push(format!(
+            match n {
+                None => st.problems.push(format!(
                     "Calico Node resource {nodename} does not exist: start the plugin (it \
                      creates it), or set NODENAME to this host's Calico node name"
-                ));
+                )),
+                Some(kv) => check_node_address(st, &kv),
             }
             true
         }
@@ -208,6 +224,39 @@ async fn check_node(st: &mut Status, store: &dyn Datastore) -> bool {
             false
         }
     }
+}
+
+/// This host's address on its Node: a conflict the plugin recorded is a problem, no address
+/// at all a note (a single host needs none; other hosts route to this one through it).
+fn check_node_address(st: &mut Status, kv: &crate::datastore::KeyValue) {
+    let Ok(node) = resources::decode::<NodeSpec>(kv) else {
+        return;
+    };
+    let bgp = node.spec.bgp.clone().unwrap_or_default();
+    let conflict = node
+        .metadata
+        .annotations
+        .get(ADDRESS_CONFLICT_ANNOTATION)
+        .cloned();
+    if let Some(why) = &conflict {
+        st.problems.push(format!(
+            "this host's address is not on its Node {}: {why}: give each host its own \
+             address (IP, IP6, IP_AUTODETECTION_METHOD), or delete the other Node if it is \
+             gone",
+            st.node
+        ));
+    } else if bgp.ipv4_address.is_empty() && bgp.ipv6_address.is_empty() {
+        st.notes.push(format!(
+            "Node {} has no address (spec.bgp): other hosts cannot route to its containers \
+             (the plugin writes it when IP or IP6 finds one; see its log)",
+            st.node
+        ));
+    }
+    st.node_address = Some(NodeAddressStatus {
+        ipv4: bgp.ipv4_address,
+        ipv6: bgp.ipv6_address,
+        conflict,
+    });
 }
 
 fn percent(used: u64, size: u128) -> f64 {
@@ -297,6 +346,23 @@ fn table_rows(st: &Status) -> Vec<Vec<String>> {
             ),
         ]);
     }
+    if let Some(a) = &st.node_address {
+        let or_none = |s: &str| {
+            if s.is_empty() {
+                "none".to_string()
+            } else {
+                s.to_string()
+            }
+        };
+        rows.push(vec![
+            "address".into(),
+            ok(a.conflict.is_none()),
+            match &a.conflict {
+                None => format!("IPv4 {}, IPv6 {}", or_none(&a.ipv4), or_none(&a.ipv6)),
+                Some(why) => why.clone(),
+            },
+        ]);
+    }
     for p in &st.pools {
         rows.push(vec![
             "pool".into(),
@@ -344,6 +410,11 @@ mod tests {
                 error: None,
             },
             node_resource: Some(true),
+            node_address: Some(NodeAddressStatus {
+                ipv4: "10.0.0.5/24".to_string(),
+                ipv6: String::new(),
+                conflict: None,
+            }),
             pools: vec![PoolUse {
                 name: "default-ipv4-ippool".to_string(),
                 cidr: "192.168.0.0/16".to_string(),
@@ -370,6 +441,7 @@ mod tests {
             "CHECK      STATUS  DETAIL\n\
              datastore  ok      etcdv3 reachable, 1.2 ms per read\n\
              node       ok      Node resource node-1 exists\n\
+             address    ok      IPv4 10.0.0.5/24, IPv6 none\n\
              pool       FAIL    default-ipv4-ippool 192.168.0.0/16: 65536/65536 used (100.0%)\n\
              socket     FAIL    /run/calico.sock: connect: refused\n\
              endpoints  ok      3 on node node-1\n"
@@ -386,6 +458,7 @@ mod tests {
             error: Some("in use".to_string()),
         };
         st.node_resource = None;
+        st.node_address = None;
         st.pools.clear();
         st.endpoints = None;
         st.problems = vec!["cannot open the local datastore (in use): ...".to_string()];

@@ -126,6 +126,35 @@ pub struct ConfigArgs {
     /// Whether BGP leaves the default IPv6 pool's routes out (default false).
     #[arg(long, env = "CALICO_IPV6POOL_DISABLE_BGP_EXPORT", global = true)]
     pub ipv6_pool_disable_bgp_export: Option<String>,
+    /// This host's IPv4 address on its Node (`spec.bgp.ipv4Address`): autodetect (the
+    /// default: found by IP_AUTODETECTION_METHOD at start and every
+    /// AUTODETECT_POLL_INTERVAL), none, or an address, e.g. 10.0.0.5/24 (without a prefix
+    /// length, the prefix of the interface that has it).
+    #[arg(long, env = "IP", global = true)]
+    pub ip: Option<String>,
+    /// This host's IPv6 address on its Node (`spec.bgp.ipv6Address`): none (the default),
+    /// autodetect, or an address (without a prefix length: /128).
+    #[arg(long, env = "IP6", global = true)]
+    pub ip6: Option<String>,
+    /// How IP=autodetect finds the address: `first-found` (default), `can-reach=<address
+    /// or name>`, `interface=<regex,...>`, `skip-interface=<regex,...>` or `cidr=<cidr,...>`.
+    #[arg(long, env = "IP_AUTODETECTION_METHOD", global = true)]
+    pub ip_autodetection_method: Option<String>,
+    /// How IP6=autodetect finds the address (as IP_AUTODETECTION_METHOD).
+    #[arg(long, env = "IP6_AUTODETECTION_METHOD", global = true)]
+    pub ip6_autodetection_method: Option<String>,
+    /// How often this host's address is found again and, when it changed, rewritten on its
+    /// Node.
+    #[arg(
+        long,
+        env = "AUTODETECT_POLL_INTERVAL",
+        global = true,
+        default_value = "60s"
+    )]
+    pub autodetect_poll_interval: String,
+    /// true: write a new address without checking that no other Node has it.
+    #[arg(long, env = "DISABLE_NODE_IP_CHECK", global = true)]
+    pub disable_node_ip_check: Option<String>,
     /// Create a Calico profile per network (true/false).
     #[arg(
         long,

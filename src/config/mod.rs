@@ -5,12 +5,13 @@
 //! ...), so we do too: the plain name wins when both are set.
 //!
 //! [`ConfigArgs::resolve`] checks one section after another, each in its own resolver
-//! (`resolve_datastore`, `resolve_log_level`, `resolve_default_pools`, ...: `datastore.rs`,
-//! `settings.rs` and `pools.rs`); the first bad value stops it with an error naming its
-//! variable.
+//! (`resolve_datastore`, `resolve_log_level`, `resolve_default_pools`,
+//! `resolve_node_address`, ...: `datastore.rs`, `settings.rs`, `pools.rs` and
+//! `node_address.rs`); the first bad value stops it with an error naming its variable.
 
 mod args;
 mod datastore;
+mod node_address;
 mod pools;
 mod settings;
 mod values;
@@ -78,6 +79,8 @@ pub struct Config {
     pub request_timeout: Duration,
     /// Default pools, each created at start when its family has no pool.
     pub default_pools: Vec<crate::model::IpPool>,
+    /// This host's address on its Node: how it is found and kept current.
+    pub node_address: crate::dataplane::autodetect::NodeAddressConfig,
     /// Create a profile per network.
     pub create_profiles: bool,
     /// Container interface prefix.
@@ -134,6 +137,7 @@ impl ConfigArgs {
             parse_duration("CALICO_LIBNETWORK_REQUEST_TIMEOUT", &self.request_timeout)?;
         let metrics_addr = self.resolve_metrics_addr()?;
         let default_pools = self.resolve_default_pools()?;
+        let node_address = self.resolve_node_address()?;
         let create_profiles =
             parse_bool("CALICO_LIBNETWORK_CREATE_PROFILES", &self.create_profiles)?;
         let ifprefix = self.resolve_ifprefix()?;
@@ -166,6 +170,7 @@ impl ConfigArgs {
             log_format,
             request_timeout,
             default_pools,
+            node_address,
             create_profiles,
             ifprefix,
             veth_mtu,

@@ -781,3 +781,92 @@ fn ipam_alias_socket_defaults_beside_the_plugin_socket() {
     )
     .contains("is the plugin socket itself"));
 }
+
+// startup.go, configureIPsAndSubnets and getMonitorPollInterval: IP autodetect (the value
+// Calico's manifests give calico-node), IP6 off, first-found, every 60 s, conflicts checked.
+#[test]
+fn node_address_defaults_and_values() {
+    use crate::dataplane::autodetect::{IpSetting, Method, NodeAddressConfig};
+    let c = ok(&[]).node_address;
+    assert_eq!(
+        c,
+        NodeAddressConfig {
+            ipv4: IpSetting::Autodetect,
+            ..NodeAddressConfig::off()
+        }
+    );
+    assert_eq!(c.poll_interval, Duration::from_secs(60));
+    assert!(c.check_conflicts);
+    // Empty is unset.
+    assert_eq!(ok(&["--ip", ""]).node_address.ipv4, IpSetting::Autodetect);
+    let c = ok(&[
+        "--ip",
+        "10.0.0.5",
+        "--ip6",
+        "autodetect",
+        "--ip-autodetection-method",
+        "can-reach=10.0.0.1",
+        "--ip6-autodetection-method",
+        "interface=eth0, ens.*",
+        "--autodetect-poll-interval",
+        "5s",
+        "--disable-node-ip-check",
+        "true",
+    ])
+    .node_address;
+    assert_eq!(
+        c.ipv4,
+        IpSetting::Address {
+            addr: "10.0.0.5".parse().unwrap(),
+            prefix: None
+        }
+    );
+    assert_eq!(c.ipv6, IpSetting::Autodetect);
+    assert_eq!(c.ipv4_method, Method::CanReach("10.0.0.1".into()));
+    assert_eq!(
+        c.ipv6_method,
+        Method::Interface(vec!["eth0".into(), "ens.*".into()])
+    );
+    assert_eq!(c.poll_interval, Duration::from_secs(5));
+    assert!(!c.check_conflicts);
+    assert_eq!(ok(&["--ip", "none"]).node_address.ipv4, IpSetting::None);
+}
+
+// calico-node exits on these (startup.go: parseIPEnvironment's "Environment does not contain
+// a valid IPv4 address"; autodetection_methods.go: AutoDetectCIDR's "Invalid IP
+// autodetection method", and finding no address after a bad regex or CIDR): we stop at
+// start naming the variable.
+#[test]
+fn bad_node_address_settings_name_their_variable() {
+    let bad = |flags: &[&str]| err(flags, &[]);
+    assert_eq!(
+        bad(&["--ip", "fd00::5"]),
+        "invalid configuration: IP: 'fd00::5' is not a valid IPv4 address (expected an \
+         address, with or without its prefix length, autodetect or none)"
+    );
+    assert!(bad(&["--ip6", "10.0.0.5/24"])
+        .starts_with("invalid configuration: IP6: '10.0.0.5/24' is not a valid IPv6 address"));
+    assert!(bad(&["--ip-autodetection-method", "first"]).starts_with(
+        "invalid configuration: IP_AUTODETECTION_METHOD: invalid IP autodetection method 'first'"
+    ));
+    assert!(
+        bad(&["--ip6-autodetection-method", "interface=eth("]).starts_with(
+            "invalid configuration: IP6_AUTODETECTION_METHOD: invalid interface regex 'eth('"
+        )
+    );
+    assert!(
+        bad(&["--ip-autodetection-method", "kubernetes-internal-ip"]).starts_with(
+            "invalid configuration: IP_AUTODETECTION_METHOD: kubernetes-internal-ip reads"
+        )
+    );
+    assert_eq!(
+        bad(&["--ip-autodetection-method", "cidr=fd00::/8"]),
+        "invalid configuration: IP_AUTODETECTION_METHOD: 'fd00::/8' is not an IPv4 CIDR: it can never match"
+    );
+    assert!(bad(&["--autodetect-poll-interval", "0s"])
+        .starts_with("invalid configuration: AUTODETECT_POLL_INTERVAL: must be greater than zero"));
+    assert_eq!(
+        bad(&["--disable-node-ip-check", "yes"]),
+        "invalid configuration: DISABLE_NODE_IP_CHECK: expected true or false, got 'yes'"
+    );
+}

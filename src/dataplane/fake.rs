@@ -25,6 +25,7 @@ pub struct Recording {
     calls: Mutex<Vec<Call>>,
     fail_setup: Mutex<BTreeSet<String>>,
     fail_teardown: Mutex<BTreeSet<String>>,
+    interfaces: Mutex<Vec<super::autodetect::Interface>>,
 }
 
 impl Recording {
@@ -41,6 +42,11 @@ impl Recording {
     /// Makes set-up of host end `name` fail (as a kernel error would).
     pub fn fail_setup_of(&self, name: &str) {
         self.fail_setup.lock().unwrap().insert(name.to_string());
+    }
+
+    /// The interfaces [`Dataplane::interfaces`] reports from now on (none at first).
+    pub fn set_interfaces(&self, interfaces: Vec<super::autodetect::Interface>) {
+        *self.interfaces.lock().unwrap() = interfaces;
     }
 
     /// Makes teardown of host end `name` fail.
@@ -99,5 +105,27 @@ impl Dataplane for Recording {
             .filter(|l| l.starts_with(prefix))
             .map(|l| (l.clone(), true))
             .collect())
+    }
+
+    async fn interfaces(&self) -> Result<Vec<super::autodetect::Interface>> {
+        Ok(self.interfaces.lock().unwrap().clone())
+    }
+
+    /// The first of the interfaces' addresses of the destination's version inside a prefix
+    /// that holds the destination (a connected route), as the kernel would pick it.
+    async fn source_address_towards(&self, dest: std::net::SocketAddr) -> Result<std::net::IpAddr> {
+        let ip = dest.ip();
+        self.interfaces
+            .lock()
+            .unwrap()
+            .iter()
+            .flat_map(|i| i.addresses.iter())
+            .find(|a| a.contains(&ip))
+            .map(|a| a.addr())
+            .ok_or_else(|| {
+                Error::msg(format!(
+                    "connect a UDP socket to {dest}: network is unreachable"
+                ))
+            })
     }
 }

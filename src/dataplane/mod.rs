@@ -1,5 +1,6 @@
 //! The Linux dataplane: host veths, host routes and per-interface sysctls.
 //!
+//! - [`autodetect`]: this host's address for its Node, found as calico-node finds it.
 //! - [`iptables`]: the plugin's firewall rules (isolation, NAT outgoing, published ports).
 //! - [`netlink`]: a [`Netlink`] handle with one async function per kernel operation.
 //! - [`sysctl`]: idempotent `/proc/sys` writes, Calico's host-veth knobs and IPv6 forwarding.
@@ -14,6 +15,7 @@
 //! The container side is left to Docker: the Join response names the peer (`SrcName`),
 //! Docker moves it into the sandbox, renames it and configures addresses and routes.
 
+pub mod autodetect;
 pub mod fake;
 pub mod iptables;
 pub mod netlink;
@@ -234,6 +236,11 @@ pub trait Dataplane: Send + Sync {
         let veths = self.list_veths_marked(prefix).await?;
         Ok(veths.into_iter().map(|(name, _)| name).collect())
     }
+    /// Every interface with its addresses, in the kernel's order ([`autodetect::Interface`]).
+    async fn interfaces(&self) -> Result<Vec<autodetect::Interface>>;
+    /// [`autodetect::source_address_towards`]: the source address the kernel would use
+    /// towards `dest`.
+    async fn source_address_towards(&self, dest: std::net::SocketAddr) -> Result<IpAddr>;
 }
 
 /// The Linux dataplane: one netlink socket, opened on first use (IPAM-only use never needs
@@ -267,6 +274,30 @@ impl Dataplane for Linux {
     async fn list_veths_marked(&self, prefix: &str) -> Result<Vec<(String, bool)>> {
         self.netlink()?.list_veths_marked(prefix).await
     }
+    async fn interfaces(&self) -> Result<Vec<autodetect::Interface>> {
+        interfaces(self.netlink()?).await
+    }
+    async fn source_address_towards(&self, dest: std::net::SocketAddr) -> Result<IpAddr> {
+        autodetect::source_address_towards(dest)
+    }
+}
+
+/// Every interface with its addresses: the links in the kernel's order, each with its
+/// addresses in the kernel's order (what calico-node's `GetInterfaces` starts from).
+pub async fn interfaces(nl: &Netlink) -> Result<Vec<autodetect::Interface>> {
+    let links = nl.list_links().await?;
+    let addresses = nl.list_addresses().await?;
+    Ok(links
+        .into_iter()
+        .map(|(index, name)| autodetect::Interface {
+            name,
+            addresses: addresses
+                .iter()
+                .filter(|(i, _)| *i == index)
+                .map(|(_, a)| *a)
+                .collect(),
+        })
+        .collect())
 }
 
 /// Checks an interface name before it reaches the kernel or a `/proc/sys` path:

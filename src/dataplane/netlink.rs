@@ -358,6 +358,44 @@ impl Netlink {
         Ok(out)
     }
 
+    /// Every link in this namespace as `(index, name)`, in the kernel's order (by index),
+    /// which is the order calico-node's address detection walks (backwards).
+    pub async fn list_links(&self) -> Result<Vec<(u32, String)>> {
+        let mut links = self.handle.link().get().execute();
+        let mut out = Vec::new();
+        while let Some(link) = links
+            .try_next()
+            .await
+            .map_err(|e| kernel_error("list links".to_string(), e))?
+        {
+            let name = link.attributes.iter().find_map(|attr| match attr {
+                LinkAttribute::IfName(n) => Some(n.clone()),
+                _ => None,
+            });
+            if let Some(name) = name {
+                out.push((link.header.index, name));
+            }
+        }
+        Ok(out)
+    }
+
+    /// Every address in this namespace, both families, as `(link index, address with its
+    /// prefix length)`, in the kernel's order (IPv4 first, each link's in its own order).
+    pub async fn list_addresses(&self) -> Result<Vec<(u32, IpNet)>> {
+        let mut addresses = self.handle.address().get().execute();
+        let mut out = Vec::new();
+        while let Some(message) = addresses
+            .try_next()
+            .await
+            .map_err(|e| kernel_error("list addresses".to_string(), e))?
+        {
+            if let Some(net) = address_of(&message) {
+                out.push((message.header.index, net));
+            }
+        }
+        Ok(out)
+    }
+
     async fn get_link(&self, name: &str) -> Result<LinkMessage> {
         validate_ifname(name)?;
         let op = format!("find link {name}");
@@ -436,6 +474,32 @@ fn route_of(message: &RouteMessage) -> Option<Route> {
         dest: IpNet::new(dest, len).ok()?,
         link_scope: message.header.scope == RouteScope::Link,
     })
+}
+
+/// The interface's own address in an address message, with its prefix length, as
+/// calico-node's netlink library reads it (`parseAddr` of vishvananda/netlink).
+fn address_of(message: &AddressMessage) -> Option<IpNet> {
+    let (mut address, mut local) = (None, None);
+    for attr in &message.attributes {
+        match attr {
+            AddressAttribute::Address(a) => address = Some(*a),
+            AddressAttribute::Local(a) => local = Some(*a),
+            _ => {}
+        }
+    }
+    let plen = message.header.prefix_len;
+    match (local, address) {
+        // IPv4 sends its own address as IFA_LOCAL and IFA_ADDRESS alike, unless the link is
+        // point-to-point: then IFA_ADDRESS is the peer, which the prefix length belongs to,
+        // and the own address (IFA_LOCAL) stands alone (/32, /128).
+        (Some(l), Some(a)) if message.header.family == AddressFamily::Inet && l == a => {
+            IpNet::new(a, plen).ok()
+        }
+        (Some(l), _) => IpNet::new(l, if l.is_ipv4() { 32 } else { 128 }).ok(),
+        // IPv6 sends its own address as IFA_ADDRESS alone.
+        (None, Some(a)) => IpNet::new(a, plen).ok(),
+        (None, None) => None,
+    }
 }
 
 fn usable_link_local(message: &AddressMessage) -> Option<Ipv6Addr> {

@@ -1,7 +1,8 @@
 //! Start-up preparation of the datastore for this host: its Calico Node resource (tied to
-//! this machine), ClusterInformation `default` (which Felix waits for) with Calico's Tiers,
-//! and the default IP pool of each family that has none. Every step creates only what is
-//! missing and never overwrites (but for the `calicoVersion` earlier builds wrote).
+//! this machine) with this host's address (see `node_address`), ClusterInformation `default`
+//! (which Felix waits for) with Calico's Tiers, and the default IP pool of each family that
+//! has none. Every step creates only what is missing and never overwrites, but for the
+//! Node's address (kept current) and the `calicoVersion` earlier builds wrote.
 
 use super::Driver;
 use crate::datastore::{resources, Datastore};
@@ -29,6 +30,22 @@ impl Driver {
                     "another machine runs under this node name: clean-up of stale endpoints, veths and addresses is off until each host has its own NODENAME"
                 );
                 *self.foreign_owner.lock().unwrap() = Some(other);
+            }
+        }
+        // Its address (spec.bgp), as calico-node writes it at start; a failure here leaves
+        // the Node as it is until the next check (`keep_node_address_in_background`).
+        match self.check_node_address().await {
+            Ok(check)
+                if check.ipv4.is_empty()
+                    && check.ipv6.is_empty()
+                    && check.not_found.is_empty()
+                    && check.conflict.is_none() =>
+            {
+                tracing::info!(node = %host, "this host's Node has no address (IP and IP6 are none): other hosts cannot route to its containers");
+            }
+            Ok(_) => {}
+            Err(e) => {
+                tracing::warn!(node = %host, error = %e, "write this host's address on its Node")
             }
         }
         let ci = ensure_cluster_information(self.store.as_ref()).await?;

@@ -16,6 +16,7 @@ pub mod endpoint;
 pub mod init;
 pub mod ipam;
 pub mod network;
+pub mod node_address;
 pub mod profiles;
 pub mod ready;
 pub mod reconcile;
@@ -69,6 +70,8 @@ pub struct DriverSettings {
     /// calico-node's nodename file (`CALICO_NODENAME_FILE`): written with the node name when
     /// [`Driver::init`] creates this host's Node and the file does not exist. `None`: never.
     pub nodename_file: Option<std::path::PathBuf>,
+    /// This host's address on its Node (`IP`, `IP6`, ...; see `node_address`).
+    pub node_address: crate::dataplane::autodetect::NodeAddressConfig,
 }
 
 impl DriverSettings {
@@ -91,6 +94,8 @@ impl DriverSettings {
             rules_check_interval: std::time::Duration::from_secs(30),
             machine_id: None,
             nodename_file: None,
+            // Like the firewall: embedding code and tests write no address unless they ask.
+            node_address: crate::dataplane::autodetect::NodeAddressConfig::off(),
         }
     }
 }

@@ -6,6 +6,7 @@ mod common;
 
 mod dataplane;
 mod fuzz_http;
+mod node_address;
 mod ops;
 mod reliability;
 mod standalone_rules;
