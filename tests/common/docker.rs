@@ -26,6 +26,10 @@
 //! directory `/run/containerd/s`. With a foreign dockerd running, only rules naming our bridge
 //! or subnet are removed and shared state (chains, policy, sysctls) is left as it is.
 //!
+//! With [`DockerdOptions::netns`] containerd and dockerd run in a network namespace of their
+//! own instead (one host of `super::hosts::Fleet`): no bridge of ours, and Docker's rules,
+//! chains and sysctls are the namespace's; [`HostRestore`] puts back the files.
+//!
 //! Everything here changes host-wide state, so a test must hold [`lock`] while it uses a
 //! [`Dockerd`] (the plugin harness, `super::plugin`, needs the same lock).
 //!
@@ -278,7 +282,9 @@ const CREATED_PATHS: &[&str] = &[
     "/run/containerd",
 ];
 
-/// The host state before our dockerd started, to undo what it changed.
+/// The host state before our dockerd started, to undo what it changed. A [`Dockerd`] on the
+/// host's network takes and restores its own; dockerds in network namespaces of their own
+/// (`super::hosts::Fleet`) share one [`HostRestore`].
 struct HostSnapshot {
     /// `iptables -t <table> -S` lines per table.
     iptables: Vec<(&'static str, Vec<String>)>,
@@ -390,6 +396,25 @@ impl HostSnapshot {
     }
 }
 
+/// A [`HostSnapshot`] taken before several dockerds start and restored once they are all
+/// gone (on drop, after them: declare it before them), so that the files the first of them
+/// created (`/etc/docker/key.json`, `/run/containerd/s`) go with the last.
+pub struct HostRestore(HostSnapshot);
+
+impl HostRestore {
+    /// Takes the snapshot. Hold [`lock`].
+    pub fn take() -> Self {
+        assert_locked("HostRestore::take");
+        HostRestore(HostSnapshot::take())
+    }
+}
+
+impl Drop for HostRestore {
+    fn drop(&mut self) {
+        self.0.restore(other_dockerds(None).is_empty());
+    }
+}
+
 /// Splits an `iptables -S` rule into arguments (quoted comments stay one argument).
 fn split_rule(spec: &str) -> Vec<String> {
     let mut out = Vec::new();
@@ -423,17 +448,40 @@ fn split_rule(spec: &str) -> Vec<String> {
 // ---------------------------------------------------------------------------------------------
 // The daemon.
 
+/// Where and how a [`Dockerd`] runs ([`Dockerd::start_opts`]); the default is
+/// [`Dockerd::start`]'s: on the host's network and mounts.
+#[derive(Clone, Debug, Default)]
+pub struct DockerdOptions {
+    /// The text of `/etc/resolv.conf` as dockerd sees it (in a mount namespace of its own).
+    pub resolv_conf: Option<String>,
+    /// A network namespace (a `/run/netns/NAME` path) for containerd and dockerd. Then
+    /// dockerd has no default bridge (`--bridge=none`), its firewall rules, chains and
+    /// sysctls are the namespace's (gone with it), and the host's are neither touched nor
+    /// restored by this `Dockerd`: hold a [`HostRestore`] for the files it may create.
+    pub netns: Option<String>,
+    /// A directory dockerd sees as `/run/docker/plugins` (in a mount namespace of its own):
+    /// the plugin sockets it discovers, and only those.
+    pub plugins_dir: Option<PathBuf>,
+}
+
+impl DockerdOptions {
+    /// Whether dockerd needs a mount namespace of its own.
+    fn own_mounts(&self) -> bool {
+        self.resolv_conf.is_some() || self.plugins_dir.is_some()
+    }
+}
+
 /// A running dockerd (with its containerd). Stopped by PID and everything removed on drop.
 pub struct Dockerd {
     dockerd: Option<Child>,
     containerd: Option<Child>,
     /// Our directory: data root, exec root, sockets, logs.
     pub dir: tempfile::TempDir,
-    host: HostSnapshot,
+    /// The host's state to put back (none in a namespace of its own).
+    host: Option<HostSnapshot>,
     /// Whether the busybox image has been imported.
     busybox: bool,
-    /// Whether dockerd runs in its own mount namespace with our `resolv.conf`.
-    resolv_conf: bool,
+    opts: DockerdOptions,
 }
 
 impl Dockerd {
@@ -448,6 +496,15 @@ impl Dockerd {
     /// nameservers dockerd sees (it checks the subnets of new networks against them). Only
     /// dockerd's view changes; the host's file and containerd's are left alone.
     pub fn start_with(resolv_conf: Option<&str>) -> Dockerd {
+        Self::start_opts(DockerdOptions {
+            resolv_conf: resolv_conf.map(str::to_string),
+            ..Default::default()
+        })
+    }
+
+    /// [`Dockerd::start`] where and how `opts` say: in a network namespace of its own,
+    /// seeing a `resolv.conf` and a plugin directory of its own.
+    pub fn start_opts(opts: DockerdOptions) -> Dockerd {
         assert_locked("Dockerd::start");
         let e = engine();
         for prog in [&e.dockerd, &e.docker, &e.containerd] {
@@ -462,16 +519,16 @@ impl Dockerd {
             .prefix("cdt-")
             .tempdir_in("/tmp")
             .expect("docker temp dir");
-        let host = HostSnapshot::take();
+        let host = opts.netns.is_none().then(HostSnapshot::take);
         let mut d = Dockerd {
             dockerd: None,
             containerd: None,
             dir,
             host,
             busybox: false,
-            resolv_conf: resolv_conf.is_some(),
+            opts,
         };
-        if let Some(text) = resolv_conf {
+        if let Some(text) = &d.opts.resolv_conf {
             std::fs::write(d.path("resolv.conf"), text).unwrap();
         }
         for sub in ["data", "x", "ctd", "ctds", "opt", "cli"] {
@@ -484,13 +541,15 @@ impl Dockerd {
         }
 
         // Our bridge. A leftover one is from a run that was killed (we hold the lock).
-        if link_exists(BRIDGE) {
-            eprintln!("deleting leftover bridge {BRIDGE}");
-            let _ = output("ip", &["link", "del", BRIDGE]);
+        if d.opts.netns.is_none() {
+            if link_exists(BRIDGE) {
+                eprintln!("deleting leftover bridge {BRIDGE}");
+                let _ = output("ip", &["link", "del", BRIDGE]);
+            }
+            run_ok("ip", &["link", "add", BRIDGE, "type", "bridge"]);
+            run_ok("ip", &["addr", "add", BRIDGE_ADDR, "dev", BRIDGE]);
+            run_ok("ip", &["link", "set", BRIDGE, "up"]);
         }
-        run_ok("ip", &["link", "add", BRIDGE, "type", "bridge"]);
-        run_ok("ip", &["addr", "add", BRIDGE_ADDR, "dev", BRIDGE]);
-        run_ok("ip", &["link", "set", BRIDGE, "up"]);
 
         d.start_containerd();
         d.start_dockerd();
@@ -538,11 +597,20 @@ impl Dockerd {
         spawn_logged(cmd, &self.path(log), libc::SIGTERM, what)
     }
 
-    /// `prog args...` with the engine's PATH and nothing else of our environment.
-    fn engine_command(prog: &Path, args: &[String]) -> Command {
+    /// `prog args...` with the engine's PATH and nothing else of our environment, in our
+    /// network namespace if we have one.
+    fn engine_command(&self, prog: &Path, args: &[String]) -> Command {
         let mut cmd = Command::new(prog);
         cmd.args(args).env_clear().env("PATH", &engine().path);
+        if let Some(ns) = &self.opts.netns {
+            super::netns::command_in(&mut cmd, ns);
+        }
         cmd
+    }
+
+    /// The network namespace dockerd runs in (`None`: the host's).
+    pub fn netns(&self) -> Option<&str> {
+        self.opts.netns.as_deref()
     }
 
     fn containerd_socket(&self) -> PathBuf {
@@ -572,7 +640,7 @@ disabled_plugins = ["io.containerd.grpc.v1.cri"]
             "--config".to_string(),
             self.path("containerd.toml").display().to_string(),
         ];
-        let cmd = Self::engine_command(&engine().containerd, &args);
+        let cmd = self.engine_command(&engine().containerd, &args);
         self.containerd = Some(self.spawn(cmd, "containerd.log", "containerd"));
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
@@ -624,7 +692,11 @@ disabled_plugins = ["io.containerd.grpc.v1.cri"]
             "--storage-driver".into(),
             "vfs".into(),
             "--bridge".into(),
-            BRIDGE.into(),
+            if self.opts.netns.is_some() {
+                "none".into()
+            } else {
+                BRIDGE.into()
+            },
             // Bridge networks made without --subnet come from a range of ours, not from the
             // host's defaults, which another dockerd's networks may already cover.
             "--default-address-pool".into(),
@@ -632,35 +704,48 @@ disabled_plugins = ["io.containerd.grpc.v1.cri"]
             "--cgroup-parent".into(),
             format!("/{CGROUP_PARENT}"),
         ];
-        let cmd = if self.resolv_conf {
-            self.resolv_conf_command(&args)
+        let cmd = if self.opts.own_mounts() {
+            self.own_mounts_command(&args)
         } else {
-            Self::engine_command(&engine().dockerd, &args)
+            self.engine_command(&engine().dockerd, &args)
         };
         self.dockerd = Some(self.spawn(cmd, "dockerd.log", "dockerd"));
     }
 
     /// dockerd in a mount namespace of its own (`unshare --mount`, which execs: the PID we
-    /// get is dockerd's) where our `resolv.conf` is bind-mounted over `/etc/resolv.conf`.
+    /// get is dockerd's) where our `resolv.conf` is bind-mounted over `/etc/resolv.conf`
+    /// and our plugin directory over `/run/docker/plugins` (each when given).
     /// Mounts dockerd makes under our directory (the network namespaces in its exec root,
     /// which runc opens from the host's namespace) must still reach the host: our directory
     /// is made a shared mount point first, and in the new namespace every other mount is
-    /// made private, so the bind over `/etc/resolv.conf` stays dockerd's alone.
-    fn resolv_conf_command(&self, args: &[String]) -> Command {
+    /// made private, so the binds stay dockerd's alone.
+    fn own_mounts_command(&self, args: &[String]) -> Command {
         let dir = self.dir.path().display().to_string();
         if !mount_points_under(&dir).contains(&dir) {
             run_ok("mount", &["--bind", &dir, &dir]);
         }
         run_ok("mount", &["--make-shared", &dir]);
         let script = r#"set -e
-dir=$1 conf=$2 dockerd=$3
-shift 3
+dir=$1 conf=$2 plugins=$3 dockerd=$4
+shift 4
 awk '{ print $5 }' /proc/self/mountinfo | while read -r m; do
     case $m in "$dir"|"$dir"/*) ;; *) mount --make-private "$m" 2>/dev/null || true ;; esac
 done
-mount --bind "$conf" /etc/resolv.conf
+[ -z "$conf" ] || mount --bind "$conf" /etc/resolv.conf
+[ -z "$plugins" ] || mount --bind "$plugins" /run/docker/plugins
 exec "$dockerd" "$@"
 "#;
+        let conf = match &self.opts.resolv_conf {
+            Some(_) => self.path("resolv.conf").display().to_string(),
+            None => String::new(),
+        };
+        let plugins = match &self.opts.plugins_dir {
+            Some(p) => {
+                std::fs::create_dir_all("/run/docker/plugins").expect("mkdir /run/docker/plugins");
+                p.display().to_string()
+            }
+            None => String::new(),
+        };
         let mut all = vec![
             "--mount".to_string(),
             "--propagation".into(),
@@ -670,11 +755,12 @@ exec "$dockerd" "$@"
             script.into(),
             "sh".into(),
             dir.clone(),
-            self.path("resolv.conf").display().to_string(),
+            conf,
+            plugins,
             engine().dockerd.display().to_string(),
         ];
         all.extend(args.iter().cloned());
-        Self::engine_command(Path::new("/usr/bin/unshare"), &all)
+        self.engine_command(Path::new("/usr/bin/unshare"), &all)
     }
 
     /// Waits (at most 60 s) until the dockerd just spawned answers `docker version`.
@@ -922,7 +1008,9 @@ exec "$dockerd" "$@"
             Vec::new()
         };
         stop_child(&mut dockerd, libc::SIGTERM, Duration::from_secs(20));
-        for b in bridges.iter().filter(|b| link_exists(b)) {
+        // In a namespace of its own, its bridges go with the namespace.
+        let on_host = self.opts.netns.is_none();
+        for b in bridges.iter().filter(|b| on_host && link_exists(b)) {
             eprintln!("deleting bridge {b} left by our dockerd");
             let _ = output("ip", &["link", "del", b]);
         }
@@ -937,8 +1025,10 @@ exec "$dockerd" "$@"
         }
         self.unmount_all();
         let exclusive = other_dockerds(Some(pid)).is_empty();
-        self.host.restore(exclusive);
-        if link_exists(BRIDGE) {
+        if let Some(host) = &self.host {
+            host.restore(exclusive);
+        }
+        if on_host && link_exists(BRIDGE) {
             if let Ok(o) = output("ip", &["link", "del", BRIDGE]) {
                 if !o.status.success() {
                     eprintln!(

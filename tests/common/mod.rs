@@ -7,6 +7,7 @@ pub mod docker;
 pub mod etcd;
 pub mod firewall;
 pub mod host;
+pub mod hosts;
 pub mod netns;
 pub mod outside;
 pub mod plugin;

@@ -72,3 +72,34 @@ fn on_thread<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
         Err(panic) => std::panic::resume_unwind(panic),
     }
 }
+
+/// Makes `cmd` start in the network namespace at `ns` (a `/run/netns/NAME` or
+/// `/proc/PID/ns/net` path): the child enters it between fork and exec, so the PID the test
+/// gets is the program's own (to stop it by), and `host::spawn_logged`'s PR_SET_PDEATHSIG
+/// still applies. Start it from the test's own thread (not from [`enter`]'s, which ends).
+pub fn command_in<'a>(
+    cmd: &'a mut std::process::Command,
+    ns: &str,
+) -> &'a mut std::process::Command {
+    use std::os::unix::process::CommandExt;
+    let path = std::ffi::CString::new(ns).expect("namespace path without NUL");
+    // SAFETY: the closure runs in the child between fork and exec; it calls only open,
+    // setns and close, which are async-signal-safe, and reads `path`, allocated before the
+    // fork; `last_os_error` reads errno and allocates nothing.
+    unsafe {
+        cmd.pre_exec(move || {
+            let fd = libc::open(path.as_ptr(), libc::O_RDONLY | libc::O_CLOEXEC);
+            if fd < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            let rc = libc::setns(fd, libc::CLONE_NEWNET);
+            let err = std::io::Error::last_os_error();
+            libc::close(fd);
+            if rc != 0 {
+                return Err(err);
+            }
+            Ok(())
+        });
+    }
+    cmd
+}

@@ -29,9 +29,14 @@ pub const NODENAME: &str = "calico-test-node";
 pub struct Plugin {
     child: Option<Child>,
     /// Removes the plugin's firewall rules and the veths left after it stopped (dropped
-    /// after `Drop::drop`).
-    _fw: super::firewall::HostCleanup,
+    /// after `Drop::drop`); none for a plugin in a namespace of its own
+    /// ([`Plugin::start_in_netns`]), whose rules and veths go with the namespace.
+    _fw: Option<super::firewall::HostCleanup>,
     env: Vec<(String, String)>,
+    /// The socket it serves ([`SOCKET`] but in a namespace of its own).
+    socket: PathBuf,
+    /// The network namespace it runs in (a `/run/netns/NAME` path); `None`: the test's.
+    netns: Option<String>,
     /// Log file and (for the local datastore) the store.
     pub dir: tempfile::TempDir,
 }
@@ -114,17 +119,44 @@ impl Plugin {
     /// Settings and temp dir, not started yet.
     fn new(env: &[(&str, &str)]) -> Plugin {
         assert_locked("Plugin::start");
+        Self::configured(
+            Path::new(SOCKET),
+            None,
+            Some(super::firewall::HostCleanup::new()),
+            env,
+        )
+    }
+
+    /// The plugin of one host of a `super::hosts::Fleet`: started in network namespace
+    /// `netns` (a `/run/netns/NAME` path), serving `socket` (its IPAM alias beside it), with
+    /// `env` on top of the defaults (set `NODENAME` and the datastore there). Needs no host
+    /// lock: nothing of it is on the host's network (its firewall rules and veths live, and
+    /// go, with the namespace). Waits until it answers `Plugin.Activate`.
+    pub fn start_in_netns(netns: &str, socket: &Path, env: &[(&str, &str)]) -> Plugin {
+        let mut p = Self::configured(socket, Some(netns.to_string()), None, env);
+        p.spawn();
+        p
+    }
+
+    fn configured(
+        socket: &Path,
+        netns: Option<String>,
+        fw: Option<super::firewall::HostCleanup>,
+        env: &[(&str, &str)],
+    ) -> Plugin {
         let dir = tempfile::Builder::new()
             .prefix("cdt-plugin-")
             .tempdir_in("/tmp")
             .expect("plugin temp dir");
         let mut p = Plugin {
             child: None,
-            _fw: super::firewall::HostCleanup::new(),
+            _fw: fw,
             env: Vec::new(),
+            socket: socket.to_path_buf(),
+            netns,
             dir,
         };
-        p.set_env("CALICO_LIBNETWORK_SOCKET", SOCKET);
+        p.set_env("CALICO_LIBNETWORK_SOCKET", &socket.display().to_string());
         p.set_env("NODENAME", NODENAME);
         p.set_env("CALICO_NODENAME_FILE", super::NO_NODENAME_FILE);
         p.set_env("LOG_LEVEL", "debug");
@@ -186,8 +218,13 @@ impl Plugin {
     }
 
     /// The socket path.
-    pub fn socket(&self) -> &'static Path {
-        Path::new(SOCKET)
+    pub fn socket(&self) -> &Path {
+        &self.socket
+    }
+
+    /// The IPAM-only socket beside [`Self::socket`] ([`IPAM_SOCKET`] for the host's plugin).
+    pub fn ipam_socket(&self) -> PathBuf {
+        self.socket.with_file_name("calico-ipam.sock")
     }
 
     fn spawn(&mut self) {
@@ -198,6 +235,9 @@ impl Plugin {
             .env("PATH", PATH)
             .env("RUST_BACKTRACE", "1")
             .envs(self.env.iter().map(|(k, v)| (k, v)));
+        if let Some(ns) = &self.netns {
+            super::netns::command_in(&mut cmd, ns);
+        }
         self.child = Some(spawn_logged(cmd, &self.log_path(), libc::SIGKILL, BINARY));
         self.wait_ready();
     }
@@ -209,7 +249,8 @@ impl Plugin {
             if let Some(Ok(Some(s))) = self.child.as_mut().map(|c| c.try_wait()) {
                 self.child = None;
                 panic!(
-                    "calico-libnetwork exited ({s}) before serving {SOCKET}:\n{}",
+                    "calico-libnetwork exited ({s}) before serving {}:\n{}",
+                    self.socket.display(),
                     log_tail(&self.log_path(), 60)
                 );
             }
@@ -222,8 +263,9 @@ impl Plugin {
             }
             if Instant::now() > deadline {
                 panic!(
-                    "calico-libnetwork did not answer Plugin.Activate on {SOCKET} within 20 s \
+                    "calico-libnetwork did not answer Plugin.Activate on {} within 20 s \
                      ({last}):\n{}",
+                    self.socket.display(),
                     log_tail(&self.log_path(), 60)
                 );
             }
@@ -236,8 +278,8 @@ impl Plugin {
         if let Some(mut c) = self.child.take() {
             stop_child(&mut c, libc::SIGTERM, Duration::from_secs(10));
         }
-        let _ = std::fs::remove_file(SOCKET);
-        let _ = std::fs::remove_file(IPAM_SOCKET);
+        let _ = std::fs::remove_file(&self.socket);
+        let _ = std::fs::remove_file(self.ipam_socket());
     }
 
     /// Kills the plugin with SIGKILL (a crash: the socket file stays behind).
@@ -260,7 +302,8 @@ impl Drop for Plugin {
         self.stop();
         if std::thread::panicking() {
             eprintln!(
-                "----- calico-libnetwork log (last 150 lines of {}) -----\n{}\n-----",
+                "----- calico-libnetwork log of {} (last 150 lines of {}) -----\n{}\n-----",
+                self.env_value("NODENAME").unwrap_or("?"),
                 self.log_path().display(),
                 log_tail(&self.log_path(), 150)
             );

@@ -356,7 +356,7 @@ fn harness_busybox_runs_on_default_bridge() {
 
 /// What the host looks like to the harness's clean-up.
 #[derive(Debug, PartialEq)]
-struct HostState {
+pub(super) struct HostState {
     links: Vec<String>,
     leftover_procs: Vec<String>,
     leftover_mounts: Vec<String>,
@@ -368,7 +368,7 @@ struct HostState {
     sysctls: Option<Vec<String>>,
 }
 
-fn host_state() -> HostState {
+pub(super) fn host_state() -> HostState {
     let sh = |c: &str| -> String {
         let o = std::process::Command::new("sh")
             .arg("-c")

@@ -5,6 +5,7 @@
 mod common;
 
 mod docker_compose;
+mod docker_fleet;
 mod docker_ipam;
 mod docker_managed_plugin;
 mod docker_multi;

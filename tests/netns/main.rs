@@ -5,6 +5,7 @@
 mod common;
 
 mod dataplane;
+mod fleet;
 mod fuzz_http;
 mod node_address;
 mod ops;

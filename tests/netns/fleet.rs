@@ -1,0 +1,297 @@
+//! The multi-host harness (`common::hosts::Fleet`) without dockerd: three hosts as network
+//! namespaces (h1 and h2 on one segment, h3 behind a router), one etcd cluster of three
+//! members, a plugin per host. Checks what the routing scenarios will stand on: the hosts
+//! reach each other, every plugin allocates from a block affine to its own node, and the
+//! plugins keep answering with one etcd member killed. The Docker end-to-end smoke test is
+//! `docker_fleet` in the Docker tier.
+
+use crate::common;
+
+use std::net::Ipv4Addr;
+use std::time::{Duration, Instant};
+
+use common::hosts::{Fleet, Host};
+use ipnet::Ipv4Net;
+use serde_json::{json, Value};
+
+const BLOCKS_V4: &str = "/calico/ipam/v2/assignment/ipv4/block/";
+
+/// `IpamDriver.RequestPool` for Calico's pools, as dockerd asks for it: the pool ID.
+fn request_pool(h: &Host) -> String {
+    let v = h.call_ok(
+        "IpamDriver.RequestPool",
+        &json!({"AddressSpace": "CalicoGlobalAddressSpace", "Pool": "", "SubPool": "",
+                "Options": {}, "V6": false}),
+    );
+    v["PoolID"]
+        .as_str()
+        .unwrap_or_else(|| panic!("{}: no PoolID in {v}", h.name()))
+        .to_string()
+}
+
+/// `IpamDriver.RequestAddress` of any address of `pool`: the address, without its length.
+fn request_address(h: &Host, pool: &str) -> Ipv4Addr {
+    let v = h.call_ok(
+        "IpamDriver.RequestAddress",
+        &json!({"PoolID": pool, "Address": "", "Options": null}),
+    );
+    let a = v["Address"]
+        .as_str()
+        .unwrap_or_else(|| panic!("{}: no Address in {v}", h.name()));
+    a.parse::<Ipv4Net>()
+        .unwrap_or_else(|e| panic!("{}: Address {a}: {e}", h.name()))
+        .addr()
+}
+
+/// The host the block holding `ip` is affine to (`host:<name>` in the block), and the
+/// block's CIDR.
+fn block_of(blocks: &[(String, Value)], ip: Ipv4Addr) -> (String, Ipv4Net) {
+    blocks
+        .iter()
+        .find_map(|(_, b)| {
+            let cidr: Ipv4Net = b["cidr"].as_str()?.parse().ok()?;
+            cidr.contains(&ip).then(|| {
+                let affinity = b["affinity"].as_str().unwrap_or_default();
+                (affinity.to_string(), cidr)
+            })
+        })
+        .unwrap_or_else(|| panic!("no block holds {ip}: {blocks:?}"))
+}
+
+/// The hosts reach each other's underlay addresses: h1 and h2 directly (TTL 64 in the
+/// reply), h3 through the router (TTL 63: one hop).
+fn assert_underlay(fleet: &Fleet) {
+    let (h1, h2, h3) = (fleet.host("h1"), fleet.host("h2"), fleet.host("h3"));
+    for (from, to, ttl) in [
+        (h1, h2, 64),
+        (h2, h1, 64),
+        (h1, h3, 63),
+        (h3, h1, 63),
+        (h2, h3, 63),
+        (h3, h2, 63),
+    ] {
+        let out = from.exec_ok("ping", &["-c", "1", "-W", "2", &to.addr().to_string()]);
+        assert!(
+            out.contains(&format!("ttl={ttl}")),
+            "{} -> {} ({}): expected ttl={ttl} ({}):\n{out}",
+            from.name(),
+            to.name(),
+            to.addr(),
+            if ttl == 64 {
+                "same segment"
+            } else {
+                "through the router"
+            }
+        );
+    }
+    // Positive control of the TTL: h3's route to h1 goes via the router.
+    let route = h3.exec_ok("ip", &["-4", "route", "get", &h1.addr().to_string()]);
+    assert!(
+        route.contains(&format!("via {}", h3.gateway())),
+        "h3 -> h1 not via the router: {route}"
+    );
+}
+
+/// Three plugins on one three-member etcd cluster: each answers Activate; each host's
+/// RequestAddress comes from a block affine to that host; the hosts reach each other over
+/// the underlay (h3 through the router); with one etcd member killed (the first endpoint
+/// every plugin lists) every plugin still allocates; the member comes back on its data.
+#[test]
+fn three_hosts_one_etcd_cluster() {
+    let t0 = Instant::now();
+    let Some(mut fleet) = Fleet::builder().start_if_root("fleet::three_hosts_one_etcd_cluster")
+    else {
+        return;
+    };
+    let t_up = t0.elapsed();
+    for h in &fleet.hosts {
+        let v = h.call_ok("Plugin.Activate", &json!({}));
+        let implements = v["Implements"].to_string();
+        assert!(
+            implements.contains("NetworkDriver") && implements.contains("IpamDriver"),
+            "{}: {v}",
+            h.name()
+        );
+    }
+    assert_underlay(&fleet);
+    // As on a Docker host: forwarding on, FORWARD dropped but for what a rule accepts.
+    for h in &fleet.hosts {
+        let policy = h.exec_ok("iptables", &["-w", "-S", "FORWARD"]);
+        assert!(
+            policy.starts_with("-P FORWARD DROP"),
+            "{}: {policy}",
+            h.name()
+        );
+        let fwd = h.exec_ok("sysctl", &["-n", "net.ipv4.ip_forward"]);
+        assert_eq!(fwd.trim(), "1", "{}", h.name());
+    }
+
+    // One address per host, each from a block of its own.
+    let mut first = Vec::new();
+    for h in &fleet.hosts {
+        let pool = request_pool(h);
+        first.push((
+            h.name().to_string(),
+            pool.clone(),
+            request_address(h, &pool),
+        ));
+    }
+    let blocks = fleet.list(BLOCKS_V4);
+    let mut cidrs = Vec::new();
+    for (host, _, ip) in &first {
+        let (affinity, cidr) = block_of(&blocks, *ip);
+        assert_eq!(affinity, format!("host:{host}"), "{ip} of {host}");
+        let key = format!(
+            "/calico/ipam/v2/host/{host}/ipv4/block/{}-{}",
+            cidr.addr(),
+            cidr.prefix_len()
+        );
+        let aff = fleet
+            .get(&key)
+            .unwrap_or_else(|| panic!("no affinity {key}"));
+        assert_eq!(aff["state"], "confirmed", "{key}: {aff}");
+        cidrs.push(cidr);
+    }
+    cidrs.sort();
+    cidrs.dedup();
+    assert_eq!(cidrs.len(), 3, "three hosts, three blocks: {first:?}");
+    eprintln!("addresses: {first:?}");
+
+    // One member down: h1's, the first of every plugin's ETCD_ENDPOINTS.
+    kill_first_member(&mut fleet);
+    // The other two keep the quorum: a (linearizable) read through them is served.
+    assert_eq!(fleet.list(BLOCKS_V4).len(), 3);
+    for h in &fleet.hosts {
+        h.call_ok("Plugin.Activate", &json!({}));
+    }
+    // Not asserted yet: that every RequestAddress succeeds meanwhile (see
+    // `allocations_with_one_etcd_member_down`).
+
+    // Back on its data directory: it serves again (restart waits for a read through it),
+    // and every host allocates again, from its own block.
+    fleet.etcd.restart(0);
+    for (host, pool, ip) in &first {
+        let again = request_address(fleet.host(host), pool);
+        assert_ne!(again, *ip, "{host}");
+        let blocks = fleet.list(BLOCKS_V4);
+        assert_eq!(
+            block_of(&blocks, again).0,
+            format!("host:{host}"),
+            "{again}"
+        );
+    }
+    eprintln!(
+        "three_hosts_one_etcd_cluster: up in {t_up:?}, done in {:?}",
+        t0.elapsed()
+    );
+}
+
+/// Kills etcd member h1 (the first of every plugin's `ETCD_ENDPOINTS`), checks that the
+/// kill hit (its process is gone, its URL refuses connections from h2), and waits until
+/// the two members left report healthy.
+fn kill_first_member(fleet: &mut Fleet) {
+    let pid = fleet.etcd.pid(0).expect("member h1 running");
+    fleet.etcd.kill(0);
+    assert!(
+        !std::path::Path::new(&format!("/proc/{pid}")).exists(),
+        "etcd member h1 (pid {pid}) still there"
+    );
+    let url = format!("{}/health", fleet.etcd.endpoints()[0]);
+    let (ok, out) = fleet.host("h2").exec("curl", &["-sS", "-m", "2", &url]);
+    assert!(!ok, "member h1 still answers after the kill: {out}");
+    // Positive control: h2's own member answers the same way, healthy once the two left
+    // have a leader (an election when the killed one led).
+    let url = format!("{}/health", fleet.etcd.endpoints()[1]);
+    let t = Instant::now();
+    common::wait_until("member h2 healthy", Duration::from_secs(15), || {
+        let out = fleet.host("h2").exec_ok("curl", &["-sS", "-m", "2", &url]);
+        if out.contains(r#""health":"true""#) {
+            Ok(())
+        } else {
+            Err(out)
+        }
+    });
+    eprintln!("member h1 killed; h2 healthy after {:?}", t.elapsed());
+}
+
+/// Scenario 5's first half, today's gap: with one etcd member of three killed, every
+/// plugin keeps allocating. Fails today: the plugin's etcd client (one tonic balanced
+/// channel over `ETCD_ENDPOINTS`) keeps sending a share of its calls to the dead member and
+/// returns their connection errors (about 60 % of RequestAddress calls failed, measured over
+/// 30 calls in 9 s on h2), so it is ignored until the datastore fails over.
+#[test]
+#[ignore = "fails today: the etcd client keeps calling a dead member (see the comment)"]
+fn allocations_with_one_etcd_member_down() {
+    let Some(mut fleet) =
+        Fleet::builder().start_if_root("fleet::allocations_with_one_etcd_member_down")
+    else {
+        return;
+    };
+    let pools: Vec<String> = fleet.hosts.iter().map(request_pool).collect();
+    kill_first_member(&mut fleet);
+    let mut failed = Vec::new();
+    for round in 0..10 {
+        for (h, pool) in fleet.hosts.iter().zip(&pools) {
+            let (status, v) = h.call(
+                "IpamDriver.RequestAddress",
+                &json!({"PoolID": pool, "Address": "", "Options": null}),
+            );
+            if status != 200 {
+                failed.push(format!("round {round} {}: {status} {v}", h.name()));
+            }
+        }
+    }
+    assert!(
+        failed.is_empty(),
+        "{} of 30 RequestAddress failed with one member down:\n{}",
+        failed.len(),
+        failed.join("\n")
+    );
+}
+
+/// Harness check: a fleet, dropped, leaves no namespace, process (nor any process in one of
+/// its namespaces), directory or host link behind; twice in a row.
+#[test]
+fn fleet_leaves_nothing_behind() {
+    if !common::require_root("fleet::fleet_leaves_nothing_behind") {
+        return;
+    }
+    let links = || -> Vec<String> {
+        std::fs::read_dir("/sys/class/net")
+            .unwrap()
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .collect()
+    };
+    let before = links();
+    let t0 = Instant::now();
+    for round in 1..=2 {
+        let footprint = {
+            let fleet = Fleet::builder().start();
+            let h = fleet.host("h3");
+            let pool = request_pool(h);
+            request_address(h, &pool);
+            fleet.footprint()
+        };
+        common::wait_until(
+            "the fleet's processes and namespaces gone",
+            Duration::from_secs(10),
+            || {
+                let left = footprint.leftovers();
+                if left.is_empty() {
+                    Ok(())
+                } else {
+                    Err(left.join(", "))
+                }
+            },
+        );
+        // The fleet makes no link on the host's network; others' tests may make theirs.
+        let new: Vec<String> = links()
+            .into_iter()
+            .filter(|l| !before.contains(l))
+            .filter(|l| l.starts_with("seg-") || l.starts_with('h') || l.starts_with("eth"))
+            .collect();
+        assert!(new.is_empty(), "round {round}: links on the host: {new:?}");
+    }
+    eprintln!("fleet_leaves_nothing_behind: {:?}", t0.elapsed());
+}
