@@ -109,6 +109,17 @@ impl Driver {
                 "create endpoint: no address assigned for endpoint",
             ));
         }
+        // Docker's port mapper belongs to its bridge driver: for a remote driver nothing
+        // publishes `-p` unless we do (DNAT rules, see `rules`), so with the plugin's
+        // firewall off, refuse rather than silently ignore it.
+        let ports = super::rules::parse_portmap(&spec.options)?;
+        if !ports.is_empty() && self.rule_mode().is_none() {
+            return Err(Error::invalid(
+                "published ports (-p) need the plugin's firewall rules, which are off (CALICO_LIBNETWORK_DATAPLANE=off)",
+            ));
+        }
+        // Adopted only once the request is known to be acceptable: a refused one changes
+        // nothing.
         let rec = match self.network_record(&spec.network_id).await? {
             Some(rec) => rec,
             // Docker never calls CreateNetwork again for a network it has: one we have no
@@ -119,15 +130,6 @@ impl Driver {
                 self.adopt_network(&spec.network_id, &addrs).await?
             }
         };
-        // Docker's port mapper belongs to its bridge driver: for a remote driver nothing
-        // publishes `-p` unless we do (DNAT rules, see `rules`), so with the plugin's
-        // firewall off, refuse rather than silently ignore it.
-        let ports = super::rules::parse_portmap(&spec.options)?;
-        if !ports.is_empty() && self.rule_mode().is_none() {
-            return Err(Error::invalid(
-                "published ports (-p) need the plugin's firewall rules, which are off (CALICO_LIBNETWORK_DATAPLANE=off)",
-            ));
-        }
         let (mac, filled) = match spec.mac {
             Some(m) => (m, None),
             None => {
