@@ -12,7 +12,7 @@ use common::{PROFILES_PREFIX, WEPS_PREFIX};
 use std::time::{Duration, Instant};
 
 use calico_libnetwork::datastore::Datastore;
-use calico_libnetwork::model::resource_name_from;
+use calico_libnetwork::model::{label_key, resource_name_from};
 use common::plugin::DockerEnv;
 use common::wait_until;
 use serde_json::{json, Value};
@@ -104,11 +104,16 @@ fn wep_profiles(w: &Value) -> Value {
 }
 
 /// The CNI shape of the profile of network `name`.
+/// The profile spec Calico CNI writes for a network profile; its label key is the profile's
+/// name cut to Calico's 63-character label limit (a fallback profile's 64-character network
+/// ID is not a valid label key).
 fn cni_profile_spec(name: &str) -> Value {
+    let key = label_key(name);
+    assert!(key.len() <= 63, "label key {key:?} over Calico's limit");
     json!({
-        "ingress": [{"action": "Allow", "source": {"selector": format!("has({name})")}}],
+        "ingress": [{"action": "Allow", "source": {"selector": format!("has({key})")}}],
         "egress": [{"action": "Allow"}],
-        "labelsToApply": {name: ""},
+        "labelsToApply": {key: ""},
     })
 }
 
