@@ -3,6 +3,8 @@
 //! - [`autodetect`]: this host's address for its Node, found as calico-node finds it.
 //! - [`iptables`]: the plugin's firewall rules (isolation, NAT outgoing, published ports).
 //! - [`netlink`]: a [`Netlink`] handle with one async function per kernel operation.
+//! - [`routes`]: routes between hosts as Felix programs them (our protocol-81 routes, the
+//!   VXLAN and IP-in-IP devices, permanent neighbour and FDB entries), as [`Netlink`] methods.
 //! - [`sysctl`]: idempotent `/proc/sys` writes, Calico's host-veth knobs and IPv6 forwarding.
 //! - [`Dataplane`]: the kernel operations the driver uses, as one trait: [`Linux`] in the
 //!   plugin, [`fake::Recording`] in tests that need no root.
@@ -19,6 +21,7 @@ pub mod autodetect;
 pub mod fake;
 pub mod iptables;
 pub mod netlink;
+pub mod routes;
 pub mod sysctl;
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
@@ -28,6 +31,7 @@ use ipnet::IpNet;
 use tracing::{debug, info, warn};
 
 pub use self::netlink::{Netlink, Route};
+pub use self::routes::{vxlan_mac, IpipDevice, OwnedRoute, RouteKind, VxlanDevice, ROUTE_PROTOCOL};
 use crate::error::{Error, Result};
 
 /// The MAC of every Calico host veth.

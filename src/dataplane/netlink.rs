@@ -40,7 +40,7 @@ pub struct Route {
 /// and stays bound to it, whatever thread later uses the handle.
 #[derive(Clone, Debug)]
 pub struct Netlink {
-    handle: rtnetlink::Handle,
+    pub(super) handle: rtnetlink::Handle,
 }
 
 impl Netlink {
@@ -396,7 +396,7 @@ impl Netlink {
         Ok(out)
     }
 
-    async fn get_link(&self, name: &str) -> Result<LinkMessage> {
+    pub(super) async fn get_link(&self, name: &str) -> Result<LinkMessage> {
         validate_ifname(name)?;
         let op = format!("find link {name}");
         let found = self
@@ -411,7 +411,7 @@ impl Netlink {
         found.ok_or_else(|| errno_error(op, libc::ENODEV))
     }
 
-    async fn set_link(&self, message: LinkMessage, op: String) -> Result<()> {
+    pub(super) async fn set_link(&self, message: LinkMessage, op: String) -> Result<()> {
         self.handle
             .link()
             .set(message)
@@ -431,14 +431,14 @@ fn check_host_route(dest: IpNet, op: &str) -> Result<()> {
     Ok(())
 }
 
-fn family_of(addr: IpAddr) -> AddressFamily {
+pub(super) fn family_of(addr: IpAddr) -> AddressFamily {
     match addr {
         IpAddr::V4(_) => AddressFamily::Inet,
         IpAddr::V6(_) => AddressFamily::Inet6,
     }
 }
 
-fn route_oif(message: &RouteMessage) -> Option<u32> {
+pub(super) fn route_oif(message: &RouteMessage) -> Option<u32> {
     message.attributes.iter().find_map(|attr| match attr {
         RouteAttribute::Oif(index) => Some(*index),
         _ => None,
@@ -446,7 +446,7 @@ fn route_oif(message: &RouteMessage) -> Option<u32> {
 }
 
 /// The route's table: RTA_TABLE when present (ids above 255), else the header byte.
-fn route_table(message: &RouteMessage) -> u32 {
+pub(super) fn route_table(message: &RouteMessage) -> u32 {
     message
         .attributes
         .iter()
@@ -458,6 +458,14 @@ fn route_table(message: &RouteMessage) -> u32 {
 }
 
 fn route_of(message: &RouteMessage) -> Option<Route> {
+    Some(Route {
+        dest: route_dest(message)?,
+        link_scope: message.header.scope == RouteScope::Link,
+    })
+}
+
+/// A route message's destination prefix.
+pub(super) fn route_dest(message: &RouteMessage) -> Option<IpNet> {
     let len = message.header.destination_prefix_length;
     let dest = message.attributes.iter().find_map(|attr| match attr {
         RouteAttribute::Destination(RouteAddress::Inet(a)) => Some(IpAddr::V4(*a)),
@@ -470,15 +478,12 @@ fn route_of(message: &RouteMessage) -> Option<Route> {
         AddressFamily::Inet6 => IpAddr::V6(Ipv6Addr::UNSPECIFIED),
         _ => return None,
     });
-    Some(Route {
-        dest: IpNet::new(dest, len).ok()?,
-        link_scope: message.header.scope == RouteScope::Link,
-    })
+    IpNet::new(dest, len).ok()
 }
 
 /// The interface's own address in an address message, with its prefix length, as
 /// calico-node's netlink library reads it (`parseAddr` of vishvananda/netlink).
-fn address_of(message: &AddressMessage) -> Option<IpNet> {
+pub(super) fn address_of(message: &AddressMessage) -> Option<IpNet> {
     let (mut address, mut local) = (None, None);
     for attr in &message.attributes {
         match attr {
@@ -513,12 +518,12 @@ fn usable_link_local(message: &AddressMessage) -> Option<Ipv6Addr> {
     })
 }
 
-fn is_link_local(address: &Ipv6Addr) -> bool {
+pub(super) fn is_link_local(address: &Ipv6Addr) -> bool {
     address.segments()[0] & 0xffc0 == 0xfe80
 }
 
 /// Turns an rtnetlink failure into [`Error::Kernel`], keeping the errno.
-fn kernel_error(op: String, error: rtnetlink::Error) -> Error {
+pub(super) fn kernel_error(op: String, error: rtnetlink::Error) -> Error {
     match error {
         rtnetlink::Error::NetlinkError(message) if message.raw_code() != 0 => {
             errno_error(op, message.raw_code().abs())

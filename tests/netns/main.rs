@@ -10,4 +10,5 @@ mod fuzz_http;
 mod node_address;
 mod ops;
 mod reliability;
+mod routes_kernel;
 mod standalone_rules;
