@@ -66,6 +66,7 @@ pub(crate) fn build_driver(config: &Config, store: Arc<dyn Datastore>) -> Arc<Dr
         machine_id: crate::model::machine_id(),
         nodename_file: Some(config.nodename_file.clone()),
         node_address: config.node_address.clone(),
+        routes: config.routes,
     };
     Arc::new(Driver::new(store, settings))
 }
@@ -183,6 +184,7 @@ async fn prepare_datastore(
         Ok(()) => {
             driver.reconcile_in_background();
             driver.keep_node_address_in_background();
+            driver.keep_routes_in_background();
             None
         }
         Err(e) => {
@@ -196,6 +198,7 @@ async fn prepare_datastore(
                         Ok(()) => {
                             driver.reconcile_in_background();
                             driver.keep_node_address_in_background();
+                            driver.keep_routes_in_background();
                             break;
                         }
                         Err(e) => {
@@ -223,7 +226,15 @@ async fn stop(driver: &Driver) {
     // With no endpoint left nothing needs our rules: a stopped plugin leaves none behind.
     // With endpoints, their containers keep working until the plugin is back.
     match driver.remove_rules_if_idle().await {
-        Ok(true) => tracing::info!("no endpoint left on this host: firewall rules removed"),
+        Ok(true) => {
+            tracing::info!("no endpoint left on this host: firewall rules removed");
+            // Nothing here sends to other hosts' containers any more.
+            match driver.remove_routes().await {
+                Ok(0) => {}
+                Ok(n) => tracing::info!(routes = n, "routes to other hosts removed"),
+                Err(e) => tracing::warn!(error = %e, "remove routes at stop"),
+            }
+        }
         Ok(false) => {}
         Err(e) => tracing::warn!(error = %e, "remove firewall rules at stop"),
     }

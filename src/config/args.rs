@@ -200,6 +200,15 @@ pub struct ConfigArgs {
         default_value = "false"
     )]
     pub label_endpoints: String,
+    /// Routes to the other hosts' containers, as Felix programs them: auto (on with etcd),
+    /// true or false.
+    #[arg(
+        long,
+        env = "CALICO_LIBNETWORK_ROUTES",
+        global = true,
+        default_value = "auto"
+    )]
+    pub routes: String,
     /// How long to wait for Docker to show an endpoint's container, for its labels.
     #[arg(
         long,

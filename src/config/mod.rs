@@ -103,6 +103,8 @@ pub struct Config {
     pub reconcile_interval: Duration,
     /// Interval of the check that the firewall rules are in place.
     pub rules_check_interval: Duration,
+    /// Keep routes to the other hosts' containers (`CALICO_LIBNETWORK_ROUTES`).
+    pub routes: bool,
     /// Firewall mode.
     pub dataplane: crate::dataplane::iptables::DataplaneMode,
     /// iptables variant.
@@ -148,6 +150,7 @@ impl ConfigArgs {
         let label_endpoints =
             parse_bool("CALICO_LIBNETWORK_LABEL_ENDPOINTS", &self.label_endpoints)?;
         let dataplane = self.resolve_dataplane()?;
+        let routes = self.resolve_routes(&datastore)?;
         let iptables_backend = self.resolve_iptables_backend()?;
         let label_poll_timeout = parse_duration(
             "CALICO_LIBNETWORK_LABEL_POLL_TIMEOUT",
@@ -182,6 +185,7 @@ impl ConfigArgs {
             reconcile_grace,
             reconcile_interval,
             rules_check_interval,
+            routes,
             dataplane,
             iptables_backend,
         })

@@ -181,6 +181,20 @@ impl ConfigArgs {
         Ok(docker_host)
     }
 
+    /// `auto`: routes with etcd (other hosts may share it), none with the embedded store
+    /// (one host).
+    pub(super) fn resolve_routes(&self, datastore: &super::DatastoreConfig) -> Result<bool> {
+        match self.routes.trim().to_ascii_lowercase().as_str() {
+            "auto" | "" => Ok(matches!(datastore, super::DatastoreConfig::Etcd(_))),
+            _ => parse_bool("CALICO_LIBNETWORK_ROUTES", &self.routes).map_err(|_| {
+                bad(
+                    "CALICO_LIBNETWORK_ROUTES",
+                    format!("expected auto, true or false, got '{}'", self.routes),
+                )
+            }),
+        }
+    }
+
     pub(super) fn resolve_dataplane(&self) -> Result<DataplaneMode> {
         DataplaneMode::parse(&self.dataplane).ok_or_else(|| {
             bad(

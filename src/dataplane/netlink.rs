@@ -177,6 +177,18 @@ impl Netlink {
         }
     }
 
+    /// Reads a link's MTU.
+    pub async fn link_mtu(&self, name: &str) -> Result<u32> {
+        let link = self.get_link(name).await?;
+        link.attributes
+            .iter()
+            .find_map(|attr| match attr {
+                LinkAttribute::Mtu(mtu) => Some(*mtu),
+                _ => None,
+            })
+            .ok_or_else(|| Error::msg(format!("read mtu of {name}: link has none")))
+    }
+
     /// Adds the host route `dest dev <dev> scope link` (dest must be a /32 or /128).
     ///
     /// If the kernel already has a route for `dest`, that is success when it is on `dev`

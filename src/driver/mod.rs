@@ -20,6 +20,7 @@ pub mod node_address;
 pub mod profiles;
 pub mod ready;
 pub mod reconcile;
+pub mod routes;
 pub mod rules;
 pub mod sandbox;
 #[cfg(test)]
@@ -72,6 +73,9 @@ pub struct DriverSettings {
     pub nodename_file: Option<std::path::PathBuf>,
     /// This host's address on its Node (`IP`, `IP6`, ...; see `node_address`).
     pub node_address: crate::dataplane::autodetect::NodeAddressConfig,
+    /// Keep routes to the other hosts' containers and accept their traffic
+    /// (`CALICO_LIBNETWORK_ROUTES`; see `routes`).
+    pub routes: bool,
 }
 
 impl DriverSettings {
@@ -96,6 +100,7 @@ impl DriverSettings {
             nodename_file: None,
             // Like the firewall: embedding code and tests write no address unless they ask.
             node_address: crate::dataplane::autodetect::NodeAddressConfig::off(),
+            routes: false,
         }
     }
 }
@@ -206,6 +211,9 @@ pub struct Driver {
     foreign_owner: std::sync::Mutex<Option<String>>,
     /// Whether Calico lets us write (`datastoreReady`; see `ready`).
     ready: ready::ReadyGate,
+    /// Held by each pass of the route keeper; `true` once the routes were removed at stop,
+    /// after which no pass writes any (see `routes`).
+    routes_stopped: Arc<tokio::sync::Mutex<bool>>,
 }
 
 /// Runs the future `make` gives on a task of its own and, when it panics (a bug: stored data
@@ -253,14 +261,17 @@ impl Driver {
             .as_deref()
             .map(|h| Arc::new(docker::DockerApi::new(h, docker::CALL_TIMEOUT)));
         let ipam = Ipam::new(store.clone());
+        let rules = rules::Rules::new(settings.dataplane, ipam.clone(), &settings.nodename);
+        rules.set_other_hosts(settings.routes);
         Driver {
             ipam_driver: ipam::IpamDriver::new(store.clone(), ipam.clone(), &settings.nodename),
-            rules: rules::Rules::new(settings.dataplane, ipam.clone(), &settings.nodename),
+            rules,
             ready: ready::ReadyGate::new(store.clone(), ready::READY_TTL),
             ipam,
             store,
             docker,
             foreign_owner: Default::default(),
+            routes_stopped: Default::default(),
             settings,
             dataplane,
             endpoints: Default::default(),

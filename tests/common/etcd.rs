@@ -456,6 +456,17 @@ impl EtcdCluster {
             })
     }
 
+    /// Writes `value` under `key` as calicoctl would (unconditionally; panics on failure).
+    pub fn put_json(&self, key: &str, value: &serde_json::Value) {
+        let (k, v) = (key.to_string(), serde_json::to_vec(value).unwrap());
+        self.with_store(move |store| async move {
+            store
+                .txn(vec![calico_libnetwork::datastore::Write::put(k, v)])
+                .await
+        })
+        .unwrap_or_else(|e| panic!("put {key}: {e}"));
+    }
+
     /// Every key under `prefix` with its value parsed as JSON (panics on either failing).
     pub fn list_json(&self, prefix: &str) -> Vec<(String, serde_json::Value)> {
         let p = prefix.to_string();

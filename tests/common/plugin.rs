@@ -119,11 +119,16 @@ impl Plugin {
     /// Settings and temp dir, not started yet.
     fn new(env: &[(&str, &str)]) -> Plugin {
         assert_locked("Plugin::start");
+        // On the machine's own network there is no other host to route to, and a plugin
+        // killed mid-test would leave its blackhole routes there: a test routes in a fleet
+        // (`super::hosts`), or asks for it.
+        let mut with_routes = vec![("CALICO_LIBNETWORK_ROUTES", "false")];
+        with_routes.extend_from_slice(env);
         Self::configured(
             Path::new(SOCKET),
             None,
             Some(super::firewall::HostCleanup::new()),
-            env,
+            &with_routes,
         )
     }
 

@@ -295,3 +295,134 @@ fn fleet_leaves_nothing_behind() {
     }
     eprintln!("fleet_leaves_nothing_behind: {:?}", t0.elapsed());
 }
+
+/// Our routes on `h` (`ip -4 route show proto 81`), one line each.
+fn our_routes(h: &Host) -> Vec<String> {
+    h.exec_ok("ip", &["-4", "route", "show", "proto", "81"])
+        .lines()
+        .map(|l| l.trim().to_string())
+        .collect()
+}
+
+/// `NetworkDriver.CreateNetwork` then `CreateEndpoint` of `address` (`a.b.c.d/32`) on `h`,
+/// as dockerd makes them: the endpoint's WorkloadEndpoint names `h`.
+fn endpoint_on(h: &Host, net: &str, ep: &str, address: &str) {
+    h.call_ok(
+        "NetworkDriver.CreateNetwork",
+        &json!({"NetworkID": net, "Options": {},
+                "IPv4Data": [{"AddressSpace": "CalicoGlobalAddressSpace", "Pool": "0.0.0.0/0",
+                              "Gateway": "0.0.0.0/0"}], "IPv6Data": []}),
+    );
+    h.call_ok(
+        "NetworkDriver.CreateEndpoint",
+        &json!({"NetworkID": net, "EndpointID": ep, "Interface": {"Address": address},
+                "Options": {}}),
+    );
+}
+
+/// Scenario 2 of issue 17, as routes: h1's block is full (a /29 pool of /30 blocks, one
+/// per host), so its fifth address is borrowed from h2's block; h2 keeps its block as a
+/// blackhole and routes the borrowed address to h1 (a /32, more specific), h1 routes h2's
+/// block to h2 and keeps its own as a blackhole (Felix's rules: `l3_route_resolver.go`).
+/// When the borrower's endpoint goes, h2's /32 goes within seconds; a route of someone
+/// else's on the same host is never touched.
+#[test]
+fn borrowed_addresses_are_routed_to_the_borrower() {
+    let test = "fleet::borrowed_addresses_are_routed_to_the_borrower";
+    let Some(fleet) = Fleet::builder()
+        .plugin_env("CALICO_IPV4POOL_CIDR", "10.77.0.0/29")
+        .plugin_env("CALICO_IPV4POOL_BLOCK_SIZE", "30")
+        .start_if_root(test)
+    else {
+        return;
+    };
+    let t0 = Instant::now();
+    let (h1, h2) = (fleet.host("h1"), fleet.host("h2"));
+    // Someone else's route beside ours, in h2: never ours to delete.
+    h2.exec_ok(
+        "ip",
+        &[
+            "route",
+            "add",
+            "blackhole",
+            "10.78.0.0/24",
+            "proto",
+            "static",
+        ],
+    );
+    let pool2 = request_pool(h2);
+    let a2 = request_address(h2, &pool2);
+    endpoint_on(h2, &"b".repeat(64), &"2".repeat(64), &format!("{a2}/32"));
+    let pool1 = request_pool(h1);
+    let mine: Vec<Ipv4Addr> = (0..5).map(|_| request_address(h1, &pool1)).collect();
+    let blocks = fleet.list(BLOCKS_V4);
+    let (aff2, b2) = block_of(&blocks, a2);
+    assert_eq!(aff2, "host:h2");
+    let (aff1, b1) = block_of(&blocks, mine[0]);
+    assert_eq!(aff1, "host:h1");
+    let borrowed = mine[4];
+    assert_eq!(
+        block_of(&blocks, borrowed).1,
+        b2,
+        "{mine:?}: the fifth is h2's"
+    );
+    endpoint_on(
+        h1,
+        &"a".repeat(64),
+        &"1".repeat(64),
+        &format!("{borrowed}/32"),
+    );
+
+    let want_h2 = [
+        format!("blackhole {b2}"),
+        format!("{borrowed} via {} dev", h1.addr()),
+    ];
+    let want_h1 = [
+        format!("blackhole {b1}"),
+        format!("{b2} via {} dev", h2.addr()),
+    ];
+    for (h, want) in [(h2, &want_h2), (h1, &want_h1)] {
+        common::wait_until(
+            &format!("{}'s routes", h.name()),
+            Duration::from_secs(10),
+            || {
+                let have = our_routes(h);
+                if want
+                    .iter()
+                    .all(|w| have.iter().any(|l| l.starts_with(w.as_str())))
+                {
+                    Ok(())
+                } else {
+                    Err(format!("want {want:?}, have {have:?}"))
+                }
+            },
+        );
+    }
+    eprintln!("{test}: routes in place after {:?}", t0.elapsed());
+    // The borrower's endpoint gone: its /32 goes from h2 (the block stays h2's blackhole).
+    h1.call_ok(
+        "NetworkDriver.DeleteEndpoint",
+        &json!({"NetworkID": "a".repeat(64), "EndpointID": "1".repeat(64)}),
+    );
+    let t = Instant::now();
+    common::wait_until(
+        "h2's /32 to the borrower removed",
+        Duration::from_secs(10),
+        || {
+            let have = our_routes(h2);
+            if have.iter().any(|l| l.starts_with(&borrowed.to_string())) {
+                Err(format!("{have:?}"))
+            } else if have.iter().any(|l| l.starts_with(&want_h2[0])) {
+                Ok(())
+            } else {
+                Err(format!("blackhole gone too: {have:?}"))
+            }
+        },
+    );
+    eprintln!("{test}: /32 removed after {:?}", t.elapsed());
+    let other = h2.exec_ok("ip", &["route", "show", "10.78.0.0/24"]);
+    assert!(
+        other.contains("blackhole"),
+        "someone else's route touched: {other:?}"
+    );
+}

@@ -143,6 +143,9 @@ pub struct RuleState {
     pub endpoints: BTreeMap<String, EndpointRules>,
     /// Every IP pool.
     pub pools: Vec<PoolRules>,
+    /// Other hosts route to this host's workloads (`CALICO_LIBNETWORK_ROUTES`): traffic
+    /// arriving from outside with a source in a pool is accepted to every workload.
+    pub other_hosts: bool,
 }
 
 /// IPv4 or IPv6 rules.

@@ -113,6 +113,17 @@ pub fn render(state: &RuleState, family: Family, mode: Mode) -> Rendered {
 
         // Published ports: Docker's own bridge does the same with ctstate DNAT.
         rules.push(format!("-A {TO_WL} -m conntrack --ctstate DNAT -j ACCEPT"));
+        if state.other_hosts {
+            // Another host's workloads (routed, VXLAN or IP-in-IP): anything not from a
+            // local veth with a pool source. Isolation by network across hosts is not kept.
+            for p in state
+                .pools
+                .iter()
+                .filter(|p| family.matches(&p.cidr.addr()))
+            {
+                rules.push(format!("-A {TO_WL} ! -i cali+ -s {} -j ACCEPT", p.cidr));
+            }
+        }
         // Docker's reach on several networks: a container on networks A and B sends to B's
         // containers from whichever interface its routes pick (with a pool shared by A and
         // B, A's, with A's address), so each of its addresses is a member of the profiles of

@@ -297,3 +297,30 @@ fn a_container_on_two_networks_is_a_member_of_both() {
         "{f6}"
     );
 }
+
+#[test]
+fn other_hosts_workloads_are_accepted_only_when_routed_and_only_from_outside() {
+    let r = render(&state(), Family::V4, Mode::Standalone);
+    assert!(
+        !r.filter.contains("! -i cali+ -s"),
+        "no routes between hosts: nothing accepted"
+    );
+    let mut s = state();
+    s.other_hosts = true;
+    let f = render(&s, Family::V4, Mode::Standalone).filter;
+    let lines: Vec<&str> = f.lines().collect();
+    let at = |rule: &str| {
+        lines
+            .iter()
+            .position(|l| *l == rule)
+            .unwrap_or_else(|| panic!("no {rule} in\n{f}"))
+    };
+    let from_pool = at("-A CLN-TO-WL ! -i cali+ -s 10.0.0.0/24 -j ACCEPT");
+    at("-A CLN-TO-WL ! -i cali+ -s 10.1.0.0/24 -j ACCEPT");
+    // Before the per-endpoint chains, after the published ports.
+    assert!(from_pool < at("-A CLN-TO-WL -o caliaaaaaaaaaaa -j CLN-TW-aaaaaaaaaaa"));
+    assert!(from_pool > at("-A CLN-TO-WL -m conntrack --ctstate DNAT -j ACCEPT"));
+    // IPv6 rules get the IPv6 pools only (none here).
+    let f6 = render(&s, Family::V6, Mode::Standalone).filter;
+    assert!(!f6.contains("! -i cali+ -s"), "{f6}");
+}

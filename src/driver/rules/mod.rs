@@ -91,6 +91,8 @@ struct RulesInner {
     wake: tokio::sync::Notify,
     /// Numbers the state snapshots, so an apply never writes an older snapshot over a newer.
     seq: std::sync::atomic::AtomicU64,
+    /// Other hosts' workloads are routed here (see [`RuleState::other_hosts`]).
+    other_hosts: std::sync::atomic::AtomicBool,
 }
 
 impl Rules {
@@ -108,8 +110,16 @@ impl Rules {
                 failed: Default::default(),
                 wake: Default::default(),
                 seq: Default::default(),
+                other_hosts: Default::default(),
             }),
         }
+    }
+
+    /// Accept traffic from other hosts' workloads (routes between hosts are on).
+    pub(crate) fn set_other_hosts(&self, on: bool) {
+        self.inner
+            .other_hosts
+            .store(on, std::sync::atomic::Ordering::SeqCst);
     }
 
     /// The firewall mode in force (`None`: the plugin keeps no rules). `Auto` is decided
@@ -306,6 +316,10 @@ impl Rules {
         let pools = self.inner.ipam.list_pools().await?;
         let (snapshot, seq) = {
             let mut state = self.inner.state.lock().await;
+            state.other_hosts = self
+                .inner
+                .other_hosts
+                .load(std::sync::atomic::Ordering::SeqCst);
             state.pools = pools
                 .iter()
                 .filter_map(|p| {
@@ -538,6 +552,7 @@ mod tests {
             &crate::dataplane::iptables::RuleState {
                 endpoints: [(id.clone(), good)].into_iter().collect(),
                 pools: vec![],
+                other_hosts: false,
             },
             Family::V4,
             Mode::Standalone,

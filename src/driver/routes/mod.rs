@@ -1,0 +1,313 @@
+//! Routes to the other hosts' containers, as Felix programs them in its non-BGP modes:
+//! the cluster's Nodes, pools, blocks and WorkloadEndpoints are watched ([`Watcher`]), the
+//! kernel state they call for is computed ([`state::ClusterView::desired`]) and the kernel
+//! is brought to it: tunnel devices, VXLAN neighbour and forwarding entries, and our routes
+//! (protocol [`crate::dataplane::routes::ROUTE_PROTOCOL`], so that they are reconciled as a set and never confused
+//! with anyone else's). A full check runs every [`CHECK_INTERVAL`] and after every error.
+//!
+//! Runs only in `standalone` mode on a shared datastore: with Felix on the host (`felix`
+//! mode) Felix routes, and the embedded store has one host.
+
+pub mod state;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::mpsc;
+
+use super::Driver;
+use crate::dataplane::netlink::Netlink;
+use crate::dataplane::routes::OwnedRoute;
+use crate::datastore::watch::{Update, Watcher};
+use crate::datastore::{Datastore, Event};
+use crate::error::Result;
+use state::{ClusterView, Desired, Link, Underlay, VxlanPlan, Watched};
+
+/// How often the kernel is checked against the cluster when nothing changed (a route
+/// someone deleted comes back), and the pause after a failed pass.
+pub const CHECK_INTERVAL: Duration = Duration::from_secs(10);
+/// How often each watched prefix is listed again in full, in case a change was missed.
+pub const RESYNC_INTERVAL: Duration = Duration::from_secs(300);
+
+/// What one pass did.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Applied {
+    /// Routes added or changed.
+    pub replaced: usize,
+    /// Routes deleted.
+    pub deleted: usize,
+    /// Routes of ours in the kernel after the pass.
+    pub total: usize,
+}
+
+impl Driver {
+    /// Keeps the routes to the other hosts in the background, when routing is on
+    /// ([`super::DriverSettings::routes`]). Returns at once.
+    pub fn keep_routes_in_background(self: &Arc<Self>) {
+        if !self.settings.routes {
+            return;
+        }
+        if self.rules.mode() == Some(crate::dataplane::iptables::Mode::Felix) {
+            tracing::info!("Felix runs on this host: it keeps the routes to other hosts");
+            return;
+        }
+        let me = self.clone();
+        super::supervise("routes", move || {
+            let driver = me.clone();
+            async move {
+                let mut delay = Duration::from_millis(500);
+                loop {
+                    match Netlink::new() {
+                        Ok(nl) => {
+                            let gate = driver.routes_stopped.clone();
+                            run(driver.store.clone(), &driver.settings.nodename, nl, gate).await;
+                            return;
+                        }
+                        Err(e) => {
+                            tracing::warn!(error = %e, "routes: open netlink socket");
+                            tokio::time::sleep(delay).await;
+                            delay = (delay * 2).min(CHECK_INTERVAL);
+                        }
+                    }
+                }
+            }
+        });
+    }
+}
+
+impl Driver {
+    /// At stop, with no endpoint left on this host: our routes and VXLAN devices removed,
+    /// and no later pass writes any. Returns how many routes went.
+    pub async fn remove_routes(&self) -> Result<usize> {
+        if !self.settings.routes {
+            return Ok(0);
+        }
+        let mut stopped = self.routes_stopped.lock().await;
+        *stopped = true;
+        let nl = Netlink::new()?;
+        let applied = sync_routes(&nl, &BTreeSet::new()).await?;
+        for name in [
+            crate::dataplane::routes::VXLAN_DEVICE,
+            crate::dataplane::routes::VXLAN_V6_DEVICE,
+        ] {
+            nl.delete_link(name).await?;
+        }
+        Ok(applied.deleted)
+    }
+}
+
+/// Follows the cluster and keeps this host's kernel in step, until the process ends or
+/// `stopped` holds `true`.
+pub async fn run(
+    store: Arc<dyn Datastore>,
+    local: &str,
+    nl: Netlink,
+    stopped: Arc<tokio::sync::Mutex<bool>>,
+) {
+    let (tx, mut rx) = mpsc::channel::<(Watched, Result<Update>)>(64);
+    for kind in Watched::ALL {
+        let tx = tx.clone();
+        let mut w = Watcher::new(store.clone(), &kind.prefix()).resync_every(RESYNC_INTERVAL);
+        tokio::spawn(async move {
+            loop {
+                let update = w.next().await;
+                if tx.send((kind, update)).await.is_err() {
+                    return;
+                }
+            }
+        });
+    }
+    drop(tx);
+    let mut view = ClusterView::default();
+    // Nothing is applied before every prefix was listed once: a partial view (blocks
+    // without their Nodes) would take working routes away after a restart.
+    let mut listed: BTreeSet<&'static str> = BTreeSet::new();
+    let mut problems: Vec<String> = Vec::new();
+    let mut failed = false;
+    let mut tick = tokio::time::interval(CHECK_INTERVAL);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        let mut dirty = false;
+        tokio::select! {
+            msg = rx.recv() => {
+                let Some(first) = msg else { return };
+                // Take every update already queued: one kernel pass for a burst.
+                let mut batch = vec![first];
+                while let Ok(more) = rx.try_recv() {
+                    batch.push(more);
+                }
+                for (kind, update) in batch {
+                    match update {
+                        Ok(u) => {
+                            if matches!(u, Update::Resynced { .. }) {
+                                listed.insert(name_of(kind));
+                            }
+                            dirty |= apply_update(&mut view, kind, u);
+                        }
+                        Err(e) => tracing::warn!(error = %e, prefix = %kind.prefix(), "routes: follow the datastore"),
+                    }
+                }
+            }
+            _ = tick.tick() => dirty = true,
+        }
+        if !dirty || listed.len() < Watched::ALL.len() {
+            continue;
+        }
+        let gate = stopped.lock().await;
+        if *gate {
+            return;
+        }
+        let res = reconcile(&nl, &view, local).await;
+        drop(gate);
+        match res {
+            Ok((applied, desired)) => {
+                if failed {
+                    tracing::info!("routes: kernel in step again");
+                    failed = false;
+                }
+                if applied.replaced + applied.deleted > 0 {
+                    tracing::info!(
+                        replaced = applied.replaced,
+                        deleted = applied.deleted,
+                        routes = applied.total,
+                        "routes to other hosts updated"
+                    );
+                }
+                if desired.problems != problems {
+                    for p in &desired.problems {
+                        tracing::warn!("routes: {p}");
+                    }
+                    problems = desired.problems;
+                }
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "routes: update the kernel; retrying");
+                failed = true;
+            }
+        }
+    }
+}
+
+fn name_of(kind: Watched) -> &'static str {
+    match kind {
+        Watched::Nodes => "nodes",
+        Watched::Pools => "pools",
+        Watched::Blocks => "blocks",
+        Watched::Workloads => "workloads",
+    }
+}
+
+/// Takes a watcher's update into the view; true when something changed.
+fn apply_update(view: &mut ClusterView, kind: Watched, update: Update) -> bool {
+    let events = match update {
+        Update::Events(ev) => ev,
+        Update::Resynced { diff, .. } => diff,
+    };
+    let changed = !events.is_empty();
+    for ev in events {
+        let res = match &ev {
+            Event::Put(kv) => view.apply(kind, &kv.key, Some(&kv.value)),
+            Event::Delete { key, .. } => view.apply(kind, key, None),
+        };
+        if let Err(e) = res {
+            tracing::warn!(error = %e, "routes: ignoring a record");
+        }
+    }
+    changed
+}
+
+/// The interfaces holding this host's Node addresses, with their MTUs.
+async fn underlay(nl: &Netlink, view: &ClusterView, local: &str) -> Result<Underlay> {
+    let Some(me) = view.node(local) else {
+        return Ok(Underlay::default());
+    };
+    let ifaces = crate::dataplane::interfaces(nl).await?;
+    let mut out = Underlay::default();
+    for (addr, slot) in [(me.ipv4, &mut out.v4), (me.ipv6, &mut out.v6)] {
+        let Some(addr) = addr else { continue };
+        if let Some(iface) = ifaces
+            .iter()
+            .find(|i| i.addresses.iter().any(|a| a.addr() == addr.addr()))
+        {
+            *slot = Some(Link {
+                name: iface.name.clone(),
+                mtu: nl.link_mtu(&iface.name).await?,
+            });
+        }
+    }
+    Ok(out)
+}
+
+/// One pass: the kernel brought to what `view` calls for on host `local`.
+pub async fn reconcile(
+    nl: &Netlink,
+    view: &ClusterView,
+    local: &str,
+) -> Result<(Applied, Desired)> {
+    let underlay = underlay(nl, view, local).await?;
+    let desired = view.desired(local, &underlay);
+    for (plan, name) in [
+        (&desired.vxlan_v4, crate::dataplane::routes::VXLAN_DEVICE),
+        (&desired.vxlan_v6, crate::dataplane::routes::VXLAN_V6_DEVICE),
+    ] {
+        match plan {
+            Some(plan) => sync_vxlan(nl, plan).await?,
+            // Only Felix or we make these devices, and Felix is not running here.
+            None => {
+                if nl.link_exists(name).await? {
+                    nl.delete_link(name).await?;
+                }
+            }
+        }
+    }
+    if let Some(dev) = &desired.ipip {
+        nl.ensure_ipip_device(dev).await?;
+    }
+    // tunl0 stays when no pool needs it: the kernel made it with the ipip module, and it
+    // carries nothing without our routes.
+    let applied = sync_routes(nl, &desired.routes).await?;
+    Ok((applied, desired))
+}
+
+async fn sync_vxlan(nl: &Netlink, plan: &VxlanPlan) -> Result<()> {
+    let dev = &plan.device.name;
+    nl.ensure_vxlan_device(&plan.device).await?;
+    let have: BTreeMap<IpAddr, [u8; 6]> = nl.list_neighbours(dev).await?.into_iter().collect();
+    for (ip, mac) in &plan.neighbours {
+        if have.get(ip) != Some(mac) {
+            nl.replace_neighbour(dev, *ip, *mac).await?;
+        }
+    }
+    let wanted: BTreeSet<IpAddr> = plan.neighbours.iter().map(|(ip, _)| *ip).collect();
+    for ip in have.keys().filter(|ip| !wanted.contains(ip)) {
+        nl.delete_neighbour(dev, *ip).await?;
+    }
+    let have: BTreeSet<([u8; 6], IpAddr)> = nl.list_fdb(dev).await?.into_iter().collect();
+    for (mac, remote) in plan.fdb.difference(&have) {
+        nl.replace_fdb(dev, *mac, *remote).await?;
+    }
+    for (mac, remote) in have.difference(&plan.fdb) {
+        nl.delete_fdb(dev, *mac, *remote).await?;
+    }
+    Ok(())
+}
+
+/// Our routes made exactly `want`: each missing or different one replaced (in place, no
+/// gap), then each destination no longer wanted deleted.
+async fn sync_routes(nl: &Netlink, want: &BTreeSet<OwnedRoute>) -> Result<Applied> {
+    let have: BTreeSet<OwnedRoute> = nl.list_owned_routes().await?.into_iter().collect();
+    let mut applied = Applied::default();
+    for r in want.difference(&have) {
+        nl.replace_owned_route(r).await?;
+        applied.replaced += 1;
+    }
+    let wanted_dests: BTreeSet<ipnet::IpNet> = want.iter().map(|r| r.dest).collect();
+    for r in have.iter().filter(|r| !wanted_dests.contains(&r.dest)) {
+        nl.delete_owned_route(r).await?;
+        applied.deleted += 1;
+    }
+    applied.total = want.len();
+    Ok(applied)
+}
