@@ -5,10 +5,21 @@
 //! compares, the writes in the success branch, and a `Get` of every key in the failure
 //! branch so the error can say which key failed and why, as Calico's own client does.
 //!
-//! A watch is one gRPC stream of etcd's Watch service per call, with no deadline once open:
-//! HTTP/2 keep-alive pings notice a dead connection, and etcd cancels a watch on a member
-//! that lost its leader (every request asks for one).
+//! Every endpoint (a member of the cluster) has a connection of its own, made on first use.
+//! A call goes to the member that answered last. When its request provably never reached
+//! that member (connection refused, connect timeout, request dropped unsent) or the member
+//! refused it for want of a leader, the call moves on to the next member, within the same
+//! deadline. A read also moves on after a failure that may have reached the member (no
+//! answer in time, connection lost); a write then fails, since it may have been applied. A
+//! member that failed is tried after the others for a few seconds.
+//!
+//! A watch is one gRPC stream of etcd's Watch service per call, opened like a read and with
+//! no deadline once open: HTTP/2 keep-alive pings notice a dead connection, and etcd cancels
+//! a watch on a member that lost its leader (every request asks for one).
 
+use std::future::Future;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -18,6 +29,7 @@ use etcd_client::{
 };
 use futures::StreamExt;
 use tokio::sync::Mutex;
+use tokio::time::Instant;
 
 use super::{
     condition_error, dir_prefix, Datastore, Event, Expect, KeyValue, Listing, Revision, Stats,
@@ -76,22 +88,121 @@ pub struct EtcdConfig {
     pub cert_file: Option<std::path::PathBuf>,
     /// PEM client key file for TLS.
     pub key_file: Option<std::path::PathBuf>,
-    /// Deadline for each request (and for connecting).
+    /// Deadline of each call, over all the members it tries (connecting to one waits a
+    /// third of it, at most 1 s).
     pub timeout: Duration,
 }
 
 /// The etcd v3 store. Connects lazily, so the plugin can start before etcd is up.
 pub struct EtcdStore {
     config: EtcdConfig,
-    clients: Mutex<Option<Clients>>,
+    /// One per endpoint, in the configured order.
+    members: Vec<Member>,
+    /// The member tried first: the last one that answered.
+    preferred: AtomicUsize,
     stats: Stats,
 }
 
-/// The services used, on one connection.
+/// One endpoint: its connection, once made, and whether it failed a moment ago.
+struct Member {
+    endpoint: String,
+    clients: Mutex<Option<Clients>>,
+    /// Until then it is tried after the others.
+    failed_until: std::sync::Mutex<Option<Instant>>,
+}
+
+impl Member {
+    fn backing_off(&self, now: Instant) -> bool {
+        let until = self.failed_until.lock().unwrap_or_else(|e| e.into_inner());
+        until.is_some_and(|t| t > now)
+    }
+
+    fn set_failed_until(&self, until: Option<Instant>) {
+        *self.failed_until.lock().unwrap_or_else(|e| e.into_inner()) = until;
+    }
+}
+
+/// The services used, on one member's connection.
 #[derive(Clone)]
 struct Clients {
     kv: KvClient,
     watch: WatchClient,
+    /// The member's endpoint (for a watch's errors).
+    endpoint: Arc<str>,
+}
+
+/// How long a member that failed is tried only after the others.
+const BACKOFF: Duration = Duration::from_secs(3);
+/// Longest wait for a TCP connection to one member (a third of a shorter deadline), so that
+/// a member whose host is gone leaves time to try the others.
+const MAX_CONNECT: Duration = Duration::from_secs(1);
+/// Pause before asking the members again when none had a leader (an election under way).
+const ELECTION_PAUSE: Duration = Duration::from_millis(100);
+/// etcd's refusal by a member without a leader, with `require_leader` on
+/// (`rpctypes.ErrGRPCNoLeader`, code Unavailable): its gRPC interceptor refuses before the
+/// request is handled, so even a write may go to another member.
+const NO_LEADER: &str = "etcdserver: no leader";
+
+/// Whether a call changes etcd: a write goes to another member only when the first
+/// provably did not act on it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Kind {
+    Read,
+    Write,
+}
+
+/// What a failed request says about its fate.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Failure {
+    /// It never reached the member (refused or timed-out connection, dropped unsent).
+    NotSent,
+    /// The member refused it unhandled: it has no leader.
+    NoLeader,
+    /// It may have reached the member and been carried out (no answer in time, connection
+    /// lost, etcd's own timeout).
+    Unknown,
+    /// The member answered it (permission denied, invalid argument, ...): final.
+    Answer,
+}
+
+/// Sorts an etcd-client error into a [`Failure`].
+fn classify(e: &etcd_client::Error) -> Failure {
+    let status = match e {
+        etcd_client::Error::GRpcStatus(s) => s,
+        // etcd-client 0.21 gives this only while building a connection (a bad TLS setting),
+        // before any request: requests fail with a GRpcStatus.
+        etcd_client::Error::TransportError(_) => return Failure::NotSent,
+        _ => return Failure::Answer,
+    };
+    let mut next: Option<&(dyn std::error::Error + 'static)> = Some(status);
+    while let Some(err) = next {
+        // tonic wraps every failure to connect (refused, unreachable, connect timeout, TLS
+        // handshake) in ConnectError and reports it as Unavailable with only the outer text:
+        // the type, kept as the Status's source, is what proves nothing was sent.
+        if err.is::<tonic::ConnectError>() {
+            return Failure::NotSent;
+        }
+        // hyper's "canceled" means the request was dropped before it was written (the
+        // connection closed or was not ready); tonic reports it as Cancelled.
+        if err
+            .downcast_ref::<hyper::Error>()
+            .is_some_and(hyper::Error::is_canceled)
+        {
+            return Failure::NotSent;
+        }
+        next = err.source();
+    }
+    match status.code() {
+        tonic::Code::Unavailable if status.message() == NO_LEADER => Failure::NoLeader,
+        // A lost connection or keep-alive timeout (Unavailable, Internal, Unknown), etcd's own
+        // "request timed out" (Unavailable), a stream reset by either end (Cancelled).
+        tonic::Code::Unavailable
+        | tonic::Code::Unknown
+        | tonic::Code::Internal
+        | tonic::Code::Cancelled
+        | tonic::Code::DeadlineExceeded => Failure::Unknown,
+        _ => Failure::Answer,
+    }
 }
 
 impl EtcdStore {
@@ -100,22 +211,44 @@ impl EtcdStore {
         if config.endpoints.is_empty() {
             return Err(Error::Config("no etcd endpoint configured".into()));
         }
+        let members = config
+            .endpoints
+            .iter()
+            .map(|e| Member {
+                endpoint: e.clone(),
+                clients: Mutex::new(None),
+                failed_until: std::sync::Mutex::new(None),
+            })
+            .collect();
         Ok(EtcdStore {
             config,
-            clients: Mutex::new(None),
+            members,
+            preferred: AtomicUsize::new(0),
             stats: Stats::default(),
         })
+    }
+
+    /// The endpoint calls go to first: the last one that answered (the first configured
+    /// until one has).
+    pub fn current_endpoint(&self) -> &str {
+        &self.members[self.preferred.load(Ordering::Relaxed)].endpoint
     }
 
     fn where_(&self) -> String {
         self.config.endpoints.join(",")
     }
 
+    /// How long connecting to one member may take.
+    fn connect_timeout(&self) -> Duration {
+        (self.config.timeout / 3).min(MAX_CONNECT)
+    }
+
     fn options(&self) -> Result<ConnectOptions> {
         let c = &self.config;
+        // No per-request timeout of tonic's: the call's own deadline bounds all its attempts
+        // (and tonic's would end them as "Timeout expired", a Cancelled status).
         let mut opts = ConnectOptions::new()
-            .with_timeout(c.timeout)
-            .with_connect_timeout(c.timeout)
+            .with_connect_timeout(self.connect_timeout())
             .with_keep_alive(Duration::from_secs(10), c.timeout)
             // A member cut off from its cluster would keep a watch open and silent: with this,
             // etcd cancels it (and refuses requests) once the member has no leader.
@@ -147,29 +280,45 @@ impl EtcdStore {
         Ok(opts)
     }
 
-    async fn client(&self) -> Result<KvClient> {
-        Ok(self.clients().await?.kv)
-    }
-
-    async fn clients(&self) -> Result<Clients> {
-        let mut guard = self.clients.lock().await;
+    /// Member `i`'s services, connecting first if need be. The outer error is ours (the
+    /// configuration), the inner one etcd's.
+    async fn clients(&self, i: usize) -> Result<std::result::Result<Clients, etcd_client::Error>> {
+        let m = &self.members[i];
+        let mut guard = m.clients.lock().await;
         if let Some(c) = guard.as_ref() {
-            return Ok(c.clone());
+            return Ok(Ok(c.clone()));
         }
         let opts = self.options()?;
-        let connect = Client::connect(&self.config.endpoints, Some(opts));
-        let client = tokio::time::timeout(self.config.timeout, connect)
-            .await
-            .map_err(|_| self.unavailable("connect", "no answer"))?
-            .map_err(|e| self.unavailable("connect", e))?;
+        // One endpoint per client: etcd-client balances a client's endpoints in one tonic
+        // channel, which keeps sending a share of the calls to a member that is down.
+        // Without credentials this only sets the connection up (the first request makes
+        // it); with them it asks this member for a token.
+        let client = match Client::connect([m.endpoint.as_str()], Some(opts)).await {
+            Ok(c) => c,
+            Err(e) => return Ok(Err(e)),
+        };
         // One value (a large block) may exceed tonic's default 4 MiB; lists are paged.
         let clients = Clients {
             kv: client.kv_client().max_decoding_message_size(MAX_MESSAGE),
             // One revision's events come in one message (a transaction of large values).
             watch: client.watch_client().max_decoding_message_size(MAX_MESSAGE),
+            endpoint: m.endpoint.as_str().into(),
         };
         *guard = Some(clients.clone());
-        Ok(clients)
+        Ok(Ok(clients))
+    }
+
+    /// The members in the order to try them: from the preferred one on, round the list,
+    /// those that failed a moment ago last.
+    fn order(&self) -> Vec<usize> {
+        let n = self.members.len();
+        let first = self.preferred.load(Ordering::Relaxed);
+        let now = Instant::now();
+        let (mut order, later): (Vec<usize>, Vec<usize>) = (0..n)
+            .map(|k| (first + k) % n)
+            .partition(|&i| !self.members[i].backing_off(now));
+        order.extend(later);
+        order
     }
 
     fn unavailable(&self, op: &str, e: impl std::fmt::Display) -> Error {
@@ -181,14 +330,115 @@ impl EtcdStore {
         ))
     }
 
-    async fn call<T, F>(&self, op: &str, fut: F) -> Result<T>
+    /// The error of a call that no member answered: the last failure of each member tried
+    /// (named when there are several).
+    fn failed(&self, op: &str, failures: &[(usize, String)]) -> Error {
+        if self.members.len() == 1 {
+            let cause = failures.last().map_or("no answer", |(_, c)| c.as_str());
+            return self.unavailable(op, cause);
+        }
+        let mut parts: Vec<String> = Vec::new();
+        let mut seen = Vec::new();
+        for (i, cause) in failures.iter().rev() {
+            if !seen.contains(i) {
+                seen.push(*i);
+                parts.push(format!("{}: {cause}", self.members[*i].endpoint));
+            }
+        }
+        parts.reverse();
+        if parts.is_empty() {
+            parts.push("no answer".into());
+        }
+        self.unavailable(op, parts.join("; "))
+    }
+
+    /// Member `i` answered: it is the one to try first from now on.
+    fn answered(&self, i: usize, op: &str, failures: &[(usize, String)]) {
+        self.members[i].set_failed_until(None);
+        let before = self.preferred.swap(i, Ordering::Relaxed);
+        if before != i {
+            let causes: Vec<String> = failures
+                .iter()
+                .map(|(j, c)| format!("{}: {c}", self.members[*j].endpoint))
+                .collect();
+            tracing::warn!(
+                op,
+                from = %self.members[before].endpoint,
+                to = %self.members[i].endpoint,
+                failures = %redact(&causes.join("; ")),
+                "etcd: now using another member"
+            );
+        }
+    }
+
+    /// Runs one request (`attempt`, given a member's services) on the members in turn
+    /// until one answers, within the call's deadline; see the module documentation for
+    /// which failures move on to the next member.
+    async fn run<T, F, Fut>(&self, kind: Kind, op: &str, mut attempt: F) -> Result<T>
     where
-        F: std::future::Future<Output = std::result::Result<T, etcd_client::Error>>,
+        F: FnMut(Clients) -> Fut,
+        Fut: Future<Output = std::result::Result<T, etcd_client::Error>>,
     {
-        match tokio::time::timeout(self.config.timeout, fut).await {
-            Ok(Ok(v)) => Ok(v),
-            Ok(Err(e)) => Err(self.unavailable(op, e)),
-            Err(_) => Err(self.unavailable(op, "no answer")),
+        let timeout = self.config.timeout;
+        let deadline = Instant::now() + timeout;
+        let mut failures: Vec<(usize, String)> = Vec::new();
+        loop {
+            let mut no_leader = false;
+            let order = self.order();
+            for (n, &i) in order.iter().enumerate() {
+                let now = Instant::now();
+                if now >= deadline {
+                    break;
+                }
+                // A silent member gets half the deadline when others are left to try (a
+                // read can still go to them); the last one gets what remains.
+                let cap = if n + 1 < order.len() {
+                    deadline.min(now + timeout / 2)
+                } else {
+                    deadline
+                };
+                let (failure, cause) = match tokio::time::timeout_at(cap, self.clients(i)).await {
+                    Ok(Ok(Ok(clients))) => {
+                        let limit = if kind == Kind::Read { cap } else { deadline };
+                        match tokio::time::timeout_at(limit, attempt(clients)).await {
+                            Ok(Ok(v)) => {
+                                self.answered(i, op, &failures);
+                                return Ok(v);
+                            }
+                            Ok(Err(e)) => (classify(&e), redact(&e.to_string())),
+                            Err(_) => (Failure::Unknown, "no answer".to_string()),
+                        }
+                    }
+                    // Connecting (with credentials: asking for a token) sent nothing of this
+                    // call: any failure moves on, but an answer (a refused password).
+                    Ok(Ok(Err(e))) => match classify(&e) {
+                        Failure::Unknown => (Failure::NotSent, redact(&e.to_string())),
+                        failure => (failure, redact(&e.to_string())),
+                    },
+                    Ok(Err(ours)) => return Err(ours),
+                    Err(_) => (Failure::NotSent, "no answer while connecting".to_string()),
+                };
+                if failure == Failure::Answer {
+                    return Err(self.unavailable(op, cause));
+                }
+                self.members[i].set_failed_until(Some(Instant::now() + BACKOFF));
+                failures.push((i, cause));
+                match failure {
+                    Failure::NoLeader => no_leader = true,
+                    Failure::Unknown if kind == Kind::Write => {
+                        if let Some((_, cause)) = failures.last_mut() {
+                            cause.push_str(" (it may have been carried out: not sent again)");
+                        }
+                        return Err(self.failed(op, &failures));
+                    }
+                    _ => {}
+                }
+            }
+            // Every member lacked a leader: an election, which may end within the deadline.
+            if !no_leader || Instant::now() + ELECTION_PAUSE >= deadline {
+                return Err(self.failed(op, &failures));
+            }
+            tokio::time::sleep(ELECTION_PAUSE).await;
         }
     }
 }
@@ -263,8 +513,11 @@ fn to_kv(kv: &etcd_client::KeyValue) -> Result<KeyValue> {
 impl Datastore for EtcdStore {
     async fn get(&self, key: &str) -> Result<Option<KeyValue>> {
         self.stats.read();
-        let mut kv = self.client().await?;
-        let resp = self.call("get", kv.get(key, None)).await?;
+        let resp = self
+            .run(Kind::Read, "get", |mut c| async move {
+                c.kv.get(key, None).await
+            })
+            .await?;
         resp.kvs().first().map(to_kv).transpose()
     }
 
@@ -275,7 +528,6 @@ impl Datastore for EtcdStore {
     async fn list_with_revision(&self, prefix: &str) -> Result<Listing> {
         let prefix = dir_prefix(prefix);
         let end = prefix_end(&prefix);
-        let mut kv = self.client().await?;
         let mut out = Vec::new();
         let mut from = prefix.clone().into_bytes();
         // Pages of LIST_PAGE keys, all read at the first page's revision: one consistent
@@ -289,7 +541,12 @@ impl Datastore for EtcdStore {
             if let Some(rev) = at {
                 opts = opts.with_revision(rev);
             }
-            let resp = self.call("list", kv.get(from.clone(), Some(opts))).await?;
+            let resp = self
+                .run(Kind::Read, "list", |mut c| {
+                    let (from, opts) = (from.clone(), opts.clone());
+                    async move { c.kv.get(from, Some(opts)).await }
+                })
+                .await?;
             let revision = *at.get_or_insert(resp.header().map(|h| h.revision()).unwrap_or(0));
             for k in resp.kvs() {
                 out.push(to_kv(k)?);
@@ -311,22 +568,28 @@ impl Datastore for EtcdStore {
         let opts = WatchOptions::new()
             .with_range(prefix_end(&prefix))
             .with_start_revision(after + 1);
-        let mut client = self.clients().await?.watch;
-        let mut stream = self
-            .call("watch", client.watch(prefix.as_str(), Some(opts)))
+        // Opened like a read: on the next member when one fails.
+        let (stream, first, endpoint) = self
+            .run(Kind::Read, "watch", |mut c| {
+                let (prefix, opts) = (prefix.clone(), opts.clone());
+                async move {
+                    let mut stream = c.watch.watch(prefix, Some(opts)).await?;
+                    let first = stream.message().await?;
+                    Ok((stream, first, c.endpoint))
+                }
+            })
             .await?;
         // etcd confirms the watch first; a compacted start revision comes after that.
-        match self.call("watch", stream.message()).await? {
+        match first {
             Some(resp) if resp.created() => {
                 watch_events(&prefix, after, &resp)?;
             }
             Some(_) => return Err(self.unavailable("watch", "no confirmation from etcd")),
             None => return Err(self.unavailable("watch", "etcd closed the stream")),
         }
-        let where_ = self.where_();
         let broken = move |prefix: &str, e: &dyn std::fmt::Display| {
             Error::Unavailable(format!(
-                "watch {prefix} on etcd at {where_}: {}",
+                "watch {prefix} on etcd at {endpoint}: {}",
                 redact(&e.to_string())
             ))
         };
@@ -359,9 +622,12 @@ impl Datastore for EtcdStore {
         }
         self.stats.read();
         let ops: Vec<TxnOp> = keys.iter().map(|k| TxnOp::get(k.as_str(), None)).collect();
-        let mut kv = self.client().await?;
+        let txn = etcd_client::Txn::new().and_then(ops);
         let resp = self
-            .call("get", kv.txn(etcd_client::Txn::new().and_then(ops)))
+            .run(Kind::Read, "get", |mut c| {
+                let txn = txn.clone();
+                async move { c.kv.txn(txn).await }
+            })
             .await?;
         resp.op_responses()
             .iter()
@@ -391,9 +657,12 @@ impl Datastore for EtcdStore {
                 TxnOp::get(p.as_str(), Some(opts))
             })
             .collect();
-        let mut kv = self.client().await?;
+        let txn = etcd_client::Txn::new().and_then(ops);
         let resp = self
-            .call("list", kv.txn(etcd_client::Txn::new().and_then(ops)))
+            .run(Kind::Read, "list", |mut c| {
+                let txn = txn.clone();
+                async move { c.kv.txn(txn).await }
+            })
             .await?;
         let mut out = Vec::with_capacity(prefixes.len());
         for (p, r) in prefixes.iter().zip(resp.op_responses()) {
@@ -438,8 +707,13 @@ impl Datastore for EtcdStore {
             .when(compares)
             .and_then(then)
             .or_else(otherwise);
-        let mut kv = self.client().await?;
-        let resp = self.call("write", kv.txn(txn)).await?;
+        // Sent again elsewhere only when it provably never reached a member.
+        let resp = self
+            .run(Kind::Write, "write", |mut c| {
+                let txn = txn.clone();
+                async move { c.kv.txn(txn).await }
+            })
+            .await?;
         if resp.succeeded() {
             return Ok(resp.header().map(|h| h.revision()).unwrap_or_default());
         }
@@ -471,6 +745,69 @@ impl Datastore for EtcdStore {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn status(s: tonic::Status) -> etcd_client::Error {
+        etcd_client::Error::GRpcStatus(s)
+    }
+
+    #[test]
+    fn a_failure_to_connect_proves_nothing_was_sent() {
+        // As tonic builds it: the connect error in the Status's source chain.
+        let refused = std::io::Error::from(std::io::ErrorKind::ConnectionRefused);
+        let s = tonic::Status::from_error(Box::new(tonic::ConnectError(Box::new(refused))));
+        assert_eq!(s.code(), tonic::Code::Unavailable);
+        assert_eq!(classify(&status(s)), Failure::NotSent);
+    }
+
+    #[test]
+    fn no_leader_is_a_refusal_and_other_unavailables_are_unknown() {
+        let no_leader = tonic::Status::unavailable("etcdserver: no leader");
+        assert_eq!(classify(&status(no_leader)), Failure::NoLeader);
+        for s in [
+            tonic::Status::unavailable("etcdserver: request timed out"),
+            tonic::Status::unavailable("error trying to connect: connection closed"),
+            tonic::Status::cancelled("Timeout expired"),
+            tonic::Status::unknown("h2 protocol error"),
+        ] {
+            assert_eq!(classify(&status(s)), Failure::Unknown);
+        }
+    }
+
+    #[test]
+    fn answers_are_final() {
+        for s in [
+            tonic::Status::permission_denied("etcdserver: permission denied"),
+            tonic::Status::invalid_argument("etcdserver: authentication failed"),
+            tonic::Status::resource_exhausted("etcdserver: too many requests"),
+        ] {
+            assert_eq!(classify(&status(s)), Failure::Answer);
+        }
+        let other = etcd_client::Error::WatchError("closed".into());
+        assert_eq!(classify(&other), Failure::Answer);
+    }
+
+    #[test]
+    fn members_are_tried_from_the_preferred_one_on_those_that_failed_last() {
+        let store = EtcdStore::new(EtcdConfig {
+            endpoints: vec![
+                "http://a:2379".into(),
+                "http://b:2379".into(),
+                "http://c:2379".into(),
+            ],
+            timeout: Duration::from_secs(5),
+            ..Default::default()
+        })
+        .unwrap();
+        assert_eq!(store.order(), vec![0, 1, 2]);
+        assert_eq!(store.connect_timeout(), Duration::from_secs(1));
+        store.preferred.store(1, Ordering::Relaxed);
+        assert_eq!(store.order(), vec![1, 2, 0]);
+        store.members[2].set_failed_until(Some(Instant::now() + BACKOFF));
+        assert_eq!(store.order(), vec![1, 0, 2]);
+        store.members[2].set_failed_until(Some(Instant::now()));
+        assert_eq!(store.order(), vec![1, 2, 0]);
+        assert_eq!(store.current_endpoint(), "http://b:2379");
+    }
 
     #[test]
     fn debug_never_shows_the_password() {

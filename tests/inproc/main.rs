@@ -10,6 +10,7 @@ mod common;
 
 mod cli;
 mod datastore_conformance;
+mod etcd_failover;
 mod etcd_security;
 mod etcd_watch;
 mod ipam_allocator;
