@@ -24,6 +24,7 @@ pub mod rules;
 pub mod sandbox;
 #[cfg(test)]
 mod sequence_tests;
+pub mod tunnel;
 
 /// Address space names the IPAM driver reports (the original plugin's names).
 pub const LOCAL_ADDRESS_SPACE: &str = "CalicoLocalAddressSpace";

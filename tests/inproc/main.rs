@@ -16,3 +16,4 @@ mod ipam_allocator;
 mod plugin_http;
 mod plugin_ipam;
 mod startup;
+mod tunnel;
