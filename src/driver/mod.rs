@@ -13,6 +13,7 @@ use crate::ipam::Ipam;
 
 pub mod docker;
 pub mod endpoint;
+pub mod heartbeat;
 pub mod init;
 pub mod ipam;
 pub mod network;

@@ -5,9 +5,11 @@
 use crate::common;
 
 use std::net::IpAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use calico_libnetwork::datastore::resources;
+use calico_libnetwork::driver::heartbeat::HEARTBEAT_ANNOTATION;
 use calico_libnetwork::driver::tunnel::TunnelAddresses;
 use calico_libnetwork::driver::{Driver, DriverSettings};
 use calico_libnetwork::ipam::AssignIp;
@@ -397,6 +399,43 @@ async fn an_old_tunnel_address_without_handle_is_kept_and_given_one(store: Store
     );
 }
 
+// allocateip.go, run: calico-node allocates at start, then again on every pool change; the
+// plugin's node loop does it at start and then every TUNNEL_INTERVAL (here the shorter
+// address interval), and renews its heartbeat.
+async fn the_node_loop_allocates_at_start_and_after_a_pool_change(store: Store) {
+    let mut settings = DriverSettings::new(HOST);
+    settings.node_address.poll_interval = Duration::from_millis(300);
+    let d = Arc::new(Driver::new(store.clone(), settings));
+    d.init(&[]).await.unwrap();
+    add_pool(&d, "ipip", "10.76.0.0/24", |s| {
+        s.ipip_mode = "Always".into()
+    })
+    .await;
+    d.keep_node_address_in_background();
+    let wait = |what: &str, check: &dyn Fn(&Value) -> bool| {
+        tokio::task::block_in_place(|| {
+            common::wait_until(what, Duration::from_secs(10), || {
+                let h = tokio::runtime::Handle::current();
+                let n = h.block_on(node(&store)).0;
+                check(&n).then_some(()).ok_or(n)
+            })
+        })
+    };
+    wait("the IPIP address and the heartbeat at start", &|n| {
+        n["spec"]["bgp"]["ipv4IPIPTunnelAddr"].is_string()
+            && n["metadata"]["annotations"][HEARTBEAT_ANNOTATION].is_string()
+    });
+    add_pool(&d, "vxlan", "10.77.0.0/24", |s| {
+        s.vxlan_mode = "Always".into()
+    })
+    .await;
+    wait("the VXLAN address after the pool was added", &|n| {
+        n["spec"]["ipv4VXLANTunnelAddr"]
+            .as_str()
+            .is_some_and(|a| a.starts_with("10.77.0."))
+    });
+}
+
 backends!(
     threads = 2,
     timeout = Some(Duration::from_secs(60)),
@@ -405,5 +444,6 @@ backends!(
         an_ipip_pool_gives_one_tunnel_address_released_with_the_mode,
         a_pool_selecting_other_nodes_gives_no_tunnel_address,
         an_old_tunnel_address_without_handle_is_kept_and_given_one,
+        the_node_loop_allocates_at_start_and_after_a_pool_change,
     ]
 );
