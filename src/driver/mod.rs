@@ -18,6 +18,7 @@ pub mod init;
 pub mod ipam;
 pub mod network;
 pub mod node_address;
+pub mod node_remove;
 pub mod profiles;
 pub mod ready;
 pub mod reconcile;

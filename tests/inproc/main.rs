@@ -13,6 +13,7 @@ mod datastore_conformance;
 mod etcd_security;
 mod etcd_watch;
 mod ipam_allocator;
+mod node_remove;
 mod plugin_http;
 mod plugin_ipam;
 mod startup;
