@@ -18,7 +18,7 @@
 //! - [`plugin`]: the HTTP server on Docker's plugin socket and the wire types.
 //! - [`metrics`]: Prometheus metrics (optional).
 //! - [`cli`]: the command line's top-level clap types and `main_entry`.
-//! - `commands`: one file per command (`serve`, `pool`, `ipam`, `status`, `endpoint`,
+//! - `commands`: one file per command (`serve`, `pool`, `ipam`, `node`, `status`, `endpoint`,
 //!   `firewall`), each with its subcommands' types, and the table and JSON output.
 
 pub mod cli;

@@ -9,6 +9,7 @@ use crate::commands;
 use crate::commands::endpoint::EndpointCommand;
 use crate::commands::firewall::FirewallCommand;
 use crate::commands::ipam::IpamCommand;
+use crate::commands::node::NodeCommand;
 use crate::commands::output::Output;
 use crate::commands::pool::PoolCommand;
 use crate::config::ConfigArgs;
@@ -46,6 +47,12 @@ pub(crate) enum Command {
         /// Output format.
         #[arg(short = 'o', long, value_enum, default_value_t = Output::Table)]
         output: Output,
+    },
+    /// Calico nodes: remove one that is gone for good, with its addresses, affinities
+    /// and endpoints.
+    Node {
+        #[command(subcommand)]
+        cmd: NodeCommand,
     },
     /// This host's container endpoints (WorkloadEndpoints).
     Endpoint {
@@ -91,6 +98,7 @@ pub fn main_entry() -> i32 {
             Command::Pool { cmd } => commands::pool::run(&config, cmd).await,
             Command::Ipam { cmd } => commands::ipam::run(&config, cmd).await,
             Command::Status { output } => commands::status::run(&config, output).await,
+            Command::Node { cmd } => commands::node::run(&config, cmd).await,
             Command::Endpoint { cmd } => commands::endpoint::run(&config, cmd).await,
             Command::Firewall { cmd } => commands::firewall::run(&config, cmd).await,
         }

@@ -5,6 +5,7 @@
 pub(crate) mod endpoint;
 pub(crate) mod firewall;
 pub(crate) mod ipam;
+pub(crate) mod node;
 pub(crate) mod output;
 pub(crate) mod plugin_socket;
 pub(crate) mod pool;

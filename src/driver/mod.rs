@@ -13,10 +13,12 @@ use crate::ipam::Ipam;
 
 pub mod docker;
 pub mod endpoint;
+pub mod heartbeat;
 pub mod init;
 pub mod ipam;
 pub mod network;
 pub mod node_address;
+pub mod node_remove;
 pub mod profiles;
 pub mod ready;
 pub mod reconcile;
@@ -25,6 +27,7 @@ pub mod rules;
 pub mod sandbox;
 #[cfg(test)]
 mod sequence_tests;
+pub mod tunnel;
 
 /// Address space names the IPAM driver reports (the original plugin's names).
 pub const LOCAL_ADDRESS_SPACE: &str = "CalicoLocalAddressSpace";

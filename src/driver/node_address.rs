@@ -23,6 +23,7 @@
 
 use std::net::IpAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use ipnet::IpNet;
 
@@ -326,26 +327,62 @@ impl Driver {
         )))
     }
 
-    /// Checks this host's address every `AUTODETECT_POLL_INTERVAL` (after the check
-    /// [`Driver::init`] runs), in the background; does nothing when `IP` and `IP6` are both
-    /// `none`. Returns at once.
+    /// Keeps this host's Node current, in the background, returning at once: its address
+    /// checked every `AUTODETECT_POLL_INTERVAL` after the check [`Driver::init`] runs (not
+    /// when `IP` and `IP6` are both `none`), its tunnel addresses reconciled at once and
+    /// then every [`super::tunnel::TUNNEL_INTERVAL`] or `AUTODETECT_POLL_INTERVAL`, whichever
+    /// is shorter (see `tunnel`), and the plugin's heartbeat renewed at once and then every
+    /// [`super::heartbeat::HEARTBEAT_INTERVAL`] (see `heartbeat`). One task, so that these
+    /// writes of the Node never race each other.
     pub fn keep_node_address_in_background(self: &Arc<Self>) {
-        let cfg = &self.settings.node_address;
-        if cfg.ipv4 == IpSetting::None && cfg.ipv6 == IpSetting::None {
-            return;
-        }
         let me = self.clone();
         super::supervise("node-address", move || {
             let driver = me.clone();
-            async move {
-                loop {
-                    tokio::time::sleep(driver.settings.node_address.poll_interval).await;
-                    if let Err(e) = driver.check_node_address().await {
-                        tracing::warn!(error = %e, "check this host's address on its Node");
-                    }
-                }
-            }
+            async move { driver.keep_node_current().await }
         });
+    }
+
+    /// The loop of [`Driver::keep_node_address_in_background`]; never returns.
+    async fn keep_node_current(&self) {
+        use tokio::time::Instant;
+        let cfg = &self.settings.node_address;
+        let address = !(cfg.ipv4 == IpSetting::None && cfg.ipv6 == IpSetting::None);
+        // Embedding code may give a zero interval: never spin.
+        let floor = Duration::from_millis(100);
+        let address_every = cfg.poll_interval.max(floor);
+        // calico-node sees a pool change through its watch; the plugin polls, at least this
+        // often: 10 s, or the address interval when that is shorter.
+        let tunnel_every = super::tunnel::TUNNEL_INTERVAL.min(address_every);
+        let heartbeat_every = super::heartbeat::HEARTBEAT_INTERVAL;
+        let start = Instant::now();
+        let (mut next_address, mut next_tunnel, mut next_heartbeat) =
+            (start + address_every, start, start);
+        loop {
+            let mut wake = next_tunnel.min(next_heartbeat);
+            if address {
+                wake = wake.min(next_address);
+            }
+            tokio::time::sleep_until(wake).await;
+            let now = Instant::now();
+            if address && now >= next_address {
+                if let Err(e) = self.check_node_address().await {
+                    tracing::warn!(error = %e, "check this host's address on its Node");
+                }
+                next_address = Instant::now() + address_every;
+            }
+            if now >= next_tunnel {
+                if let Err(e) = self.reconcile_tunnel_addresses().await {
+                    tracing::warn!(error = %e, "reconcile this host's tunnel addresses");
+                }
+                next_tunnel = Instant::now() + tunnel_every;
+            }
+            if now >= next_heartbeat {
+                if let Err(e) = self.renew_heartbeat().await {
+                    tracing::warn!(error = %e, "renew this host's heartbeat on its Node");
+                }
+                next_heartbeat = Instant::now() + heartbeat_every;
+            }
+        }
     }
 }
 

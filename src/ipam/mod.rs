@@ -13,6 +13,7 @@ mod assign;
 mod cache;
 use cache::{CachedBlock, FULL_BLOCK_TTL};
 mod handle;
+mod host;
 mod pools;
 mod release;
 mod reservations;
@@ -32,6 +33,7 @@ use crate::model::IpFamily;
 use crate::model::{IpamConfig, IpamHandle};
 
 pub use affinity::block_order;
+pub use host::HostRelease;
 pub use pools::{default_pool, PoolSummary};
 
 /// How many times a lost compare-and-swap is retried (Calico's `datastoreRetries`).

@@ -1,4 +1,5 @@
-//! Releasing addresses, by address or by handle, and reading a handle's addresses.
+//! Releasing addresses, by address or by handle, and reading a handle's addresses and an
+//! address's allocation attributes.
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
@@ -8,7 +9,7 @@ use ipnet::IpNet;
 use super::{enc, handle_id, HandleState, Ipam, RETRIES};
 use crate::datastore::Write;
 use crate::error::{Error, Result};
-use crate::model::block::ReleaseOptions;
+use crate::model::block::{AllocationAttribute, ReleaseOptions};
 use crate::model::keys;
 
 impl Ipam {
@@ -196,5 +197,24 @@ impl Ipam {
             }
         }
         Ok(out)
+    }
+
+    /// The allocation attribute (handle, owner attributes) of `ip`, as Calico's
+    /// `GetAssignmentAttributes` finds it: in the block the pool containing `ip` gives it
+    /// (any pool, enabled or not). `None` when no pool contains `ip`, its block does not
+    /// exist, or `ip` is not allocated; an address cooling down after its release
+    /// (`releasedAt` set: Calico's `ErrorIPInCooldown`) is not allocated either.
+    pub async fn assignment_attributes(&self, ip: IpAddr) -> Result<Option<AllocationAttribute>> {
+        let pools = self.list_pools().await?;
+        let Some(cidr) = pools.iter().find_map(|p| p.spec.block_for(&ip)) else {
+            return Ok(None);
+        };
+        let Some(b) = self.get_block(&cidr).await? else {
+            return Ok(None);
+        };
+        Ok(b.block
+            .attribute_of(&ip)
+            .filter(|a| a.released_at.is_none())
+            .cloned())
     }
 }

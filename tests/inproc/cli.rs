@@ -440,6 +440,64 @@ async fn ipam_show_reports_blocks_in_use() {
     assert_eq!(code, 0, "{out}{err}");
 }
 
+/// Node `gone` with one address and a fresh heartbeat, written by its driver on `store`.
+async fn seed_gone_node(store: std::sync::Arc<dyn calico_libnetwork::datastore::Datastore>) {
+    use calico_libnetwork::driver::{Driver, DriverSettings};
+    let d = Driver::new(store, DriverSettings::new("gone"));
+    d.init(&[calico_libnetwork::ipam::default_pool(
+        &"10.65.0.0/24".parse().unwrap(),
+    )])
+    .await
+    .unwrap();
+    d.request_address("CalicoPoolIPv4", None, &Default::default())
+        .await
+        .unwrap();
+    assert!(d.renew_heartbeat().await.unwrap());
+}
+
+/// `node remove`: refused while the heartbeat is fresh (exit 1, one line saying why), done
+/// with --force (the counts printed), refused again once the Node is gone.
+fn node_remove_command(envs: &[(&str, &str)]) {
+    let (code, out, err) = op(envs, &["node", "remove", "gone"]);
+    assert_eq!(code, 1, "{out}{err}");
+    assert!(
+        err.contains("remove node gone: its plugin is likely running") && err.contains("--force"),
+        "{err}"
+    );
+    let (code, out, err) = op(envs, &["node", "remove", "gone", "--force"]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.starts_with("removed node gone\n"), "{out}");
+    assert!(out.contains("addresses released:         1\n"), "{out}");
+    assert!(out.contains("block affinities released:  1\n"), "{out}");
+    let (code, out, err) = op(envs, &["node", "remove", "gone", "--force", "-o", "json"]);
+    assert_eq!(code, 1, "{out}{err}");
+    assert!(
+        err.contains("remove node gone: Node gone does not exist"),
+        "{err}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn node_remove_on_etcd() {
+    let etcd = common::etcd::Etcd::start();
+    seed_gone_node(std::sync::Arc::new(etcd.store())).await;
+    let endpoint = etcd.endpoint();
+    tokio::task::block_in_place(|| node_remove_command(&[("ETCD_ENDPOINTS", &endpoint)]));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn node_remove_on_the_embedded_store() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("store.redb");
+    {
+        let store = calico_libnetwork::datastore::local::LocalStore::open(&path).unwrap();
+        seed_gone_node(std::sync::Arc::new(store)).await;
+    }
+    tokio::task::block_in_place(|| {
+        node_remove_command(&[("CALICO_LIBNETWORK_STORE", path.to_str().unwrap())])
+    });
+}
+
 #[tokio::test]
 async fn a_stalled_log_pipe_never_blocks_requests() {
     // stdout is a pipe nobody reads: at trace level it fills within a few requests.

@@ -14,6 +14,8 @@ mod etcd_failover;
 mod etcd_security;
 mod etcd_watch;
 mod ipam_allocator;
+mod node_remove;
 mod plugin_http;
 mod plugin_ipam;
 mod startup;
+mod tunnel;

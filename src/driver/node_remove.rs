@@ -1,0 +1,172 @@
+//! Removing a node that is gone for good (`calico-libnetwork node remove <name>`): what
+//! Calico's `calicoctl delete node` does for a Node (libcalico-go `clientv3/node.go`,
+//! `nodes.Delete`), with IPAM released as calico-kube-controllers' garbage collection
+//! releases a deleted node's addresses: every allocation naming the node (workloads and
+//! tunnel addresses) with its handle, its block affinities (`RemoveIPAMHost`), its
+//! WorkloadEndpoints, and last the Node itself.
+//!
+//! The plugin's own records under `/calico/libnetwork/v1/` (networks, pools) are shared by
+//! every host, none is a node's: nothing of them goes.
+//!
+//! A node whose plugin is likely running (its heartbeat, see `heartbeat`, younger than
+//! [`HEARTBEAT_FRESH`]) is not removed unless forced: it would allocate again at once, and
+//! its containers would lose their endpoints.
+
+use std::sync::Arc;
+
+use chrono::{DateTime, Utc};
+
+use super::heartbeat::{heartbeat_of, heartbeat_text, HEARTBEAT_ANNOTATION, HEARTBEAT_FRESH};
+use super::tunnel::TunnelKind;
+use crate::datastore::{resources, Datastore};
+use crate::error::{Error, Result};
+use crate::ipam::Ipam;
+use crate::model::keys;
+use crate::model::resources::{NodeSpec, WorkloadEndpointSpec};
+use crate::model::{Node, WorkloadEndpoint};
+
+/// What [`remove_node`] removed.
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct NodeRemoval {
+    /// The node's name.
+    pub node: String,
+    /// IPAM addresses released (workloads' and tunnel addresses).
+    pub addresses: usize,
+    /// IPAM handles released.
+    pub handles: usize,
+    /// Block affinities released.
+    pub affinities: usize,
+    /// WorkloadEndpoints deleted.
+    pub workload_endpoints: usize,
+}
+
+/// Whether `node`'s heartbeat says its plugin is running at `now`: younger than
+/// [`HEARTBEAT_FRESH`] (one from the future, a clock ahead of ours, counts as fresh).
+/// A Node without one (calico-node's, or from before heartbeats) is not running a plugin
+/// that renews it.
+pub fn heartbeat_is_fresh(node: &Node, now: DateTime<Utc>) -> bool {
+    match heartbeat_of(node) {
+        Some(t) => (now - t).to_std().is_ok_and(|age| age < HEARTBEAT_FRESH) || t > now,
+        None => false,
+    }
+}
+
+/// Removes node `name` and everything the datastore holds for it (see the module
+/// documentation). Refuses, changing nothing, when the Node does not exist
+/// ([`Error::NotFound`]) or its heartbeat is fresh and `force` is not set. Each step
+/// tolerates what an earlier, interrupted run already removed.
+pub async fn remove_node(
+    store: &Arc<dyn Datastore>,
+    name: &str,
+    force: bool,
+) -> Result<NodeRemoval> {
+    let ctx = |e: Error| e.context(format!("remove node {name}"));
+    let key = keys::node_key(name);
+    let node = resources::get::<NodeSpec>(store.as_ref(), &key)
+        .await
+        .map_err(ctx)?
+        .ok_or_else(|| {
+            ctx(Error::NotFound {
+                key: format!("Node {name}"),
+            })
+        })?;
+    refuse_if_running(&node, force).map_err(ctx)?;
+
+    let ipam = Ipam::new(store.clone());
+    let released = ipam.release_host(name).await.map_err(ctx)?;
+    let mut out = NodeRemoval {
+        node: name.to_string(),
+        addresses: released.addresses,
+        handles: released.handles,
+        affinities: released.affinities,
+        workload_endpoints: 0,
+    };
+    // Tunnel handles left without an address (a count the blocks no longer back).
+    for kind in TunnelKind::ALL {
+        match ipam.release_by_handle(&kind.handle(name)).await {
+            Ok(()) => out.handles += 1,
+            Err(e) if e.is_not_found() => {}
+            Err(e) => return Err(ctx(e)),
+        }
+    }
+
+    // `nodes.Delete` lists by the name prefix and checks `spec.node` (another node's name
+    // may begin with this one's); every namespace, Calico's own orchestrators' too.
+    let weps: Vec<WorkloadEndpoint> = resources::list::<WorkloadEndpointSpec>(store.as_ref(), None)
+        .await
+        .map_err(ctx)?;
+    for wep in weps.iter().filter(|w| w.spec.node == name) {
+        let key = wep.key().map_err(ctx)?;
+        match store.delete(&key, wep.metadata.revision()).await {
+            Ok(()) => out.workload_endpoints += 1,
+            Err(e) if e.is_not_found() => {}
+            Err(e) => return Err(ctx(e.context(format!("delete {key}")))),
+        }
+    }
+
+    // Last the Node, as read: if its plugin renewed the heartbeat meanwhile, check again.
+    let mut node = node;
+    for _ in 0..resources::UPDATE_ATTEMPTS {
+        match store.delete(&key, node.metadata.revision()).await {
+            Ok(()) => return Ok(out),
+            Err(e) if e.is_not_found() => return Ok(out),
+            Err(e) if e.is_conflict() => {
+                let Some(again) = resources::get::<NodeSpec>(store.as_ref(), &key)
+                    .await
+                    .map_err(ctx)?
+                else {
+                    return Ok(out);
+                };
+                refuse_if_running(&again, force).map_err(ctx)?;
+                node = again;
+            }
+            Err(e) => return Err(ctx(e.context(format!("delete {key}")))),
+        }
+    }
+    Err(ctx(Error::msg(format!(
+        "delete {key}: still conflicting after {} attempts",
+        resources::UPDATE_ATTEMPTS
+    ))))
+}
+
+/// Refuses a Node whose plugin is likely running, unless `force`.
+fn refuse_if_running(node: &Node, force: bool) -> Result<()> {
+    let now = Utc::now();
+    if force || !heartbeat_is_fresh(node, now) {
+        return Ok(());
+    }
+    let at = heartbeat_of(node).expect("a fresh heartbeat parses");
+    Err(Error::invalid(format!(
+        "its plugin is likely running: heartbeat {HEARTBEAT_ANNOTATION} renewed {} s ago \
+         (at {}, younger than {} s); stop the plugin on that host and wait, or use --force",
+        (now - at).num_seconds().max(0),
+        heartbeat_text(at),
+        HEARTBEAT_FRESH.as_secs()
+    )))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn with_heartbeat(text: Option<&str>) -> Node {
+        let mut n = Node::new("gone", NodeSpec::default());
+        if let Some(t) = text {
+            n.metadata
+                .annotations
+                .insert(HEARTBEAT_ANNOTATION.into(), t.into());
+        }
+        n
+    }
+
+    #[test]
+    fn a_heartbeat_is_fresh_for_three_intervals() {
+        let now: DateTime<Utc> = "2025-06-01T12:00:00Z".parse().unwrap();
+        let fresh = |t: Option<&str>| heartbeat_is_fresh(&with_heartbeat(t), now);
+        assert!(fresh(Some("2025-06-01T11:58:31Z")), "89 s");
+        assert!(!fresh(Some("2025-06-01T11:58:30Z")), "90 s");
+        assert!(fresh(Some("2025-06-01T12:05:00Z")), "from the future");
+        assert!(!fresh(None), "none");
+        assert!(!fresh(Some("yesterday")), "does not parse");
+    }
+}

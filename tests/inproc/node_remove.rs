@@ -1,0 +1,273 @@
+//! Removing a node that is gone (`calico-libnetwork node remove`, `driver::node_remove`), on
+//! both datastores: a second host's data written through the real driver and IPAM under
+//! another node name, refused while its heartbeat is fresh, then removed to the last record
+//! with this host's data untouched.
+
+use crate::common;
+
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use calico_libnetwork::dataplane::fake::Recording;
+use calico_libnetwork::datastore::resources;
+use calico_libnetwork::driver::heartbeat::HEARTBEAT_ANNOTATION;
+use calico_libnetwork::driver::node_remove::{remove_node, NodeRemoval};
+use calico_libnetwork::driver::{Driver, DriverSettings, EndpointSpec, NetworkSpec};
+use calico_libnetwork::ipam::{default_attrs, default_pool, AssignIp};
+use calico_libnetwork::model::block::AllocationBlock;
+use calico_libnetwork::model::keys;
+use calico_libnetwork::model::resources::NodeSpec;
+use common::backends::{backends, Store};
+
+const HERE: &str = "host-a";
+const GONE: &str = "host-b";
+
+/// A host's driver over `store` with the recording dataplane (no root), started.
+async fn host(store: &Store, name: &str) -> Arc<Driver> {
+    let d = Arc::new(Driver::with_dataplane(
+        store.clone(),
+        DriverSettings::new(name),
+        Arc::new(Recording::default()),
+    ));
+    let mut pool = default_pool(&"10.90.0.0/24".parse().unwrap());
+    pool.spec.block_size = 28;
+    // VXLAN: each host also gets a tunnel address.
+    pool.spec.vxlan_mode = "Always".into();
+    d.init(&[pool]).await.unwrap();
+    d
+}
+
+/// An address and an endpoint with it on `d`, as Docker asks for them; returns the address.
+async fn endpoint(d: &Arc<Driver>, net: &str, ep: &str) -> IpAddr {
+    let ip = d
+        .request_address("CalicoPoolIPv4", None, &BTreeMap::new())
+        .await
+        .unwrap();
+    d.create_endpoint(EndpointSpec {
+        network_id: net.to_string(),
+        endpoint_id: ep.to_string(),
+        ipv4: Some(ip),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    ip.addr()
+}
+
+/// Both hosts with two endpoints and a tunnel address each, heartbeats fresh, and one
+/// address of this host borrowed from the gone host's block. Returns this host's driver,
+/// the gone host's addresses and the borrowed address.
+async fn two_hosts(store: &Store) -> (Arc<Driver>, Vec<IpAddr>, IpAddr) {
+    let here = host(store, HERE).await;
+    let gone = host(store, GONE).await;
+    let net = "ab".repeat(32);
+    here.create_network(NetworkSpec {
+        network_id: net.clone(),
+        ipv4_data: vec![("CalicoPoolIPv4".into(), "0.0.0.0/0".into())],
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let mut gone_ips = Vec::new();
+    for (d, name, ips) in [(&here, "a", None), (&gone, "b", Some(&mut gone_ips))] {
+        let e1 = endpoint(d, &net, &format!("{name}1").repeat(32)).await;
+        let e2 = endpoint(d, &net, &format!("{name}2").repeat(32)).await;
+        let t = d.reconcile_tunnel_addresses().await.unwrap();
+        assert!(d.renew_heartbeat().await.unwrap());
+        if let Some(ips) = ips {
+            ips.extend([e1, e2, t.vxlan.expect("tunnel address")]);
+        }
+    }
+    // This host borrows an address from the gone host's block (strict affinity off).
+    let gone_block = block_of(store, gone_ips[0]).await;
+    let borrowed = gone_block
+        .cidr
+        .hosts()
+        .find(|ip| gone_block.attribute_of(ip).is_none())
+        .unwrap();
+    here.ipam()
+        .assign_ip(&AssignIp {
+            ip: borrowed,
+            handle: "libnetwork.borrowed".into(),
+            attrs: default_attrs(HERE),
+            host: HERE.into(),
+            intended_use: String::new(),
+        })
+        .await
+        .unwrap();
+    (here, gone_ips, borrowed)
+}
+
+async fn block_of(store: &Store, ip: IpAddr) -> AllocationBlock {
+    blocks(store)
+        .await
+        .into_iter()
+        .find(|b| b.cidr.contains(&ip))
+        .unwrap_or_else(|| panic!("no block holds {ip}"))
+}
+
+async fn blocks(store: &Store) -> Vec<AllocationBlock> {
+    store
+        .list(keys::ALL_BLOCKS_PREFIX)
+        .await
+        .unwrap()
+        .iter()
+        .map(|kv| AllocationBlock::from_json(&kv.value).unwrap())
+        .collect()
+}
+
+/// Every key with its value under `prefix`.
+async fn dump(store: &Store, prefix: &str) -> Vec<(String, Vec<u8>)> {
+    store
+        .list(prefix)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|kv| (kv.key, kv.value))
+        .collect()
+}
+
+/// This host's records that the removal must leave as they are: its Node, its
+/// WorkloadEndpoints, the handles of its allocations, its affinities and blocks.
+async fn this_hosts(store: &Store) -> Vec<(String, Vec<u8>)> {
+    let mut handles = Vec::new();
+    for b in blocks(store).await {
+        for ip in b.allocated_ips() {
+            let a = b.attribute_of(&ip).unwrap();
+            if a.secondary.get("node").map(String::as_str) == Some(HERE) {
+                handles.push(keys::handle_key(a.handle().unwrap()));
+            }
+        }
+    }
+    assert!(handles.len() >= 4, "this host's handles: {handles:?}");
+    let mut out = Vec::new();
+    for (k, v) in dump(store, "/calico/").await {
+        let text = String::from_utf8_lossy(&v);
+        let ours = k == keys::node_key(HERE)
+            || k.starts_with(&keys::host_all_affinities_prefix(HERE))
+            || (k.starts_with(keys::ALL_BLOCKS_PREFIX) && text.contains("\"host:host-a\""))
+            || (k.contains("/workloadendpoints/") && text.contains("\"node\":\"host-a\""))
+            || handles.contains(&k);
+        if ours {
+            out.push((k, v));
+        }
+    }
+    out
+}
+
+/// What the store still holds of the gone host; empty when it is all gone.
+async fn leftovers(store: &Store, ips: &[IpAddr]) -> Vec<String> {
+    let mut left = Vec::new();
+    if store.get(&keys::node_key(GONE)).await.unwrap().is_some() {
+        left.push("its Node".to_string());
+    }
+    for (k, v) in dump(store, "/calico/").await {
+        let text = String::from_utf8_lossy(&v);
+        if k.starts_with(&keys::host_all_affinities_prefix(GONE))
+            || (k.starts_with(keys::HANDLES_PREFIX) && k.contains(GONE))
+            || (k.contains("/workloadendpoints/") && text.contains("\"node\":\"host-b\""))
+        {
+            left.push(k);
+        }
+    }
+    for b in blocks(store).await {
+        if b.host_affinity() == Some(GONE) {
+            left.push(format!("block {} affine to it", b.cidr));
+        }
+        for ip in b.allocated_ips() {
+            let a = b.attribute_of(&ip).unwrap();
+            if a.secondary.get("node").map(String::as_str) == Some(GONE) || ips.contains(&ip) {
+                left.push(format!("allocation of {ip}: {a:?}"));
+            }
+        }
+    }
+    left
+}
+
+// libcalico-go/lib/clientv3/node.go, nodes.Delete (the node's addresses, WorkloadEndpoints,
+// IPAM host data via ipam.RemoveIPAMHost, then the Node), with every allocation naming the
+// node released as calico-kube-controllers' IPAM garbage collection does, and
+// ipam.ReleaseHostAffinities without mustBeEmpty (a block holding another host's address
+// stays, without affinity). Refused first, changing nothing, while the heartbeat is fresh.
+async fn a_gone_node_is_removed_only_when_forced_or_stale(store: Store) {
+    let (_here, gone_ips, borrowed) = two_hosts(&store).await;
+    let before = this_hosts(&store).await;
+    let all_before = dump(&store, "/calico/").await;
+    // Positive control: the gone host's data is there to remove.
+    assert!(leftovers(&store, &gone_ips).await.len() >= 6);
+
+    let err = remove_node(&store, GONE, false).await.unwrap_err();
+    let msg = err.to_string();
+    assert!(
+        msg.starts_with("remove node host-b: its plugin is likely running")
+            && msg.contains(HEARTBEAT_ANNOTATION)
+            && msg.contains("--force"),
+        "{msg}"
+    );
+    assert_eq!(
+        dump(&store, "/calico/").await,
+        all_before,
+        "changed by a refusal"
+    );
+
+    let removed = remove_node(&store, GONE, true).await.unwrap();
+    assert_eq!(
+        removed,
+        NodeRemoval {
+            node: GONE.into(),
+            // Two workloads and the tunnel address, each under its own handle.
+            addresses: 3,
+            handles: 3,
+            affinities: 1,
+            workload_endpoints: 2,
+        }
+    );
+    assert_eq!(leftovers(&store, &gone_ips).await, Vec::<String>::new());
+    // The borrowed address stays, in its block now without affinity.
+    let b = block_of(&store, borrowed).await;
+    assert_eq!(b.host_affinity(), None);
+    assert_eq!(
+        b.attribute_of(&borrowed).unwrap().handle(),
+        Some("libnetwork.borrowed")
+    );
+    assert_eq!(this_hosts(&store).await, before, "this host's data changed");
+
+    // Idempotent: the second run finds no Node.
+    let err = remove_node(&store, GONE, true).await.unwrap_err();
+    assert!(err.is_not_found(), "{err}");
+    assert_eq!(
+        err.to_string(),
+        "remove node host-b: Node host-b does not exist"
+    );
+}
+
+// The heartbeat is stale (older than 3 intervals): no --force needed.
+async fn a_node_with_a_stale_heartbeat_is_removed(store: Store) {
+    let (_here, gone_ips, _) = two_hosts(&store).await;
+    let before = this_hosts(&store).await;
+    let written =
+        resources::update_with::<NodeSpec, _>(store.as_ref(), &keys::node_key(GONE), |n| {
+            n.metadata
+                .annotations
+                .insert(HEARTBEAT_ANNOTATION.into(), "2025-06-01T12:00:00Z".into());
+            true
+        })
+        .await
+        .unwrap();
+    assert!(written);
+    let removed = remove_node(&store, GONE, false).await.unwrap();
+    assert_eq!(removed.workload_endpoints, 2);
+    assert_eq!(leftovers(&store, &gone_ips).await, Vec::<String>::new());
+    assert_eq!(this_hosts(&store).await, before);
+}
+
+backends!(
+    threads = 2,
+    timeout = Some(Duration::from_secs(60)),
+    [
+        a_gone_node_is_removed_only_when_forced_or_stale,
+        a_node_with_a_stale_heartbeat_is_removed,
+    ]
+);
