@@ -23,8 +23,7 @@
 //!   mount namespace of its own where `/run/docker/plugins` is `<dir>/h1/plugins`: it sees
 //!   its host's `calico` plugin and no other; the busybox image is imported into each.
 //!
-//! The plugin does not route between hosts yet: a container reaches its own host, not
-//! another host's containers.
+//! The plugins route between the hosts (`CALICO_LIBNETWORK_ROUTES` is `auto`: on with etcd).
 //!
 //! Names are unique per fleet (`clf<PID>x<k>-h1`, `-r` for the router), so tests and test
 //! processes may run fleets side by side; a fleet without dockerd needs no host lock, one

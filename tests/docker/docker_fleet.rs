@@ -1,8 +1,7 @@
 //! Three Docker hosts on one etcd cluster (`common::hosts::Fleet` with a dockerd per host):
 //! each dockerd finds its own host's plugin, and its container gets an address from a block
-//! affine to that host and reaches its host. Traffic between hosts' containers needs the
-//! routing of issue 17 and is not asserted yet (`containers_on_three_hosts_reach_each_other`
-//! sketches it, ignored).
+//! affine to that host and reaches its host; with the routes between hosts (issue 17), every
+//! container reaches the others' in each of Calico's pool modes.
 //!
 //! Needs root; holds the host lock.
 
@@ -185,7 +184,7 @@ fn our_routes(h: &Host) -> Vec<String> {
 fn route_to(h: &Host, block: Ipv4Net) -> Option<String> {
     our_routes(h)
         .into_iter()
-        .find(|l| l.starts_with(&format!("{block} ")) || l.contains(&format!(" {block} ")))
+        .find(|l| l.split_whitespace().take(2).any(|w| w == block.to_string()))
 }
 
 /// The block (CIDR) holding `ip`.
@@ -242,6 +241,14 @@ fn containers_on_three_hosts_reach_each_other_in_every_mode() {
             let t = std::time::Instant::now();
             set_pool_modes(&fleet, vxlan, ipip);
             let mode = format!("vxlanMode {vxlan}, ipipMode {ipip}");
+            if ipip == "Always" && !ipip_available() {
+                eprintln!(
+                    "!!!!! SKIPPED {test}: {mode}: this kernel has no ipip module (modprobe ipip \
+                     failed); only the Nodes' tunnel addresses are checked !!!!!"
+                );
+                check_ipip_shape(&fleet, false);
+                continue;
+            }
             // Every pair, until all reply: tunnel addresses are allocated and routes
             // follow within seconds.
             let deadline = t + std::time::Duration::from_secs(40);
@@ -321,7 +328,7 @@ fn containers_on_three_hosts_reach_each_other_in_every_mode() {
                 check_vxlan_shape(&fleet);
             }
             if ipip == "Always" {
-                check_ipip_shape(&fleet);
+                check_ipip_shape(&fleet, true);
             }
         }
         eprintln!("{test}: all modes in {:?}", t0.elapsed());
@@ -409,28 +416,41 @@ fn check_vxlan_shape(fleet: &Fleet) {
     }
 }
 
+/// Whether the kernel can make IP-in-IP devices (the `ipip` module loads, or is built in).
+fn ipip_available() -> bool {
+    let loaded = std::process::Command::new("modprobe")
+        .arg("ipip")
+        .status()
+        .is_ok_and(|s| s.success());
+    loaded || std::path::Path::new("/sys/module/ipip").exists()
+}
+
 /// Scenario 6, IP-in-IP: each Node's tunnel address with Calico's handle and attributes,
-/// on `tunl0`.
-fn check_ipip_shape(fleet: &Fleet) {
+/// and (`device`) on `tunl0`.
+fn check_ipip_shape(fleet: &Fleet, device: bool) {
     for h in &fleet.hosts {
-        let node = fleet
-            .etcd
-            .get_json(&format!(
-                "/calico/resources/v3/projectcalico.org/nodes/{}",
-                h.name()
-            ))
-            .unwrap();
-        let addr: Ipv4Addr = node["spec"]["bgp"]["ipv4IPIPTunnelAddr"]
-            .as_str()
-            .unwrap_or_else(|| panic!("no IP-in-IP tunnel address on {node}"))
-            .parse()
-            .unwrap();
+        let key = format!("/calico/resources/v3/projectcalico.org/nodes/{}", h.name());
+        // Allocated when the pool changed (without the device, nothing waited on it).
+        let addr: Ipv4Addr = common::wait_until(
+            &format!("{}'s IP-in-IP tunnel address", h.name()),
+            std::time::Duration::from_secs(15),
+            || {
+                let node = fleet.etcd.get_json(&key).unwrap();
+                node["spec"]["bgp"]["ipv4IPIPTunnelAddr"]
+                    .as_str()
+                    .and_then(|a| a.parse().ok())
+                    .ok_or_else(|| format!("none on {node}"))
+            },
+        );
         let (attrs, handle) = allocation_of(fleet, addr);
         assert_eq!(handle, format!("ipip-tunnel-addr-{}", h.name()));
         assert_eq!(
             attrs,
             serde_json::json!({"node": h.name(), "type": "ipipTunnelAddress"})
         );
+        if !device {
+            continue;
+        }
         let a = h.exec_ok("ip", &["-d", "addr", "show", "tunl0"]);
         assert!(
             a.contains(&format!("{addr}/32")) && a.contains("mtu 1480"),

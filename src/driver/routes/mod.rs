@@ -53,16 +53,36 @@ impl Driver {
             tracing::info!("Felix runs on this host: it keeps the routes to other hosts");
             return;
         }
+        // A pool changed (its mode, say): this host's tunnel addresses follow at once, not at
+        // the next periodic pass, so the routes that wait on them come within a second.
+        let pools_changed = Arc::new(tokio::sync::Notify::new());
+        let me = self.clone();
+        let notified = pools_changed.clone();
+        super::supervise("tunnel-addresses", move || {
+            let driver = me.clone();
+            let notified = notified.clone();
+            async move {
+                loop {
+                    notified.notified().await;
+                    if let Err(e) = driver.reconcile_tunnel_addresses().await {
+                        tracing::warn!(error = %e, "tunnel addresses after a pool change");
+                    }
+                }
+            }
+        });
         let me = self.clone();
         super::supervise("routes", move || {
             let driver = me.clone();
+            let pools_changed = pools_changed.clone();
             async move {
                 let mut delay = Duration::from_millis(500);
                 loop {
                     match Netlink::new() {
                         Ok(nl) => {
                             let gate = driver.routes_stopped.clone();
-                            run(driver.store.clone(), &driver.settings.nodename, nl, gate).await;
+                            let store = driver.store.clone();
+                            let local = &driver.settings.nodename;
+                            run(store, local, nl, gate, pools_changed).await;
                             return;
                         }
                         Err(e) => {
@@ -105,6 +125,7 @@ pub async fn run(
     local: &str,
     nl: Netlink,
     stopped: Arc<tokio::sync::Mutex<bool>>,
+    pools_changed: Arc<tokio::sync::Notify>,
 ) {
     let (tx, mut rx) = mpsc::channel::<(Watched, Result<Update>)>(64);
     for kind in Watched::ALL {
@@ -144,7 +165,11 @@ pub async fn run(
                             if matches!(u, Update::Resynced { .. }) {
                                 listed.insert(name_of(kind));
                             }
-                            dirty |= apply_update(&mut view, kind, u);
+                            let changed = apply_update(&mut view, kind, u);
+                            if changed && kind == Watched::Pools {
+                                pools_changed.notify_one();
+                            }
+                            dirty |= changed;
                         }
                         Err(e) => tracing::warn!(error = %e, prefix = %kind.prefix(), "routes: follow the datastore"),
                     }
@@ -247,13 +272,21 @@ pub async fn reconcile(
     local: &str,
 ) -> Result<(Applied, Desired)> {
     let underlay = underlay(nl, view, local).await?;
-    let desired = view.desired(local, &underlay);
+    let mut desired = view.desired(local, &underlay);
+    // A device that cannot be made (no `vxlan` or `ipip` module in this kernel, ...) takes
+    // its own routes out, never the others'.
+    let mut broken: Vec<String> = Vec::new();
     for (plan, name) in [
         (&desired.vxlan_v4, crate::dataplane::routes::VXLAN_DEVICE),
         (&desired.vxlan_v6, crate::dataplane::routes::VXLAN_V6_DEVICE),
     ] {
         match plan {
-            Some(plan) => sync_vxlan(nl, plan).await?,
+            Some(plan) => {
+                if let Err(e) = sync_vxlan(nl, plan).await {
+                    desired.problems.push(format!("set up {name}: {e}"));
+                    broken.push(name.to_string());
+                }
+            }
             // Only Felix or we make these devices, and Felix is not running here.
             None => {
                 if nl.link_exists(name).await? {
@@ -263,10 +296,20 @@ pub async fn reconcile(
         }
     }
     if let Some(dev) = &desired.ipip {
-        nl.ensure_ipip_device(dev).await?;
+        if let Err(e) = nl.ensure_ipip_device(dev).await {
+            let name = crate::dataplane::routes::IPIP_DEVICE;
+            desired.problems.push(format!("set up {name}: {e}"));
+            broken.push(name.to_string());
+        }
     }
     // tunl0 stays when no pool needs it: the kernel made it with the ipip module, and it
     // carries nothing without our routes.
+    if !broken.is_empty() {
+        desired.routes.retain(|r| match &r.kind {
+            crate::dataplane::routes::RouteKind::Via { dev, .. } => !broken.contains(dev),
+            crate::dataplane::routes::RouteKind::Blackhole => true,
+        });
+    }
     let applied = sync_routes(nl, &desired.routes).await?;
     Ok((applied, desired))
 }
