@@ -434,3 +434,133 @@ fn borrowed_addresses_are_routed_to_the_borrower() {
         "someone else's route touched: {other:?}"
     );
 }
+
+/// `calico-libnetwork <args>` in `h`'s namespace, on the fleet's etcd: exit success and
+/// output.
+fn cli_in(fleet: &Fleet, h: &Host, args: &[&str]) -> (bool, String) {
+    let endpoints = format!("ETCD_ENDPOINTS={}", fleet.etcd.endpoints_var());
+    let mut full = vec![
+        "DATASTORE_TYPE=etcdv3",
+        endpoints.as_str(),
+        common::plugin::BINARY,
+    ];
+    full.extend_from_slice(args);
+    h.exec("env", &full)
+}
+
+/// Scenario 4 of issue 17: a host dies (its plugin killed, its etcd member killed, its
+/// link down). The others keep working (h1 allocates) and keep the route to its block —
+/// it may come back — past a periodic check; `node remove` refuses while the dead host's
+/// heartbeat is recent, and with `--force` releases its block, affinity, addresses and
+/// endpoints, its Node goes, and h1 drops the route within seconds.
+#[test]
+fn a_dead_host_keeps_its_routes_until_node_remove() {
+    let test = "fleet::a_dead_host_keeps_its_routes_until_node_remove";
+    let Some(mut fleet) = Fleet::builder().start_if_root(test) else {
+        return;
+    };
+    let h2_addr = fleet.host("h2").addr();
+    // A workload on h2 (its block affine to h2), and one on h1.
+    let pool2 = request_pool(fleet.host("h2"));
+    let a2 = request_address(fleet.host("h2"), &pool2);
+    endpoint_on(
+        fleet.host("h2"),
+        &"b".repeat(64),
+        &"2".repeat(64),
+        &format!("{a2}/32"),
+    );
+    let pool1 = request_pool(fleet.host("h1"));
+    let a1 = request_address(fleet.host("h1"), &pool1);
+    endpoint_on(
+        fleet.host("h1"),
+        &"a".repeat(64),
+        &"1".repeat(64),
+        &format!("{a1}/32"),
+    );
+    let (_, b2) = block_of(&fleet.list(BLOCKS_V4), a2);
+    let to_b2 = format!("{b2} via {h2_addr} dev");
+    let has_route = |fleet: &Fleet| {
+        our_routes(fleet.host("h1"))
+            .iter()
+            .any(|l| l.starts_with(&to_b2))
+    };
+    common::wait_until("h1's route to h2's block", Duration::from_secs(10), || {
+        has_route(&fleet)
+    });
+
+    // h2 dies: plugin, etcd member (index 1 is h2's), link.
+    let t = Instant::now();
+    fleet.host_mut("h2").plugin.kill();
+    fleet.etcd.kill(1);
+    let h2 = fleet.host("h2");
+    let dev = h2.exec_ok(
+        "ip",
+        &["-o", "-4", "addr", "show", "to", &h2_addr.to_string()],
+    );
+    let dev = dev.split_whitespace().nth(1).unwrap().to_string();
+    h2.exec_ok("ip", &["link", "set", &dev, "down"]);
+    assert!(
+        fleet.host("h1").ping(&h2_addr.to_string()).is_err(),
+        "h2 still answers"
+    );
+    // The others keep working, and keep the route past a periodic check (10 s).
+    std::thread::sleep(Duration::from_secs(12));
+    let h1 = fleet.host("h1");
+    request_address(h1, &pool1);
+    assert!(
+        has_route(&fleet),
+        "h1 dropped the dead host's route: {:?}",
+        our_routes(h1)
+    );
+    eprintln!(
+        "{test}: h2 dead for {:?}, h1 still allocates and routes",
+        t.elapsed()
+    );
+
+    // Refused while the heartbeat is recent (renewed every 30 s, fresh for 90 s).
+    let (ok, out) = cli_in(&fleet, h1, &["node", "remove", "h2"]);
+    assert!(!ok, "node remove of a live-looking node: {out}");
+    assert!(
+        out.contains("heartbeat") && out.contains("--force"),
+        "{out}"
+    );
+    assert!(fleet
+        .get("/calico/resources/v3/projectcalico.org/nodes/h2")
+        .is_some());
+    assert!(has_route(&fleet), "the refused remove changed something");
+
+    let (ok, out) = cli_in(&fleet, h1, &["node", "remove", "h2", "--force"]);
+    assert!(ok, "node remove --force: {out}");
+    let t = Instant::now();
+    common::wait_until(
+        "h1 drops the route to h2's block",
+        Duration::from_secs(10),
+        || !has_route(&fleet),
+    );
+    eprintln!("{test}: route dropped {:?} after node remove", t.elapsed());
+    assert!(fleet
+        .get("/calico/resources/v3/projectcalico.org/nodes/h2")
+        .is_none());
+    let blocks = fleet.list(BLOCKS_V4);
+    assert!(
+        blocks.iter().all(|(_, b)| b["affinity"] != "host:h2"),
+        "{blocks:?}"
+    );
+    let weps = fleet.list(common::WEPS_PREFIX);
+    assert!(
+        weps.iter().all(|(_, w)| w["spec"]["node"] == "h1"),
+        "{weps:?}"
+    );
+    assert_eq!(weps.len(), 1, "h1's endpoint stays: {weps:?}");
+    // h1's own block stays its blackhole.
+    let (_, b1) = block_of(&fleet.list(BLOCKS_V4), a1);
+    assert!(
+        our_routes(h1)
+            .iter()
+            .any(|l| *l == format!("blackhole {b1}")),
+        "{:?}",
+        our_routes(h1)
+    );
+    let (ok, out) = cli_in(&fleet, h1, &["node", "remove", "h2", "--force"]);
+    assert!(!ok && out.contains("does not exist"), "second remove: {out}");
+}
