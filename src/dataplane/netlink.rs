@@ -254,17 +254,7 @@ impl Netlink {
             .attributes
             .push(RouteAttribute::Destination(dest.addr().into()));
         message.attributes.push(RouteAttribute::Oif(index));
-        match self.handle.route().del(message).execute().await {
-            Ok(()) => Ok(()),
-            Err(e) => {
-                let err = kernel_error(op, e);
-                if err.is_not_found() {
-                    Ok(())
-                } else {
-                    Err(err)
-                }
-            }
-        }
+        ignore_not_found(self.handle.route().del(message).execute().await, op)
     }
 
     /// Lists the IPv4 and IPv6 routes of the main table that go out of `dev`.
@@ -535,6 +525,24 @@ pub(super) fn is_link_local(address: &Ipv6Addr) -> bool {
 }
 
 /// Turns an rtnetlink failure into [`Error::Kernel`], keeping the errno.
+/// `Ok` for success and for the kernel's "absent" (ENOENT, ESRCH, ENODEV).
+pub(super) fn ignore_not_found(
+    outcome: std::result::Result<(), rtnetlink::Error>,
+    op: String,
+) -> Result<()> {
+    match outcome {
+        Ok(()) => Ok(()),
+        Err(e) => {
+            let err = kernel_error(op, e);
+            if err.is_not_found() {
+                Ok(())
+            } else {
+                Err(err)
+            }
+        }
+    }
+}
+
 pub(super) fn kernel_error(op: String, error: rtnetlink::Error) -> Error {
     match error {
         rtnetlink::Error::NetlinkError(message) if message.raw_code() != 0 => {

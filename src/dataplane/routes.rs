@@ -37,7 +37,8 @@ use sha1::{Digest, Sha1};
 use tracing::{debug, info, warn};
 
 use super::netlink::{
-    address_of, family_of, is_link_local, kernel_error, route_dest, route_oif, route_table,
+    address_of, family_of, ignore_not_found, is_link_local, kernel_error, route_dest, route_oif,
+    route_table,
 };
 use super::{format_mac, validate_ifname, Netlink};
 use crate::error::{Error, Result};
@@ -274,18 +275,8 @@ impl Netlink {
         };
         let message = delete_message(route, oif, &op)?;
         debug!(%route, "delete route");
-        match self.handle.route().del(message).execute().await {
-            Ok(()) => Ok(()),
-            Err(e) => {
-                // ESRCH (no such route) is the kernel's "absent".
-                let err = kernel_error(op, e);
-                if err.is_not_found() {
-                    Ok(())
-                } else {
-                    Err(err)
-                }
-            }
-        }
+        // ESRCH (no such route) is the kernel's "absent".
+        ignore_not_found(self.handle.route().del(message).execute().await, op)
     }
 
     /// Creates the VXLAN device or fixes it in place; returns its ifindex.
@@ -761,21 +752,6 @@ impl Netlink {
             Ok(index) => Ok(Some(index)),
             Err(e) if e.is_not_found() => Ok(None),
             Err(e) => Err(e.context(op)),
-        }
-    }
-}
-
-/// `Ok` for success and for the kernel's "absent" (ENOENT, ESRCH, ENODEV).
-fn ignore_not_found(outcome: std::result::Result<(), rtnetlink::Error>, op: String) -> Result<()> {
-    match outcome {
-        Ok(()) => Ok(()),
-        Err(e) => {
-            let err = kernel_error(op, e);
-            if err.is_not_found() {
-                Ok(())
-            } else {
-                Err(err)
-            }
         }
     }
 }

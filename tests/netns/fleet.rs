@@ -562,5 +562,8 @@ fn a_dead_host_keeps_its_routes_until_node_remove() {
         our_routes(h1)
     );
     let (ok, out) = cli_in(&fleet, h1, &["node", "remove", "h2", "--force"]);
-    assert!(!ok && out.contains("does not exist"), "second remove: {out}");
+    assert!(
+        !ok && out.contains("does not exist"),
+        "second remove: {out}"
+    );
 }
