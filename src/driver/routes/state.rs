@@ -825,4 +825,55 @@ mod tests {
             .any(|r| matches!(r.kind, RouteKind::Via { .. })));
         assert!(d.problems.iter().any(|p| p.contains("tunnel address")));
     }
+
+    #[test]
+    fn ipv6_pools_use_their_own_vxlan_device() {
+        let mut v = ClusterView::default();
+        for (n, a, t) in [
+            ("h1", "fd00::1/64", "fd10::1"),
+            ("h2", "fd00::2/64", "fd10:0:0:1::1"),
+        ] {
+            let node = serde_json::to_vec(&json!({
+                "kind": "Node", "apiVersion": "projectcalico.org/v3",
+                "metadata": {"name": n},
+                "spec": {"bgp": {"ipv6Address": a}, "ipv6VXLANTunnelAddr": t}
+            }))
+            .unwrap();
+            v.apply(Watched::Nodes, &format!("/n/{n}"), Some(&node))
+                .unwrap();
+        }
+        // IP-in-IP on an IPv6 pool means nothing (Calico refuses it).
+        v.apply(
+            Watched::Pools,
+            "/p/6",
+            Some(&pool("fd10::/48", "Always", "Always")),
+        )
+        .unwrap();
+        v.apply(
+            Watched::Blocks,
+            "/b/6",
+            Some(&block("fd10:0:0:1::/122", Some("h2"))),
+        )
+        .unwrap();
+        let under = Underlay {
+            v4: None,
+            v6: Some(Link {
+                name: "eth0".into(),
+                mtu: 1500,
+            }),
+        };
+        let d = v.desired("h1", &under);
+        assert!(d.ipip.is_none() && d.vxlan_v4.is_none());
+        let plan = d.vxlan_v6.as_ref().unwrap();
+        assert_eq!(plan.device.name, "vxlan-v6.calico");
+        assert_eq!(plan.device.mtu, 1430);
+        assert_eq!(plan.device.mac, vxlan_mac("h1", true));
+        assert!(plan
+            .fdb
+            .contains(&(vxlan_mac("h2", true), "fd00::2".parse().unwrap())));
+        assert!(d.routes.contains(&route(
+            "fd10:0:0:1::/122",
+            via("fd10:0:0:1::1", "vxlan-v6.calico", true)
+        )));
+    }
 }
