@@ -1057,8 +1057,10 @@ fn etcd_member_down_and_host_cut_off() {
     let t_fail = tr.elapsed();
     eprintln!("{test}: (b) h3 cut off: docker run failed after {t_fail:?}: {err}");
     assert!(err.contains("etcd"), "{err}");
-    // The plugin's request deadline (10 s), and what dockerd adds around the call.
-    assert!(t_fail < Duration::from_secs(12), "{t_fail:?}");
+    // Within the plugin's request deadline (10 s): the answer is etcd's failure, after one
+    // datastore deadline (5 s), not the request's own timeout (the read of datastoreReady
+    // once cost a deadline of its own before the call's first read, ~10 s in all).
+    assert!(t_fail < Duration::from_secs(9), "{t_fail:?}");
     // Cut off for 16 s: a periodic route check (every 10 s) runs meanwhile on every host.
     let left = Duration::from_secs(16).saturating_sub(t_cut.elapsed());
     std::thread::sleep(left);
