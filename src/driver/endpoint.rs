@@ -390,7 +390,8 @@ impl Driver {
         let name = self.wep_name(endpoint_id)?;
         // Every step runs whatever an earlier one said; the errors are reported together.
         let mut errors = Vec::new();
-        // While Calico's datastore is locked the record stays, for reconciliation.
+        // While Calico's datastore is locked, or the lock cannot be read (the datastore does
+        // not answer), the record stays, for reconciliation.
         if let Err(e) = self.check_ready().await {
             errors.push(e);
         } else {

@@ -375,7 +375,8 @@ impl Driver {
     }
 
     /// `Ok` unless Calico's `datastoreReady` is false (a migration or upgrade lock), when
-    /// nothing may be written: [`crate::Error::NotReady`]. Read at most once a second.
+    /// nothing may be written: [`crate::Error::NotReady`]; or cannot be read: the
+    /// datastore's error. Read at most once a second.
     pub async fn check_ready(&self) -> Result<()> {
         self.ready.check().await
     }

@@ -1,7 +1,8 @@
 //! One function per plugin method: check the request, call the driver, shape the answer.
 //!
 //! Every call that writes the datastore first asks [`Driver::check_ready`], and is refused
-//! while Calico's `datastoreReady` is false, as Calico's CNI plugin refuses ADD and DEL:
+//! while Calico's `datastoreReady` is false or cannot be read (with the datastore's error),
+//! as Calico's CNI plugin refuses ADD and DEL:
 //! RequestPool, ReleasePool, RequestAddress, ReleaseAddress, CreateNetwork, DeleteNetwork,
 //! CreateEndpoint, Join; DeleteEndpoint still removes what is on this host (Docker forgets
 //! the endpoint whatever it hears) but leaves the WorkloadEndpoint. Leave and the read-only

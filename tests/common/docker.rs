@@ -810,6 +810,15 @@ exec "$dockerd" "$@"
             .unwrap_or_else(|e| panic!("{e}\ndockerd log:\n{}", log_tail(&self.log_path(), 40)))
     }
 
+    /// Starts `docker -H <ours> args...` in the background (a long-lived `docker exec`, say)
+    /// with its stdout and stderr appended to `log`, and returns it: the caller ends it
+    /// (e.g. by signalling the process it runs in the container) and waits for it. It gets
+    /// SIGKILL when the starting thread ends ([`spawn_logged`]): start it on the test's own
+    /// thread.
+    pub fn docker_spawn(&self, args: &[&str], log: &Path) -> Child {
+        spawn_logged(self.docker_command(args), log, libc::SIGKILL, "docker")
+    }
+
     /// Runs docker, feeding `stdin`.
     pub fn docker_stdin(&self, args: &[&str], stdin: Vec<u8>) -> Output {
         run_with_timeout(self.docker_command(args), Some(stdin), COMMAND_TIMEOUT)

@@ -254,6 +254,51 @@ impl Fleet {
         self.etcd.get_json(key)
     }
 
+    /// Kills etcd member `i` (the host `hosts[i]`'s; member 0 is the first of every plugin's
+    /// `ETCD_ENDPOINTS`) and checks that the kill hit: its process is gone and its URL
+    /// refuses connections from the next host; then waits (at most 15 s) until the next
+    /// member reports healthy (the two left have a leader: an election when the killed one
+    /// led). [`EtcdCluster::restart`] brings it back.
+    pub fn kill_etcd_member(&mut self, i: usize) {
+        let name = self.hosts[i].name().to_string();
+        let pid = self
+            .etcd
+            .pid(i)
+            .unwrap_or_else(|| panic!("member {name} not running"));
+        self.etcd.kill(i);
+        assert!(
+            !Path::new(&format!("/proc/{pid}")).exists(),
+            "etcd member {name} (pid {pid}) still there"
+        );
+        let next = &self.hosts[(i + 1) % self.hosts.len()];
+        let url = format!("{}/health", self.etcd.endpoints()[i]);
+        let (ok, out) = next.exec("curl", &["-sS", "-m", "2", &url]);
+        assert!(!ok, "member {name} still answers after the kill: {out}");
+        // Positive control: the next host's own member answers the same way.
+        let url = format!(
+            "{}/health",
+            self.etcd.endpoints()[(i + 1) % self.hosts.len()]
+        );
+        let t = Instant::now();
+        super::wait_until(
+            &format!("member {} healthy", next.name()),
+            Duration::from_secs(15),
+            || {
+                let out = next.exec_ok("curl", &["-sS", "-m", "2", &url]);
+                if out.contains(r#""health":"true""#) {
+                    Ok(())
+                } else {
+                    Err(out)
+                }
+            },
+        );
+        eprintln!(
+            "etcd member {name} killed; {} healthy after {:?}",
+            next.name(),
+            t.elapsed()
+        );
+    }
+
     /// What the fleet made on this machine, to check that it is gone after drop.
     pub fn footprint(&self) -> Footprint {
         let mut pids = Vec::new();

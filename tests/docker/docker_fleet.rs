@@ -459,3 +459,684 @@ fn check_ipip_shape(fleet: &Fleet, device: bool) {
         );
     }
 }
+
+// ---------------------------------------------------------------------------------------------
+// Scenarios 3 (churn) and 5 (etcd trouble) of issue 17.
+
+/// The interval of the background pingers: five packets a second.
+const PING_INTERVAL: &str = "0.2";
+
+/// A `docker exec <container> ping -i 0.2 <to>` running in the background on a host, its
+/// output in a file of the fleet's; [`stop_pingers`] ends it with SIGINT (so that ping
+/// prints its statistics) and reads what it saw.
+struct Pinger<'a> {
+    h: &'a Host,
+    container: String,
+    to: Ipv4Addr,
+    child: std::process::Child,
+    log: std::path::PathBuf,
+}
+
+/// What one pinger's ping saw.
+#[derive(Debug)]
+struct PingReport {
+    /// `N packets transmitted`: sequence numbers 0..N were sent.
+    sent: u32,
+    /// `M packets received`.
+    received: u32,
+    /// The sequence numbers answered (`seq=` of each reply line).
+    answered: std::collections::BTreeSet<u32>,
+}
+
+impl PingReport {
+    /// Sequence numbers sent and never answered, but the last one: SIGINT ends ping at
+    /// once, so the packet sent just before it may still be on its way (with replies in
+    /// well under a millisecond and a packet every 200 ms, rarely). Nothing else is
+    /// excused: each pinger starts only once its path was seen to work.
+    fn lost(&self) -> Vec<u32> {
+        (0..self.sent.saturating_sub(1))
+            .filter(|s| !self.answered.contains(s))
+            .collect()
+    }
+}
+
+impl<'a> Pinger<'a> {
+    /// Starts pinging `to` from container `c` on `h` (on the test's own thread).
+    fn start(fleet: &Fleet, h: &'a Host, c: &str, to: Ipv4Addr) -> Pinger<'a> {
+        let log = fleet
+            .dir
+            .path()
+            .join(format!("ping-{}-{c}-{to}.log", h.name()));
+        let child = h.d().docker_spawn(
+            &["exec", c, "ping", "-i", PING_INTERVAL, &to.to_string()],
+            &log,
+        );
+        Pinger {
+            h,
+            container: c.to_string(),
+            to,
+            child,
+            log,
+        }
+    }
+
+    /// `host: container -> address`.
+    fn name(&self) -> String {
+        format!("{}: {} -> {}", self.h.name(), self.container, self.to)
+    }
+
+    /// Its output so far.
+    fn output(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Waits (at most 10 s) for ping, once signalled, to end, and parses its output.
+    fn finish(mut self) -> PingReport {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while self.child.try_wait().ok().flatten().is_none() {
+            if std::time::Instant::now() > deadline {
+                let _ = self.child.kill();
+                let _ = self.child.wait();
+                panic!(
+                    "{}: ping did not stop on SIGINT:\n{}",
+                    self.name(),
+                    self.output()
+                );
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        let text = self.output();
+        // busybox: "N packets transmitted, M packets received, ..."
+        let count = |what: &str| -> u32 {
+            text.lines()
+                .find_map(|l| {
+                    let at = l.find(what)?;
+                    l[..at].trim().rsplit([' ', ',']).next()?.parse().ok()
+                })
+                .unwrap_or_else(|| panic!("{}: no '{what}' in:\n{text}", self.name()))
+        };
+        let answered = text
+            .lines()
+            .filter_map(|l| {
+                let seq = l.split_whitespace().find_map(|w| w.strip_prefix("seq="))?;
+                seq.parse().ok()
+            })
+            .collect();
+        PingReport {
+            sent: count("packets transmitted"),
+            received: count("packets received"),
+            answered,
+        }
+    }
+}
+
+/// Stops `pingers` (each must still be running): SIGINT to the pings of each container
+/// (`killall -INT ping`, once per container), then each one's report, by name.
+fn stop_pingers(mut pingers: Vec<Pinger>) -> Vec<(String, PingReport)> {
+    for p in &mut pingers {
+        if let Ok(Some(status)) = p.child.try_wait() {
+            panic!("{}: ping ended early ({status}):\n{}", p.name(), p.output());
+        }
+    }
+    let mut signalled: Vec<(String, String)> = Vec::new();
+    for p in &pingers {
+        let key = (p.h.name().to_string(), p.container.clone());
+        if !signalled.contains(&key) {
+            p.h.d()
+                .docker_ok(&["exec", &p.container, "killall", "-INT", "ping"]);
+            signalled.push(key);
+        }
+    }
+    pingers
+        .into_iter()
+        .map(|p| (p.name(), p.finish()))
+        .collect()
+}
+
+/// Waits (at most `within`) until every `(host index, container, address)` pings; the
+/// time it took.
+fn wait_pings(
+    fleet: &Fleet,
+    paths: &[(usize, String, Ipv4Addr)],
+    within: std::time::Duration,
+) -> std::time::Duration {
+    let t = std::time::Instant::now();
+    loop {
+        let failed: Vec<String> = paths
+            .iter()
+            .filter_map(|(i, c, to)| ping(&fleet.hosts[*i], c, &to.to_string()).err())
+            .collect();
+        if failed.is_empty() {
+            return t.elapsed();
+        }
+        if t.elapsed() > within {
+            let routes: Vec<String> = fleet
+                .hosts
+                .iter()
+                .map(|h| format!("{}: {:?}", h.name(), our_routes(h)))
+                .collect();
+            panic!(
+                "still failing after {within:?}:\n{}\nroutes:\n{}",
+                failed.join("\n"),
+                routes.join("\n")
+            );
+        }
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+}
+
+/// Every WorkloadEndpoint: its node and IPv4 address.
+fn endpoints(fleet: &Fleet) -> std::collections::BTreeSet<(String, Ipv4Addr)> {
+    fleet
+        .list(WEPS_PREFIX)
+        .iter()
+        .map(|(k, w)| {
+            let net = w["spec"]["ipNetworks"][0].as_str().unwrap_or_default();
+            let ip = net
+                .split('/')
+                .next()
+                .and_then(|a| a.parse().ok())
+                .unwrap_or_else(|| panic!("{k}: no IPv4 address: {w}"));
+            (
+                w["spec"]["node"].as_str().unwrap_or_default().to_string(),
+                ip,
+            )
+        })
+        .collect()
+}
+
+/// Every address allocated to a container (an allocation whose handle is `libnetwork.…`),
+/// from the blocks.
+fn container_allocations(fleet: &Fleet) -> std::collections::BTreeSet<Ipv4Addr> {
+    let mut out = std::collections::BTreeSet::new();
+    for (_, b) in fleet.list(BLOCKS_V4) {
+        let cidr: Ipv4Net = b["cidr"].as_str().unwrap().parse().unwrap();
+        let allocations = b["allocations"].as_array().cloned().unwrap_or_default();
+        for (ord, idx) in allocations.iter().enumerate() {
+            let Some(idx) = idx.as_u64() else { continue };
+            let handle = b["attributes"][idx as usize]["handle_id"]
+                .as_str()
+                .unwrap_or_default();
+            if handle.starts_with("libnetwork.") {
+                out.insert(Ipv4Addr::from(u32::from(cidr.network()) + ord as u32));
+            }
+        }
+    }
+    out
+}
+
+/// The host-side veths (`cali…`) in `h`'s namespace.
+fn host_veths(h: &Host) -> Vec<String> {
+    h.exec_ok("ip", &["-o", "link", "show"])
+        .lines()
+        .filter_map(|l| {
+            let name = l.split_whitespace().nth(1)?.trim_end_matches(':');
+            let name = name.split('@').next()?;
+            name.starts_with("cali").then(|| name.to_string())
+        })
+        .collect()
+}
+
+/// Checks every host's routes of ours against the datastore: each block route is a block
+/// in etcd (a blackhole exactly for the host's own blocks), each `/32` an address of a
+/// live WorkloadEndpoint of another host, and each block affine to a host has its route on
+/// every host (the pool is `CrossSubnet`: every host reaches every other). The number of
+/// `/32` routes, or what does not match.
+fn routes_match_datastore(fleet: &Fleet) -> Result<usize, String> {
+    let blocks: Vec<(Ipv4Net, Option<String>)> = fleet
+        .list(BLOCKS_V4)
+        .iter()
+        .filter(|(_, b)| b["deleted"] != true)
+        .map(|(_, b)| {
+            let cidr: Ipv4Net = b["cidr"].as_str().unwrap().parse().unwrap();
+            let host = b["affinity"]
+                .as_str()
+                .and_then(|a| a.strip_prefix("host:"))
+                .map(str::to_string);
+            (cidr, host)
+        })
+        .collect();
+    let weps = endpoints(fleet);
+    let mut problems = Vec::new();
+    let mut host_routes = 0;
+    for h in &fleet.hosts {
+        let mut routed = Vec::new();
+        for line in our_routes(h) {
+            let mut words = line.split_whitespace();
+            let mut first = words.next().unwrap_or_default();
+            let blackhole = first == "blackhole";
+            if blackhole {
+                first = words.next().unwrap_or_default();
+            }
+            let dest: Ipv4Net = first
+                .parse()
+                .or_else(|_| first.parse::<Ipv4Addr>().map(Ipv4Net::from))
+                .map_err(|e| format!("{}: route {line:?}: {e}", h.name()))?;
+            routed.push(dest);
+            if dest.prefix_len() == 32 {
+                host_routes += 1;
+                if !weps
+                    .iter()
+                    .any(|(n, ip)| n != h.name() && *ip == dest.addr())
+                {
+                    problems.push(format!(
+                        "{}: {line:?}: no WorkloadEndpoint of another host has {}",
+                        h.name(),
+                        dest.addr()
+                    ));
+                }
+                continue;
+            }
+            match blocks.iter().find(|(c, _)| *c == dest) {
+                None => problems.push(format!("{}: {line:?}: no such block", h.name())),
+                Some((_, owner)) => {
+                    let own = owner.as_deref() == Some(h.name());
+                    if own != blackhole {
+                        problems.push(format!(
+                            "{}: {line:?}: the block is affine to {owner:?}",
+                            h.name()
+                        ));
+                    }
+                }
+            }
+        }
+        for (cidr, _) in blocks.iter().filter(|(_, o)| o.is_some()) {
+            if !routed.contains(cidr) {
+                problems.push(format!("{}: no route to block {cidr}", h.name()));
+            }
+        }
+    }
+    if problems.is_empty() {
+        Ok(host_routes)
+    } else {
+        Err(problems.join("\n"))
+    }
+}
+
+/// Starts and removes `per_host[i]` containers on host `i`, all hosts at once: on each,
+/// rounds of `batch` `docker run -d` in parallel, then one `docker rm -f` of the round.
+/// Every `docker run` and `docker rm -f` must succeed. The durations of the runs and of the
+/// removals.
+fn churn(
+    fleet: &Fleet,
+    per_host: &[usize],
+    batch: usize,
+) -> (Vec<std::time::Duration>, Vec<std::time::Duration>) {
+    use std::sync::Mutex;
+    let runs = Mutex::new(Vec::new());
+    let rms = Mutex::new(Vec::new());
+    std::thread::scope(|s| {
+        for (h, &n) in fleet.hosts.iter().zip(per_host) {
+            let (runs, rms) = (&runs, &rms);
+            s.spawn(move || {
+                let names: Vec<String> = (1..=n).map(|k| format!("churn-{k:02}")).collect();
+                for round in names.chunks(batch) {
+                    std::thread::scope(|s| {
+                        for name in round {
+                            s.spawn(move || {
+                                let t = std::time::Instant::now();
+                                h.d().sleeper(
+                                    docker::BUSYBOX_IMAGE,
+                                    name,
+                                    &["--network", "calinet"],
+                                );
+                                runs.lock().unwrap().push(t.elapsed());
+                            });
+                        }
+                    });
+                    let t = std::time::Instant::now();
+                    let mut args = vec!["rm", "-f"];
+                    args.extend(round.iter().map(String::as_str));
+                    h.d().docker_ok(&args);
+                    rms.lock().unwrap().push(t.elapsed());
+                }
+            });
+        }
+    });
+    (runs.into_inner().unwrap(), rms.into_inner().unwrap())
+}
+
+/// The longest and the mean of `d`.
+fn max_mean(d: &[std::time::Duration]) -> (std::time::Duration, std::time::Duration) {
+    let max = d.iter().max().copied().unwrap_or_default();
+    let mean = d.iter().sum::<std::time::Duration>() / (d.len().max(1) as u32);
+    (max, mean)
+}
+
+/// Scenario 3 of issue 17, churn: the pool in `vxlanMode: CrossSubnet` (h1 <-> h2 direct,
+/// h3 over VXLAN) with /30 blocks (so that the churn also claims blocks, whose routes the
+/// other hosts add while traffic flows). A long-lived target and a pinger container per
+/// host; each pinger pings another host's target five times a second (h1 -> h2, h2 -> h3,
+/// h3 -> h1) while 50 containers are started and removed on the three hosts at once (rounds
+/// of three in parallel per host). No pinger loses a packet (but the last, possibly in
+/// flight when ping is stopped: `PingReport::lost`). Afterwards only the targets' and
+/// pingers' WorkloadEndpoints, allocations and veths are left, and every route of ours on
+/// every host matches the datastore (`routes_match_datastore`).
+#[test]
+fn churn_of_fifty_containers_loses_no_ping() {
+    let test = "docker_fleet::churn_of_fifty_containers_loses_no_ping";
+    let Some((lock, t0)) = docker::lock_if_root(test) else {
+        return;
+    };
+    let fleet = Fleet::builder()
+        .dockerd()
+        .under_lock(&lock)
+        .plugin_env("CALICO_IPV4POOL_VXLAN", "CrossSubnet")
+        .plugin_env("CALICO_IPV4POOL_BLOCK_SIZE", "30")
+        .start();
+    let t_up = t0.elapsed();
+    let mut targets = Vec::new();
+    for (i, h) in fleet.hosts.iter().enumerate() {
+        h.d().calico_network("calinet", &[]);
+        for c in [format!("t{}", i + 1), format!("p{}", i + 1)] {
+            h.d()
+                .sleeper(docker::BUSYBOX_IMAGE, &c, &["--network", "calinet"]);
+        }
+        targets.push(container_ip(h, &format!("t{}", i + 1)));
+    }
+    let baseline = endpoints(&fleet);
+    assert_eq!(baseline.len(), 6, "{baseline:?}");
+    // p1 -> t2 (direct), p2 -> t3 and p3 -> t1 (VXLAN).
+    let paths: Vec<(usize, String, Ipv4Addr)> = (0..3)
+        .map(|i| (i, format!("p{}", i + 1), targets[(i + 1) % 3]))
+        .collect();
+    let t_conv = wait_pings(&fleet, &paths, std::time::Duration::from_secs(40));
+    let blocks = fleet.list(BLOCKS_V4);
+    let (h1, h2, h3) = (fleet.host("h1"), fleet.host("h2"), fleet.host("h3"));
+    let to_t2 = route_to(h1, block_cidr(&blocks, targets[1])).unwrap_or_default();
+    assert!(
+        to_t2.contains(&format!("via {} dev eth0", h2.addr())),
+        "{to_t2}"
+    );
+    let to_t1 = route_to(h3, block_cidr(&blocks, targets[0])).unwrap_or_default();
+    assert!(to_t1.contains("dev vxlan.calico onlink"), "{to_t1}");
+
+    let pingers: Vec<Pinger> = paths
+        .iter()
+        .map(|(i, c, to)| Pinger::start(&fleet, &fleet.hosts[*i], c, *to))
+        .collect();
+    let t = std::time::Instant::now();
+    let (runs, rms) = churn(&fleet, &[17, 17, 16], 3);
+    let t_churn = t.elapsed();
+    assert_eq!(runs.len(), 50);
+    // A second more of traffic after the last removal.
+    std::thread::sleep(std::time::Duration::from_secs(1));
+    let reports = stop_pingers(pingers);
+    let (run_max, run_mean) = max_mean(&runs);
+    let (rm_max, rm_mean) = max_mean(&rms);
+    eprintln!(
+        "{test}: fleet up in {t_up:?}, pingers' paths working {t_conv:?} after the containers \
+         started; 50 containers started and removed in {t_churn:?} (docker run: longest \
+         {run_max:?}, mean {run_mean:?}; docker rm -f of a round: longest {rm_max:?}, mean \
+         {rm_mean:?})"
+    );
+    for (name, r) in &reports {
+        eprintln!(
+            "{test}: {name}: {} sent, {} received, lost {:?}",
+            r.sent,
+            r.received,
+            r.lost()
+        );
+    }
+    for (name, r) in &reports {
+        // Five a second during the whole churn.
+        assert!(
+            f64::from(r.sent) >= t_churn.as_secs_f64() * 4.0,
+            "{name}: only {} sent in {t_churn:?}",
+            r.sent
+        );
+        assert!(r.lost().is_empty(), "{name}: lost {:?} ({r:?})", r.lost());
+    }
+
+    // Nothing of the churn is left: endpoints, allocations, veths, routes.
+    let t = std::time::Instant::now();
+    common::wait_until(
+        "only the targets' and pingers' WorkloadEndpoints",
+        std::time::Duration::from_secs(15),
+        || {
+            let now = endpoints(&fleet);
+            if now == baseline {
+                Ok(())
+            } else {
+                Err(format!("{now:?}"))
+            }
+        },
+    );
+    let addrs: std::collections::BTreeSet<Ipv4Addr> = baseline.iter().map(|(_, a)| *a).collect();
+    assert_eq!(container_allocations(&fleet), addrs);
+    for h in &fleet.hosts {
+        assert_eq!(host_veths(h).len(), 2, "{}: {:?}", h.name(), host_veths(h));
+    }
+    let host_routes = common::wait_until(
+        "every host's routes as the datastore says",
+        std::time::Duration::from_secs(15),
+        || routes_match_datastore(&fleet),
+    );
+    let nblocks = fleet.list(BLOCKS_V4).len();
+    eprintln!(
+        "{test}: clean {:?} after the churn: {nblocks} blocks, each routed on every host, \
+         {host_routes} /32 routes; {:?} in all",
+        t.elapsed(),
+        t0.elapsed()
+    );
+    assert_eq!(host_routes, 0, "no address was borrowed, so no /32 route");
+}
+
+/// `iptables -I OUTPUT -p tcp --dport 2379 -j DROP` in a host's namespace, deleted on drop:
+/// the host's plugin reaches no etcd member, its own included (the members still reach
+/// each other on 2380, and other hosts' plugins still reach this host's member).
+struct EtcdCut<'a>(&'a Host);
+
+const CUT_RULE: [&str; 8] = ["OUTPUT", "-p", "tcp", "--dport", "2379", "-j", "DROP", "-w"];
+
+impl<'a> EtcdCut<'a> {
+    fn new(h: &'a Host) -> EtcdCut<'a> {
+        let mut args = vec!["-I"];
+        args.extend_from_slice(&CUT_RULE);
+        h.exec_ok("iptables", &args);
+        EtcdCut(h)
+    }
+}
+
+impl Drop for EtcdCut<'_> {
+    fn drop(&mut self) {
+        let mut args = vec!["-D"];
+        args.extend_from_slice(&CUT_RULE);
+        let (ok, out) = self.0.exec("iptables", &args);
+        if !ok {
+            eprintln!("{}: iptables -D: {out}", self.0.name());
+        }
+    }
+}
+
+/// Scenario 5 of issue 17, etcd trouble, with the pool in `vxlanMode: CrossSubnet` and /31
+/// blocks (so that new containers need new blocks, and the other hosts new routes).
+/// (a) One etcd member killed (h1's, the first of every plugin's `ETCD_ENDPOINTS`): a new
+/// container starts on every host, and every pair of them pings, within bounds printed.
+/// (b) h3 cut off from etcd (its plugin reaches no member): h3's container keeps pinging
+/// h1's and h2's, losing nothing, for 15 s (past a periodic route check); `docker run` on
+/// h3 fails within the plugin's request deadline (10 s) with an error naming etcd, and
+/// leaves no WorkloadEndpoint, allocation or veth; the routes stay as they were. Cut
+/// removed: a new container on h3 starts and pings every other host's containers, and every
+/// route matches the datastore again, those from before the cut all still there.
+#[test]
+fn etcd_member_down_and_host_cut_off() {
+    use std::time::{Duration, Instant};
+    let test = "docker_fleet::etcd_member_down_and_host_cut_off";
+    let Some((lock, t0)) = docker::lock_if_root(test) else {
+        return;
+    };
+    let mut fleet = Fleet::builder()
+        .dockerd()
+        .under_lock(&lock)
+        .plugin_env("CALICO_IPV4POOL_VXLAN", "CrossSubnet")
+        .plugin_env("CALICO_IPV4POOL_BLOCK_SIZE", "31")
+        .start();
+    let mut first = Vec::new();
+    for (i, h) in fleet.hosts.iter().enumerate() {
+        h.d().calico_network("calinet", &[]);
+        let c = format!("a{}", i + 1);
+        h.d()
+            .sleeper(docker::BUSYBOX_IMAGE, &c, &["--network", "calinet"]);
+        first.push(container_ip(h, &c));
+    }
+    let pairs = |prefix: &str, ips: &[Ipv4Addr]| -> Vec<(usize, String, Ipv4Addr)> {
+        (0..3)
+            .flat_map(|i| (0..3).filter(move |&j| j != i).map(move |j| (i, j)))
+            .map(|(i, j)| (i, format!("{prefix}{}", i + 1), ips[j]))
+            .collect()
+    };
+    let t_conv = wait_pings(&fleet, &pairs("a", &first), Duration::from_secs(40));
+    eprintln!("{test}: every pair of a1..a3 pings after {t_conv:?}");
+
+    // (a) One member down.
+    fleet.kill_etcd_member(0);
+    let t = Instant::now();
+    let mut second = Vec::new();
+    for (i, h) in fleet.hosts.iter().enumerate() {
+        let c = format!("n{}", i + 1);
+        let tr = Instant::now();
+        h.d()
+            .sleeper(docker::BUSYBOX_IMAGE, &c, &["--network", "calinet"]);
+        let took = tr.elapsed();
+        eprintln!(
+            "{test}: member h1 down: docker run {c} on {} in {took:?}",
+            h.name()
+        );
+        assert!(took < Duration::from_secs(10), "{c}: {took:?}");
+        second.push(container_ip(h, &c));
+    }
+    let t_started = t.elapsed();
+    let t_pairs = wait_pings(&fleet, &pairs("n", &second), Duration::from_secs(30));
+    let blocks = fleet.list(BLOCKS_V4);
+    for (a, n) in first.iter().zip(&second) {
+        assert_ne!(
+            block_cidr(&blocks, *a),
+            block_cidr(&blocks, *n),
+            "{n} should have needed a new block"
+        );
+    }
+    eprintln!(
+        "{test}: (a) member h1 down: n1..n3 started in {t_started:?}, every pair pings \
+         {t_pairs:?} later ({:?} in all)",
+        t.elapsed()
+    );
+    assert!(t.elapsed() < Duration::from_secs(30), "{:?}", t.elapsed());
+    let t = Instant::now();
+    fleet.etcd.restart(0);
+    eprintln!("{test}: member h1 back in {:?}", t.elapsed());
+
+    // (b) h3 cut off from etcd.
+    let h3 = fleet.host("h3");
+    let routes_before: Vec<Vec<String>> = fleet.hosts.iter().map(our_routes).collect();
+    let weps_before = endpoints(&fleet);
+    let veths_before = host_veths(h3);
+    let cut = EtcdCut::new(h3);
+    let t_cut = Instant::now();
+    // Positive control: no member answers h3, its own included.
+    for url in fleet.etcd.endpoints() {
+        let (ok, out) = h3.exec("curl", &["-sS", "-m", "1", &format!("{url}/health")]);
+        assert!(!ok, "h3 still reaches {url}: {out}");
+    }
+    let pingers: Vec<Pinger> = [first[0], first[1]]
+        .iter()
+        .map(|to| Pinger::start(&fleet, h3, "a3", *to))
+        .collect();
+    let tr = Instant::now();
+    let err = h3.d().docker_err(&[
+        "run",
+        "-d",
+        "--name",
+        "x3",
+        "--network",
+        "calinet",
+        docker::BUSYBOX_IMAGE,
+        "sleep",
+        "600",
+    ]);
+    let t_fail = tr.elapsed();
+    eprintln!("{test}: (b) h3 cut off: docker run failed after {t_fail:?}: {err}");
+    assert!(err.contains("etcd"), "{err}");
+    // Within the plugin's request deadline (10 s): the answer is etcd's failure, after one
+    // datastore deadline (5 s), not the request's own timeout (the read of datastoreReady
+    // once cost a deadline of its own before the call's first read, ~10 s in all).
+    assert!(t_fail < Duration::from_secs(9), "{t_fail:?}");
+    // Each pinger answered for 15 s (76 replies, one every 200 ms) with h3 cut off: a
+    // periodic route check (every 10 s) runs meanwhile on every host.
+    common::wait_until(
+        "15 s of replies to h3's pingers",
+        Duration::from_secs(40),
+        || -> Result<(), String> {
+            for p in &pingers {
+                let replies = p.output().matches(" seq=").count();
+                if replies < 76 {
+                    return Err(format!("{}: {replies} replies", p.name()));
+                }
+            }
+            Ok(())
+        },
+    );
+    for (h, before) in fleet.hosts.iter().zip(&routes_before) {
+        assert_eq!(&our_routes(h), before, "{}'s routes changed", h.name());
+    }
+    let reports = stop_pingers(pingers);
+    for (name, r) in &reports {
+        eprintln!(
+            "{test}: (b) h3 cut off for {:?}: {name}: {} sent, {} received, lost {:?}",
+            t_cut.elapsed(),
+            r.sent,
+            r.received,
+            r.lost()
+        );
+        assert!(r.sent >= 76, "{name}: {r:?}");
+        assert!(r.lost().is_empty(), "{name}: lost {:?} ({r:?})", r.lost());
+    }
+    assert_eq!(
+        host_veths(h3),
+        veths_before,
+        "the failed container left a veth"
+    );
+    drop(cut);
+    let t_back = Instant::now();
+
+    // Nothing of x3 in etcd (the test reads through the members, not through h3).
+    assert_eq!(endpoints(&fleet), weps_before);
+    let addrs: std::collections::BTreeSet<Ipv4Addr> = weps_before.iter().map(|(_, a)| *a).collect();
+    assert_eq!(container_allocations(&fleet), addrs);
+    h3.d().docker_ok(&["rm", "-f", "x3"]);
+    let tr = Instant::now();
+    h3.d()
+        .sleeper(docker::BUSYBOX_IMAGE, "y3", &["--network", "calinet"]);
+    let t_run = tr.elapsed();
+    let y3 = container_ip(h3, "y3");
+    let others: Vec<(usize, String, Ipv4Addr)> = [first[0], first[1], second[0], second[1]]
+        .iter()
+        .map(|ip| (2, "y3".to_string(), *ip))
+        .collect();
+    let t_pings = wait_pings(&fleet, &others, Duration::from_secs(30));
+    let host_routes = common::wait_until(
+        "every host's routes as the datastore says",
+        Duration::from_secs(15),
+        || routes_match_datastore(&fleet),
+    );
+    assert_eq!(host_routes, 0);
+    for (h, before) in fleet.hosts.iter().zip(&routes_before) {
+        let now = our_routes(h);
+        let gone: Vec<&String> = before.iter().filter(|r| !now.contains(r)).collect();
+        assert!(gone.is_empty(), "{}: routes gone: {gone:?}", h.name());
+        // Only y3's block, when it needed a new one, is new.
+        let y3_block = block_cidr(&fleet.list(BLOCKS_V4), y3).to_string();
+        let new: Vec<&String> = now
+            .iter()
+            .filter(|r| !before.contains(r) && !r.contains(&y3_block))
+            .collect();
+        assert!(new.is_empty(), "{}: new routes: {new:?}", h.name());
+    }
+    eprintln!(
+        "{test}: cut removed: docker run y3 on h3 in {t_run:?}, it pings h1's and h2's \
+         containers {t_pings:?} later, routes as the datastore says {:?} after the cut's \
+         end; {:?} in all",
+        t_back.elapsed(),
+        t0.elapsed()
+    );
+}

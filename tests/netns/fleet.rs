@@ -158,7 +158,7 @@ fn three_hosts_one_etcd_cluster() {
     eprintln!("addresses: {first:?}");
 
     // One member down: h1's, the first of every plugin's ETCD_ENDPOINTS.
-    kill_first_member(&mut fleet);
+    fleet.kill_etcd_member(0);
     // The other two keep the quorum: a (linearizable) read through them is served.
     assert_eq!(fleet.list(BLOCKS_V4).len(), 3);
     for h in &fleet.hosts {
@@ -185,34 +185,6 @@ fn three_hosts_one_etcd_cluster() {
     );
 }
 
-/// Kills etcd member h1 (the first of every plugin's `ETCD_ENDPOINTS`), checks that the
-/// kill hit (its process is gone, its URL refuses connections from h2), and waits until
-/// the two members left report healthy.
-fn kill_first_member(fleet: &mut Fleet) {
-    let pid = fleet.etcd.pid(0).expect("member h1 running");
-    fleet.etcd.kill(0);
-    assert!(
-        !std::path::Path::new(&format!("/proc/{pid}")).exists(),
-        "etcd member h1 (pid {pid}) still there"
-    );
-    let url = format!("{}/health", fleet.etcd.endpoints()[0]);
-    let (ok, out) = fleet.host("h2").exec("curl", &["-sS", "-m", "2", &url]);
-    assert!(!ok, "member h1 still answers after the kill: {out}");
-    // Positive control: h2's own member answers the same way, healthy once the two left
-    // have a leader (an election when the killed one led).
-    let url = format!("{}/health", fleet.etcd.endpoints()[1]);
-    let t = Instant::now();
-    common::wait_until("member h2 healthy", Duration::from_secs(15), || {
-        let out = fleet.host("h2").exec_ok("curl", &["-sS", "-m", "2", &url]);
-        if out.contains(r#""health":"true""#) {
-            Ok(())
-        } else {
-            Err(out)
-        }
-    });
-    eprintln!("member h1 killed; h2 healthy after {:?}", t.elapsed());
-}
-
 /// Scenario 5's first half: with one etcd member of three killed (the first of every
 /// plugin's `ETCD_ENDPOINTS`, which each plugin was using), every plugin keeps allocating:
 /// all 30 RequestAddress calls (10 rounds over the three hosts) succeed, none near the
@@ -225,7 +197,7 @@ fn allocations_with_one_etcd_member_down() {
         return;
     };
     let pools: Vec<String> = fleet.hosts.iter().map(request_pool).collect();
-    kill_first_member(&mut fleet);
+    fleet.kill_etcd_member(0);
     let mut failed = Vec::new();
     let mut longest = Duration::ZERO;
     let t0 = Instant::now();
