@@ -142,7 +142,7 @@ fn sh(cmd: &str) -> String {
 
 fn machine(rep: &mut Report, cfg: &Cfg) {
     rep.h(2, "Machine and run");
-    let rows = vec![
+    let mut rows = vec![
         vec!["CPU".into(), format!("{} × {}", sh("nproc"), sh("grep -m1 'model name' /proc/cpuinfo | cut -d: -f2"))],
         vec!["memory".into(), sh("awk '/MemTotal/ {printf \"%.1f GiB\", $2/1048576}' /proc/meminfo")],
         vec!["kernel".into(), sh("uname -r")],
@@ -176,6 +176,9 @@ fn machine(rep: &mut Report, cfg: &Cfg) {
             ),
         ],
     ];
+    if cfg.part("routes") {
+        rows.push(vec!["routes settings".into(), routes_settings()]);
+    }
     rep.table(&["", ""], &rows);
 }
 

@@ -42,6 +42,21 @@ const UNDERLAY_PREFIX: u8 = 16;
 const SCALE_POOL: &str = "172.16.0.0/12";
 const POOL_KEY: &str = "/calico/resources/v3/projectcalico.org/ippools/default-ipv4-ippool";
 
+/// The part's sizes as this run has them, for the report's machine table.
+pub(crate) fn routes_settings() -> String {
+    format!(
+        "BENCH_ROUTES={} BENCH_ROUTES_NODES={} BENCH_ROUTES_BLOCKS={} BENCH_ROUTES_CHURN={} \
+         BENCH_ROUTES_CONTAINERS={} BENCH_IPERF_SECS={} BENCH_IPERF_REPS={}",
+        env_list("BENCH_ROUTES", "scale,scale-vxlan,fleet").join(","),
+        env_usize("BENCH_ROUTES_NODES", 250),
+        env_usize("BENCH_ROUTES_BLOCKS", 4),
+        env_usize("BENCH_ROUTES_CHURN", 100),
+        env_usize("BENCH_ROUTES_CONTAINERS", 100),
+        env_usize("BENCH_IPERF_SECS", 10),
+        env_usize("BENCH_IPERF_REPS", 3),
+    )
+}
+
 fn sub(p: &str) -> bool {
     env_list("BENCH_ROUTES", "scale,scale-vxlan,fleet")
         .iter()
@@ -49,6 +64,7 @@ fn sub(p: &str) -> bool {
 }
 
 pub(crate) fn part_routes(cfg: &Cfg, rep: &mut Report) {
+    let out = cfg.out.clone();
     rep.h(2, "Routes between hosts (issue 17)");
     rep.p(
         "IP-in-IP is **not measured**: this machine's kernel has no `ipip` module \
@@ -69,7 +85,7 @@ pub(crate) fn part_routes(cfg: &Cfg, rep: &mut Report) {
     }
     if sub("fleet") {
         let t = Instant::now();
-        fleet_runs(rep);
+        fleet_runs(rep, &out);
         eprintln!("[routes] fleet done in {:.0} s", t.elapsed().as_secs_f64());
     }
 }
@@ -1016,12 +1032,17 @@ fn routes_of(h: &Host) -> String {
     h.exec("ip", &["-4", "route", "show", "proto", "81"]).1
 }
 
-fn fleet_runs(rep: &mut Report) {
+fn fleet_runs(rep: &mut Report, out: &Path) {
     let n = env_usize("BENCH_ROUTES_CONTAINERS", 100);
     let secs = env_usize("BENCH_IPERF_SECS", 10) as u64;
     let reps = env_usize("BENCH_IPERF_REPS", 3);
     eprintln!("[routes] fleet: waiting for the host lock (Docker tests hold it)");
-    let fleet = Fleet::builder().dockerd().start();
+    // The plugins' address on eth0 only: `first-found` would take the bench's own VXLAN
+    // device (`vxbench`, below) for the host's address once its periodic check ran.
+    let fleet = Fleet::builder()
+        .dockerd()
+        .plugin_env("IP_AUTODETECTION_METHOD", "interface=eth0")
+        .start();
     let load = sh("cut -d' ' -f1-3 /proc/loadavg");
     for h in &fleet.hosts {
         h.d().calico_network("calinet", &[]);
@@ -1095,6 +1116,17 @@ fn fleet_runs(rep: &mut Report) {
         std::thread::sleep(Duration::from_millis(200));
     }
     wait_ping(&p1_ns, &p2_ip, Duration::from_secs(60), "VXLAN h1 -> h2");
+    let mtu = h1.exec("ip", &["-o", "link", "show", "vxlan.calico"]).1;
+    for h in [h1, h2] {
+        eprintln!(
+            "[routes] {} before VXLAN Always iperf3: {}\n{}",
+            h.name(),
+            h.exec("ip", &["-d", "-o", "link", "show", "vxlan.calico"])
+                .1
+                .trim(),
+            routes_of(h)
+        );
+    }
     thr.push(throughput(
         &fleet,
         "VXLAN h1 → h2 (Always; same link as direct)",
@@ -1103,7 +1135,16 @@ fn fleet_runs(rep: &mut Report) {
         secs,
         reps,
     ));
-    let mtu = h1.exec("ip", &["-o", "link", "show", "vxlan.calico"]).1;
+    for h in [h1, h2] {
+        eprintln!(
+            "[routes] {} after VXLAN Always iperf3: {}\n{}",
+            h.name(),
+            h.exec("ip", &["-d", "-o", "link", "show", "vxlan.calico"])
+                .1
+                .trim(),
+            routes_of(h)
+        );
+    }
     let veth_mtu = ok_in(
         &p1_ns,
         "ip",
@@ -1111,6 +1152,16 @@ fn fleet_runs(rep: &mut Report) {
         Duration::from_secs(5),
     )
     .unwrap_or_default();
+    // The plugins' logs, for what the figures do not show; and how often each made its
+    // VXLAN device (once is right: a re-creation mid-run would spoil the figures).
+    let mut made = Vec::new();
+    for h in &fleet.hosts {
+        let to = out.join(format!("routes-fleet-{}-plugin.log", h.name()));
+        let _ = std::fs::copy(h.plugin.log_path(), to);
+        let n = h.plugin.log().matches("create vxlan device").count();
+        made.push(format!("{} {n}", h.name()));
+    }
+    let made = made.join(", ");
     // BENCH_ROUTES_HOLD=<s>: keep the fleet that long after measuring, to look at it.
     let hold = env_usize("BENCH_ROUTES_HOLD", 0);
     if hold > 0 {
@@ -1126,20 +1177,19 @@ fn fleet_runs(rep: &mut Report) {
         std::thread::sleep(Duration::from_secs(hold as u64));
     }
     drop(fleet);
-    report_fleet(rep, &conv, &thr, n, secs, reps, &load, &mtu, &veth_mtu);
+    let links = (mtu.as_str(), veth_mtu.as_str(), made.as_str());
+    report_fleet(rep, &conv, &thr, (n, secs, reps), &load, links);
 }
 
-#[allow(clippy::too_many_arguments)]
+/// `sizes`: containers per mode, iperf3 seconds and runs; `links`: `ip -o link` of h1's
+/// VXLAN device and of its container's links, and how often each host made its device.
 fn report_fleet(
     rep: &mut Report,
     conv: &[Converge],
     thr: &[Throughput],
-    n: usize,
-    secs: u64,
-    reps: usize,
+    (n, secs, reps): (usize, u64, usize),
     load: &str,
-    vxlan_link: &str,
-    container_links: &str,
+    (vxlan_link, container_links, made): (&str, &str, &str),
 ) {
     rep.h(
         3,
@@ -1148,7 +1198,9 @@ fn report_fleet(
     rep.p(&format!(
         "Three hosts (`tests/common/hosts.rs` `Fleet` with a dockerd each, Debian's Docker; h1 \
          and h2 on one /24, h3 behind a router), one etcd cluster, the plugins as the fleet \
-         runs them (dataplane `auto`, routes on). Load average when the fleet was up: {load}. \
+         runs them (dataplane `auto`, routes on) plus `IP_AUTODETECTION_METHOD=interface=eth0` \
+         (the data-path part adds a VXLAN device of its own, which `first-found` would take \
+         for the host's address). Load average when the fleet was up: {load}. \
          Per container: `docker run -d --network calinet busybox sleep` on h1; the clock starts \
          when the docker client returns; `docker inspect` gives its address; then `ping -n -D \
          -i 0.01` runs in the network namespace of a container already running on the other \
@@ -1221,8 +1273,8 @@ fn report_fleet(
          hop. 'Plain kernel VXLAN': a VXLAN device of the bench's own (VNI 77, port 4790, \
          MTU 1450, flooding to the other host) between the same two host namespaces, which \
          shows what the kernel does with VXLAN on this underlay without the plugin. VXLAN \
-         device: `{}`. h1's \
-         container links: `{}`.",
+         device: `{}`. h1's container links: `{}`. VXLAN devices made per host during the \
+         run (from the plugins' logs; 1 = never re-made): {made}.",
         sh("iperf3 --version | head -1"),
         vxlan_link
             .split_whitespace()
