@@ -1,7 +1,8 @@
 //! The benchmark of BENCHMARKS.md: `cargo bench --bench plugin` (as root; see
 //! scripts/bench.sh for the packages it needs).
 //!
-//! Parts (select with `BENCH_PARTS=docker,plugin,rtt,ipam,footprint`, default all):
+//! Parts (select with `BENCH_PARTS=docker,plugin,rtt,ipam,footprint,routes`, default all but
+//! `routes`; `all` is every part):
 //! - `docker`: `docker run --rm busybox` on a calico network vs `--net bridge` vs `--net none`
 //!   through a dockerd of our own (tests/common/docker.rs), paired and alternated, on etcd and
 //!   on the embedded store; then N containers started and removed in parallel.
@@ -13,6 +14,10 @@
 //!   (`Datastore::stats`), on an in-process driver.
 //! - `ipam`: allocations/s, 8 simulated hosts on one etcd, 10,000 allocations on one host.
 //! - `footprint`: RSS of the real binary idle and with 1,000 endpoints; start to ready.
+//! - `routes` (not in the default list: `BENCH_PARTS=routes`): routes between hosts (issue
+//!   17): 1,000 blocks of 250 simulated Nodes to the kernel, one change, RSS; `docker run` to
+//!   the first ping from another host of a three-host fleet; iperf3 containers vs hosts
+//!   (see routes.rs for its own `BENCH_ROUTES*` / `BENCH_IPERF_*` sizes).
 //!
 //! Sizes: `BENCH_N` (per-container loops, default 1000), `BENCH_DOCKER_RUNS` (default 20),
 //! `BENCH_PARALLEL` (default 20), `BENCH_PARALLEL_REPS` (default 3), `BENCH_SCALE_N`
@@ -30,7 +35,9 @@ mod docker;
 mod footprint;
 mod harness;
 mod ipam;
+mod nlwatch;
 mod report;
+mod routes;
 mod rtt;
 
 use calls::*;
@@ -40,6 +47,7 @@ use footprint::*;
 use harness::*;
 use ipam::*;
 use report::*;
+use routes::*;
 use rtt::*;
 
 use std::collections::{BTreeMap, HashSet};
@@ -134,7 +142,7 @@ fn sh(cmd: &str) -> String {
 
 fn machine(rep: &mut Report, cfg: &Cfg) {
     rep.h(2, "Machine and run");
-    let rows = vec![
+    let mut rows = vec![
         vec!["CPU".into(), format!("{} × {}", sh("nproc"), sh("grep -m1 'model name' /proc/cpuinfo | cut -d: -f2"))],
         vec!["memory".into(), sh("awk '/MemTotal/ {printf \"%.1f GiB\", $2/1048576}' /proc/meminfo")],
         vec!["kernel".into(), sh("uname -r")],
@@ -154,6 +162,7 @@ fn machine(rep: &mut Report, cfg: &Cfg) {
         ],
         vec!["etcd".into(), sh("etcd --version | head -1")],
         vec!["CNI plugins".into(), sh("dpkg-query -W -f='${Version}' containernetworking-plugins")],
+        vec!["iperf3".into(), sh("iperf3 --version 2>/dev/null | head -1")],
         vec!["Rust".into(), sh("rustc --version")],
         vec!["load before the run".into(), sh("cut -d' ' -f1-3 /proc/loadavg")],
         vec!["date".into(), sh("date -u +%Y-%m-%dT%H:%MZ")],
@@ -167,6 +176,9 @@ fn machine(rep: &mut Report, cfg: &Cfg) {
             ),
         ],
     ];
+    if cfg.part("routes") {
+        rows.push(vec!["routes settings".into(), routes_settings()]);
+    }
     rep.table(&["", ""], &rows);
 }
 
@@ -185,11 +197,12 @@ fn main() {
     let started = Instant::now();
     let mut rep = Report::default();
     machine(&mut rep, &cfg);
-    let parts: [(&str, Part); 5] = [
+    let parts: [(&str, Part); 6] = [
         ("plugin", part_plugin),
         ("rtt", part_rtt),
         ("ipam", part_ipam),
         ("footprint", part_footprint),
+        ("routes", part_routes),
         ("docker", part_docker),
     ];
     // Docker last: the longest part, and the one most sensitive to other load.
