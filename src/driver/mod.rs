@@ -217,6 +217,10 @@ pub struct Driver {
     /// Held by each pass of the route keeper; `true` once the routes were removed at stop,
     /// after which no pass writes any (see `routes`).
     routes_stopped: Arc<tokio::sync::Mutex<bool>>,
+    /// One tunnel-address pass at a time on this host: two passes (the node loop's and a pool
+    /// change's) would each allocate under the one handle, and the loser's release by that
+    /// handle would free the winner's address too.
+    tunnel_pass: tokio::sync::Mutex<()>,
 }
 
 /// Runs the future `make` gives on a task of its own and, when it panics (a bug: stored data
@@ -275,6 +279,7 @@ impl Driver {
             docker,
             foreign_owner: Default::default(),
             routes_stopped: Default::default(),
+            tunnel_pass: Default::default(),
             settings,
             dataplane,
             endpoints: Default::default(),

@@ -202,6 +202,7 @@ impl Driver {
     /// documentation) and returns those in force. Does nothing when this host has no Node,
     /// or another machine runs under its node name (its Node is that machine's).
     pub async fn reconcile_tunnel_addresses(&self) -> Result<TunnelAddresses> {
+        let _one_at_a_time = self.tunnel_pass.lock().await;
         let host = &self.settings.nodename;
         let key = keys::node_key(host);
         if self.foreign_owner.lock().unwrap().is_some() {

@@ -436,6 +436,49 @@ async fn the_node_loop_allocates_at_start_and_after_a_pool_change(store: Store) 
     });
 }
 
+/// Two reconciles of one host at the same moment (the node loop's and the one a pool change
+/// starts, as at a plugin's start) end with one tunnel address, held by Calico's handle and
+/// on the Node, and neither changes it afterwards: the loser must not release the winner's
+/// address by their shared handle.
+async fn concurrent_reconciles_keep_one_tunnel_address(store: Store) {
+    let d = std::sync::Arc::new(driver(&store).await);
+    add_pool(&d, "vxlan4", "10.72.0.0/24", |s| {
+        s.vxlan_mode = "Always".into();
+        s.block_size = 28;
+    })
+    .await;
+    for round in 0..5 {
+        let (a, b) = tokio::join!(
+            d.reconcile_tunnel_addresses(),
+            d.reconcile_tunnel_addresses()
+        );
+        let (a, b) = (a.unwrap().vxlan, b.unwrap().vxlan);
+        let held = d
+            .ipam()
+            .ips_by_handle(&format!("vxlan-tunnel-addr-{HOST}"))
+            .await
+            .unwrap();
+        let (n, _) = node(&store).await;
+        let on_node: IpAddr = n["spec"]["ipv4VXLANTunnelAddr"]
+            .as_str()
+            .unwrap()
+            .parse()
+            .unwrap();
+        assert_eq!(
+            held,
+            vec![on_node],
+            "round {round}: handle holds {held:?}, Node has {on_node}"
+        );
+        assert_eq!((a, b), (Some(on_node), Some(on_node)), "round {round}");
+        let again = d.reconcile_tunnel_addresses().await.unwrap().vxlan;
+        assert_eq!(again, Some(on_node), "round {round}: changed afterwards");
+        // Next round starts from none again.
+        edit_pool(&store, "vxlan4", |p| p.vxlan_mode = "Never".into()).await;
+        d.reconcile_tunnel_addresses().await.unwrap();
+        edit_pool(&store, "vxlan4", |p| p.vxlan_mode = "Always".into()).await;
+    }
+}
+
 backends!(
     threads = 2,
     timeout = Some(Duration::from_secs(60)),
@@ -445,5 +488,6 @@ backends!(
         a_pool_selecting_other_nodes_gives_no_tunnel_address,
         an_old_tunnel_address_without_handle_is_kept_and_given_one,
         the_node_loop_allocates_at_start_and_after_a_pool_change,
+        concurrent_reconciles_keep_one_tunnel_address,
     ]
 );
