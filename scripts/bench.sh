@@ -5,6 +5,7 @@
 # Parts and sizes: BENCH_PARTS=docker,plugin,rtt,ipam,footprint BENCH_N=1000 ... (see
 # benches/plugin/); e.g. a quick run: BENCH_N=100 BENCH_DOCKER_RUNS=5 bash scripts/bench.sh
 # Routes between hosts (issue 17; iperf3 and ping for it): BENCH_PARTS=routes bash scripts/bench.sh
+# Isolation across hosts (issue 18; ipset sets): BENCH_PARTS=members bash scripts/bench.sh
 #
 # The Docker part runs first on Debian 12's engine (20.10), in the run above, then once more
 # on each engine of BENCH_ENGINES (default: those of scripts/engines.sh, i.e. sid's Docker 28,
@@ -13,7 +14,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/deps.sh etcd-server docker.io containerd runc busybox-static \
-  containernetworking-plugins iproute2 iptables nftables procps kmod debian-archive-keyring \
+  containernetworking-plugins iproute2 iptables ipset nftables procps kmod debian-archive-keyring \
   iputils-ping iperf3
 cargo build --release --locked --bin calico-libnetwork
 cargo bench --locked --bench plugin "$@"

@@ -86,6 +86,13 @@ if ipt=$(command -v iptables 2>/dev/null); then
 else
     echo "build-managed-plugin: iptables not found: the bundle will only work with CALICO_LIBNETWORK_DATAPLANE=off or felix" >&2
 fi
+# ipset: the sets of other hosts' members the standalone rules match (routes between hosts).
+if ipset_bin=$(command -v ipset 2>/dev/null); then
+    install -m 0755 "$(readlink -f "$ipset_bin")" "$root/usr/sbin/ipset"
+    put_libs "$ipset_bin"
+else
+    echo "build-managed-plugin: ipset not found: isolation across hosts will not work in the bundle" >&2
+fi
 if nft=$(command -v nft 2>/dev/null); then
     install -m 0755 "$(readlink -f "$nft")" "$root/usr/sbin/nft"
     put_libs "$nft"

@@ -1,8 +1,8 @@
 //! The benchmark of BENCHMARKS.md: `cargo bench --bench plugin` (as root; see
 //! scripts/bench.sh for the packages it needs).
 //!
-//! Parts (select with `BENCH_PARTS=docker,plugin,rtt,ipam,footprint,routes`, default all but
-//! `routes`; `all` is every part):
+//! Parts (select with `BENCH_PARTS=docker,plugin,rtt,ipam,footprint,routes,members`, default
+//! all but `routes` and `members`; `all` is every part):
 //! - `docker`: `docker run --rm busybox` on a calico network vs `--net bridge` vs `--net none`
 //!   through a dockerd of our own (tests/common/docker.rs), paired and alternated, on etcd and
 //!   on the embedded store; then N containers started and removed in parallel.
@@ -18,6 +18,9 @@
 //!   17): 1,000 blocks of 250 simulated Nodes to the kernel, one change, RSS; `docker run` to
 //!   the first ping from another host of a three-host fleet; iperf3 containers vs hosts
 //!   (see routes.rs for its own `BENCH_ROUTES*` / `BENCH_IPERF_*` sizes).
+//! - `members` (not in the default list: `BENCH_PARTS=members`): isolation across hosts
+//!   (issue 18): 10,000 remote endpoints into the kernel's ip sets, one change, a full
+//!   resync, RSS (see members.rs for its `BENCH_MEMBERS_*` sizes).
 //!
 //! Sizes: `BENCH_N` (per-container loops, default 1000), `BENCH_DOCKER_RUNS` (default 20),
 //! `BENCH_PARALLEL` (default 20), `BENCH_PARALLEL_REPS` (default 3), `BENCH_SCALE_N`
@@ -35,6 +38,7 @@ mod docker;
 mod footprint;
 mod harness;
 mod ipam;
+mod members;
 mod nlwatch;
 mod report;
 mod routes;
@@ -46,6 +50,7 @@ use docker::*;
 use footprint::*;
 use harness::*;
 use ipam::*;
+use members::*;
 use report::*;
 use routes::*;
 use rtt::*;
@@ -197,12 +202,13 @@ fn main() {
     let started = Instant::now();
     let mut rep = Report::default();
     machine(&mut rep, &cfg);
-    let parts: [(&str, Part); 6] = [
+    let parts: [(&str, Part); 7] = [
         ("plugin", part_plugin),
         ("rtt", part_rtt),
         ("ipam", part_ipam),
         ("footprint", part_footprint),
         ("routes", part_routes),
+        ("members", part_members),
         ("docker", part_docker),
     ];
     // Docker last: the longest part, and the one most sensitive to other load.

@@ -126,7 +126,7 @@ struct ScaleResult {
 }
 
 /// A named namespace of our own (the underlay veth's far end), deleted on drop.
-struct PeerNs(String);
+pub(crate) struct PeerNs(String);
 
 impl PeerNs {
     fn new() -> PeerNs {
@@ -147,7 +147,7 @@ fn v4(base: Ipv4Addr, offset: u32) -> Ipv4Addr {
     Ipv4Addr::from(u32::from(base) + offset)
 }
 
-fn sim_name(i: usize) -> String {
+pub(crate) fn sim_name(i: usize) -> String {
     format!("sim-{i:04}")
 }
 
@@ -158,7 +158,7 @@ fn block_cidr(j: usize) -> Ipv4Net {
 }
 
 /// The underlay (a veth to a namespace of our own, `ul0` here at 10.250.0.1/16).
-fn make_underlay() -> PeerNs {
+pub(crate) fn make_underlay() -> PeerNs {
     let peer = PeerNs::new();
     let ip = |args: &[&str]| {
         common::host::run_ok("ip", args);
@@ -174,7 +174,7 @@ fn make_underlay() -> PeerNs {
 
 /// Writes the pool, the simulated Nodes and their blocks (with their affinities), as Calico
 /// stores them. Returns the blocks' CIDRs, the Nodes' tunnel addresses and MACs.
-fn write_cluster(
+pub(crate) fn write_cluster(
     rt: &tokio::runtime::Runtime,
     store: &EtcdStore,
     nodes: usize,
@@ -240,9 +240,9 @@ fn write_cluster(
     (cidrs, tunnels, macs)
 }
 
-/// The plugin as a host routing between hosts runs it (dataplane `off`: no firewall work in
-/// the figures), on a socket of its own.
-fn spawn_plugin(etcd: &Etcd, dir: &Path) -> Child {
+/// The plugin as a host routing between hosts runs it, with firewall mode `dataplane` (`off`
+/// for the routes figures: no firewall work in them), on a socket of its own.
+pub(crate) fn spawn_plugin(etcd: &Etcd, dir: &Path, dataplane: &str) -> Child {
     let mut cmd = Command::new(BINARY);
     cmd.env_clear()
         .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
@@ -250,7 +250,7 @@ fn spawn_plugin(etcd: &Etcd, dir: &Path) -> Child {
         .env("NODENAME", LOCAL_NODE)
         .env("CALICO_NODENAME_FILE", common::NO_NODENAME_FILE)
         .env("LOG_LEVEL", "info")
-        .env("CALICO_LIBNETWORK_DATAPLANE", "off")
+        .env("CALICO_LIBNETWORK_DATAPLANE", dataplane)
         .env("CALICO_LIBNETWORK_ROUTES", "true")
         .env("IP", format!("{}/{UNDERLAY_PREFIX}", v4(UNDERLAY, 1)))
         .env("DATASTORE_TYPE", "etcdv3")
@@ -268,7 +268,7 @@ fn spawn_plugin(etcd: &Etcd, dir: &Path) -> Child {
 }
 
 /// User + system CPU seconds of a process (`/proc/<pid>/stat` fields 14 and 15).
-fn cpu_secs(pid: u32) -> f64 {
+pub(crate) fn cpu_secs(pid: u32) -> f64 {
     let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
     // The command name may hold spaces: fields count from after its closing parenthesis.
     let rest = s.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
@@ -472,7 +472,7 @@ fn scale_run(vxlan: bool, keep_log: &Path) -> ScaleResult {
 
     let mut nl = NlWatch::open();
     let t0 = Instant::now();
-    let mut child = spawn_plugin(&etcd, dir.path());
+    let mut child = spawn_plugin(&etcd, dir.path(), "off");
     let ready = std::thread::spawn(move || loop {
         if let Ok((200, body)) = common::plugin::call(&socket, "Plugin.Activate", "") {
             if body.contains("NetworkDriver") {

@@ -19,6 +19,7 @@
 
 pub mod autodetect;
 pub mod fake;
+pub mod ipset;
 pub mod iptables;
 pub mod netlink;
 pub mod routes;

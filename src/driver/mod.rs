@@ -16,6 +16,7 @@ pub mod endpoint;
 pub mod heartbeat;
 pub mod init;
 pub mod ipam;
+pub mod members;
 pub mod network;
 pub mod node_address;
 pub mod node_remove;

@@ -1140,3 +1140,258 @@ fn etcd_member_down_and_host_cut_off() {
         t0.elapsed()
     );
 }
+
+/// `ping` from container `c` on `h` to `to`, waiting at most one second for the reply:
+/// whether it came.
+fn reaches(h: &Host, c: &str, to: Ipv4Addr) -> bool {
+    h.d()
+        .docker(&["exec", c, "ping", "-c", "1", "-W", "1", &to.to_string()])
+        .status
+        .success()
+}
+
+/// The address container `c` has on network `net`.
+fn ip_on(h: &Host, c: &str, net: &str) -> Ipv4Addr {
+    let f = format!("{{{{(index .NetworkSettings.Networks \"{net}\").IPAddress}}}}");
+    let out = h.d().docker_ok(&["inspect", "-f", &f, c]);
+    out.parse()
+        .unwrap_or_else(|e| panic!("{}: {c} on {net}: {out:?}: {e}", h.name()))
+}
+
+/// Packets the container behind host-side veth `veth` on `h` has been sent (the veth's
+/// transmit counter, `ip -s link`: what reached the container).
+fn delivered(h: &Host, veth: &str) -> u64 {
+    let out = h.exec_ok("ip", &["-j", "-s", "link", "show", "dev", veth]);
+    let v: Value = serde_json::from_str(&out).unwrap_or_else(|e| panic!("{out}: {e}"));
+    v[0]["stats64"]["tx"]["packets"]
+        .as_u64()
+        .unwrap_or_else(|| panic!("{}: no tx packets for {veth}: {out}", h.name()))
+}
+
+/// The host-side veth of the endpoint holding `ip`.
+fn veth_of(fleet: &Fleet, ip: Ipv4Addr) -> String {
+    fleet
+        .list(WEPS_PREFIX)
+        .iter()
+        .find(|(_, w)| w["spec"]["ipNetworks"][0] == format!("{ip}/32"))
+        .and_then(|(_, w)| w["spec"]["interfaceName"].as_str().map(str::to_string))
+        .unwrap_or_else(|| panic!("no WorkloadEndpoint with {ip}"))
+}
+
+/// An address of `block` that no WorkloadEndpoint holds and that is not the block's first
+/// or last.
+fn unused_in(fleet: &Fleet, block: Ipv4Net) -> Ipv4Addr {
+    let weps = fleet.list(WEPS_PREFIX);
+    block
+        .hosts()
+        .skip(8)
+        .find(|ip| {
+            weps.iter()
+                .all(|(_, w)| w["spec"]["ipNetworks"][0] != format!("{ip}/32"))
+        })
+        .unwrap_or_else(|| panic!("no free address in {block}"))
+}
+
+/// Issue 18's scenarios 1, 2 and 4 on three hosts with VXLAN between them (so that h3,
+/// behind the router, is reached too):
+/// 1. networks `red` and `blue` on every host, a container on each: red reaches red and
+///    blue reaches blue across every pair of hosts; red never reaches blue, nor blue red
+///    (each refusal beside its positive control from the same host);
+/// 2. `docker network connect blue r1` on h1: within a second the blue containers of h2
+///    and h3 reach r1's new address and r1 reaches them, the red ones still reach its red
+///    address; after `network disconnect` neither way works any more;
+/// 3. a packet sent from h2 (its host, not a container) to r1 with a source address from
+///    h3's block that no container holds, or from h1's own block, never reaches r1, while
+///    r2's own packets do (counted on r1's veth).
+#[test]
+fn isolation_across_hosts() {
+    let test = "docker_fleet::isolation_across_hosts";
+    let Some((lock, t0)) = docker::lock_if_root(test) else {
+        return;
+    };
+    let before = crate::docker_ipam::host_state();
+    let footprint = {
+        let fleet = Fleet::builder().dockerd().under_lock(&lock).start();
+        set_pool_modes(&fleet, "Always", "Never");
+        let mut red = Vec::new();
+        let mut blue = Vec::new();
+        for (i, h) in fleet.hosts.iter().enumerate() {
+            h.d().calico_network("red", &[]);
+            h.d().calico_network("blue", &[]);
+            let (r, b) = (format!("r{}", i + 1), format!("b{}", i + 1));
+            h.d()
+                .sleeper(docker::BUSYBOX_IMAGE, &r, &["--network", "red"]);
+            h.d()
+                .sleeper(docker::BUSYBOX_IMAGE, &b, &["--network", "blue"]);
+            red.push(container_ip(h, &r));
+            blue.push(container_ip(h, &b));
+        }
+        let hosts = &fleet.hosts;
+        let pairs: Vec<(usize, usize)> = (0..3)
+            .flat_map(|i| (0..3).filter(move |&j| j != i).map(move |j| (i, j)))
+            .collect();
+        // Tunnel addresses, routes and sets come within seconds of the start.
+        common::wait_until(
+            "red and blue reach their own across hosts",
+            std::time::Duration::from_secs(40),
+            || {
+                let failed: Vec<String> = pairs
+                    .iter()
+                    .flat_map(|&(i, j)| {
+                        [("r", &red), ("b", &blue)]
+                            .into_iter()
+                            .filter(move |(c, ips)| {
+                                !reaches(&hosts[i], &format!("{c}{}", i + 1), ips[j])
+                            })
+                            .map(move |(c, _)| format!("{c}{} -> {c}{}", i + 1, j + 1))
+                    })
+                    .collect();
+                if failed.is_empty() {
+                    Ok(())
+                } else {
+                    Err(failed.join(", "))
+                }
+            },
+        );
+        eprintln!(
+            "{test}: red<->red and blue<->blue across hosts after {:?}",
+            t0.elapsed()
+        );
+        for &(i, j) in &pairs {
+            let h = &hosts[i];
+            let (r, b) = (format!("r{}", i + 1), format!("b{}", i + 1));
+            assert!(reaches(h, &r, red[j]), "control: {r} -> r{}", j + 1);
+            assert!(
+                !reaches(h, &r, blue[j]),
+                "{r} reached b{} ({})",
+                j + 1,
+                blue[j]
+            );
+            assert!(reaches(h, &b, blue[j]), "control: {b} -> b{}", j + 1);
+            assert!(
+                !reaches(h, &b, red[j]),
+                "{b} reached r{} ({})",
+                j + 1,
+                red[j]
+            );
+        }
+        eprintln!("{test}: scenario 1 (red/blue) done at {:?}", t0.elapsed());
+
+        // Scenario 2: r1 joins blue at runtime.
+        let (h1, h2, h3) = (fleet.host("h1"), fleet.host("h2"), fleet.host("h3"));
+        h1.d().docker_ok(&["network", "connect", "blue", "r1"]);
+        let t = std::time::Instant::now();
+        let r1_blue = ip_on(h1, "r1", "blue");
+        for (h, b) in [(h2, "b2"), (h3, "b3")] {
+            while !reaches(h, b, r1_blue) {
+                assert!(
+                    t.elapsed() < std::time::Duration::from_secs(1),
+                    "{b} does not reach r1's blue address {r1_blue} within 1 s of the connect"
+                );
+            }
+        }
+        let t_connect = t.elapsed();
+        // Docker's reach on two networks: r1 reaches blue's containers too (from whichever of
+        // its addresses its routes pick: the other hosts count both as blue's).
+        for (b, ip) in [("b2", blue[1]), ("b3", blue[2])] {
+            assert!(reaches(h1, "r1", ip), "r1 (now on blue) does not reach {b}");
+        }
+        for (h, r) in [(h2, "r2"), (h3, "r3")] {
+            assert!(
+                reaches(h, r, red[0]),
+                "{r} no longer reaches r1 after the connect"
+            );
+        }
+        // Still only through the network they share: blue's containers to r1's red address
+        // is blue to red.
+        assert!(!reaches(h2, "b2", red[0]), "b2 reached r1's red address");
+        eprintln!("{test}: scenario 2: b2 and b3 reach r1 {t_connect:?} after the connect");
+        h1.d().docker_ok(&["network", "disconnect", "blue", "r1"]);
+        common::wait_until(
+            "b2 and b3 lose r1 after the disconnect",
+            std::time::Duration::from_secs(10),
+            || {
+                let still: Vec<&str> = [(h2, "b2"), (h3, "b3")]
+                    .into_iter()
+                    .filter(|(h, b)| reaches(h, b, r1_blue) || reaches(h, b, red[0]))
+                    .map(|(_, b)| b)
+                    .collect();
+                if still.is_empty() {
+                    Ok(())
+                } else {
+                    Err(format!("{still:?} still reach r1"))
+                }
+            },
+        );
+        assert!(
+            reaches(h2, "r2", red[0]),
+            "control: r2 -> r1 after the disconnect"
+        );
+        for (b, ip) in [("b2", blue[1]), ("b3", blue[2])] {
+            assert!(
+                !reaches(h1, "r1", ip),
+                "r1 still reaches {b} after the disconnect"
+            );
+        }
+
+        // Scenario 4: spoofed sources from h2's host towards r1 (on h1).
+        let blocks = fleet.list(BLOCKS_V4);
+        let veth = veth_of(&fleet, red[0]);
+        let spoofed = [
+            ("h3's block", unused_in(&fleet, block_cidr(&blocks, red[2]))),
+            (
+                "h1's own block",
+                unused_in(&fleet, block_cidr(&blocks, red[0])),
+            ),
+        ];
+        for (what, src) in spoofed {
+            h2.exec_ok("ip", &["addr", "add", &format!("{src}/32"), "dev", "lo"]);
+            let n0 = delivered(h1, &veth);
+            let (_, out) = h2.exec(
+                "ping",
+                &[
+                    "-c",
+                    "50",
+                    "-i",
+                    "0.01",
+                    "-W",
+                    "1",
+                    "-I",
+                    &src.to_string(),
+                    &red[0].to_string(),
+                ],
+            );
+            let got = delivered(h1, &veth) - n0;
+            h2.exec_ok("ip", &["addr", "del", &format!("{src}/32"), "dev", "lo"]);
+            assert!(
+                got < 10,
+                "{got} of 50 packets from h2 with a source in {what} ({src}) reached r1: {out}"
+            );
+            // Positive control: r2's own 50 packets arrive.
+            let n0 = delivered(h1, &veth);
+            h2.d().docker_ok(&[
+                "exec",
+                "r2",
+                "ping",
+                "-c",
+                "50",
+                "-i",
+                "0.01",
+                "-W",
+                "1",
+                &red[0].to_string(),
+            ]);
+            let control = delivered(h1, &veth) - n0;
+            assert!(
+                control >= 50,
+                "control: only {control} of r2's 50 pings reached r1"
+            );
+            eprintln!("{test}: spoofed from {what}: {got} of 50 delivered; r2's: {control}");
+        }
+        eprintln!("{test}: all in {:?}", t0.elapsed());
+        fleet.footprint()
+    };
+    let left = footprint.leftovers();
+    assert!(left.is_empty(), "left behind: {left:?}");
+    assert_eq!(crate::docker_ipam::host_state(), before, "the host changed");
+}

@@ -539,3 +539,261 @@ fn a_dead_host_keeps_its_routes_until_node_remove() {
         "second remove: {out}"
     );
 }
+
+/// One call to the plugin at `socket`, asserting success; the body.
+fn call_at(socket: &std::path::Path, method: &str, body: &Value) -> Value {
+    let (status, text) = common::plugin::call(socket, method, &body.to_string())
+        .unwrap_or_else(|e| panic!("{method}: {e}"));
+    let v: Value = serde_json::from_str(&text).unwrap_or_else(|e| panic!("{method}: {e}: {text}"));
+    assert!(
+        status == 200 && v.get("Err").is_none(),
+        "{method} {body} -> {status} {v}"
+    );
+    v
+}
+
+/// Our ip sets on `h` (`ipset save`): name → members, each as ipset prints it.
+fn our_sets(h: &Host) -> std::collections::BTreeMap<String, std::collections::BTreeSet<String>> {
+    let mut sets = std::collections::BTreeMap::new();
+    for line in h.exec_ok("ipset", &["save"]).lines() {
+        let w: Vec<&str> = line.split_whitespace().collect();
+        match w.as_slice() {
+            ["create", name, ..] if name.starts_with("cln4-") || name.starts_with("cln6-") => {
+                sets.entry(name.to_string()).or_default();
+            }
+            ["add", name, member, ..] if name.starts_with("cln4-") || name.starts_with("cln6-") => {
+                sets.entry(name.to_string())
+                    .or_insert_with(std::collections::BTreeSet::new)
+                    .insert(member.to_string());
+            }
+            _ => {}
+        }
+    }
+    sets
+}
+
+/// What `h`'s sets must hold, from the WorkloadEndpoints in etcd: per profile, the other
+/// hosts' endpoint addresses (none of these endpoints is joined to a sandbox, so each is a
+/// peer of its own); and all of them in `cln4-remote`. Empty sets are left out.
+fn expected_sets(
+    fleet: &Fleet,
+    h: &Host,
+) -> std::collections::BTreeMap<String, std::collections::BTreeSet<String>> {
+    use calico_libnetwork::dataplane::ipset::{profile_set, remote_set};
+    use calico_libnetwork::dataplane::iptables::Family;
+    let mut sets: std::collections::BTreeMap<String, std::collections::BTreeSet<String>> =
+        Default::default();
+    for (_, w) in fleet.list(common::WEPS_PREFIX) {
+        if w["spec"]["node"] == h.name() {
+            continue;
+        }
+        let ip = w["spec"]["ipNetworks"][0]
+            .as_str()
+            .unwrap()
+            .trim_end_matches("/32")
+            .to_string();
+        sets.entry(remote_set(Family::V4))
+            .or_default()
+            .insert(ip.clone());
+        for p in w["spec"]["profiles"].as_array().unwrap() {
+            sets.entry(profile_set(p.as_str().unwrap(), Family::V4))
+                .or_default()
+                .insert(ip.clone());
+        }
+    }
+    sets
+}
+
+/// Non-empty sets only (a set the rules made for a profile without remote members is empty).
+fn non_empty(
+    sets: std::collections::BTreeMap<String, std::collections::BTreeSet<String>>,
+) -> std::collections::BTreeMap<String, std::collections::BTreeSet<String>> {
+    sets.into_iter().filter(|(_, m)| !m.is_empty()).collect()
+}
+
+/// Our filter rules on `h` that match a set (`iptables -S`): the anti-spoofing rule and each
+/// profile chain's remote members. (An endpoint's own rules are written at its Join, which
+/// these endpoints never have, so only a start writes theirs.)
+fn set_rules(h: &Host) -> Vec<String> {
+    h.exec_ok("iptables", &["-w", "-S"])
+        .lines()
+        .filter(|l| l.contains("--match-set"))
+        .map(str::to_string)
+        .collect()
+}
+
+/// Issue 18's scenario 3: 1,000 endpoints over the three hosts through the plugin API (two
+/// networks, `red` and `blue`; every fifth endpoint of h1 deleted again), h3's plugin
+/// restarted in the middle of it. Afterwards every host's ip sets hold exactly the other
+/// hosts' endpoints of each profile and nothing else (from the WorkloadEndpoints in etcd);
+/// h3's sets and the rules matching them are what a plugin started afresh on the same
+/// datastore makes.
+#[test]
+fn a_thousand_endpoints_reach_every_hosts_sets() {
+    let test = "fleet::a_thousand_endpoints_reach_every_hosts_sets";
+    let Some(mut fleet) = Fleet::builder().start_if_root(test) else {
+        return;
+    };
+    let t0 = Instant::now();
+    let nets = ["e".repeat(64), "f".repeat(64)];
+    let mut pools = Vec::new();
+    for h in &fleet.hosts {
+        pools.push(request_pool(h));
+        for net in &nets {
+            h.call_ok(
+                "NetworkDriver.CreateNetwork",
+                &json!({"NetworkID": net, "Options": {},
+                        "IPv4Data": [{"AddressSpace": "CalicoGlobalAddressSpace",
+                                      "Pool": "0.0.0.0/0", "Gateway": "0.0.0.0/0"}],
+                        "IPv6Data": []}),
+            );
+        }
+    }
+    // One endpoint on the plugin at `socket` (host `n`): an address, then CreateEndpoint
+    // on network k % 2.
+    let make = |socket: &std::path::Path, n: usize, pool: &str, k: usize| {
+        let v = call_at(
+            socket,
+            "IpamDriver.RequestAddress",
+            &json!({"PoolID": pool, "Address": "", "Options": null}),
+        );
+        let addr = v["Address"].as_str().unwrap().to_string();
+        let ip: Ipv4Net = addr.parse().unwrap();
+        let net = nets[k % 2].clone();
+        let ep = format!("{n}{k:063}");
+        call_at(
+            socket,
+            "NetworkDriver.CreateEndpoint",
+            &json!({"NetworkID": net, "EndpointID": ep,
+                    "Interface": {"Address": format!("{}/32", ip.addr())}, "Options": {}}),
+        );
+        (net, ep, ip.addr())
+    };
+    let remove =
+        |socket: &std::path::Path, pool: &str, (net, ep, ip): &(String, String, Ipv4Addr)| {
+            call_at(
+                socket,
+                "NetworkDriver.DeleteEndpoint",
+                &json!({"NetworkID": net, "EndpointID": ep}),
+            );
+            call_at(
+                socket,
+                "IpamDriver.ReleaseAddress",
+                &json!({"PoolID": pool, "Address": ip.to_string()}),
+            );
+        };
+    let sockets: Vec<std::path::PathBuf> = fleet
+        .hosts
+        .iter()
+        .map(|h| h.socket().to_path_buf())
+        .collect();
+    let per_host = [375, 333, 334];
+    std::thread::scope(|s| {
+        for i in 0..2 {
+            let (socket, pool, make, remove) = (&sockets[i], &pools[i], &make, &remove);
+            s.spawn(move || {
+                for k in 0..per_host[i] {
+                    let made = make(socket, i + 1, pool, k);
+                    if i == 0 && k % 5 == 4 {
+                        remove(socket, pool, &made);
+                    }
+                }
+            });
+        }
+        for k in 0..per_host[2] / 2 {
+            make(&sockets[2], 3, &pools[2], k);
+        }
+    });
+    let made = t0.elapsed();
+    // h3's plugin restarted while h1 and h2 go on making endpoints.
+    let churn = {
+        let (sockets, pools) = (sockets.clone(), pools.clone());
+        let nets = nets.clone();
+        std::thread::spawn(move || {
+            for k in 1000..1040 {
+                let i = k % 2;
+                let v = call_at(
+                    &sockets[i],
+                    "IpamDriver.RequestAddress",
+                    &json!({"PoolID": pools[i], "Address": "", "Options": null}),
+                );
+                let ip: Ipv4Net = v["Address"].as_str().unwrap().parse().unwrap();
+                call_at(
+                    &sockets[i],
+                    "NetworkDriver.CreateEndpoint",
+                    &json!({"NetworkID": nets[k % 2], "EndpointID": format!("{}{k:063}", i + 1),
+                            "Interface": {"Address": format!("{}/32", ip.addr())},
+                            "Options": {}}),
+                );
+            }
+        })
+    };
+    fleet.host_mut("h3").plugin.restart();
+    churn.join().expect("churn on h1 and h2");
+    let pool3 = request_pool(fleet.host("h3"));
+    for k in per_host[2] / 2..per_host[2] {
+        make(&sockets[2], 3, &pool3, k);
+    }
+    let weps = fleet.list(common::WEPS_PREFIX).len();
+    assert_eq!(weps, 375 - 75 + 333 + 334 + 40, "endpoints in etcd");
+    eprintln!(
+        "{test}: {weps} endpoints made in {made:?} (+ restart and the rest: {:?})",
+        t0.elapsed()
+    );
+
+    for h in &fleet.hosts {
+        let want = non_empty(expected_sets(&fleet, h));
+        assert_eq!(want.len(), 3, "{}: red, blue and remote", h.name());
+        common::wait_until(
+            &format!("{}'s sets hold the other hosts' members", h.name()),
+            Duration::from_secs(15),
+            || {
+                let have = non_empty(our_sets(h));
+                if have == want {
+                    Ok(())
+                } else {
+                    let diff: Vec<String> = want
+                        .iter()
+                        .map(|(n, m)| {
+                            let got = have.get(n).map_or(0, |s| s.len());
+                            format!("{n}: want {} have {got}", m.len())
+                        })
+                        .collect();
+                    Err(format!(
+                        "{diff:?}; sets {:?}",
+                        have.keys().collect::<Vec<_>>()
+                    ))
+                }
+            },
+        );
+    }
+    eprintln!("{test}: every host's sets right at {:?}", t0.elapsed());
+
+    // A fresh start of h3's plugin makes the same sets and rules.
+    let h3_sets = our_sets(fleet.host("h3"));
+    let h3_rules = set_rules(fleet.host("h3"));
+    assert!(
+        h3_rules
+            .iter()
+            .any(|l| l.contains("--match-set cln4-remote src -j DROP")),
+        "{h3_rules:?}"
+    );
+    let off = fleet.host("h3").plugin.log().len();
+    fleet.host_mut("h3").plugin.restart();
+    let h3 = fleet.host("h3");
+    common::wait_until(
+        "h3's restarted plugin writes its sets",
+        Duration::from_secs(15),
+        || h3.plugin.log()[off..].contains("ip sets of other hosts' members written"),
+    );
+    common::wait_until("h3's rules rewritten", Duration::from_secs(15), || {
+        let now = set_rules(h3);
+        if now == h3_rules {
+            Ok(())
+        } else {
+            Err(format!("{} lines, before {}", now.len(), h3_rules.len()))
+        }
+    });
+    assert_eq!(our_sets(h3), h3_sets, "h3's sets after a fresh start");
+    eprintln!("{test}: done in {:?}", t0.elapsed());
+}

@@ -221,6 +221,8 @@ pub struct Applier {
     applied_seq: u64,
     /// Stopping: nothing is applied any more.
     closed: bool,
+    /// IP sets created for the rules (both families), so each costs one `ipset` run.
+    sets_made: BTreeSet<String>,
 }
 
 impl Applier {
@@ -244,6 +246,7 @@ impl Applier {
         for slot in &mut self.families {
             slot.jumps_checked = None;
         }
+        self.sets_made.clear();
     }
 
     /// Whether the rules last applied in `family` are all in the kernel: each chain with
@@ -291,10 +294,29 @@ impl Applier {
         Ok(true)
     }
 
+    /// Creates the sets among `sets` not made yet (`-exist`: one there already is kept with
+    /// its members, which the members keeper fills).
+    fn ensure_sets(&mut self, sets: &BTreeSet<String>) -> Result<()> {
+        let script: String = sets
+            .iter()
+            .filter(|s| !self.sets_made.contains(*s))
+            .map(|s| crate::dataplane::ipset::create_line(s))
+            .collect();
+        crate::dataplane::ipset::restore(&script)
+            .map_err(|e| e.context("apply firewall rules: create the ip sets they match"))?;
+        self.sets_made.extend(sets.iter().cloned());
+        Ok(())
+    }
+
     /// Applies the rules of one family (blocking: run it off the async workers).
     pub fn apply(&mut self, state: &RuleState, family: Family, mode: Mode) -> Result<()> {
-        let slot = &mut self.families[family as usize];
         let r = render(state, family, mode);
+        if self.families[family as usize].jumps_checked.is_none() {
+            // A full rewrite: check every set again (one may have been destroyed).
+            self.sets_made.clear();
+        }
+        self.ensure_sets(&r.sets)?;
+        let slot = &mut self.families[family as usize];
         let mut wanted: BTreeMap<&'static str, TableRules> = BTreeMap::new();
         wanted.insert("filter", parse_table(&r.filter));
         wanted.insert("nat", parse_table(&r.nat));
@@ -320,6 +342,12 @@ impl Applier {
                 Err(e) => warn!(error = %e, "incremental rule update failed, rewriting all rules"),
             }
         }
+        if slot.jumps_checked.is_some() {
+            // The incremental path failed or was not taken: sets are checked again too.
+            self.sets_made.clear();
+            self.ensure_sets(&r.sets)?;
+        }
+        let slot = &mut self.families[family as usize];
         let known = match slot.tables.take() {
             Some(t) if slot.mode == Some(mode) => Some(t),
             _ => None,

@@ -14,7 +14,7 @@ pub const SUBPROCESS_DEADLINE: std::time::Duration = std::time::Duration::from_s
 /// Runs `cmd` to completion, feeding it `input`, and kills it past [`SUBPROCESS_DEADLINE`].
 /// Waiting (and feeding the input) happens on a thread of its own, so a child that blocks
 /// never blocks the caller beyond the deadline.
-pub(super) fn output_within(cmd: Command, input: Option<String>) -> Result<std::process::Output> {
+pub(crate) fn output_within(cmd: Command, input: Option<String>) -> Result<std::process::Output> {
     output_within_deadline(cmd, input, SUBPROCESS_DEADLINE)
 }
 

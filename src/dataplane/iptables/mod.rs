@@ -36,9 +36,10 @@ mod render;
 mod tests;
 
 pub use apply::{apply, felix_present, Applier};
+pub(crate) use exec::output_within;
 pub use exec::{SUBPROCESS_DEADLINE, XTABLES_WAIT_SECS};
 pub use remove::{list_owned, list_owned_in, owned_lines, remove_all, remove_family, TABLES};
-pub use render::{render, Rendered};
+pub use render::{profile_hash, render, Rendered};
 // Each part sees the others' crate-private helpers through `use super::*`.
 use exec::*;
 
@@ -245,7 +246,7 @@ pub fn configure_backend(choice: BackendChoice) {
 }
 
 /// Whether `prog` is a command on `PATH`.
-pub(super) fn on_path(prog: &str) -> bool {
+pub(crate) fn on_path(prog: &str) -> bool {
     std::env::var_os("PATH")
         .map(|paths| std::env::split_paths(&paths).any(|d| d.join(prog).is_file()))
         .unwrap_or(false)

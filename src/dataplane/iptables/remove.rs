@@ -137,5 +137,9 @@ pub fn remove_all() -> Result<usize> {
     for b in backends() {
         removed += remove_family(b, Family::V4)? + remove_family(b, Family::V6)?;
     }
+    // The sets our rules matched, now that no rule refers to them.
+    let sets =
+        crate::dataplane::ipset::destroy_all().map_err(|e| e.context("remove firewall rules"))?;
+    debug!(sets, "ip sets destroyed");
     Ok(removed)
 }

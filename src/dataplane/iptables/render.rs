@@ -4,17 +4,23 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 
 use super::*;
+use crate::dataplane::ipset;
 
-/// A short stable name part for a profile (chain names are limited to 28 characters): a
-/// 64-bit FNV-1a hash, so two profiles of one host sharing a chain (and so their members)
-/// is out of reach in practice (32 bits would collide among ~65,000 profiles by chance).
-pub(super) fn profile_chain(profile: &str) -> String {
+/// A short stable name part for a profile (chain names are limited to 28 characters, set
+/// names to 31): a 64-bit FNV-1a hash, so two profiles of one host sharing a chain (and so
+/// their members) is out of reach in practice (32 bits would collide among ~65,000 profiles
+/// by chance).
+pub fn profile_hash(profile: &str) -> String {
     let mut h: u64 = 0xcbf29ce484222325;
     for b in profile.as_bytes() {
         h ^= u64::from(*b);
         h = h.wrapping_mul(0x100000001b3);
     }
-    format!("{CHAIN_PREFIX}PRO-{h:016x}")
+    format!("{h:016x}")
+}
+
+pub(super) fn profile_chain(profile: &str) -> String {
+    format!("{CHAIN_PREFIX}PRO-{}", profile_hash(profile))
 }
 
 pub(super) fn endpoint_chain(iface: &str) -> String {
@@ -31,6 +37,8 @@ pub struct Rendered {
     pub nat: String,
     /// Chains declared, per table.
     pub chains: BTreeMap<&'static str, BTreeSet<String>>,
+    /// IP sets the rules match (they must exist before the rules are written).
+    pub sets: BTreeSet<String>,
 }
 
 /// Renders the rules of one family.
@@ -59,6 +67,7 @@ pub fn render(state: &RuleState, family: Family, mode: Mode) -> Rendered {
     let mut filter = String::new();
     let mut decl = Vec::new();
     let mut rules = Vec::new();
+    let mut sets = BTreeSet::new();
     if family == Family::V4 {
         // Host veths have route_localnet=1 (for published ports reached via localhost), so
         // the kernel would deliver a frame a workload addresses to 127.0.0.0/8 to the
@@ -114,15 +123,14 @@ pub fn render(state: &RuleState, family: Family, mode: Mode) -> Rendered {
         // Published ports: Docker's own bridge does the same with ctstate DNAT.
         rules.push(format!("-A {TO_WL} -m conntrack --ctstate DNAT -j ACCEPT"));
         if state.other_hosts {
-            // Another host's workloads (routed, VXLAN or IP-in-IP): anything not from a
-            // local veth with a pool source. Isolation by network across hosts is not kept.
-            for p in state
-                .pools
-                .iter()
-                .filter(|p| family.matches(&p.cidr.addr()))
-            {
-                rules.push(format!("-A {TO_WL} ! -i cali+ -s {} -j ACCEPT", p.cidr));
-            }
+            // From outside this host (another host's workload, routed, VXLAN or IP-in-IP):
+            // only an address of another host's workload may be the source, never one of
+            // this host's (their rules below accept them) nor anything unassigned.
+            let remote = ipset::remote_set(family);
+            rules.push(format!(
+                "-A {TO_WL} ! -i cali+ -m set ! --match-set {remote} src -j DROP"
+            ));
+            sets.insert(remote);
         }
         // Docker's reach on several networks: a container on networks A and B sends to B's
         // containers from whichever interface its routes pick (with a pool shared by A and
@@ -165,6 +173,12 @@ pub fn render(state: &RuleState, family: Family, mode: Mode) -> Rendered {
             // Ingress from the profile's members (the `has(<profile>)` selector).
             for ip in ips {
                 rules.push(format!("-A {chain} -s {ip}/{len} -j ACCEPT"));
+            }
+            if state.other_hosts {
+                // The profile's members on other hosts, kept by the members keeper.
+                let set = ipset::profile_set(p, family);
+                rules.push(format!("-A {chain} -m set --match-set {set} src -j ACCEPT"));
+                sets.insert(set);
             }
             decl.push(chain);
         }
@@ -257,5 +271,6 @@ pub fn render(state: &RuleState, family: Family, mode: Mode) -> Rendered {
         filter,
         nat,
         chains,
+        sets,
     }
 }

@@ -299,15 +299,17 @@ fn a_container_on_two_networks_is_a_member_of_both() {
 }
 
 #[test]
-fn other_hosts_workloads_are_accepted_only_when_routed_and_only_from_outside() {
+fn other_hosts_members_are_matched_by_set_and_other_sources_dropped() {
     let r = render(&state(), Family::V4, Mode::Standalone);
     assert!(
-        !r.filter.contains("! -i cali+ -s"),
-        "no routes between hosts: nothing accepted"
+        !r.filter.contains("--match-set") && r.sets.is_empty(),
+        "no routes between hosts: no set\n{}",
+        r.filter
     );
     let mut s = state();
     s.other_hosts = true;
-    let f = render(&s, Family::V4, Mode::Standalone).filter;
+    let r = render(&s, Family::V4, Mode::Standalone);
+    let f = &r.filter;
     let lines: Vec<&str> = f.lines().collect();
     let at = |rule: &str| {
         lines
@@ -315,12 +317,33 @@ fn other_hosts_workloads_are_accepted_only_when_routed_and_only_from_outside() {
             .position(|l| *l == rule)
             .unwrap_or_else(|| panic!("no {rule} in\n{f}"))
     };
-    let from_pool = at("-A CLN-TO-WL ! -i cali+ -s 10.0.0.0/24 -j ACCEPT");
-    at("-A CLN-TO-WL ! -i cali+ -s 10.1.0.0/24 -j ACCEPT");
+    // Nothing from outside this host but another host's workload: no pool-wide accept.
+    assert!(!f.contains("! -i cali+ -s"), "{f}");
+    let spoof = at("-A CLN-TO-WL ! -i cali+ -m set ! --match-set cln4-remote src -j DROP");
     // Before the per-endpoint chains, after the published ports.
-    assert!(from_pool < at("-A CLN-TO-WL -o caliaaaaaaaaaaa -j CLN-TW-aaaaaaaaaaa"));
-    assert!(from_pool > at("-A CLN-TO-WL -m conntrack --ctstate DNAT -j ACCEPT"));
-    // IPv6 rules get the IPv6 pools only (none here).
-    let f6 = render(&s, Family::V6, Mode::Standalone).filter;
-    assert!(!f6.contains("! -i cali+ -s"), "{f6}");
+    assert!(spoof < at("-A CLN-TO-WL -o caliaaaaaaaaaaa -j CLN-TW-aaaaaaaaaaa"));
+    assert!(spoof > at("-A CLN-TO-WL -m conntrack --ctstate DNAT -j ACCEPT"));
+    // Each profile chain accepts its remote members from the profile's set, after its local
+    // members.
+    let pro = profile_chain("net1");
+    let set = crate::dataplane::ipset::profile_set("net1", Family::V4);
+    let by_set = at(&format!("-A {pro} -m set --match-set {set} src -j ACCEPT"));
+    assert!(by_set > at(&format!("-A {pro} -s 10.0.0.1/32 -j ACCEPT")));
+    assert!(
+        r.sets.contains(&set) && r.sets.contains("cln4-remote"),
+        "{:?}",
+        r.sets
+    );
+    // IPv6 rules match the IPv6 sets.
+    let r6 = render(&s, Family::V6, Mode::Standalone);
+    assert!(
+        r6.filter.contains("! --match-set cln6-remote src -j DROP"),
+        "{}",
+        r6.filter
+    );
+    assert!(
+        r6.sets.iter().all(|n| n.starts_with("cln6-")),
+        "{:?}",
+        r6.sets
+    );
 }

@@ -53,6 +53,11 @@ impl Driver {
             tracing::info!("Felix runs on this host: it keeps the routes to other hosts");
             return;
         }
+        // Isolation across hosts needs the other hosts' members wherever routes reach them
+        // (in standalone mode: with the firewall off nothing matches them).
+        if self.rules.mode() == Some(crate::dataplane::iptables::Mode::Standalone) {
+            self.keep_members_in_background();
+        }
         // A pool changed (its mode, say): this host's tunnel addresses follow at once, not at
         // the next periodic pass, so the routes that wait on them come within a second.
         let pools_changed = Arc::new(tokio::sync::Notify::new());

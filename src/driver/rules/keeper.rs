@@ -121,6 +121,8 @@ impl Driver {
         if !state.endpoints.is_empty() {
             return Ok(false);
         }
+        // The members keeper writes no ip set from here on (they go with the rules).
+        *self.routes_stopped.lock().await = true;
         let applier = self.rules.inner.applier.clone();
         let removed = tokio::task::spawn_blocking(move || {
             let mut applier = applier.lock().unwrap_or_else(|p| p.into_inner());
