@@ -284,7 +284,8 @@ impl Netlink {
     /// A device of that name that is not a VXLAN device, or whose VNI, port, parent, local
     /// address, group, l2miss, GBP or flow-based mode differ, cannot be changed in place:
     /// it is deleted and created again (its neighbours, FDB entries and routes go with it),
-    /// as Felix does. MTU, MAC and learning are fixed in place; then the address, then up.
+    /// as Felix does. MTU, MAC and learning are fixed in place; then the address (a new one
+    /// keeps the routes and neighbours: see `ensure_tunnel_address`), then up.
     ///
     /// Whenever the device was recreated or down, the kernel has dropped its neighbour
     /// entries and the routes through it (a device going down takes them, permanent ones
@@ -680,6 +681,13 @@ impl Netlink {
 
     /// Leaves exactly `address` (as /32, /128) among the device's addresses of `family`,
     /// as Felix does; the kernel's own IPv6 link-local stays.
+    ///
+    /// The new address goes on before the old ones come off: removing a device's last IPv4
+    /// address makes the kernel flush every IPv4 route through the device and its IPv4
+    /// neighbours (onlink and permanent ones too), while removing one of two leaves them
+    /// (routes with the old address as their source aside; ours have none). IPv6 flushes
+    /// neither way. Checked in a netns on Linux 6.18; see
+    /// `tests/netns/routes_kernel.rs::a_new_tunnel_address_keeps_the_routes`.
     async fn ensure_tunnel_address(
         &self,
         index: u32,
@@ -698,6 +706,7 @@ impl Netlink {
             .await
             .map_err(|e| kernel_error(op, e))?;
         let mut present = false;
+        let mut unwanted = Vec::new();
         for message in messages {
             if message.header.index != index || message.header.family != family {
                 continue;
@@ -712,29 +721,61 @@ impl Netlink {
             if matches!(net.addr(), IpAddr::V6(a) if is_link_local(&a)) {
                 continue;
             }
-            info!(device = name, address = %net, "removing unwanted address from tunnel device");
-            ignore_not_found(
-                self.handle.address().del(message).execute().await,
-                format!("delete address {net} from {name}"),
-            )?;
+            unwanted.push((net, message));
         }
         if let (Some(want), false) = (want, present) {
             info!(device = name, address = %want, "adding tunnel address");
-            let op = format!("add address {want} to {name}");
-            if let Err(e) = self
-                .handle
-                .address()
-                .add(index, want.addr(), want.prefix_len())
-                .execute()
-                .await
-            {
-                let err = kernel_error(op, e);
-                if !err.is_exists() {
-                    return Err(err);
+            match self.add_address(index, name, want).await {
+                Ok(()) => {}
+                Err(err) if !err.is_exists() => return Err(err),
+                Err(err) => {
+                    // IPv6 keys an address by itself alone: the same address with another
+                    // prefix length is in the way (EEXIST) and must come off first (IPv6
+                    // keeps the routes through the device meanwhile). Without one, someone
+                    // added the address since the listing.
+                    let in_the_way: Vec<_> = unwanted
+                        .iter()
+                        .filter(|(net, _)| net.addr() == want.addr())
+                        .cloned()
+                        .collect();
+                    if !in_the_way.is_empty() {
+                        debug!(device = name, address = %want, error = %err, "the same address with another prefix is in the way");
+                        for (net, message) in in_the_way {
+                            self.delete_address(name, net, message).await?;
+                        }
+                        unwanted.retain(|(net, _)| net.addr() != want.addr());
+                        if let Err(err) = self.add_address(index, name, want).await {
+                            if !err.is_exists() {
+                                return Err(err);
+                            }
+                        }
+                    }
                 }
             }
         }
+        for (net, message) in unwanted {
+            self.delete_address(name, net, message).await?;
+        }
         Ok(())
+    }
+
+    /// Adds `net` to the device `index` (`name` for messages).
+    async fn add_address(&self, index: u32, name: &str, net: IpNet) -> Result<()> {
+        self.handle
+            .address()
+            .add(index, net.addr(), net.prefix_len())
+            .execute()
+            .await
+            .map_err(|e| kernel_error(format!("add address {net} to {name}"), e))
+    }
+
+    /// Deletes the address `message` (`net`) from `name`; absent is success.
+    async fn delete_address(&self, name: &str, net: IpNet, message: AddressMessage) -> Result<()> {
+        info!(device = name, address = %net, "removing unwanted address from tunnel device");
+        ignore_not_found(
+            self.handle.address().del(message).execute().await,
+            format!("delete address {net} from {name}"),
+        )
     }
 
     /// A link's message, `None` if there is no link of that name.

@@ -222,6 +222,9 @@ pub struct Driver {
     /// change's) would each allocate under the one handle, and the loser's release by that
     /// handle would free the winner's address too.
     tunnel_pass: tokio::sync::Mutex<()>,
+    /// Whether the last tunnel-address pass left them to calico-node (`felix` mode), so
+    /// that the change is logged once.
+    tunnel_left_to_calico_node: std::sync::atomic::AtomicBool,
 }
 
 /// Runs the future `make` gives on a task of its own and, when it panics (a bug: stored data
@@ -281,6 +284,7 @@ impl Driver {
             foreign_owner: Default::default(),
             routes_stopped: Default::default(),
             tunnel_pass: Default::default(),
+            tunnel_left_to_calico_node: Default::default(),
             settings,
             dataplane,
             endpoints: Default::default(),

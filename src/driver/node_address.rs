@@ -331,7 +331,8 @@ impl Driver {
     /// checked every `AUTODETECT_POLL_INTERVAL` after the check [`Driver::init`] runs (not
     /// when `IP` and `IP6` are both `none`), its tunnel addresses reconciled at once and
     /// then every [`super::tunnel::TUNNEL_INTERVAL`] or `AUTODETECT_POLL_INTERVAL`, whichever
-    /// is shorter (see `tunnel`), and the plugin's heartbeat renewed at once and then every
+    /// is shorter (see `tunnel`; in `felix` mode calico-node keeps them and the pass changes
+    /// nothing), and the plugin's heartbeat renewed at once and then every
     /// [`super::heartbeat::HEARTBEAT_INTERVAL`] (see `heartbeat`). One task, so that these
     /// writes of the Node never race each other.
     pub fn keep_node_address_in_background(self: &Arc<Self>) {

@@ -11,6 +11,10 @@
 //! already has one; the MAC is cleared with the address only when it is that computed one
 //! (a MAC someone set stays). Other hosts then read the MAC instead of computing it.
 //!
+//! In `felix` mode (`CALICO_LIBNETWORK_DATAPLANE`, or `auto` with Felix found) calico-node
+//! runs on the host and keeps these addresses and fields itself, as Felix keeps the routes:
+//! the plugin then allocates, releases and writes none of them.
+//!
 //! Run at start and every [`TUNNEL_INTERVAL`] (at most) by the node-address loop
 //! ([`Driver::keep_node_address_in_background`]): calico-node reacts to pool changes through
 //! a watch; a pool added or removed by `calico-libnetwork pool` (another process) or
@@ -200,11 +204,29 @@ pub fn enabled_pool_cidrs(kind: TunnelKind, pools: &[IpPool], node: &Node) -> Ve
 impl Driver {
     /// Reconciles this host's tunnel addresses as calico-node does (see the module
     /// documentation) and returns those in force. Does nothing when this host has no Node,
-    /// or another machine runs under its node name (its Node is that machine's).
+    /// or another machine runs under its node name (its Node is that machine's); in `felix`
+    /// mode changes nothing and returns the Node's (calico-node's).
     pub async fn reconcile_tunnel_addresses(&self) -> Result<TunnelAddresses> {
+        use std::sync::atomic::Ordering;
         let _one_at_a_time = self.tunnel_pass.lock().await;
         let host = &self.settings.nodename;
         let key = keys::node_key(host);
+        let felix = self.rules.mode() == Some(crate::dataplane::iptables::Mode::Felix);
+        if self
+            .tunnel_left_to_calico_node
+            .swap(felix, Ordering::SeqCst)
+            != felix
+        {
+            if felix {
+                tracing::info!(node = %host, "Felix runs on this host: calico-node keeps its tunnel addresses");
+            } else {
+                tracing::info!(node = %host, "Felix no longer runs on this host: the plugin keeps its tunnel addresses");
+            }
+        }
+        if felix {
+            let node = resources::get::<NodeSpec>(self.store.as_ref(), &key).await?;
+            return Ok(node.map_or_else(TunnelAddresses::default, |n| TunnelAddresses::of(&n.spec)));
+        }
         if self.foreign_owner.lock().unwrap().is_some() {
             return Ok(TunnelAddresses::default());
         }

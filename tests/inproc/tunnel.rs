@@ -8,6 +8,7 @@ use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use calico_libnetwork::dataplane::iptables::DataplaneMode;
 use calico_libnetwork::datastore::resources;
 use calico_libnetwork::driver::heartbeat::HEARTBEAT_ANNOTATION;
 use calico_libnetwork::driver::tunnel::TunnelAddresses;
@@ -15,6 +16,7 @@ use calico_libnetwork::driver::{Driver, DriverSettings};
 use calico_libnetwork::ipam::AssignIp;
 use calico_libnetwork::model::block::AllocationBlock;
 use calico_libnetwork::model::keys;
+use calico_libnetwork::model::resources::NodeSpec;
 use calico_libnetwork::model::{IpPool, IpPoolSpec};
 use common::backends::{backends, Store};
 use serde_json::{json, Value};
@@ -479,6 +481,81 @@ async fn concurrent_reconciles_keep_one_tunnel_address(store: Store) {
     }
 }
 
+/// `felix` mode: calico-node runs on the host and keeps its tunnel addresses (allocation and
+/// Node fields), as Felix keeps the routes. With a VXLAN and an IP-in-IP pool selecting the
+/// node, neither a direct reconcile nor the node loop allocates anything or touches the
+/// Node's tunnel fields; the same Node under a driver in another mode would change (control).
+async fn felix_mode_leaves_tunnel_addresses_to_calico_node(store: Store) {
+    let mut settings = DriverSettings::new(HOST);
+    settings.dataplane = DataplaneMode::Felix;
+    settings.node_address.poll_interval = Duration::from_millis(300);
+    let d = Arc::new(Driver::new(store.clone(), settings));
+    d.init(&[]).await.unwrap();
+    // calico-node's VXLAN address (in no block the plugin knows of) and MAC; no IP-in-IP
+    // address yet.
+    resources::update_with::<NodeSpec, _>(store.as_ref(), &keys::node_key(HOST), |n| {
+        n.spec.ipv4_vxlan_tunnel_addr = "10.78.0.9".into();
+        n.spec.vxlan_tunnel_mac_addr = "66:01:02:03:04:05".into();
+        true
+    })
+    .await
+    .unwrap();
+    add_pool(&d, "vxlan", "10.78.0.0/24", |s| {
+        s.vxlan_mode = "Always".into()
+    })
+    .await;
+    add_pool(&d, "ipip", "10.79.0.0/24", |s| {
+        s.ipip_mode = "Always".into()
+    })
+    .await;
+    let (before, _) = node(&store).await;
+    let calico_nodes = TunnelAddresses {
+        vxlan: Some("10.78.0.9".parse().unwrap()),
+        vxlan_mac: "66:01:02:03:04:05".into(),
+        ..Default::default()
+    };
+    let untouched = |n: &Value| {
+        n["spec"] == before["spec"] && n["metadata"]["labels"] == before["metadata"]["labels"]
+    };
+
+    assert_eq!(d.reconcile_tunnel_addresses().await.unwrap(), calico_nodes);
+    // The node loop: its first pass reconciles the tunnel addresses, then renews the
+    // heartbeat; then a few more passes (every 300 ms here).
+    d.keep_node_address_in_background();
+    tokio::task::block_in_place(|| {
+        common::wait_until("the node loop's heartbeat", Duration::from_secs(10), || {
+            let h = tokio::runtime::Handle::current();
+            let n = h.block_on(node(&store)).0;
+            n["metadata"]["annotations"][HEARTBEAT_ANNOTATION]
+                .is_string()
+                .then_some(())
+                .ok_or(n)
+        })
+    });
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let (after, _) = node(&store).await;
+    assert!(untouched(&after), "before: {before}\nafter: {after}");
+    for kind in ["vxlan", "ipip"] {
+        let handle = format!("{kind}-tunnel-addr-{HOST}");
+        assert!(!handle_exists(&store, &handle).await, "{handle}");
+    }
+    assert!(
+        store
+            .list(keys::ALL_BLOCKS_PREFIX)
+            .await
+            .unwrap()
+            .is_empty(),
+        "no block claimed, no address allocated"
+    );
+
+    // Control: the plugin in charge (another mode) replaces that VXLAN address and adds an
+    // IP-in-IP one.
+    let other = driver(&store).await;
+    let t = other.reconcile_tunnel_addresses().await.unwrap();
+    assert_ne!(t.vxlan, calico_nodes.vxlan);
+    assert!(t.ipip.is_some());
+}
+
 backends!(
     threads = 2,
     timeout = Some(Duration::from_secs(60)),
@@ -489,5 +566,6 @@ backends!(
         an_old_tunnel_address_without_handle_is_kept_and_given_one,
         the_node_loop_allocates_at_start_and_after_a_pool_change,
         concurrent_reconciles_keep_one_tunnel_address,
+        felix_mode_leaves_tunnel_addresses_to_calico_node,
     ]
 );

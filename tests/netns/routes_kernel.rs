@@ -704,6 +704,136 @@ fn ipip_carries_traffic_between_two_namespaces() {
     }
 }
 
+/// A new tunnel address (the Node's changed) leaves the routes and neighbours through the
+/// device in place, both families, with no pass of the caller to put them back: the new
+/// address goes on before the old one comes off. The control at the end shows the kernel
+/// behaviour that order avoids.
+#[test]
+fn a_new_tunnel_address_keeps_the_routes() {
+    const TEST: &str = "a_new_tunnel_address_keeps_the_routes";
+    if !common::require_root(TEST) {
+        return;
+    }
+    let ns = Ns::new("readdr");
+    ns.veth("ul0");
+    ns.ip(&["addr", "add", "10.99.0.1/24", "dev", "ul0"]);
+    ns.ip(&["addr", "add", "fd99::1/64", "dev", "ul0", "nodad"]);
+    let v4 = VxlanDevice {
+        name: VXLAN_DEVICE.into(),
+        vni: VXLAN_VNI,
+        port: VXLAN_PORT,
+        local: ip("10.99.0.1"),
+        parent: "ul0".into(),
+        mac: vxlan_mac("node-a", false),
+        mtu: 1450,
+        address: Some(ip("10.65.0.1")),
+    };
+    let v6 = VxlanDevice {
+        name: VXLAN_V6_DEVICE.into(),
+        local: ip("fd99::1"),
+        mac: vxlan_mac("node-a", true),
+        mtu: 1430,
+        address: Some(ip("fd65::1")),
+        ..v4.clone()
+    };
+    let peer = vxlan_mac("node-b", false);
+    let mut routes = vec![
+        OwnedRoute::via(net("10.65.1.0/26"), ip("10.65.1.1"), VXLAN_DEVICE, true),
+        OwnedRoute::via(net("fd65:1::/122"), ip("fd65:1::1"), VXLAN_V6_DEVICE, true),
+    ];
+    routes.sort();
+    let neighbours = (vec![(ip("10.65.1.1"), peer)], vec![(ip("fd65:1::1"), peer)]);
+    let indexes = {
+        let (v4, v6, routes) = (v4.clone(), v6.clone(), routes.clone());
+        ns.nl(move |nl| async move {
+            let indexes = (
+                nl.ensure_vxlan_device(&v4).await.unwrap(),
+                nl.ensure_vxlan_device(&v6).await.unwrap(),
+            );
+            nl.replace_neighbour(VXLAN_DEVICE, ip("10.65.1.1"), peer)
+                .await
+                .unwrap();
+            nl.replace_neighbour(VXLAN_V6_DEVICE, ip("fd65:1::1"), peer)
+                .await
+                .unwrap();
+            for r in &routes {
+                nl.replace_owned_route(r).await.unwrap();
+            }
+            indexes
+        })
+    };
+    // Ensures the devices with these addresses; what the kernel then has, untouched.
+    let readdress = |a4: &str, a6: &str| {
+        let v4 = VxlanDevice {
+            address: Some(ip(a4)),
+            ..v4.clone()
+        };
+        let v6 = VxlanDevice {
+            address: Some(ip(a6)),
+            ..v6.clone()
+        };
+        ns.nl(move |nl| async move {
+            (
+                (
+                    nl.ensure_vxlan_device(&v4).await.unwrap(),
+                    nl.ensure_vxlan_device(&v6).await.unwrap(),
+                ),
+                nl.list_owned_routes().await.unwrap(),
+                (
+                    nl.list_neighbours(VXLAN_DEVICE).await.unwrap(),
+                    nl.list_neighbours(VXLAN_V6_DEVICE).await.unwrap(),
+                ),
+            )
+        })
+    };
+
+    // The Node's tunnel addresses change.
+    let (same, after, neigh) = readdress("10.65.0.2", "fd65::2");
+    assert_eq!(same, indexes, "changed in place, not recreated");
+    assert_eq!(ns.addresses(VXLAN_DEVICE), vec!["10.65.0.2/32".to_string()]);
+    assert_eq!(
+        ns.addresses(VXLAN_V6_DEVICE),
+        vec!["fd65::2/128".to_string()]
+    );
+    assert_eq!(after, routes, "routes through the devices kept");
+    assert_eq!(neigh, neighbours, "neighbours kept");
+
+    // The wanted address already there with another prefix length: IPv4 takes both side by
+    // side; IPv6 refuses the second (EEXIST), so that one comes off first.
+    ns.ip(&["addr", "add", "10.65.0.3/24", "dev", VXLAN_DEVICE]);
+    ns.ip(&["addr", "add", "fd65::3/64", "dev", VXLAN_V6_DEVICE, "nodad"]);
+    let (same, after, neigh) = readdress("10.65.0.3", "fd65::3");
+    assert_eq!(same, indexes);
+    assert_eq!(ns.addresses(VXLAN_DEVICE), vec!["10.65.0.3/32".to_string()]);
+    assert_eq!(
+        ns.addresses(VXLAN_V6_DEVICE),
+        vec!["fd65::3/128".to_string()]
+    );
+    assert_eq!(after, routes);
+    assert_eq!(neigh, neighbours);
+
+    // Control: the last IPv4 address taken off alone takes the IPv4 routes and neighbours
+    // through the device with it (onlink and permanent ones too); IPv6 keeps its own.
+    ns.ip(&["addr", "del", "10.65.0.3/32", "dev", VXLAN_DEVICE]);
+    ns.ip(&["addr", "del", "fd65::3/128", "dev", VXLAN_V6_DEVICE]);
+    let (left, neigh) = ns.nl(|nl| async move {
+        (
+            nl.list_owned_routes().await.unwrap(),
+            (
+                nl.list_neighbours(VXLAN_DEVICE).await.unwrap(),
+                nl.list_neighbours(VXLAN_V6_DEVICE).await.unwrap(),
+            ),
+        )
+    });
+    let v6_routes: Vec<OwnedRoute> = routes
+        .iter()
+        .filter(|r| r.dest.addr().is_ipv6())
+        .cloned()
+        .collect();
+    assert_eq!(left, v6_routes, "only the IPv6 route is left");
+    assert_eq!(neigh, (vec![], neighbours.1.clone()));
+}
+
 #[test]
 fn neighbours_and_fdb_entries_round_trip() {
     const TEST: &str = "neighbours_and_fdb_entries_round_trip";

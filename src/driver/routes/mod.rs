@@ -23,13 +23,15 @@ use crate::dataplane::routes::OwnedRoute;
 use crate::datastore::watch::{Update, Watcher};
 use crate::datastore::{Datastore, Event};
 use crate::error::Result;
-use state::{ClusterView, Desired, Link, Underlay, VxlanPlan, Watched};
+use state::{ClusterView, Desired, Link, Problem, ProblemKind, Underlay, VxlanPlan, Watched};
 
 /// How often the kernel is checked against the cluster when nothing changed (a route
 /// someone deleted comes back), and the pause after a failed pass.
 pub const CHECK_INTERVAL: Duration = Duration::from_secs(10);
 /// How often each watched prefix is listed again in full, in case a change was missed.
 pub const RESYNC_INTERVAL: Duration = Duration::from_secs(300);
+/// How many problems a summary line names as examples.
+const PROBLEM_EXAMPLES: usize = 3;
 
 /// What one pass did.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -150,7 +152,7 @@ pub async fn run(
     // Nothing is applied before every prefix was listed once: a partial view (blocks
     // without their Nodes) would take working routes away after a restart.
     let mut listed: BTreeSet<&'static str> = BTreeSet::new();
-    let mut problems: Vec<String> = Vec::new();
+    let mut problems: BTreeSet<Problem> = BTreeSet::new();
     let mut failed = false;
     let mut tick = tokio::time::interval(CHECK_INTERVAL);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -205,12 +207,14 @@ pub async fn run(
                         "routes to other hosts updated"
                     );
                 }
-                if desired.problems != problems {
-                    for p in &desired.problems {
-                        tracing::warn!("routes: {p}");
-                    }
-                    problems = desired.problems;
+                let now: BTreeSet<Problem> = desired.problems.into_iter().collect();
+                for line in problem_lines(&problems, &now) {
+                    tracing::warn!("routes: {line}");
                 }
+                if now.is_empty() && !problems.is_empty() {
+                    tracing::info!("routes: no problem left");
+                }
+                problems = now;
             }
             Err(e) => {
                 tracing::warn!(error = %e, "routes: update the kernel; retrying");
@@ -218,6 +222,52 @@ pub async fn run(
             }
         }
     }
+}
+
+/// What to log of a pass's problems `now`, given the last pass's `before`: one line per kind
+/// with a problem `before` did not have, naming the kind's count and a few of its new
+/// problems (one problem alone: its whole sentence). A kind expected while this host's
+/// tunnel address is being allocated ([`ProblemKind::waits_for_own_tunnel_address`]) only
+/// when it appears, not again while it lasts: at a VXLAN start every other host's block
+/// waits for it, and blocks keep arriving.
+fn problem_lines(before: &BTreeSet<Problem>, now: &BTreeSet<Problem>) -> Vec<String> {
+    let mut by_kind: BTreeMap<ProblemKind, Vec<&Problem>> = BTreeMap::new();
+    for p in now {
+        by_kind.entry(p.kind).or_default().push(p);
+    }
+    let mut lines = Vec::new();
+    for (kind, all) in by_kind {
+        let new: Vec<&Problem> = all
+            .iter()
+            .copied()
+            .filter(|p| !before.contains(p))
+            .collect();
+        if new.is_empty() {
+            continue;
+        }
+        if kind.waits_for_own_tunnel_address() && before.iter().any(|p| p.kind == kind) {
+            continue;
+        }
+        if let [only] = all.as_slice() {
+            lines.push(only.message.clone());
+            continue;
+        }
+        let mut examples: Vec<&str> = new
+            .iter()
+            .take(PROBLEM_EXAMPLES)
+            .map(|p| p.subject.as_str())
+            .collect();
+        if all.len() > examples.len() {
+            examples.push("...");
+        }
+        lines.push(format!(
+            "{} {} (e.g. {})",
+            all.len(),
+            kind.summary(),
+            examples.join(", ")
+        ));
+    }
+    lines
 }
 
 fn name_of(kind: Watched) -> &'static str {
@@ -288,7 +338,11 @@ pub async fn reconcile(
         match plan {
             Some(plan) => {
                 if let Err(e) = sync_vxlan(nl, plan).await {
-                    desired.problems.push(format!("set up {name}: {e}"));
+                    desired.problems.push(Problem::new(
+                        ProblemKind::DeviceFailed,
+                        name,
+                        format!("set up {name}: {e}"),
+                    ));
                     broken.push(name.to_string());
                 }
             }
@@ -303,7 +357,11 @@ pub async fn reconcile(
     if let Some(dev) = &desired.ipip {
         if let Err(e) = nl.ensure_ipip_device(dev).await {
             let name = crate::dataplane::routes::IPIP_DEVICE;
-            desired.problems.push(format!("set up {name}: {e}"));
+            desired.problems.push(Problem::new(
+                ProblemKind::DeviceFailed,
+                name,
+                format!("set up {name}: {e}"),
+            ));
             broken.push(name.to_string());
         }
     }
@@ -358,4 +416,84 @@ async fn sync_routes(nl: &Netlink, want: &BTreeSet<OwnedRoute>) -> Result<Applie
     }
     applied.total = want.len();
     Ok(applied)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn waiting(n: usize, kind: ProblemKind) -> BTreeSet<Problem> {
+        (0..n)
+            .map(|i| {
+                let subject = format!("10.0.{}.{}/26 on host-{i}", i / 4, (i % 4) * 64);
+                Problem::new(kind, subject.clone(), format!("no route to {subject}"))
+            })
+            .collect()
+    }
+
+    fn own_address_missing() -> Problem {
+        Problem::new(
+            ProblemKind::NoHostTunnelAddress,
+            "vxlan.calico",
+            "no vxlan.calico device yet: this host's Node has no IPv4 VXLAN tunnel address",
+        )
+    }
+
+    // A VXLAN start: ~1,000 blocks of other hosts, before this host's tunnel address
+    // exists (and before theirs): one line per kind, not one per block.
+    #[test]
+    fn problems_are_summarized_one_line_per_kind() {
+        let mut now = waiting(998, ProblemKind::NoVxlanDevice);
+        now.extend(waiting(5, ProblemKind::PeerWithoutTunnelAddress));
+        now.insert(own_address_missing());
+        let lines = problem_lines(&BTreeSet::new(), &now);
+        assert_eq!(
+            lines,
+            vec![
+                "no vxlan.calico device yet: this host's Node has no IPv4 VXLAN tunnel address"
+                    .to_string(),
+                "5 routes wait for their host's VXLAN tunnel address (e.g. 10.0.0.0/26 on \
+                 host-0, 10.0.0.128/26 on host-2, 10.0.0.192/26 on host-3, ...)"
+                    .to_string(),
+                "998 routes wait for this host's VXLAN device (it comes with this host's VXLAN \
+                 tunnel address) (e.g. 10.0.0.0/26 on host-0, 10.0.0.128/26 on host-2, \
+                 10.0.0.192/26 on host-3, ...)"
+                    .to_string(),
+            ]
+        );
+        // Nothing new: nothing logged.
+        assert!(problem_lines(&now, &now).is_empty());
+    }
+
+    // While this host's tunnel address is being allocated, more blocks arrive and wait
+    // for it: not logged again. Other kinds are logged again when they gain a problem,
+    // naming the new ones; fewer problems log nothing.
+    #[test]
+    fn transients_of_our_own_tunnel_address_are_logged_once() {
+        let mut before = waiting(10, ProblemKind::NoVxlanDevice);
+        before.insert(own_address_missing());
+        before.extend(waiting(2, ProblemKind::PeerWithoutNode));
+        let mut now = waiting(20, ProblemKind::NoVxlanDevice);
+        now.insert(own_address_missing());
+        now.extend(waiting(3, ProblemKind::PeerWithoutNode));
+        assert_eq!(
+            problem_lines(&before, &now),
+            vec!["3 routes wait for their host's Node (e.g. 10.0.0.128/26 on host-2, ...)"]
+        );
+        let fewer = waiting(1, ProblemKind::PeerWithoutNode);
+        assert!(problem_lines(&now, &fewer).is_empty());
+        // Gone and back (a new episode): logged again.
+        let again = waiting(4, ProblemKind::NoVxlanDevice);
+        assert_eq!(problem_lines(&fewer, &again).len(), 1);
+    }
+
+    // One problem of a kind: its whole sentence, as before summaries.
+    #[test]
+    fn a_lone_problem_is_logged_whole() {
+        let now = waiting(1, ProblemKind::NoEncapsulation);
+        assert_eq!(
+            problem_lines(&BTreeSet::new(), &now),
+            vec!["no route to 10.0.0.0/26 on host-0".to_string()]
+        );
+    }
 }

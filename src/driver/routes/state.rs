@@ -349,10 +349,11 @@ impl ClusterView {
             let link = if v6 { &underlay.v6 } else { &underlay.v4 };
             let (Some(link), Some(addr)) = (link, me.address(v6)) else {
                 if vxlan || ipip {
-                    out.problems.push(format!(
-                        "no IPv{} tunnel device: this host has no IPv{} address on its Node",
-                        if v6 { 6 } else { 4 },
-                        if v6 { 6 } else { 4 },
+                    let family = if v6 { "IPv6" } else { "IPv4" };
+                    out.problems.push(Problem::new(
+                        ProblemKind::NoHostAddress,
+                        family,
+                        format!("no {family} tunnel device: this host has no {family} address on its Node"),
                     ));
                 }
                 continue;
@@ -381,11 +382,17 @@ impl ClusterView {
                             out.vxlan_v4 = Some(VxlanPlan::new(dev));
                         }
                     }
-                    None => out.problems.push(format!(
-                        "no {} device yet: this host's Node has no IPv{} VXLAN tunnel address",
-                        if v6 { VXLAN_V6_DEVICE } else { VXLAN_DEVICE },
-                        if v6 { 6 } else { 4 },
-                    )),
+                    None => {
+                        let dev = if v6 { VXLAN_V6_DEVICE } else { VXLAN_DEVICE };
+                        out.problems.push(Problem::new(
+                            ProblemKind::NoHostTunnelAddress,
+                            dev,
+                            format!(
+                                "no {dev} device yet: this host's Node has no IPv{} VXLAN tunnel address",
+                                if v6 { 6 } else { 4 },
+                            ),
+                        ));
+                    }
                 }
             }
             if ipip && !v6 {
@@ -458,22 +465,32 @@ impl ClusterView {
         out: &mut Desired,
     ) {
         let v6 = dest.addr().is_ipv6();
+        let problem =
+            |kind, message: String| Problem::new(kind, format!("{dest} on {to}"), message);
         let Some(peer) = self.nodes.get(to) else {
-            out.problems
-                .push(format!("no route to {dest}: its host {to} has no Node"));
+            out.problems.push(problem(
+                ProblemKind::PeerWithoutNode,
+                format!("no route to {dest}: its host {to} has no Node"),
+            ));
             return;
         };
         let Some(peer_addr) = peer.address(v6) else {
-            out.problems.push(format!(
-                "no route to {dest}: Node {to} has no IPv{} address",
-                if v6 { 6 } else { 4 }
+            out.problems.push(problem(
+                ProblemKind::PeerWithoutAddress,
+                format!(
+                    "no route to {dest}: Node {to} has no IPv{} address",
+                    if v6 { 6 } else { 4 }
+                ),
             ));
             return;
         };
         let Some(my_addr) = me.address(v6) else {
-            out.problems.push(format!(
-                "no route to {dest}: this host's Node has no IPv{} address",
-                if v6 { 6 } else { 4 }
+            out.problems.push(problem(
+                ProblemKind::HostWithoutAddress,
+                format!(
+                    "no route to {dest}: this host's Node has no IPv{} address",
+                    if v6 { 6 } else { 4 }
+                ),
             ));
             return;
         };
@@ -485,14 +502,16 @@ impl ClusterView {
         let kind = if vxlan {
             let plan = if v6 { &out.vxlan_v6 } else { &out.vxlan_v4 };
             let Some(plan) = plan else {
-                out.problems.push(format!(
-                    "no route to {dest} on {to}: no VXLAN device on this host"
+                out.problems.push(problem(
+                    ProblemKind::NoVxlanDevice,
+                    format!("no route to {dest} on {to}: no VXLAN device on this host"),
                 ));
                 return;
             };
             let Some(gw) = (if v6 { peer.vxlan_v6 } else { peer.vxlan_v4 }) else {
-                out.problems.push(format!(
-                    "no route to {dest}: Node {to} has no VXLAN tunnel address yet"
+                out.problems.push(problem(
+                    ProblemKind::PeerWithoutTunnelAddress,
+                    format!("no route to {dest}: Node {to} has no VXLAN tunnel address yet"),
                 ));
                 return;
             };
@@ -504,8 +523,9 @@ impl ClusterView {
             }
         } else if ipip {
             if out.ipip.is_none() {
-                out.problems.push(format!(
-                    "no route to {dest} on {to}: no IP-in-IP device on this host"
+                out.problems.push(problem(
+                    ProblemKind::NoIpipDevice,
+                    format!("no route to {dest} on {to}: no IP-in-IP device on this host"),
                 ));
                 return;
             }
@@ -528,10 +548,13 @@ impl ClusterView {
         } else {
             // Without encapsulation only a router that knows the block (BGP) could carry
             // it, and no BGP runs here.
-            out.problems.push(format!(
-                "no route to {dest} on {to}: {to} ({}) is outside this host's subnet ({}) and the pool uses no encapsulation (use vxlanMode or ipipMode CrossSubnet or Always)",
-                peer_addr.addr(),
-                my_addr.trunc()
+            out.problems.push(problem(
+                ProblemKind::NoEncapsulation,
+                format!(
+                    "no route to {dest} on {to}: {to} ({}) is outside this host's subnet ({}) and the pool uses no encapsulation (use vxlanMode or ipipMode CrossSubnet or Always)",
+                    peer_addr.addr(),
+                    my_addr.trunc()
+                ),
             ));
             return;
         };
@@ -589,8 +612,105 @@ pub struct Desired {
     pub vxlan_v6: Option<VxlanPlan>,
     /// `tunl0`, when a pool uses IP-in-IP.
     pub ipip: Option<IpipDevice>,
-    /// Why some destination has no route (logged when they change).
-    pub problems: Vec<String>,
+    /// Why some destination has no route (logged by kind: `super::problem_lines`).
+    pub problems: Vec<Problem>,
+}
+
+/// What keeps routes or devices from the kernel, by kind: a pass's problems are logged one
+/// line per kind.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum ProblemKind {
+    /// This host's Node has no address of the family a tunnel device needs.
+    NoHostAddress,
+    /// This host's Node has no VXLAN tunnel address (yet: it is allocated at start).
+    NoHostTunnelAddress,
+    /// A tunnel device could not be made or fixed.
+    DeviceFailed,
+    /// A destination's host has no Node.
+    PeerWithoutNode,
+    /// A destination's host's Node has no address of its family.
+    PeerWithoutAddress,
+    /// This host's Node has no address of a destination's family.
+    HostWithoutAddress,
+    /// A VXLAN destination's host has no VXLAN tunnel address (yet).
+    PeerWithoutTunnelAddress,
+    /// A VXLAN destination, and no VXLAN device on this host (it waits for this host's
+    /// tunnel address or address).
+    NoVxlanDevice,
+    /// An IP-in-IP destination, and no IP-in-IP device on this host.
+    NoIpipDevice,
+    /// A destination outside this host's subnet in a pool without encapsulation.
+    NoEncapsulation,
+}
+
+impl ProblemKind {
+    /// What a line of several problems of this kind says after their count.
+    pub fn summary(self) -> &'static str {
+        match self {
+            ProblemKind::NoHostAddress => {
+                "tunnel devices wait for an address of their family on this host's Node"
+            }
+            ProblemKind::NoHostTunnelAddress => {
+                "VXLAN devices wait for this host's VXLAN tunnel address"
+            }
+            ProblemKind::DeviceFailed => "tunnel devices could not be set up",
+            ProblemKind::PeerWithoutNode => "routes wait for their host's Node",
+            ProblemKind::PeerWithoutAddress => {
+                "routes wait for an address of their family on their host's Node"
+            }
+            ProblemKind::HostWithoutAddress => {
+                "routes wait for an address of their family on this host's Node"
+            }
+            ProblemKind::PeerWithoutTunnelAddress => {
+                "routes wait for their host's VXLAN tunnel address"
+            }
+            ProblemKind::NoVxlanDevice => {
+                "routes wait for this host's VXLAN device (it comes with this host's VXLAN tunnel address)"
+            }
+            ProblemKind::NoIpipDevice => "routes wait for this host's IP-in-IP device",
+            ProblemKind::NoEncapsulation => {
+                "routes go to hosts outside this host's subnet in pools without encapsulation (use vxlanMode or ipipMode CrossSubnet or Always)"
+            }
+        }
+    }
+
+    /// Expected for a moment at every start with VXLAN: until this host's tunnel address is
+    /// allocated, there is no VXLAN device and no route through it.
+    pub fn waits_for_own_tunnel_address(self) -> bool {
+        matches!(
+            self,
+            ProblemKind::NoHostTunnelAddress | ProblemKind::NoVxlanDevice
+        )
+    }
+}
+
+/// One thing that keeps a route or device from the kernel.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Problem {
+    /// Its kind.
+    pub kind: ProblemKind,
+    /// What it is about, short, as an example in a summary: `10.65.1.0/26 on host-3`,
+    /// `vxlan.calico`.
+    pub subject: String,
+    /// The whole sentence.
+    pub message: String,
+}
+
+impl Problem {
+    /// A problem of `kind` about `subject`, saying `message`.
+    pub fn new(kind: ProblemKind, subject: impl Into<String>, message: impl Into<String>) -> Self {
+        Problem {
+            kind,
+            subject: subject.into(),
+            message: message.into(),
+        }
+    }
+}
+
+impl std::fmt::Display for Problem {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
+    }
 }
 
 #[cfg(test)]
@@ -698,7 +818,12 @@ mod tests {
             ])
         );
         assert!(d.vxlan_v4.is_none() && d.ipip.is_none());
-        assert!(d.problems.iter().any(|p| p.contains("192.168.2.0/26")));
+        assert!(
+            d.problems
+                .iter()
+                .any(|p| p.kind == ProblemKind::NoEncapsulation
+                    && p.subject == "192.168.2.0/26 on h3")
+        );
     }
 
     #[test]
@@ -823,7 +948,14 @@ mod tests {
             .routes
             .iter()
             .any(|r| matches!(r.kind, RouteKind::Via { .. })));
-        assert!(d.problems.iter().any(|p| p.contains("tunnel address")));
+        assert!(d
+            .problems
+            .iter()
+            .any(|p| p.kind == ProblemKind::NoHostTunnelAddress && p.subject == "vxlan.calico"));
+        assert!(d
+            .problems
+            .iter()
+            .any(|p| p.kind == ProblemKind::NoVxlanDevice && p.subject == "192.168.1.0/26 on h2"));
     }
 
     #[test]
