@@ -374,6 +374,12 @@ async fn endpoints_per_node(store: &dyn Datastore) -> Result<BTreeMap<String, us
     Ok(counts)
 }
 
+/// A Node's addresses (`spec.bgp`), IPv4 then IPv6, comma-separated; empty when it has none.
+pub(crate) fn node_addresses(node: &Node) -> String {
+    let bgp = node.spec.bgp.clone().unwrap_or_default();
+    joined(&[&bgp.ipv4_address, &bgp.ipv6_address])
+}
+
 /// The addresses that are set, comma-separated.
 fn joined(addresses: &[&str]) -> String {
     addresses
