@@ -44,6 +44,10 @@ pub(crate) enum Command {
     /// Health: datastore, Node resource, pools, plugin socket, endpoints (exit 1 on a
     /// problem, one line each saying what to do).
     Status {
+        /// Every Node too: its address, tunnel addresses, blocks, endpoints and heartbeat
+        /// (`alive`, `dead` once older than 90 s, or `no heartbeat`); a dead one is a problem.
+        #[arg(long)]
+        all_hosts: bool,
         /// Output format.
         #[arg(short = 'o', long, value_enum, default_value_t = Output::Table)]
         output: Output,
@@ -97,7 +101,9 @@ pub fn main_entry() -> i32 {
             Command::Run => commands::serve::run_server(config).await.map(|()| 0),
             Command::Pool { cmd } => commands::pool::run(&config, cmd).await,
             Command::Ipam { cmd } => commands::ipam::run(&config, cmd).await,
-            Command::Status { output } => commands::status::run(&config, output).await,
+            Command::Status { all_hosts, output } => {
+                commands::status::run(&config, all_hosts, output).await
+            }
             Command::Node { cmd } => commands::node::run(&config, cmd).await,
             Command::Endpoint { cmd } => commands::endpoint::run(&config, cmd).await,
             Command::Firewall { cmd } => commands::firewall::run(&config, cmd).await,

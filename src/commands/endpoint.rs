@@ -12,16 +12,18 @@ use crate::error::Result;
 use crate::model::libnetwork::{
     fallback_profile, NetworkRecord, CONTAINER_ANNOTATION, WEP_NAMESPACE,
 };
+use crate::model::resources::NodeSpec;
 use crate::model::{keys, WorkloadEndpoint};
 
 use super::open_datastore_for_command;
+use super::status::node_addresses;
 
 /// `endpoint` subcommands.
 #[derive(clap::Subcommand, Debug)]
 pub(crate) enum EndpointCommand {
     /// Endpoint, container name (Docker 29+), network/profile, addresses, interface, container MAC.
     List {
-        /// Every host's endpoints, not only this node's.
+        /// Every host's endpoints, not only this node's, with the node and its address.
         #[arg(long)]
         all_hosts: bool,
         /// Output format.
@@ -41,6 +43,9 @@ pub(crate) struct EndpointRow {
     pub(crate) container: Option<String>,
     /// The node it is on.
     pub(crate) node: String,
+    /// That node's address (its Node's `spec.bgp` IPv4 and IPv6 addresses, comma-separated),
+    /// which other hosts route to it by; `None` when its Node has none, or does not exist.
+    pub(crate) host_address: Option<String>,
     /// The Docker network (name once known, else its ID), when profiles tell.
     pub(crate) network: Option<String>,
     /// Calico profiles.
@@ -74,6 +79,12 @@ pub(crate) async fn endpoints(
 ) -> Result<Vec<EndpointRow>> {
     let weps: Vec<WorkloadEndpoint> = resources::list(store, Some(WEP_NAMESPACE)).await?;
     let by_profile = networks_by_profile(store).await?;
+    let addresses: HashMap<String, String> = resources::list::<NodeSpec>(store, None)
+        .await?
+        .iter()
+        .map(|n| (n.name().to_string(), node_addresses(n)))
+        .filter(|(_, a)| !a.is_empty())
+        .collect();
     let mut rows: Vec<EndpointRow> = weps
         .into_iter()
         .filter(|w| node.is_none_or(|n| w.spec.node == n))
@@ -86,6 +97,7 @@ pub(crate) async fn endpoints(
             endpoint: w.spec.endpoint.clone(),
             name: w.name().to_string(),
             container: w.metadata.annotations.get(CONTAINER_ANNOTATION).cloned(),
+            host_address: addresses.get(&w.spec.node).cloned(),
             node: w.spec.node.clone(),
             profiles: w.spec.profiles.clone(),
             addresses: w.spec.ip_networks.clone(),
@@ -131,7 +143,7 @@ fn table_rows(rows: Vec<EndpointRow>, all_hosts: bool) -> Vec<Vec<String>> {
         "MAC",
     ];
     if all_hosts {
-        head.insert(1, "NODE");
+        head.splice(1..1, ["NODE", "HOST ADDRESS"]);
     }
     let mut out = vec![header(&head)];
     for r in rows {
@@ -153,7 +165,8 @@ fn table_rows(rows: Vec<EndpointRow>, all_hosts: bool) -> Vec<Vec<String>> {
             r.mac,
         ];
         if all_hosts {
-            row.insert(1, r.node);
+            let address = r.host_address.unwrap_or_else(|| "-".to_string());
+            row.splice(1..1, [r.node, address]);
         }
         out.push(row);
     }

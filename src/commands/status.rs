@@ -1,22 +1,29 @@
 //! `status`: health of the datastore, this node's Node resource and its address, the pools,
-//! the plugin socket and the endpoints (exit 1 on a problem, one line each saying what to do).
+//! the plugin socket and the endpoints (exit 1 on a problem, one line each saying what to do);
+//! with `--all-hosts`, every Node too: its addresses, blocks, endpoints and heartbeat.
 
+use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Instant;
 
+use chrono::{DateTime, Utc};
 use serde::Serialize;
 
 use crate::commands::output::{header, print_json, table, Output};
 use crate::config::{Config, DatastoreConfig};
 use crate::datastore::resources;
 use crate::datastore::Datastore;
+use crate::driver::heartbeat::{
+    heartbeat_of, heartbeat_text, liveness, Liveness, HEARTBEAT_ANNOTATION, HEARTBEAT_FRESH,
+};
 use crate::driver::node_address::ADDRESS_CONFLICT_ANNOTATION;
 use crate::error::Result;
 use crate::ipam::Ipam;
 use crate::model::keys;
 use crate::model::libnetwork::WEP_NAMESPACE;
 use crate::model::resources::{NodeSpec, WorkloadEndpointSpec};
+use crate::model::Node;
 
 use super::open_datastore_for_command;
 use super::plugin_socket::{plugin_activate, SOCKET_TIMEOUT};
@@ -73,6 +80,33 @@ pub(crate) struct SocketStatus {
     pub(crate) error: Option<String>,
 }
 
+/// One Calico Node, for `status --all-hosts`.
+#[derive(Clone, Debug, Serialize)]
+pub(crate) struct HostStatus {
+    /// The node's name.
+    pub(crate) node: String,
+    /// What its heartbeat says: `alive`, `dead` or `no heartbeat`.
+    pub(crate) heartbeat: Liveness,
+    /// When its plugin last renewed the heartbeat (RFC 3339).
+    pub(crate) heartbeat_at: Option<String>,
+    /// How long ago, in seconds (0 for a time ahead of this host's clock).
+    pub(crate) heartbeat_age_s: Option<i64>,
+    /// `spec.bgp.ipv4Address` (empty: none).
+    pub(crate) ipv4_address: String,
+    /// `spec.bgp.ipv6Address` (empty: none).
+    pub(crate) ipv6_address: String,
+    /// `spec.ipv4VXLANTunnelAddr` (empty: none).
+    pub(crate) ipv4_vxlan_tunnel_addr: String,
+    /// `spec.ipv6VXLANTunnelAddr` (empty: none).
+    pub(crate) ipv6_vxlan_tunnel_addr: String,
+    /// `spec.bgp.ipv4IPIPTunnelAddr` (empty: none).
+    pub(crate) ipv4_ipip_tunnel_addr: String,
+    /// IPAM blocks affine to it.
+    pub(crate) blocks: usize,
+    /// Its container endpoints (WorkloadEndpoints of ours naming it).
+    pub(crate) endpoints: usize,
+}
+
 /// What `calico-libnetwork status` reports.
 #[derive(Clone, Debug, Serialize)]
 pub(crate) struct Status {
@@ -90,14 +124,18 @@ pub(crate) struct Status {
     pub(crate) socket: SocketStatus,
     /// WorkloadEndpoints of this host (`None`: not checked).
     pub(crate) endpoints: Option<usize>,
+    /// Every Node, with `--all-hosts` (`None`: not asked, or not read).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) hosts: Option<Vec<HostStatus>>,
     /// Remarks that are not problems.
     pub(crate) notes: Vec<String>,
     /// One line per problem, saying what to do; empty when all is well.
     pub(crate) problems: Vec<String>,
 }
 
-/// Runs `status`; returns the exit code (1 when there is a problem).
-pub(crate) async fn run(config: &Config, output: Output) -> Result<i32> {
+/// Runs `status` (with every Node when `all_hosts`); returns the exit code (1 when there is
+/// a problem).
+pub(crate) async fn run(config: &Config, all_hosts: bool, output: Output) -> Result<i32> {
     let kind = match config.datastore {
         DatastoreConfig::Etcd(_) => "etcdv3",
         DatastoreConfig::Local(_) => "local",
@@ -107,12 +145,16 @@ pub(crate) async fn run(config: &Config, output: Output) -> Result<i32> {
         &config.socket,
         kind,
         open_datastore_for_command(config).await,
+        all_hosts,
     )
     .await;
     if output == Output::Json {
         print_json(&st);
     } else {
         print!("{}", table(table_rows(&st)));
+        if let Some(hosts) = &st.hosts {
+            print!("\n{}", table(host_rows(hosts)));
+        }
         for n in &st.notes {
             println!("note: {n}");
         }
@@ -124,12 +166,14 @@ pub(crate) async fn run(config: &Config, output: Output) -> Result<i32> {
 }
 
 /// Gathers [`Status`], from the datastore as the command could open it (directly, or
-/// through the running plugin for an embedded store it holds).
+/// through the running plugin for an embedded store it holds); every Node's too when
+/// `all_hosts`.
 pub(crate) async fn status(
     nodename: &str,
     socket: &Path,
     kind: &str,
     store: Result<Arc<dyn Datastore>>,
+    all_hosts: bool,
 ) -> Status {
     let mut st = Status {
         node: nodename.to_string(),
@@ -148,6 +192,7 @@ pub(crate) async fn status(
             error: None,
         },
         endpoints: None,
+        hosts: None,
         notes: Vec::new(),
         problems: Vec::new(),
     };
@@ -168,7 +213,23 @@ pub(crate) async fn status(
         return st;
     }
     check_pools(&mut st, store.clone()).await;
-    count_endpoints(&mut st, store.as_ref()).await;
+    let per_node = match endpoints_per_node(store.as_ref()).await {
+        Ok(counts) => {
+            st.endpoints = Some(counts.get(nodename).copied().unwrap_or(0));
+            Some(counts)
+        }
+        Err(e) => {
+            st.problems.push(format!(
+                "cannot read WorkloadEndpoints ({e}): check the datastore"
+            ));
+            None
+        }
+    };
+    if all_hosts {
+        if let Some(per_node) = per_node {
+            list_hosts(&mut st, store, &per_node, Utc::now()).await;
+        }
+    }
     st
 }
 
@@ -303,16 +364,155 @@ async fn check_pools(st: &mut Status, store: Arc<dyn Datastore>) {
     }
 }
 
-/// How many of our WorkloadEndpoints are on this node.
-async fn count_endpoints(st: &mut Status, store: &dyn Datastore) {
-    match resources::list::<WorkloadEndpointSpec>(store, Some(WEP_NAMESPACE)).await {
-        Ok(weps) => {
-            st.endpoints = Some(weps.iter().filter(|w| w.spec.node == st.node).count());
-        }
-        Err(e) => st.problems.push(format!(
-            "cannot read WorkloadEndpoints ({e}): check the datastore"
-        )),
+/// How many of our WorkloadEndpoints each node has.
+async fn endpoints_per_node(store: &dyn Datastore) -> Result<BTreeMap<String, usize>> {
+    let weps = resources::list::<WorkloadEndpointSpec>(store, Some(WEP_NAMESPACE)).await?;
+    let mut counts = BTreeMap::new();
+    for w in weps {
+        *counts.entry(w.spec.node).or_default() += 1;
     }
+    Ok(counts)
+}
+
+/// A Node's addresses (`spec.bgp`), IPv4 then IPv6, comma-separated; empty when it has none.
+pub(crate) fn node_addresses(node: &Node) -> String {
+    let bgp = node.spec.bgp.clone().unwrap_or_default();
+    joined(&[&bgp.ipv4_address, &bgp.ipv6_address])
+}
+
+/// The addresses that are set, comma-separated.
+fn joined(addresses: &[&str]) -> String {
+    addresses
+        .iter()
+        .filter(|a| !a.is_empty())
+        .copied()
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+/// Every Node, with its blocks, endpoints (`per_node`) and heartbeat at `now`; a dead one
+/// is a problem (its plugin stopped: its containers get no updates, and its records stay).
+async fn list_hosts(
+    st: &mut Status,
+    store: Arc<dyn Datastore>,
+    per_node: &BTreeMap<String, usize>,
+    now: DateTime<Utc>,
+) {
+    let nodes = match resources::list::<NodeSpec>(store.as_ref(), None).await {
+        Ok(nodes) => nodes,
+        Err(e) => {
+            st.problems
+                .push(format!("cannot read Nodes ({e}): check the datastore"));
+            return;
+        }
+    };
+    let mut blocks: BTreeMap<String, usize> = BTreeMap::new();
+    match Ipam::new(store).list_blocks(None).await {
+        Ok(all) => {
+            for (b, _) in all {
+                if let Some(host) = b.host_affinity() {
+                    *blocks.entry(host.to_string()).or_default() += 1;
+                }
+            }
+        }
+        Err(e) => {
+            st.problems.push(format!(
+                "cannot read IPAM blocks ({e}): check the datastore"
+            ));
+            return;
+        }
+    }
+    let mut hosts: Vec<HostStatus> = nodes
+        .iter()
+        .map(|n| host_status(n, &blocks, per_node, now))
+        .collect();
+    hosts.sort_by(|a, b| a.node.cmp(&b.node));
+    for h in hosts.iter().filter(|h| h.heartbeat == Liveness::Dead) {
+        st.problems.push(format!(
+            "node {} is dead: its heartbeat ({HEARTBEAT_ANNOTATION}) was last renewed {} ago, \
+             more than {} s: start its plugin, or remove the host with \
+             `calico-libnetwork node remove {}` if it is gone for good",
+            h.node,
+            age_text(h.heartbeat_age_s.unwrap_or_default()),
+            HEARTBEAT_FRESH.as_secs(),
+            h.node
+        ));
+    }
+    st.hosts = Some(hosts);
+}
+
+/// One Node's row of [`Status::hosts`].
+fn host_status(
+    node: &Node,
+    blocks: &BTreeMap<String, usize>,
+    per_node: &BTreeMap<String, usize>,
+    now: DateTime<Utc>,
+) -> HostStatus {
+    let name = node.name().to_string();
+    let at = heartbeat_of(node);
+    let bgp = node.spec.bgp.clone().unwrap_or_default();
+    HostStatus {
+        heartbeat: liveness(node, now),
+        heartbeat_at: at.map(heartbeat_text),
+        heartbeat_age_s: at.map(|t| (now - t).num_seconds().max(0)),
+        ipv4_address: bgp.ipv4_address,
+        ipv6_address: bgp.ipv6_address,
+        ipv4_vxlan_tunnel_addr: node.spec.ipv4_vxlan_tunnel_addr.clone(),
+        ipv6_vxlan_tunnel_addr: node.spec.ipv6_vxlan_tunnel_addr.clone(),
+        ipv4_ipip_tunnel_addr: bgp.ipv4_ipip_tunnel_addr,
+        blocks: blocks.get(&name).copied().unwrap_or(0),
+        endpoints: per_node.get(&name).copied().unwrap_or(0),
+        node: name,
+    }
+}
+
+/// An age in its largest unit: `45s`, `12m`, `5h`, `3d`.
+fn age_text(secs: i64) -> String {
+    match secs {
+        s if s < 120 => format!("{s}s"),
+        s if s < 2 * 3600 => format!("{}m", s / 60),
+        s if s < 2 * 86400 => format!("{}h", s / 3600),
+        s => format!("{}d", s / 86400),
+    }
+}
+
+/// The table of `status --all-hosts`: one row per Node.
+fn host_rows(hosts: &[HostStatus]) -> Vec<Vec<String>> {
+    let or_dash = |s: String| if s.is_empty() { "-".to_string() } else { s };
+    let mut rows = vec![header(&[
+        "NODE",
+        "HEARTBEAT",
+        "AGE",
+        "ADDRESS",
+        "TUNNEL ADDRESSES",
+        "BLOCKS",
+        "ENDPOINTS",
+    ])];
+    for h in hosts {
+        let addresses = joined(&[&h.ipv4_address, &h.ipv6_address]);
+        let tunnels = [
+            ("vxlan", &h.ipv4_vxlan_tunnel_addr),
+            ("vxlan-v6", &h.ipv6_vxlan_tunnel_addr),
+            ("ipip", &h.ipv4_ipip_tunnel_addr),
+        ]
+        .into_iter()
+        .filter(|(_, a)| !a.is_empty())
+        .map(|(kind, a)| format!("{kind}={a}"))
+        .collect::<Vec<_>>()
+        .join(",");
+        rows.push(vec![
+            h.node.clone(),
+            h.heartbeat.as_str().to_string(),
+            h.heartbeat_age_s
+                .map(age_text)
+                .unwrap_or_else(|| "-".into()),
+            or_dash(addresses),
+            or_dash(tunnels),
+            h.blocks.to_string(),
+            h.endpoints.to_string(),
+        ]);
+    }
+    rows
 }
 
 /// The table of `status`: one row per check.
@@ -399,6 +599,7 @@ fn table_rows(st: &Status) -> Vec<Vec<String>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::driver::heartbeat::tests::node;
 
     fn status() -> Status {
         Status {
@@ -429,6 +630,7 @@ mod tests {
                 error: Some("connect: refused".to_string()),
             },
             endpoints: Some(3),
+            hosts: None,
             notes: Vec::new(),
             problems: vec!["plugin socket ...".to_string()],
         }
@@ -471,5 +673,52 @@ mod tests {
             table_rows(&st)[1],
             ["datastore", "skipped", "local: in use"]
         );
+    }
+
+    #[test]
+    fn every_node_with_its_heartbeat_addresses_blocks_and_endpoints() {
+        let now: DateTime<Utc> = "2025-06-01T12:00:00Z".parse().unwrap();
+        let spec: NodeSpec = serde_json::from_value(serde_json::json!({
+            "bgp": {"ipv4Address": "10.0.0.1/24", "ipv4IPIPTunnelAddr": "10.90.0.1"},
+            "ipv4VXLANTunnelAddr": "10.90.0.2",
+        }))
+        .unwrap();
+        let v6: NodeSpec =
+            serde_json::from_value(serde_json::json!({"bgp": {"ipv6Address": "fd00::3/64"}}))
+                .unwrap();
+        let blocks = BTreeMap::from([("a".to_string(), 2), ("c".to_string(), 1)]);
+        let per_node = BTreeMap::from([("a".to_string(), 3)]);
+        let hosts: Vec<HostStatus> = [
+            node("a", Some("2025-06-01T11:59:48Z"), spec),
+            node("b", Some("2025-06-01T11:50:00Z"), NodeSpec::default()),
+            node("c", None, v6),
+        ]
+        .iter()
+        .map(|n| host_status(n, &blocks, &per_node, now))
+        .collect();
+        assert_eq!(
+            table(host_rows(&hosts)),
+            "NODE  HEARTBEAT     AGE  ADDRESS      TUNNEL ADDRESSES                BLOCKS  ENDPOINTS\n\
+             a     alive         12s  10.0.0.1/24  vxlan=10.90.0.2,ipip=10.90.0.1  2       3\n\
+             b     dead          10m  -            -                               0       0\n\
+             c     no heartbeat  -    fd00::3/64   -                               1       0\n"
+        );
+        let json = serde_json::to_value(&hosts[1]).unwrap();
+        assert_eq!(json["heartbeat"], "dead");
+        assert_eq!(json["heartbeat_at"], "2025-06-01T11:50:00Z");
+        assert_eq!(json["heartbeat_age_s"], 600);
+        assert_eq!(
+            serde_json::to_value(&hosts[2]).unwrap()["heartbeat"],
+            "no heartbeat"
+        );
+    }
+
+    #[test]
+    fn ages_are_shown_in_their_largest_unit() {
+        let ages: Vec<String> = [0, 119, 120, 7199, 7200, 172_799, 172_800]
+            .into_iter()
+            .map(age_text)
+            .collect();
+        assert_eq!(ages, ["0s", "119s", "2m", "119m", "2h", "47h", "2d"]);
     }
 }

@@ -1,8 +1,10 @@
 //! The plugin's heartbeat on this host's Node: the annotation [`HEARTBEAT_ANNOTATION`], an
 //! RFC 3339 UTC time renewed every [`HEARTBEAT_INTERVAL`] by the node-address loop
-//! ([`Driver::keep_node_address_in_background`]). `calico-libnetwork node remove` refuses to
-//! remove a Node whose heartbeat is younger than [`HEARTBEAT_FRESH`] (its plugin is likely
-//! running). An annotation is metadata: Calico's shape of the Node is untouched, and the
+//! ([`Driver::keep_node_address_in_background`]). A Node whose heartbeat is younger than
+//! [`HEARTBEAT_FRESH`] is [`Liveness::Alive`] (its plugin is likely running), one with an older
+//! heartbeat [`Liveness::Dead`]: `calico-libnetwork status --all-hosts` shows it,
+//! `node remove` refuses a live Node and `ipam check --repair --node` repairs only a dead one,
+//! all by [`liveness`] and [`alive_refusal`]. An annotation is metadata: Calico's shape of the Node is untouched, and the
 //! write is a compare-and-swap of the Node as read, keeping every other field.
 
 use std::time::Duration;
@@ -11,7 +13,7 @@ use chrono::{DateTime, SecondsFormat, Utc};
 
 use super::Driver;
 use crate::datastore::resources;
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::model::keys;
 use crate::model::resources::NodeSpec;
 use crate::model::Node;
@@ -38,6 +40,57 @@ pub fn heartbeat_text(at: DateTime<Utc>) -> String {
     at.to_rfc3339_opts(SecondsFormat::Secs, true)
 }
 
+/// What a Node's heartbeat says of its plugin.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+pub enum Liveness {
+    /// Renewed within [`HEARTBEAT_FRESH`] (or stamped in the future, by a clock ahead of
+    /// ours): its plugin is likely running.
+    #[serde(rename = "alive")]
+    Alive,
+    /// Older than [`HEARTBEAT_FRESH`]: its plugin stopped renewing it.
+    #[serde(rename = "dead")]
+    Dead,
+    /// None that parses: a Node of calico-node, or of a plugin from before heartbeats;
+    /// nothing says whether it runs.
+    #[serde(rename = "no heartbeat")]
+    NoHeartbeat,
+}
+
+impl Liveness {
+    /// `alive`, `dead` or `no heartbeat`, as `status --all-hosts` shows it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Liveness::Alive => "alive",
+            Liveness::Dead => "dead",
+            Liveness::NoHeartbeat => "no heartbeat",
+        }
+    }
+}
+
+/// What `node`'s heartbeat says of its plugin at `now`.
+pub fn liveness(node: &Node, now: DateTime<Utc>) -> Liveness {
+    match heartbeat_of(node) {
+        None => Liveness::NoHeartbeat,
+        Some(t) if t > now || (now - t).to_std().is_ok_and(|age| age < HEARTBEAT_FRESH) => {
+            Liveness::Alive
+        }
+        Some(_) => Liveness::Dead,
+    }
+}
+
+/// The refusal of an action on `node` while it is [`Liveness::Alive`]: its heartbeat's age
+/// and time, and what to do (`or` ends the sentence: `, or use --force`).
+pub fn alive_refusal(node: &Node, now: DateTime<Utc>, or: &str) -> Error {
+    let at = heartbeat_of(node).unwrap_or(now);
+    Error::invalid(format!(
+        "its plugin is likely running: heartbeat {HEARTBEAT_ANNOTATION} renewed {} s ago \
+         (at {}, younger than {} s); stop the plugin on that host and wait{or}",
+        (now - at).num_seconds().max(0),
+        heartbeat_text(at),
+        HEARTBEAT_FRESH.as_secs()
+    ))
+}
+
 impl Driver {
     /// Writes the current time as this host's heartbeat on its Node. Returns whether it
     /// wrote: not when the Node does not exist (it is never created here: a removed Node
@@ -59,5 +112,44 @@ impl Driver {
         })
         .await
         .map_err(|e| e.context(format!("renew the heartbeat on Node {host}")))
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+
+    /// Node `name` with `spec` and, when given, the heartbeat `text`.
+    pub(crate) fn node(name: &str, text: Option<&str>, spec: NodeSpec) -> Node {
+        let mut n = Node::new(name, spec);
+        if let Some(t) = text {
+            n.metadata
+                .annotations
+                .insert(HEARTBEAT_ANNOTATION.into(), t.into());
+        }
+        n
+    }
+
+    #[test]
+    fn a_heartbeat_is_alive_for_three_intervals() {
+        let now: DateTime<Utc> = "2025-06-01T12:00:00Z".parse().unwrap();
+        let of = |t: Option<&str>| liveness(&node("gone", t, NodeSpec::default()), now);
+        assert_eq!(of(Some("2025-06-01T11:58:31Z")), Liveness::Alive, "89 s");
+        assert_eq!(of(Some("2025-06-01T11:58:30Z")), Liveness::Dead, "90 s");
+        assert_eq!(of(Some("2025-06-01T12:05:00Z")), Liveness::Alive, "future");
+        assert_eq!(of(None), Liveness::NoHeartbeat);
+        assert_eq!(of(Some("yesterday")), Liveness::NoHeartbeat, "no parse");
+    }
+
+    #[test]
+    fn the_refusal_says_how_old_the_heartbeat_is_and_what_to_do() {
+        let now: DateTime<Utc> = "2025-06-01T12:00:00Z".parse().unwrap();
+        let n = node("gone", Some("2025-06-01T11:59:48Z"), NodeSpec::default());
+        assert_eq!(
+            alive_refusal(&n, now, ", or use --force").to_string(),
+            "its plugin is likely running: heartbeat calico-libnetwork/heartbeat renewed 12 s \
+             ago (at 2025-06-01T11:59:48Z, younger than 90 s); stop the plugin on that host \
+             and wait, or use --force"
+        );
     }
 }

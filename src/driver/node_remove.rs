@@ -8,15 +8,16 @@
 //! The plugin's own records under `/calico/libnetwork/v1/` (networks, pools) are shared by
 //! every host, none is a node's: nothing of them goes.
 //!
-//! A node whose plugin is likely running (its heartbeat, see `heartbeat`, younger than
-//! [`HEARTBEAT_FRESH`]) is not removed unless forced: it would allocate again at once, and
-//! its containers would lose their endpoints.
+//! A node whose plugin is likely running ([`Liveness::Alive`]: its heartbeat, see
+//! `heartbeat`, is younger than [`HEARTBEAT_FRESH`](super::heartbeat::HEARTBEAT_FRESH)) is
+//! not removed unless forced: it would allocate again at once, and its containers would lose
+//! their endpoints.
 
 use std::sync::Arc;
 
-use chrono::{DateTime, Utc};
+use chrono::Utc;
 
-use super::heartbeat::{heartbeat_of, heartbeat_text, HEARTBEAT_ANNOTATION, HEARTBEAT_FRESH};
+use super::heartbeat::{alive_refusal, liveness, Liveness};
 use super::tunnel::TunnelKind;
 use crate::datastore::{resources, Datastore};
 use crate::error::{Error, Result};
@@ -38,17 +39,6 @@ pub struct NodeRemoval {
     pub affinities: usize,
     /// WorkloadEndpoints deleted.
     pub workload_endpoints: usize,
-}
-
-/// Whether `node`'s heartbeat says its plugin is running at `now`: younger than
-/// [`HEARTBEAT_FRESH`] (one from the future, a clock ahead of ours, counts as fresh).
-/// A Node without one (calico-node's, or from before heartbeats) is not running a plugin
-/// that renews it.
-pub fn heartbeat_is_fresh(node: &Node, now: DateTime<Utc>) -> bool {
-    match heartbeat_of(node) {
-        Some(t) => (now - t).to_std().is_ok_and(|age| age < HEARTBEAT_FRESH) || t > now,
-        None => false,
-    }
 }
 
 /// Removes node `name` and everything the datastore holds for it (see the module
@@ -129,44 +119,13 @@ pub async fn remove_node(
     ))))
 }
 
-/// Refuses a Node whose plugin is likely running, unless `force`.
+/// Refuses a Node whose plugin is likely running ([`Liveness::Alive`]), unless `force`. A
+/// Node without a heartbeat (calico-node's, or from before heartbeats) is not running a
+/// plugin that renews one: removed.
 fn refuse_if_running(node: &Node, force: bool) -> Result<()> {
     let now = Utc::now();
-    if force || !heartbeat_is_fresh(node, now) {
+    if force || liveness(node, now) != Liveness::Alive {
         return Ok(());
     }
-    let at = heartbeat_of(node).expect("a fresh heartbeat parses");
-    Err(Error::invalid(format!(
-        "its plugin is likely running: heartbeat {HEARTBEAT_ANNOTATION} renewed {} s ago \
-         (at {}, younger than {} s); stop the plugin on that host and wait, or use --force",
-        (now - at).num_seconds().max(0),
-        heartbeat_text(at),
-        HEARTBEAT_FRESH.as_secs()
-    )))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn with_heartbeat(text: Option<&str>) -> Node {
-        let mut n = Node::new("gone", NodeSpec::default());
-        if let Some(t) = text {
-            n.metadata
-                .annotations
-                .insert(HEARTBEAT_ANNOTATION.into(), t.into());
-        }
-        n
-    }
-
-    #[test]
-    fn a_heartbeat_is_fresh_for_three_intervals() {
-        let now: DateTime<Utc> = "2025-06-01T12:00:00Z".parse().unwrap();
-        let fresh = |t: Option<&str>| heartbeat_is_fresh(&with_heartbeat(t), now);
-        assert!(fresh(Some("2025-06-01T11:58:31Z")), "89 s");
-        assert!(!fresh(Some("2025-06-01T11:58:30Z")), "90 s");
-        assert!(fresh(Some("2025-06-01T12:05:00Z")), "from the future");
-        assert!(!fresh(None), "none");
-        assert!(!fresh(Some("yesterday")), "does not parse");
-    }
+    Err(alive_refusal(node, now, ", or use --force"))
 }

@@ -300,7 +300,7 @@ async fn the_node_is_named_like_calico_node_and_its_nodename_file_written() {
 }
 
 /// Runs an operator command against a datastore given by `envs`; returns (exit code, stdout, stderr).
-fn op(envs: &[(&str, &str)], args: &[&str]) -> (i32, String, String) {
+pub(super) fn op(envs: &[(&str, &str)], args: &[&str]) -> (i32, String, String) {
     common::host::code_out_err(bin().envs(envs.iter().copied()).args(args))
 }
 

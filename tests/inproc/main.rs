@@ -13,6 +13,7 @@ mod datastore_conformance;
 mod etcd_failover;
 mod etcd_security;
 mod etcd_watch;
+mod fleet_ops;
 mod ipam_allocator;
 mod node_remove;
 mod plugin_http;

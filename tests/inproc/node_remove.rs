@@ -24,8 +24,9 @@ use common::backends::{backends, Store};
 const HERE: &str = "host-a";
 const GONE: &str = "host-b";
 
-/// A host's driver over `store` with the recording dataplane (no root), started.
-async fn host(store: &Store, name: &str) -> Arc<Driver> {
+/// A host's driver over `store` with the recording dataplane (no root), started; the first
+/// to start makes the pool (VXLAN: each host also gets a tunnel address).
+pub(super) async fn host(store: &Store, name: &str) -> Arc<Driver> {
     let d = Arc::new(Driver::with_dataplane(
         store.clone(),
         DriverSettings::new(name),
@@ -39,8 +40,19 @@ async fn host(store: &Store, name: &str) -> Arc<Driver> {
     d
 }
 
+/// A network (Docker's ID `id`) made on `d`, as Docker creates it.
+pub(super) async fn network(d: &Driver, id: &str) {
+    d.create_network(NetworkSpec {
+        network_id: id.to_string(),
+        ipv4_data: vec![("CalicoPoolIPv4".into(), "0.0.0.0/0".into())],
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+}
+
 /// An address and an endpoint with it on `d`, as Docker asks for them; returns the address.
-async fn endpoint(d: &Arc<Driver>, net: &str, ep: &str) -> IpAddr {
+pub(super) async fn endpoint(d: &Arc<Driver>, net: &str, ep: &str) -> IpAddr {
     let ip = d
         .request_address("CalicoPoolIPv4", None, &BTreeMap::new())
         .await
@@ -63,13 +75,7 @@ async fn two_hosts(store: &Store) -> (Arc<Driver>, Vec<IpAddr>, IpAddr) {
     let here = host(store, HERE).await;
     let gone = host(store, GONE).await;
     let net = "ab".repeat(32);
-    here.create_network(NetworkSpec {
-        network_id: net.clone(),
-        ipv4_data: vec![("CalicoPoolIPv4".into(), "0.0.0.0/0".into())],
-        ..Default::default()
-    })
-    .await
-    .unwrap();
+    network(&here, &net).await;
     let mut gone_ips = Vec::new();
     for (d, name, ips) in [(&here, "a", None), (&gone, "b", Some(&mut gone_ips))] {
         let e1 = endpoint(d, &net, &format!("{name}1").repeat(32)).await;
@@ -100,7 +106,7 @@ async fn two_hosts(store: &Store) -> (Arc<Driver>, Vec<IpAddr>, IpAddr) {
     (here, gone_ips, borrowed)
 }
 
-async fn block_of(store: &Store, ip: IpAddr) -> AllocationBlock {
+pub(super) async fn block_of(store: &Store, ip: IpAddr) -> AllocationBlock {
     blocks(store)
         .await
         .into_iter()
@@ -108,7 +114,7 @@ async fn block_of(store: &Store, ip: IpAddr) -> AllocationBlock {
         .unwrap_or_else(|| panic!("no block holds {ip}"))
 }
 
-async fn blocks(store: &Store) -> Vec<AllocationBlock> {
+pub(super) async fn blocks(store: &Store) -> Vec<AllocationBlock> {
     store
         .list(keys::ALL_BLOCKS_PREFIX)
         .await

@@ -17,6 +17,8 @@ pub(super) struct Alloc {
     pub(super) block: IpNet,
     pub(super) handle: Option<String>,
     pub(super) node: Option<String>,
+    /// The host its block is affine to.
+    pub(super) affine: Option<String>,
     pub(super) since: Option<DateTime<Utc>>,
     pub(super) sequence: u64,
 }
@@ -28,6 +30,11 @@ impl Alloc {
             .as_deref()
             .filter(|h| h.starts_with(HANDLE_PREFIX))
     }
+
+    /// The node whose record it is: its `node` attribute, else its block's host.
+    pub(super) fn owner(&self) -> Option<&str> {
+        self.node.as_deref().or(self.affine.as_deref())
+    }
 }
 
 #[cfg(test)]
@@ -38,16 +45,35 @@ impl Alloc {
             block: block.parse().unwrap(),
             handle: handle.map(str::to_string),
             node: None,
+            affine: None,
             since: None,
             sequence: 0,
         }
     }
 }
 
+/// Every block's allocations, and the blocks' hosts.
+pub(super) struct Blocks {
+    /// Every allocation in every block, by address.
+    pub(super) allocs: BTreeMap<IpAddr, Alloc>,
+    /// The host of each block affine to one, by the block's CIDR (`10.0.0.0/26`).
+    pub(super) hosts: BTreeMap<String, String>,
+}
+
 /// Every allocation in every block, by address.
 pub(super) async fn all_allocations(ipam: &Ipam) -> Result<BTreeMap<IpAddr, Alloc>> {
+    Ok(read_blocks(ipam).await?.allocs)
+}
+
+/// Every block, read once: its allocations and its host.
+pub(super) async fn read_blocks(ipam: &Ipam) -> Result<Blocks> {
     let mut out = BTreeMap::new();
+    let mut hosts = BTreeMap::new();
     for (block, _) in ipam.list_blocks(None).await? {
+        let affine = block.host_affinity().map(str::to_string);
+        if let Some(h) = &affine {
+            hosts.insert(block.cidr.trunc().to_string(), h.clone());
+        }
         for (ordinal, slot) in block.allocations.iter().enumerate() {
             let Some(idx) = slot else { continue };
             let Some(ip) = block.ip_of(ordinal) else {
@@ -60,6 +86,7 @@ pub(super) async fn all_allocations(ipam: &Ipam) -> Result<BTreeMap<IpAddr, Allo
                     block: block.cidr,
                     handle: attr.and_then(|a| a.handle()).map(str::to_string),
                     node: attr.and_then(|a| a.secondary.get("node").cloned()),
+                    affine: affine.clone(),
                     since: attr
                         .and_then(|a| a.secondary.get("timestamp"))
                         .and_then(|t| parse_go_time(t)),
@@ -68,5 +95,5 @@ pub(super) async fn all_allocations(ipam: &Ipam) -> Result<BTreeMap<IpAddr, Allo
             );
         }
     }
-    Ok(out)
+    Ok(Blocks { allocs: out, hosts })
 }

@@ -1,5 +1,12 @@
 //! `ipam check [--repair]`: inconsistencies between allocations, WorkloadEndpoints, handles
 //! and this host's veths, and (with `--repair`) the safe fixes.
+//!
+//! Every record is a node's ([`Finding::node`]): an allocation is the node's its `node`
+//! attribute names (else its block's host), a handle its addresses' node (else its blocks'
+//! host), an endpoint its `spec.node`'s, a veth this host's. The check judges this host's
+//! records, `--node`'s, or with `--all-hosts` everyone's; `--repair` fixes only this host's,
+//! or those of the `--node` whose heartbeat has lapsed ([`Liveness::Dead`]: its plugin
+//! writes none of them any more), and with `--all-hosts` those naming no node.
 
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::net::IpAddr;
@@ -12,12 +19,13 @@ use ipnet::IpNet;
 use crate::dataplane::Netlink;
 use crate::datastore::resources;
 use crate::datastore::Datastore;
+use crate::driver::heartbeat::{alive_refusal, liveness, Liveness, HEARTBEAT_ANNOTATION};
 use crate::error::{Error, Result};
 use crate::ipam::Ipam;
 use crate::model::libnetwork::WEP_NAMESPACE;
-use crate::model::{keys, ReleaseOptions, WorkloadEndpoint};
+use crate::model::{keys, Node, ReleaseOptions, WorkloadEndpoint};
 
-use super::allocations::{all_allocations, Alloc};
+use super::allocations::{read_blocks, Alloc, Blocks};
 use super::handles::{
     counts_from_blocks, fmt_counts, normalize_counts, our_handles, repair_handle,
 };
@@ -49,27 +57,41 @@ pub(crate) async fn ipam_check(
         opts,
         now: Utc::now(),
     };
-    let mut report = CheckReport::default();
+    let mut report = CheckReport {
+        scope: opts.scope(),
+        ..Default::default()
+    };
     if opts.repair {
-        check.refuse_other_machine().await?;
+        if opts.on_this_host() {
+            check.refuse_other_machine().await?;
+        } else {
+            check.refuse_unless_dead().await?;
+        }
     }
     // Links first, records second: a veth listed here had its WorkloadEndpoint written
     // before it (Join follows CreateEndpoint), so one found without a record is not a
     // container starting right now.
-    let links = if opts.check_veths {
+    let links = if !opts.check_veths {
+        None
+    } else if opts.shows(Some(&opts.nodename)) {
         Some(list_veths().await)
     } else {
+        report.notes.push(format!(
+            "this host's interfaces not checked: the check is of node {}'s records",
+            opts.target
+        ));
         None
     };
-    let allocs = all_allocations(&check.ipam).await?;
+    let blocks = read_blocks(&check.ipam).await?;
     // Strict: an endpoint skipped here would make its address look unused to --repair.
     let weps: Vec<WorkloadEndpoint> = resources::list_strict(check.store, None).await?;
     // Handles first: releasing an orphan below then counts down a correct handle.
-    check.handles(&allocs, &mut report).await?;
+    check.handles(&blocks, &mut report).await?;
     check
-        .orphan_allocations(&allocs, &endpoint_addresses(&weps), &mut report)
+        .orphan_allocations(&blocks.allocs, &endpoint_addresses(&weps), &mut report)
         .await;
-    unallocated_addresses(&allocs, &weps, &mut report);
+    let shown = weps.iter().filter(|w| opts.shows(Some(&w.spec.node)));
+    unallocated_addresses(&blocks.allocs, shown, &mut report);
     if let Some(listed) = links {
         check.veths(listed, &weps, &mut report).await;
     }
@@ -96,16 +118,13 @@ fn endpoint_addresses(weps: &[WorkloadEndpoint]) -> HashSet<IpAddr> {
     addrs
 }
 
-/// Our endpoints whose address is not allocated: it may be handed out again.
-fn unallocated_addresses(
+/// Our endpoints (of `weps`) whose address is not allocated: it may be handed out again.
+fn unallocated_addresses<'a>(
     allocs: &BTreeMap<IpAddr, Alloc>,
-    weps: &[WorkloadEndpoint],
+    weps: impl Iterator<Item = &'a WorkloadEndpoint>,
     report: &mut CheckReport,
 ) {
-    for w in weps
-        .iter()
-        .filter(|w| w.metadata.namespace == WEP_NAMESPACE)
-    {
+    for w in weps.filter(|w| w.metadata.namespace == WEP_NAMESPACE) {
         for n in &w.spec.ip_networks {
             let Ok(net) = n.parse::<IpNet>() else {
                 continue;
@@ -116,6 +135,7 @@ fn unallocated_addresses(
             report.findings.push(Finding {
                 kind: kind::UNALLOCATED_ADDRESS,
                 object: net.addr().to_string(),
+                node: Some(w.spec.node.clone()),
                 detail: format!(
                     "WorkloadEndpoint {} (node {}) uses it, but it is not allocated",
                     w.name(),
@@ -157,19 +177,74 @@ impl Check<'_> {
         Ok(())
     }
 
+    /// `--repair --node` of another host: refused unless that host is dead (its heartbeat
+    /// lapsed, as `status --all-hosts` shows it), since a running plugin writes its records.
+    async fn refuse_unless_dead(&self) -> Result<()> {
+        let name = &self.opts.target;
+        let ctx = |e: Error| e.context(format!("repair node {name}'s records"));
+        let node: Option<Node> = resources::get(self.store, &keys::node_key(name))
+            .await
+            .map_err(ctx)?;
+        let Some(node) = node else {
+            return Err(ctx(Error::invalid(format!(
+                "Node {name} does not exist, so no heartbeat shows it dead: check the name \
+                 (`calico-libnetwork status --all-hosts` lists the nodes)"
+            ))));
+        };
+        match liveness(&node, self.now) {
+            Liveness::Dead => Ok(()),
+            Liveness::Alive => Err(ctx(alive_refusal(
+                &node,
+                self.now,
+                ", or run the repair on that host",
+            ))),
+            Liveness::NoHeartbeat => Err(ctx(Error::invalid(format!(
+                "it has no heartbeat ({HEARTBEAT_ANNOTATION}: a node of calico-node, or of a \
+                 plugin from before heartbeats), so nothing shows it dead: run the repair on \
+                 that host"
+            )))),
+        }
+    }
+
+    /// What to run to fix a finding of `owner` that this run does not fix (`what` says
+    /// what the fix does).
+    fn advice(&self, owner: Option<&str>, what: &str) -> String {
+        let cmd = "calico-libnetwork ipam check --repair";
+        match owner {
+            None => format!("run `{cmd} --all-hosts` to {what}"),
+            Some(n) if n == self.opts.nodename => format!("run `{cmd}` to {what}"),
+            Some(n) => format!(
+                "node {n}'s record: run `{cmd}` on that host to {what}, or `{cmd} --node {n}` \
+                 here once `calico-libnetwork status --all-hosts` shows it dead"
+            ),
+        }
+    }
+
     /// Handles of ours whose per-block counts differ from the blocks.
-    async fn handles(
-        &self,
-        allocs: &BTreeMap<IpAddr, Alloc>,
-        report: &mut CheckReport,
-    ) -> Result<()> {
-        let actual = counts_from_blocks(allocs);
+    async fn handles(&self, blocks: &Blocks, report: &mut CheckReport) -> Result<()> {
+        let actual = counts_from_blocks(&blocks.allocs);
         let stored = our_handles(self.store).await?;
+        // A handle's node: its first address's, else its first recorded block's host.
+        let mut owners: BTreeMap<&str, &str> = BTreeMap::new();
+        for a in blocks.allocs.values() {
+            if let (Some(h), Some(n)) = (a.our_handle(), a.owner()) {
+                owners.entry(h).or_insert(n);
+            }
+        }
         let ids: BTreeSet<&String> = actual.keys().chain(stored.keys()).collect();
         for id in ids {
             let have = stored.get(id).map(|(h, _)| normalize_counts(h));
             let want = actual.get(id).cloned().unwrap_or_default();
             if have.as_ref() == Some(&want) {
+                continue;
+            }
+            let owner = owners.get(id.as_str()).map(|n| n.to_string()).or_else(|| {
+                have.iter()
+                    .flat_map(|h| h.keys())
+                    .find_map(|b| blocks.hosts.get(b).cloned())
+            });
+            let owner = owner.as_deref();
+            if !self.opts.shows(owner) {
                 continue;
             }
             let detail = match &have {
@@ -183,14 +258,13 @@ impl Check<'_> {
             let mut f = Finding {
                 kind: kind::HANDLE_MISMATCH,
                 object: id.clone(),
+                node: owner.map(str::to_string),
                 detail,
                 repairable: true,
                 repaired: false,
-                action:
-                    "run `calico-libnetwork ipam check --repair` to set the handle from the blocks"
-                        .to_string(),
+                action: self.advice(owner, "set the handle from the blocks"),
             };
-            if self.opts.repair {
+            if self.opts.repairs(owner) {
                 match repair_handle(&self.ipam, self.store, id).await {
                     Ok(done) => {
                         f.repaired = true;
@@ -215,11 +289,11 @@ impl Check<'_> {
             let Some(handle) = a.our_handle() else {
                 continue;
             };
-            if wep_addrs.contains(ip) {
+            if wep_addrs.contains(ip) || !self.opts.shows(a.owner()) {
                 continue;
             }
             let mut f = self.orphan_allocation(*ip, handle, a);
-            if self.opts.repair && f.repairable {
+            if self.opts.repairs(a.owner()) && f.repairable {
                 let release = ReleaseOptions::new(*ip)
                     .with_handle(handle)
                     .with_sequence(a.sequence);
@@ -256,6 +330,7 @@ impl Check<'_> {
         Finding {
             kind: kind::ORPHAN_ALLOCATION,
             object: ip.to_string(),
+            node: a.owner().map(str::to_string),
             detail: format!(
                 "handle {handle}, node {}, {age_text}; no WorkloadEndpoint has it",
                 a.node.as_deref().unwrap_or("?")
@@ -263,7 +338,7 @@ impl Check<'_> {
             repairable: old,
             repaired: false,
             action: if old {
-                "run `calico-libnetwork ipam check --repair` to release it".to_string()
+                self.advice(a.owner(), "release it")
             } else {
                 format!(
                     "younger than the grace period ({}): a container may be starting; check again later",
@@ -303,18 +378,20 @@ impl Check<'_> {
             .map(|(n, _)| n)
             .filter(|v| !expected.contains(v.as_str()));
         for v in ours {
+            let here = Some(self.opts.nodename.as_str());
             let mut f = Finding {
                 kind: kind::ORPHAN_VETH,
                 object: v.clone(),
+                node: here.map(str::to_string),
                 detail: format!(
                     "host veth with no WorkloadEndpoint on node {}",
                     self.opts.nodename
                 ),
                 repairable: true,
                 repaired: false,
-                action: "run `calico-libnetwork ipam check --repair` to delete it".to_string(),
+                action: self.advice(here, "delete it"),
             };
-            if self.opts.repair {
+            if self.opts.repairs(here) {
                 match nl.delete_link(v).await {
                     Ok(()) => {
                         f.repaired = true;
@@ -367,7 +444,7 @@ mod tests {
             wep("cni", "theirs", &["10.0.0.10/32"]),
         ];
         let mut report = CheckReport::default();
-        unallocated_addresses(&allocs, &weps, &mut report);
+        unallocated_addresses(&allocs, weps.iter(), &mut report);
         assert_eq!(report.findings.len(), 1);
         let f = &report.findings[0];
         assert_eq!(

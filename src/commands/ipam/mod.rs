@@ -25,12 +25,22 @@ pub(crate) enum IpamCommand {
         output: Output,
     },
     /// Find allocations without an endpoint, endpoints without an allocation, handles that
-    /// disagree with blocks, and `cali*` veths without an endpoint (exit 1 if any remain).
+    /// disagree with blocks, and `cali*` veths without an endpoint (exit 1 if any remain),
+    /// among this host's records (or --node's, or with --all-hosts every host's).
     Check {
-        /// Fix the safe ones: release orphan allocations older than --grace, set handle
-        /// counts from the blocks, delete orphan veths.
+        /// Fix the safe ones, of this host's records (or --node's): release orphan
+        /// allocations older than --grace, set handle counts from the blocks, delete orphan
+        /// veths.
         #[arg(long)]
         repair: bool,
+        /// Check every host's records (--repair still fixes only this host's, or --node's).
+        #[arg(long)]
+        all_hosts: bool,
+        /// Check (and with --repair, fix) this node's records instead of this host's. With
+        /// --repair, refused unless its heartbeat has lapsed (`status --all-hosts` shows it
+        /// dead).
+        #[arg(long, value_name = "NAME")]
+        node: Option<String>,
         /// Orphan allocations younger than this are left alone (a container may be starting).
         #[arg(long, default_value = "1h", value_parser = humantime::parse_duration)]
         grace: std::time::Duration,
@@ -50,12 +60,16 @@ pub(crate) async fn run(config: &Config, cmd: IpamCommand) -> Result<i32> {
     match cmd {
         IpamCommand::Check {
             repair,
+            all_hosts,
+            node,
             grace,
             no_veths,
             output,
         } => {
             let opts = CheckOptions {
+                target: node.unwrap_or_else(|| config.nodename.clone()),
                 nodename: config.nodename.clone(),
+                all_hosts,
                 repair,
                 grace,
                 check_veths: !no_veths,
@@ -78,10 +92,11 @@ pub(crate) async fn run(config: &Config, cmd: IpamCommand) -> Result<i32> {
 
 fn print_check(report: &CheckReport) {
     if !report.findings.is_empty() {
-        let mut rows = vec![header(&["KIND", "OBJECT", "DETAIL", "ACTION"])];
+        let mut rows = vec![header(&["KIND", "NODE", "OBJECT", "DETAIL", "ACTION"])];
         for f in &report.findings {
             rows.push(vec![
                 f.kind.to_string(),
+                f.node.clone().unwrap_or_else(|| "-".to_string()),
                 f.object.clone(),
                 f.detail.clone(),
                 f.action.clone(),
@@ -95,8 +110,9 @@ fn print_check(report: &CheckReport) {
     let unresolved = report.unresolved();
     let repaired = report.findings.len() - unresolved;
     println!(
-        "{} inconsistencies found, {repaired} repaired, {unresolved} left",
-        report.findings.len()
+        "{} inconsistencies found, {repaired} repaired, {unresolved} left ({})",
+        report.findings.len(),
+        report.scope
     );
 }
 

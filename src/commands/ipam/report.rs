@@ -23,6 +23,10 @@ pub(crate) struct Finding {
     pub(crate) kind: &'static str,
     /// The address, handle or interface.
     pub(crate) object: String,
+    /// The node whose record it is: an allocation's `node` attribute (else its block's
+    /// affinity), a handle's addresses' node, an endpoint's node; `None` when nothing names
+    /// one.
+    pub(crate) node: Option<String>,
     /// What is wrong.
     pub(crate) detail: String,
     /// Whether `--repair` fixes it.
@@ -40,6 +44,8 @@ pub(crate) struct CheckReport {
     pub(crate) findings: Vec<Finding>,
     /// Remarks (parts not checked, and why).
     pub(crate) notes: Vec<String>,
+    /// Whose records were checked: `node <name>`, or `all hosts`.
+    pub(crate) scope: String,
 }
 
 impl CheckReport {
@@ -54,7 +60,11 @@ impl CheckReport {
 pub(crate) struct CheckOptions {
     /// This host's node name (for its veths).
     pub(crate) nodename: String,
-    /// Fix what is safe to fix.
+    /// The node whose records are checked and repaired (`--node`; else this host's).
+    pub(crate) target: String,
+    /// Check every host's records; `--repair` still repairs only `target`'s.
+    pub(crate) all_hosts: bool,
+    /// Fix what is safe to fix, of `target`'s records.
     pub(crate) repair: bool,
     /// Orphan allocations younger than this are left alone (a container may be starting).
     pub(crate) grace: Duration,
@@ -62,4 +72,35 @@ pub(crate) struct CheckOptions {
     pub(crate) check_veths: bool,
     /// This machine's ID: `--repair` refuses when the Node names another machine.
     pub(crate) machine_id: Option<String>,
+}
+
+impl CheckOptions {
+    /// Whether the records checked are this host's own (no `--node`, or `--node` naming it).
+    pub(crate) fn on_this_host(&self) -> bool {
+        self.target == self.nodename
+    }
+
+    /// Whether a record of `owner` is checked.
+    pub(crate) fn shows(&self, owner: Option<&str>) -> bool {
+        self.all_hosts || owner == Some(self.target.as_str())
+    }
+
+    /// Whether `--repair` fixes a record of `owner`: the target's, and with `--all-hosts`
+    /// those naming no node (no host's plugin writes them).
+    pub(crate) fn repairs(&self, owner: Option<&str>) -> bool {
+        self.repair
+            && match owner {
+                Some(n) => n == self.target,
+                None => self.all_hosts,
+            }
+    }
+
+    /// What the report says was checked.
+    pub(crate) fn scope(&self) -> String {
+        if self.all_hosts {
+            "all hosts".to_string()
+        } else {
+            format!("node {}", self.target)
+        }
+    }
 }
