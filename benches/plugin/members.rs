@@ -1,7 +1,8 @@
 //! Part `members`: isolation across hosts (issue 18). The release binary in a private network
 //! namespace (standalone firewall, routes between hosts on, `IP` on a veth underlay), etcd in
 //! the same namespace, and before the start `BENCH_MEMBERS_NODES` (250) simulated Nodes with
-//! `BENCH_MEMBERS_ENDPOINTS` (10,000) WorkloadEndpoints between them over
+//! `BENCH_MEMBERS_ENDPOINTS` (10,000) WorkloadEndpoints between them (each address from its
+//! node's block, as Calico allocates them) over
 //! `BENCH_MEMBERS_PROFILES` (20) profiles, written as Calico stores them. Measured:
 //! - the start: spawn → every remote member in its kernel set (`ipset save` polled every
 //!   20 ms), and the plugin's own figure for its first full write (list, compute, one `ipset
@@ -13,7 +14,7 @@
 //!   first `ipset test` that sees it (polled back to back, ~1 ms each);
 //! - RSS (`VmRSS`, `VmHWM`) after the start and after the churn.
 
-use super::routes::{cpu_secs, make_underlay, sim_name, spawn_plugin, write_cluster};
+use super::routes::{block_cidr, cpu_secs, make_underlay, sim_name, spawn_plugin, write_cluster};
 use super::*;
 
 use calico_libnetwork::dataplane::ipset::{profile_set, remote_set};
@@ -22,9 +23,13 @@ use calico_libnetwork::model::names::workload_endpoint_name;
 use calico_libnetwork::model::resources::WorkloadEndpointSpec;
 use calico_libnetwork::model::WorkloadEndpoint;
 
-/// The simulated endpoints' addresses: 10.128.0.0/9, one per endpoint in order.
-fn member_ip(k: usize) -> Ipv4Addr {
-    Ipv4Addr::from(u32::from(Ipv4Addr::new(10, 128, 0, 0)) + k as u32)
+/// Endpoint `k`'s address: endpoint `k` is on simulated node `k % nodes`, and takes the next
+/// address of that node's block (so no endpoint is borrowed: routes have nothing to do).
+fn member_ip(k: usize, nodes: usize) -> Ipv4Addr {
+    let block = block_cidr(k % nodes);
+    let q = (k / nodes + 1) as u32;
+    assert!(q < 63, "more than 62 endpoints per simulated node");
+    Ipv4Addr::from(u32::from(block.network()) + q)
 }
 
 fn profile(k: usize, profiles: usize) -> String {
@@ -32,7 +37,7 @@ fn profile(k: usize, profiles: usize) -> String {
 }
 
 /// WorkloadEndpoint `k` of simulated node `node`: its key and value.
-fn wep(node: &str, k: usize, profile: &str) -> (String, Vec<u8>) {
+fn wep(node: &str, k: usize, nodes: usize, profile: &str) -> (String, Vec<u8>) {
     let ep = format!("{k:064x}");
     let name = workload_endpoint_name(node, "libnetwork", "libnetwork", &ep).unwrap();
     let spec = WorkloadEndpointSpec {
@@ -40,7 +45,7 @@ fn wep(node: &str, k: usize, profile: &str) -> (String, Vec<u8>) {
         workload: "libnetwork".into(),
         node: node.into(),
         endpoint: ep.clone(),
-        ip_networks: vec![format!("{}/32", member_ip(k))],
+        ip_networks: vec![format!("{}/32", member_ip(k, nodes))],
         profiles: vec![profile.into()],
         interface_name: format!("cali{}", &ep[..11]),
         ..Default::default()
@@ -126,7 +131,7 @@ fn members_run(keep_log: &Path) -> MembersResult {
     let rt = runtime();
     write_cluster(&rt, &store, nodes, 1, false);
     let writes: Vec<(String, Vec<u8>)> = (0..endpoints)
-        .map(|k| wep(&sim_name(k % nodes), k, &profile(k, profiles)))
+        .map(|k| wep(&sim_name(k % nodes), k, nodes, &profile(k, profiles)))
         .collect();
     rt.block_on(async {
         use futures::StreamExt;
@@ -184,8 +189,8 @@ fn members_run(keep_log: &Path) -> MembersResult {
         let k = endpoints + i;
         let p = profile(k, profiles);
         let set = profile_set(&p, Family::V4);
-        let (key, value) = wep(&sim_name(i % nodes), k, &p);
-        let ip = member_ip(k);
+        let (key, value) = wep(&sim_name(k % nodes), k, nodes, &p);
+        let ip = member_ip(k, nodes);
         rt.block_on(store.put(&key, value)).unwrap();
         let written = Instant::now();
         let seen =
@@ -225,7 +230,7 @@ pub(crate) fn part_members(cfg: &Cfg, rep: &mut Report) {
         "The release binary in a private network namespace (dataplane `standalone`, \
          `LOG_LEVEL=info`, `CALICO_LIBNETWORK_ROUTES=true`, `IP=10.250.0.1/16` on a veth \
          underlay), etcd in the same namespace. Before the start: {} simulated Nodes and {} \
-         WorkloadEndpoints of theirs (one /32 each) over {} profiles, as Calico stores them. \
+         WorkloadEndpoints of theirs (one /32 each, from its node's block) over {} profiles, as Calico stores them. \
          Start = spawn → all {} members in the kernel's sets (`ipset save` every 20 ms); the \
          plugin's full write = its own `took_ms` (compute + one `ipset restore` that fills each \
          set aside and swaps it in). Resync = `ipset flush cln4-remote` by hand, found by the \

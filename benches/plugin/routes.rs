@@ -152,7 +152,7 @@ pub(crate) fn sim_name(i: usize) -> String {
 }
 
 /// Block `j` of the scale pool.
-fn block_cidr(j: usize) -> Ipv4Net {
+pub(crate) fn block_cidr(j: usize) -> Ipv4Net {
     let pool: Ipv4Net = SCALE_POOL.parse().unwrap();
     Ipv4Net::new(v4(pool.network(), (j as u32) * 64), 26).unwrap()
 }

@@ -1,34 +1,33 @@
 //! Isolation across hosts: the other hosts' members of each profile, kept in kernel IP sets
 //! (see [`crate::dataplane::ipset`]) that the standalone rules match.
 //!
-//! Every WorkloadEndpoint of the cluster is watched ([`Watcher`]); those of other hosts are
-//! grouped by container (their host and sandbox annotation: a container on several networks
-//! is one peer, as on this host, see `render`), and each group's addresses go into the set
-//! of every profile of the group and into the set of all remote workloads. A change is one
+//! The route keeper's watch of every WorkloadEndpoint of the cluster feeds [`run`] (one
+//! watch, one list, for both); those of other hosts are grouped by container (their host and
+//! sandbox annotation: a container on several networks is one peer, as on this host, see
+//! `render`), and each group's addresses go into the set of every profile of the group and
+//! into the set of all remote workloads. [`MemberIndex`] keeps that change by change, with a
+//! count per address, so a change costs the work of its own container. A change is one
 //! small `ipset` transaction of adds and deletes; the first list, a resync of the watch, a
-//! failed write and a kernel check that finds the sets changed behind our back replace every
-//! set whole (filled aside, then swapped in).
+//! failed write and a kernel check (every 10 s) that finds the sets changed behind our back
+//! replace every set whole (filled aside, then swapped in).
 //!
-//! Runs where the route keeper runs (standalone mode, routes between hosts on).
+//! Runs with the route keeper, in standalone mode (the rules that match the sets are ours).
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
 use ipnet::IpNet;
-use tokio::sync::mpsc;
 
-use super::routes::{CHECK_INTERVAL, RESYNC_INTERVAL};
-use super::Driver;
+use super::routes::CHECK_INTERVAL;
 use crate::dataplane::ipset::{self, Sets};
 use crate::dataplane::iptables::Family;
 use crate::datastore::resources;
-use crate::datastore::watch::{Update, Watcher};
 use crate::datastore::Event;
 use crate::error::{Error, Result};
 use crate::model::libnetwork::SANDBOX_ANNOTATION;
 use crate::model::resources::WorkloadEndpointSpec;
-use crate::model::{keys, WorkloadEndpoint};
+use crate::model::WorkloadEndpoint;
 
 /// What isolation needs of one WorkloadEndpoint.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -68,7 +67,8 @@ impl Member {
 /// One container of another host: its endpoints' profiles and addresses.
 type Group<'a> = (BTreeSet<&'a str>, BTreeSet<IpNet>);
 
-/// The sets host `local` needs: per profile, the addresses of the other hosts' containers
+/// The sets host `local` needs, computed from scratch (the reference [`MemberIndex`] keeps
+/// up to date change by change, and is tested against): per profile, the addresses of the other hosts' containers
 /// with an endpoint in it; and every address of the other hosts' containers. Both remote
 /// sets are always there (the rules match them even when empty).
 pub fn desired_sets<'a>(local: &str, members: impl IntoIterator<Item = &'a Member>) -> Sets {
@@ -126,176 +126,326 @@ pub fn desired_sets<'a>(local: &str, members: impl IntoIterator<Item = &'a Membe
     sets
 }
 
-/// Whether the kernel's sets `live` hold what was `applied`: each applied set with exactly
-/// its members, and every other set of ours empty (the rules' own, made before a member).
-fn kernel_matches(live: &Sets, applied: &Sets) -> bool {
-    applied
-        .iter()
-        .all(|(name, want)| live.get(name) == Some(want))
-        && live
-            .iter()
-            .all(|(name, have)| applied.contains_key(name) || have.is_empty())
+/// A container of another host: its node and sandbox, or, for an endpoint joined to no
+/// known sandbox, its node and its record's key (a peer of its own).
+type GroupKey = (String, String);
+
+/// The other hosts' members as the sets hold them, kept up to date one WorkloadEndpoint at a
+/// time: a change costs the work of its own container, not of the whole fleet.
+#[derive(Debug, Default)]
+pub struct MemberIndex {
+    local: String,
+    /// Other hosts' endpoints, by record key.
+    members: HashMap<String, Member>,
+    /// Record keys by container.
+    groups: HashMap<GroupKey, BTreeSet<String>>,
+    /// Per set, how many containers put each address in it.
+    counts: HashMap<String, HashMap<IpNet, u32>>,
 }
 
-/// One write: from `applied` to `desired` by a delta, or (`applied` unknown) whole sets
-/// swapped in. With `check`, the kernel is read first and a difference from `applied`
-/// makes it a whole replacement. Returns whether it was one. Blocking.
-fn write_sets(applied: Option<Sets>, desired: &Sets, check: bool) -> Result<bool> {
-    let applied = match applied {
-        Some(a) if check => {
-            let live = ipset::list()?;
-            if kernel_matches(&live, &a) {
-                Some(a)
-            } else {
-                tracing::warn!(
-                    "ip sets of the plugin were changed behind its back: rewriting them"
-                );
-                None
+/// One change to a set: the address added (`true`) or removed.
+pub type SetChange = (String, IpNet, bool);
+
+impl MemberIndex {
+    /// An empty index for host `local` (whose own endpoints are never members here).
+    pub fn new(local: &str) -> Self {
+        MemberIndex {
+            local: local.to_string(),
+            ..Default::default()
+        }
+    }
+
+    fn group_key(key: &str, m: &Member) -> GroupKey {
+        if m.sandbox.is_empty() {
+            (m.node.clone(), format!("\0{key}"))
+        } else {
+            (m.node.clone(), m.sandbox.clone())
+        }
+    }
+
+    /// What container `g` puts in the sets.
+    fn contribution(&self, g: &GroupKey) -> BTreeSet<(String, IpNet)> {
+        let mut out = BTreeSet::new();
+        let Some(keys) = self.groups.get(g) else {
+            return out;
+        };
+        let mut profiles: BTreeSet<&str> = BTreeSet::new();
+        let mut nets: BTreeSet<IpNet> = BTreeSet::new();
+        for m in keys.iter().filter_map(|k| self.members.get(k)) {
+            profiles.extend(m.profiles.iter().map(String::as_str));
+            nets.extend(m.nets.iter().copied());
+        }
+        for n in nets {
+            let f = ipset::family_of_net(&n);
+            out.insert((ipset::remote_set(f), n));
+            for p in &profiles {
+                out.insert((ipset::profile_set(p, f), n));
             }
         }
-        other => other,
-    };
-    match applied {
-        Some(old) => ipset::restore(&ipset::delta_script(&old, desired)).map(|()| false),
-        None => {
-            let present: BTreeSet<String> = ipset::list()?.into_keys().collect();
-            ipset::restore(&ipset::replace_script(desired, &present)).map(|()| true)
-        }
-    }
-}
-
-impl Driver {
-    /// Keeps the sets of other hosts' profile members in the background (called where the
-    /// route keeper starts). Returns at once.
-    pub(crate) fn keep_members_in_background(self: &Arc<Self>) {
-        if !ipset::available() {
-            tracing::error!(
-                "the ipset command is not installed: containers on other hosts cannot reach \
-                 this host's (install Debian's ipset package)"
-            );
-        }
-        let me = self.clone();
-        super::supervise("members", move || {
-            let driver = me.clone();
-            async move { driver.keep_members().await }
-        });
+        out
     }
 
-    async fn keep_members(self: Arc<Self>) {
-        let prefix = keys::resource_prefix(keys::PLURAL_WORKLOAD_ENDPOINTS, None);
-        let (tx, mut rx) = mpsc::channel::<Result<Update>>(64);
-        let mut w = Watcher::new(self.store.clone(), &prefix).resync_every(RESYNC_INTERVAL);
-        tokio::spawn(async move {
-            loop {
-                let update = w.next().await;
-                if tx.send(update).await.is_err() {
-                    return;
+    /// Takes `member` (`None`: gone) under record `key`; returns the addresses that entered
+    /// or left a set.
+    pub fn update(&mut self, key: &str, member: Option<Member>) -> Vec<SetChange> {
+        let member = member.filter(|m| m.node != self.local);
+        if self.members.get(key) == member.as_ref() {
+            return Vec::new();
+        }
+        let old_g = self.members.get(key).map(|m| Self::group_key(key, m));
+        let new_g = member.as_ref().map(|m| Self::group_key(key, m));
+        let affected: BTreeSet<GroupKey> = old_g.iter().chain(new_g.iter()).cloned().collect();
+        let before: Vec<_> = affected.iter().map(|g| self.contribution(g)).collect();
+        if let Some(g) = &old_g {
+            if let Some(keys) = self.groups.get_mut(g) {
+                keys.remove(key);
+                if keys.is_empty() {
+                    self.groups.remove(g);
                 }
             }
-        });
-        let local = self.settings.nodename.clone();
-        let mut view: HashMap<String, Member> = HashMap::new();
-        let mut listed = false;
-        let mut applied: Option<Sets> = None;
-        let mut tick = tokio::time::interval(CHECK_INTERVAL);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let mut delay = Duration::from_millis(200);
-        let mut again = false;
-        loop {
-            let mut check = false;
-            if std::mem::take(&mut again) {
-                // A failed write is retried without waiting for a change.
+        }
+        self.members.remove(key);
+        if let (Some(g), Some(m)) = (new_g, member) {
+            self.groups.entry(g).or_default().insert(key.to_string());
+            self.members.insert(key.to_string(), m);
+        }
+        let after: Vec<_> = affected.iter().map(|g| self.contribution(g)).collect();
+        // Net count changes first, so an address moving between containers is no change.
+        let mut delta: BTreeMap<(String, IpNet), i64> = BTreeMap::new();
+        for (b, a) in before.iter().zip(&after) {
+            for pair in b.difference(a) {
+                *delta.entry(pair.clone()).or_default() -= 1;
+            }
+            for pair in a.difference(b) {
+                *delta.entry(pair.clone()).or_default() += 1;
+            }
+        }
+        let mut changes = Vec::new();
+        for ((set, net), d) in delta {
+            if d == 0 {
+                continue;
+            }
+            let counts = self.counts.entry(set.clone()).or_default();
+            let was = counts.get(&net).copied().unwrap_or(0);
+            let now = (i64::from(was) + d).max(0) as u32;
+            if now == 0 {
+                counts.remove(&net);
             } else {
-                tokio::select! {
-                msg = rx.recv() => {
+                counts.insert(net, now);
+            }
+            if counts.is_empty() {
+                self.counts.remove(&set);
+            }
+            if (was == 0) != (now == 0) {
+                changes.push((set, net, now > 0));
+            }
+        }
+        changes
+    }
+
+    /// Every set with its members; both remote sets always (the rules match them even when
+    /// empty).
+    pub fn sets(&self) -> Sets {
+        let mut sets: Sets = self
+            .counts
+            .iter()
+            .map(|(name, m)| (name.clone(), m.keys().copied().collect()))
+            .collect();
+        for f in [Family::V4, Family::V6] {
+            sets.entry(ipset::remote_set(f)).or_default();
+        }
+        sets
+    }
+
+    /// Endpoints of other hosts known.
+    pub fn len(&self) -> usize {
+        self.members.len()
+    }
+
+    /// Whether no endpoint of another host is known.
+    pub fn is_empty(&self) -> bool {
+        self.members.is_empty()
+    }
+}
+
+/// `ipset restore` input for `changes`: each set touched is created first if missing
+/// (`-exist`: a no-op when it is there), then its adds and deletes.
+pub fn change_script(changes: &[SetChange]) -> String {
+    let touched: BTreeSet<&str> = changes.iter().map(|(s, _, _)| s.as_str()).collect();
+    let mut out: String = touched.iter().map(|s| ipset::create_line(s)).collect();
+    for (set, net, added) in changes {
+        let verb = if *added { "add" } else { "del" };
+        let m = if net.prefix_len() == net.max_prefix_len() {
+            net.addr().to_string()
+        } else {
+            net.to_string()
+        };
+        out.push_str(&format!("{verb} {set} {m}\n"));
+    }
+    out
+}
+
+/// Whether the kernel's sets `live` hold what the index says: each of its sets with exactly
+/// its members, and every other set of ours empty (the rules' own, made before a member).
+fn kernel_matches(live: &Sets, want: &Sets) -> bool {
+    want.iter()
+        .all(|(name, m)| live.get(name).map_or(m.is_empty(), |l| l == m))
+        && live
+            .iter()
+            .all(|(name, have)| want.contains_key(name) || have.is_empty())
+}
+
+/// Writes `want` whole (each set filled aside and swapped in). Blocking.
+fn replace_sets(want: &Sets) -> Result<()> {
+    let present: BTreeSet<String> = ipset::list()?.into_keys().collect();
+    ipset::restore(&ipset::replace_script(want, &present))
+}
+
+/// What the route keeper passes on of the WorkloadEndpoints it watches.
+pub struct Feed {
+    /// From a fresh list (the sets are then written whole).
+    pub resynced: bool,
+    /// The changes, as watched.
+    pub events: Vec<Event>,
+}
+
+/// Keeps the sets from the WorkloadEndpoint changes the route keeper passes on (one watch
+/// serves both), until the feed ends or `stopped` holds `true`. Nothing is written before
+/// the first fresh list.
+pub(crate) async fn run(
+    mut feed: tokio::sync::mpsc::UnboundedReceiver<Feed>,
+    local: String,
+    stopped: Arc<tokio::sync::Mutex<bool>>,
+) {
+    if !ipset::available() {
+        tracing::error!(
+            "the ipset command is not installed: containers on other hosts cannot reach \
+             this host's (install Debian's ipset package)"
+        );
+    }
+    let mut index = MemberIndex::new(&local);
+    let mut listed = false;
+    // Whether the kernel's sets are known to be what the index said after the last write.
+    let mut in_step = false;
+    let mut pending: Vec<SetChange> = Vec::new();
+    let mut tick = tokio::time::interval(CHECK_INTERVAL);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut delay = Duration::from_millis(200);
+    let mut again = false;
+    loop {
+        let mut check = false;
+        if !std::mem::take(&mut again) {
+            tokio::select! {
+                msg = feed.recv() => {
                     let Some(first) = msg else { return };
-                    // Every update already queued: one transaction for a burst.
+                    // Everything already queued: one transaction for a burst.
                     let mut batch = vec![first];
-                    while let Ok(more) = rx.try_recv() {
+                    while let Ok(more) = feed.try_recv() {
                         batch.push(more);
                     }
-                    for update in batch {
-                        match update {
-                            Ok(Update::Events(events)) => apply_events(&mut view, events),
-                            Ok(Update::Resynced { diff, .. }) => {
-                                listed = true;
-                                // A fresh list: the sets are replaced whole, so anything
-                                // missed (a set flushed by hand, ...) is mended too.
-                                applied = None;
-                                apply_events(&mut view, diff);
-                            }
-                            Err(e) => tracing::warn!(error = %e, "members: follow the WorkloadEndpoints"),
+                    for f in batch {
+                        if f.resynced {
+                            listed = true;
+                            // A fresh list: written whole, so anything missed is mended.
+                            in_step = false;
                         }
+                        pending.extend(apply_events(&mut index, f.events));
                     }
                 }
                 _ = tick.tick() => check = true,
-                }
             }
-            if !listed {
-                continue;
-            }
-            let started = std::time::Instant::now();
-            let desired = desired_sets(&local, view.values());
-            if !check && applied.as_ref() == Some(&desired) {
-                continue;
-            }
-            let gate = self.routes_stopped.lock().await;
-            if *gate {
-                return;
-            }
-            let prev = applied.take();
-            let res = tokio::task::spawn_blocking(move || {
-                write_sets(prev, &desired, check).map(|whole| (whole, desired))
-            })
+        }
+        if !listed || (in_step && pending.is_empty() && !check) {
+            continue;
+        }
+        let started = std::time::Instant::now();
+        let gate = stopped.lock().await;
+        if *gate {
+            return;
+        }
+        let (whole, job) = if in_step && !check {
+            (false, Job::Changes(std::mem::take(&mut pending)))
+        } else {
+            pending.clear();
+            (!in_step, Job::Check(index.sets(), !in_step))
+        };
+        let res = tokio::task::spawn_blocking(move || job.run())
             .await
             .map_err(|e| Error::msg(format!("update ip sets: {e}")))
             .and_then(|r| r);
-            drop(gate);
-            match res {
-                Ok((whole, d)) => {
-                    if whole {
-                        tracing::info!(
-                            sets = d.len(),
-                            members = d.values().map(BTreeSet::len).sum::<usize>(),
-                            endpoints = view.len(),
-                            took_ms = started.elapsed().as_secs_f64() * 1000.0,
-                            "ip sets of other hosts' members written"
-                        );
-                    }
-                    applied = Some(d);
-                    delay = Duration::from_millis(200);
+        drop(gate);
+        match res {
+            Ok(rewrote) => {
+                in_step = true;
+                delay = Duration::from_millis(200);
+                if whole || rewrote {
+                    let sets = index.sets();
+                    tracing::info!(
+                        sets = sets.len(),
+                        members = sets.values().map(BTreeSet::len).sum::<usize>(),
+                        endpoints = index.len(),
+                        took_ms = started.elapsed().as_secs_f64() * 1000.0,
+                        "ip sets of other hosts' members written"
+                    );
                 }
-                Err(e) => {
-                    tracing::warn!(error = %e, retry_in = ?delay, "members: update the ip sets");
-                    tokio::time::sleep(delay).await;
-                    delay = (delay * 2).min(CHECK_INTERVAL);
-                    // Again at once, whole (nothing is known of the kernel's sets now).
-                    again = true;
-                }
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, retry_in = ?delay, "members: update the ip sets");
+                in_step = false;
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(CHECK_INTERVAL);
+                // Again at once, whole (nothing is known of the kernel's sets now).
+                again = true;
             }
         }
     }
 }
 
-/// Takes watched WorkloadEndpoint changes into the view (a record that does not decode is
-/// logged and counts as gone).
-fn apply_events(view: &mut HashMap<String, Member>, events: Vec<Event>) {
-    for ev in events {
-        match ev {
-            Event::Put(kv) => match resources::decode::<WorkloadEndpointSpec>(&kv) {
-                Ok(w) => {
-                    view.insert(kv.key, Member::from_wep(&w));
+/// One write, run off the async workers.
+enum Job {
+    /// Adds and deletes.
+    Changes(Vec<SetChange>),
+    /// The sets compared with the kernel and rewritten whole when they differ (or always,
+    /// with `true`).
+    Check(Sets, bool),
+}
+
+impl Job {
+    /// Returns whether the sets were rewritten whole because the kernel's differed.
+    fn run(self) -> Result<bool> {
+        match self {
+            Job::Changes(changes) => ipset::restore(&change_script(&changes)).map(|()| false),
+            Job::Check(want, true) => replace_sets(&want).map(|()| false),
+            Job::Check(want, false) => {
+                if kernel_matches(&ipset::list()?, &want) {
+                    return Ok(false);
                 }
-                Err(e) => {
-                    tracing::warn!(key = %kv.key, error = %e, "members: ignoring a WorkloadEndpoint");
-                    view.remove(&kv.key);
-                }
-            },
-            Event::Delete { key, .. } => {
-                view.remove(&key);
+                tracing::warn!(
+                    "ip sets of the plugin were changed behind its back: rewriting them"
+                );
+                replace_sets(&want).map(|()| true)
             }
         }
     }
+}
+
+/// Takes watched WorkloadEndpoint changes into the index (a record that does not decode is
+/// logged and counts as gone); the set changes they make.
+fn apply_events(index: &mut MemberIndex, events: Vec<Event>) -> Vec<SetChange> {
+    let mut changes = Vec::new();
+    for ev in events {
+        match ev {
+            Event::Put(kv) => match resources::decode::<WorkloadEndpointSpec>(&kv) {
+                Ok(w) => changes.extend(index.update(&kv.key, Some(Member::from_wep(&w)))),
+                Err(e) => {
+                    tracing::warn!(key = %kv.key, error = %e, "members: ignoring a WorkloadEndpoint");
+                    changes.extend(index.update(&kv.key, None));
+                }
+            },
+            Event::Delete { key, .. } => changes.extend(index.update(&key, None)),
+        }
+    }
+    changes
 }
 
 #[cfg(test)]
@@ -362,6 +512,81 @@ mod tests {
         let s = desired_sets("me", &[m("me", "", &["red"], &["10.0.0.1/32"])]);
         assert_eq!(s.len(), 2);
         assert!(s.values().all(BTreeSet::is_empty));
+    }
+
+    /// The index, change by change, always holds what a computation from scratch gives,
+    /// and its changes turn the previous sets into the next.
+    #[test]
+    fn index_follows_every_change_like_a_fresh_computation() {
+        let steps: Vec<(&str, Option<Member>)> = vec![
+            ("k1", Some(m("b", "", &["red"], &["10.0.1.1/32"]))),
+            ("k2", Some(m("b", "/sb/x", &["red"], &["10.0.1.2/32"]))),
+            // Same container joins blue: both addresses in blue too.
+            (
+                "k3",
+                Some(m("b", "/sb/x", &["blue"], &["10.0.1.3/32", "fd00::3/128"])),
+            ),
+            ("k4", Some(m("me", "", &["red"], &["10.0.2.1/32"]))),
+            ("k5", Some(m("c", "", &["blue"], &["10.0.3.1/32"]))),
+            // k1 changes profile, then k3 leaves the container (disconnect), then k2 goes.
+            ("k1", Some(m("b", "", &["blue"], &["10.0.1.1/32"]))),
+            ("k3", None),
+            ("k2", None),
+            // k5 joins a sandbox (its Join): another container key, same members: no change.
+            ("k5", Some(m("c", "/sb/y", &["blue"], &["10.0.3.1/32"]))),
+            ("k1", None),
+            ("k5", None),
+        ];
+        let mut index = MemberIndex::new("me");
+        let mut view: BTreeMap<&str, Member> = BTreeMap::new();
+        let mut prev = index.sets();
+        for (i, (key, member)) in steps.into_iter().enumerate() {
+            match &member {
+                Some(m) => view.insert(key, m.clone()),
+                None => view.remove(key),
+            };
+            let changes = index.update(key, member);
+            let now = index.sets();
+            let mut want = desired_sets("me", view.values());
+            want.retain(|_, m| !m.is_empty());
+            let mut got = now.clone();
+            got.retain(|_, m| !m.is_empty());
+            assert_eq!(got, want, "step {i} ({key})");
+            // Applying the changes to the previous sets gives the new ones.
+            let mut applied = prev.clone();
+            for (set, net, added) in &changes {
+                let s = applied.entry(set.clone()).or_default();
+                assert_eq!(s.contains(net), !added, "step {i}: {set} {net} {added}");
+                if *added {
+                    s.insert(*net);
+                } else {
+                    s.remove(net);
+                }
+            }
+            applied.retain(|_, m| !m.is_empty());
+            assert_eq!(applied, got, "step {i} ({key}): changes {changes:?}");
+            if i == 8 {
+                assert!(
+                    changes.is_empty(),
+                    "an address moving containers: {changes:?}"
+                );
+            }
+            prev = now;
+        }
+        assert!(index.is_empty());
+        assert!(index.sets().values().all(BTreeSet::is_empty));
+    }
+
+    #[test]
+    fn change_script_creates_each_set_touched_first() {
+        let changes = vec![
+            ("cln4-a".to_string(), "10.0.0.1/32".parse().unwrap(), true),
+            ("cln4-a".to_string(), "10.0.0.2/32".parse().unwrap(), false),
+        ];
+        assert_eq!(
+            change_script(&changes),
+            "create cln4-a hash:net family inet maxelem 1048576\nadd cln4-a 10.0.0.1\ndel cln4-a 10.0.0.2\n"
+        );
     }
 
     #[test]

@@ -57,9 +57,7 @@ impl Driver {
         }
         // Isolation across hosts needs the other hosts' members wherever routes reach them
         // (in standalone mode: with the firewall off nothing matches them).
-        if self.rules.mode() == Some(crate::dataplane::iptables::Mode::Standalone) {
-            self.keep_members_in_background();
-        }
+        let members = self.rules.mode() == Some(crate::dataplane::iptables::Mode::Standalone);
         // A pool changed (its mode, say): this host's tunnel addresses follow at once, not at
         // the next periodic pass, so the routes that wait on them come within a second.
         let pools_changed = Arc::new(tokio::sync::Notify::new());
@@ -89,7 +87,7 @@ impl Driver {
                             let gate = driver.routes_stopped.clone();
                             let store = driver.store.clone();
                             let local = &driver.settings.nodename;
-                            run(store, local, nl, gate, pools_changed).await;
+                            run(store, local, nl, gate, pools_changed, members).await;
                             return;
                         }
                         Err(e) => {
@@ -126,14 +124,21 @@ impl Driver {
 }
 
 /// Follows the cluster and keeps this host's kernel in step, until the process ends or
-/// `stopped` holds `true`.
+/// `stopped` holds `true`; with `members`, also the sets of other hosts' profile members
+/// ([`super::members::run`], fed from the same watch of WorkloadEndpoints).
 pub async fn run(
     store: Arc<dyn Datastore>,
     local: &str,
     nl: Netlink,
     stopped: Arc<tokio::sync::Mutex<bool>>,
     pools_changed: Arc<tokio::sync::Notify>,
+    members: bool,
 ) {
+    let members = members.then(|| {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let task = tokio::spawn(super::members::run(rx, local.to_string(), stopped.clone()));
+        (tx, task)
+    });
     let (tx, mut rx) = mpsc::channel::<(Watched, Result<Update>)>(64);
     for kind in Watched::ALL {
         let tx = tx.clone();
@@ -169,14 +174,26 @@ pub async fn run(
                 for (kind, update) in batch {
                     match update {
                         Ok(u) => {
-                            if matches!(u, Update::Resynced { .. }) {
+                            let resynced = matches!(u, Update::Resynced { .. });
+                            if resynced {
                                 listed.insert(name_of(kind));
                             }
-                            let changed = apply_update(&mut view, kind, u);
+                            let events = match u {
+                                Update::Events(ev) => ev,
+                                Update::Resynced { diff, .. } => diff,
+                            };
+                            let changed = apply_events(&mut view, kind, &events);
                             if changed && kind == Watched::Pools {
                                 pools_changed.notify_one();
                             }
                             dirty |= changed;
+                            if let (Watched::Workloads, Some((tx, task))) = (kind, &members) {
+                                if tx.send(super::members::Feed { resynced, events }).is_err() {
+                                    // It panicked: restarting this task (supervised) restarts both.
+                                    task.abort();
+                                    panic!("routes: the members keeper ended");
+                                }
+                            }
                         }
                         Err(e) => tracing::warn!(error = %e, prefix = %kind.prefix(), "routes: follow the datastore"),
                     }
@@ -279,21 +296,31 @@ fn name_of(kind: Watched) -> &'static str {
     }
 }
 
-/// Takes a watcher's update into the view; true when something changed.
-fn apply_update(view: &mut ClusterView, kind: Watched, update: Update) -> bool {
-    let events = match update {
-        Update::Events(ev) => ev,
-        Update::Resynced { diff, .. } => diff,
-    };
-    let changed = !events.is_empty();
+/// Takes a watcher's events into the view; true when the routes may have changed. A
+/// WorkloadEndpoint matters to routes only through its borrowed addresses (outside its
+/// host's blocks): one that has none before and after changes nothing, so a fleet's endpoint
+/// churn costs no kernel pass.
+fn apply_events(view: &mut ClusterView, kind: Watched, events: &[Event]) -> bool {
+    let mut changed = false;
     for ev in events {
-        let res = match &ev {
+        let key = match ev {
+            Event::Put(kv) => kv.key.as_str(),
+            Event::Delete { key, .. } => key.as_str(),
+        };
+        // (A record with no borrowed address routes nothing, present or not.)
+        let routed = |view: &ClusterView| view.borrowed(key).filter(|(_, nets)| !nets.is_empty());
+        let before = (kind == Watched::Workloads).then(|| routed(view));
+        let res = match ev {
             Event::Put(kv) => view.apply(kind, &kv.key, Some(&kv.value)),
             Event::Delete { key, .. } => view.apply(kind, key, None),
         };
         if let Err(e) = res {
             tracing::warn!(error = %e, "routes: ignoring a record");
         }
+        changed |= match before {
+            Some(b) => b != routed(view),
+            None => true,
+        };
     }
     changed
 }

@@ -314,6 +314,18 @@ impl ClusterView {
     }
 
     /// The host a block holding `net` is affine to, if any block holds it.
+    /// The addresses of WorkloadEndpoint `key` that need a route of their own (outside
+    /// every block of its host): its host and them; `None` for an unknown key.
+    pub fn borrowed(&self, key: &str) -> Option<(String, Vec<IpNet>)> {
+        let (host, nets) = self.workloads.get(key)?;
+        let out = nets
+            .iter()
+            .map(|n| IpNet::new(n.addr(), n.max_prefix_len()).unwrap_or(*n))
+            .filter(|n| self.block_host(n) != Some(Some(host.as_str())))
+            .collect();
+        Some((host.clone(), out))
+    }
+
     fn block_host(&self, net: &IpNet) -> Option<Option<&str>> {
         self.blocks
             .values()
