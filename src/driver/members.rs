@@ -312,7 +312,7 @@ pub struct Feed {
 /// Keeps the sets from the WorkloadEndpoint changes the route keeper passes on (one watch
 /// serves both), until the feed ends or `stopped` holds `true`. Nothing is written before
 /// the first fresh list.
-pub(crate) async fn run(
+pub async fn run(
     mut feed: tokio::sync::mpsc::UnboundedReceiver<Feed>,
     local: String,
     stopped: Arc<tokio::sync::Mutex<bool>>,
