@@ -45,7 +45,8 @@ pub(crate) enum Command {
     /// problem, one line each saying what to do).
     Status {
         /// Every Node too: its address, tunnel addresses, blocks, endpoints and heartbeat
-        /// (`alive`, `dead` once older than 90 s, or `no heartbeat`); a dead one is a problem.
+        /// (`alive`, `dead` once older than three CALICO_LIBNETWORK_HEARTBEAT_INTERVALs: 90 s by
+        /// default, or `no heartbeat`); a dead one is a problem.
         #[arg(long)]
         all_hosts: bool,
         /// Output format.

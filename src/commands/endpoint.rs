@@ -1,6 +1,6 @@
 //! `endpoint list`: this host's (or every host's) container endpoints.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 
 use serde::Serialize;
 
@@ -21,7 +21,8 @@ use super::status::node_addresses;
 /// `endpoint` subcommands.
 #[derive(clap::Subcommand, Debug)]
 pub(crate) enum EndpointCommand {
-    /// Endpoint, container name (Docker 29+), network/profile, addresses, interface, container MAC.
+    /// Endpoint, container name (Docker 29+), network/profile, addresses, interface,
+    /// container MAC, labels (CALICO_LIBNETWORK_LABEL_ENDPOINTS).
     List {
         /// Every host's endpoints, not only this node's, with the node and its address.
         #[arg(long)]
@@ -56,7 +57,14 @@ pub(crate) struct EndpointRow {
     pub(crate) interface: String,
     /// The container interface's MAC.
     pub(crate) mac: String,
+    /// The WorkloadEndpoint's labels (the container's `org.projectcalico.label.*` ones,
+    /// with `CALICO_LIBNETWORK_LABEL_ENDPOINTS`), without Calico's own `projectcalico.org/*`.
+    pub(crate) labels: BTreeMap<String, String>,
 }
+
+/// The prefix of the labels Calico itself puts on every WorkloadEndpoint (namespace,
+/// orchestrator): not shown.
+const CALICO_LABEL_PREFIX: &str = "projectcalico.org/";
 
 /// Runs `endpoint list`; returns the exit code.
 pub(crate) async fn run(config: &Config, cmd: EndpointCommand) -> Result<i32> {
@@ -103,6 +111,13 @@ pub(crate) async fn endpoints(
             addresses: w.spec.ip_networks.clone(),
             interface: w.spec.interface_name.clone(),
             mac: w.spec.mac.clone(),
+            labels: w
+                .metadata
+                .labels
+                .iter()
+                .filter(|(k, _)| !k.starts_with(CALICO_LABEL_PREFIX))
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect(),
         })
         .collect();
     rows.sort_by(|a, b| (&a.node, &a.endpoint).cmp(&(&b.node, &b.endpoint)));
@@ -132,6 +147,18 @@ async fn networks_by_profile(store: &dyn Datastore) -> Result<HashMap<String, St
     Ok(by_profile)
 }
 
+/// `k=v,...`, escaped (stored text), or `-` when there is none.
+fn labels_text(labels: &BTreeMap<String, String>) -> String {
+    if labels.is_empty() {
+        return "-".to_string();
+    }
+    labels
+        .iter()
+        .map(|(k, v)| format!("{}={}", k.escape_default(), v.escape_default()))
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
 fn table_rows(rows: Vec<EndpointRow>, all_hosts: bool) -> Vec<Vec<String>> {
     let mut head = vec![
         "ENDPOINT",
@@ -141,6 +168,7 @@ fn table_rows(rows: Vec<EndpointRow>, all_hosts: bool) -> Vec<Vec<String>> {
         "ADDRESSES",
         "INTERFACE",
         "MAC",
+        "LABELS",
     ];
     if all_hosts {
         head.splice(1..1, ["NODE", "HOST ADDRESS"]);
@@ -163,6 +191,7 @@ fn table_rows(rows: Vec<EndpointRow>, all_hosts: bool) -> Vec<Vec<String>> {
             r.addresses.join(","),
             r.interface,
             r.mac,
+            labels_text(&r.labels),
         ];
         if all_hosts {
             let address = r.host_address.unwrap_or_else(|| "-".to_string());
@@ -171,4 +200,19 @@ fn table_rows(rows: Vec<EndpointRow>, all_hosts: bool) -> Vec<Vec<String>> {
         out.push(row);
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn labels_are_shown_escaped_in_key_order_or_a_dash() {
+        assert_eq!(labels_text(&BTreeMap::new()), "-");
+        let labels: BTreeMap<String, String> = [("tier", "db"), ("app", "shop\u{1b}[2J")]
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        assert_eq!(labels_text(&labels), "app=shop\\u{1b}[2J,tier=db");
+    }
 }

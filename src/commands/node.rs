@@ -13,7 +13,8 @@ use super::open_datastore_for_command;
 pub(crate) enum NodeCommand {
     /// Remove a node that is gone for good: its IPAM addresses (workloads' and tunnel
     /// addresses) and handles, its block affinities, its WorkloadEndpoints and its Node.
-    /// Refused while the node's plugin renews its heartbeat (in the last 90 s).
+    /// Refused while the node's plugin renews its heartbeat (in the last three
+    /// CALICO_LIBNETWORK_HEARTBEAT_INTERVALs: 90 s by default).
     Remove {
         /// The node's name.
         name: String,
@@ -34,7 +35,7 @@ pub(crate) async fn run(config: &Config, cmd: NodeCommand) -> Result<i32> {
         output,
     } = cmd;
     let store = open_datastore_for_command(config).await?;
-    let removed = remove_node(&store, &name, force).await?;
+    let removed = remove_node(&store, &name, force, config.heartbeat_interval).await?;
     if output == Output::Json {
         print_json(&removed);
     } else {

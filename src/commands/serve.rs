@@ -63,6 +63,7 @@ pub(crate) fn build_driver(config: &Config, store: Arc<dyn Datastore>) -> Arc<Dr
         reconcile_grace: config.reconcile_grace,
         reconcile_interval: config.reconcile_interval,
         rules_check_interval: config.rules_check_interval,
+        heartbeat_interval: config.heartbeat_interval,
         machine_id: crate::model::machine_id(),
         nodename_file: Some(config.nodename_file.clone()),
         node_address: config.node_address.clone(),

@@ -5,7 +5,7 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
 use serde::Serialize;
@@ -15,7 +15,7 @@ use crate::config::{Config, DatastoreConfig};
 use crate::datastore::resources;
 use crate::datastore::Datastore;
 use crate::driver::heartbeat::{
-    heartbeat_of, heartbeat_text, liveness, Liveness, HEARTBEAT_ANNOTATION, HEARTBEAT_FRESH,
+    fresh_for, heartbeat_of, heartbeat_text, liveness, seconds_text, Liveness, HEARTBEAT_ANNOTATION,
 };
 use crate::driver::node_address::ADDRESS_CONFLICT_ANNOTATION;
 use crate::error::Result;
@@ -146,6 +146,7 @@ pub(crate) async fn run(config: &Config, all_hosts: bool, output: Output) -> Res
         kind,
         open_datastore_for_command(config).await,
         all_hosts,
+        config.heartbeat_interval,
     )
     .await;
     if output == Output::Json {
@@ -167,13 +168,14 @@ pub(crate) async fn run(config: &Config, all_hosts: bool, output: Output) -> Res
 
 /// Gathers [`Status`], from the datastore as the command could open it (directly, or
 /// through the running plugin for an embedded store it holds); every Node's too when
-/// `all_hosts`.
+/// `all_hosts`, judged by heartbeats renewed every `heartbeat_interval`.
 pub(crate) async fn status(
     nodename: &str,
     socket: &Path,
     kind: &str,
     store: Result<Arc<dyn Datastore>>,
     all_hosts: bool,
+    heartbeat_interval: Duration,
 ) -> Status {
     let mut st = Status {
         node: nodename.to_string(),
@@ -227,7 +229,7 @@ pub(crate) async fn status(
     };
     if all_hosts {
         if let Some(per_node) = per_node {
-            list_hosts(&mut st, store, &per_node, Utc::now()).await;
+            list_hosts(&mut st, store, &per_node, Utc::now(), heartbeat_interval).await;
         }
     }
     st
@@ -390,13 +392,15 @@ fn joined(addresses: &[&str]) -> String {
         .join(",")
 }
 
-/// Every Node, with its blocks, endpoints (`per_node`) and heartbeat at `now`; a dead one
-/// is a problem (its plugin stopped: its containers get no updates, and its records stay).
+/// Every Node, with its blocks, endpoints (`per_node`) and heartbeat at `now` (renewed
+/// every `interval`); a dead one is a problem (its plugin stopped: its containers get no
+/// updates, and its records stay).
 async fn list_hosts(
     st: &mut Status,
     store: Arc<dyn Datastore>,
     per_node: &BTreeMap<String, usize>,
     now: DateTime<Utc>,
+    interval: Duration,
 ) {
     let nodes = match resources::list::<NodeSpec>(store.as_ref(), None).await {
         Ok(nodes) => nodes,
@@ -424,7 +428,7 @@ async fn list_hosts(
     }
     let mut hosts: Vec<HostStatus> = nodes
         .iter()
-        .map(|n| host_status(n, &blocks, per_node, now))
+        .map(|n| host_status(n, &blocks, per_node, now, interval))
         .collect();
     hosts.sort_by(|a, b| a.node.cmp(&b.node));
     for h in hosts.iter().filter(|h| h.heartbeat == Liveness::Dead) {
@@ -434,7 +438,7 @@ async fn list_hosts(
              `calico-libnetwork node remove {}` if it is gone for good",
             h.node,
             age_text(h.heartbeat_age_s.unwrap_or_default()),
-            HEARTBEAT_FRESH.as_secs(),
+            seconds_text(fresh_for(interval)),
             h.node
         ));
     }
@@ -447,12 +451,13 @@ fn host_status(
     blocks: &BTreeMap<String, usize>,
     per_node: &BTreeMap<String, usize>,
     now: DateTime<Utc>,
+    interval: Duration,
 ) -> HostStatus {
     let name = node.name().to_string();
     let at = heartbeat_of(node);
     let bgp = node.spec.bgp.clone().unwrap_or_default();
     HostStatus {
-        heartbeat: liveness(node, now),
+        heartbeat: liveness(node, now, interval),
         heartbeat_at: at.map(heartbeat_text),
         heartbeat_age_s: at.map(|t| (now - t).num_seconds().max(0)),
         ipv4_address: bgp.ipv4_address,
@@ -600,6 +605,7 @@ fn table_rows(st: &Status) -> Vec<Vec<String>> {
 mod tests {
     use super::*;
     use crate::driver::heartbeat::tests::node;
+    use crate::driver::heartbeat::DEFAULT_HEARTBEAT_INTERVAL;
 
     fn status() -> Status {
         Status {
@@ -694,7 +700,7 @@ mod tests {
             node("c", None, v6),
         ]
         .iter()
-        .map(|n| host_status(n, &blocks, &per_node, now))
+        .map(|n| host_status(n, &blocks, &per_node, now, DEFAULT_HEARTBEAT_INTERVAL))
         .collect();
         assert_eq!(
             table(host_rows(&hosts)),

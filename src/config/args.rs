@@ -243,6 +243,16 @@ pub struct ConfigArgs {
         default_value = "30s"
     )]
     pub rules_check_interval: String,
+    /// How often the plugin renews its heartbeat on its Node (at least 1s); the commands
+    /// (`status --all-hosts`, `ipam check --repair --node`, `node remove`) judge a node dead
+    /// once its heartbeat is older than three of these. Every host should use one value.
+    #[arg(
+        long,
+        env = "CALICO_LIBNETWORK_HEARTBEAT_INTERVAL",
+        global = true,
+        default_value = "30s"
+    )]
+    pub heartbeat_interval: String,
     /// Firewall rules the plugin keeps: auto, standalone, felix or off.
     #[arg(
         long,

@@ -103,6 +103,9 @@ pub struct Config {
     pub reconcile_interval: Duration,
     /// Interval of the check that the firewall rules are in place.
     pub rules_check_interval: Duration,
+    /// How often the plugin renews its heartbeat; a node is dead once its heartbeat is
+    /// older than three (`CALICO_LIBNETWORK_HEARTBEAT_INTERVAL`).
+    pub heartbeat_interval: Duration,
     /// Keep routes to the other hosts' containers (`CALICO_LIBNETWORK_ROUTES`).
     pub routes: bool,
     /// Firewall mode.
@@ -163,6 +166,7 @@ impl ConfigArgs {
             "CALICO_LIBNETWORK_RULES_CHECK_INTERVAL",
             &self.rules_check_interval,
         )?;
+        let heartbeat_interval = self.resolve_heartbeat_interval()?;
         Ok(Config {
             datastore,
             socket: self.socket.clone(),
@@ -185,6 +189,7 @@ impl ConfigArgs {
             reconcile_grace,
             reconcile_interval,
             rules_check_interval,
+            heartbeat_interval,
             routes,
             dataplane,
             iptables_backend,

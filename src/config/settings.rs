@@ -9,6 +9,7 @@ use super::values::{bad, check_docker_host, nonempty, parse_bool, parse_duration
 use super::{kernel_hostname, ConfigArgs, LogFormat, Vars, IPAM_ALIAS_SOCKET_NAME};
 use crate::dataplane::iptables::BackendChoice;
 use crate::dataplane::iptables::DataplaneMode;
+use crate::driver::heartbeat::MIN_HEARTBEAT_INTERVAL;
 use crate::error::Result;
 
 impl ConfigArgs {
@@ -217,6 +218,22 @@ impl ConfigArgs {
                 ),
             )
         })
+    }
+
+    /// A duration of at least [`MIN_HEARTBEAT_INTERVAL`].
+    pub(super) fn resolve_heartbeat_interval(&self) -> Result<Duration> {
+        const VAR: &str = "CALICO_LIBNETWORK_HEARTBEAT_INTERVAL";
+        let d = parse_duration(VAR, &self.heartbeat_interval)?;
+        if d < MIN_HEARTBEAT_INTERVAL {
+            return Err(bad(
+                VAR,
+                format!(
+                    "'{}' is shorter than the minimum of 1s",
+                    self.heartbeat_interval.trim()
+                ),
+            ));
+        }
+        Ok(d)
     }
 
     /// `0` turns the periodic passes off; any other value is a duration as usual.

@@ -90,6 +90,7 @@ fn defaults() {
     assert_eq!(c.reconcile_grace, Duration::from_secs(120));
     assert_eq!(c.reconcile_interval, Duration::from_secs(600));
     assert_eq!(c.rules_check_interval, Duration::from_secs(30));
+    assert_eq!(c.heartbeat_interval, Duration::from_secs(30));
     assert_eq!(c.dataplane, DataplaneMode::Auto);
     assert_eq!(c.iptables_backend, BackendChoice::Auto);
 }
@@ -408,6 +409,41 @@ fn durations() {
         err(&["--rules-check-interval", "0"], &[]),
         "invalid configuration: CALICO_LIBNETWORK_RULES_CHECK_INTERVAL: must be greater than \
          zero"
+    );
+}
+
+#[test]
+fn heartbeat_interval() {
+    let every = |v: &str| ok(&["--heartbeat-interval", v]).heartbeat_interval;
+    assert_eq!(every("1s"), Duration::from_secs(1));
+    assert_eq!(every(" 45s "), Duration::from_secs(45));
+    assert_eq!(every("2m"), Duration::from_secs(120));
+    assert_eq!(every("1500ms"), Duration::from_millis(1500));
+    let var = "invalid configuration: CALICO_LIBNETWORK_HEARTBEAT_INTERVAL";
+    assert_eq!(
+        err(&["--heartbeat-interval", "999ms"], &[]),
+        format!("{var}: '999ms' is shorter than the minimum of 1s")
+    );
+    assert_eq!(
+        err(&["--heartbeat-interval", "0s"], &[]),
+        format!("{var}: must be greater than zero")
+    );
+    for bad in ["often", "30", "-1s", ""] {
+        let e = err(&[&format!("--heartbeat-interval={bad}")], &[]);
+        assert!(
+            e.starts_with(&format!("{var}: cannot parse duration '{bad}': ")),
+            "{bad:?}: {e}"
+        );
+    }
+    // The flag's variable, as the plugin and the commands read it.
+    let cmd = ConfigArgs::augment_args(clap::Command::new("test"));
+    let arg = cmd
+        .get_arguments()
+        .find(|a| a.get_id() == "heartbeat_interval")
+        .unwrap();
+    assert_eq!(
+        arg.get_env(),
+        Some(std::ffi::OsStr::new("CALICO_LIBNETWORK_HEARTBEAT_INTERVAL"))
     );
 }
 

@@ -1,8 +1,10 @@
 //! The plugin's heartbeat on this host's Node: the annotation [`HEARTBEAT_ANNOTATION`], an
-//! RFC 3339 UTC time renewed every [`HEARTBEAT_INTERVAL`] by the node-address loop
+//! RFC 3339 UTC time renewed every heartbeat interval (`CALICO_LIBNETWORK_HEARTBEAT_INTERVAL`,
+//! [`DEFAULT_HEARTBEAT_INTERVAL`] by default) by the node-address loop
 //! ([`Driver::keep_node_address_in_background`]). A Node whose heartbeat is younger than
-//! [`HEARTBEAT_FRESH`] is [`Liveness::Alive`] (its plugin is likely running), one with an older
-//! heartbeat [`Liveness::Dead`]: `calico-libnetwork status --all-hosts` shows it,
+//! [`fresh_for`] the interval (three renewals) is [`Liveness::Alive`] (its plugin is likely
+//! running), one with an older heartbeat [`Liveness::Dead`]: `calico-libnetwork status
+//! --all-hosts` shows it,
 //! `node remove` refuses a live Node and `ipam check --repair --node` repairs only a dead one,
 //! all by [`liveness`] and [`alive_refusal`]. An annotation is metadata: Calico's shape of the Node is untouched, and the
 //! write is a compare-and-swap of the Node as read, keeping every other field.
@@ -21,11 +23,23 @@ use crate::model::Node;
 /// The annotation on a Node with the last time its plugin said it was running.
 pub const HEARTBEAT_ANNOTATION: &str = "calico-libnetwork/heartbeat";
 
-/// How often the plugin renews its heartbeat.
-pub const HEARTBEAT_INTERVAL: Duration = Duration::from_secs(30);
+/// How often the plugin renews its heartbeat unless `CALICO_LIBNETWORK_HEARTBEAT_INTERVAL`
+/// says otherwise.
+pub const DEFAULT_HEARTBEAT_INTERVAL: Duration = Duration::from_secs(30);
 
-/// A heartbeat younger than this (three renewals) says the Node's plugin is running.
-pub const HEARTBEAT_FRESH: Duration = Duration::from_secs(3 * HEARTBEAT_INTERVAL.as_secs());
+/// The shortest heartbeat interval the settings accept.
+pub const MIN_HEARTBEAT_INTERVAL: Duration = Duration::from_secs(1);
+
+/// How long a heartbeat renewed every `interval` stays fresh: three renewals. A heartbeat
+/// younger than this says the Node's plugin is running.
+pub fn fresh_for(interval: Duration) -> Duration {
+    interval.saturating_mul(3)
+}
+
+/// A duration in seconds as the messages show it: `90`, `4.5`.
+pub fn seconds_text(d: Duration) -> String {
+    d.as_secs_f64().to_string()
+}
 
 /// The heartbeat of `node`, if it has one that parses.
 pub fn heartbeat_of(node: &Node) -> Option<DateTime<Utc>> {
@@ -43,11 +57,11 @@ pub fn heartbeat_text(at: DateTime<Utc>) -> String {
 /// What a Node's heartbeat says of its plugin.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
 pub enum Liveness {
-    /// Renewed within [`HEARTBEAT_FRESH`] (or stamped in the future, by a clock ahead of
+    /// Renewed within [`fresh_for`] the interval (or stamped in the future, by a clock ahead of
     /// ours): its plugin is likely running.
     #[serde(rename = "alive")]
     Alive,
-    /// Older than [`HEARTBEAT_FRESH`]: its plugin stopped renewing it.
+    /// Older than [`fresh_for`] the interval: its plugin stopped renewing it.
     #[serde(rename = "dead")]
     Dead,
     /// None that parses: a Node of calico-node, or of a plugin from before heartbeats;
@@ -67,27 +81,28 @@ impl Liveness {
     }
 }
 
-/// What `node`'s heartbeat says of its plugin at `now`.
-pub fn liveness(node: &Node, now: DateTime<Utc>) -> Liveness {
+/// What `node`'s heartbeat, renewed every `interval` by a running plugin, says of its
+/// plugin at `now`: the one place that decides.
+pub fn liveness(node: &Node, now: DateTime<Utc>, interval: Duration) -> Liveness {
+    let fresh = fresh_for(interval);
     match heartbeat_of(node) {
         None => Liveness::NoHeartbeat,
-        Some(t) if t > now || (now - t).to_std().is_ok_and(|age| age < HEARTBEAT_FRESH) => {
-            Liveness::Alive
-        }
+        Some(t) if t > now || (now - t).to_std().is_ok_and(|age| age < fresh) => Liveness::Alive,
         Some(_) => Liveness::Dead,
     }
 }
 
-/// The refusal of an action on `node` while it is [`Liveness::Alive`]: its heartbeat's age
-/// and time, and what to do (`or` ends the sentence: `, or use --force`).
-pub fn alive_refusal(node: &Node, now: DateTime<Utc>, or: &str) -> Error {
+/// The refusal of an action on `node` while it is [`Liveness::Alive`] (renewed every
+/// `interval`): its heartbeat's age and time, and what to do (`or` ends the sentence:
+/// `, or use --force`).
+pub fn alive_refusal(node: &Node, now: DateTime<Utc>, interval: Duration, or: &str) -> Error {
     let at = heartbeat_of(node).unwrap_or(now);
     Error::invalid(format!(
         "its plugin is likely running: heartbeat {HEARTBEAT_ANNOTATION} renewed {} s ago \
          (at {}, younger than {} s); stop the plugin on that host and wait{or}",
         (now - at).num_seconds().max(0),
         heartbeat_text(at),
-        HEARTBEAT_FRESH.as_secs()
+        seconds_text(fresh_for(interval))
     ))
 }
 
@@ -133,7 +148,8 @@ pub(crate) mod tests {
     #[test]
     fn a_heartbeat_is_alive_for_three_intervals() {
         let now: DateTime<Utc> = "2025-06-01T12:00:00Z".parse().unwrap();
-        let of = |t: Option<&str>| liveness(&node("gone", t, NodeSpec::default()), now);
+        let every = DEFAULT_HEARTBEAT_INTERVAL;
+        let of = |t: Option<&str>| liveness(&node("gone", t, NodeSpec::default()), now, every);
         assert_eq!(of(Some("2025-06-01T11:58:31Z")), Liveness::Alive, "89 s");
         assert_eq!(of(Some("2025-06-01T11:58:30Z")), Liveness::Dead, "90 s");
         assert_eq!(of(Some("2025-06-01T12:05:00Z")), Liveness::Alive, "future");
@@ -142,11 +158,35 @@ pub(crate) mod tests {
     }
 
     #[test]
+    fn the_interval_given_sets_the_threshold() {
+        let now: DateTime<Utc> = "2025-06-01T12:00:00Z".parse().unwrap();
+        let n = node("gone", Some("2025-06-01T11:59:57Z"), NodeSpec::default());
+        let secs = Duration::from_secs;
+        assert_eq!(
+            liveness(&n, now, secs(1)),
+            Liveness::Dead,
+            "3 s, 1 s renewals"
+        );
+        assert_eq!(
+            liveness(&n, now, secs(2)),
+            Liveness::Alive,
+            "3 s, 2 s renewals"
+        );
+        assert_eq!(
+            fresh_for(Duration::from_millis(1500)),
+            Duration::from_millis(4500)
+        );
+        assert!(alive_refusal(&n, now, Duration::from_millis(1500), "")
+            .to_string()
+            .contains("younger than 4.5 s"));
+    }
+
+    #[test]
     fn the_refusal_says_how_old_the_heartbeat_is_and_what_to_do() {
         let now: DateTime<Utc> = "2025-06-01T12:00:00Z".parse().unwrap();
         let n = node("gone", Some("2025-06-01T11:59:48Z"), NodeSpec::default());
         assert_eq!(
-            alive_refusal(&n, now, ", or use --force").to_string(),
+            alive_refusal(&n, now, DEFAULT_HEARTBEAT_INTERVAL, ", or use --force").to_string(),
             "its plugin is likely running: heartbeat calico-libnetwork/heartbeat renewed 12 s \
              ago (at 2025-06-01T11:59:48Z, younger than 90 s); stop the plugin on that host \
              and wait, or use --force"

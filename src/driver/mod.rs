@@ -69,6 +69,9 @@ pub struct DriverSettings {
     /// How often the firewall rules are checked and, when something removed them,
     /// rewritten (`CALICO_LIBNETWORK_RULES_CHECK_INTERVAL`).
     pub rules_check_interval: std::time::Duration,
+    /// How often the plugin renews its heartbeat on its Node
+    /// (`CALICO_LIBNETWORK_HEARTBEAT_INTERVAL`; see `heartbeat`).
+    pub heartbeat_interval: std::time::Duration,
     /// This machine's ID (`/etc/machine-id`), recorded on its Node: another machine under
     /// the same node name turns destructive clean-up off. `None`: not checked.
     pub machine_id: Option<String>,
@@ -100,6 +103,7 @@ impl DriverSettings {
             reconcile_grace: reconcile::DEFAULT_GRACE,
             reconcile_interval: std::time::Duration::ZERO,
             rules_check_interval: std::time::Duration::from_secs(30),
+            heartbeat_interval: heartbeat::DEFAULT_HEARTBEAT_INTERVAL,
             machine_id: None,
             nodename_file: None,
             // Like the firewall: embedding code and tests write no address unless they ask.

@@ -333,7 +333,8 @@ impl Driver {
     /// then every [`super::tunnel::TUNNEL_INTERVAL`] or `AUTODETECT_POLL_INTERVAL`, whichever
     /// is shorter (see `tunnel`; in `felix` mode calico-node keeps them and the pass changes
     /// nothing), and the plugin's heartbeat renewed at once and then every
-    /// [`super::heartbeat::HEARTBEAT_INTERVAL`] (see `heartbeat`). One task, so that these
+    /// [`DriverSettings::heartbeat_interval`](super::DriverSettings::heartbeat_interval)
+    /// (see `heartbeat`). One task, so that these
     /// writes of the Node never race each other.
     pub fn keep_node_address_in_background(self: &Arc<Self>) {
         let me = self.clone();
@@ -354,7 +355,7 @@ impl Driver {
         // calico-node sees a pool change through its watch; the plugin polls, at least this
         // often: 10 s, or the address interval when that is shorter.
         let tunnel_every = super::tunnel::TUNNEL_INTERVAL.min(address_every);
-        let heartbeat_every = super::heartbeat::HEARTBEAT_INTERVAL;
+        let heartbeat_every = self.settings.heartbeat_interval.max(floor);
         let start = Instant::now();
         let (mut next_address, mut next_tunnel, mut next_heartbeat) =
             (start + address_every, start, start);

@@ -9,11 +9,12 @@
 //! every host, none is a node's: nothing of them goes.
 //!
 //! A node whose plugin is likely running ([`Liveness::Alive`]: its heartbeat, see
-//! `heartbeat`, is younger than [`HEARTBEAT_FRESH`](super::heartbeat::HEARTBEAT_FRESH)) is
+//! `heartbeat`, is younger than three heartbeat intervals: [`fresh_for`](super::heartbeat::fresh_for)) is
 //! not removed unless forced: it would allocate again at once, and its containers would lose
 //! their endpoints.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use chrono::Utc;
 
@@ -43,12 +44,14 @@ pub struct NodeRemoval {
 
 /// Removes node `name` and everything the datastore holds for it (see the module
 /// documentation). Refuses, changing nothing, when the Node does not exist
-/// ([`Error::NotFound`]) or its heartbeat is fresh and `force` is not set. Each step
-/// tolerates what an earlier, interrupted run already removed.
+/// ([`Error::NotFound`]) or its heartbeat, renewed every `heartbeat_interval` by a running
+/// plugin, is fresh and `force` is not set. Each step tolerates what an earlier,
+/// interrupted run already removed.
 pub async fn remove_node(
     store: &Arc<dyn Datastore>,
     name: &str,
     force: bool,
+    heartbeat_interval: Duration,
 ) -> Result<NodeRemoval> {
     let ctx = |e: Error| e.context(format!("remove node {name}"));
     let key = keys::node_key(name);
@@ -60,7 +63,7 @@ pub async fn remove_node(
                 key: format!("Node {name}"),
             })
         })?;
-    refuse_if_running(&node, force).map_err(ctx)?;
+    refuse_if_running(&node, force, heartbeat_interval).map_err(ctx)?;
 
     let ipam = Ipam::new(store.clone());
     let released = ipam.release_host(name).await.map_err(ctx)?;
@@ -107,7 +110,7 @@ pub async fn remove_node(
                 else {
                     return Ok(out);
                 };
-                refuse_if_running(&again, force).map_err(ctx)?;
+                refuse_if_running(&again, force, heartbeat_interval).map_err(ctx)?;
                 node = again;
             }
             Err(e) => return Err(ctx(e.context(format!("delete {key}")))),
@@ -122,10 +125,10 @@ pub async fn remove_node(
 /// Refuses a Node whose plugin is likely running ([`Liveness::Alive`]), unless `force`. A
 /// Node without a heartbeat (calico-node's, or from before heartbeats) is not running a
 /// plugin that renews one: removed.
-fn refuse_if_running(node: &Node, force: bool) -> Result<()> {
+fn refuse_if_running(node: &Node, force: bool, interval: Duration) -> Result<()> {
     let now = Utc::now();
-    if force || liveness(node, now) != Liveness::Alive {
+    if force || liveness(node, now, interval) != Liveness::Alive {
         return Ok(());
     }
-    Err(alive_refusal(node, now, ", or use --force"))
+    Err(alive_refusal(node, now, interval, ", or use --force"))
 }

@@ -19,8 +19,8 @@ use calico_libnetwork::datastore::{resources, Datastore};
 use calico_libnetwork::driver::heartbeat::{heartbeat_text, HEARTBEAT_ANNOTATION};
 use calico_libnetwork::driver::Driver;
 use calico_libnetwork::model::keys;
-use calico_libnetwork::model::resources::{NodeBgpSpec, NodeSpec};
-use calico_libnetwork::model::Node;
+use calico_libnetwork::model::resources::{NodeBgpSpec, NodeSpec, WorkloadEndpointSpec};
+use calico_libnetwork::model::{Node, WorkloadEndpoint};
 
 use super::cli::op;
 use super::node_remove::{block_of, blocks, endpoint, host, network};
@@ -194,6 +194,43 @@ async fn lapse_heartbeat(store: &Store, name: &str) {
         .await
         .unwrap();
     assert!(written);
+}
+
+/// Adds `labels` to node `name`'s WorkloadEndpoint in the datastore, keeping Calico's own
+/// (which it has: checked); the labels `endpoint list` should show, as JSON.
+async fn label_endpoint_of(store: &Store, name: &str, labels: &[(&str, &str)]) -> Value {
+    let weps: Vec<WorkloadEndpoint> = resources::list(store.as_ref(), None).await.unwrap();
+    let wep = weps.iter().find(|w| w.spec.node == name).unwrap();
+    let calico: Vec<&String> = wep
+        .metadata
+        .labels
+        .keys()
+        .filter(|k| k.starts_with("projectcalico.org/"))
+        .collect();
+    assert_eq!(
+        calico.len(),
+        2,
+        "Calico's own labels: {:?}",
+        wep.metadata.labels
+    );
+    let written = resources::update_with::<WorkloadEndpointSpec, _>(
+        store.as_ref(),
+        &wep.key().unwrap(),
+        |w| {
+            for (k, v) in labels {
+                w.metadata.labels.insert(k.to_string(), v.to_string());
+            }
+            true
+        },
+    )
+    .await
+    .unwrap();
+    assert!(written);
+    let shown: serde_json::Map<String, Value> = labels
+        .iter()
+        .map(|(k, v)| (k.to_string(), Value::from(*v)))
+        .collect();
+    Value::Object(shown)
 }
 
 /// Runs the binary as this host (`h1`) with the datastore settings `envs`; the JSON it
@@ -464,7 +501,10 @@ async fn fleet_operations(store: Store, envs: Vec<(&'static str, String)>) {
         "{r:#}"
     );
 
-    // ---- endpoint list --all-hosts: each endpoint with its node and the node's address.
+    // ---- endpoint list --all-hosts: each endpoint with its node and the node's address,
+    // and its labels: h2's endpoint labelled on h2 (as CALICO_LIBNETWORK_LABEL_ENDPOINTS
+    // copies a container's), shown here without Calico's own.
+    let shown = label_endpoint_of(&store, H2, &[("app", "shop"), ("example.com/tier", "db")]).await;
     let (code, out, err) = text(&["endpoint", "list", "--all-hosts"]);
     assert_eq!(code, 0, "{out}{err}");
     let head: Vec<&str> = out
@@ -485,12 +525,26 @@ async fn fleet_operations(store: Store, envs: Vec<(&'static str, String)>) {
                 .unwrap_or_else(|| panic!("no row with {ip}: {out}"));
             let cells: Vec<&str> = line.split_whitespace().collect();
             assert_eq!(&cells[1..3], [*name, address_of(name)], "{out}");
+            let labels = if *name == H2 {
+                "app=shop,example.com/tier=db"
+            } else {
+                "-"
+            };
+            assert_eq!(cells.last(), Some(&labels), "{out}");
         }
     }
+    assert_eq!(head.last(), Some(&"LABELS"), "{out}");
+    assert!(!out.contains("projectcalico.org/"), "{out}");
     let (_, eps) = run(&["endpoint", "list", "--all-hosts", "-o", "json"]);
     for e in eps.as_array().unwrap() {
         let name = e["node"].as_str().unwrap();
         assert_eq!(e["host_address"], address_of(name), "{e:#}");
+        let labels = if name == H2 {
+            shown.clone()
+        } else {
+            serde_json::json!({})
+        };
+        assert_eq!(e["labels"], labels, "{e:#}");
     }
     server.stop().await;
 }

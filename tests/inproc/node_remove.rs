@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use calico_libnetwork::dataplane::fake::Recording;
 use calico_libnetwork::datastore::resources;
-use calico_libnetwork::driver::heartbeat::HEARTBEAT_ANNOTATION;
+use calico_libnetwork::driver::heartbeat::{DEFAULT_HEARTBEAT_INTERVAL, HEARTBEAT_ANNOTATION};
 use calico_libnetwork::driver::node_remove::{remove_node, NodeRemoval};
 use calico_libnetwork::driver::{Driver, DriverSettings, EndpointSpec, NetworkSpec};
 use calico_libnetwork::ipam::{default_attrs, default_pool, AssignIp};
@@ -204,7 +204,9 @@ async fn a_gone_node_is_removed_only_when_forced_or_stale(store: Store) {
     // Positive control: the gone host's data is there to remove.
     assert!(leftovers(&store, &gone_ips).await.len() >= 6);
 
-    let err = remove_node(&store, GONE, false).await.unwrap_err();
+    let err = remove_node(&store, GONE, false, DEFAULT_HEARTBEAT_INTERVAL)
+        .await
+        .unwrap_err();
     let msg = err.to_string();
     assert!(
         msg.starts_with("remove node host-b: its plugin is likely running")
@@ -218,7 +220,9 @@ async fn a_gone_node_is_removed_only_when_forced_or_stale(store: Store) {
         "changed by a refusal"
     );
 
-    let removed = remove_node(&store, GONE, true).await.unwrap();
+    let removed = remove_node(&store, GONE, true, DEFAULT_HEARTBEAT_INTERVAL)
+        .await
+        .unwrap();
     assert_eq!(
         removed,
         NodeRemoval {
@@ -241,7 +245,9 @@ async fn a_gone_node_is_removed_only_when_forced_or_stale(store: Store) {
     assert_eq!(this_hosts(&store).await, before, "this host's data changed");
 
     // Idempotent: the second run finds no Node.
-    let err = remove_node(&store, GONE, true).await.unwrap_err();
+    let err = remove_node(&store, GONE, true, DEFAULT_HEARTBEAT_INTERVAL)
+        .await
+        .unwrap_err();
     assert!(err.is_not_found(), "{err}");
     assert_eq!(
         err.to_string(),
@@ -263,7 +269,9 @@ async fn a_node_with_a_stale_heartbeat_is_removed(store: Store) {
         .await
         .unwrap();
     assert!(written);
-    let removed = remove_node(&store, GONE, false).await.unwrap();
+    let removed = remove_node(&store, GONE, false, DEFAULT_HEARTBEAT_INTERVAL)
+        .await
+        .unwrap();
     assert_eq!(removed.workload_endpoints, 2);
     assert_eq!(leftovers(&store, &gone_ips).await, Vec::<String>::new());
     assert_eq!(this_hosts(&store).await, before);

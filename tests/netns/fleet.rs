@@ -540,6 +540,245 @@ fn a_dead_host_keeps_its_routes_until_node_remove() {
     );
 }
 
+/// `calico-libnetwork <args>` run as host `h` (its node name, its plugin's socket) in its
+/// namespace, on the fleet's etcd, with the heartbeat interval `every`: the exit status and
+/// stdout+stderr.
+fn cli_as(fleet: &Fleet, h: &Host, every: &str, args: &[&str]) -> (i32, String) {
+    let vars = [
+        "DATASTORE_TYPE=etcdv3".to_string(),
+        format!("ETCD_ENDPOINTS={}", fleet.etcd.endpoints_var()),
+        format!("NODENAME={}", h.name()),
+        format!("CALICO_LIBNETWORK_SOCKET={}", h.socket().display()),
+        format!("CALICO_LIBNETWORK_HEARTBEAT_INTERVAL={every}"),
+    ];
+    // `sh` reports the exit status on a last line of its own, after the output.
+    let mut full = vec!["-c", "\"$@\" 2>&1; echo \"exit status $?\"", "sh", "env"];
+    full.extend(vars.iter().map(String::as_str));
+    full.push(common::plugin::BINARY);
+    full.extend_from_slice(args);
+    let (_, out) = h.exec("sh", &full);
+    let (text, last) = out
+        .trim_end()
+        .rsplit_once('\n')
+        .unwrap_or_else(|| panic!("{args:?}: no exit status in {out}"));
+    let code = last
+        .strip_prefix("exit status ")
+        .and_then(|c| c.parse().ok())
+        .unwrap_or_else(|| panic!("{args:?}: no exit status in {out}"));
+    (code, format!("{text}\n"))
+}
+
+/// The cells of the line of `table` whose first cell is `first`, if there is one.
+fn table_row(table: &str, first: &str) -> Option<Vec<String>> {
+    table
+        .lines()
+        .map(|l| l.split_whitespace().map(str::to_string).collect::<Vec<_>>())
+        .find(|cells| cells.first().map(String::as_str) == Some(first))
+}
+
+/// The handle of `ip` in its block (`allocations` gives the attribute index), or `None`
+/// when the block holds it unallocated.
+fn handle_in(blocks: &[(String, Value)], ip: Ipv4Addr) -> Option<String> {
+    let (_, cidr) = block_of(blocks, ip);
+    let block = blocks
+        .iter()
+        .map(|(_, b)| b)
+        .find(|b| b["cidr"] == cidr.to_string())
+        .unwrap();
+    let ordinal = (u32::from(ip) - u32::from(cidr.network())) as usize;
+    let index = block["allocations"][ordinal].as_u64()? as usize;
+    Some(
+        block["attributes"][index]["handle_id"]
+            .as_str()
+            .unwrap_or_else(|| panic!("{ip}: no handle_id in {block}"))
+            .to_string(),
+    )
+}
+
+/// Every IPAM record (blocks, affinities, handles) and WorkloadEndpoint, by key, except
+/// those of node `but`: its blocks, the handles its blocks name, its affinities and its
+/// endpoints.
+fn records_but(fleet: &Fleet, but: &str) -> std::collections::BTreeMap<String, Value> {
+    let all: Vec<(String, Value)> = fleet
+        .list("/calico/ipam/v2/")
+        .into_iter()
+        .chain(fleet.list(common::WEPS_PREFIX))
+        .collect();
+    let affinity = format!("host:{but}");
+    let theirs: std::collections::BTreeSet<String> = all
+        .iter()
+        .filter(|(_, v)| v["affinity"] == affinity.as_str())
+        .flat_map(|(_, b)| b["attributes"].as_array().cloned().unwrap_or_default())
+        .filter_map(|a| {
+            Some(format!(
+                "/calico/ipam/v2/handle/{}",
+                a["handle_id"].as_str()?
+            ))
+        })
+        .collect();
+    all.into_iter()
+        .filter(|(k, v)| {
+            v["affinity"] != affinity.as_str()
+                && v["spec"]["node"] != but
+                && !theirs.contains(k)
+                && !k.contains(&format!("/host/{but}/"))
+        })
+        .collect()
+}
+
+/// Scenario 5 of issue 18, with heartbeats every second (`CALICO_LIBNETWORK_HEARTBEAT_INTERVAL`
+/// on the plugins and the commands): h2's plugin is killed; `status --all-hosts` on h1 shows
+/// h2 alive before, dead within seconds after (exit status 1, a problem line naming h2);
+/// `ipam check --all-hosts` on h1 lists h2's leaked address; `--repair --node h2` releases
+/// it and its handle and changes no record of h1's or h3's (each has a leak of its own it
+/// must not touch); `--repair --node h1` (alive) is refused, changing nothing.
+#[test]
+fn a_killed_host_turns_dead_and_its_leak_is_repaired_from_another() {
+    let test = "fleet::a_killed_host_turns_dead_and_its_leak_is_repaired_from_another";
+    let every = "1s";
+    let Some(mut fleet) = Fleet::builder()
+        .plugin_env("CALICO_LIBNETWORK_HEARTBEAT_INTERVAL", every)
+        .start_if_root(test)
+    else {
+        return;
+    };
+    // On every host: an endpoint, and a leaked address (RequestAddress, then no endpoint).
+    let mut used = std::collections::BTreeMap::new();
+    let mut leaks = std::collections::BTreeMap::new();
+    for (name, c) in [("h1", '1'), ("h2", '2'), ("h3", '3')] {
+        let h = fleet.host(name);
+        let pool = request_pool(h);
+        let a = request_address(h, &pool);
+        endpoint_on(
+            h,
+            &c.to_string().repeat(64),
+            &format!("e{c}").repeat(32),
+            &format!("{a}/32"),
+        );
+        used.insert(name, a);
+        leaks.insert(name, request_address(h, &pool));
+    }
+    let blocks = fleet.list(BLOCKS_V4);
+    for (name, ip) in used.iter().chain(leaks.iter()) {
+        assert_eq!(block_of(&blocks, *ip).0, format!("host:{name}"), "{ip}");
+    }
+    let leak2 = leaks["h2"];
+    let leak2_handle = handle_in(&blocks, leak2).expect("h2's leak is allocated");
+    let leak2_handle_key = format!("/calico/ipam/v2/handle/{leak2_handle}");
+    assert!(fleet.get(&leak2_handle_key).is_some(), "{leak2_handle_key}");
+
+    // Alive while its plugin runs.
+    let (code, out) = cli_as(&fleet, fleet.host("h1"), every, &["status", "--all-hosts"]);
+    let row = table_row(&out, "h2").unwrap_or_else(|| panic!("no h2 row: {out}"));
+    assert_eq!(row[1], "alive", "{out}");
+    assert_eq!(code, 0, "{out}");
+    assert!(!out.contains("problem:"), "{out}");
+
+    fleet.host_mut("h2").plugin.kill();
+    let killed = Instant::now();
+    let h1 = fleet.host("h1");
+    let mut seen = Vec::new();
+    let (code, out) = loop {
+        let (code, out) = cli_as(&fleet, h1, every, &["status", "--all-hosts"]);
+        let row = table_row(&out, "h2").unwrap_or_else(|| panic!("no h2 row: {out}"));
+        seen.push(row[1].clone());
+        if row[1] == "dead" {
+            break (code, out);
+        }
+        assert!(
+            killed.elapsed() < Duration::from_secs(10),
+            "h2 not dead 10 s after its plugin was killed (seen {seen:?}): {out}"
+        );
+        std::thread::sleep(Duration::from_millis(250));
+    };
+    eprintln!(
+        "{test}: h2 dead {:?} after the kill (seen {seen:?})",
+        killed.elapsed()
+    );
+    assert_eq!(code, 1, "{out}");
+    let problem = out
+        .lines()
+        .find(|l| l.starts_with("problem: node h2 is dead"))
+        .unwrap_or_else(|| panic!("no problem line naming h2: {out}"));
+    assert!(problem.contains("more than 3 s"), "{problem}");
+    for alive in ["h1", "h3"] {
+        assert_eq!(table_row(&out, alive).unwrap()[1], "alive", "{out}");
+    }
+
+    // Every host's records are checked; h2's leak is listed.
+    let (code, out) = cli_as(&fleet, h1, every, &["ipam", "check", "--all-hosts"]);
+    assert_eq!(code, 1, "leaks are unresolved: {out}");
+    for (name, ip) in &leaks {
+        // KIND NODE OBJECT DETAIL ACTION
+        let row = out
+            .lines()
+            .map(|l| l.split_whitespace().collect::<Vec<_>>())
+            .find(|r| r.len() > 2 && r[0] == "orphan-allocation" && r[2] == ip.to_string())
+            .unwrap_or_else(|| panic!("{name}'s leak {ip} not listed: {out}"));
+        assert_eq!(row[1], *name, "{out}");
+    }
+
+    // The dead host's repair: its leak released, its handle gone, its endpoint's address
+    // kept, nobody else's record changed.
+    let others = records_but(&fleet, "h2");
+    let (code, out) = cli_as(
+        &fleet,
+        h1,
+        every,
+        &["ipam", "check", "--repair", "--node", "h2", "--grace", "0s"],
+    );
+    assert_eq!(code, 0, "{out}");
+    assert!(
+        out.lines()
+            .any(|l| l.contains(&leak2.to_string()) && l.contains("repaired: released")),
+        "{out}"
+    );
+    let blocks = fleet.list(BLOCKS_V4);
+    assert_eq!(
+        handle_in(&blocks, leak2),
+        None,
+        "{leak2} still allocated: {blocks:?}"
+    );
+    assert!(
+        fleet.get(&leak2_handle_key).is_none(),
+        "{leak2_handle_key} left behind"
+    );
+    assert!(
+        handle_in(&blocks, used["h2"]).is_some(),
+        "h2's endpoint lost its address"
+    );
+    assert_eq!(
+        records_but(&fleet, "h2"),
+        others,
+        "the repair of h2 changed another's record"
+    );
+    for name in ["h1", "h3"] {
+        assert!(
+            handle_in(&blocks, leaks[name]).is_some(),
+            "{name}'s leak released"
+        );
+    }
+
+    // A live host's repair from elsewhere: refused, nothing changed.
+    let before = records_but(&fleet, "nobody");
+    let (code, out) = cli_as(
+        &fleet,
+        fleet.host("h3"),
+        every,
+        &["ipam", "check", "--repair", "--node", "h1", "--grace", "0s"],
+    );
+    assert_ne!(code, 0, "{out}");
+    assert!(
+        out.contains("repair node h1's records") && out.contains("its plugin is likely running"),
+        "{out}"
+    );
+    assert_eq!(
+        records_but(&fleet, "nobody"),
+        before,
+        "the refused repair changed something"
+    );
+}
+
 /// One call to the plugin at `socket`, asserting success; the body.
 fn call_at(socket: &std::path::Path, method: &str, body: &Value) -> Value {
     let (status, text) = common::plugin::call(socket, method, &body.to_string())

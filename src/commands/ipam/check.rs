@@ -191,11 +191,13 @@ impl Check<'_> {
                  (`calico-libnetwork status --all-hosts` lists the nodes)"
             ))));
         };
-        match liveness(&node, self.now) {
+        let interval = self.opts.heartbeat_interval;
+        match liveness(&node, self.now, interval) {
             Liveness::Dead => Ok(()),
             Liveness::Alive => Err(ctx(alive_refusal(
                 &node,
                 self.now,
+                interval,
                 ", or run the repair on that host",
             ))),
             Liveness::NoHeartbeat => Err(ctx(Error::invalid(format!(

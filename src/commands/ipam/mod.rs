@@ -74,6 +74,7 @@ pub(crate) async fn run(config: &Config, cmd: IpamCommand) -> Result<i32> {
                 grace,
                 check_veths: !no_veths,
                 machine_id: crate::model::machine_id(),
+                heartbeat_interval: config.heartbeat_interval,
             };
             let report = ipam_check(store, &opts).await?;
             if output == Output::Json {

@@ -72,6 +72,9 @@ pub(crate) struct CheckOptions {
     pub(crate) check_veths: bool,
     /// This machine's ID: `--repair` refuses when the Node names another machine.
     pub(crate) machine_id: Option<String>,
+    /// How often plugins renew their heartbeats (`CALICO_LIBNETWORK_HEARTBEAT_INTERVAL`):
+    /// `--repair --node` needs that node's older than three.
+    pub(crate) heartbeat_interval: Duration,
 }
 
 impl CheckOptions {
