@@ -32,6 +32,17 @@ use ipnet::IpNet;
 use tracing::{debug, info, warn};
 
 pub use self::netlink::{Netlink, Route};
+
+/// Returns the heap's free memory to the kernel (glibc keeps what a burst of allocations
+/// freed, per thread arena, and RSS with it); nothing elsewhere.
+pub fn release_free_memory() {
+    #[cfg(target_env = "gnu")]
+    // SAFETY: malloc_trim only walks glibc's own heap under its locks; no pointer of ours
+    // is involved.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}
 pub use self::routes::{vxlan_mac, IpipDevice, OwnedRoute, RouteKind, VxlanDevice, ROUTE_PROTOCOL};
 use crate::error::{Error, Result};
 

@@ -137,7 +137,7 @@ pub struct MemberIndex {
     local: String,
     /// Other hosts' endpoints, by record key.
     members: HashMap<String, Member>,
-    /// Record keys by container.
+    /// Record keys by container (sandbox), for containers with a sandbox.
     groups: HashMap<GroupKey, BTreeSet<String>>,
     /// Per set, how many containers put each address in it.
     counts: HashMap<String, HashMap<IpNet, u32>>,
@@ -166,12 +166,28 @@ impl MemberIndex {
     /// What container `g` puts in the sets.
     fn contribution(&self, g: &GroupKey) -> BTreeSet<(String, IpNet)> {
         let mut out = BTreeSet::new();
-        let Some(keys) = self.groups.get(g) else {
-            return out;
+        let alone: Vec<&Member>;
+        let of_group: Box<dyn Iterator<Item = &Member>> = match g.1.strip_prefix('\0') {
+            // An endpoint of its own is not kept in `groups` (its key would be stored
+            // twice more, for each of a fleet's thousands of endpoints).
+            Some(key) => {
+                // (The record under that key may now belong to a sandbox: then not here.)
+                alone = self
+                    .members
+                    .get(key)
+                    .filter(|m| m.sandbox.is_empty() && m.node == g.0)
+                    .into_iter()
+                    .collect();
+                Box::new(alone.into_iter())
+            }
+            None => match self.groups.get(g) {
+                Some(keys) => Box::new(keys.iter().filter_map(|k| self.members.get(k))),
+                None => return out,
+            },
         };
         let mut profiles: BTreeSet<&str> = BTreeSet::new();
         let mut nets: BTreeSet<IpNet> = BTreeSet::new();
-        for m in keys.iter().filter_map(|k| self.members.get(k)) {
+        for m in of_group {
             profiles.extend(m.profiles.iter().map(String::as_str));
             nets.extend(m.nets.iter().copied());
         }
@@ -196,7 +212,7 @@ impl MemberIndex {
         let new_g = member.as_ref().map(|m| Self::group_key(key, m));
         let affected: BTreeSet<GroupKey> = old_g.iter().chain(new_g.iter()).cloned().collect();
         let before: Vec<_> = affected.iter().map(|g| self.contribution(g)).collect();
-        if let Some(g) = &old_g {
+        if let Some(g) = old_g.as_ref().filter(|g| !g.1.starts_with('\0')) {
             if let Some(keys) = self.groups.get_mut(g) {
                 keys.remove(key);
                 if keys.is_empty() {
@@ -206,7 +222,9 @@ impl MemberIndex {
         }
         self.members.remove(key);
         if let (Some(g), Some(m)) = (new_g, member) {
-            self.groups.entry(g).or_default().insert(key.to_string());
+            if !g.1.starts_with('\0') {
+                self.groups.entry(g).or_default().insert(key.to_string());
+            }
             self.members.insert(key.to_string(), m);
         }
         let after: Vec<_> = affected.iter().map(|g| self.contribution(g)).collect();
@@ -379,6 +397,9 @@ pub async fn run(
                 in_step = true;
                 delay = Duration::from_millis(200);
                 if whole || rewrote {
+                    // A fresh list of a fleet's endpoints passed through here (megabytes,
+                    // freed by now): give the memory back rather than keep it as free heap.
+                    crate::dataplane::release_free_memory();
                     let sets = index.sets();
                     tracing::info!(
                         sets = sets.len(),
