@@ -118,7 +118,9 @@ impl Driver {
         }
         // A datastore migration lock (datastoreReady false) holds every write.
         self.check_ready().await?;
-        let now = heartbeat_text(Utc::now());
+        // Milliseconds (still RFC 3339): with a 1-second interval, a time cut to the second
+        // would make a live plugin look up to a second older than it is.
+        let now = Utc::now().to_rfc3339_opts(SecondsFormat::Millis, true);
         resources::update_with::<NodeSpec, _>(self.store.as_ref(), &keys::node_key(host), |n| {
             n.metadata
                 .annotations
