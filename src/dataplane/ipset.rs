@@ -200,15 +200,28 @@ pub fn available() -> bool {
 }
 
 /// Destroys every set of ours (after the rules that match them are gone); returns how many
-/// went. Nothing to do, and no error, without the `ipset` command.
+/// went. Nothing to do, and no error, without the `ipset` command. Each set is destroyed
+/// on its own, and one still in use is tried again for a second: iptables-nft's rule
+/// deletion drops its reference to a set only after the delete has returned, so a destroy
+/// right after fails with "in use by a kernel component". A set that still will not go
+/// is left (and said so in the error): it holds addresses, never a rule.
 pub fn destroy_all() -> Result<usize> {
     if !available() {
         return Ok(0);
     }
-    let names: Vec<String> = list()?.into_keys().collect();
-    let script: String = names.iter().map(|n| format!("destroy {n}\n")).collect();
-    restore(&script).map_err(|e| e.context("destroy ip sets"))?;
-    Ok(names.len())
+    let mut left: Vec<String> = list()?.into_keys().collect();
+    let total = left.len();
+    for _ in 0..10 {
+        left.retain(|n| restore(&format!("destroy {n}\n")).is_err());
+        if left.is_empty() {
+            return Ok(total);
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    Err(Error::msg(format!(
+        "destroy ip sets {}: still in use after 1 s",
+        left.join(", ")
+    )))
 }
 
 #[cfg(test)]

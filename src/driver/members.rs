@@ -38,7 +38,7 @@ pub struct Member {
     pub sandbox: String,
     /// `spec.profiles`.
     pub profiles: Vec<String>,
-    /// `spec.ipNetworks` that parse.
+    /// `spec.ipNetworks` that parse, each as its host address (`/32`, `/128`).
     pub nets: Vec<IpNet>,
 }
 
@@ -54,11 +54,13 @@ impl Member {
                 .cloned()
                 .unwrap_or_default(),
             profiles: wep.spec.profiles.clone(),
+            // Each a host address, read as the route keeper reads it: a record with a wide
+            // prefix must not admit a range, nor one ipset refuses (`/0`) stop every write.
             nets: wep
                 .spec
                 .ip_networks
                 .iter()
-                .filter_map(|n| n.parse().ok())
+                .filter_map(|n| super::routes::state::workload_address(n))
                 .collect(),
         }
     }
@@ -336,10 +338,8 @@ pub async fn run(
     stopped: Arc<tokio::sync::Mutex<bool>>,
 ) {
     if !ipset::available() {
-        tracing::error!(
-            "the ipset command is not installed: containers on other hosts cannot reach \
-             this host's (install Debian's ipset package)"
-        );
+        // Said once at start (`Driver::with_dataplane`); the rules then match no set.
+        return;
     }
     let mut index = MemberIndex::new(&local);
     let mut listed = false;
@@ -596,6 +596,36 @@ mod tests {
         }
         assert!(index.is_empty());
         assert!(index.sets().values().all(BTreeSet::is_empty));
+    }
+
+    #[test]
+    fn a_record_admits_only_its_host_addresses() {
+        let mut w = WorkloadEndpoint::namespaced(
+            "libnetwork",
+            "n-libnetwork-libnetwork-e",
+            WorkloadEndpointSpec {
+                node: "n".into(),
+                profiles: vec!["red".into()],
+                ip_networks: vec![
+                    "0.0.0.0/0".into(),
+                    "10.0.1.5/26".into(),
+                    "10.0.2.7".into(),
+                    "fd00::1/64".into(),
+                    "bogus".into(),
+                ],
+                ..Default::default()
+            },
+        );
+        w.metadata
+            .annotations
+            .insert(SANDBOX_ANNOTATION.into(), "/sb/1".into());
+        let m = Member::from_wep(&w);
+        let nets: Vec<String> = m.nets.iter().map(ToString::to_string).collect();
+        assert_eq!(
+            nets,
+            ["0.0.0.0/32", "10.0.1.5/32", "10.0.2.7/32", "fd00::1/128"]
+        );
+        assert_eq!(m.sandbox, "/sb/1");
     }
 
     #[test]

@@ -277,7 +277,16 @@ impl Driver {
             .map(|h| Arc::new(docker::DockerApi::new(h, docker::CALL_TIMEOUT)));
         let ipam = Ipam::new(store.clone());
         let rules = rules::Rules::new(settings.dataplane, ipam.clone(), &settings.nodename);
-        rules.set_other_hosts(settings.routes);
+        // Without the ipset command the rules could not match other hosts' members (and
+        // every Join would fail on them): other hosts' traffic stays dropped instead.
+        let sets = !settings.routes || crate::dataplane::ipset::available();
+        if !sets {
+            tracing::error!(
+                "the ipset command is not installed: containers on other hosts cannot reach \
+                 this host's (install Debian's ipset package and restart the plugin)"
+            );
+        }
+        rules.set_other_hosts(settings.routes && sets);
         Driver {
             ipam_driver: ipam::IpamDriver::new(store.clone(), ipam.clone(), &settings.nodename),
             rules,

@@ -230,7 +230,8 @@ fn allocations_with_one_etcd_member_down() {
 }
 
 /// Harness check: a fleet, dropped, leaves no namespace, process (nor any process in one of
-/// its namespaces), directory or host link behind; twice in a row.
+/// its namespaces), directory or host link behind; twice in a row. On the way, a plugin
+/// stopped with no endpoint takes its ip sets and rules with it.
 #[test]
 fn fleet_leaves_nothing_behind() {
     if !common::require_root("fleet::fleet_leaves_nothing_behind") {
@@ -247,10 +248,20 @@ fn fleet_leaves_nothing_behind() {
     let t0 = Instant::now();
     for round in 1..=2 {
         let footprint = {
-            let fleet = Fleet::builder().start();
+            let mut fleet = Fleet::builder().start();
             let h = fleet.host("h3");
             let pool = request_pool(h);
             request_address(h, &pool);
+            // The isolation sets are made (empty: no endpoint anywhere) ...
+            common::wait_until("h3's sets", Duration::from_secs(10), || {
+                our_sets(fleet.host("h3")).contains_key("cln4-remote")
+            });
+            // ... and a plugin stopped with no endpoint left takes them with its rules.
+            fleet.host_mut("h3").plugin.stop();
+            let h = fleet.host("h3");
+            assert!(our_sets(h).is_empty(), "sets left: {:?}", our_sets(h));
+            let rules = h.exec_ok("iptables", &["-w", "-S"]);
+            assert!(!rules.contains("CLN-"), "rules left:\n{rules}");
             fleet.footprint()
         };
         common::wait_until(

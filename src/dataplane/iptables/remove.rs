@@ -137,9 +137,11 @@ pub fn remove_all() -> Result<usize> {
     for b in backends() {
         removed += remove_family(b, Family::V4)? + remove_family(b, Family::V6)?;
     }
-    // The sets our rules matched, now that no rule refers to them.
-    let sets =
-        crate::dataplane::ipset::destroy_all().map_err(|e| e.context("remove firewall rules"))?;
-    debug!(sets, "ip sets destroyed");
+    // The sets our rules matched, now that no rule refers to them. One that will not go is
+    // no reason to keep anything else: it is logged and left.
+    match crate::dataplane::ipset::destroy_all() {
+        Ok(sets) => debug!(sets, "ip sets destroyed"),
+        Err(e) => tracing::warn!(error = %e, "remove firewall rules: ip sets left"),
+    }
     Ok(removed)
 }

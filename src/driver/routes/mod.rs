@@ -189,7 +189,12 @@ pub async fn run(
                             dirty |= changed;
                             if let (Watched::Workloads, Some((tx, task))) = (kind, &members) {
                                 if tx.send(super::members::Feed { resynced, events }).is_err() {
-                                    // It panicked: restarting this task (supervised) restarts both.
+                                    // Stopping (it ended at the gate), or without ipset: fine.
+                                    // Otherwise it panicked: restarting this task (supervised)
+                                    // restarts both.
+                                    if *stopped.lock().await || !crate::dataplane::ipset::available() {
+                                        continue;
+                                    }
                                     task.abort();
                                     panic!("routes: the members keeper ended");
                                 }

@@ -108,6 +108,14 @@ impl NodeInfo {
     }
 }
 
+/// The host address of a WorkloadEndpoint's `ipNetworks` entry, as routes and the member
+/// sets both take it: `/32` or `/128` whatever the record says (a wider prefix there would
+/// route, or admit, a whole range), a bare address accepted.
+pub fn workload_address(s: &str) -> Option<IpNet> {
+    let net = parse_net(s)?;
+    IpNet::new(net.addr(), net.max_prefix_len()).ok()
+}
+
 /// A host address as Calico writes it (`10.0.0.5/24`); a bare address is a host route.
 fn parse_net(s: &str) -> Option<IpNet> {
     if s.is_empty() {
