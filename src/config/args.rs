@@ -243,9 +243,10 @@ pub struct ConfigArgs {
         default_value = "30s"
     )]
     pub rules_check_interval: String,
-    /// How often the plugin renews its heartbeat on its Node (at least 1s); the commands
-    /// (`status --all-hosts`, `ipam check --repair --node`, `node remove`) judge a node dead
-    /// once its heartbeat is older than three of these. Every host should use one value.
+    /// How often the plugin renews its heartbeat on its Node (at least 1s; written on the
+    /// Node beside it); the commands (`status --all-hosts`, `ipam check --repair --node`,
+    /// `node remove`) judge a node dead once its heartbeat is older than three of the
+    /// intervals its Node states, or of this one for a Node that states none.
     #[arg(
         long,
         env = "CALICO_LIBNETWORK_HEARTBEAT_INTERVAL",

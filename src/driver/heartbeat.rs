@@ -1,8 +1,9 @@
 //! The plugin's heartbeat on this host's Node: the annotation [`HEARTBEAT_ANNOTATION`], an
 //! RFC 3339 UTC time renewed every heartbeat interval (`CALICO_LIBNETWORK_HEARTBEAT_INTERVAL`,
-//! [`DEFAULT_HEARTBEAT_INTERVAL`] by default) by the node-address loop
+//! [`DEFAULT_HEARTBEAT_INTERVAL`] by default, written beside it as
+//! [`HEARTBEAT_INTERVAL_ANNOTATION`]) by the node-address loop
 //! ([`Driver::keep_node_address_in_background`]). A Node whose heartbeat is younger than
-//! [`fresh_for`] the interval (three renewals) is [`Liveness::Alive`] (its plugin is likely
+//! [`fresh_for`] its interval (three renewals) is [`Liveness::Alive`] (its plugin is likely
 //! running), one with an older heartbeat [`Liveness::Dead`]: `calico-libnetwork status
 //! --all-hosts` shows it,
 //! `node remove` refuses a live Node and `ipam check --repair --node` repairs only a dead one,
@@ -22,6 +23,11 @@ use crate::model::Node;
 
 /// The annotation on a Node with the last time its plugin said it was running.
 pub const HEARTBEAT_ANNOTATION: &str = "calico-libnetwork/heartbeat";
+
+/// The annotation on a Node with how often its plugin renews the heartbeat, in seconds
+/// (`30`, `1.5`): the one that judges the heartbeat uses the writer's interval, not its own,
+/// so a fleet whose hosts run different intervals is judged right from any host.
+pub const HEARTBEAT_INTERVAL_ANNOTATION: &str = "calico-libnetwork/heartbeat-interval";
 
 /// How often the plugin renews its heartbeat unless `CALICO_LIBNETWORK_HEARTBEAT_INTERVAL`
 /// says otherwise.
@@ -54,6 +60,19 @@ pub fn heartbeat_text(at: DateTime<Utc>) -> String {
     at.to_rfc3339_opts(SecondsFormat::Secs, true)
 }
 
+/// The interval `node`'s plugin said it renews its heartbeat at
+/// ([`HEARTBEAT_INTERVAL_ANNOTATION`]), or `default` when it said none that reads (a plugin
+/// from before the annotation) or one below [`MIN_HEARTBEAT_INTERVAL`].
+pub fn interval_of(node: &Node, default: Duration) -> Duration {
+    node.metadata
+        .annotations
+        .get(HEARTBEAT_INTERVAL_ANNOTATION)
+        .and_then(|t| t.trim().parse::<f64>().ok())
+        .and_then(|secs| Duration::try_from_secs_f64(secs).ok())
+        .filter(|d| *d >= MIN_HEARTBEAT_INTERVAL)
+        .unwrap_or(default)
+}
+
 /// What a Node's heartbeat says of its plugin.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
 pub enum Liveness {
@@ -81,10 +100,10 @@ impl Liveness {
     }
 }
 
-/// What `node`'s heartbeat, renewed every `interval` by a running plugin, says of its
-/// plugin at `now`: the one place that decides.
+/// What `node`'s heartbeat, renewed every `interval` by a running plugin (unless the Node
+/// says its own: [`interval_of`]), says of its plugin at `now`: the one place that decides.
 pub fn liveness(node: &Node, now: DateTime<Utc>, interval: Duration) -> Liveness {
-    let fresh = fresh_for(interval);
+    let fresh = fresh_for(interval_of(node, interval));
     match heartbeat_of(node) {
         None => Liveness::NoHeartbeat,
         Some(t) if t > now || (now - t).to_std().is_ok_and(|age| age < fresh) => Liveness::Alive,
@@ -93,9 +112,10 @@ pub fn liveness(node: &Node, now: DateTime<Utc>, interval: Duration) -> Liveness
 }
 
 /// The refusal of an action on `node` while it is [`Liveness::Alive`] (renewed every
-/// `interval`): its heartbeat's age and time, and what to do (`or` ends the sentence:
-/// `, or use --force`).
+/// `interval` unless the Node says its own): its heartbeat's age and time, and what to do
+/// (`or` ends the sentence: `, or use --force`).
 pub fn alive_refusal(node: &Node, now: DateTime<Utc>, interval: Duration, or: &str) -> Error {
+    let interval = interval_of(node, interval);
     let at = heartbeat_of(node).unwrap_or(now);
     Error::invalid(format!(
         "its plugin is likely running: heartbeat {HEARTBEAT_ANNOTATION} renewed {} s ago \
@@ -121,10 +141,11 @@ impl Driver {
         // Milliseconds (still RFC 3339): with a 1-second interval, a time cut to the second
         // would make a live plugin look up to a second older than it is.
         let now = Utc::now().to_rfc3339_opts(SecondsFormat::Millis, true);
+        let every = seconds_text(self.settings.heartbeat_interval);
         resources::update_with::<NodeSpec, _>(self.store.as_ref(), &keys::node_key(host), |n| {
-            n.metadata
-                .annotations
-                .insert(HEARTBEAT_ANNOTATION.to_string(), now.clone());
+            let notes = &mut n.metadata.annotations;
+            notes.insert(HEARTBEAT_ANNOTATION.to_string(), now.clone());
+            notes.insert(HEARTBEAT_INTERVAL_ANNOTATION.to_string(), every.clone());
             true
         })
         .await
@@ -181,6 +202,35 @@ pub(crate) mod tests {
         assert!(alive_refusal(&n, now, Duration::from_millis(1500), "")
             .to_string()
             .contains("younger than 4.5 s"));
+    }
+
+    #[test]
+    fn the_nodes_own_interval_judges_its_heartbeat() {
+        let now: DateTime<Utc> = "2025-06-01T12:00:00Z".parse().unwrap();
+        // 10 s old: dead for a plugin renewing every second, alive for one every 30 s.
+        let mut n = node("h", Some("2025-06-01T11:59:50Z"), NodeSpec::default());
+        let secs = Duration::from_secs;
+        assert_eq!(liveness(&n, now, secs(1)), Liveness::Dead, "no annotation");
+        let mut says = |v: &str| {
+            n.metadata
+                .annotations
+                .insert(HEARTBEAT_INTERVAL_ANNOTATION.into(), v.into());
+            (liveness(&n, now, secs(1)), interval_of(&n, secs(7)))
+        };
+        assert_eq!(says("30"), (Liveness::Alive, secs(30)));
+        assert_eq!(says("3.5"), (Liveness::Alive, Duration::from_millis(3500)));
+        assert_eq!(says("3"), (Liveness::Dead, secs(3)));
+        // What does not read, or is below the minimum, leaves the caller's interval.
+        assert_eq!(says("soon"), (Liveness::Dead, secs(7)));
+        assert_eq!(says("0.1"), (Liveness::Dead, secs(7)));
+        assert_eq!(says("-5"), (Liveness::Dead, secs(7)));
+        assert_eq!(says("1e300"), (Liveness::Dead, secs(7)));
+        n.metadata
+            .annotations
+            .insert(HEARTBEAT_INTERVAL_ANNOTATION.into(), "30".into());
+        assert!(alive_refusal(&n, now, secs(1), "")
+            .to_string()
+            .contains("younger than 90 s"));
     }
 
     #[test]
