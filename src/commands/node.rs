@@ -12,7 +12,8 @@ use super::open_datastore_for_command;
 #[derive(clap::Subcommand, Debug)]
 pub(crate) enum NodeCommand {
     /// Remove a node that is gone for good: its IPAM addresses (workloads' and tunnel
-    /// addresses) and handles, its block affinities, its WorkloadEndpoints and its Node.
+    /// addresses) and handles, its block affinities, its WorkloadEndpoints, its BGPPeers,
+    /// HostEndpoints, FelixConfiguration and BGPConfiguration, and its Node.
     /// Refused while the node's plugin renews its heartbeat (in the last three
     /// CALICO_LIBNETWORK_HEARTBEAT_INTERVALs: 90 s by default).
     Remove {
@@ -46,8 +47,12 @@ pub(crate) async fn run(config: &Config, cmd: NodeCommand) -> Result<i32> {
 
 /// What was removed, one line per kind of record.
 fn summary(r: &NodeRemoval) -> String {
-    format!(
+    let mut s = format!(
         "removed node {}\n  addresses released:         {}\n  handles released:           {}\n  block affinities released:  {}\n  workload endpoints deleted: {}\n",
         r.node, r.addresses, r.handles, r.affinities, r.workload_endpoints
-    )
+    );
+    for key in &r.node_resources {
+        s.push_str(&format!("  deleted {key}\n"));
+    }
+    s
 }

@@ -3,7 +3,9 @@
 //! `nodes.Delete`), with IPAM released as calico-kube-controllers' garbage collection
 //! releases a deleted node's addresses: every allocation naming the node (workloads and
 //! tunnel addresses) with its handle, its block affinities (`RemoveIPAMHost`), its
-//! WorkloadEndpoints, and last the Node itself.
+//! WorkloadEndpoints, the resources Calico keeps for a node (BGPPeers and HostEndpoints
+//! whose `spec.node` names it, FelixConfiguration and BGPConfiguration `node.<name>`), and
+//! last the Node itself.
 //!
 //! The plugin's own records under `/calico/libnetwork/v1/` (networks, pools) are shared by
 //! every host, none is a node's: nothing of them goes.
@@ -40,6 +42,9 @@ pub struct NodeRemoval {
     pub affinities: usize,
     /// WorkloadEndpoints deleted.
     pub workload_endpoints: usize,
+    /// The node's own configuration deleted, by key: BGPPeers and HostEndpoints naming it,
+    /// FelixConfiguration and BGPConfiguration `node.<name>`.
+    pub node_resources: Vec<String>,
 }
 
 /// Removes node `name` and everything the datastore holds for it (see the module
@@ -73,6 +78,7 @@ pub async fn remove_node(
         handles: released.handles,
         affinities: released.affinities,
         workload_endpoints: 0,
+        node_resources: Vec::new(),
     };
     // Tunnel handles left without an address (a count the blocks no longer back).
     for kind in TunnelKind::ALL {
@@ -95,6 +101,31 @@ pub async fn remove_node(
             Err(e) if e.is_not_found() => {}
             Err(e) => return Err(ctx(e.context(format!("delete {key}")))),
         }
+    }
+
+    // What `nodes.Delete` deletes besides: the node's BGPPeers and HostEndpoints (by
+    // `spec.node`) and its own FelixConfiguration and BGPConfiguration.
+    for plural in [keys::PLURAL_BGP_PEERS, keys::PLURAL_HOST_ENDPOINTS] {
+        for kv in store
+            .list(&keys::resource_prefix(plural, None))
+            .await
+            .map_err(ctx)?
+        {
+            if spec_node(&kv.value).as_deref() == Some(name) {
+                delete_config(store.as_ref(), &kv.key, Some(kv.revision), &mut out)
+                    .await
+                    .map_err(ctx)?;
+            }
+        }
+    }
+    for plural in [
+        keys::PLURAL_FELIX_CONFIGURATIONS,
+        keys::PLURAL_BGP_CONFIGURATIONS,
+    ] {
+        let key = keys::resource_key(plural, None, &format!("node.{name}"));
+        delete_config(store.as_ref(), &key, None, &mut out)
+            .await
+            .map_err(ctx)?;
     }
 
     // Last the Node, as read: if its plugin renewed the heartbeat meanwhile, check again.
@@ -120,6 +151,30 @@ pub async fn remove_node(
         "delete {key}: still conflicting after {} attempts",
         resources::UPDATE_ATTEMPTS
     ))))
+}
+
+/// The `spec.node` of a resource's JSON, when it has one (a BGPPeer's, a HostEndpoint's).
+fn spec_node(value: &[u8]) -> Option<String> {
+    let v: serde_json::Value = serde_json::from_slice(value).ok()?;
+    v.get("spec")?.get("node")?.as_str().map(str::to_string)
+}
+
+/// Deletes `key` (at `revision` when given) and counts it in `out`; one already gone is
+/// not an error (an interrupted earlier run).
+async fn delete_config(
+    store: &dyn Datastore,
+    key: &str,
+    revision: Option<crate::datastore::Revision>,
+    out: &mut NodeRemoval,
+) -> Result<()> {
+    match store.delete(key, revision).await {
+        Ok(()) => {
+            out.node_resources.push(key.to_string());
+            Ok(())
+        }
+        Err(e) if e.is_not_found() => Ok(()),
+        Err(e) => Err(e.context(format!("delete {key}"))),
+    }
 }
 
 /// Refuses a Node whose plugin is likely running ([`Liveness::Alive`]), unless `force`. A

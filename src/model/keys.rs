@@ -31,6 +31,14 @@ pub const PLURAL_CLUSTER_INFORMATIONS: &str = "clusterinformations";
 pub const PLURAL_TIERS: &str = "tiers";
 /// Plural of IPReservation.
 pub const PLURAL_IP_RESERVATIONS: &str = "ipreservations";
+/// Plural of BGPPeer (one with `spec.node` applies to that node only).
+pub const PLURAL_BGP_PEERS: &str = "bgppeers";
+/// Plural of HostEndpoint (each on the node its `spec.node` names).
+pub const PLURAL_HOST_ENDPOINTS: &str = "hostendpoints";
+/// Plural of FelixConfiguration (`node.<name>` is that node's own).
+pub const PLURAL_FELIX_CONFIGURATIONS: &str = "felixconfigurations";
+/// Plural of BGPConfiguration (`node.<name>` is that node's own).
+pub const PLURAL_BGP_CONFIGURATIONS: &str = "bgpconfigurations";
 
 /// Root of Calico's IPAM keys.
 pub const IPAM_PREFIX: &str = "/calico/ipam/v2";

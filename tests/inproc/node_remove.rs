@@ -192,13 +192,107 @@ async fn leftovers(store: &Store, ips: &[IpAddr]) -> Vec<String> {
     left
 }
 
+/// Calico's per-node configuration as calicoctl writes it: BGPPeers and HostEndpoints for
+/// both hosts and for none, FelixConfiguration and BGPConfiguration `node.<host>` for both
+/// and `default`. Returns the keys that are the gone host's.
+async fn node_configuration(store: &Store) -> Vec<String> {
+    let res = |plural: &str, name: &str| keys::resource_key(plural, None, name);
+    let kind = |k: &str, name: &str, spec: &str| {
+        format!(
+            r#"{{"kind":"{k}","apiVersion":"projectcalico.org/v3","metadata":{{"name":"{name}","uid":"u-{name}","creationTimestamp":"2026-01-01T00:00:00Z"}},"spec":{spec}}}"#
+        )
+    };
+    let mut gone = Vec::new();
+    for host in [HERE, GONE] {
+        let peer = res(keys::PLURAL_BGP_PEERS, &format!("peer-{host}"));
+        let hep = res(keys::PLURAL_HOST_ENDPOINTS, &format!("{host}-eth0"));
+        let felix = res(keys::PLURAL_FELIX_CONFIGURATIONS, &format!("node.{host}"));
+        let bgp = res(keys::PLURAL_BGP_CONFIGURATIONS, &format!("node.{host}"));
+        let writes = [
+            (
+                &peer,
+                kind(
+                    "BGPPeer",
+                    &format!("peer-{host}"),
+                    &format!(r#"{{"node":"{host}","peerIP":"10.1.1.1","asNumber":64512}}"#),
+                ),
+            ),
+            (
+                &hep,
+                kind(
+                    "HostEndpoint",
+                    &format!("{host}-eth0"),
+                    &format!(
+                        r#"{{"node":"{host}","interfaceName":"eth0","expectedIPs":["10.1.1.2"]}}"#
+                    ),
+                ),
+            ),
+            (
+                &felix,
+                kind(
+                    "FelixConfiguration",
+                    &format!("node.{host}"),
+                    r#"{"defaultEndpointToHostAction":"Return"}"#,
+                ),
+            ),
+            (
+                &bgp,
+                kind(
+                    "BGPConfiguration",
+                    &format!("node.{host}"),
+                    r#"{"listenPort":179}"#,
+                ),
+            ),
+        ];
+        for (k, v) in writes {
+            store.create(k, v.into_bytes()).await.unwrap();
+        }
+        if host == GONE {
+            gone = vec![peer, hep, felix, bgp];
+        }
+    }
+    // A global peer (no node) and the cluster's default configuration stay.
+    for (k, v) in [
+        (
+            res(keys::PLURAL_BGP_PEERS, "global"),
+            kind(
+                "BGPPeer",
+                "global",
+                r#"{"peerIP":"10.1.1.9","asNumber":64512}"#,
+            ),
+        ),
+        (
+            res(keys::PLURAL_FELIX_CONFIGURATIONS, "default"),
+            kind(
+                "FelixConfiguration",
+                "default",
+                r#"{"logSeverityScreen":"Info"}"#,
+            ),
+        ),
+        // A node whose name begins with the gone one's: Calico matches spec.node exactly.
+        (
+            res(keys::PLURAL_HOST_ENDPOINTS, "host-bb-eth0"),
+            kind(
+                "HostEndpoint",
+                "host-bb-eth0",
+                r#"{"node":"host-bb","interfaceName":"eth0"}"#,
+            ),
+        ),
+    ] {
+        store.create(&k, v.into_bytes()).await.unwrap();
+    }
+    gone
+}
+
 // libcalico-go/lib/clientv3/node.go, nodes.Delete (the node's addresses, WorkloadEndpoints,
-// IPAM host data via ipam.RemoveIPAMHost, then the Node), with every allocation naming the
+// IPAM host data via ipam.RemoveIPAMHost, BGPPeers and HostEndpoints naming the node, its
+// FelixConfiguration and BGPConfiguration `node.<name>`, then the Node), with every allocation naming the
 // node released as calico-kube-controllers' IPAM garbage collection does, and
 // ipam.ReleaseHostAffinities without mustBeEmpty (a block holding another host's address
 // stays, without affinity). Refused first, changing nothing, while the heartbeat is fresh.
 async fn a_gone_node_is_removed_only_when_forced_or_stale(store: Store) {
     let (_here, gone_ips, borrowed) = two_hosts(&store).await;
+    let gone_config = node_configuration(&store).await;
     let before = this_hosts(&store).await;
     let all_before = dump(&store, "/calico/").await;
     // Positive control: the gone host's data is there to remove.
@@ -232,9 +326,28 @@ async fn a_gone_node_is_removed_only_when_forced_or_stale(store: Store) {
             handles: 3,
             affinities: 1,
             workload_endpoints: 2,
+            node_resources: gone_config.clone(),
         }
     );
     assert_eq!(leftovers(&store, &gone_ips).await, Vec::<String>::new());
+    // Of the configuration, exactly the gone host's went.
+    let config_before: Vec<_> = all_before
+        .iter()
+        .map(|(k, _)| k.clone())
+        .filter(|k| is_config(k))
+        .collect();
+    let config_after: Vec<_> = dump(&store, "/calico/")
+        .await
+        .into_iter()
+        .map(|(k, _)| k)
+        .filter(|k| is_config(k))
+        .collect();
+    assert_eq!(config_before.len(), 11);
+    let expected: Vec<_> = config_before
+        .into_iter()
+        .filter(|k| !gone_config.contains(k))
+        .collect();
+    assert_eq!(config_after, expected);
     // The borrowed address stays, in its block now without affinity.
     let b = block_of(&store, borrowed).await;
     assert_eq!(b.host_affinity(), None);
@@ -253,6 +366,18 @@ async fn a_gone_node_is_removed_only_when_forced_or_stale(store: Store) {
         err.to_string(),
         "remove node host-b: Node host-b does not exist"
     );
+}
+
+/// Whether `key` is one of the per-node configuration kinds `node_configuration` writes.
+fn is_config(key: &str) -> bool {
+    [
+        keys::PLURAL_BGP_PEERS,
+        keys::PLURAL_HOST_ENDPOINTS,
+        keys::PLURAL_FELIX_CONFIGURATIONS,
+        keys::PLURAL_BGP_CONFIGURATIONS,
+    ]
+    .iter()
+    .any(|p| key.starts_with(&keys::resource_prefix(p, None)))
 }
 
 // The heartbeat is stale (older than 3 intervals): no --force needed.
