@@ -315,10 +315,41 @@ fn kernel_matches(live: &Sets, want: &Sets) -> bool {
             .all(|(name, have)| want.contains_key(name) || have.is_empty())
 }
 
-/// Writes `want` whole (each set filled aside and swapped in). Blocking.
-fn replace_sets(want: &Sets) -> Result<()> {
-    let present: BTreeSet<String> = ipset::list()?.into_keys().collect();
+/// Writes `want` whole (each set filled aside and swapped in) over the kernel's `live`
+/// sets. Blocking.
+fn replace_sets(want: &Sets, live: &Sets) -> Result<()> {
+    let present: BTreeSet<String> = live.keys().cloned().collect();
     ipset::restore(&ipset::replace_script(want, &present))
+}
+
+/// The firewall rules' applier, asked which sets its rules match (see [`destroy_unused`]).
+pub type RulesApplier = Arc<std::sync::Mutex<crate::dataplane::iptables::Applier>>;
+
+/// Destroys the sets of ours among `live` that hold no member (`want` has none of them: a
+/// kernel check left them empty) and that no rule matches: a network's sets once its last
+/// endpoint anywhere is gone and its rules here with it. Holds the applier meanwhile, so
+/// no apply creates or matches one of them in between. A set the kernel still finds in use
+/// (iptables-nft drops a deleted rule's reference a moment later) is tried again at the next
+/// check. Returns the sets destroyed. Blocking.
+fn destroy_unused(live: &Sets, want: &Sets, rules: &RulesApplier) -> Vec<String> {
+    let mut applier = rules.lock().unwrap_or_else(|p| p.into_inner());
+    let in_use = applier.sets_in_use();
+    let mut gone = Vec::new();
+    for name in live.keys() {
+        if want.contains_key(name) || in_use.contains(name) {
+            continue;
+        }
+        match ipset::restore(&format!("destroy {name}\n")) {
+            Ok(()) => {
+                applier.forget_set(name);
+                gone.push(name.clone());
+            }
+            Err(e) => {
+                tracing::debug!(set = %name, error = %e, "members: unused set not destroyed yet")
+            }
+        }
+    }
+    gone
 }
 
 /// What the route keeper passes on of the WorkloadEndpoints it watches.
@@ -332,10 +363,13 @@ pub struct Feed {
 /// Keeps the sets from the WorkloadEndpoint changes the route keeper passes on (one watch
 /// serves both), until the feed ends or `stopped` holds `true`. Nothing is written before
 /// the first fresh list.
+/// With `rules` (the firewall rules' applier), sets left empty and unmatched are destroyed at
+/// each kernel check ([`destroy_unused`]).
 pub async fn run(
     mut feed: tokio::sync::mpsc::UnboundedReceiver<Feed>,
     local: String,
     stopped: Arc<tokio::sync::Mutex<bool>>,
+    rules: Option<RulesApplier>,
 ) {
     if !ipset::available() {
         // Said once at start (`Driver::with_dataplane`); the rules then match no set.
@@ -385,7 +419,7 @@ pub async fn run(
             (false, Job::Changes(std::mem::take(&mut pending)))
         } else {
             pending.clear();
-            (!in_step, Job::Check(index.sets(), !in_step))
+            (!in_step, Job::Check(index.sets(), !in_step, rules.clone()))
         };
         let res = tokio::task::spawn_blocking(move || job.run())
             .await
@@ -427,8 +461,8 @@ enum Job {
     /// Adds and deletes.
     Changes(Vec<SetChange>),
     /// The sets compared with the kernel and rewritten whole when they differ (or always,
-    /// with `true`).
-    Check(Sets, bool),
+    /// with `true`); then, with the rules' applier, the unused ones destroyed.
+    Check(Sets, bool, Option<RulesApplier>),
 }
 
 impl Job {
@@ -436,15 +470,29 @@ impl Job {
     fn run(self) -> Result<bool> {
         match self {
             Job::Changes(changes) => ipset::restore(&change_script(&changes)).map(|()| false),
-            Job::Check(want, true) => replace_sets(&want).map(|()| false),
-            Job::Check(want, false) => {
-                if kernel_matches(&ipset::list()?, &want) {
-                    return Ok(false);
+            Job::Check(want, whole, rules) => {
+                let live = ipset::list()?;
+                let rewrote = if whole {
+                    replace_sets(&want, &live)?;
+                    false
+                } else if kernel_matches(&live, &want) {
+                    false
+                } else {
+                    tracing::warn!(
+                        "ip sets of the plugin were changed behind its back: rewriting them"
+                    );
+                    replace_sets(&want, &live)?;
+                    true
+                };
+                // Every set of ours not in `want` is empty now (flushed by the rewrite, or
+                // found empty by the comparison).
+                if let Some(rules) = rules {
+                    let gone = destroy_unused(&live, &want, &rules);
+                    if !gone.is_empty() {
+                        tracing::info!(sets = ?gone, "ip sets no member or rule uses destroyed");
+                    }
                 }
-                tracing::warn!(
-                    "ip sets of the plugin were changed behind its back: rewriting them"
-                );
-                replace_sets(&want).map(|()| true)
+                Ok(rewrote)
             }
         }
     }

@@ -1047,3 +1047,125 @@ fn a_thousand_endpoints_reach_every_hosts_sets() {
     assert_eq!(our_sets(h3), h3_sets, "h3's sets after a fresh start");
     eprintln!("{test}: done in {:?}", t0.elapsed());
 }
+
+/// A network's ip sets live as long as something uses them: on h1, whose endpoint is joined
+/// (its profile chain matches the set), the set stays when the last remote member goes,
+/// empty; once the network's last endpoint anywhere is gone, both hosts destroy its sets at
+/// their next kernel check (before, they stayed until the plugin stopped: one pair of sets
+/// per network ever made). The sets the anti-spoofing rule matches stay.
+#[test]
+fn a_network_gone_everywhere_takes_its_sets_with_it() {
+    use calico_libnetwork::dataplane::ipset::profile_set;
+    use calico_libnetwork::dataplane::iptables::Family;
+    let test = "fleet::a_network_gone_everywhere_takes_its_sets_with_it";
+    let Some(fleet) = Fleet::builder().start_if_root(test) else {
+        return;
+    };
+    let t0 = Instant::now();
+    let net = "5e".repeat(32);
+    let (h1, h2) = (fleet.host("h1"), fleet.host("h2"));
+    let mut made = Vec::new();
+    for (h, ep) in [(h1, "e1".repeat(32)), (h2, "e2".repeat(32))] {
+        let pool = request_pool(h);
+        let ip = request_address(h, &pool);
+        endpoint_on(h, &net, &ep, &format!("{ip}/32"));
+        made.push((pool, ep, ip));
+    }
+    // h1's endpoint joined: its rules match the network's set.
+    let join = h1.call_ok(
+        "NetworkDriver.Join",
+        &json!({"NetworkID": net, "EndpointID": made[0].1,
+                "SandboxKey": "/var/run/docker/netns/fleet-sets", "Options": {}}),
+    );
+    assert!(join["InterfaceName"]["SrcName"].is_string(), "{join}");
+    let (_, wep) = fleet
+        .list(common::WEPS_PREFIX)
+        .into_iter()
+        .find(|(_, w)| w["spec"]["node"] == "h1")
+        .expect("h1's WorkloadEndpoint");
+    let profile = wep["spec"]["profiles"][0].as_str().unwrap().to_string();
+    let (set4, set6) = (
+        profile_set(&profile, Family::V4),
+        profile_set(&profile, Family::V6),
+    );
+    let member_of = |h: &Host, ip: Ipv4Addr| {
+        let sets = our_sets(h);
+        match sets.get(&set4) {
+            Some(m) if m.contains(&ip.to_string()) => Ok(()),
+            _ => Err(format!("{}: {sets:?}", h.name())),
+        }
+    };
+    common::wait_until(
+        "each host's set holds the other's",
+        Duration::from_secs(15),
+        || member_of(h1, made[1].2).and(member_of(h2, made[0].2)),
+    );
+    assert!(
+        set_rules(h1).iter().any(|l| l.contains(&set4)),
+        "h1's rules match {set4}: {:?}",
+        set_rules(h1)
+    );
+
+    // h2's endpoint goes: h1's set is empty but its rules use it, through a kernel check.
+    h2.call_ok(
+        "NetworkDriver.DeleteEndpoint",
+        &json!({"NetworkID": net, "EndpointID": made[1].1}),
+    );
+    h2.call_ok(
+        "IpamDriver.ReleaseAddress",
+        &json!({"PoolID": made[1].0, "Address": made[1].2.to_string()}),
+    );
+    common::wait_until("h1's set emptied", Duration::from_secs(15), || {
+        our_sets(h1).get(&set4).is_some_and(|m| m.is_empty())
+    });
+    std::thread::sleep(Duration::from_secs(11));
+    assert_eq!(
+        our_sets(h1).get(&set4),
+        Some(&Default::default()),
+        "h1's set, used by its rules, after a kernel check"
+    );
+    assert!(member_of(h2, made[0].2).is_ok(), "h2 still has h1's member");
+
+    // The network's last endpoint goes, and the network on both hosts.
+    h1.call_ok(
+        "NetworkDriver.Leave",
+        &json!({"NetworkID": net, "EndpointID": made[0].1}),
+    );
+    h1.call_ok(
+        "NetworkDriver.DeleteEndpoint",
+        &json!({"NetworkID": net, "EndpointID": made[0].1}),
+    );
+    h1.call_ok(
+        "IpamDriver.ReleaseAddress",
+        &json!({"PoolID": made[0].0, "Address": made[0].2.to_string()}),
+    );
+    for h in [h1, h2] {
+        h.call_ok("NetworkDriver.DeleteNetwork", &json!({"NetworkID": net}));
+    }
+    for h in [h1, h2] {
+        common::wait_until(
+            &format!("{}: the network's sets destroyed", h.name()),
+            Duration::from_secs(25),
+            || {
+                let sets = our_sets(h);
+                if sets.contains_key(&set4) || sets.contains_key(&set6) {
+                    Err(format!("{:?}", sets.keys().collect::<Vec<_>>()))
+                } else {
+                    Ok(())
+                }
+            },
+        );
+        let sets = our_sets(h);
+        assert!(
+            sets.contains_key("cln4-remote") && sets.contains_key("cln6-remote"),
+            "{}: the anti-spoofing sets stay: {sets:?}",
+            h.name()
+        );
+        assert!(
+            !set_rules(h).iter().any(|l| l.contains(&set4)),
+            "{}",
+            h.name()
+        );
+    }
+    eprintln!("{test}: done in {:?}", t0.elapsed());
+}

@@ -223,6 +223,9 @@ pub struct Applier {
     closed: bool,
     /// IP sets created for the rules (both families), so each costs one `ipset` run.
     sets_made: BTreeSet<String>,
+    /// Per family, the sets the rules in the kernel may match: those of the last apply
+    /// (and, while one runs or after it failed, those of the one being applied too).
+    sets_in_use: [BTreeSet<String>; 2],
 }
 
 impl Applier {
@@ -294,6 +297,18 @@ impl Applier {
         Ok(true)
     }
 
+    /// The sets the rules in the kernel may match (both families): while the caller holds
+    /// the applier, no other set is referenced or created by it.
+    pub fn sets_in_use(&self) -> BTreeSet<String> {
+        self.sets_in_use.iter().flatten().cloned().collect()
+    }
+
+    /// Forgets that `name` was made (it was destroyed): an apply that matches it again
+    /// creates it first.
+    pub fn forget_set(&mut self, name: &str) {
+        self.sets_made.remove(name);
+    }
+
     /// Creates the sets among `sets` not made yet (`-exist`: one there already is kept with
     /// its members, which the members keeper fills).
     fn ensure_sets(&mut self, sets: &BTreeSet<String>) -> Result<()> {
@@ -311,6 +326,8 @@ impl Applier {
     /// Applies the rules of one family (blocking: run it off the async workers).
     pub fn apply(&mut self, state: &RuleState, family: Family, mode: Mode) -> Result<()> {
         let r = render(state, family, mode);
+        // Until this apply is done, the kernel may hold the old rules or the new.
+        self.sets_in_use[family as usize].extend(r.sets.iter().cloned());
         if self.families[family as usize].jumps_checked.is_none() {
             // A full rewrite: check every set again (one may have been destroyed).
             self.sets_made.clear();
@@ -334,6 +351,7 @@ impl Applier {
             match restore(family, &delta) {
                 Ok(()) => {
                     slot.tables = Some(wanted);
+                    self.sets_in_use[family as usize] = r.sets;
                     debug!(?family, endpoints = state.endpoints.len(), "rules updated");
                     return Ok(());
                 }
@@ -394,6 +412,7 @@ impl Applier {
         slot.tables = Some(wanted);
         slot.mode = Some(mode);
         slot.jumps_checked = Some(std::time::Instant::now());
+        self.sets_in_use[family as usize] = r.sets;
         debug!(
             ?family,
             ?mode,

@@ -57,7 +57,8 @@ impl Driver {
         }
         // Isolation across hosts needs the other hosts' members wherever routes reach them
         // (in standalone mode: with the firewall off nothing matches them).
-        let members = self.rules.mode() == Some(crate::dataplane::iptables::Mode::Standalone);
+        let members = (self.rules.mode() == Some(crate::dataplane::iptables::Mode::Standalone))
+            .then(|| self.rules.applier());
         // A pool changed (its mode, say): this host's tunnel addresses follow at once, not at
         // the next periodic pass, so the routes that wait on them come within a second.
         let pools_changed = Arc::new(tokio::sync::Notify::new());
@@ -79,6 +80,7 @@ impl Driver {
         super::supervise("routes", move || {
             let driver = me.clone();
             let pools_changed = pools_changed.clone();
+            let members = members.clone();
             async move {
                 let mut delay = Duration::from_millis(500);
                 loop {
@@ -132,11 +134,16 @@ pub async fn run(
     nl: Netlink,
     stopped: Arc<tokio::sync::Mutex<bool>>,
     pools_changed: Arc<tokio::sync::Notify>,
-    members: bool,
+    members: Option<super::members::RulesApplier>,
 ) {
-    let members = members.then(|| {
+    let members = members.map(|rules| {
         let (tx, rx) = mpsc::unbounded_channel();
-        let task = tokio::spawn(super::members::run(rx, local.to_string(), stopped.clone()));
+        let task = tokio::spawn(super::members::run(
+            rx,
+            local.to_string(),
+            stopped.clone(),
+            Some(rules),
+        ));
         (tx, task)
     });
     let (tx, mut rx) = mpsc::channel::<(Watched, Result<Update>)>(64);

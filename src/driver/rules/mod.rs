@@ -115,6 +115,11 @@ impl Rules {
         }
     }
 
+    /// The applier (shared): the members keeper asks it which sets the rules match.
+    pub(crate) fn applier(&self) -> std::sync::Arc<std::sync::Mutex<iptables::Applier>> {
+        self.inner.applier.clone()
+    }
+
     /// Accept traffic from other hosts' workloads (routes between hosts are on).
     pub(crate) fn set_other_hosts(&self, on: bool) {
         self.inner
