@@ -8,6 +8,10 @@
 //!   h1 10.N.1.11     h2 10.N.1.12      h3 10.N.2.13
 //! ```
 //!
+//! IPv6 likewise: segment `i` is `fd0a:N:i::/64` (router `::1`, host `::<last octet>`), with
+//! IPv6 forwarding on in the router and the hosts and ip6tables `FORWARD` at `DROP` (as
+//! Docker 28, whose ip6tables is on by default, leaves it).
+//!
 //! h1 and h2 share one L2 segment; h3 is on another subnet, reached through the router (so
 //! a pool's `CrossSubnet` matters). Every host's default route goes via the router; the
 //! underlay MTU is 1500. `N` is the first of 210..=219 whose `10.N.0.0/16` meets none of the
@@ -35,7 +39,7 @@
 //!
 //! Needs root: [`FleetBuilder::start_if_root`].
 
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -419,6 +423,11 @@ impl Host {
         self.net.addr
     }
 
+    /// Its IPv6 address on the underlay (`fd0a:N:1::11`).
+    pub fn addr6(&self) -> Ipv6Addr {
+        segment_addr6(self.net.addr)
+    }
+
     /// Its address with the segment's prefix length (`10.N.1.11/24`).
     pub fn addr_net(&self) -> Ipv4Net {
         Ipv4Net::new(self.net.addr, 24).unwrap()
@@ -522,6 +531,13 @@ fn segment_net(block: Ipv4Net, i: u8) -> Ipv4Net {
     Ipv4Net::new(Ipv4Addr::new(o[0], o[1], i + 1, 0), 24).unwrap()
 }
 
+/// The IPv6 twin of an underlay address: `10.N.s.l` is `fd0a:N:s::l` (in hex digits the
+/// decimal figures read the same: `fd0a:210:1::11`).
+fn segment_addr6(v4: Ipv4Addr) -> Ipv6Addr {
+    let o = v4.octets();
+    format!("fd0a:{}:{}::{}", o[1], o[2], o[3]).parse().unwrap()
+}
+
 fn segment_addr(block: Ipv4Net, i: u8, last: u8) -> Ipv4Addr {
     let o = segment_net(block, i).addr().octets();
     Ipv4Addr::new(o[0], o[1], o[2], last)
@@ -576,8 +592,10 @@ impl Underlay {
         let r = u.router.clone();
         host_ok("ip", &["-n", &r, "link", "set", "lo", "up"]);
         exec_in_ok(&r, "sysctl", &["-qw", "net.ipv4.ip_forward=1"]);
+        exec_in_ok(&r, "sysctl", &["-qw", "net.ipv6.conf.all.forwarding=1"]);
         for (i, seg) in SEGMENTS.iter().enumerate() {
             let gw = Ipv4Net::new(segment_addr(block, i as u8, 1), 24).unwrap();
+            let gw6 = format!("{}/64", segment_addr6(gw.addr()));
             let mtu = MTU.to_string();
             host_ok(
                 "ip",
@@ -587,6 +605,8 @@ impl Underlay {
                 "ip",
                 &["-n", &r, "addr", "add", &gw.to_string(), "dev", seg],
             );
+            // nodad: usable at once, not after duplicate address detection's second.
+            host_ok("ip", &["-n", &r, "addr", "add", &gw6, "dev", seg, "nodad"]);
             host_ok("ip", &["-n", &r, "link", "set", seg, "up"]);
         }
         for (h, &(_, seg, _)) in u.hosts.clone().iter().zip(HOSTS.iter()) {
@@ -615,11 +635,15 @@ impl Underlay {
             );
             let addr = Ipv4Net::new(h.addr, 24).unwrap().to_string();
             let gw = h.gateway.to_string();
+            let addr6 = format!("{}/64", segment_addr6(h.addr));
+            let gw6 = segment_addr6(h.gateway).to_string();
             for args in [
                 &["link", "set", "lo", "up"][..],
                 &["addr", "add", &addr, "dev", "eth0"],
+                &["-6", "addr", "add", &addr6, "dev", "eth0", "nodad"],
                 &["link", "set", "eth0", "up"],
                 &["route", "add", "default", "via", &gw],
+                &["-6", "route", "add", "default", "via", &gw6],
             ] {
                 let mut a = vec!["-n", h.ns.as_str()];
                 a.extend_from_slice(args);
@@ -628,6 +652,8 @@ impl Underlay {
             // As on a Docker host: forwarding on, FORWARD dropped unless a rule accepts.
             exec_in_ok(&h.ns, "sysctl", &["-qw", "net.ipv4.ip_forward=1"]);
             exec_in_ok(&h.ns, "iptables", &["-w", "-P", "FORWARD", "DROP"]);
+            exec_in_ok(&h.ns, "sysctl", &["-qw", "net.ipv6.conf.all.forwarding=1"]);
+            exec_in_ok(&h.ns, "ip6tables", &["-w", "-P", "FORWARD", "DROP"]);
         }
         u
     }

@@ -42,9 +42,11 @@ fn affinity_of(blocks: &[(String, Value)], ip: Ipv4Addr) -> String {
         .unwrap_or_else(|| panic!("no block holds {ip}"))
 }
 
-/// `docker exec c ping -c 1 -W 2 to` on `h`: Ok, or what it said.
+/// `docker exec c ping -c 1 -W 2 to` on `h` (`ping6` to an IPv6 address): Ok, or what it
+/// said.
 fn ping(h: &Host, c: &str, to: &str) -> Result<(), String> {
-    let out = h.d().docker(&["exec", c, "ping", "-c", "1", "-W", "2", to]);
+    let prog = if to.contains(':') { "ping6" } else { "ping" };
+    let out = h.d().docker(&["exec", c, prog, "-c", "1", "-W", "2", to]);
     if out.status.success() {
         Ok(())
     } else {
@@ -334,12 +336,20 @@ fn containers_on_three_hosts_reach_each_other_in_every_mode() {
 /// lock), then checks that the fleet, dropped, left nothing behind and the machine is as it
 /// was. Loudly skipped without root.
 fn on_fleet(test: &str, body: impl FnOnce(&Fleet, std::time::Instant)) {
+    on_fleet_with(test, &[], body)
+}
+
+/// [`on_fleet`] with `env` set for every host's plugin.
+fn on_fleet_with(test: &str, env: &[(&str, &str)], body: impl FnOnce(&Fleet, std::time::Instant)) {
     let Some((lock, t0)) = docker::lock_if_root(test) else {
         return;
     };
     let before = crate::docker_ipam::host_state();
     let footprint = {
-        let fleet = Fleet::builder().dockerd().under_lock(&lock).start();
+        let builder = env
+            .iter()
+            .fold(Fleet::builder(), |b, (k, v)| b.plugin_env(k, v));
+        let fleet = builder.dockerd().under_lock(&lock).start();
         body(&fleet, t0);
         fleet.footprint()
     };
@@ -1393,5 +1403,191 @@ fn isolation_across_hosts() {
             eprintln!("{test}: spoofed from {what}: {got} of 50 delivered; r2's: {control}");
         }
         eprintln!("{test}: all in {:?}", t0.elapsed());
+    });
+}
+
+/// The IPv6 address container `c` has on its one network.
+fn container_ip6(h: &Host, c: &str) -> std::net::Ipv6Addr {
+    let out = h.d().docker_ok(&[
+        "inspect",
+        "-f",
+        "{{range .NetworkSettings.Networks}}{{.GlobalIPv6Address}}{{end}}",
+        c,
+    ]);
+    out.parse()
+        .unwrap_or_else(|e| panic!("{}: IPv6 address of {c}: {out:?}: {e}", h.name()))
+}
+
+/// [`ping`] to an IPv6 address.
+fn ping6(h: &Host, c: &str, to: std::net::Ipv6Addr) -> Result<(), String> {
+    ping(h, c, &to.to_string())
+}
+
+/// Our IPv6 route on `h` to the block holding `ip` (`ip -6 route show proto 81`).
+fn route6_to(h: &Host, fleet: &Fleet, ip: std::net::Ipv6Addr) -> Option<String> {
+    let cidr = fleet
+        .list("/calico/ipam/v2/assignment/ipv6/block/")
+        .iter()
+        .find_map(|(_, b)| {
+            let cidr: ipnet::Ipv6Net = b["cidr"].as_str()?.parse().ok()?;
+            cidr.contains(&ip).then_some(cidr)
+        })
+        .unwrap_or_else(|| panic!("no block holds {ip}"));
+    h.exec_ok("ip", &["-6", "route", "show", "proto", "81"])
+        .lines()
+        .map(|l| l.trim().to_string())
+        .find(|l| l.split_whitespace().take(2).any(|w| w == cidr.to_string()))
+}
+
+/// Sets the default IPv6 pool's `vxlanMode` as `calicoctl apply` would.
+fn set_pool6_vxlan(fleet: &Fleet, vxlan: &str) {
+    const KEY: &str = "/calico/resources/v3/projectcalico.org/ippools/default-ipv6-ippool";
+    let mut pool = fleet
+        .etcd
+        .get_json(KEY)
+        .unwrap_or_else(|| panic!("no {KEY}"));
+    pool["spec"]["vxlanMode"] = vxlan.into();
+    fleet.etcd.put_json(KEY, &pool);
+}
+
+/// IPv6 between hosts (issue 17's "IPv6 likewise", issue 18's isolation in IPv6): with
+/// `IP6=autodetect` (and `CALICO_IPV6POOL_CIDR`) each Node gets its underlay IPv6 address (`spec.bgp.ipv6Address`); a
+/// `--ipv6` Calico network (no `--subnet`: the default IPv6 pool) with a container on each
+/// host; with the pool's `vxlanMode` Never, h1 and h2 (one segment) reach each other by a
+/// route via the peer's IPv6 address and h3 stays out of reach (no BGP); with Always, every
+/// pair pings over `vxlan-v6.calico` (Felix's IPv6 device: VNI 4096, port 4789, MTU
+/// underlay − 70) via the peers' IPv6 tunnel addresses. A container of another network on
+/// h2 stays out of c1's reach (the IPv6 member sets), ip6tables `FORWARD` at `DROP`.
+#[test]
+fn ipv6_containers_on_three_hosts_reach_each_other() {
+    let test = "docker_fleet::ipv6_containers_on_three_hosts_reach_each_other";
+    // As calico-node: the default IPv6 pool only where one is given (calico-node would make
+    // up a random ULA /48; the plugin makes none).
+    let env = [
+        ("IP6", "autodetect"),
+        ("CALICO_IPV6POOL_CIDR", "fd5e:c0de:1::/48"),
+    ];
+    on_fleet_with(test, &env, |fleet, t0| {
+        for h in &fleet.hosts {
+            let key = format!("/calico/resources/v3/projectcalico.org/nodes/{}", h.name());
+            let want = format!("{}/64", h.addr6());
+            common::wait_until(
+                &format!("{}'s Node has its IPv6 address", h.name()),
+                std::time::Duration::from_secs(20),
+                || {
+                    let node = fleet.etcd.get_json(&key);
+                    let have = node
+                        .as_ref()
+                        .map(|n| n["spec"]["bgp"]["ipv6Address"].clone());
+                    if have == Some(Value::from(want.clone())) {
+                        Ok(())
+                    } else {
+                        Err(format!("{have:?}"))
+                    }
+                },
+            );
+        }
+        let mut ips = Vec::new();
+        for (i, h) in fleet.hosts.iter().enumerate() {
+            h.d().calico_network("v6net", &["--ipv6"]);
+            let c = format!("c{}", i + 1);
+            h.d()
+                .sleeper(docker::BUSYBOX_IMAGE, &c, &["--network", "v6net"]);
+            ips.push(container_ip6(h, &c));
+        }
+        // Another network's container on h2: never reached from c1.
+        let h2 = fleet.host("h2");
+        h2.d().calico_network("other6", &["--ipv6"]);
+        h2.d()
+            .sleeper(docker::BUSYBOX_IMAGE, "o2", &["--network", "other6"]);
+        let other = container_ip6(h2, "o2");
+        let (h1, h3) = (fleet.host("h1"), fleet.host("h3"));
+        let all_pairs: Vec<(usize, usize)> = (0..3)
+            .flat_map(|i| (0..3).filter(move |&j| j != i).map(move |j| (i, j)))
+            .collect();
+        for (vxlan, pairs) in [("Never", vec![(0, 1), (1, 0)]), ("Always", all_pairs)] {
+            let t = std::time::Instant::now();
+            set_pool6_vxlan(fleet, vxlan);
+            common::wait_until(
+                &format!("vxlanMode {vxlan}: every pair pings over IPv6"),
+                std::time::Duration::from_secs(40),
+                || {
+                    let failed: Vec<String> = pairs
+                        .iter()
+                        .filter_map(|&(i, j)| {
+                            ping6(&fleet.hosts[i], &format!("c{}", i + 1), ips[j]).err()
+                        })
+                        .collect();
+                    if failed.is_empty() {
+                        Ok(())
+                    } else {
+                        let routes: Vec<String> = fleet
+                            .hosts
+                            .iter()
+                            .map(|h| {
+                                format!(
+                                    "{}: {}",
+                                    h.name(),
+                                    h.exec_ok("ip", &["-6", "route", "show", "proto", "81"])
+                                )
+                            })
+                            .collect();
+                        Err(format!(
+                            "{}\nroutes:\n{}",
+                            failed.join("\n"),
+                            routes.join("\n")
+                        ))
+                    }
+                },
+            );
+            eprintln!(
+                "{test}: vxlanMode {vxlan}: every pair pings after {:?}",
+                t.elapsed()
+            );
+            let to_h2 = route6_to(h1, fleet, ips[1]).unwrap_or_default();
+            let to_h3 = route6_to(h1, fleet, ips[2]).unwrap_or_default();
+            if vxlan == "Never" {
+                assert!(
+                    to_h2.contains(&format!("via {} dev eth0", h2.addr6())),
+                    "h1 -> h2: {to_h2}"
+                );
+                assert!(to_h3.is_empty(), "h1 -> h3 needs BGP: {to_h3}");
+                // Positive control of that: h3's container is out of h1's reach.
+                assert!(ping6(h1, "c1", ips[2]).is_err());
+            } else {
+                for r in [&to_h2, &to_h3] {
+                    assert!(
+                        r.contains("dev vxlan-v6.calico") && r.contains("onlink"),
+                        "{r}"
+                    );
+                }
+                for h in [h1, h2, h3] {
+                    let key = format!("/calico/resources/v3/projectcalico.org/nodes/{}", h.name());
+                    let node = fleet.etcd.get_json(&key).unwrap();
+                    let tunnel = node["spec"]["ipv6VXLANTunnelAddr"]
+                        .as_str()
+                        .unwrap_or_else(|| panic!("no IPv6 VXLAN tunnel address on {node}"));
+                    let mac = node["spec"]["vxlanTunnelMACAddrV6"].as_str().unwrap();
+                    let link = h.exec_ok("ip", &["-d", "link", "show", "vxlan-v6.calico"]);
+                    for want in [
+                        "vxlan id 4096",
+                        "dstport 4789",
+                        "mtu 1430",
+                        &format!("local {}", h.addr6()),
+                        mac,
+                    ] {
+                        assert!(link.contains(want), "{}: no {want:?} in {link}", h.name());
+                    }
+                    let a = h.exec_ok("ip", &["-6", "addr", "show", "vxlan-v6.calico"]);
+                    assert!(a.contains(&format!("{tunnel}/128")), "{}: {a}", h.name());
+                }
+            }
+            // Isolation: c1 reaches c2 (above) but not h2's container of another network.
+            assert!(
+                ping6(h1, "c1", other).is_err(),
+                "vxlanMode {vxlan}: c1 reached o2 of another network"
+            );
+        }
+        eprintln!("{test}: done in {:?}", t0.elapsed());
     });
 }
