@@ -322,7 +322,7 @@ fn replace_sets(want: &Sets, live: &Sets) -> Result<()> {
     ipset::restore(&ipset::replace_script(want, &present))
 }
 
-/// The firewall rules' applier, asked which sets its rules match (see [`destroy_unused`]).
+/// The firewall rules' applier, asked which sets its rules match (see [`run`]).
 pub type RulesApplier = Arc<std::sync::Mutex<crate::dataplane::iptables::Applier>>;
 
 /// Destroys the sets of ours among `live` that hold no member (`want` has none of them: a
@@ -363,8 +363,9 @@ pub struct Feed {
 /// Keeps the sets from the WorkloadEndpoint changes the route keeper passes on (one watch
 /// serves both), until the feed ends or `stopped` holds `true`. Nothing is written before
 /// the first fresh list.
-/// With `rules` (the firewall rules' applier), sets left empty and unmatched are destroyed at
-/// each kernel check ([`destroy_unused`]).
+///
+/// With `rules` (the firewall rules' applier), at each kernel check the sets of ours that
+/// hold no member and that no rule matches are destroyed, under the applier's lock.
 pub async fn run(
     mut feed: tokio::sync::mpsc::UnboundedReceiver<Feed>,
     local: String,
