@@ -332,6 +332,7 @@ netns_tests! {
     damaged_records_give_errors_not_panics: damaged_body,
     two_machines_under_one_node_name_delete_nothing_of_each_other: twins_body,
     an_address_docker_gave_to_another_drivers_container_stays: other_driver_body,
+    an_endpoint_deleted_during_the_restart_load_stays_deleted: deleted_during_load_body,
 }
 
 /// Runs `body` on a thread of its own in a fresh network namespace (with etcd started from
@@ -855,4 +856,96 @@ async fn other_driver_body() {
         vec![macvlan_ip],
         "the macvlan container keeps its address"
     );
+}
+
+/// etcd, with the listing of WorkloadEndpoints slowed once `slow` is set: the list is taken
+/// at once and answered a second later (a busy cluster), so a change made meanwhile is not in
+/// it. `listing` is set when such a slowed list has been taken.
+struct SlowEndpointList {
+    inner: Arc<dyn Datastore>,
+    slow: std::sync::atomic::AtomicBool,
+    listing: std::sync::atomic::AtomicBool,
+}
+
+#[async_trait::async_trait]
+impl Datastore for SlowEndpointList {
+    async fn get(&self, key: &str) -> calico_libnetwork::Result<Option<KeyValue>> {
+        self.inner.get(key).await
+    }
+    async fn list(&self, prefix: &str) -> calico_libnetwork::Result<Vec<KeyValue>> {
+        let r = self.inner.list(prefix).await;
+        if prefix.contains("/workloadendpoints/")
+            && self.slow.load(std::sync::atomic::Ordering::SeqCst)
+        {
+            self.listing
+                .store(true, std::sync::atomic::Ordering::SeqCst);
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+        r
+    }
+    async fn txn(&self, writes: Vec<Write>) -> calico_libnetwork::Result<i64> {
+        self.inner.txn(writes).await
+    }
+    fn stats(&self) -> &calico_libnetwork::datastore::Stats {
+        self.inner.stats()
+    }
+    fn kind(&self) -> &'static str {
+        self.inner.kind()
+    }
+}
+
+/// A restarted plugin loads its endpoints' rules from etcd in the background; Docker's
+/// DeleteEndpoint of one of them comes while that load's list is on its way. The endpoint
+/// stays deleted: the load does not bring its rules back, and a stop with no endpoint left
+/// removes every rule (before, the load merged the listed endpoint back in and the stop kept
+/// the rules, for an endpoint that no longer existed: the suite's
+/// `a_plugin_stopped_with_no_endpoint_left_leaves_no_firewall_rule` failed that way under
+/// load).
+async fn deleted_during_load_body() {
+    let etcd = Etcd::start();
+    let real: Arc<dyn Datastore> = Arc::new(etcd.store());
+    let before = driver(real.clone(), "rel-load", Duration::from_secs(60));
+    before
+        .init(&[default_pool(&"10.74.0.0/24".parse().unwrap())])
+        .await
+        .unwrap();
+    let net = "ab".repeat(32);
+    network(&before, &net).await;
+    let (ep, _) = new_endpoint(&before, &net, "load").await;
+    drop(before);
+
+    let store = Arc::new(SlowEndpointList {
+        inner: real.clone(),
+        slow: Default::default(),
+        listing: Default::default(),
+    });
+    let mut settings = DriverSettings::new("rel-load");
+    settings.dataplane = calico_libnetwork::dataplane::iptables::DataplaneMode::Standalone;
+    let me = Arc::new(Driver::new(store.clone(), settings));
+    me.init(&[]).await.unwrap();
+    store.slow.store(true, std::sync::atomic::Ordering::SeqCst);
+    me.keep_rules_in_background();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !store.listing.load(std::sync::atomic::Ordering::SeqCst) {
+        assert!(
+            Instant::now() < deadline,
+            "the rules keeper never listed the endpoints"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    // The load's list holds the endpoint; Docker deletes it before the list returns.
+    me.delete_endpoint(&net, &ep).await.unwrap();
+    store.slow.store(false, std::sync::atomic::Ordering::SeqCst);
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let removed = me.remove_rules_if_idle().await.unwrap();
+    assert!(
+        removed,
+        "the stop kept the rules: the deleted endpoint came back with the load"
+    );
+    let left = Command::new("iptables")
+        .args(["-w", "-S"])
+        .output()
+        .unwrap();
+    let left = String::from_utf8_lossy(&left.stdout);
+    assert!(!left.contains("CLN-"), "rules left:\n{left}");
 }

@@ -46,21 +46,16 @@ impl Driver {
                 )));
             }
         }
-        state.endpoints.insert(endpoint_id.to_string(), rules);
+        self.rules.record_endpoint(&mut state, endpoint_id, rules);
         Ok(())
     }
 
     /// Forgets an endpoint's rules and removes them from the host in the background.
     pub(crate) async fn rules_remove_endpoint(&self, endpoint_id: &str) {
-        let removed = self
-            .rules
-            .inner
-            .state
-            .lock()
-            .await
-            .endpoints
-            .remove(endpoint_id)
-            .is_some();
+        let removed = {
+            let mut state = self.rules.inner.state.lock().await;
+            self.rules.forget_endpoint(&mut state, endpoint_id)
+        };
         if removed {
             self.rules.apply_soon();
         }

@@ -85,6 +85,10 @@ struct RulesInner {
     /// The state was rebuilt from the datastore at least once: until then an empty state
     /// says nothing about the endpoints running on this host.
     known: std::sync::atomic::AtomicBool,
+    /// Endpoints removed before the state was known (changed only under the state lock): a
+    /// load that listed their WorkloadEndpoints before DeleteEndpoint removed them must not
+    /// bring them back.
+    removed_before_known: std::sync::Mutex<std::collections::BTreeSet<String>>,
     /// The last apply failed: the keeper applies again (with back-off) until one succeeds.
     failed: std::sync::atomic::AtomicBool,
     /// Wakes the keeper early (an apply failed).
@@ -107,6 +111,7 @@ impl Rules {
                 applier: Default::default(),
                 queued: Default::default(),
                 known: Default::default(),
+                removed_before_known: Default::default(),
                 failed: Default::default(),
                 wake: Default::default(),
                 seq: Default::default(),
@@ -118,6 +123,33 @@ impl Rules {
     /// The applier (shared): the members keeper asks it which sets the rules match.
     pub(crate) fn applier(&self) -> std::sync::Arc<std::sync::Mutex<iptables::Applier>> {
         self.inner.applier.clone()
+    }
+
+    /// Takes `endpoint_id` out of `state` (held by the caller); before the state is known,
+    /// remembers it so that a load in flight does not bring it back. Whether it was there.
+    fn forget_endpoint(&self, state: &mut RuleState, endpoint_id: &str) -> bool {
+        // With the firewall off no load ever runs to clear them.
+        if self.inner.configured != DataplaneMode::Off
+            && !self.inner.known.load(std::sync::atomic::Ordering::SeqCst)
+        {
+            self.inner
+                .removed_before_known
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .insert(endpoint_id.to_string());
+        }
+        state.endpoints.remove(endpoint_id).is_some()
+    }
+
+    /// Records `rules` for `endpoint_id` in `state` (held by the caller): a new endpoint
+    /// under an ID removed before the state was known is live again.
+    fn record_endpoint(&self, state: &mut RuleState, endpoint_id: &str, rules: EndpointRules) {
+        self.inner
+            .removed_before_known
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(endpoint_id);
+        state.endpoints.insert(endpoint_id.to_string(), rules);
     }
 
     /// Accept traffic from other hosts' workloads (routes between hosts are on).
@@ -279,12 +311,21 @@ impl Rules {
         }
         let n = found.len();
         let mut state = self.inner.state.lock().await;
+        let mut removed = self
+            .inner
+            .removed_before_known
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
         for (id, rules) in found {
-            state.endpoints.entry(id).or_insert(rules);
+            // Listed before its DeleteEndpoint took it away: gone, not to be brought back.
+            if !removed.contains(&id) {
+                state.endpoints.entry(id).or_insert(rules);
+            }
         }
         self.inner
             .known
             .store(true, std::sync::atomic::Ordering::SeqCst);
+        removed.clear();
         Ok(n)
     }
 
