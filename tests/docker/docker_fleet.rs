@@ -20,14 +20,19 @@ const BLOCKS_V4: &str = "/calico/ipam/v2/assignment/ipv4/block/";
 
 /// The IPv4 address container `c` has on its one network.
 fn container_ip(h: &Host, c: &str) -> Ipv4Addr {
-    let out = h.d().docker_ok(&[
-        "inspect",
-        "-f",
-        "{{range .NetworkSettings.Networks}}{{.IPAddress}}{{end}}",
-        c,
-    ]);
+    container_address(h, c, "IPAddress")
+}
+
+/// The address in field `field` (`IPAddress`, `GlobalIPv6Address`) of container `c`'s one
+/// network.
+fn container_address<A: std::str::FromStr>(h: &Host, c: &str, field: &str) -> A
+where
+    A::Err: std::fmt::Display,
+{
+    let format = format!("{{{{range .NetworkSettings.Networks}}}}{{{{.{field}}}}}{{{{end}}}}");
+    let out = h.d().docker_ok(&["inspect", "-f", &format, c]);
     out.parse()
-        .unwrap_or_else(|e| panic!("{}: address of {c}: {out:?}: {e}", h.name()))
+        .unwrap_or_else(|e| panic!("{}: {field} of {c}: {out:?}: {e}", h.name()))
 }
 
 /// The affinity (`host:<node>`) of the block holding `ip`.
@@ -1408,14 +1413,7 @@ fn isolation_across_hosts() {
 
 /// The IPv6 address container `c` has on its one network.
 fn container_ip6(h: &Host, c: &str) -> std::net::Ipv6Addr {
-    let out = h.d().docker_ok(&[
-        "inspect",
-        "-f",
-        "{{range .NetworkSettings.Networks}}{{.GlobalIPv6Address}}{{end}}",
-        c,
-    ]);
-    out.parse()
-        .unwrap_or_else(|e| panic!("{}: IPv6 address of {c}: {out:?}: {e}", h.name()))
+    container_address(h, c, "GlobalIPv6Address")
 }
 
 /// [`ping`] to an IPv6 address.

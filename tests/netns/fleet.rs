@@ -1106,15 +1106,19 @@ fn a_network_gone_everywhere_takes_its_sets_with_it() {
         set_rules(h1)
     );
 
+    // An endpoint gone as Docker removes it: DeleteEndpoint, then its address released.
+    let remove = |h: &Host, (pool, ep, ip): &(String, String, Ipv4Addr)| {
+        h.call_ok(
+            "NetworkDriver.DeleteEndpoint",
+            &json!({"NetworkID": net, "EndpointID": ep}),
+        );
+        h.call_ok(
+            "IpamDriver.ReleaseAddress",
+            &json!({"PoolID": pool, "Address": ip.to_string()}),
+        );
+    };
     // h2's endpoint goes: h1's set is empty but its rules use it, through a kernel check.
-    h2.call_ok(
-        "NetworkDriver.DeleteEndpoint",
-        &json!({"NetworkID": net, "EndpointID": made[1].1}),
-    );
-    h2.call_ok(
-        "IpamDriver.ReleaseAddress",
-        &json!({"PoolID": made[1].0, "Address": made[1].2.to_string()}),
-    );
+    remove(h2, &made[1]);
     common::wait_until("h1's set emptied", Duration::from_secs(15), || {
         our_sets(h1).get(&set4).is_some_and(|m| m.is_empty())
     });
@@ -1131,14 +1135,7 @@ fn a_network_gone_everywhere_takes_its_sets_with_it() {
         "NetworkDriver.Leave",
         &json!({"NetworkID": net, "EndpointID": made[0].1}),
     );
-    h1.call_ok(
-        "NetworkDriver.DeleteEndpoint",
-        &json!({"NetworkID": net, "EndpointID": made[0].1}),
-    );
-    h1.call_ok(
-        "IpamDriver.ReleaseAddress",
-        &json!({"PoolID": made[0].0, "Address": made[0].2.to_string()}),
-    );
+    remove(h1, &made[0]);
     for h in [h1, h2] {
         h.call_ok("NetworkDriver.DeleteNetwork", &json!({"NetworkID": net}));
     }
