@@ -280,11 +280,16 @@ impl Driver {
             }
         };
         report.links_listed = links.is_some();
+        // Read before the list: a profile move made while it is on its way is newer than it.
+        let moves_before = self.rules().profile_moves();
         let weps = self.all_weps().await?;
         // Profiles of this host's endpoints changed elsewhere (a network's name learned by
         // another host sharing it, calicoctl): the firewall follows the datastore.
         self.rules()
-            .refresh_profiles(weps.iter().map(|(_, _, w)| w).filter(|w| w.spec.node == me))
+            .refresh_profiles(
+                moves_before,
+                weps.iter().map(|(_, _, w)| w).filter(|w| w.spec.node == me),
+            )
             .await;
 
         // 1. Host veths no WorkloadEndpoint of this node names (and no endpoint Docker

@@ -333,6 +333,8 @@ netns_tests! {
     two_machines_under_one_node_name_delete_nothing_of_each_other: twins_body,
     an_address_docker_gave_to_another_drivers_container_stays: other_driver_body,
     an_endpoint_deleted_during_the_restart_load_stays_deleted: deleted_during_load_body,
+    a_join_during_the_restart_load_keeps_a_deleted_endpoint_deleted: join_during_load_body,
+    a_profile_move_during_a_reconciliation_pass_is_not_undone: profile_move_during_reconcile_body,
 }
 
 /// Runs `body` on a thread of its own in a fresh network namespace (with etcd started from
@@ -858,39 +860,74 @@ async fn other_driver_body() {
     );
 }
 
-/// etcd, with the listing of WorkloadEndpoints slowed once `slow` is set: the list is taken
-/// at once and answered a second later (a busy cluster), so a change made meanwhile is not in
-/// it. `listing` is set when such a slowed list has been taken.
-struct SlowEndpointList {
-    inner: Arc<dyn Datastore>,
-    slow: std::sync::atomic::AtomicBool,
+/// etcd, with one listing of WorkloadEndpoints held back (a busy cluster): after
+/// [`HeldEndpointList::hold`], the next such list is taken at once and answered only once
+/// [`HeldEndpointList::release`] is called, so a change made meanwhile is not in it.
+#[derive(Default)]
+struct HeldEndpointList {
+    inner: Option<Arc<dyn Datastore>>,
+    hold: std::sync::atomic::AtomicBool,
     listing: std::sync::atomic::AtomicBool,
+    released: tokio::sync::Notify,
+}
+
+impl HeldEndpointList {
+    fn over(inner: Arc<dyn Datastore>) -> Arc<Self> {
+        Arc::new(HeldEndpointList {
+            inner: Some(inner),
+            ..Default::default()
+        })
+    }
+
+    fn inner(&self) -> &dyn Datastore {
+        self.inner.as_deref().expect("a store under the held list")
+    }
+
+    fn hold(&self) {
+        self.hold.store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// Waits (10 s at most) until the held list has been taken.
+    async fn wait_listing(&self, who: &str) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !self.listing.load(std::sync::atomic::Ordering::SeqCst) {
+            assert!(
+                Instant::now() < deadline,
+                "{who} never listed the endpoints"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    fn release(&self) {
+        self.released.notify_one();
+    }
 }
 
 #[async_trait::async_trait]
-impl Datastore for SlowEndpointList {
+impl Datastore for HeldEndpointList {
     async fn get(&self, key: &str) -> calico_libnetwork::Result<Option<KeyValue>> {
-        self.inner.get(key).await
+        self.inner().get(key).await
     }
     async fn list(&self, prefix: &str) -> calico_libnetwork::Result<Vec<KeyValue>> {
-        let r = self.inner.list(prefix).await;
+        let r = self.inner().list(prefix).await;
         if prefix.contains("/workloadendpoints/")
-            && self.slow.load(std::sync::atomic::Ordering::SeqCst)
+            && self.hold.swap(false, std::sync::atomic::Ordering::SeqCst)
         {
             self.listing
                 .store(true, std::sync::atomic::Ordering::SeqCst);
-            tokio::time::sleep(Duration::from_secs(1)).await;
+            self.released.notified().await;
         }
         r
     }
     async fn txn(&self, writes: Vec<Write>) -> calico_libnetwork::Result<i64> {
-        self.inner.txn(writes).await
+        self.inner().txn(writes).await
     }
     fn stats(&self) -> &calico_libnetwork::datastore::Stats {
-        self.inner.stats()
+        self.inner().stats()
     }
     fn kind(&self) -> &'static str {
-        self.inner.kind()
+        self.inner().kind()
     }
 }
 
@@ -902,6 +939,18 @@ impl Datastore for SlowEndpointList {
 /// `a_plugin_stopped_with_no_endpoint_left_leaves_no_firewall_rule` failed that way under
 /// load).
 async fn deleted_during_load_body() {
+    deleted_during_load(false).await
+}
+
+/// The same, with another container joining before the load's list comes back: its Join
+/// loads the endpoints itself (the deleted one is not among them) and applies; the
+/// keeper's load, ending after it, must not bring the deleted endpoint back (its address,
+/// given to a container of another network, would pass that network's profile rules).
+async fn join_during_load_body() {
+    deleted_during_load(true).await
+}
+
+async fn deleted_during_load(join_first: bool) {
     let etcd = Etcd::start();
     let real: Arc<dyn Datastore> = Arc::new(etcd.store());
     let before = driver(real.clone(), "rel-load", Duration::from_secs(60));
@@ -914,29 +963,31 @@ async fn deleted_during_load_body() {
     let (ep, _) = new_endpoint(&before, &net, "load").await;
     drop(before);
 
-    let store = Arc::new(SlowEndpointList {
-        inner: real.clone(),
-        slow: Default::default(),
-        listing: Default::default(),
-    });
+    let store = HeldEndpointList::over(real.clone());
     let mut settings = DriverSettings::new("rel-load");
     settings.dataplane = calico_libnetwork::dataplane::iptables::DataplaneMode::Standalone;
     let me = Arc::new(Driver::new(store.clone(), settings));
     me.init(&[]).await.unwrap();
-    store.slow.store(true, std::sync::atomic::Ordering::SeqCst);
+    store.hold();
     me.keep_rules_in_background();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !store.listing.load(std::sync::atomic::Ordering::SeqCst) {
-        assert!(
-            Instant::now() < deadline,
-            "the rules keeper never listed the endpoints"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    store.wait_listing("the rules keeper").await;
     // The load's list holds the endpoint; Docker deletes it before the list returns.
     me.delete_endpoint(&net, &ep).await.unwrap();
-    store.slow.store(false, std::sync::atomic::Ordering::SeqCst);
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let other = if join_first {
+        let (f, _) = new_endpoint(&me, &net, "loadf").await;
+        me.join(&net, &f, "/var/run/docker/netns/loadf")
+            .await
+            .unwrap();
+        Some(f)
+    } else {
+        None
+    };
+    store.release();
+    // The load ends milliseconds after its list is answered.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    if let Some(f) = other {
+        me.delete_endpoint(&net, &f).await.unwrap();
+    }
     let removed = me.remove_rules_if_idle().await.unwrap();
     assert!(
         removed,
@@ -948,4 +999,121 @@ async fn deleted_during_load_body() {
         .unwrap();
     let left = String::from_utf8_lossy(&left.stdout);
     assert!(!left.contains("CLN-"), "rules left:\n{left}");
+}
+
+/// A Docker API that knows one network, `id`, under the name `late` once `named` is set
+/// (until then it answers 404, as dockerd does for a network it is still creating), and
+/// nothing else.
+async fn fake_docker(
+    sock: &std::path::Path,
+    id: String,
+    named: Arc<std::sync::atomic::AtomicBool>,
+) {
+    let listener = tokio::net::UnixListener::bind(sock).unwrap();
+    let app = axum::Router::new().fallback(move |uri: axum::http::Uri| {
+        let (id, named) = (id.clone(), named.clone());
+        async move {
+            let path = uri.path();
+            let not_found = (
+                axum::http::StatusCode::NOT_FOUND,
+                axum::Json(json!({"message": format!("no such object: {path}")})),
+            );
+            if path.ends_with("/version") {
+                return (
+                    axum::http::StatusCode::OK,
+                    axum::Json(json!({"ApiVersion": "1.41", "MinAPIVersion": "1.12", "Version": "20.10.24"})),
+                );
+            }
+            if path.ends_with(&format!("/networks/{id}"))
+                && named.load(std::sync::atomic::Ordering::SeqCst)
+            {
+                return (
+                    axum::http::StatusCode::OK,
+                    axum::Json(json!({"Name": "late", "Id": id, "Driver": "calico"})),
+                );
+            }
+            not_found
+        }
+    });
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+}
+
+/// The chain that endpoint `ep`'s inbound rules jump to (its profile's), from `iptables -S`.
+fn profile_chain_of(ep: &str) -> Option<String> {
+    let iface = calico_libnetwork::model::libnetwork::host_veth_name(ep);
+    let from = format!("-A CLN-TW-{} -j ", iface.trim_start_matches("cali"));
+    let out = Command::new("iptables")
+        .args(["-w", "-S"])
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .find_map(|l| l.strip_prefix(&from).filter(|c| c.starts_with("CLN-PRO-")))
+        .map(str::to_string)
+}
+
+/// Docker tells the plugin a network's name while a reconciliation pass's list of
+/// WorkloadEndpoints is on its way: the network's endpoints move to the named profile (in
+/// etcd and in the firewall), and the pass's profile refresh, made from the list taken
+/// before the move, does not move the firewall back. Before, it did: the running container
+/// stayed cut off from the network's new containers until the next pass (the Docker suite's
+/// `standalone_isolation_nat_ports_restart_and_felix_mode` failed that way in CI).
+async fn profile_move_during_reconcile_body() {
+    let etcd = Etcd::start();
+    let store = HeldEndpointList::over(Arc::new(etcd.store()));
+    let dir = tempfile::tempdir().unwrap();
+    let sock = dir.path().join("docker.sock");
+    let net = "cd".repeat(32);
+    let named = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    fake_docker(&sock, net.clone(), named.clone()).await;
+    let mut settings = DriverSettings::new("rel-move");
+    settings.dataplane = calico_libnetwork::dataplane::iptables::DataplaneMode::Standalone;
+    settings.docker_host = Some(format!("unix://{}", sock.display()));
+    // Nothing is old enough for the pass to clean up: it only refreshes profiles.
+    settings.reconcile_grace = Duration::from_secs(600);
+    let me = Arc::new(Driver::new(store.clone(), settings));
+    me.init(&[default_pool(&"10.75.0.0/24".parse().unwrap())])
+        .await
+        .unwrap();
+    // Docker does not know the name yet: the endpoint joins on the fallback profile.
+    network(&me, &net).await;
+    let (a, _) = new_endpoint(&me, &net, "mova").await;
+    me.join(&net, &a, "/var/run/docker/netns/mova")
+        .await
+        .unwrap();
+    let fallback = calico_libnetwork::model::libnetwork::fallback_profile(&net);
+    let named_profile = calico_libnetwork::model::libnetwork::named_profile("late");
+
+    store.hold();
+    let pass = {
+        let (me, a) = (me.clone(), a.clone());
+        tokio::spawn(async move { me.reconcile_with(Some(&HashSet::from([a]))).await })
+    };
+    store.wait_listing("the reconciliation pass").await;
+    // The pass holds the list from before the move; Docker now answers with the name.
+    named.store(true, std::sync::atomic::Ordering::SeqCst);
+    let profile_key = format!("/calico/resources/v3/projectcalico.org/profiles/{fallback}");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    // The fallback profile goes once the endpoints (and the firewall) have moved.
+    while store.get(&profile_key).await.unwrap().is_some() {
+        assert!(
+            Instant::now() < deadline,
+            "the network's name was never learned"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    store.release();
+    pass.await.unwrap().unwrap();
+
+    // A container started now is on the named profile; the first one must be with it.
+    let (b, _) = new_endpoint(&me, &net, "movb").await;
+    me.join(&net, &b, "/var/run/docker/netns/movb")
+        .await
+        .unwrap();
+    let (chain_a, chain_b) = (profile_chain_of(&a), profile_chain_of(&b));
+    assert!(chain_b.is_some(), "no profile rule for the second endpoint");
+    assert_eq!(
+        chain_a, chain_b,
+        "the first endpoint's rules went back to profile {fallback} (the second's is {named_profile})"
+    );
 }

@@ -97,6 +97,9 @@ struct RulesInner {
     seq: std::sync::atomic::AtomicU64,
     /// Other hosts' workloads are routed here (see [`RuleState::other_hosts`]).
     other_hosts: std::sync::atomic::AtomicBool,
+    /// Counts profile moves (changed only under the state lock): a profile refresh made
+    /// from WorkloadEndpoints listed before a move must not undo it.
+    profile_moves: std::sync::atomic::AtomicU64,
 }
 
 impl Rules {
@@ -116,6 +119,7 @@ impl Rules {
                 wake: Default::default(),
                 seq: Default::default(),
                 other_hosts: Default::default(),
+                profile_moves: Default::default(),
             }),
         }
     }
@@ -227,7 +231,11 @@ impl Rules {
             tokio::time::sleep(std::time::Duration::from_millis(50)).await;
         }
         let mut changed = false;
-        for e in self.inner.state.lock().await.endpoints.values_mut() {
+        let mut state = self.inner.state.lock().await;
+        self.inner
+            .profile_moves
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        for e in state.endpoints.values_mut() {
             if e.profiles.iter().any(|p| p == from) {
                 let mut profiles: Vec<String> = Vec::new();
                 for p in &e.profiles {
@@ -240,9 +248,18 @@ impl Rules {
                 changed = true;
             }
         }
+        drop(state);
         if changed {
             self.apply_soon();
         }
+    }
+
+    /// How many profile moves this host has made: read before listing the
+    /// WorkloadEndpoints given to [`Rules::refresh_profiles`].
+    pub(crate) fn profile_moves(&self) -> u64 {
+        self.inner
+            .profile_moves
+            .load(std::sync::atomic::Ordering::SeqCst)
     }
 
     /// Records the sandbox `endpoint_id` joined (`""` after Leave). True when it changed;
@@ -260,9 +277,12 @@ impl Rules {
 
     /// Takes the profiles of the endpoints it knows from their WorkloadEndpoints (this
     /// host's), and applies in the background if any changed. Endpoints it does not know
-    /// are left alone: one being created may not be in the state yet.
+    /// are left alone: one being created may not be in the state yet. `moves_before`: what
+    /// [`Rules::profile_moves`] said before the list was taken; a move made since (the list
+    /// may hold the profiles from before it) skips this refresh, the next one follows.
     pub(crate) async fn refresh_profiles<'a>(
         &self,
+        moves_before: u64,
         weps: impl Iterator<Item = &'a WorkloadEndpoint>,
     ) {
         if self.mode().is_none() {
@@ -271,6 +291,10 @@ impl Rules {
         let mut changed = false;
         {
             let mut state = self.inner.state.lock().await;
+            if self.profile_moves() != moves_before {
+                tracing::debug!("profiles moved while the WorkloadEndpoints were listed: profile refresh left to the next pass");
+                return;
+            }
             for w in weps {
                 if let Some(e) = state.endpoints.get_mut(&w.spec.endpoint) {
                     if e.profiles != w.spec.profiles {
@@ -311,6 +335,11 @@ impl Rules {
         }
         let n = found.len();
         let mut state = self.inner.state.lock().await;
+        if self.inner.known.load(std::sync::atomic::Ordering::SeqCst) {
+            // Another load (a stop's, the keeper's) ended first: the state is whole and has
+            // every change since, so this list can only bring back endpoints deleted since.
+            return Ok(n);
+        }
         let mut removed = self
             .inner
             .removed_before_known
