@@ -326,13 +326,21 @@ impl Driver {
             .await
             .ctx(format!("join endpoint {}", short_id(endpoint_id)))?;
         // Its container's other endpoints share their networks' membership with it (and it
-        // with them) from this apply on.
-        self.rules().set_sandbox(endpoint_id, sandbox).await;
+        // with them) from this apply on. Recorded once the endpoints are known: after a
+        // restart between CreateEndpoint and Join, this endpoint is not in the state before.
+        let known = self.rules().ensure_known().await;
+        if known.is_ok() {
+            self.rules().set_sandbox(endpoint_id, sandbox).await;
+        }
         // The host firewall for this endpoint (forwarding past Docker's FORWARD DROP,
         // isolation, published ports). Without it the endpoint's traffic is dropped (ours
         // drops unknown cali interfaces) and its ports go nowhere: fail, so Docker rolls the
         // container's start back and says why.
-        if let Err(e) = self.rules_apply().await {
+        let applied = match known {
+            Ok(()) => self.rules_apply().await,
+            Err(e) => Err(e),
+        };
+        if let Err(e) = applied {
             let e = e.context(format!(
                 "join endpoint {}: install its firewall rules",
                 short_id(endpoint_id)

@@ -335,6 +335,9 @@ netns_tests! {
     an_endpoint_deleted_during_the_restart_load_stays_deleted: deleted_during_load_body,
     a_join_during_the_restart_load_keeps_a_deleted_endpoint_deleted: join_during_load_body,
     a_profile_move_during_a_reconciliation_pass_is_not_undone: profile_move_during_reconcile_body,
+    a_slow_pool_list_never_takes_a_newer_pools_nat_away: slow_pool_list_body,
+    a_join_right_after_a_restart_shares_its_containers_networks: join_after_restart_body,
+    a_published_port_is_judged_against_the_endpoints_from_before_a_restart: port_after_restart_body,
 }
 
 /// Runs `body` on a thread of its own in a fresh network namespace (with etcd started from
@@ -860,21 +863,29 @@ async fn other_driver_body() {
     );
 }
 
-/// etcd, with one listing of WorkloadEndpoints held back (a busy cluster): after
-/// [`HeldEndpointList::hold`], the next such list is taken at once and answered only once
-/// [`HeldEndpointList::release`] is called, so a change made meanwhile is not in it.
+/// etcd, with one listing of a kind of resource held back (a busy cluster): after
+/// [`HeldList::hold`], the next list under a prefix containing `kind` is taken at once and
+/// answered only once [`HeldList::release`] is called, so a change made meanwhile is not in
+/// it.
 #[derive(Default)]
-struct HeldEndpointList {
+struct HeldList {
     inner: Option<Arc<dyn Datastore>>,
+    kind: &'static str,
     hold: std::sync::atomic::AtomicBool,
     listing: std::sync::atomic::AtomicBool,
     released: tokio::sync::Notify,
 }
 
-impl HeldEndpointList {
+impl HeldList {
+    /// Holds WorkloadEndpoint lists.
     fn over(inner: Arc<dyn Datastore>) -> Arc<Self> {
-        Arc::new(HeldEndpointList {
+        Self::of(inner, "/workloadendpoints/")
+    }
+
+    fn of(inner: Arc<dyn Datastore>, kind: &'static str) -> Arc<Self> {
+        Arc::new(HeldList {
             inner: Some(inner),
+            kind,
             ..Default::default()
         })
     }
@@ -905,14 +916,13 @@ impl HeldEndpointList {
 }
 
 #[async_trait::async_trait]
-impl Datastore for HeldEndpointList {
+impl Datastore for HeldList {
     async fn get(&self, key: &str) -> calico_libnetwork::Result<Option<KeyValue>> {
         self.inner().get(key).await
     }
     async fn list(&self, prefix: &str) -> calico_libnetwork::Result<Vec<KeyValue>> {
         let r = self.inner().list(prefix).await;
-        if prefix.contains("/workloadendpoints/")
-            && self.hold.swap(false, std::sync::atomic::Ordering::SeqCst)
+        if prefix.contains(self.kind) && self.hold.swap(false, std::sync::atomic::Ordering::SeqCst)
         {
             self.listing
                 .store(true, std::sync::atomic::Ordering::SeqCst);
@@ -963,7 +973,7 @@ async fn deleted_during_load(join_first: bool) {
     let (ep, _) = new_endpoint(&before, &net, "load").await;
     drop(before);
 
-    let store = HeldEndpointList::over(real.clone());
+    let store = HeldList::over(real.clone());
     let mut settings = DriverSettings::new("rel-load");
     settings.dataplane = calico_libnetwork::dataplane::iptables::DataplaneMode::Standalone;
     let me = Arc::new(Driver::new(store.clone(), settings));
@@ -1060,7 +1070,7 @@ fn profile_chain_of(ep: &str) -> Option<String> {
 /// `standalone_isolation_nat_ports_restart_and_felix_mode` failed that way in CI).
 async fn profile_move_during_reconcile_body() {
     let etcd = Etcd::start();
-    let store = HeldEndpointList::over(Arc::new(etcd.store()));
+    let store = HeldList::over(Arc::new(etcd.store()));
     let dir = tempfile::tempdir().unwrap();
     let sock = dir.path().join("docker.sock");
     let net = "cd".repeat(32);
@@ -1115,5 +1125,167 @@ async fn profile_move_during_reconcile_body() {
     assert_eq!(
         chain_a, chain_b,
         "the first endpoint's rules went back to profile {fallback} (the second's is {named_profile})"
+    );
+}
+
+/// The firewall keeper's first apply lists the IP pools slowly (held); meanwhile a pool is
+/// created and a container joins, whose apply writes the new pool's NAT-outgoing rule. The
+/// slow apply, ending last, must not write its older pool list over it (before, it did: the
+/// new pool's containers lost their way out until the next endpoint change).
+async fn slow_pool_list_body() {
+    let etcd = Etcd::start();
+    let real: Arc<dyn Datastore> = Arc::new(etcd.store());
+    let store = HeldList::of(real.clone(), "/ippools/");
+    let mut settings = DriverSettings::new("rel-pools");
+    settings.dataplane = calico_libnetwork::dataplane::iptables::DataplaneMode::Standalone;
+    let me = Arc::new(Driver::new(store.clone(), settings));
+    me.init(&[default_pool(&"10.76.0.0/24".parse().unwrap())])
+        .await
+        .unwrap();
+    let net = "ef".repeat(32);
+    network(&me, &net).await;
+    let (a, _) = new_endpoint(&me, &net, "poola").await;
+    store.hold();
+    me.keep_rules_in_background();
+    store.wait_listing("the rules keeper's apply").await;
+    // A pool of its own for a new network (NAT outgoing, as `docker network create
+    // --subnet` makes them), then a container joins.
+    let spec = default_pool(&"10.77.0.0/24".parse().unwrap()).spec;
+    let pool = calico_libnetwork::model::IpPool::new("rel-pools-new", spec);
+    Ipam::new(real.clone()).create_pool(pool).await.unwrap();
+    me.join(&net, &a, "/var/run/docker/netns/poola")
+        .await
+        .unwrap();
+    let nat = |pool: &str| {
+        let out = Command::new("iptables")
+            .args(["-w", "-t", "nat", "-S"])
+            .output()
+            .unwrap();
+        let out = String::from_utf8_lossy(&out.stdout).to_string();
+        (
+            out.lines().any(|l| l.contains(&format!("-s {pool} -j "))),
+            out,
+        )
+    };
+    let (written, rules) = nat("10.77.0.0/24");
+    assert!(
+        written,
+        "the Join's apply wrote no NAT rule for the new pool:\n{rules}"
+    );
+    store.release();
+    // The held apply ends milliseconds after its list is answered.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let (kept, rules) = nat("10.77.0.0/24");
+    assert!(
+        kept,
+        "the slow apply took the new pool's NAT rule away:\n{rules}"
+    );
+}
+
+/// Endpoints `a` (network `net_a`) and `b` (network `net_b`) created by a plugin that then
+/// stopped; returns the new plugin's driver (no keeper started: its endpoints are not known
+/// yet) and the two endpoints' addresses.
+async fn restarted_between_create_and_join(
+    real: &Arc<dyn Datastore>,
+    node: &str,
+    pool: &str,
+    nets: (&str, &str),
+    eps: (&str, &str),
+) -> (Arc<Driver>, IpAddr, IpAddr) {
+    let before = driver(real.clone(), node, Duration::from_secs(600));
+    before
+        .init(&[default_pool(&pool.parse().unwrap())])
+        .await
+        .unwrap();
+    network(&before, nets.0).await;
+    network(&before, nets.1).await;
+    let ip_a = request(&before, None).await.unwrap();
+    endpoint(&before, nets.0, eps.0, ip_a).await;
+    let ip_b = request(&before, None).await.unwrap();
+    endpoint(&before, nets.1, eps.1, ip_b).await;
+    drop(before);
+    let mut settings = DriverSettings::new(node);
+    settings.dataplane = calico_libnetwork::dataplane::iptables::DataplaneMode::Standalone;
+    settings.reconcile_grace = Duration::from_secs(600);
+    let me = Arc::new(Driver::new(real.clone(), settings));
+    me.init(&[]).await.unwrap();
+    (me, ip_a, ip_b)
+}
+
+/// The plugin restarts between a container's CreateEndpoints and its Joins (one container
+/// on two networks): the first Join comes before the endpoints are known. Its sandbox is
+/// still recorded, so the container's address on the first network is a member of the
+/// second network's profile, as it is without the restart (before, the first Join's
+/// sandbox was lost until the next restart).
+async fn join_after_restart_body() {
+    let etcd = Etcd::start();
+    let real: Arc<dyn Datastore> = Arc::new(etcd.store());
+    let (net_a, net_b) = ("a1".repeat(32), "b1".repeat(32));
+    let (a, b) = (endpoint_id("sba"), endpoint_id("sbb"));
+    let (me, ip_a, _) = restarted_between_create_and_join(
+        &real,
+        "rel-sandbox",
+        "10.78.0.0/24",
+        (&net_a, &net_b),
+        (&a, &b),
+    )
+    .await;
+    let sandbox = "/var/run/docker/netns/shared";
+    me.join(&net_a, &a, sandbox).await.unwrap();
+    me.join(&net_b, &b, sandbox).await.unwrap();
+    let chain_b = profile_chain_of(&b).expect("no profile rule for the second network's endpoint");
+    let member = format!("-A {chain_b} -s {ip_a}/32 -j ACCEPT");
+    let out = Command::new("iptables")
+        .args(["-w", "-S"])
+        .output()
+        .unwrap();
+    let rules = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        rules.lines().any(|l| l == member),
+        "the container's first-network address is not a member of its second network's profile (no `{member}`):\n{rules}"
+    );
+}
+
+/// A published port is refused when an endpoint from before a restart publishes it, also
+/// while the restarted plugin has not loaded its endpoints yet (before, the check saw only
+/// the endpoints created since the start, and two DNAT rules for one port were written).
+async fn port_after_restart_body() {
+    let etcd = Etcd::start();
+    let real: Arc<dyn Datastore> = Arc::new(etcd.store());
+    let net = "c1".repeat(32);
+    let mut settings = DriverSettings::new("rel-port");
+    settings.dataplane = calico_libnetwork::dataplane::iptables::DataplaneMode::Standalone;
+    let before = Arc::new(Driver::new(real.clone(), settings.clone()));
+    before
+        .init(&[default_pool(&"10.79.0.0/24".parse().unwrap())])
+        .await
+        .unwrap();
+    network(&before, &net).await;
+    let published = |ep: &str, ip: IpAddr| EndpointSpec {
+        network_id: net.clone(),
+        endpoint_id: ep.to_string(),
+        ipv4: Some(ipnet::IpNet::new(ip, 32).unwrap()),
+        options: BTreeMap::from([(
+            "com.docker.network.portmap".to_string(),
+            json!([{"Proto": 6, "IP": "", "Port": 80, "HostIP": "", "HostPort": 18089, "HostPortEnd": 18089}]),
+        )]),
+        ..Default::default()
+    };
+    let ip = request(&before, None).await.unwrap();
+    before
+        .create_endpoint(published(&endpoint_id("porta"), ip))
+        .await
+        .unwrap();
+    drop(before);
+    let me = Arc::new(Driver::new(real.clone(), settings));
+    me.init(&[]).await.unwrap();
+    let ip = request(&me, None).await.unwrap();
+    let err = me
+        .create_endpoint(published(&endpoint_id("portb"), ip))
+        .await
+        .expect_err("a second endpoint got a host port the first still publishes");
+    assert!(
+        err.to_string().contains("port is already allocated"),
+        "unexpected error: {err}"
     );
 }

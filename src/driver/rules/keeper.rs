@@ -23,6 +23,14 @@ impl Driver {
         if self.rule_mode().is_none() {
             return Ok(());
         }
+        // Judged against every endpoint of this host: right after a start the running
+        // containers' ports are not in the state until the endpoints are loaded.
+        if !rules.ports.is_empty() {
+            self.rules
+                .ensure_known()
+                .await
+                .map_err(|e| e.context("check published ports"))?;
+        }
         let mut state = self.rules.inner.state.lock().await;
         for p in &rules.ports {
             let taken = state
@@ -66,8 +74,8 @@ impl Driver {
         self.rules.apply().await
     }
 
-    /// Applies a queued change now and waits for any apply in progress (applies hold the
-    /// state lock throughout): for a clean stop.
+    /// Applies a queued change now and waits for any apply in progress (an apply holds the
+    /// applier's lock while iptables runs): for a clean stop.
     pub async fn settle_rules(&self) {
         if self.rule_mode().is_none() {
             return;

@@ -254,6 +254,19 @@ impl Rules {
         }
     }
 
+    /// Loads this host's endpoints unless they are known already: before anything judges
+    /// the state (who publishes a port) or records into an endpoint it may not hold yet (a
+    /// Join's sandbox).
+    pub(crate) async fn ensure_known(&self) -> Result<()> {
+        if self.mode().is_none() || self.inner.known.load(std::sync::atomic::Ordering::SeqCst) {
+            return Ok(());
+        }
+        self.load()
+            .await
+            .map(|_| ())
+            .map_err(|e| e.context("this host's endpoints are not known yet"))
+    }
+
     /// How many profile moves this host has made: read before listing the
     /// WorkloadEndpoints given to [`Rules::refresh_profiles`].
     pub(crate) fn profile_moves(&self) -> u64 {
@@ -388,22 +401,12 @@ impl Rules {
     }
 
     async fn apply_snapshot(&self, mode: Mode) -> Result<()> {
-        let pools = self.inner.ipam.list_pools().await?;
-        let (snapshot, seq) = {
+        let (mut snapshot, seq) = {
             let mut state = self.inner.state.lock().await;
             state.other_hosts = self
                 .inner
                 .other_hosts
                 .load(std::sync::atomic::Ordering::SeqCst);
-            state.pools = pools
-                .iter()
-                .filter_map(|p| {
-                    Some(PoolRules {
-                        cidr: p.spec.cidr_net().ok()?,
-                        nat_outgoing: p.spec.nat_outgoing,
-                    })
-                })
-                .collect();
             let seq = self
                 .inner
                 .seq
@@ -411,6 +414,19 @@ impl Rules {
                 + 1;
             (state.clone(), seq)
         };
+        // Listed after the sequence number is taken: a later number lists later, so the
+        // apply that wins never has an older pool list than one it refused (a slow list
+        // taken first would otherwise take a new pool's NAT rule away).
+        let pools = self.inner.ipam.list_pools().await?;
+        snapshot.pools = pools
+            .iter()
+            .filter_map(|p| {
+                Some(PoolRules {
+                    cidr: p.spec.cidr_net().ok()?,
+                    nat_outgoing: p.spec.nat_outgoing,
+                })
+            })
+            .collect();
         // No async lock is held while iptables runs; the applier's own lock keeps two
         // applies from interleaving, and its sequence check from going back in time.
         let applier = self.inner.applier.clone();
