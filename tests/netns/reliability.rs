@@ -974,8 +974,7 @@ async fn deleted_during_load(join_first: bool) {
     drop(before);
 
     let store = HeldList::over(real.clone());
-    let mut settings = DriverSettings::new("rel-load");
-    settings.dataplane = calico_libnetwork::dataplane::iptables::DataplaneMode::Standalone;
+    let settings = standalone("rel-load");
     let me = Arc::new(Driver::new(store.clone(), settings));
     me.init(&[]).await.unwrap();
     store.hold();
@@ -1003,11 +1002,7 @@ async fn deleted_during_load(join_first: bool) {
         removed,
         "the stop kept the rules: the deleted endpoint came back with the load"
     );
-    let left = Command::new("iptables")
-        .args(["-w", "-S"])
-        .output()
-        .unwrap();
-    let left = String::from_utf8_lossy(&left.stdout);
+    let left = iptables_rules("filter");
     assert!(!left.contains("CLN-"), "rules left:\n{left}");
 }
 
@@ -1052,11 +1047,7 @@ async fn fake_docker(
 fn profile_chain_of(ep: &str) -> Option<String> {
     let iface = calico_libnetwork::model::libnetwork::host_veth_name(ep);
     let from = format!("-A CLN-TW-{} -j ", iface.trim_start_matches("cali"));
-    let out = Command::new("iptables")
-        .args(["-w", "-S"])
-        .output()
-        .unwrap();
-    String::from_utf8_lossy(&out.stdout)
+    iptables_rules("filter")
         .lines()
         .find_map(|l| l.strip_prefix(&from).filter(|c| c.starts_with("CLN-PRO-")))
         .map(str::to_string)
@@ -1076,8 +1067,7 @@ async fn profile_move_during_reconcile_body() {
     let net = "cd".repeat(32);
     let named = Arc::new(std::sync::atomic::AtomicBool::new(false));
     fake_docker(&sock, net.clone(), named.clone()).await;
-    let mut settings = DriverSettings::new("rel-move");
-    settings.dataplane = calico_libnetwork::dataplane::iptables::DataplaneMode::Standalone;
+    let mut settings = standalone("rel-move");
     settings.docker_host = Some(format!("unix://{}", sock.display()));
     // Nothing is old enough for the pass to clean up: it only refreshes profiles.
     settings.reconcile_grace = Duration::from_secs(600);
@@ -1136,8 +1126,7 @@ async fn slow_pool_list_body() {
     let etcd = Etcd::start();
     let real: Arc<dyn Datastore> = Arc::new(etcd.store());
     let store = HeldList::of(real.clone(), "/ippools/");
-    let mut settings = DriverSettings::new("rel-pools");
-    settings.dataplane = calico_libnetwork::dataplane::iptables::DataplaneMode::Standalone;
+    let settings = standalone("rel-pools");
     let me = Arc::new(Driver::new(store.clone(), settings));
     me.init(&[default_pool(&"10.76.0.0/24".parse().unwrap())])
         .await
@@ -1157,11 +1146,7 @@ async fn slow_pool_list_body() {
         .await
         .unwrap();
     let nat = |pool: &str| {
-        let out = Command::new("iptables")
-            .args(["-w", "-t", "nat", "-S"])
-            .output()
-            .unwrap();
-        let out = String::from_utf8_lossy(&out.stdout).to_string();
+        let out = iptables_rules("nat");
         (
             out.lines().any(|l| l.contains(&format!("-s {pool} -j "))),
             out,
@@ -1182,36 +1167,6 @@ async fn slow_pool_list_body() {
     );
 }
 
-/// Endpoints `a` (network `net_a`) and `b` (network `net_b`) created by a plugin that then
-/// stopped; returns the new plugin's driver (no keeper started: its endpoints are not known
-/// yet) and the two endpoints' addresses.
-async fn restarted_between_create_and_join(
-    real: &Arc<dyn Datastore>,
-    node: &str,
-    pool: &str,
-    nets: (&str, &str),
-    eps: (&str, &str),
-) -> (Arc<Driver>, IpAddr, IpAddr) {
-    let before = driver(real.clone(), node, Duration::from_secs(600));
-    before
-        .init(&[default_pool(&pool.parse().unwrap())])
-        .await
-        .unwrap();
-    network(&before, nets.0).await;
-    network(&before, nets.1).await;
-    let ip_a = request(&before, None).await.unwrap();
-    endpoint(&before, nets.0, eps.0, ip_a).await;
-    let ip_b = request(&before, None).await.unwrap();
-    endpoint(&before, nets.1, eps.1, ip_b).await;
-    drop(before);
-    let mut settings = DriverSettings::new(node);
-    settings.dataplane = calico_libnetwork::dataplane::iptables::DataplaneMode::Standalone;
-    settings.reconcile_grace = Duration::from_secs(600);
-    let me = Arc::new(Driver::new(real.clone(), settings));
-    me.init(&[]).await.unwrap();
-    (me, ip_a, ip_b)
-}
-
 /// The plugin restarts between a container's CreateEndpoints and its Joins (one container
 /// on two networks): the first Join comes before the endpoints are known. Its sandbox is
 /// still recorded, so the container's address on the first network is a member of the
@@ -1222,24 +1177,28 @@ async fn join_after_restart_body() {
     let real: Arc<dyn Datastore> = Arc::new(etcd.store());
     let (net_a, net_b) = ("a1".repeat(32), "b1".repeat(32));
     let (a, b) = (endpoint_id("sba"), endpoint_id("sbb"));
-    let (me, ip_a, _) = restarted_between_create_and_join(
-        &real,
-        "rel-sandbox",
-        "10.78.0.0/24",
-        (&net_a, &net_b),
-        (&a, &b),
-    )
-    .await;
+    // Created by a plugin that then stopped; the new one has not loaded its endpoints (no
+    // keeper started) when the Joins come.
+    let before = driver(real.clone(), "rel-sandbox", Duration::from_secs(600));
+    before
+        .init(&[default_pool(&"10.78.0.0/24".parse().unwrap())])
+        .await
+        .unwrap();
+    network(&before, &net_a).await;
+    network(&before, &net_b).await;
+    let ip_a = request(&before, None).await.unwrap();
+    endpoint(&before, &net_a, &a, ip_a).await;
+    let ip_b = request(&before, None).await.unwrap();
+    endpoint(&before, &net_b, &b, ip_b).await;
+    drop(before);
+    let me = Arc::new(Driver::new(real.clone(), standalone("rel-sandbox")));
+    me.init(&[]).await.unwrap();
     let sandbox = "/var/run/docker/netns/shared";
     me.join(&net_a, &a, sandbox).await.unwrap();
     me.join(&net_b, &b, sandbox).await.unwrap();
     let chain_b = profile_chain_of(&b).expect("no profile rule for the second network's endpoint");
     let member = format!("-A {chain_b} -s {ip_a}/32 -j ACCEPT");
-    let out = Command::new("iptables")
-        .args(["-w", "-S"])
-        .output()
-        .unwrap();
-    let rules = String::from_utf8_lossy(&out.stdout);
+    let rules = iptables_rules("filter");
     assert!(
         rules.lines().any(|l| l == member),
         "the container's first-network address is not a member of its second network's profile (no `{member}`):\n{rules}"
@@ -1253,8 +1212,7 @@ async fn port_after_restart_body() {
     let etcd = Etcd::start();
     let real: Arc<dyn Datastore> = Arc::new(etcd.store());
     let net = "c1".repeat(32);
-    let mut settings = DriverSettings::new("rel-port");
-    settings.dataplane = calico_libnetwork::dataplane::iptables::DataplaneMode::Standalone;
+    let settings = standalone("rel-port");
     let before = Arc::new(Driver::new(real.clone(), settings.clone()));
     before
         .init(&[default_pool(&"10.79.0.0/24".parse().unwrap())])
@@ -1288,4 +1246,20 @@ async fn port_after_restart_body() {
         err.to_string().contains("port is already allocated"),
         "unexpected error: {err}"
     );
+}
+
+/// Settings of node `node`'s driver with the plugin's own firewall rules (standalone mode).
+fn standalone(node: &str) -> DriverSettings {
+    let mut settings = DriverSettings::new(node);
+    settings.dataplane = calico_libnetwork::dataplane::iptables::DataplaneMode::Standalone;
+    settings
+}
+
+/// `iptables -S` of `table` (this namespace's).
+fn iptables_rules(table: &str) -> String {
+    let out = Command::new("iptables")
+        .args(["-w", "-t", table, "-S"])
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout).into_owned()
 }
